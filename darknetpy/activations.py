@@ -1,0 +1,51 @@
+"""Darknet's activations and their gradients, by Darknet name.
+
+Each entry is (f, df): f maps pre-activations to outputs; df gives the derivative from the
+OUTPUT y, as Darknet's gradient_array does (every one of these is exact written that way).
+Both work in place-free numpy float32 and accept any array shape.
+"""
+import numpy as np
+
+from .errors import DarknetpyError
+
+f32 = np.float32
+
+
+def _logistic(x):
+    return f32(1) / (f32(1) + np.exp(-x))
+
+
+def _stair(x):
+    n = np.floor(x)
+    half = np.floor(x / f32(2))
+    return np.where(n % 2 == 0, half, (x - n) + half)
+
+
+ACTIVATIONS = {
+    "logistic": (_logistic, lambda y: (f32(1) - y) * y),
+    "loggy": (lambda x: f32(2) * _logistic(x) - f32(1), lambda y: f32(2) * (f32(1) - (y + f32(1)) / f32(2)) * ((y + f32(1)) / f32(2))),
+    "relu": (lambda x: np.maximum(x, f32(0)), lambda y: (y > 0).astype(np.float32)),
+    "elu": (lambda x: np.where(x >= 0, x, np.expm1(x)), lambda y: np.where(y >= 0, f32(1), y + f32(1))),
+    "selu": (lambda x: np.where(x >= 0, f32(1.0507) * x, f32(1.0507 * 1.6732) * np.expm1(x)),
+             lambda y: np.where(y >= 0, f32(1.0507), y + f32(1.0507 * 1.6732))),
+    "relie": (lambda x: np.where(x > 0, x, f32(0.01) * x), lambda y: np.where(y > 0, f32(1), f32(0.01))),
+    "plse": (lambda x: np.where(x < -4, f32(0.01) * (x + f32(4)), np.where(x > 4, f32(0.01) * (x - f32(4)) + f32(1), f32(0.125) * x + f32(0.5))),
+             lambda y: np.where((y < 0) | (y > 1), f32(0.01), f32(0.125))),
+    "hardtan": (lambda x: np.clip(x, f32(-1), f32(1)), lambda y: ((y > -1) & (y < 1)).astype(np.float32)),
+    "lhtan": (lambda x: np.where(x < 0, f32(0.001) * x, np.where(x > 1, f32(0.001) * (x - f32(1)) + f32(1), x)),
+              lambda y: np.where((y > 0) & (y < 1), f32(1), f32(0.001))),
+    "linear": (lambda x: x, lambda y: np.ones_like(y)),
+    "ramp": (lambda x: np.maximum(x, f32(0)) + f32(0.1) * x, lambda y: np.where(y > 0, f32(1.1), f32(0.1))),
+    "leaky": (lambda x: np.where(x > 0, x, f32(0.1) * x), lambda y: np.where(y > 0, f32(1), f32(0.1))),
+    # Darknet computes tanh as (e^2x-1)/(e^2x+1), which is NaN above x=354.89; np.tanh is right there.
+    "tanh": (np.tanh, lambda y: f32(1) - y * y),
+    "stair": (_stair, lambda y: (np.floor(y) != y).astype(np.float32)),
+}
+
+
+def get(name, section=None, key="activation"):
+    """(f, df) for a Darknet activation name; unknown names are an error (Darknet silently uses relu)."""
+    if name not in ACTIVATIONS:
+        message = f"unknown activation '{name}'; expected one of {', '.join(sorted(ACTIVATIONS))}"
+        raise section.error(message, key) if section is not None else DarknetpyError(message)
+    return ACTIVATIONS[name]

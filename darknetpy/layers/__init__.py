@@ -1,0 +1,53 @@
+"""One module per Darknet layer kind. `Recurrent` holds what rnn, gru and lstm share: per-stream
+state that carries over between calls, and reusable work buffers."""
+import numpy as np
+
+
+class Recurrent:
+    state_names = ("h",)
+    dtype = np.float32
+
+    def state(self, streams):
+        """The carried state arrays, (re)made as zeros when the number of streams changes."""
+        for name in self.state_names:
+            s = getattr(self, name, None)
+            if s is None or s.shape[0] != streams:
+                setattr(self, name, np.zeros((streams, self.outputs), self.dtype))
+        return [getattr(self, name) for name in self.state_names]
+
+    def reset_state(self, stream=None):
+        for name in self.state_names:
+            s = getattr(self, name, None)
+            if s is not None:
+                s[slice(None) if stream is None else stream] = 0
+
+    def buffer(self, name, shape):
+        """A work array reused across calls of the same shape (no allocation in steady state)."""
+        buf = self.__dict__.get("_buf_" + name)
+        if buf is None or buf.shape != shape:
+            buf = np.empty(shape, self.dtype)
+            setattr(self, "_buf_" + name, buf)
+        return buf
+
+    def zeros(self, shape):
+        return np.zeros(shape, self.dtype)
+
+    def params(self, updates=False):
+        out = {}
+        for d in self.denses:
+            out.update(d.params(updates))
+        return out
+
+
+def sigmoid_(x):
+    """In-place logistic: 1 / (1 + e^-x)."""
+    np.negative(x, out=x)
+    np.exp(x, out=x)
+    x += 1
+    np.reciprocal(x, out=x)
+    return x
+
+
+def rows(x):
+    """(T, S, F) -> (T*S, F); indices (T, S) -> (T*S,)."""
+    return x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])

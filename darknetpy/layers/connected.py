@@ -1,0 +1,164 @@
+"""[connected]: y = act(x W + b), or with batch_normalize y = act(scale * x̂ + b).
+
+`Dense` is the building block every layer uses: k Darknet connected sub-layers that read the same
+input, stacked side by side so one BLAS call computes all of them (LSTM's four gates, GRU's z/r).
+Darknet keeps each matrix as (outputs, inputs); we store the transpose (inputs, k*outputs) so that
+`x @ W` needs no copy and a one-hot input is a row gather. `params()` hands out views in Darknet's
+shape and save order, so the weights file never sees the stacking.
+
+Sign convention, as in Darknet: every delta is the NEGATIVE gradient of the cost, and the `d*`
+buffers accumulate negative gradients (Darknet's weight_updates / bias_updates / scale_updates).
+"""
+import numpy as np
+
+from .. import activations
+
+BN_EPS = np.float32(1e-6)  # Darknet adds it after the square root: (x - mean) / (sqrt(var) + 1e-6)
+
+
+def is_ids(x):
+    """True for integer class indices standing for one-hot rows."""
+    return x.dtype.kind in "iu"
+
+
+class Dense:
+    """k stacked connected sub-layers (`names`), each inputs -> outputs, sharing one input."""
+
+    def __init__(self, inputs, outputs, names, batch_normalize, rng):
+        self.inputs, self.outputs, self.names, self.bn = inputs, outputs, names, bool(batch_normalize)
+        n = outputs * len(names)
+        # Darknet's init: scale * uniform(-1, 1) with scale = sqrt(2 / inputs); biases 0.
+        self.W = (np.sqrt(2.0 / inputs) * rng.uniform(-1, 1, size=(inputs, n))).astype(np.float32)
+        self.b = np.zeros(n, np.float32)
+        self.dW = np.zeros_like(self.W)
+        self.db = np.zeros_like(self.b)
+        if self.bn:
+            self.scales = np.ones(n, np.float32)
+            self.rolling_mean = np.zeros(n, np.float32)
+            self.rolling_variance = np.ones(n, np.float32)
+            self.dscales = np.zeros_like(self.scales)
+        self.cache = []  # batchnorm (x̂, σ, σ+ε) per forward call, popped by backward (LIFO)
+
+    def params(self, updates=False):
+        """Darknet-named views in save order: biases, weights (out, in), [scales, rolling_mean,
+        rolling_variance]. With updates=True: the matching accumulated updates (trainable ones only)."""
+        out = {}
+        for j, name in enumerate(self.names):
+            cols = slice(j * self.outputs, (j + 1) * self.outputs)
+            key = f"{name}." if name else ""
+            out[key + "biases"] = (self.db if updates else self.b)[cols]
+            out[key + "weights"] = (self.dW if updates else self.W)[:, cols].T
+            if self.bn:
+                out[key + "scales"] = (self.dscales if updates else self.scales)[cols]
+                if not updates:
+                    out[key + "rolling_mean"] = self.rolling_mean[cols]
+                    out[key + "rolling_variance"] = self.rolling_variance[cols]
+        return out
+
+    def slots(self):
+        """(parameter, accumulated update, kind) triples for the optimizer."""
+        s = [(self.b, self.db, "biases"), (self.W, self.dW, "weights")]
+        if self.bn:
+            s.append((self.scales, self.dscales, "scales"))
+        return s
+
+    def astype(self, dtype):
+        """Convert every array (float64 for finite-difference checks)."""
+        for name, value in list(vars(self).items()):
+            if isinstance(value, np.ndarray):
+                setattr(self, name, value.astype(dtype))
+
+    def matmul(self, x, out=None):
+        """x (N, inputs) @ W, or a row gather when x holds one-hot indices (N,)."""
+        if is_ids(x):
+            return np.take(self.W, x, axis=0, out=out)
+        return np.matmul(x, self.W, out=out)
+
+    def normalize(self, z, train):
+        """Add the bias, or batchnorm then scale and bias. z is (groups, rows, n); statistics per group.
+
+        In training the statistics are the group's own (variance with the n-1 divisor, as Darknet)
+        and each group moves the rolling statistics by 1%, in order.
+        """
+        if not self.bn:
+            z += self.b
+            return z
+        if train:
+            mean = z.mean(axis=1)
+            var = z.var(axis=1, ddof=1)
+            for g in range(z.shape[0]):
+                self.rolling_mean *= np.float32(0.99)
+                self.rolling_mean += np.float32(0.01) * mean[g]
+                self.rolling_variance *= np.float32(0.99)
+                self.rolling_variance += np.float32(0.01) * var[g]
+            sigma = np.sqrt(var)
+            d = sigma + BN_EPS
+            xhat = (z - mean[:, None]) / d[:, None]
+            self.cache.append((xhat, sigma, d))
+        else:
+            xhat = (z - self.rolling_mean) / (np.sqrt(self.rolling_variance) + BN_EPS)
+        return xhat * self.scales + self.b
+
+    def backward_norm(self, dz):
+        """Back through `normalize`: accumulate bias (and scale) updates; return the delta of x W.
+
+        The batchnorm gradient is the exact derivative of the forward above (Darknet's own uses
+        sqrt(var + 1e-5) and is not). With d = σ + ε and R rows:
+        dx = (g - mean(g)) / d - x̂ · Σ(g·x̂) / (σ (R - 1)),  g = δ · scale.
+        """
+        self.db += dz.sum(axis=(0, 1))
+        if not self.bn:
+            return dz
+        xhat, sigma, d = self.cache.pop()
+        self.dscales += (dz * xhat).sum(axis=(0, 1))
+        g = dz * self.scales
+        rows = g.shape[1]
+        gx = (g * xhat).sum(axis=1) / (sigma * (rows - 1) + np.float32(1e-30))  # σ = 0 means x̂ = 0: no term
+        return (g - g.mean(axis=1, keepdims=True)) / d[:, None] - xhat * gx[:, None]
+
+    def accumulate(self, x, dz):
+        """dW += xᵀ dz over all rows at once; for one-hot indices a scatter-add of rows."""
+        if is_ids(x):
+            np.add.at(self.dW, x, dz)
+        else:
+            self.dW += x.T @ dz
+
+    def back(self, dz):
+        """The delta for the input: dz Wᵀ."""
+        return dz @ self.W.T
+
+
+class Connected:
+    """A top-level [connected] layer. Its batchnorm statistics span all steps*streams rows of a datum."""
+
+    def __init__(self, section, inputs, rng):
+        self.inputs = inputs
+        self.outputs = section.int("output", 1)
+        name = section.str("activation", "logistic")
+        self.activation = name
+        self.f, self.df = activations.get(name, section)
+        self.dense = Dense(inputs, self.outputs, [""], section.int("batch_normalize", 0), rng)
+        self.denses = [self.dense]
+
+    def forward(self, x, train):
+        T, S = x.shape[:2]
+        rows = x.reshape(T * S) if is_ids(x) else x.reshape(T * S, self.inputs)
+        z = self.dense.matmul(rows).reshape(1, T * S, self.outputs)
+        self.dense.cache.clear()
+        y = self.f(self.dense.normalize(z, train)).reshape(T, S, self.outputs)
+        if train:
+            self.x, self.y = rows, y
+        return y
+
+    def backward(self, dy, need_dx):
+        T, S = dy.shape[:2]
+        dz = (dy * self.df(self.y)).reshape(1, T * S, self.outputs)
+        dz = self.dense.backward_norm(dz).reshape(T * S, self.outputs)
+        self.dense.accumulate(self.x, dz)
+        return self.dense.back(dz).reshape(T, S, self.inputs) if need_dx else None
+
+    def params(self, updates=False):
+        return self.dense.params(updates)
+
+    def reset_state(self, stream=None):
+        pass

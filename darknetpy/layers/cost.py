@@ -1,0 +1,35 @@
+"""[cost]: Darknet's sum-of-squares cost layer (type=sse).
+
+At inference it passes its input through. In training it is the loss only when no [softmax] comes
+before it; Darknet's own cfg/rnn.cfg puts it after [softmax], where Darknet averages both costs and
+doubles the delta. darknetpy then trains with the softmax cross-entropy alone (see network.py).
+"""
+import numpy as np
+
+
+class Cost:
+    def __init__(self, section, inputs):
+        self.inputs = self.outputs = inputs
+        kind = section.str("type", "sse")
+        if kind != "sse":
+            raise section.error(f"cost type '{kind}' is not supported; darknetpy implements type=sse", "type")
+        self.scale = section.float("scale", 1.0)
+        self.denses = []
+
+    def forward(self, x, train):
+        return x
+
+    def loss(self, x, truth):
+        if truth.dtype.kind in "iu":
+            truth = np.eye(self.inputs, dtype=x.dtype)[truth]
+        delta = (truth - x).astype(x.dtype)
+        return (delta * delta).sum(), delta * x.dtype.type(self.scale)
+
+    def backward(self, dy, need_dx):
+        return dy
+
+    def params(self, updates=False):
+        return {}
+
+    def reset_state(self, stream=None):
+        pass

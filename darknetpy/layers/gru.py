@@ -1,0 +1,102 @@
+"""[gru]: Darknet's GRU, one layer of `output` units.
+
+    z = σ(wz(h) + uz(x))   r = σ(wr(h) + ur(x))
+    c = act(wh(r⊙h) + uh(x))      act = tanh if tanh=1, else logistic (Darknet's default)
+    h' = z⊙h + (1-z)⊙c
+
+Each w*/u* is a connected sub-layer with its own bias (or batchnorm). uz, ur, uh are one stacked
+matrix applied to all steps at once; wz, wr are one stacked matrix (one matmul per step); wh reads
+r⊙h, so it needs its own matmul per step.
+"""
+import numpy as np
+
+from . import Recurrent, rows, sigmoid_
+from .connected import Dense
+
+
+class GRU(Recurrent):
+    def __init__(self, section, inputs, rng):
+        self.inputs = inputs
+        self.outputs = n = section.int("output", 1)
+        bn = section.int("batch_normalize", 0)
+        self.tanh = bool(section.int("tanh", 0))
+        self.wzr = Dense(n, n, ["wz", "wr"], bn, rng)
+        self.wh = Dense(n, n, ["wh"], bn, rng)
+        self.u = Dense(inputs, n, ["uz", "ur", "uh"], bn, rng)
+        self.denses = [self.wzr, self.wh, self.u]  # save order: wz wr wh uz ur uh
+
+    def _act(self, x):
+        return np.tanh(x, out=x) if self.tanh else sigmoid_(x)
+
+    def forward(self, x, train):
+        T, S = x.shape[:2]
+        n, wzr, wh, u = self.outputs, self.wzr, self.wh, self.u
+        (h0,) = self.state(S)
+        for d in self.denses:
+            d.cache.clear()
+        xu = u.matmul(rows(x), out=self.buffer("xu", (T * S, 3 * n))).reshape(T, S, 3 * n)
+        xu = u.normalize(xu, train)
+        if not wzr.bn:  # without batchnorm the recurrent biases fold into the input projection
+            xu[..., :2 * n] += wzr.b
+            xu[..., 2 * n:] += wh.b
+        ZR = self.buffer("ZR", (T, S, 2 * n))    # σ gates z, r
+        HC = self.buffer("HC", (T, S, n))        # candidate c
+        RH = self.buffer("RH", (T, S, n))        # r ⊙ h, the input of wh
+        H = self.buffer("H", (T + 1, S, n))
+        H[0] = h0
+        for t in range(T):
+            zr, c = ZR[t], HC[t]
+            np.matmul(H[t], wzr.W, out=zr)
+            if wzr.bn:
+                zr[...] = wzr.normalize(zr[None], train)[0]
+            zr += xu[t, :, :2 * n]
+            sigmoid_(zr)
+            z, r = zr[:, :n], zr[:, n:]
+            np.multiply(r, H[t], out=RH[t])
+            np.matmul(RH[t], wh.W, out=c)
+            if wh.bn:
+                c[...] = wh.normalize(c[None], train)[0]
+            c += xu[t, :, 2 * n:]
+            self._act(c)
+            # h' = z⊙h + (1-z)⊙c = c + z⊙(h - c)
+            np.subtract(H[t], c, out=H[t + 1])
+            H[t + 1] *= z
+            H[t + 1] += c
+        h0[...] = H[T]
+        if train:
+            self.x = rows(x)
+        return H[1:]
+
+    def backward(self, dh_out, need_dx):
+        T, S = dh_out.shape[:2]
+        n, wzr, wh, u = self.outputs, self.wzr, self.wh, self.u
+        ZR, HC, RH, H = self._buf_ZR, self._buf_HC, self._buf_RH, self._buf_H
+        dP = self.buffer("dP", (T, S, 3 * n))    # deltas of the pre-activations z, r, c
+        dPzr = self.buffer("dPzr", (T, S, 2 * n)) if wzr.bn else dP[..., :2 * n]
+        dPh = self.buffer("dPh", (T, S, n)) if wh.bn else dP[..., 2 * n:]
+        dh = self.zeros((S, n))
+        for t in reversed(range(T)):
+            z, r, c, hp = ZR[t, :, :n], ZR[t, :, n:], HC[t], H[t]
+            dh += dh_out[t]
+            d = dP[t]
+            dc_act = (c * (1 - c)) if not self.tanh else (1 - c * c)
+            np.multiply(dh * (1 - z), dc_act, out=d[:, 2 * n:])
+            if wh.bn:
+                dPh[t] = wh.backward_norm(d[None, :, 2 * n:])[0]
+            drh = dPh[t] @ wh.W.T
+            np.multiply(dh * (hp - c), z * (1 - z), out=d[:, :n])
+            np.multiply(drh * hp, r * (1 - r), out=d[:, n:2 * n])
+            if wzr.bn:
+                dPzr[t] = wzr.backward_norm(d[None, :, :2 * n])[0]
+            if t:  # truncated BPTT: nothing flows into the previous datum's state
+                dh *= z
+                dh += drh * r
+                dh += dPzr[t] @ wzr.W.T
+        if not wzr.bn:
+            wzr.backward_norm(dP[..., :2 * n])
+            wh.backward_norm(dP[..., 2 * n:])
+        wzr.accumulate(rows(H[:T]), rows(np.ascontiguousarray(dPzr)))
+        wh.accumulate(rows(RH), rows(np.ascontiguousarray(dPh)))
+        du = rows(u.backward_norm(dP))
+        u.accumulate(self.x, du)
+        return u.back(du).reshape(T, S, self.inputs) if need_dx else None

@@ -1,0 +1,87 @@
+"""[lstm]: Darknet's LSTM (no peepholes), one layer of `output` units.
+
+    f = σ(wf(h) + uf(x))   i = σ(wi(h) + ui(x))   o = σ(wo(h) + uo(x))   g = tanh(wg(h) + ug(x))
+    c' = f⊙c + i⊙g         h' = o⊙tanh(c')
+
+Each w*/u* is a connected sub-layer with its own bias (or batchnorm). The four u's are one stacked
+matrix applied to all steps at once; the four w's are one stacked matrix, one matmul per step.
+Gate columns are ordered i, f, o, g — Darknet's save order wi, wf, wo, wg / ui, uf, uo, ug.
+"""
+import numpy as np
+
+from . import Recurrent, rows, sigmoid_
+from .connected import Dense
+
+
+class LSTM(Recurrent):
+    state_names = ("h", "c")
+
+    def __init__(self, section, inputs, rng):
+        self.inputs = inputs
+        self.outputs = n = section.int("output", 1)
+        bn = section.int("batch_normalize", 0)
+        self.w = Dense(n, n, ["wi", "wf", "wo", "wg"], bn, rng)
+        self.u = Dense(inputs, n, ["ui", "uf", "uo", "ug"], bn, rng)
+        self.denses = [self.w, self.u]  # save order
+
+    def forward(self, x, train):
+        T, S = x.shape[:2]
+        n, w, u = self.outputs, self.w, self.u
+        h0, c0 = self.state(S)
+        w.cache.clear(), u.cache.clear()
+        # Input projections of every step in one matmul; without batchnorm both biases fold in here.
+        xu = u.matmul(rows(x), out=self.buffer("xu", (T * S, 4 * n))).reshape(T, S, 4 * n)
+        xu = u.normalize(xu, train)
+        if not w.bn:
+            xu += w.b
+        G = self.buffer("G", (T, S, 4 * n))      # activated gates i f o g
+        H = self.buffer("H", (T + 1, S, n))      # H[t] is h before step t
+        C = self.buffer("C", (T + 1, S, n))
+        TC = self.buffer("TC", (T, S, n))        # tanh(c') per step
+        H[0], C[0] = h0, c0
+        for t in range(T):
+            g = G[t]
+            np.matmul(H[t], w.W, out=g)
+            if w.bn:
+                g[...] = w.normalize(g[None], train)[0]
+            g += xu[t]
+            sigmoid_(g[:, :3 * n])
+            np.tanh(g[:, 3 * n:], out=g[:, 3 * n:])
+            i, f, o, gg = g[:, :n], g[:, n:2 * n], g[:, 2 * n:3 * n], g[:, 3 * n:]
+            np.multiply(f, C[t], out=C[t + 1])
+            C[t + 1] += i * gg
+            np.tanh(C[t + 1], out=TC[t])
+            np.multiply(o, TC[t], out=H[t + 1])
+        h0[...], c0[...] = H[T], C[T]
+        if train:
+            self.x = rows(x)
+        return H[1:]
+
+    def backward(self, dh_out, need_dx):
+        T, S = dh_out.shape[:2]
+        n, w, u = self.outputs, self.w, self.u
+        G, H, C, TC = self._buf_G, self._buf_H, self._buf_C, self._buf_TC
+        dG = self.buffer("dG", (T, S, 4 * n))    # deltas of the gate pre-activations
+        dGw = self.buffer("dGw", (T, S, 4 * n)) if w.bn else dG
+        dh = self.zeros((S, n))
+        dc = self.zeros((S, n))
+        for t in reversed(range(T)):
+            i, f, o, g = G[t, :, :n], G[t, :, n:2 * n], G[t, :, 2 * n:3 * n], G[t, :, 3 * n:]
+            dh += dh_out[t]
+            dc += dh * o * (1 - TC[t] * TC[t])
+            d = dG[t]
+            np.multiply(dc * g, i * (1 - i), out=d[:, :n])
+            np.multiply(dc * C[t], f * (1 - f), out=d[:, n:2 * n])
+            np.multiply(dh * TC[t], o * (1 - o), out=d[:, 2 * n:3 * n])
+            np.multiply(dc * i, 1 - g * g, out=d[:, 3 * n:])
+            dc *= f
+            if w.bn:
+                dGw[t] = w.backward_norm(d[None])[0]
+            if t:  # the gradient into the previous datum's state is not propagated (truncated BPTT)
+                np.matmul(dGw[t], w.W.T, out=dh)
+        if not w.bn:
+            w.backward_norm(dG)
+        w.accumulate(rows(H[:T]), rows(dGw))
+        du = rows(u.backward_norm(dG))
+        u.accumulate(self.x, du)
+        return u.back(du).reshape(T, S, self.inputs) if need_dx else None

@@ -1,0 +1,75 @@
+"""[rnn]: Darknet's vanilla RNN with three connected sub-layers, all with the layer's activation.
+
+    s_t = input(x_t) + self(s_{t-1}) (+ s_{t-1} if shortcut)      y_t = output(s_t)
+
+where each sub-layer is act(W · + b) (or act(batchnorm)). The recurrence carries s, not y.
+input and output need no recurrence, so each is one matmul over all steps; only self runs per step.
+"""
+import numpy as np
+
+from . import Recurrent, rows
+from .. import activations
+from .connected import Dense
+
+
+class RNN(Recurrent):
+    def __init__(self, section, inputs, rng):
+        self.inputs = inputs
+        self.outputs = n = section.int("output", 1)
+        self.activation = section.str("activation", "logistic")
+        self.f, self.df = activations.get(self.activation, section)
+        bn = section.int("batch_normalize", 0)
+        self.shortcut = bool(section.int("shortcut", 0))
+        self.input_layer = Dense(inputs, n, ["input_layer"], bn, rng)
+        self.self_layer = Dense(n, n, ["self_layer"], bn, rng)
+        self.output_layer = Dense(n, n, ["output_layer"], bn, rng)
+        self.denses = [self.input_layer, self.self_layer, self.output_layer]  # save order
+
+    def forward(self, x, train):
+        T, S = x.shape[:2]
+        n, U, W, V = self.outputs, self.input_layer, self.self_layer, self.output_layer
+        (h0,) = self.state(S)
+        for d in self.denses:
+            d.cache.clear()
+        A = self.f(U.normalize(U.matmul(rows(x)).reshape(T, S, n), train))   # input sub-layer, all steps
+        B = self.buffer("B", (T, S, n))          # self sub-layer outputs
+        St = self.buffer("S", (T + 1, S, n))     # St[t] is the state before step t
+        St[0] = h0
+        for t in range(T):
+            b = B[t]
+            np.matmul(St[t], W.W, out=b)
+            b[...] = self.f(W.normalize(b[None], train)[0])
+            np.add(A[t], b, out=St[t + 1])
+            if self.shortcut:
+                St[t + 1] += St[t]
+        h0[...] = St[T]
+        Y = self.f(V.normalize(V.matmul(rows(St[1:])).reshape(T, S, n), train))
+        if train:
+            self.x, self.A, self.Y = rows(x), A, Y
+        return Y
+
+    def backward(self, dy, need_dx):
+        T, S = dy.shape[:2]
+        n, U, W, V = self.outputs, self.input_layer, self.self_layer, self.output_layer
+        B, St = self._buf_B, self._buf_S
+        dzv = V.backward_norm(dy * self.df(self.Y))
+        V.accumulate(rows(St[1:]), rows(dzv))
+        dS = rows(dzv) @ V.W.T                    # delta of every s_t from the output sub-layer
+        dS = dS.reshape(T, S, n)
+        dB = self.buffer("dB", (T, S, n))
+        for t in reversed(range(T)):
+            ds = dS[t]                           # already holds the contribution of step t+1
+            db = dB[t]
+            np.multiply(ds, self.df(B[t]), out=db)
+            if W.bn:
+                db[...] = W.backward_norm(db[None])[0]
+            if t:  # truncated BPTT: nothing flows into the previous datum's state
+                dS[t - 1] += db @ W.W.T
+                if self.shortcut:
+                    dS[t - 1] += ds
+        if not W.bn:
+            W.backward_norm(dB)
+        W.accumulate(rows(St[:T]), rows(dB))
+        du = U.backward_norm(dS * self.df(self.A))
+        U.accumulate(self.x, rows(du))
+        return U.back(rows(du)).reshape(T, S, self.inputs) if need_dx else None

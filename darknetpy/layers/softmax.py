@@ -1,0 +1,51 @@
+"""[softmax]: probabilities over `groups` equal slices of the input, at `temperature`.
+
+As in Darknet the training delta handed back is (truth - p), not divided by the temperature, and
+the cost is Σ -ln p over every entry whose truth is non-zero (not weighted by the truth value).
+"""
+import numpy as np
+
+from .connected import is_ids
+
+
+class Softmax:
+    def __init__(self, section, inputs):
+        self.inputs = self.outputs = inputs
+        self.groups = section.int("groups", 1)
+        if self.groups < 1 or inputs % self.groups:
+            raise section.error(f"groups={self.groups} must divide the layer's {inputs} inputs", "groups")
+        self.temperature = section.float("temperature", 1.0)
+        if self.temperature <= 0:
+            raise section.error("temperature must be > 0", "temperature")
+        section.int("noloss", 0)
+        self.denses = []
+
+    def forward(self, x, train):
+        z = x.reshape(*x.shape[:-1], self.groups, self.inputs // self.groups)
+        t = x.dtype.type(self.temperature)
+        # Darknet: exp(x/T - max/T), then divide by the sum.
+        e = np.exp(z / t - z.max(axis=-1, keepdims=True) / t)
+        p = e / e.sum(axis=-1, keepdims=True)
+        return p.reshape(x.shape)
+
+    def loss(self, p, truth):
+        """(cost, delta) for probabilities p (T, S, n) and truth as one-hot rows or indices (T, S)."""
+        if is_ids(truth):
+            picked = np.take_along_axis(p, truth[..., None], axis=-1)
+            cost = -np.log(picked).sum(dtype=p.dtype)
+            delta = -p
+            np.put_along_axis(delta, truth[..., None], np.float32(1) - picked, axis=-1)
+            return cost, delta
+        hot = truth != 0
+        with np.errstate(divide="ignore"):
+            cost = -np.log(p[hot]).sum(dtype=p.dtype)
+        return cost, (truth - p).astype(p.dtype)
+
+    def backward(self, dy, need_dx):
+        return dy
+
+    def params(self, updates=False):
+        return {}
+
+    def reset_state(self, stream=None):
+        pass
