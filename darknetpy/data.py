@@ -1,0 +1,183 @@
+"""Byte and tokenized corpora, the train/valid split, and Darknet's per-stream batching.
+
+A corpus is a 1-D array of integer ids: one id per byte, or (Darknet's `-tokenized`) one id per
+whitespace-separated integer. Training walks `streams` independent offsets through it, as Darknet's
+train_char_rnn/get_rnn_data do, producing time-major (time_steps, streams) batches.
+"""
+import re
+import sys
+
+import numpy as np
+
+from .errors import DarknetpyError
+
+VALID_FRAC = 0.05
+RESEAT_ODDS = 64  # Darknet: `if (rand() % 64 == 0)` re-seats a stream after each datum
+
+_WHITESPACE = b" \t\n\r\v\f"  # C isspace(), which Darknet's fscanf("%d") skips, and bytes.split()
+_IS_SPACE = np.zeros(256, bool)
+_IS_SPACE[list(_WHITESPACE)] = True
+_IS_PLAIN = _IS_SPACE.copy()  # bytes of a corpus numpy's text parser reads exactly
+_IS_PLAIN[list(b"0123456789")] = True
+_INTEGER = re.compile(rb"[+-]?[0-9]+")
+
+
+def load_corpus(path, inputs, tokenized=False):
+    """Read a corpus file ("-" = stdin) into ids, refusing any id outside [0, inputs).
+
+    Bytes come back as a read-only uint8 array (no copy of a large corpus), tokens as int32.
+    """
+    name = "<stdin>" if path == "-" else str(path)
+    raw = sys.stdin.buffer.read() if path == "-" else _read(path)
+    if tokenized:
+        return _parse_tokens(raw, inputs, name)
+    if not raw:
+        raise DarknetpyError("the corpus is empty; give a text file with at least a few bytes", name)
+    # Darknet's get_rnn_data aborts with "Bad char" on a NUL byte; darknetpy treats NUL as any byte.
+    ids = np.frombuffer(raw, np.uint8)
+    if inputs < 256 and ids.max() >= inputs:
+        offset = int(np.flatnonzero(ids >= inputs)[0])
+        raise DarknetpyError(f"byte 0x{ids[offset]:02x} at offset {offset} is outside inputs={inputs}; "
+                             "set inputs=256 in [net] or clean the corpus", name)
+    return ids
+
+
+def _read(path):
+    """The file's bytes, with a one-line error instead of an OSError traceback."""
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except IsADirectoryError:
+        raise DarknetpyError("is a directory; give the corpus file itself", path) from None
+    except FileNotFoundError:
+        raise DarknetpyError("no such corpus file; check the path", path) from None
+    except PermissionError:
+        raise DarknetpyError("permission denied reading the corpus; check the file's permissions", path) from None
+    except OSError as e:
+        raise DarknetpyError(f"cannot read the corpus ({e.strerror or e}); check the path", path) from None
+
+
+def _parse_tokens(raw, inputs, name):
+    """Whitespace-separated integer ids as int32, each checked to lie in [0, inputs)."""
+    chars = np.frombuffer(raw, np.uint8)
+    space = _IS_SPACE[chars]
+    if space.all():
+        raise DarknetpyError("the tokenized corpus has no tokens; give whitespace-separated integer ids", name)
+    if not _IS_PLAIN[chars].all():
+        return _parse_tokens_slowly(raw, inputs, name)
+    # Only digits and whitespace: numpy's C parser reads these exactly, without a Python object per
+    # token (signs or junk take the slow path above). Overflow saturates at int64's maximum, which
+    # the range check catches; the message quotes the token's own text.
+    ids = np.fromstring(raw, dtype=np.int64, sep=" ")
+    bad = np.flatnonzero(ids >= inputs)
+    if bad.size == 0:
+        return ids.astype(np.int32)
+    starts = np.flatnonzero(~space & np.concatenate(([True], space[:-1])))
+    start = int(starts[bad[0]])
+    token = _INTEGER.match(raw, start).group()
+    raise _out_of_range(token, inputs, name, raw.count(b"\n", 0, start) + 1)
+
+
+def _parse_tokens_slowly(raw, inputs, name):
+    """Token by token and line by line, so the first bad token can be named with its line."""
+    ids = []
+    for line_number, line in enumerate(raw.split(b"\n"), 1):
+        for token in line.split():
+            if not _INTEGER.fullmatch(token):
+                raise DarknetpyError(f"token {_show(token)} is not an integer; a tokenized corpus holds "
+                                     "whitespace-separated integer ids", name, line_number)
+            value = int(token)
+            if not 0 <= value < inputs:
+                raise _out_of_range(token, inputs, name, line_number)
+            ids.append(value)
+    return np.array(ids, dtype=np.int32)
+
+
+def _out_of_range(token, inputs, name, line_number):
+    """The error for an id the network's one-hot input cannot hold."""
+    return DarknetpyError(f"token {_show(token)} is outside [0, {inputs}); set inputs in [net] to the "
+                          "vocabulary size or fix the corpus", name, line_number)
+
+
+def _show(token, limit=40):
+    """A bad token, quoted and shortened so the error stays one readable line."""
+    text = token.decode("utf-8", "replace")
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+def split_corpus(ids, valid_frac, path=None):
+    """(train_ids, valid_ids): validation is the held-out tail of the corpus; None if valid_frac is 0."""
+    if not 0 <= valid_frac < 1:
+        raise DarknetpyError(f"the validation fraction must be in [0, 1), not {valid_frac}", path)
+    if valid_frac == 0:
+        return ids, None
+    n_valid = int(len(ids) * valid_frac)
+    if n_valid < 2:
+        raise DarknetpyError(f"a validation fraction of {valid_frac} leaves {n_valid} of {len(ids)} ids to "
+                             "validate on (at least 2 are needed); raise it or set it to 0", path)
+    return ids[:len(ids) - n_valid], ids[len(ids) - n_valid:]
+
+
+def default_valid_frac(n, time_steps):
+    """Hold out 5% only when both parts stay useful: >= 10 sequences to validate, a trainable rest."""
+    n_valid = int(n * VALID_FRAC)
+    return VALID_FRAC if n_valid >= 10 * (time_steps + 1) and n - n_valid > time_steps + 1 else 0.0
+
+
+class StreamBatcher:
+    """Darknet's char-RNN data walk: `streams` offsets, each advancing `time_steps` ids per datum.
+
+    Each stream keeps its place between datums (so the network's per-stream state stays meaningful)
+    and wraps at the end of the corpus; `reseat()` occasionally moves a stream to a random place.
+    """
+
+    def __init__(self, ids, streams, time_steps, rng, path=None):
+        self.ids = np.asarray(ids)
+        self.streams, self.time_steps, self.rng = streams, time_steps, rng
+        n = len(self.ids)
+        if n < time_steps + 1:
+            raise DarknetpyError(f"the training text has {n} ids (bytes or tokens) but time_steps={time_steps} "
+                                 f"needs at least {time_steps + 1}; use a longer corpus or fewer time_steps", path)
+        self.offsets = rng.integers(0, n, size=streams)
+        self._walk = np.arange(time_steps + 1)[:, None]
+
+    def next_batch(self):
+        """(x, y), int64 arrays of shape (time_steps, streams); y is x shifted one id ahead."""
+        n = len(self.ids)
+        seq = self.ids[(self.offsets + self._walk) % n].astype(np.int64)
+        self.offsets = (self.offsets + self.time_steps) % n
+        return seq[:-1], seq[1:]
+
+    def reseat(self):
+        """Move each stream to a random offset with probability 1/64; returns the moved streams' indices.
+
+        The trainer resets those streams' recurrent state (Darknet's reset_network_state, which is a
+        no-op on its CPU path).
+        """
+        moved = np.flatnonzero(self.rng.integers(0, RESEAT_ODDS, size=self.streams) == 0)
+        self.offsets[moved] = self.rng.integers(0, len(self.ids), size=moved.size)
+        return moved
+
+    def state(self):
+        """Offsets and the rng's state as plain values, so a resumed run continues bit for bit."""
+        return {"offsets": self.offsets.tolist(), "rng": self.rng.bit_generator.state}
+
+    def set_state(self, state):
+        """Restore what `state()` returned (this also restores the shared rng)."""
+        offsets = np.array(state["offsets"], dtype=np.int64)
+        if offsets.shape != (self.streams,):
+            raise DarknetpyError(f"the saved data state has {offsets.size} streams but this run has "
+                                 f"{self.streams}; resume with the same batch and subdivisions")
+        if offsets.size and (offsets.min() < 0 or offsets.max() >= len(self.ids)):
+            raise DarknetpyError(f"the saved data state points past the end of the {len(self.ids)}-id "
+                                 "training text; resume with the same corpus")
+        self.offsets = offsets
+        self.rng.bit_generator.state = state["rng"]
+
+
+def ids_to_onehot(ids, inputs):
+    """float32 one-hot of shape ids.shape + (inputs,)."""
+    ids = np.asarray(ids)
+    out = np.zeros(ids.shape + (inputs,), np.float32)
+    out.reshape(-1, inputs)[np.arange(ids.size), ids.ravel()] = 1
+    return out

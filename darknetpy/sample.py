@@ -1,0 +1,240 @@
+"""Generation and validation: Darknet's `rnn generate` and `rnn valid`, byte for byte.
+
+Matching Darknet's generated text needs its random stream (glibc's rand(), emulated exactly here,
+including the draws Darknet's network construction burns before sampling starts) and its float32
+sampling arithmetic. Validation needs its float32 accumulator and its printf line.
+"""
+import math
+
+import numpy as np
+
+from .errors import DarknetpyError
+
+_MASK = 0xFFFFFFFF  # glibc's state words are 32 bits; the generator is linear over Z/2^32
+_DEG, _SEP = 31, 3  # TYPE_3: r[i] = r[i-3] + r[i-31]
+
+
+def _poly_mulmod(a, b):
+    """a*b mod (x^31 - x^28 - 1) over Z/2^32; polynomials are 31 coefficients, lowest first."""
+    prod = [0] * (2 * _DEG - 1)
+    for i, ai in enumerate(a):
+        if ai:
+            for j, bj in enumerate(b):
+                prod[i + j] += ai * bj
+    for d in range(2 * _DEG - 2, _DEG - 1, -1):  # x^d = x^(d-3) + x^(d-31)
+        prod[d - _SEP] += prod[d]
+        prod[d - _DEG] += prod[d]
+    return [c & _MASK for c in prod[:_DEG]]
+
+
+def _poly_times_x(a):
+    """x*a mod (x^31 - x^28 - 1): a shift, with x^31 folded back onto x^28 + 1."""
+    top = a[-1]
+    out = [top] + a[:-1]
+    out[_DEG - _SEP] = (out[_DEG - _SEP] + top) & _MASK
+    return out
+
+
+def _poly_xpow(n):
+    """x^n mod (x^31 - x^28 - 1), by square-and-multiply."""
+    result = [1] + [0] * (_DEG - 1)
+    base = [0, 1] + [0] * (_DEG - 2)
+    while n:
+        if n & 1:
+            result = _poly_mulmod(result, base)
+        base = _poly_mulmod(base, base)
+        n >>= 1
+    return result
+
+
+class GlibcRand:
+    """glibc's srand(seed) / rand() (the default TYPE_3 additive generator), draw for draw.
+
+    The state is the last 31 terms of r[i] = r[i-3] + r[i-31] (mod 2^32), kept in a ring where
+    r[j] sits at slot j % 31; rand() returns r[i] >> 1. `skip(n)` jumps n draws in O(log n).
+    """
+
+    def __init__(self, seed):
+        seed &= _MASK  # srand takes an unsigned int; Darknet hands it an int, so negatives wrap
+        seed = seed or 1  # glibc: seed 0 behaves as 1
+        word = seed - (1 << 32) if seed >= 1 << 31 else seed  # glibc's int32_t copy of the seed
+        ring = [seed]
+        for _ in range(1, _DEG):
+            # glibc's Schrage form of word = 16807 * word % 2147483647, with C's truncating division
+            hi = -(-word // 127773) if word < 0 else word // 127773
+            lo = word - hi * 127773
+            word = 16807 * lo - 2836 * hi
+            if word < 0:
+                word += 2147483647
+            ring.append(word)
+        # r[31..33] = r[0..2] are the values already in slots 0..2, so the first term computed
+        # is r[34]; glibc then throws away 310 draws.
+        self._ring, self._pos = ring, 34 % _DEG
+        self.skip(10 * _DEG)
+
+    def rand(self):
+        """One rand(): an int in [0, 2^31)."""
+        ring, i = self._ring, self._pos
+        ring[i] = (ring[i] + ring[(i - _SEP) % _DEG]) & _MASK  # slot i held r[k-31]; now r[k]
+        self._pos = (i + 1) % _DEG
+        return ring[i] >> 1
+
+    def skip(self, n):
+        """Advance by n draws, as n calls to rand() would, in O(log n) polynomial products.
+
+        With w = the last 31 terms, r[k-31+t] = sum_j c_j w_j where x^t = sum_j c_j x^j
+        mod the characteristic polynomial x^31 - x^28 - 1.
+        """
+        if n < 0:
+            raise ValueError("cannot skip a negative number of draws")
+        i = self._pos
+        window = [self._ring[(i + j) % _DEG] for j in range(_DEG)]  # r[k-31], ..., r[k-1]
+        coeffs = _poly_xpow(n)
+        for m in range(_DEG):  # the new window r[k+n-31+m], m = 0..30
+            self._ring[(i + n + m) % _DEG] = sum(c * w for c, w in zip(coeffs, window)) & _MASK
+            coeffs = _poly_times_x(coeffs)
+        self._pos = (i + n) % _DEG
+
+    def uniform(self):
+        """Darknet's rand_uniform(0, 1): (float)rand() / RAND_MAX, where RAND_MAX becomes 2^31 in float."""
+        return np.float32(self.rand()) / np.float32(2147483648.0)
+
+
+class NumpyRand:
+    """The sampling stream when no srand is given (Darknet then seeds with time(0))."""
+
+    def __init__(self, seed=None):
+        self._gen = np.random.default_rng(seed)
+
+    def uniform(self):
+        """A float32 in [0, 1)."""
+        return np.float32(self._gen.random(dtype=np.float32))
+
+
+def sample_index(p, rng):
+    """Darknet's sampling step in its exact float32 arithmetic: returns the chosen index.
+
+    Probabilities below 0.0001 are zeroed, the rest renormalized; one uniform draw r then walks
+    r -= p[i] and stops at the first r <= 0 (the last index if it never does).
+    """
+    p = np.asarray(p, dtype=np.float32)
+    # C compares the float with the double 0.0001; in float32 the comparison would spare float32(1e-4)
+    p = np.where(p.astype(np.float64) < 0.0001, np.float32(0), p)
+    total = np.cumsum(p, dtype=np.float32)[-1]  # C's sequential float sum (np.sum is pairwise)
+    with np.errstate(divide="ignore", invalid="ignore"):  # all cut: Darknet's NaNs pick the last index
+        p = p * np.float32(1.0 / np.float64(total))  # scale_array(a, n, 1./sum): double 1/s, passed as float
+    walk = np.empty(p.size + 1, dtype=np.float32)
+    walk[0], walk[1:] = rng.uniform(), p
+    walk = np.subtract.accumulate(walk)[1:]  # r - p0 - p1 - ..., one float32 rounding per step, in order
+    hit = np.flatnonzero(walk <= 0)
+    return int(hit[0]) if hit.size else p.size - 1
+
+
+def _check_ids(data, inputs, what):
+    """Refuse a byte the network has no input for (Darknet would index out of bounds)."""
+    ids = np.frombuffer(bytes(data), dtype=np.uint8)
+    bad = np.flatnonzero(ids >= inputs)
+    if bad.size:
+        raise DarknetpyError(f"{what}: byte {ids[bad[0]]} at offset {bad[0]} is outside the network's {inputs} inputs")
+    return ids.tolist()
+
+
+def generate(net, seed=b"\n\n", length=1000, temp=0.7, srand=None, tokens=None, write=None):
+    """Darknet's `rnn generate`: echo the seed, sample `length` symbols, end with "\\n".
+
+    With `srand` the output is Darknet's byte for byte: its rand() stream, started after the draws
+    its network construction consumed. With `tokens` (one string per id) each symbol prints as its
+    token plus a space, as Darknet's print_symbol does. `write` receives each produced piece as it
+    comes (for streaming); the whole output is also returned.
+    """
+    if net.outputs > net.inputs:
+        raise DarknetpyError(f"generate feeds each sample back: {net.outputs} outputs but only {net.inputs} inputs")
+    ids = _check_ids(seed, net.inputs, "seed") or [0]  # empty seed: Darknet prints and feeds byte 0
+    if tokens is not None:
+        if len(tokens) < net.outputs:
+            raise DarknetpyError(f"{len(tokens)} tokens for a network with {net.outputs} outputs")
+        tokens = [("\n" if t == "<NEWLINE>" else t).encode("utf-8", "surrogateescape") + b" " for t in tokens]
+
+    pieces = []
+
+    def emit(piece):
+        pieces.append(piece)
+        if write is not None:
+            write(piece)
+
+    def symbol(c):
+        return tokens[c] if tokens is not None else bytes([c])
+
+    net.set_temperature(temp)  # every softmax layer: the cfg's temperature has no effect here
+    net.reset_state()
+    if srand is None:
+        rng = NumpyRand()
+    else:
+        rng = GlibcRand(srand)  # Darknet calls srand before building the network ...
+        rng.skip(net.init_rand_draws)  # ... whose random weight init draws this many times
+    for c in ids[:-1]:
+        net.predict_ids(np.array([c]))
+        emit(symbol(c))
+    c = ids[-1]
+    emit(symbol(c))
+    for _ in range(length):
+        c = sample_index(net.predict_ids(np.array([c]))[0], rng)
+        emit(symbol(c))
+    emit(b"\n")
+    return b"".join(pieces)
+
+
+# Darknet's -Ofast build turns pow(2, x) into glibc's exp2(x), which differs from pow in the last
+# bit now and then; math.exp2 (Python 3.11+) is that exp2.
+_exp2 = getattr(math, "exp2", lambda x: 2.0**x)
+
+
+def _pow2(x):
+    """Darknet's pow(2, x) (see _exp2): inf on overflow where Python raises."""
+    try:
+        return _exp2(x)
+    except OverflowError:
+        return math.inf
+
+
+def validate_steps(net, text, seed=b"\n\n"):
+    """Darknet's `rnn valid`, one scored byte at a time: yields (count, bpc, perplexity, word_perplexity).
+
+    The seed is fed unscored, then each byte predicts the next. The running sum of log2 p is
+    Darknet's float32 accumulator: the log and the division by (float)ln 2 in double, then rounded
+    to float32 on every addition. Words start at 1 and count ' ', '\\n', '\\t' among scored bytes.
+    """
+    seed_ids = _check_ids(seed, net.inputs, "seed")
+    ids = _check_ids(text, net.inputs, "text")
+    log2 = float(np.float32(math.log(2)))
+    net.reset_state()
+    for c in seed_ids:
+        net.predict_ids(np.array([c]))
+    total, words = 0.0, 1
+    for count, (c, nxt) in enumerate(zip(ids[:-1], ids[1:]), start=1):
+        words += nxt in (32, 10, 9)
+        p = float(net.predict_ids(np.array([c]))[0, nxt])
+        log_p = math.log(p) if p > 0 else -math.inf  # C's log(0) is -inf (Python raises)
+        total = float(np.float32(total + log_p / log2))
+        # -sum/count and -sum/words are float32 divisions in C; pow and printf then see doubles
+        bpc = float(np.float32(-total) / np.float32(count))
+        yield count, bpc, _pow2(bpc), _pow2(float(np.float32(-total) / np.float32(words)))
+
+
+def validate(net, text, seed=b"\n\n"):
+    """Darknet's `rnn valid` on `text` (bytes): the final (count, bpc, perplexity, word_perplexity)."""
+    result = None
+    for result in validate_steps(net, text, seed):
+        pass
+    if result is None:
+        raise DarknetpyError("validation text needs at least 2 bytes: each scored byte is predicted from the one before")
+    return result
+
+
+def format_valid_line(count, bpc, perplexity, word_perplexity):
+    """Darknet's per-character line, `%d BPC: %4.4f   Perplexity: %4.4f    Word Perplexity: %4.4f`.
+
+    Python's %.4f prints the exact binary value correctly rounded, as glibc's printf does, so even
+    the huge word perplexities agree digit for digit.
+    """
+    return f"{count} BPC: {bpc:.4f}   Perplexity: {perplexity:.4f}    Word Perplexity: {word_perplexity:.4f}"
