@@ -238,3 +238,12 @@ def format_valid_line(count, bpc, perplexity, word_perplexity):
     the huge word perplexities agree digit for digit.
     """
     return f"{count} BPC: {bpc:.4f}   Perplexity: {perplexity:.4f}    Word Perplexity: {word_perplexity:.4f}"
+
+
+def read_tokens(path):
+    """A --tokens file: line i is the text of token id i (Darknet's read_tokens)."""
+    try:
+        with open(path, "rb") as f:
+            return [line.decode("utf-8", "surrogateescape") for line in f.read().splitlines()]
+    except OSError as e:
+        raise DarknetpyError(f"cannot read tokens: {e.strerror}", path) from None

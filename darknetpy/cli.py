@@ -1,0 +1,145 @@
+"""The `darknetpy` command: thin click wrappers around the library.
+
+stdout carries only the product (generated text, valid's lines, info's table); progress, warnings
+and banners go to stderr. Bad input is one line on stderr and exit code 2, never a traceback.
+"""
+import functools
+import os
+import sys
+import warnings
+
+import click
+
+from . import cfg as cfgmod
+from .errors import DarknetpyError
+
+
+def friendly(fn):
+    """Turn input errors into one stderr line (exit 2), Ctrl-C into exit 130, cfg warnings into lines."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        def show(message, category, *_args, **_kwargs):
+            click.echo(f"warning: {message}" if category is not cfgmod.CfgWarning else str(message), err=True)
+        warnings.showwarning = show
+        try:
+            return fn(*args, **kwargs)
+        except DarknetpyError as e:
+            click.echo(f"darknetpy: {e}", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("darknetpy: interrupted", err=True)
+            sys.exit(130)
+        except BrokenPipeError:
+            sys.stderr.close()
+            sys.exit(1)
+    return wrapper
+
+
+def seed_bytes(text):
+    """The bytes of a --seed argument exactly as typed (undecodable argv bytes survive)."""
+    return os.fsencode(text)
+
+
+PATH = click.Path(dir_okay=False)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="darknetpy")
+def main():
+    """Darknet's recurrent networks (rnn, gru, lstm) in numpy: train a char-RNN from a Darknet
+    .cfg, save Darknet .weights, generate text and measure bits per character.
+
+    \b
+    Quick start:
+      darknetpy train cfg/shakespeare.cfg data/tinyshakespeare.txt
+      darknetpy generate cfg/shakespeare.cfg backup/shakespeare.backup --seed "ROMEO:"
+    """
+
+
+@main.command()
+@click.argument("cfg", type=PATH)
+@click.argument("weights", type=PATH)
+@click.option("--seed", default="\n\n", show_default="two newlines",
+              help="Text fed to the network first and echoed; an empty seed feeds a NUL byte.")
+@click.option("--len", "length", default=1000, show_default=True, type=click.IntRange(min=0),
+              help="Number of characters (tokens) to sample after the seed.")
+@click.option("--temp", default=0.7, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Softmax temperature: lower is more conservative, higher more random.")
+@click.option("--srand", type=int, default=None,
+              help="Seed of Darknet's glibc rand(): with it the text is byte-identical to "
+                   "`darknet rnn generate -srand N`. Default: a fresh random seed each run.")
+@click.option("--tokens", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Token file for tokenized nets: line i is the text of id i (<NEWLINE> means a newline).")
+@friendly
+def generate(cfg, weights, seed, length, temp, srand, tokens):
+    """Sample text from a trained network, streaming it to stdout (Darknet's `rnn generate`).
+
+    CFG may be the training cfg: batch and time_steps are forced to 1.
+    """
+    from . import load_network, sample
+    net = load_network(cfg, weights, batch=1, time_steps=1)
+    token_list = sample.read_tokens(tokens) if tokens else None
+    out = sys.stdout.buffer
+
+    def write(piece):
+        out.write(piece)
+        out.flush()
+    sample.generate(net, seed=seed_bytes(seed), length=length, temp=temp, srand=srand,
+                    tokens=token_list, write=write)
+
+
+@main.command()
+@click.argument("cfg", type=PATH)
+@click.argument("weights", type=PATH)
+@click.argument("text", type=click.Path(dir_okay=False, allow_dash=True), default="-")
+@click.option("--seed", default="\n\n", show_default="two newlines",
+              help="Text fed first, unscored, to warm up the state.")
+@click.option("--verbose", is_flag=True, help="Print Darknet's running line after every character.")
+@friendly
+def valid(cfg, weights, text, seed, verbose):
+    """Bits per character of TEXT (a file, or - for stdin) under the network (Darknet's `rnn valid`).
+
+    The text is fed in order with the state carried. The last line has Darknet's form
+    `N BPC: x   Perplexity: y    Word Perplexity: z`, so scripts can parse either tool.
+    """
+    from . import data, load_network, sample
+    net = load_network(cfg, weights, batch=1, time_steps=1)
+    ids = data.load_corpus(text, net.inputs)
+    last = None
+    for last in sample.validate_steps(net, ids.tobytes(), seed=seed_bytes(seed)):
+        if verbose:
+            click.echo(sample.format_valid_line(*last))
+    if not verbose:
+        click.echo(sample.format_valid_line(*last))
+
+
+@main.command()
+@click.argument("cfg", type=PATH)
+@click.argument("weights", type=PATH, required=False)
+@friendly
+def info(cfg, weights):
+    """The layer table of CFG, its parameter count and the exact size of its weights file;
+    with WEIGHTS, whether that file fits the cfg."""
+    from . import weights as weightsmod
+    from .network import Network
+    net = Network(cfg)
+    rows = [("#", "type", "inputs -> outputs", "activation", "bn", "parameters")]
+    for i, (layer, section) in enumerate(zip(net.layers, net.sections)):
+        act = getattr(layer, "activation", "")
+        if section.type == "lstm":
+            act = "lstm"
+        elif section.type == "gru":
+            act = "tanh" if layer.tanh else "logistic"
+        bn = "yes" if any(d.bn for d in layer.denses) else ""
+        count = sum(v.size for v in layer.params().values())
+        rows.append((str(i), section.type, f"{layer.inputs} -> {layer.outputs}", act, bn, str(count)))
+    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+    for r in rows:
+        click.echo("  ".join(v.rjust(w) if c in (0, 5) else v.ljust(w) for c, (v, w) in enumerate(zip(r, widths))).rstrip())
+    total = sum(v.size for v in net.params().values())
+    click.echo(f"parameters: {total}")
+    click.echo(f"streams: {net.streams}  time_steps: {net.time_steps}  subdivisions: {net.subdivisions}")
+    click.echo(f"weights file: {weightsmod.expected_size(net)} bytes")
+    if weights:
+        net.load_weights(weights)  # refuses a file that does not fit, with the reason
+        click.echo(f"{weights}: fits ({os.path.getsize(weights)} bytes, seen {net.seen})")
