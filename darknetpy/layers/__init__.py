@@ -40,11 +40,12 @@ class Recurrent:
 
 
 def sigmoid_(x):
-    """In-place logistic: 1 / (1 + e^-x)."""
-    np.negative(x, out=x)
-    np.exp(x, out=x)
-    x += 1
-    np.reciprocal(x, out=x)
+    """In-place logistic 1 / (1 + e^-x), computed as (1 + tanh(x/2)) / 2: numpy's float32 tanh is
+    about twice as fast as its exp, and this form cannot overflow."""
+    x *= 0.5
+    np.tanh(x, out=x)
+    x *= 0.5
+    x += 0.5
     return x
 
 
