@@ -50,7 +50,7 @@ class Section:
         try:
             return convert(opt.value)
         except ValueError:
-            raise self.error(f"'{key}={opt.value}' is not {kind}") from None
+            raise self.error(f"'{key}={opt.value}' is not {kind}", key) from None
 
     def int(self, key, default=REQUIRED):
         return self._get(key, default, int, "an integer")
