@@ -49,6 +49,18 @@ def sigmoid_(x):
     return x
 
 
+def sigmoid_grad(y, out):
+    """out = y (1 - y), the logistic's derivative from its output, without temporaries."""
+    np.multiply(y, y, out=out)
+    return np.subtract(y, out, out=out)
+
+
+def tanh_grad(y, out):
+    """out = 1 - y², tanh's derivative from its output, without temporaries."""
+    np.multiply(y, y, out=out)
+    return np.subtract(1, out, out=out)
+
+
 def rows(x):
     """(T, S, F) -> (T*S, F); indices (T, S) -> (T*S,)."""
     return x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])

@@ -10,7 +10,7 @@ r⊙h, so it needs its own matmul per step.
 """
 import numpy as np
 
-from . import Recurrent, rows, sigmoid_
+from . import Recurrent, rows, sigmoid_, sigmoid_grad, tanh_grad
 from .connected import Dense
 
 
@@ -75,23 +75,34 @@ class GRU(Recurrent):
         dPzr = self.buffer("dPzr", (T, S, 2 * n)) if wzr.bn else dP[..., :2 * n]
         dPh = self.buffer("dPh", (T, S, n)) if wh.bn else dP[..., 2 * n:]
         dh = self.zeros((S, n))
+        a, drh = self.buffer("scratch", (S, n)), self.buffer("drh", (S, n))
+        act_grad = tanh_grad if self.tanh else sigmoid_grad
         for t in reversed(range(T)):
             z, r, c, hp = ZR[t, :, :n], ZR[t, :, n:], HC[t], H[t]
-            dh += dh_out[t]
             d = dP[t]
-            dc_act = (c * (1 - c)) if not self.tanh else (1 - c * c)
-            np.multiply(dh * (1 - z), dc_act, out=d[:, 2 * n:])
+            dz, dr, dc = d[:, :n], d[:, n:2 * n], d[:, 2 * n:]
+            dh += dh_out[t]
+            act_grad(c, out=dc)                    # dc = dh ⊙ (1 - z) ⊙ act'(c)
+            np.subtract(1, z, out=a)
+            a *= dh
+            dc *= a
             if wh.bn:
-                dPh[t] = wh.backward_norm(d[None, :, 2 * n:])[0]
-            drh = dPh[t] @ wh.W.T
-            np.multiply(dh * (hp - c), z * (1 - z), out=d[:, :n])
-            np.multiply(drh * hp, r * (1 - r), out=d[:, n:2 * n])
+                dPh[t] = wh.backward_norm(dc[None])[0]
+            np.matmul(dPh[t], wh.W.T, out=drh)     # delta of r ⊙ h
+            sigmoid_grad(z, out=dz)                # dz = dh ⊙ (h - c) ⊙ σ'(z)
+            np.subtract(hp, c, out=a)
+            a *= dh
+            dz *= a
+            sigmoid_grad(r, out=dr)                # dr = drh ⊙ h ⊙ σ'(r)
+            np.multiply(drh, hp, out=a)
+            dr *= a
             if wzr.bn:
                 dPzr[t] = wzr.backward_norm(d[None, :, :2 * n])[0]
             if t:  # truncated BPTT: nothing flows into the previous datum's state
-                dh *= z
-                dh += drh * r
-                dh += dPzr[t] @ wzr.W.T
+                dh *= z                            # dh_prev = dh ⊙ z + drh ⊙ r + [dz dr] Wzrᵀ
+                np.multiply(drh, r, out=a)
+                dh += a
+                dh += np.matmul(dPzr[t], wzr.W.T, out=a)
         if not wzr.bn:
             wzr.backward_norm(dP[..., :2 * n])
             wh.backward_norm(dP[..., 2 * n:])

@@ -9,7 +9,7 @@ Gate columns are ordered i, f, o, g — Darknet's save order wi, wf, wo, wg / ui
 """
 import numpy as np
 
-from . import Recurrent, rows, sigmoid_
+from . import Recurrent, rows, sigmoid_, sigmoid_grad, tanh_grad
 from .connected import Dense
 
 
@@ -39,6 +39,7 @@ class LSTM(Recurrent):
         C = self.buffer("C", (T + 1, S, n))
         TC = self.buffer("TC", (T, S, n))        # tanh(c') per step
         H[0], C[0] = h0, c0
+        ig = self.buffer("ig", (S, n))
         for t in range(T):
             g = G[t]
             np.matmul(H[t], w.W, out=g)
@@ -49,7 +50,7 @@ class LSTM(Recurrent):
             np.tanh(g[:, 3 * n:], out=g[:, 3 * n:])
             i, f, o, gg = g[:, :n], g[:, n:2 * n], g[:, 2 * n:3 * n], g[:, 3 * n:]
             np.multiply(f, C[t], out=C[t + 1])
-            C[t + 1] += i * gg
+            C[t + 1] += np.multiply(i, gg, out=ig)
             np.tanh(C[t + 1], out=TC[t])
             np.multiply(o, TC[t], out=H[t + 1])
         h0[...], c0[...] = H[T], C[T]
@@ -65,15 +66,28 @@ class LSTM(Recurrent):
         dGw = self.buffer("dGw", (T, S, 4 * n)) if w.bn else dG
         dh = self.zeros((S, n))
         dc = self.zeros((S, n))
+        a = self.buffer("scratch", (S, n))
         for t in reversed(range(T)):
             i, f, o, g = G[t, :, :n], G[t, :, n:2 * n], G[t, :, 2 * n:3 * n], G[t, :, 3 * n:]
-            dh += dh_out[t]
-            dc += dh * o * (1 - TC[t] * TC[t])
             d = dG[t]
-            np.multiply(dc * g, i * (1 - i), out=d[:, :n])
-            np.multiply(dc * C[t], f * (1 - f), out=d[:, n:2 * n])
-            np.multiply(dh * TC[t], o * (1 - o), out=d[:, 2 * n:3 * n])
-            np.multiply(dc * i, 1 - g * g, out=d[:, 3 * n:])
+            di, df, do, dg = d[:, :n], d[:, n:2 * n], d[:, 2 * n:3 * n], d[:, 3 * n:]
+            dh += dh_out[t]
+            tanh_grad(TC[t], out=a)                # dc += dh ⊙ o ⊙ tanh'(c')
+            a *= o
+            a *= dh
+            dc += a
+            sigmoid_grad(i, out=di)                # di = dc ⊙ g ⊙ σ'(i)
+            di *= g
+            di *= dc
+            sigmoid_grad(f, out=df)                # df = dc ⊙ c ⊙ σ'(f)
+            df *= C[t]
+            df *= dc
+            sigmoid_grad(o, out=do)                # do = dh ⊙ tanh(c') ⊙ σ'(o)
+            do *= TC[t]
+            do *= dh
+            tanh_grad(g, out=dg)                   # dg = dc ⊙ i ⊙ tanh'(g)
+            dg *= i
+            dg *= dc
             dc *= f
             if w.bn:
                 dGw[t] = w.backward_norm(d[None])[0]
