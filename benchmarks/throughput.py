@@ -1,0 +1,222 @@
+#!/usr/bin/env python3
+"""darknetpy's throughput on the standard benchmark configs, side by side with PyTorch when it is
+installed: one table of training and generation chars/s, training GFLOP/s against numpy's own
+large-matmul peak, and peak RSS.
+
+    python benchmarks/throughput.py                    # every standard config
+    python benchmarks/throughput.py lstm2x256 gru2x256 # some of them (names or .cfg paths)
+    python benchmarks/throughput.py --no-torch --json results.json
+
+Each measurement runs in a fresh subprocess, so peak RSS belongs to one config and one
+implementation, and one implementation's threads or caches do not disturb the other's.
+What is timed and the FLOP model: see darknetpy/bench.py; the PyTorch models: torch_reference.py.
+PyTorch is optional (never a dependency of darknetpy): without it the PyTorch columns are skipped.
+For a fair comparison torch gets as many threads as numpy's BLAS (torch.set_num_threads), and for
+[lstm] nets both a hand-written loop and torch.nn.LSTM are timed and the faster one is reported.
+"""
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+# name: (cfg, train?, generate?, timed training steps). Generation is not repeated for
+# rnn1024-train: it is the same model as rnn1024 (generation forces batch=1, time_steps=1).
+CONFIGS = {
+    "lstm2x256": ("lstm2x256.cfg", True, True, 5),
+    "lstm1x512": ("lstm1x512.cfg", True, True, 5),
+    "gru2x256": ("gru2x256.cfg", True, True, 5),
+    "rnn3x256": ("rnn3x256.cfg", True, True, 5),
+    "rnn1024-train": ("rnn1024-train.cfg", True, False, 3),
+    "rnn1024": ("rnn1024.cfg", False, True, 0),
+    "lstm2x512-mem": ("lstm2x512-mem.cfg", True, True, 2),
+}
+C_DARKNET_RNN_GEN = 360.0  # chars/s of the C Darknet generating with cfg/rnn.cfg
+
+
+# ---- workers (one measurement per process) --------------------------------------------------------
+def worker(kind, cfg, iterations, warmup, gen_chars, train, generate):
+    from darknetpy import bench
+    if kind == "darknetpy":
+        return bench.run_config(cfg, iterations=iterations, warmup=warmup, gen_chars=gen_chars,
+                                train=train, generate=generate)
+    if kind == "numpy-peak":
+        return {"gflops": bench.matmul_peak(), "blas": bench.blas_info()}
+    import torch
+    sys.path.insert(0, str(HERE))
+    import torch_reference as ref
+    threads = bench.blas_threads()
+    torch.set_num_threads(threads)
+    if kind == "torch-peak":
+        return {"gflops": ref.matmul_peak(), "blas": ref.blas_label(), "version": torch.__version__}
+    impl = kind.split("-", 1)[1]
+    spec = ref.read_cfg(cfg)
+    if impl == "nn" and not ref.supports_nn(spec):
+        return None
+    out = {"impl": impl, "train": None, "generate": None}
+    if train:
+        out["train"] = ref.measure_train(cfg, impl, iterations=iterations, warmup=warmup)
+    if generate:
+        out["generate"] = ref.measure_generate(cfg, impl, chars=gen_chars, warmup=10 * warmup)
+    out["peak_rss"] = bench.peak_rss_bytes()
+    return out
+
+
+def run_worker(kind, cfg="-", iterations=1, warmup=1, gen_chars=1, train=True, generate=True):
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", kind, str(cfg), "--iterations", str(iterations),
+           "--warmup", str(warmup), "--gen-chars", str(gen_chars)]
+    cmd += [] if train else ["--no-train"]
+    cmd += [] if generate else ["--no-generate"]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode:
+        sys.stderr.write(f"[{kind} {cfg}] failed:\n{r.stderr}")
+        return {"error": r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"exit {r.returncode}"}
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+# ---- the table ---------------------------------------------------------------------------------
+def rate(x):
+    return "-" if x is None else f"{x:,.0f}"
+
+
+def ratio(a, b):
+    return "-" if a is None or b is None else f"{a / b:.2f}x"
+
+
+def best_torch(results, part):
+    """The faster PyTorch implementation for `part` ('train' or 'generate'): (chars/s, impl, rss)."""
+    best = (None, "", None)
+    for r in results:
+        if r and not r.get("error") and r.get(part):
+            cps = r[part]["chars_per_s"]
+            if best[0] is None or cps > best[0]:
+                best = (cps, r["impl"], r["peak_rss"])
+    return best
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("configs", nargs="*", help=f"standard config names ({', '.join(CONFIGS)}) or .cfg paths; default: all")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed training steps before timing (default 2); "
+                                                          "generation discards 10x as many chars")
+    ap.add_argument("--iterations", type=int, default=None, help="timed training steps (default: per config, 2-5)")
+    ap.add_argument("--gen-chars", type=int, default=500, help="generated chars timed (default 500)")
+    ap.add_argument("--no-torch", action="store_true", help="skip PyTorch even if it is installed")
+    ap.add_argument("--json", metavar="PATH", help="also write every raw result to PATH")
+    ap.add_argument("--worker", nargs=2, metavar=("KIND", "CFG"), help=argparse.SUPPRESS)
+    ap.add_argument("--no-train", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--no-generate", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+
+    if args.worker:
+        kind, cfg = args.worker
+        result = worker(kind, cfg, args.iterations or 5, args.warmup, args.gen_chars,
+                        not args.no_train, not args.no_generate)
+        print(json.dumps(result))
+        return 0
+
+    todo = []
+    for name in args.configs or list(CONFIGS):
+        if name in CONFIGS:
+            cfg, train, gen, its = CONFIGS[name]
+            todo.append((name, HERE / cfg, train, gen, its))
+        elif Path(name).is_file():
+            todo.append((Path(name).stem, Path(name), True, True, 5))
+        else:
+            ap.error(f"unknown config {name!r}: not one of {', '.join(CONFIGS)} and not a file")
+
+    torch_ok = not args.no_torch and importlib.util.find_spec("torch") is not None
+    load_before = os.getloadavg()
+    started = time.time()
+    print(f"# {platform.node()}: {os.cpu_count()} CPUs, load average {load_before[0]:.2f} {load_before[1]:.2f} "
+          f"{load_before[2]:.2f} (1/5/15 min) before; Python {platform.python_version()}", flush=True)
+    peak1 = run_worker("numpy-peak")
+    import numpy as np
+    print(f"# numpy {np.__version__}, BLAS: {_blas_label(peak1['blas'])}", flush=True)
+    tpeak = run_worker("torch-peak") if torch_ok else None
+    if tpeak and "error" not in tpeak:
+        print(f"# PyTorch {tpeak['version']}, BLAS {tpeak['blas']}; torch float32 2048^3 matmul {tpeak['gflops']:.0f} GFLOP/s",
+              flush=True)
+    elif not torch_ok:
+        print("# PyTorch not installed (or --no-torch): PyTorch columns skipped", flush=True)
+
+    results = []
+    for name, cfg, train, gen, its in todo:
+        its = args.iterations or its
+        print(f"# measuring {name} ...", file=sys.stderr, flush=True)
+        dk = run_worker("darknetpy", cfg, its, args.warmup, args.gen_chars, train, gen)
+        th = []
+        if torch_ok:
+            for kind in ("torch-hand", "torch-nn"):
+                th.append(run_worker(kind, cfg, its, args.warmup, args.gen_chars, train, gen))
+        results.append({"name": name, "cfg": str(cfg), "darknetpy": dk, "torch": th})
+
+    peak2 = run_worker("numpy-peak")
+    peak = max(peak1["gflops"], peak2["gflops"])
+    load_after = os.getloadavg()
+
+    header = ("config", "streams x steps", "train c/s", "GFLOP/s", "% peak", "gen c/s", "peak RSS")
+    if torch_ok:
+        header += ("torch train c/s", "train vs torch", "torch gen c/s", "gen vs torch", "torch RSS")
+    rows = [header]
+    for r in results:
+        dk = r["darknetpy"]
+        if "error" in dk:
+            rows.append((r["name"], "error: " + dk["error"][:60]) + ("",) * (len(header) - 2))
+            continue
+        tr, gen = dk.get("train"), dk.get("generate")
+        row = (r["name"], f"{tr['streams']} x {tr['time_steps']}" if tr else "1 x 1",
+               rate(tr and tr["chars_per_s"]), f"{tr['gflops']:.1f}" if tr else "-",
+               f"{100 * tr['gflops'] / peak:.0f}%" if tr else "-", rate(gen and gen["chars_per_s"]),
+               f"{dk['peak_rss'] / 1e6:,.0f} MB")
+        if torch_ok:
+            t_cps, t_impl, t_rss = best_torch(r["torch"], "train")
+            g_cps, g_impl, g_rss = best_torch(r["torch"], "generate")
+            rss = max([x for x in (t_rss, g_rss) if x] or [0])
+            row += (f"{rate(t_cps)} {t_impl}" if t_cps else "-", ratio(tr and tr["chars_per_s"], t_cps),
+                    f"{rate(g_cps)} {g_impl}" if g_cps else "-", ratio(gen and gen["chars_per_s"], g_cps),
+                    f"{rss / 1e6:,.0f} MB" if rss else "-")
+        rows.append(row)
+
+    from darknetpy.bench import format_table
+    print()
+    print(format_table(rows))
+    print()
+    print(f"numpy float32 2048x2048 matmul peak: {peak1['gflops']:.0f} GFLOP/s at the start, {peak2['gflops']:.0f} at the end; "
+          f"% peak uses the better, {peak:.0f}. Target: training >= 60%.")
+    print("train c/s: full datums (forward + backward + update), median step; gen c/s: one stream, one char at a time "
+          "with sampling. GFLOP/s counts matmul FLOPs only (model in darknetpy/bench.py).")
+    if torch_ok:
+        print("torch columns: the faster of a hand-written per-step loop with fused gate matmuls ('hand') and "
+              "torch.nn.LSTM ('nn', [lstm] nets only); 'vs torch' = darknetpy / PyTorch.")
+    for r in results:
+        gen = r["darknetpy"].get("generate") if "error" not in r["darknetpy"] else None
+        if r["name"] == "rnn1024" and gen:
+            print(f"rnn1024 (Darknet's cfg/rnn.cfg shape) generation: {gen['chars_per_s']:,.0f} chars/s = "
+                  f"{gen['chars_per_s'] / C_DARKNET_RNN_GEN:.2f}x the C Darknet's {C_DARKNET_RNN_GEN:.0f} chars/s (target 2x).")
+        if r["name"] == "lstm2x512-mem" and "error" not in r["darknetpy"]:
+            print(f"lstm2x512-mem peak RSS: {r['darknetpy']['peak_rss'] / 1e9:.2f} GB (target < 1.5 GB).")
+    print(f"load average {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f} after; "
+          f"{time.time() - started:.0f} s in all.")
+    if max(load_before[0], load_after[0]) > 0.5:
+        print("note: the machine was not idle (load average > 0.5): numbers may be low.")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"numpy_peak": [peak1, peak2], "torch_peak": tpeak, "load": [load_before, load_after],
+                       "results": results}, f, indent=1)
+    return 0
+
+
+def _blas_label(info):
+    from darknetpy.bench import blas_label
+    return blas_label(info)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
