@@ -143,3 +143,65 @@ def info(cfg, weights):
     if weights:
         net.load_weights(weights)  # refuses a file that does not fit, with the reason
         click.echo(f"{weights}: fits ({os.path.getsize(weights)} bytes, seen {net.seen})")
+
+
+@main.command()
+@click.argument("cfg", required=False)  # plain strings: the library names a bad path in one line
+@click.argument("data", required=False)
+@click.option("--weights", default=None,
+              help="Start from these weights (and continue from their `seen`); a .state.npz beside "
+                   "them, as every checkpoint has, restores the optimizer and data walk exactly.")
+@click.option("--clear", is_flag=True, help="Set seen to 0 (Darknet's -clear): a new run from --weights.")
+@click.option("--tokenized", is_flag=True, help="DATA holds whitespace-separated integer ids, not bytes.")
+@click.option("--backup", "backup", default="backup", show_default=True,
+              help="Directory for checkpoints and the run record; created if missing.")
+@click.option("--max-batches", type=int, default=None,
+              help="Stop when this many updates in total (counted from seen) are done. "
+                   "Default: max_batches in the cfg.")
+@click.option("--srand", type=int, default=None,
+              help="Seed for weight init and the data walk; the same seed gives the same run, bit "
+                   "for bit. Default: a fresh seed, noted in the run record.")
+@click.option("--valid-frac", type=float, default=None,
+              help="Fraction of the corpus held out at its END for validation, never trained on. "
+                   "Default: 0.05 when the corpus is big enough, else 0.")
+@click.option("--valid-every", type=click.IntRange(min=0), default=500, show_default=True,
+              help="Print held-out bits per character every N iterations (and at the end); 0: only at the end.")
+@click.option("--save-every", type=click.IntRange(min=0), default=1000, show_default=True,
+              help="Also keep BACKUP/<cfg>_<N>.weights every N iterations; 0: never.")
+@click.option("--resume", default=None,
+              help="Continue the run a record BACKUP/<cfg>.yaml describes, from its latest checkpoint "
+                   "(options given here override the record's).")
+@click.pass_context
+@friendly
+def train(ctx, cfg, data, weights, clear, tokenized, backup, max_batches, srand, valid_frac,
+          valid_every, save_every, resume):
+    """Train CFG on the corpus DATA, Darknet's `rnn train` (a char-RNN over bytes, or ids with --tokenized).
+
+    Each of the cfg's batch/subdivisions streams walks the corpus from its own offset with its
+    state carried; the last --valid-frac of the corpus is held out. Checkpoints: BACKUP/<cfg>.backup
+    every 100 iterations and on Ctrl-C (exit 130), BACKUP/<cfg>_<N>.weights every --save-every,
+    BACKUP/<cfg>_final.weights at the end, each with a .state.npz for exact resume, and the run
+    record BACKUP/<cfg>.yaml. Progress goes to stderr; stdout stays empty.
+    """
+    from click.core import ParameterSource
+
+    from . import train as trainmod
+    given = {name for name in ("weights", "tokenized", "backup", "max_batches", "srand", "valid_frac",
+                               "valid_every", "save_every")
+             if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE}
+    options = dict(weights=weights, clear=clear, tokenized=tokenized, backup=backup, max_batches=max_batches,
+                   srand=srand, valid_frac=valid_frac, valid_every=valid_every, save_every=save_every)
+    if resume is not None:
+        if cfg is not None or data is not None:
+            raise DarknetpyError("--resume takes CFG and DATA from the run record; give either CFG DATA or --resume")
+        if clear:
+            raise DarknetpyError("--clear starts a new count of updates and cannot continue a run; drop --resume or --clear")
+        recorded = trainmod.read_record(resume)
+        cfg, data = recorded.pop("cfg"), recorded.pop("data")
+        options.update({k: v for k, v in recorded.items() if k in options and k not in given})
+    elif cfg is None or data is None:
+        raise DarknetpyError("give CFG and DATA (or --resume BACKUP/<cfg>.yaml); see darknetpy train --help")
+    summary = trainmod.train(cfg, data, resumed_from=resume, **options)
+    click.echo(trainmod.format_summary(summary), err=True)
+    if summary["status"] == "interrupted":
+        sys.exit(130)

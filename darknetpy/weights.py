@@ -92,11 +92,16 @@ def _mismatch(net, segments, offset, actual, need):
     return head
 
 
-def save(net, path):
-    """Write pjreddie's layout, header 0, 2, 0, uint64 seen; atomically (temp file, fsync, rename)."""
+def to_bytes(net):
+    """The file `save` writes: pjreddie's layout, header 0, 2, 0, uint64 seen."""
     parts = [struct.pack("<3iQ", 0, 2, 0, net.seen)]
     parts += [np.ascontiguousarray(v, dtype="<f4").tobytes() for _, _, v in _segments(net)]
-    atomic_write(path, b"".join(parts))
+    return b"".join(parts)
+
+
+def save(net, path):
+    """Write pjreddie's layout, header 0, 2, 0, uint64 seen; atomically (temp file, fsync, rename)."""
+    atomic_write(path, to_bytes(net))
 
 
 def atomic_write(path, data):
@@ -105,6 +110,7 @@ def atomic_write(path, data):
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o666 & ~_umask())  # mkstemp makes 0600; give what open() would
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -113,3 +119,9 @@ def atomic_write(path, data):
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
