@@ -34,6 +34,7 @@ class Section:
     def __init__(self, type, path, line):
         self.type, self.path, self.line = type, path, line
         self.options = {}
+        self.repeats = []  # (key, value, line) of keys given again: unused, as in Darknet
 
     def error(self, message, key=None):
         """A DarknetpyError at the key's line (or the section's line)."""
@@ -72,9 +73,9 @@ class Section:
 
     def warn_unused(self):
         """Darknet prints `Unused field: 'key = value'` for keys no layer read; so do we (as a warning)."""
-        for key, opt in self.options.items():
-            if not opt.used:
-                warnings.warn(f"{self.path}:{opt.line}: Unused field: '{key} = {opt.value}'", CfgWarning, stacklevel=2)
+        unused = [(key, opt.value, opt.line) for key, opt in self.options.items() if not opt.used]
+        for key, value, line in sorted(unused + self.repeats, key=lambda u: u[2]):
+            warnings.warn(f"{self.path}:{line}: Unused field: '{key} = {value}'", CfgWarning, stacklevel=2)
 
 
 def _finite_float(text):
@@ -122,7 +123,11 @@ def parse_cfg(path):
             raise DarknetpyError(f"cannot parse '{line}': expected key=value or [section]", path, number)
         if not sections:
             raise DarknetpyError(f"'{line}' comes before any section; the file must start with [net]", path, number)
-        sections[-1].options[key] = Option(value, number)
+        options = sections[-1].options
+        if key in options:  # Darknet's option_find takes the first; a repeat is never read
+            sections[-1].repeats.append((key, value, number))
+        else:
+            options[key] = Option(value, number)
     if not sections:
         raise DarknetpyError("cfg has no sections; it must start with [net]", path)
     if len(sections) == 1:

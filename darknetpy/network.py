@@ -168,8 +168,14 @@ class Network:
         if x.shape[:2] != (self.time_steps, self.streams) or y.shape[:2] != x.shape[:2]:
             raise DarknetpyError(f"train_step takes (time_steps, streams) = ({self.time_steps}, {self.streams}) "
                                  f"rows, got x {x.shape[:2]} and y {y.shape[:2]}")
-        if self.streams * self.time_steps < 2 and any(d.bn for d in self.denses):
-            raise DarknetpyError(f"{self.cfg_path}: training with batch_normalize needs at least 2 streams")
+        for layer, section in zip(self.layers, self.sections):
+            # batchnorm's variance has an n-1 divisor: recurrent sub-layers normalize each step over
+            # the streams, a top-level [connected] over all steps*streams rows.
+            rows = self.streams if section.type != "connected" else self.streams * self.time_steps
+            if rows < 2 and any(d.bn for d in layer.denses):
+                raise DarknetpyError(f"training [{section.type}] with batch_normalize needs at least 2 "
+                                     f"{'streams' if section.type != 'connected' else 'rows'} per datum; "
+                                     f"raise batch (or lower subdivisions)", section.path, section.line)
         self.seen += self.streams * self.time_steps
         cost = self.accumulate(x, y)
         if (self.seen // (self.streams * self.time_steps)) % self.subdivisions == 0:
