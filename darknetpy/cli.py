@@ -11,6 +11,7 @@ import warnings
 import click
 
 from . import cfg as cfgmod
+from .bench import bench
 from .errors import DarknetpyError
 
 
@@ -205,3 +206,6 @@ def train(ctx, cfg, data, weights, clear, tokenized, backup, max_batches, srand,
     click.echo(trainmod.format_summary(summary), err=True)
     if summary["status"] == "interrupted":
         sys.exit(130)
+
+
+main.add_command(bench)
