@@ -1,11 +1,25 @@
-"""One module per Darknet layer kind. `Recurrent` holds what rnn, gru and lstm share: per-stream
-state that carries over between calls, and reusable work buffers."""
+"""One module per Darknet layer kind. `Layer` is the stateless default; `Recurrent` holds what rnn,
+gru and lstm share: per-stream state that carries over between calls, and reusable work buffers."""
 import numpy as np
 
 
-class Recurrent:
-    state_names = ("h",)
+class Layer:
+    """What a layer without parameters or state needs: nothing to save, nothing to reset."""
+    denses = ()
     dtype = np.float32
+
+    def params(self, updates=False):
+        return {}
+
+    def reset_state(self, stream=None):
+        pass
+
+    def backward(self, dy, need_dx):
+        return dy
+
+
+class Recurrent(Layer):
+    state_names = ("h",)
 
     def state(self, streams):
         """The carried state arrays, (re)made as zeros when the number of streams changes."""

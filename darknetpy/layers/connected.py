@@ -11,6 +11,7 @@ buffers accumulate negative gradients (Darknet's weight_updates / bias_updates /
 """
 import numpy as np
 
+from . import Layer
 from .. import activations
 
 BN_EPS = np.float32(1e-6)  # Darknet adds it after the square root: (x - mean) / (sqrt(var) + 1e-6)
@@ -130,7 +131,7 @@ class Dense:
         return dz @ self.W.T
 
 
-class Connected:
+class Connected(Layer):
     """A top-level [connected] layer. Its batchnorm statistics span all steps*streams rows of a datum."""
 
     def __init__(self, section, inputs, rng):
@@ -161,6 +162,3 @@ class Connected:
 
     def params(self, updates=False):
         return self.dense.params(updates)
-
-    def reset_state(self, stream=None):
-        pass

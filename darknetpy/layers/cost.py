@@ -6,15 +6,16 @@ doubles the delta. darknetpy then trains with the softmax cross-entropy alone (s
 """
 import numpy as np
 
+from . import Layer
 
-class Cost:
+
+class Cost(Layer):
     def __init__(self, section, inputs):
         self.inputs = self.outputs = inputs
         kind = section.str("type", "sse")
         if kind != "sse":
             raise section.error(f"cost type '{kind}' is not supported; darknetpy implements type=sse", "type")
         self.scale = section.float("scale", 1.0)
-        self.denses = []
 
     def forward(self, x, train):
         return x
@@ -24,12 +25,3 @@ class Cost:
             truth = np.eye(self.inputs, dtype=x.dtype)[truth]
         delta = (truth - x).astype(x.dtype)
         return (delta * delta).sum(), delta * x.dtype.type(self.scale)
-
-    def backward(self, dy, need_dx):
-        return dy
-
-    def params(self, updates=False):
-        return {}
-
-    def reset_state(self, stream=None):
-        pass

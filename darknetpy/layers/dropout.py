@@ -1,15 +1,16 @@
 """[dropout]: zero each input with `probability` in training and scale the rest by 1/(1-p)."""
 import numpy as np
 
+from . import Layer
 
-class Dropout:
+
+class Dropout(Layer):
     def __init__(self, section, inputs, rng):
         self.inputs = self.outputs = inputs
         self.probability = section.float("probability", 0.5)
         if not 0 <= self.probability < 1:
             raise section.error("probability must be in [0, 1)", "probability")
         self.rng = rng
-        self.denses = []
 
     def forward(self, x, train):
         if not train or self.probability == 0:
@@ -21,9 +22,3 @@ class Dropout:
 
     def backward(self, dy, need_dx):
         return dy if self.mask is None else dy * self.mask
-
-    def params(self, updates=False):
-        return {}
-
-    def reset_state(self, stream=None):
-        pass

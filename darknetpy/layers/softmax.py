@@ -5,10 +5,11 @@ the cost is Σ -ln p over every entry whose truth is non-zero (not weighted by t
 """
 import numpy as np
 
+from . import Layer
 from .connected import is_ids
 
 
-class Softmax:
+class Softmax(Layer):
     def __init__(self, section, inputs):
         self.inputs = self.outputs = inputs
         self.groups = section.int("groups", 1)
@@ -18,7 +19,6 @@ class Softmax:
         if self.temperature <= 0:
             raise section.error("temperature must be > 0", "temperature")
         section.int("noloss", 0)
-        self.denses = []
 
     def forward(self, x, train):
         z = x.reshape(*x.shape[:-1], self.groups, self.inputs // self.groups)
@@ -40,12 +40,3 @@ class Softmax:
         with np.errstate(divide="ignore"):
             cost = -np.log(p[hot]).sum(dtype=p.dtype)
         return cost, (truth - p).astype(p.dtype)
-
-    def backward(self, dy, need_dx):
-        return dy
-
-    def params(self, updates=False):
-        return {}
-
-    def reset_state(self, stream=None):
-        pass
