@@ -149,14 +149,14 @@ def info(cfg, weights):
 @main.command()
 @click.argument("cfg", required=False)  # plain strings: the library names a bad path in one line
 @click.argument("data", required=False)
-@click.option("--weights", default=None,
+@click.option("--weights", default=None, metavar="WEIGHTS",
               help="Start from these weights (and continue from their `seen`); a .state.npz beside "
                    "them, as every checkpoint has, restores the optimizer and data walk exactly.")
 @click.option("--clear", is_flag=True, help="Set seen to 0 (Darknet's -clear): a new run from --weights.")
 @click.option("--tokenized", is_flag=True, help="DATA holds whitespace-separated integer ids, not bytes.")
-@click.option("--backup", "backup", default="backup", show_default=True,
+@click.option("--backup", "backup", default="backup", show_default=True, metavar="DIR",
               help="Directory for checkpoints and the run record; created if missing.")
-@click.option("--max-batches", type=int, default=None,
+@click.option("--max-batches", type=int, default=None, metavar="N",
               help="Stop when this many updates in total (counted from seen) are done. "
                    "Default: max_batches in the cfg.")
 @click.option("--srand", type=int, default=None,
@@ -165,11 +165,11 @@ def info(cfg, weights):
 @click.option("--valid-frac", type=float, default=None,
               help="Fraction of the corpus held out at its END for validation, never trained on. "
                    "Default: 0.05 when the corpus is big enough, else 0.")
-@click.option("--valid-every", type=click.IntRange(min=0), default=500, show_default=True,
+@click.option("--valid-every", type=click.IntRange(min=0), default=500, show_default=True, metavar="N",
               help="Print held-out bits per character every N iterations (and at the end); 0: only at the end.")
-@click.option("--save-every", type=click.IntRange(min=0), default=1000, show_default=True,
+@click.option("--save-every", type=click.IntRange(min=0), default=2000, show_default=True, metavar="N",
               help="Also keep BACKUP/<cfg>_<N>.weights every N iterations; 0: never.")
-@click.option("--resume", default=None,
+@click.option("--resume", default=None, metavar="RECORD.yaml",
               help="Continue the run a record BACKUP/<cfg>.yaml describes, from its latest checkpoint "
                    "(options given here override the record's).")
 @click.pass_context

@@ -38,7 +38,7 @@ from .network import Network
 
 BACKUP_EVERY = 100        # Darknet's char-RNN trainer saves <cfg>.backup every 100 iterations
 VALID_EVERY = 500
-SAVE_EVERY = 1000
+SAVE_EVERY = 2000
 STATE_VERSION = 1
 STATE_SUFFIX = ".state.npz"
 
