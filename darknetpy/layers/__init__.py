@@ -22,7 +22,10 @@ class Recurrent(Layer):
     state_names = ("h",)
 
     def state(self, streams):
-        """The carried state arrays, (re)made as zeros when the number of streams changes."""
+        """The carried state arrays, (re)made as zeros when the number of streams changes; also
+        starts a forward pass by dropping batchnorm statistics a previous pass left unused."""
+        for d in self.denses:
+            d.cache.clear()
         for name in self.state_names:
             s = getattr(self, name, None)
             if s is None or s.shape[0] != streams:

@@ -32,8 +32,6 @@ class GRU(Recurrent):
         T, S = x.shape[:2]
         n, wzr, wh, u = self.outputs, self.wzr, self.wh, self.u
         (h0,) = self.state(S)
-        for d in self.denses:
-            d.cache.clear()
         xu = u.matmul(rows(x), out=self.buffer("xu", (T * S, 3 * n))).reshape(T, S, 3 * n)
         xu = u.normalize(xu, train)
         if not wzr.bn:  # without batchnorm the recurrent biases fold into the input projection

@@ -28,7 +28,6 @@ class LSTM(Recurrent):
         T, S = x.shape[:2]
         n, w, u = self.outputs, self.w, self.u
         h0, c0 = self.state(S)
-        w.cache.clear(), u.cache.clear()
         # Input projections of every step in one matmul; without batchnorm both biases fold in here.
         xu = u.matmul(rows(x), out=self.buffer("xu", (T * S, 4 * n))).reshape(T, S, 4 * n)
         xu = u.normalize(xu, train)

@@ -29,8 +29,6 @@ class RNN(Recurrent):
         T, S = x.shape[:2]
         n, U, W, V = self.outputs, self.input_layer, self.self_layer, self.output_layer
         (h0,) = self.state(S)
-        for d in self.denses:
-            d.cache.clear()
         A = self.f(U.normalize(U.matmul(rows(x)).reshape(T, S, n), train))   # input sub-layer, all steps
         B = self.buffer("B", (T, S, n))          # self sub-layer outputs
         St = self.buffer("S", (T + 1, S, n))     # St[t] is the state before step t
