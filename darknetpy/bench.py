@@ -274,13 +274,8 @@ def bench(cfg, iterations, warmup, gen_chars, no_train, no_generate):
     time_steps=1. The FLOP model is in `darknetpy.bench`'s docstring. For a table of the standard
     configs, with PyTorch for comparison, see benchmarks/throughput.py.
     """
-    from .errors import DarknetpyError
-    try:
-        r = run_config(cfg, iterations=iterations, warmup=warmup, gen_chars=gen_chars,
-                       train=not no_train, generate=not no_generate, peak=True)
-    except DarknetpyError as e:
-        click.echo(f"darknetpy: {e}", err=True)
-        sys.exit(2)
+    r = run_config(cfg, iterations=iterations, warmup=warmup, gen_chars=gen_chars,
+                   train=not no_train, generate=not no_generate, peak=True)
     peak = r["matmul_gflops"]
     rows = [("measure", "value", "note")]
     tr, gen = r["train"], r["generate"]

@@ -68,9 +68,6 @@ class Section:
     def floats(self, key, default=REQUIRED):
         return self._get(key, default, lambda v: [_finite_float(p) for p in v.split(",")], "a comma-separated list of numbers")
 
-    def has(self, key):
-        return key in self.options
-
     def warn_unused(self):
         """Darknet prints `Unused field: 'key = value'` for keys no layer read; so do we (as a warning)."""
         unused = [(key, opt.value, opt.line) for key, opt in self.options.items() if not opt.used]

@@ -208,4 +208,5 @@ def train(ctx, cfg, data, weights, clear, tokenized, backup, max_batches, srand,
         sys.exit(130)
 
 
+bench.callback = friendly(bench.callback)  # one-line errors, exit 2, like every other command
 main.add_command(bench)

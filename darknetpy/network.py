@@ -59,6 +59,7 @@ class Network:
             raise net.error("clip must be >= 0", "clip")
         self.rng = np.random.default_rng(seed)
         self.seen = 0
+        self.last_rate = None  # the rate of the most recent update
 
         self.layers, self.sections = [], sections[1:]
         inputs = self.inputs

@@ -519,7 +519,7 @@ def train(cfg, data, weights=None, clear=False, tokenized=False, backup="backup"
                 for s in batcher.reseat():
                     net.reset_state(int(s))
                 if bar is not None:
-                    rate = getattr(net, "last_rate", None)
+                    rate = net.last_rate
                     if rate is None and net.hp["policy"] != "random":  # "random" would draw from the rng
                         rate = net.learning_rate()
                     rate = "-" if rate is None else f"{rate:.3g}"
