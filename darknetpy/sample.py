@@ -111,6 +111,12 @@ class NumpyRand:
         return np.float32(self._gen.random(dtype=np.float32))
 
 
+# C compares each float probability with the double 0.0001. float32(0.0001) lies just below 0.0001,
+# so for a float32 p, p < 0.0001 exactly when p <= float32(0.0001): no float64 copy needed.
+_CUT = np.float32(0.0001)
+assert float(_CUT) < 0.0001 < float(np.nextafter(_CUT, np.float32(1)))
+
+
 def sample_index(p, rng):
     """Darknet's sampling step in its exact float32 arithmetic: returns the chosen index.
 
@@ -118,16 +124,16 @@ def sample_index(p, rng):
     r -= p[i] and stops at the first r <= 0 (the last index if it never does).
     """
     p = np.asarray(p, dtype=np.float32)
-    # C compares the float with the double 0.0001; in float32 the comparison would spare float32(1e-4)
-    p = np.where(p.astype(np.float64) < 0.0001, np.float32(0), p)
-    total = np.cumsum(p, dtype=np.float32)[-1]  # C's sequential float sum (np.sum is pairwise)
-    with np.errstate(divide="ignore", invalid="ignore"):  # all cut: Darknet's NaNs pick the last index
-        p = p * np.float32(1.0 / np.float64(total))  # scale_array(a, n, 1./sum): double 1/s, passed as float
+    p = np.where(p <= _CUT, np.float32(0), p)
+    total = np.add.accumulate(p)[-1]  # C's sequential float sum (np.sum is pairwise)
+    if not 0 < total < np.inf:  # all cut (or NaN): Darknet's NaNs pick the last index
+        return p.size - 1
     walk = np.empty(p.size + 1, dtype=np.float32)
-    walk[0], walk[1:] = rng.uniform(), p
+    walk[0] = rng.uniform()
+    np.multiply(p, np.float32(1.0 / np.float64(total)), out=walk[1:])  # scale_array(a, n, 1./sum): double 1/s as float
     walk = np.subtract.accumulate(walk)[1:]  # r - p0 - p1 - ..., one float32 rounding per step, in order
-    hit = np.flatnonzero(walk <= 0)
-    return int(hit[0]) if hit.size else p.size - 1
+    hit = int(np.argmax(walk <= 0))
+    return hit if walk[hit] <= 0 else p.size - 1
 
 
 def _check_ids(data, inputs, what):
@@ -172,13 +178,14 @@ def generate(net, seed=b"\n\n", length=1000, temp=0.7, srand=None, tokens=None, 
     else:
         rng = GlibcRand(srand)  # Darknet calls srand before building the network ...
         rng.skip(net.init_rand_draws)  # ... whose random weight init draws this many times
+    step = net.stepper()
     for c in ids[:-1]:
-        net.predict_ids(np.array([c]))
+        step([c])
         emit(symbol(c))
     c = ids[-1]
     emit(symbol(c))
     for _ in range(length):
-        c = sample_index(net.predict_ids(np.array([c]))[0], rng)
+        c = sample_index(step([c])[0], rng)
         emit(symbol(c))
     emit(b"\n")
     return b"".join(pieces)
@@ -208,12 +215,13 @@ def validate_steps(net, text, seed=b"\n\n"):
     ids = _check_ids(text, net.inputs, "text")
     log2 = float(np.float32(math.log(2)))
     net.reset_state()
+    step = net.stepper()
     for c in seed_ids:
-        net.predict_ids(np.array([c]))
+        step([c])
     total, words = 0.0, 1
     for count, (c, nxt) in enumerate(zip(ids[:-1], ids[1:]), start=1):
         words += nxt in (32, 10, 9)
-        p = float(net.predict_ids(np.array([c]))[0, nxt])
+        p = float(step([c])[0, nxt])
         log_p = math.log(p) if p > 0 else -math.inf  # C's log(0) is -inf (Python raises)
         total = float(np.float32(total + log_p / log2))
         # -sum/count and -sum/words are float32 divisions in C; pow and printf then see doubles

@@ -197,10 +197,12 @@ class FakeNet:
     def set_temperature(self, t):
         self.temps.append(t)
 
-    def predict_ids(self, ids):
-        assert ids.shape == (1,)
-        self.fed.append(int(ids[0]))
-        return self.table[ids[0]][None].copy()
+    def stepper(self):
+        def step(ids):
+            assert len(ids) == 1
+            self.fed.append(int(ids[0]))
+            return self.table[ids[0]][None].copy()
+        return step
 
 
 def test_generate_echoes_seed_then_samples():
@@ -257,9 +259,11 @@ class ReplayNet:
     def reset_state(self):
         self.t = 0
 
-    def predict_ids(self, ids):
-        self.t += 1
-        return self.probs[self.t - 1 : self.t]
+    def stepper(self):
+        def step(ids):
+            self.t += 1
+            return self.probs[self.t - 1 : self.t]
+        return step
 
 
 def test_validate_arithmetic():

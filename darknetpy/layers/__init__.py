@@ -17,6 +17,12 @@ class Layer:
     def backward(self, dy, need_dx):
         return dy
 
+    def stepper(self, streams, ids_input):
+        """An inference function for one step, x (streams, inputs) or ids (streams,) -> (streams,
+        outputs), for generation and validation. Layers with weights override it to prepare their
+        weights once (see Network.stepper); this default runs `forward` for a single step."""
+        return lambda x: self.forward(x[None], False)[0]
+
 
 class Recurrent(Layer):
     state_names = ("h",)
@@ -54,6 +60,21 @@ class Recurrent(Layer):
         for d in self.denses:
             out.update(d.params(updates))
         return out
+
+
+def projector(W, b, ids_input, out):
+    """x -> x W + b written into `out`, for the step functions: a row gather from a table that
+    already holds b when x is one-hot ids, else one matmul and an add."""
+    if ids_input:
+        table = W + b
+        return lambda x: np.take(table, x, axis=0, out=out)
+    return lambda x: np.add(np.matmul(x, W, out=out), b, out=out)
+
+
+def halves(n, count):
+    """Column factors 0.5 for the first `count` of n columns, 1 for the rest. A logistic gate whose
+    weights and bias are pre-halved is (1 + tanh(z)) / 2 with no x/2 at run time; halving is exact."""
+    return np.where(np.arange(n) < count, 0.5, 1.0).astype(np.float32)
 
 
 def sigmoid_(x):

@@ -11,7 +11,7 @@ buffers accumulate negative gradients (Darknet's weight_updates / bias_updates /
 """
 import numpy as np
 
-from . import Layer
+from . import Layer, projector
 from .. import activations
 
 BN_EPS = np.float32(1e-6)  # Darknet adds it after the square root: (x - mean) / (sqrt(var) + 1e-6)
@@ -100,6 +100,14 @@ class Dense:
             xhat = (z - self.rolling_mean) / (np.sqrt(self.rolling_variance) + BN_EPS)
         return xhat * self.scales + self.b
 
+    def folded(self):
+        """(W, b) for inference with batchnorm folded in: x W + b equals `normalize(x W, train=False)`,
+        scale (x W - mean) / (√var + ε) + bias, up to float32 rounding. Copies: later updates leave it."""
+        if not self.bn:
+            return self.W.copy(), self.b.copy()
+        a = self.scales / (np.sqrt(self.rolling_variance) + BN_EPS)
+        return self.W * a, self.b - self.rolling_mean * a
+
     def backward_norm(self, dz):
         """Back through `normalize`: accumulate bias (and scale) updates; return the delta of x W.
 
@@ -159,6 +167,11 @@ class Connected(Layer):
         dz = self.dense.backward_norm(dz).reshape(T * S, self.outputs)
         self.dense.accumulate(self.x, dz)
         return self.dense.back(dz).reshape(T, S, self.inputs) if need_dx else None
+
+    def stepper(self, streams, ids_input):
+        W, b = self.dense.folded()
+        project = projector(W, b, ids_input, np.empty((streams, self.outputs), W.dtype))
+        return lambda x: self.f(project(x))
 
     def params(self, updates=False):
         return self.dense.params(updates)

@@ -10,7 +10,7 @@ r⊙h, so it needs its own matmul per step.
 """
 import numpy as np
 
-from . import Recurrent, rows, sigmoid_, sigmoid_grad, tanh_grad
+from . import Recurrent, halves, projector, rows, sigmoid_, sigmoid_grad, tanh_grad
 from .connected import Dense
 
 
@@ -64,6 +64,31 @@ class GRU(Recurrent):
         if train:
             self.x = rows(x)
         return H[1:]
+
+    def stepper(self, streams, ids_input):
+        """One step with the weights prepared once: batchnorm folded in, biases summed into the
+        input projection, and every logistic column pre-halved so it is (1 + tanh) / 2."""
+        n = self.outputs
+        (h,) = self.state(streams)
+        (U, bu), (Wzr, bzr), (Wh, bh) = self.u.folded(), self.wzr.folded(), self.wh.folded()
+        half = halves(3 * n, 2 * n if self.tanh else 3 * n)
+        xu, zr, c, rh, a = (np.empty((streams, m), self.dtype) for m in (3 * n, 2 * n, n, n, n))
+        project = projector(U * half, (bu + np.concatenate([bzr, bh])) * half, ids_input, xu)
+        Wzr, Wh = Wzr * half[:2 * n], Wh * half[2 * n:]
+        z, r = zr[:, :n], zr[:, n:]
+
+        def step(x):
+            project(x)
+            np.add(np.matmul(h, Wzr, out=zr), xu[:, :2 * n], out=zr)
+            np.add(np.multiply(np.tanh(zr, out=zr), 0.5, out=zr), 0.5, out=zr)
+            np.add(np.matmul(np.multiply(r, h, out=rh), Wh, out=c), xu[:, 2 * n:], out=c)
+            np.tanh(c, out=c)
+            if not self.tanh:
+                np.add(np.multiply(c, 0.5, out=c), 0.5, out=c)
+            np.multiply(np.subtract(h, c, out=a), z, out=a)   # h' = c + z⊙(h - c)
+            np.add(a, c, out=h)
+            return h
+        return step
 
     def backward(self, dh_out, need_dx):
         T, S = dh_out.shape[:2]

@@ -7,7 +7,7 @@ input and output need no recurrence, so each is one matmul over all steps; only 
 """
 import numpy as np
 
-from . import Recurrent, rows
+from . import Recurrent, projector, rows
 from .. import activations
 from .connected import Dense
 
@@ -45,6 +45,22 @@ class RNN(Recurrent):
         if train:
             self.x, self.A, self.Y = rows(x), A, Y
         return Y
+
+    def stepper(self, streams, ids_input):
+        """One step with batchnorm folded into each sub-layer's weights once."""
+        n, f = self.outputs, self.f
+        (s,) = self.state(streams)
+        (U, bu), (W, bw), (V, bv) = self.input_layer.folded(), self.self_layer.folded(), self.output_layer.folded()
+        a, b, y = (np.empty((streams, n), self.dtype) for _ in range(3))
+        project = projector(U, bu, ids_input, a)
+        recur = projector(W, bw, False, b)
+        output = projector(V, bv, False, y)
+
+        def step(x):
+            new = f(project(x)) + f(recur(s))
+            s[...] = new + s if self.shortcut else new
+            return f(output(s))
+        return step
 
     def backward(self, dy, need_dx):
         T, S = dy.shape[:2]
