@@ -6,7 +6,7 @@ What is timed
               forward, backward and the update (subdivisions=1). Median over `iterations` steps
               after `warmup` untimed ones. chars/s = time_steps * streams / step time.
   generation  what `darknetpy generate` does: the net loaded with batch=1, time_steps=1, one char at
-              a time, `predict_ids` then `sample.sample_index` (temperature 0.7), the sample fed back.
+              a time, `Network.stepper` then `sample.sample_index` (temperature 0.7), the sample fed back.
 
 FLOP model (matmul FLOPs only; activations, gates, softmax, batchnorm and the update are not
 counted). Every connected (sub)layer product of an `in -> out` matrix costs, per row (one row = one
@@ -193,7 +193,7 @@ def measure_train(cfg, iterations=5, warmup=1, seed=0):
 
 def measure_generate(cfg, chars=500, warmup=20, seed=0, temp=0.7):
     """Time `chars` generated characters (after `warmup` untimed ones), as `darknetpy generate`
-    does: batch=1, time_steps=1, predict_ids + sample_index with the sample fed back.
+    does: batch=1, time_steps=1, Network.stepper + sample_index with the sample fed back.
 
     Returns a dict: chars_per_s, chars, flops_per_char (forward), gflops."""
     from .sample import NumpyRand, sample_index
@@ -204,12 +204,13 @@ def measure_generate(cfg, chars=500, warmup=20, seed=0, temp=0.7):
     net.set_temperature(temp)
     net.reset_state()
     rng = NumpyRand(seed)
+    step = net.stepper()
     c = 10
     for _ in range(warmup):
-        c = sample_index(net.predict_ids(np.array([c]))[0], rng)
+        c = sample_index(step([c])[0], rng)
     t = time.perf_counter()
     for _ in range(chars):
-        c = sample_index(net.predict_ids(np.array([c]))[0], rng)
+        c = sample_index(step([c])[0], rng)
     elapsed = time.perf_counter() - t
     fwd, _ = flops_per_char(net, time_steps=1)
     return {"chars_per_s": chars / elapsed, "chars": chars, "flops_per_char": fwd,

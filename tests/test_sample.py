@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import darknetpy
 from darknetpy.errors import DarknetpyError
 from darknetpy.sample import GlibcRand, NumpyRand, format_valid_line, generate, sample_index, validate, validate_steps
 
@@ -356,3 +357,35 @@ def test_valid_matches_darknet(case, seed, key, stdout):
     expected = _parse_line(last)
     assert count == expected[0]
     assert (perp, wordperp) == pytest.approx(expected[2:], rel=1e-3)
+
+
+# ---------------------------------------------------------------- Network.stepper (generation's fast path)
+
+STEPPER_BODIES = {
+    "lstm_stack_bn": "[lstm]\noutput=12\nbatch_normalize=1\n[lstm]\noutput=10\nbatch_normalize=1\n",
+    "lstm_stack": "[lstm]\noutput=12\n[dropout]\nprobability=0.3\n[lstm]\noutput=10\n",
+    "gru_logistic_bn": "[gru]\noutput=12\nbatch_normalize=1\n[gru]\noutput=9\n",
+    "gru_tanh": "[gru]\noutput=12\ntanh=1\n[gru]\noutput=9\ntanh=1\nbatch_normalize=1\n",
+    "rnn_leaky_bn_shortcut": "[rnn]\noutput=12\nactivation=leaky\nbatch_normalize=1\nshortcut=1\n"
+                             "[rnn]\noutput=12\nactivation=tanh\n",
+    "connected_first_bn": "[connected]\noutput=14\nactivation=tanh\nbatch_normalize=1\n[rnn]\noutput=8\nactivation=relu\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(STEPPER_BODIES))
+def test_stepper_equals_the_general_forward(name, write_cfg):
+    """The folded one-step path gives the probabilities and carried state of `predict_ids` (the
+    general forward, batchnorm unfolded) to float32 rounding, for every layer kind and option."""
+    cfg = write_cfg("[net]\ninputs=20\nbatch=2\ntime_steps=1\n" + STEPPER_BODIES[name]
+                    + "[connected]\noutput=20\nactivation=linear\n[softmax]\ntemperature=0.8\n")
+    rng = np.random.default_rng(1)
+    fast, slow = (darknetpy.load_network(cfg) for _ in range(2))
+    for key, value in fast.params().items():  # non-trivial scales and rolling statistics
+        value[...] = rng.uniform(0.5, 1.5, value.shape) if "variance" in key else rng.normal(0, 0.5, value.shape)
+        slow.params()[key][...] = value
+    step = fast.stepper(streams=2)
+    for ids in rng.integers(0, 20, (30, 2)):
+        np.testing.assert_allclose(step(ids), slow.predict_ids(ids), rtol=0, atol=2e-6)
+    for a, b in zip(fast.layers, slow.layers):
+        for state in getattr(a, "state_names", ()):
+            np.testing.assert_allclose(getattr(a, state), getattr(b, state), rtol=1e-5, atol=1e-5)  # shortcut states grow
