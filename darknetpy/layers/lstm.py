@@ -9,7 +9,7 @@ Gate columns are ordered i, f, o, g — Darknet's save order wi, wf, wo, wg / ui
 """
 import numpy as np
 
-from . import Recurrent, halves, rows, sigmoid_, sigmoid_grad, tanh_grad
+from . import Recurrent, halves, rows, sigmoid_grad, tanh_grad
 from .connected import Dense
 
 
@@ -28,30 +28,51 @@ class LSTM(Recurrent):
         T, S = x.shape[:2]
         n, w, u = self.outputs, self.w, self.u
         h0, c0 = self.state(S)
-        # Input projections of every step in one matmul; without batchnorm both biases fold in here.
-        xu = u.matmul(rows(x), out=self.buffer("xu", (T * S, 4 * n))).reshape(T, S, 4 * n)
-        xu = u.normalize(xu, train)
-        if not w.bn:
-            xu += w.b
+        # The i f o columns of both matrices and biases are pre-halved so one tanh serves all four
+        # gates: σ(z) = (1 + tanh(z/2)) / 2, and halving is exact. Input projections of every step
+        # in one matmul; without batchnorm both biases fold in there.
+        half = halves(4 * n, 3 * n)
+        W = w.W * half
+        if u.bn:
+            xu = u.normalize(u.matmul(rows(x)).reshape(T, S, 4 * n), train) * half
+        else:
+            xu = u.matmul(rows(x), W=u.W * half, out=self.buffer("xu", (T * S, 4 * n))).reshape(T, S, 4 * n)
+        loose = [d.b for d in (u, w) if not d.bn]  # the biases no batchnorm applies
+        if loose:
+            xu += sum(loose) * half
         G = self.buffer("G", (T, S, 4 * n))      # activated gates i f o g
         H = self.buffer("H", (T + 1, S, n))      # H[t] is h before step t
         C = self.buffer("C", (T + 1, S, n))
         TC = self.buffer("TC", (T, S, n))        # tanh(c') per step
+        if train:  # the factors of the gate deltas that backward needs, made while G[t] is in cache
+            P = self.buffer("P", (T, S, 4 * n))  # di df do dg = [dc dc dh dc] ⊙ P
+            Pc = self.buffer("Pc", (T, S, n))    # dc += dh ⊙ Pc
         H[0], C[0] = h0, c0
         ig = self.buffer("ig", (S, n))
         for t in range(T):
             g = G[t]
-            np.matmul(H[t], w.W, out=g)
             if w.bn:
-                g[...] = w.normalize(g[None], train)[0]
+                np.multiply(w.normalize(np.matmul(H[t], w.W)[None], train)[0], half, out=g)
+            else:
+                np.matmul(H[t], W, out=g)
             g += xu[t]
-            sigmoid_(g[:, :3 * n])
-            np.tanh(g[:, 3 * n:], out=g[:, 3 * n:])
+            np.tanh(g, out=g)
+            ifo = g[:, :3 * n]
+            ifo *= 0.5
+            ifo += 0.5
             i, f, o, gg = g[:, :n], g[:, n:2 * n], g[:, 2 * n:3 * n], g[:, 3 * n:]
             np.multiply(f, C[t], out=C[t + 1])
             C[t + 1] += np.multiply(i, gg, out=ig)
             np.tanh(C[t + 1], out=TC[t])
             np.multiply(o, TC[t], out=H[t + 1])
+            if train:
+                p = P[t]
+                sigmoid_grad(ifo, out=p[:, :3 * n])     # σ'(i) σ'(f) σ'(o)
+                p[:, :n] *= gg                          # g ⊙ σ'(i)
+                p[:, n:2 * n] *= C[t]                   # c ⊙ σ'(f)
+                p[:, 2 * n:3 * n] *= TC[t]              # tanh(c') ⊙ σ'(o)
+                np.multiply(tanh_grad(gg, out=p[:, 3 * n:]), i, out=p[:, 3 * n:])  # i ⊙ tanh'(g)
+                np.multiply(tanh_grad(TC[t], out=Pc[t]), o, out=Pc[t])          # o ⊙ tanh'(c')
         h0[...], c0[...] = H[T], C[T]
         if train:
             self.x = rows(x)
@@ -95,34 +116,23 @@ class LSTM(Recurrent):
     def backward(self, dh_out, need_dx):
         T, S = dh_out.shape[:2]
         n, w, u = self.outputs, self.w, self.u
-        G, H, C, TC = self._buf_G, self._buf_H, self._buf_C, self._buf_TC
+        G, H = self._buf_G, self._buf_H
+        # Everything in the gate deltas but dh and dc came from the forward pass (P, Pc):
+        #   di = dc ⊙ g⊙σ'(i)   df = dc ⊙ c⊙σ'(f)   do = dh ⊙ tanh(c')⊙σ'(o)   dg = dc ⊙ i⊙tanh'(g)
+        #   dc += dh ⊙ o⊙tanh'(c'),  and dc reaches the step before through f.
+        P, Pc, f = self._buf_P, self._buf_Pc, G[..., n:2 * n]
         dG = self.buffer("dG", (T, S, 4 * n))    # deltas of the gate pre-activations
         dGw = self.buffer("dGw", (T, S, 4 * n)) if w.bn else dG
         dh = self.zeros((S, n))
         dc = self.zeros((S, n))
         a = self.buffer("scratch", (S, n))
         for t in reversed(range(T)):
-            i, f, o, g = G[t, :, :n], G[t, :, n:2 * n], G[t, :, 2 * n:3 * n], G[t, :, 3 * n:]
-            d = dG[t]
-            di, df, do, dg = d[:, :n], d[:, n:2 * n], d[:, 2 * n:3 * n], d[:, 3 * n:]
             dh += dh_out[t]
-            tanh_grad(TC[t], out=a)                # dc += dh ⊙ o ⊙ tanh'(c')
-            a *= o
-            a *= dh
-            dc += a
-            sigmoid_grad(i, out=di)                # di = dc ⊙ g ⊙ σ'(i)
-            di *= g
-            di *= dc
-            sigmoid_grad(f, out=df)                # df = dc ⊙ c ⊙ σ'(f)
-            df *= C[t]
-            df *= dc
-            sigmoid_grad(o, out=do)                # do = dh ⊙ tanh(c') ⊙ σ'(o)
-            do *= TC[t]
-            do *= dh
-            tanh_grad(g, out=dg)                   # dg = dc ⊙ i ⊙ tanh'(g)
-            dg *= i
-            dg *= dc
-            dc *= f
+            dc += np.multiply(dh, Pc[t], out=a)
+            d = dG[t]
+            np.multiply(P[t].reshape(S, 4, n), dc[:, None, :], out=d.reshape(S, 4, n))
+            np.multiply(P[t, :, 2 * n:3 * n], dh, out=d[:, 2 * n:3 * n])
+            dc *= f[t]
             if w.bn:
                 dGw[t] = w.backward_norm(d[None])[0]
             if t:  # the gradient into the previous datum's state is not propagated (truncated BPTT)
