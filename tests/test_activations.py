@@ -8,21 +8,33 @@ from darknetpy import activations
 f32 = np.float32
 EDGES = np.array([0.0, -0.0, 1e-45, -1e-45, 1e-38, -1e-38, 3.4e38, -3.4e38, np.inf, -np.inf, np.nan,
                   0.5, -0.5, 1.0, -1.0], np.float32)
-VALUES = np.concatenate([EDGES, np.random.default_rng(0).normal(0, 10, 1000).astype(np.float32)])
+VALUES = np.concatenate([EDGES, np.random.default_rng(0).normal(0, 10, 1025).astype(np.float32)])  # 1040 = 16 x 65
 
-# Darknet's activations.h, one float at a time
+# Darknet's activations.h, one float at a time: (activate, gradient from the output)
 DARKNET = {
-    "leaky": lambda x: x if x > 0 else f32(0.1) * x,
-    "relie": lambda x: x if x > 0 else f32(0.01) * x,
+    "leaky": (lambda x: x if x > 0 else f32(0.1) * x, lambda y: f32(1) if y > 0 else f32(0.1)),
+    "relie": (lambda x: x if x > 0 else f32(0.01) * x, lambda y: f32(1) if y > 0 else f32(0.01)),
+    "ramp": (None, lambda y: f32(int(y > 0) + 0.1)),
+    "plse": (None, lambda y: f32(0.01) if (y < 0 or y > 1) else f32(0.125)),
+    "lhtan": (None, lambda y: f32(1) if (y > 0 and y < 1) else f32(0.001)),
 }
 
 
-@pytest.mark.parametrize("name", sorted(DARKNET))
+def assert_bitwise(got, expected):
+    assert got.dtype == np.float32 and got.shape == expected.shape
+    nan = np.isnan(expected)
+    assert np.array_equal(np.isnan(got), nan)
+    np.testing.assert_array_equal(got.view(np.uint32)[~nan], expected.view(np.uint32)[~nan])
+
+
+@pytest.mark.parametrize("name", [k for k, (f, _) in sorted(DARKNET.items()) if f])
 def test_piecewise_activation_matches_darknet_bitwise(name):
-    f, _ = activations.get(name)
     with np.errstate(invalid="ignore", over="ignore"):
-        expected = np.array([DARKNET[name](x) for x in VALUES], np.float32)
-        got = f(VALUES)
-    assert got.dtype == np.float32
-    np.testing.assert_array_equal(got.view(np.uint32)[~np.isnan(expected)], expected.view(np.uint32)[~np.isnan(expected)])
-    assert np.array_equal(np.isnan(got), np.isnan(expected))
+        expected = np.array([DARKNET[name][0](x) for x in VALUES], np.float32)
+        assert_bitwise(activations.get(name)[0](VALUES), expected)
+
+
+@pytest.mark.parametrize("name", sorted(DARKNET))
+def test_piecewise_gradient_matches_darknet_bitwise(name):
+    expected = np.array([DARKNET[name][1](y) for y in VALUES], np.float32)
+    assert_bitwise(activations.get(name)[1](VALUES.reshape(16, -1)).ravel(), expected)

@@ -70,15 +70,17 @@ class RNN(Recurrent):
         V.accumulate(rows(St[1:]), rows(dzv))
         dS = rows(dzv) @ V.W.T                    # delta of every s_t from the output sub-layer
         dS = dS.reshape(T, S, n)
+        dfB = self.df(B)                         # the self sub-layer's activation derivative, all steps
         dB = self.buffer("dB", (T, S, n))
+        a = self.buffer("scratch", (S, n))
         for t in reversed(range(T)):
             ds = dS[t]                           # already holds the contribution of step t+1
             db = dB[t]
-            np.multiply(ds, self.df(B[t]), out=db)
+            np.multiply(ds, dfB[t], out=db)
             if W.bn:
                 db[...] = W.backward_norm(db[None])[0]
             if t:  # truncated BPTT: nothing flows into the previous datum's state
-                dS[t - 1] += db @ W.W.T
+                dS[t - 1] += np.matmul(db, W.W.T, out=a)
                 if self.shortcut:
                     dS[t - 1] += ds
         if not W.bn:
