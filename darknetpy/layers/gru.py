@@ -10,60 +10,86 @@ r⊙h, so it needs its own matmul per step.
 """
 import numpy as np
 
-from . import Recurrent, halves, projector, rows, sigmoid_, sigmoid_grad, tanh_grad
-from .connected import Dense
+from . import Recurrent, halves, projector, rows, sigmoid_grad, tanh_grad
+from .connected import Dense, is_ids
 
 
 class GRU(Recurrent):
     def __init__(self, section, inputs, rng):
         self.inputs = inputs
         self.outputs = n = section.int("output", 1)
-        bn = section.int("batch_normalize", 0)
+        self.bn = bn = bool(section.int("batch_normalize", 0))
         self.tanh = bool(section.int("tanh", 0))
         self.wzr = Dense(n, n, ["wz", "wr"], bn, rng)
         self.wh = Dense(n, n, ["wh"], bn, rng)
         self.u = Dense(inputs, n, ["uz", "ur", "uh"], bn, rng)
         self.denses = [self.wzr, self.wh, self.u]  # save order: wz wr wh uz ur uh
 
-    def _act(self, x):
-        return np.tanh(x, out=x) if self.tanh else sigmoid_(x)
-
     def forward(self, x, train):
         T, S = x.shape[:2]
         n, wzr, wh, u = self.outputs, self.wzr, self.wh, self.u
         (h0,) = self.state(S)
-        xu = u.matmul(rows(x), out=self.buffer("xu", (T * S, 3 * n))).reshape(T, S, 3 * n)
-        xu = u.normalize(xu, train)
-        if not wzr.bn:  # without batchnorm the recurrent biases fold into the input projection
-            xu[..., :2 * n] += wzr.b
-            xu[..., 2 * n:] += wh.b
-        ZR = self.buffer("ZR", (T, S, 2 * n))    # σ gates z, r
-        HC = self.buffer("HC", (T, S, n))        # candidate c
-        RH = self.buffer("RH", (T, S, n))        # r ⊙ h, the input of wh
-        H = self.buffer("H", (T + 1, S, n))
-        H[0] = h0
+        # The step loop runs feature-major, as lstm.py explains: z r (2n, S), c h (n, S). Every
+        # logistic row is pre-halved so it is (1 + tanh) / 2, one tanh and two exact affine ops.
+        half = halves(3 * n, 3 * n if not self.tanh else 2 * n)
+        hc = half[2 * n]                         # the candidate's factor: 0.5 logistic, 1 tanh
+        xu = self.buffer("xu", (T * S, 3 * n))   # input projections of every step in one matmul
+        if self.bn:
+            xu[...] = rows(u.normalize(u.matmul(rows(x)).reshape(T, S, 3 * n), train))
+            xu *= half
+        else:  # the recurrent biases come with the input projection
+            projector(u.W * half, (u.b + np.concatenate([wzr.b, wh.b])) * half, is_ids(x), xu)(rows(x))
+        XU = self.buffer("XU", (T, 3 * n, S))
+        np.copyto(XU, xu.reshape(T, S, 3 * n).transpose(0, 2, 1))
+        WzrT, WhT = wzr.W.T * np.float32(0.5), wh.W.T * hc
+        ZR = self.buffer("ZR", (T, 2 * n, S))    # σ gates z, r
+        HC = self.buffer("HC", (T, n, S))        # candidate c
+        RH = self.buffer("RH", (T, n, S))        # r ⊙ h, the input of wh
+        H = self.buffer("H", (T + 1, n, S))      # H[t] is h before step t
+        if train:  # dz = dh ⊙ P[z]   dr = drh ⊙ P[r]   dc = dh ⊙ P[c], for backward
+            P = self.buffer("P", (T, 3 * n, S))
+        a = self.buffer("scratch", (n, S))
+        act_grad = tanh_grad if self.tanh else sigmoid_grad
+        H[0] = h0.T
         for t in range(T):
-            zr, c = ZR[t], HC[t]
-            np.matmul(H[t], wzr.W, out=zr)
-            if wzr.bn:
-                zr[...] = wzr.normalize(zr[None], train)[0]
-            zr += xu[t, :, :2 * n]
-            sigmoid_(zr)
-            z, r = zr[:, :n], zr[:, n:]
-            np.multiply(r, H[t], out=RH[t])
-            np.matmul(RH[t], wh.W, out=c)
-            if wh.bn:
-                c[...] = wh.normalize(c[None], train)[0]
-            c += xu[t, :, 2 * n:]
-            self._act(c)
+            zr, c, h = ZR[t], HC[t], H[t]
+            if self.bn:
+                np.multiply(wzr.normalize((h.T @ wzr.W)[None], train)[0].T, np.float32(0.5), out=zr)
+            else:
+                np.matmul(WzrT, h, out=zr)
+            zr += XU[t, :2 * n]
+            np.tanh(zr, out=zr)
+            zr *= 0.5
+            zr += 0.5
+            z, r = zr[:n], zr[n:]
+            np.multiply(r, h, out=RH[t])
+            if self.bn:
+                np.multiply(wh.normalize((RH[t].T @ wh.W)[None], train)[0].T, hc, out=c)
+            else:
+                np.matmul(WhT, RH[t], out=c)
+            c += XU[t, 2 * n:]
+            np.tanh(c, out=c)
+            if not self.tanh:
+                c *= 0.5
+                c += 0.5
             # h' = z⊙h + (1-z)⊙c = c + z⊙(h - c)
-            np.subtract(H[t], c, out=H[t + 1])
+            np.subtract(h, c, out=H[t + 1])
+            if train:
+                p = P[t]
+                sigmoid_grad(zr, out=p[:2 * n])
+                p[:n] *= H[t + 1]                    # (h - c) ⊙ σ'(z)
+                p[n:2 * n] *= h                      # h ⊙ σ'(r)
+                act_grad(c, out=p[2 * n:])
+                p[2 * n:] *= np.subtract(1, z, out=a)  # (1 - z) ⊙ act'(c)
             H[t + 1] *= z
             H[t + 1] += c
-        h0[...] = H[T]
+        Y = self.buffer("Y", (T + 1, S, n))      # back to (steps, streams, n); Y[t] is h before step t
+        Y[0] = h0
+        np.copyto(Y[1:], H[1:].transpose(0, 2, 1))
+        h0[...] = Y[T]
         if train:
             self.x = rows(x)
-        return H[1:]
+        return Y[1:]
 
     def stepper(self, streams, ids_input):
         """One step with the weights prepared once: batchnorm folded in, biases summed into the
@@ -93,44 +119,40 @@ class GRU(Recurrent):
     def backward(self, dh_out, need_dx):
         T, S = dh_out.shape[:2]
         n, wzr, wh, u = self.outputs, self.wzr, self.wh, self.u
-        ZR, HC, RH, H = self._buf_ZR, self._buf_HC, self._buf_RH, self._buf_H
-        dP = self.buffer("dP", (T, S, 3 * n))    # deltas of the pre-activations z, r, c
-        dPzr = self.buffer("dPzr", (T, S, 2 * n)) if wzr.bn else dP[..., :2 * n]
-        dPh = self.buffer("dPh", (T, S, n)) if wh.bn else dP[..., 2 * n:]
-        dh = self.zeros((S, n))
-        a, drh = self.buffer("scratch", (S, n)), self.buffer("drh", (S, n))
-        act_grad = tanh_grad if self.tanh else sigmoid_grad
+        ZR, RH, P, Y = self._buf_ZR, self._buf_RH, self._buf_P, self._buf_Y
+        DH = self.buffer("DH", (T, n, S))
+        np.copyto(DH, dh_out.transpose(0, 2, 1))
+        dP = self._buf_XU                        # deltas of the pre-activations z, r, c (the forward's
+        dPzr = self.buffer("dPzr", (T, 2 * n, S)) if self.bn else dP[:, :2 * n]  # input projections
+        dPh = self.buffer("dPh", (T, n, S)) if self.bn else dP[:, 2 * n:]        # are spent: reuse)
+        dh = self.zeros((n, S))
+        a, drh = self.buffer("scratch", (n, S)), self.buffer("drh", (n, S))
         for t in reversed(range(T)):
-            z, r, c, hp = ZR[t, :, :n], ZR[t, :, n:], HC[t], H[t]
-            d = dP[t]
-            dz, dr, dc = d[:, :n], d[:, n:2 * n], d[:, 2 * n:]
-            dh += dh_out[t]
-            act_grad(c, out=dc)                    # dc = dh ⊙ (1 - z) ⊙ act'(c)
-            np.subtract(1, z, out=a)
-            a *= dh
-            dc *= a
-            if wh.bn:
-                dPh[t] = wh.backward_norm(dc[None])[0]
-            np.matmul(dPh[t], wh.W.T, out=drh)     # delta of r ⊙ h
-            sigmoid_grad(z, out=dz)                # dz = dh ⊙ (h - c) ⊙ σ'(z)
-            np.subtract(hp, c, out=a)
-            a *= dh
-            dz *= a
-            sigmoid_grad(r, out=dr)                # dr = drh ⊙ h ⊙ σ'(r)
-            np.multiply(drh, hp, out=a)
-            dr *= a
-            if wzr.bn:
-                dPzr[t] = wzr.backward_norm(d[None, :, :2 * n])[0]
+            z, r, d = ZR[t, :n], ZR[t, n:], dP[t]
+            dh += DH[t]
+            np.multiply(P[t, 2 * n:], dh, out=d[2 * n:])       # dc
+            if self.bn:
+                dPh[t] = wh.backward_norm(d[2 * n:].T[None])[0].T
+            np.matmul(wh.W, dPh[t], out=drh)                    # delta of r ⊙ h
+            np.multiply(P[t, :n], dh, out=d[:n])                # dz
+            np.multiply(P[t, n:2 * n], drh, out=d[n:2 * n])     # dr
+            if self.bn:
+                dPzr[t] = wzr.backward_norm(d[:2 * n].T[None])[0].T
             if t:  # truncated BPTT: nothing flows into the previous datum's state
-                dh *= z                            # dh_prev = dh ⊙ z + drh ⊙ r + [dz dr] Wzrᵀ
-                np.multiply(drh, r, out=a)
-                dh += a
-                dh += np.matmul(dPzr[t], wzr.W.T, out=a)
-        if not wzr.bn:
-            wzr.backward_norm(dP[..., :2 * n])
-            wh.backward_norm(dP[..., 2 * n:])
-        wzr.accumulate(rows(H[:T]), rows(np.ascontiguousarray(dPzr)))
-        wh.accumulate(rows(RH), rows(np.ascontiguousarray(dPh)))
-        du = rows(u.backward_norm(dP))
+                dh *= z                                         # dh_prev = dh ⊙ z + drh ⊙ r + Wzr [dz dr]
+                dh += np.multiply(drh, r, out=a)
+                dh += np.matmul(wzr.W, dPzr[t], out=a)
+        # Back to (steps*streams, features) rows for the weight gradients and the input delta.
+        dPr = self._buf_xu
+        np.copyto(dPr.reshape(T, S, 3 * n), dP.transpose(0, 2, 1))
+        if self.bn:
+            dPzr, dPh = (np.ascontiguousarray(rows(d.transpose(0, 2, 1))) for d in (dPzr, dPh))
+        else:
+            wzr.backward_norm(dPr[None, :, :2 * n])
+            wh.backward_norm(dPr[None, :, 2 * n:])
+            dPzr, dPh = dPr[:, :2 * n], dPr[:, 2 * n:]
+        wzr.accumulate(rows(Y[:T]), dPzr)
+        wh.accumulate(rows(np.ascontiguousarray(RH.transpose(0, 2, 1))), dPh)
+        du = rows(u.backward_norm(dPr.reshape(T, S, 3 * n)))
         u.accumulate(self.x, du)
         return u.back(du).reshape(T, S, self.inputs) if need_dx else None
