@@ -19,7 +19,7 @@ class LSTM(Recurrent):
     def __init__(self, section, inputs, rng):
         self.inputs = inputs
         self.outputs = n = section.int("output", 1)
-        bn = section.int("batch_normalize", 0)
+        self.bn = bn = bool(section.int("batch_normalize", 0))
         self.w = Dense(n, n, ["wi", "wf", "wo", "wg"], bn, rng)
         self.u = Dense(inputs, n, ["ui", "uf", "uo", "ug"], bn, rng)
         self.denses = [self.w, self.u]  # save order
@@ -33,17 +33,12 @@ class LSTM(Recurrent):
         # runs W (4n x n) @ h (n x S), its fast shape for few streams. The i f o rows are
         # pre-halved so one tanh serves all four gates: σ(z) = (1 + tanh(z/2)) / 2 (halving is exact).
         half = halves(4 * n, 3 * n)
-        # Input projections of every step in one matmul (a row gather for one-hot ids); without
-        # batchnorm both biases come with it.
-        xu = self.buffer("xu", (T * S, 4 * n))
-        if u.bn:
+        xu = self.buffer("xu", (T * S, 4 * n))   # input projections of every step in one matmul
+        if self.bn:
             xu[...] = rows(u.normalize(u.matmul(rows(x)).reshape(T, S, 4 * n), train))
-            if not w.bn:
-                xu += w.b
             xu *= half
-        else:
-            b = u.b if w.bn else u.b + w.b
-            projector(u.W * half, b * half, is_ids(x), xu)(rows(x))
+        else:  # the recurrent bias comes with the input projection (a row gather for one-hot ids)
+            projector(u.W * half, (u.b + w.b) * half, is_ids(x), xu)(rows(x))
         XU = self.buffer("XU", (T, 4 * n, S))
         np.copyto(XU, xu.reshape(T, S, 4 * n).transpose(0, 2, 1))
         WT = w.W.T * half[:, None]
@@ -58,7 +53,7 @@ class LSTM(Recurrent):
         ig = self.buffer("ig", (n, S))
         for t in range(T):
             g = G[t]
-            if w.bn:
+            if self.bn:
                 np.multiply(w.normalize((H[t].T @ w.W)[None], train)[0].T, half[:, None], out=g)
             else:
                 np.matmul(WT, H[t], out=g)
@@ -135,7 +130,7 @@ class LSTM(Recurrent):
         DH = self.buffer("DH", (T, n, S))
         np.copyto(DH, dh_out.transpose(0, 2, 1))
         dGT = self._buf_XU                       # the forward's input projections are spent: reuse
-        dGwT = self.buffer("dGwT", (T, 4 * n, S)) if w.bn else dGT
+        dGwT = self.buffer("dGwT", (T, 4 * n, S)) if self.bn else dGT
         dh = self.zeros((n, S))
         dc = self.zeros((n, S))
         a = self.buffer("scratch", (n, S))
@@ -146,13 +141,13 @@ class LSTM(Recurrent):
             np.multiply(P[t].reshape(4, n, S), dc, out=d.reshape(4, n, S))
             np.multiply(P[t, 2 * n:3 * n], dh, out=d[2 * n:3 * n])
             dc *= f[t]
-            if w.bn:
+            if self.bn:
                 dGwT[t] = w.backward_norm(d.T[None])[0].T
             if t:  # the gradient into the previous datum's state is not propagated (truncated BPTT)
                 np.matmul(w.W, dGwT[t], out=dh)
         dG = self._buf_xu.reshape(T, S, 4 * n)  # back to (steps, streams, 4n) for the big matmuls
         np.copyto(dG, dGT.transpose(0, 2, 1))
-        if w.bn:
+        if self.bn:
             dGw = dGwT.transpose(0, 2, 1).copy()
         else:
             dGw = dG
