@@ -79,24 +79,31 @@ class Optimizer:
             if norm > self.clip:
                 for _, u, _ in slots:
                     u *= f(self.clip / norm)
+        scratch = np.empty((2, max(p.size for p, _, _ in slots)), slots[0][0].dtype)  # no temporaries per slot
         if self.adam:
             if not self.m:
                 self.m = [np.zeros_like(p) for p, _, _ in slots]
                 self.v = [np.zeros_like(p) for p, _, _ in slots]
             c1, c2 = f(1 - self.B1 ** self.t), f(1 - self.B2 ** self.t)
             for (p, u, _), m, v in zip(slots, self.m, self.v):
-                u += f(-self.decay * B) * p       # Darknet's Adam decays biases and scales too
+                a, b = (s[:p.size].reshape(p.shape) for s in scratch)
+                if self.decay:  # Darknet's Adam decays biases and scales too
+                    u += np.multiply(p, f(-self.decay * B), out=a)
                 m *= f(self.B1)
-                m += f(1 - self.B1) * u
+                m += np.multiply(u, f(1 - self.B1), out=a)        # m = B1 m + (1 - B1) u
                 v *= f(self.B2)
-                v += f(1 - self.B2) * (u * u)
-                p += f(lr) * (m / c1) / (np.sqrt(v / c2) + f(self.eps))
+                v += np.multiply(np.multiply(u, u, out=a), f(1 - self.B2), out=a)
+                np.sqrt(np.divide(v, c2, out=a), out=a)           # p += lr (m / c1) / (sqrt(v / c2) + eps)
+                a += f(self.eps)
+                np.multiply(np.divide(m, c1, out=b), f(lr), out=b)
+                p += np.divide(b, a, out=b)
                 u[...] = 0
             return
         for p, u, kind in slots:
-            if kind == "weights":
-                u += f(-self.decay * B) * p
-            p += f(lr / B) * u
+            a = scratch[0, :p.size].reshape(p.shape)
+            if kind == "weights" and self.decay:
+                u += np.multiply(p, f(-self.decay * B), out=a)
+            p += np.multiply(u, f(lr / B), out=a)
             u *= f(self.momentum)
 
     def state(self):
