@@ -11,7 +11,7 @@ r⊙h, so it needs its own matmul per step.
 import numpy as np
 
 from . import Recurrent, halves, projector, rows, sigmoid_grad, tanh_grad
-from .connected import Dense, is_ids
+from .connected import Dense
 
 
 class GRU(Recurrent):
@@ -33,14 +33,7 @@ class GRU(Recurrent):
         # logistic row is pre-halved so it is (1 + tanh) / 2, one tanh and two exact affine ops.
         half = halves(3 * n, 3 * n if not self.tanh else 2 * n)
         hc = half[2 * n]                         # the candidate's factor: 0.5 logistic, 1 tanh
-        xu = self.buffer("xu", (T * S, 3 * n))   # input projections of every step in one matmul
-        if self.bn:
-            xu[...] = rows(u.normalize(u.matmul(rows(x)).reshape(T, S, 3 * n), train))
-            xu *= half
-        else:  # the recurrent biases come with the input projection
-            projector(u.W * half, (u.b + np.concatenate([wzr.b, wh.b])) * half, is_ids(x), xu)(rows(x))
-        XU = self.buffer("XU", (T, 3 * n, S))
-        np.copyto(XU, xu.reshape(T, S, 3 * n).transpose(0, 2, 1))
+        XU = self.project_steps(u, x, u.b + np.concatenate([wzr.b, wh.b]), half, train)  # with the recurrent biases
         WzrT, WhT = wzr.W.T * np.float32(0.5), wh.W.T * hc
         ZR = self.buffer("ZR", (T, 2 * n, S))    # σ gates z, r
         HC = self.buffer("HC", (T, n, S))        # candidate c
@@ -142,17 +135,13 @@ class GRU(Recurrent):
                 dh *= z                                         # dh_prev = dh ⊙ z + drh ⊙ r + Wzr [dz dr]
                 dh += np.multiply(drh, r, out=a)
                 dh += np.matmul(wzr.W, dPzr[t], out=a)
-        # Back to (steps*streams, features) rows for the weight gradients and the input delta.
-        dPr = self._buf_xu
-        np.copyto(dPr.reshape(T, S, 3 * n), dP.transpose(0, 2, 1))
+        dP = self.steps_to_rows(dP)              # (T, S, 3n) rows for the weight gradients
         if self.bn:
-            dPzr, dPh = (np.ascontiguousarray(rows(d.transpose(0, 2, 1))) for d in (dPzr, dPh))
+            dPzr, dPh = (rows(d.transpose(0, 2, 1)) for d in (dPzr, dPh))
         else:
-            wzr.backward_norm(dPr[None, :, :2 * n])
-            wh.backward_norm(dPr[None, :, 2 * n:])
-            dPzr, dPh = dPr[:, :2 * n], dPr[:, 2 * n:]
+            dPzr, dPh = rows(wzr.backward_norm(dP[..., :2 * n])), rows(wh.backward_norm(dP[..., 2 * n:]))
         wzr.accumulate(rows(Y[:T]), dPzr)
-        wh.accumulate(rows(np.ascontiguousarray(RH.transpose(0, 2, 1))), dPh)
-        du = rows(u.backward_norm(dPr.reshape(T, S, 3 * n)))
+        wh.accumulate(rows(self.steps_to_rows(RH, "F_rh")), dPh)
+        du = rows(u.backward_norm(dP))
         u.accumulate(self.x, du)
         return u.back(du).reshape(T, S, self.inputs) if need_dx else None

@@ -9,8 +9,8 @@ Gate columns are ordered i, f, o, g — Darknet's save order wi, wf, wo, wg / ui
 """
 import numpy as np
 
-from . import Recurrent, halves, projector, rows, sigmoid_grad, tanh_grad
-from .connected import Dense, is_ids
+from . import Recurrent, halves, rows, sigmoid_grad, tanh_grad
+from .connected import Dense
 
 
 class LSTM(Recurrent):
@@ -33,14 +33,7 @@ class LSTM(Recurrent):
         # runs W (4n x n) @ h (n x S), its fast shape for few streams. The i f o rows are
         # pre-halved so one tanh serves all four gates: σ(z) = (1 + tanh(z/2)) / 2 (halving is exact).
         half = halves(4 * n, 3 * n)
-        xu = self.buffer("xu", (T * S, 4 * n))   # input projections of every step in one matmul
-        if self.bn:
-            xu[...] = rows(u.normalize(u.matmul(rows(x)).reshape(T, S, 4 * n), train))
-            xu *= half
-        else:  # the recurrent bias comes with the input projection (a row gather for one-hot ids)
-            projector(u.W * half, (u.b + w.b) * half, is_ids(x), xu)(rows(x))
-        XU = self.buffer("XU", (T, 4 * n, S))
-        np.copyto(XU, xu.reshape(T, S, 4 * n).transpose(0, 2, 1))
+        XU = self.project_steps(u, x, u.b + w.b, half, train)  # the recurrent bias comes with it
         WT = w.W.T * half[:, None]
         G = self.buffer("G", (T, 4 * n, S))      # activated gates i f o g
         H = self.buffer("H", (T + 1, n, S))      # H[t] is h before step t
@@ -145,14 +138,12 @@ class LSTM(Recurrent):
                 dGwT[t] = w.backward_norm(d.T[None])[0].T
             if t:  # the gradient into the previous datum's state is not propagated (truncated BPTT)
                 np.matmul(w.W, dGwT[t], out=dh)
-        dG = self._buf_xu.reshape(T, S, 4 * n)  # back to (steps, streams, 4n) for the big matmuls
-        np.copyto(dG, dGT.transpose(0, 2, 1))
+        dG = self.steps_to_rows(dGT)
         if self.bn:
-            dGw = dGwT.transpose(0, 2, 1).copy()
+            dGw = rows(dGwT.transpose(0, 2, 1))
         else:
-            dGw = dG
-            w.backward_norm(dG)
-        w.accumulate(rows(Y[:T]), rows(dGw))
+            dGw = rows(w.backward_norm(dG))
+        w.accumulate(rows(Y[:T]), dGw)
         du = rows(u.backward_norm(dG))
         u.accumulate(self.x, du)
         return u.back(du).reshape(T, S, self.inputs) if need_dx else None
