@@ -194,6 +194,10 @@ def main(argv=None):
                     help="measure again (up to N times) when other processes were busy during a run (Linux)")
     ap.add_argument("--idle-threshold", type=float, default=0.15, metavar="CORES",
                     help="other processes' CPU use (in cores) that counts as busy (default 0.15)")
+    ap.add_argument("--native-blas", action="store_true",
+                    help="unset OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE in the workers, so OpenBLAS picks its kernels "
+                         "for this CPU as it does where they are not set (some machines set them to dodge bugs of "
+                         "old OpenBLAS builds; they slow a current one). The BLAS line names the kernels used.")
     ap.add_argument("--no-torch", action="store_true", help="skip PyTorch even if it is installed")
     ap.add_argument("--json", metavar="PATH", help="also write every raw result to PATH")
     ap.add_argument("--worker", nargs=2, metavar=("KIND", "CFG"), help=argparse.SUPPRESS)
@@ -222,6 +226,9 @@ def main(argv=None):
     if args.threads:
         for var in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_NUM_THREADS"):
             WORKER_ENV[var] = str(args.threads)
+    if args.native_blas:
+        for var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
+            WORKER_ENV.pop(var, None)
     torch_ok = not args.no_torch and importlib.util.find_spec("torch") is not None
     load_before = os.getloadavg()
     started = time.time()
@@ -232,6 +239,9 @@ def main(argv=None):
         print(f"# other processes used {peak1['other_cpu']:.2f} cores while the matmul peak was measured", flush=True)
     import numpy as np
     print(f"# numpy {np.__version__}, BLAS: {_blas_label(peak1['blas'])}", flush=True)
+    if WORKER_ENV.get("OPENBLAS_CORETYPE"):
+        print(f"# OPENBLAS_CORETYPE={WORKER_ENV['OPENBLAS_CORETYPE']} is set: OpenBLAS runs those kernels "
+              "(--native-blas measures without it)", flush=True)
     tpeak = run_worker("torch-peak") if torch_ok else None
     if tpeak and "error" not in tpeak:
         print(f"# PyTorch {tpeak['version']}, BLAS {tpeak['blas']}; torch float32 2048^3 matmul {tpeak['gflops']:.0f} GFLOP/s",
