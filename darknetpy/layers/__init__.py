@@ -103,18 +103,9 @@ def projector(W, b, ids_input, out):
 
 def halves(n, count):
     """Column factors 0.5 for the first `count` of n columns, 1 for the rest. A logistic gate whose
-    weights and bias are pre-halved is (1 + tanh(z)) / 2 with no x/2 at run time; halving is exact."""
+    weights and bias are pre-halved is (1 + tanh(z)) / 2 with no z/2 at run time (halving is exact);
+    numpy's float32 tanh is about twice as fast as its exp, and this form cannot overflow."""
     return np.where(np.arange(n) < count, 0.5, 1.0).astype(np.float32)
-
-
-def sigmoid_(x):
-    """In-place logistic 1 / (1 + e^-x), computed as (1 + tanh(x/2)) / 2: numpy's float32 tanh is
-    about twice as fast as its exp, and this form cannot overflow."""
-    x *= 0.5
-    np.tanh(x, out=x)
-    x *= 0.5
-    x += 0.5
-    return x
 
 
 def sigmoid_grad(y, out):
