@@ -50,6 +50,31 @@ ACTIVATIONS = {
 }
 
 
+# In-place forms, (x, scratch) -> x, for a recurrent step loop that must not allocate: the same
+# float32 operations as ACTIVATIONS (tests/test_activations.py holds them to it bit for bit).
+IN_PLACE = {
+    "linear": lambda x, s: x,
+    "logistic": lambda x, s: np.reciprocal(np.add(np.exp(np.negative(x, out=x), out=x), f32(1), out=x), out=x),
+    "tanh": lambda x, s: np.tanh(x, out=x),
+    "relu": lambda x, s: np.maximum(x, f32(0), out=x),
+    "leaky": lambda x, s: np.maximum(x, np.multiply(x, f32(0.1), out=s), out=x),
+    "relie": lambda x, s: np.maximum(x, np.multiply(x, f32(0.01), out=s), out=x),
+    "ramp": lambda x, s: _ramp_(x, s),
+}
+
+
+def _ramp_(x, s):
+    np.multiply(x, f32(0.1), out=s)
+    return np.add(np.maximum(x, f32(0), out=x), s, out=x)
+
+
+def in_place(name):
+    """f(x, scratch) that activates x in place (scratch: an array like x it may use). Activations
+    without an in-place form here fall back to copying f(x) back into x."""
+    f = ACTIVATIONS[name][0]
+    return IN_PLACE.get(name) or (lambda x, s: np.copyto(x, f(x)) or x)
+
+
 def get(name, section=None, key="activation"):
     """(f, df) for a Darknet activation name; unknown names are an error (Darknet silently uses relu)."""
     if name not in ACTIVATIONS:

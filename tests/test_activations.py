@@ -38,3 +38,15 @@ def test_piecewise_activation_matches_darknet_bitwise(name):
 def test_piecewise_gradient_matches_darknet_bitwise(name):
     expected = np.array([DARKNET[name][1](y) for y in VALUES], np.float32)
     assert_bitwise(activations.get(name)[1](VALUES.reshape(16, -1)).ravel(), expected)
+
+
+@pytest.mark.parametrize("name", sorted(activations.ACTIVATIONS))
+def test_in_place_form_equals_the_function_bitwise(name):
+    """The step loops' in-place activations (and the copying fallback) give f(x) exactly."""
+    f = activations.get(name)[0]
+    x = VALUES.reshape(16, -1).copy()
+    with np.errstate(invalid="ignore", over="ignore"):
+        expected = np.asarray(f(x), np.float32)
+        got = activations.in_place(name)(x, np.empty_like(x))
+    assert got is x
+    assert_bitwise(x, expected)

@@ -18,6 +18,7 @@ class RNN(Recurrent):
         self.outputs = n = section.int("output", 1)
         self.activation = section.str("activation", "logistic")
         self.f, self.df = activations.get(self.activation, section)
+        self.f_ = activations.in_place(self.activation)
         bn = section.int("batch_normalize", 0)
         self.shortcut = bool(section.int("shortcut", 0))
         self.input_layer = Dense(inputs, n, ["input_layer"], bn, rng)
@@ -33,10 +34,15 @@ class RNN(Recurrent):
         B = self.buffer("B", (T, S, n))          # self sub-layer outputs
         St = self.buffer("S", (T + 1, S, n))     # St[t] is the state before step t
         St[0] = h0
+        scratch = self.buffer("scratch", (S, n))
         for t in range(T):
             b = B[t]
             np.matmul(St[t], W.W, out=b)
-            b[...] = self.f(W.normalize(b[None], train)[0])
+            if W.bn:
+                b[...] = W.normalize(b[None], train)[0]
+            else:
+                b += W.b
+            self.f_(b, scratch)
             np.add(A[t], b, out=St[t + 1])
             if self.shortcut:
                 St[t + 1] += St[t]
@@ -48,18 +54,21 @@ class RNN(Recurrent):
 
     def stepper(self, streams, ids_input):
         """One step with batchnorm folded into each sub-layer's weights once."""
-        n, f = self.outputs, self.f
+        n, f_ = self.outputs, self.f_
         (s,) = self.state(streams)
         (U, bu), (W, bw), (V, bv) = self.input_layer.folded(), self.self_layer.folded(), self.output_layer.folded()
-        a, b, y = (np.empty((streams, n), self.dtype) for _ in range(3))
+        a, b, y, scratch = (np.empty((streams, n), self.dtype) for _ in range(4))
         project = projector(U, bu, ids_input, a)
         recur = projector(W, bw, False, b)
         output = projector(V, bv, False, y)
 
         def step(x):
-            new = f(project(x)) + f(recur(s))
-            s[...] = new + s if self.shortcut else new
-            return f(output(s))
+            new = np.add(f_(project(x), scratch), f_(recur(s), scratch), out=a)
+            if self.shortcut:
+                np.add(new, s, out=s)
+            else:
+                np.copyto(s, new)
+            return f_(output(s), scratch)
         return step
 
     def backward(self, dy, need_dx):
