@@ -75,6 +75,15 @@ def in_place(name):
     return IN_PLACE.get(name) or (lambda x, s: np.copyto(x, f(x)) or x)
 
 
+def delta_through(name):
+    """(delta, y) -> delta ⊙ f'(y), the delta before the activation; linear hands it on as it is
+    (delta · 1 would be an exact but wasted pass over every row)."""
+    if name == "linear":
+        return lambda delta, y: delta
+    df = ACTIVATIONS[name][1]
+    return lambda delta, y: delta * df(y)
+
+
 def get(name, section=None, key="activation"):
     """(f, df) for a Darknet activation name; unknown names are an error (Darknet silently uses relu)."""
     if name not in ACTIVATIONS:

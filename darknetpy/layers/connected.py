@@ -148,7 +148,8 @@ class Connected(Layer):
         self.outputs = section.int("output", 1)
         name = section.str("activation", "logistic")
         self.activation = name
-        self.f, self.df = activations.get(name, section)
+        self.f = activations.get(name, section)[0]
+        self.delta_through = activations.delta_through(name)
         self.dense = Dense(inputs, self.outputs, [""], section.int("batch_normalize", 0), rng)
         self.denses = [self.dense]
 
@@ -164,7 +165,7 @@ class Connected(Layer):
 
     def backward(self, dy, need_dx):
         T, S = dy.shape[:2]
-        dz = (dy * self.df(self.y)).reshape(1, T * S, self.outputs)
+        dz = self.delta_through(dy, self.y).reshape(1, T * S, self.outputs)
         dz = self.dense.backward_norm(dz).reshape(T * S, self.outputs)
         self.dense.accumulate(self.x, dz)
         return self.dense.back(dz).reshape(T, S, self.inputs) if need_dx else None

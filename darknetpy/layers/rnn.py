@@ -19,6 +19,7 @@ class RNN(Recurrent):
         self.activation = section.str("activation", "logistic")
         self.f, self.df = activations.get(self.activation, section)
         self.f_ = activations.in_place(self.activation)
+        self.delta_through = activations.delta_through(self.activation)
         bn = section.int("batch_normalize", 0)
         self.shortcut = bool(section.int("shortcut", 0))
         self.input_layer = Dense(inputs, n, ["input_layer"], bn, rng)
@@ -75,7 +76,7 @@ class RNN(Recurrent):
         T, S = dy.shape[:2]
         n, U, W, V = self.outputs, self.input_layer, self.self_layer, self.output_layer
         B, St = self._buf_B, self._buf_S
-        dzv = V.backward_norm(dy * self.df(self.Y))
+        dzv = V.backward_norm(self.delta_through(dy, self.Y))
         V.accumulate(rows(St[1:]), rows(dzv))
         dS = rows(dzv) @ V.W.T                    # delta of every s_t from the output sub-layer
         dS = dS.reshape(T, S, n)
@@ -95,6 +96,6 @@ class RNN(Recurrent):
         if not W.bn:
             W.backward_norm(dB)
         W.accumulate(rows(St[:T]), rows(dB))
-        du = U.backward_norm(dS * self.df(self.A))
+        du = U.backward_norm(self.delta_through(dS, self.A))
         U.accumulate(self.x, rows(du))
         return U.back(rows(du)).reshape(T, S, self.inputs) if need_dx else None

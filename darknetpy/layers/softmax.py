@@ -23,8 +23,9 @@ class Softmax(Layer):
     def forward(self, x, train):
         z = x.reshape(*x.shape[:-1], self.groups, self.inputs // self.groups)
         t = x.dtype.type(self.temperature)
-        # Darknet: exp(x/T - max/T), then divide by the sum.
-        e = np.exp(z / t - z.max(axis=-1, keepdims=True) / t)
+        # Darknet: exp(x/T - max/T), then divide by the sum (x/1 is x exactly: no pass for it).
+        top = z.max(axis=-1, keepdims=True)
+        e = np.exp(z - top if t == 1 else z / t - top / t)
         p = e / e.sum(axis=-1, keepdims=True)
         return p.reshape(x.shape)
 
