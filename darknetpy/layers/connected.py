@@ -69,12 +69,11 @@ class Dense:
             if isinstance(value, np.ndarray):
                 setattr(self, name, value.astype(dtype))
 
-    def matmul(self, x, W=None, out=None):
-        """x (N, inputs) @ W (default self.W), or a row gather when x holds one-hot indices (N,)."""
-        W = self.W if W is None else W
+    def matmul(self, x, out=None):
+        """x (N, inputs) @ W, or a row gather when x holds one-hot indices (N,)."""
         if is_ids(x):
-            return np.take(W, x, axis=0, out=out)
-        return np.matmul(x, W, out=out)
+            return np.take(self.W, x, axis=0, out=out)
+        return np.matmul(x, self.W, out=out)
 
     def normalize(self, z, train):
         """Add the bias, or batchnorm then scale and bias. z is (groups, rows, n); statistics per group.

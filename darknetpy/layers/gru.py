@@ -31,7 +31,7 @@ class GRU(Recurrent):
         (h0,) = self.state(S)
         # The step loop runs feature-major, as lstm.py explains: z r (2n, S), c h (n, S). Every
         # logistic row is pre-halved so it is (1 + tanh) / 2, one tanh and two exact affine ops.
-        half = halves(3 * n, 3 * n if not self.tanh else 2 * n)
+        half = halves(3 * n, 2 * n if self.tanh else 3 * n)
         hc = half[2 * n]                         # the candidate's factor: 0.5 logistic, 1 tanh
         XU = self.project_steps(u, x, u.b + np.concatenate([wzr.b, wh.b]), half, train)  # with the recurrent biases
         WzrT, WhT = wzr.W.T * np.float32(0.5), wh.W.T * hc
