@@ -53,7 +53,8 @@ class Recurrent(Layer):
         return buf
 
     def project_steps(self, dense, x, bias, scale, train):
-        """The input projections of all steps, (x U + bias) scaled per column by `scale`, laid out
+        """The input projections of all steps, (x U + bias) scaled per column by `scale` (powers of
+        two, so the scaling is exact and may apply to the sum or to its terms), laid out
         for a feature-major step loop: (T, k, S). One-hot ids gather columns of a table that holds
         the bias, step by step; float rows take one matmul into (k, T*S), then a copy of S-long
         blocks (4x faster than transposing element by element). With batchnorm `normalize`
@@ -65,7 +66,8 @@ class Recurrent(Layer):
             z = dense.normalize(dense.matmul(rows(x)).reshape(T, S, k), train) * scale
             np.copyto(out, z.transpose(0, 2, 1))
         elif x.dtype.kind in "iu":
-            table = np.ascontiguousarray(((dense.W + bias) * scale).T)
+            table = np.multiply(dense.W.T, scale[:, None])
+            table += (bias * scale)[:, None]
             for t in range(T):
                 np.take(table, x[t], axis=1, out=out[t])
         else:
