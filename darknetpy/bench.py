@@ -295,3 +295,6 @@ def bench(cfg, iterations, warmup, gen_chars, no_train, no_generate):
     click.echo(f"{cfg}")
     click.echo(format_table(rows, align="lrl"))
     click.echo(f"BLAS: {blas_label(r['blas'])}")
+    if os.environ.get("OPENBLAS_CORETYPE"):
+        click.echo(f"note: OPENBLAS_CORETYPE={os.environ['OPENBLAS_CORETYPE']} is set, so OpenBLAS runs those kernels; "
+                   "without it (env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE) a current OpenBLAS picks its own.")

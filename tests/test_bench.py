@@ -50,6 +50,18 @@ def test_bench_skips_parts(tmp_path):
     assert "generate chars/s" in result.output and "train chars/s" not in result.output
 
 
+@pytest.mark.parametrize("coretype", ["Haswell", None])
+def test_bench_says_when_openblas_kernels_are_forced(tmp_path, monkeypatch, coretype):
+    cmd, prefix = command()
+    if coretype:
+        monkeypatch.setenv("OPENBLAS_CORETYPE", coretype)
+    else:
+        monkeypatch.delenv("OPENBLAS_CORETYPE", raising=False)
+    result = CliRunner().invoke(cmd, [*prefix, str(tiny_cfg(tmp_path, "gru")), "--no-train", "--gen-chars", "5"])
+    assert result.exit_code == 0, result.output
+    assert ("OPENBLAS_CORETYPE=Haswell is set" in result.output) == bool(coretype)
+
+
 def test_flop_model_counts_by_hand(tmp_path):
     net = Network(tiny_cfg(tmp_path, "lstm"))
     T, n, o = 3, 8, 16
