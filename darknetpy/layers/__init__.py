@@ -66,7 +66,7 @@ class Recurrent(Layer):
             z = dense.normalize(dense.matmul(rows(x)).reshape(T, S, k), train) * scale
             np.copyto(out, z.transpose(0, 2, 1))
         elif x.dtype.kind in "iu":
-            table = np.multiply(dense.W.T, scale[:, None], order="C")  # C order: columns gather fast
+            table = np.ascontiguousarray(dense.W.T) * scale[:, None]  # C order: its columns gather fast
             table += (bias * scale)[:, None]
             for t in range(T):
                 np.take(table, x[t], axis=1, out=out[t])
