@@ -229,6 +229,21 @@ def test_two_layer_stack_with_subdivisions(bn, write_cfg):
     check_gradients(net, *data(net))
 
 
+@pytest.mark.parametrize("streams", [1, 3])
+@pytest.mark.parametrize("body", ["[lstm]\noutput=4\n[gru]\noutput=3\n", "[gru]\noutput=4\ntanh=1\n[lstm]\noutput=3\n",
+                                  "[rnn]\noutput=4\nactivation=leaky\n[lstm]\noutput=3\n"])
+def test_one_hot_ids_input(streams, body, write_cfg):
+    """Class ids as input: the first layer's projection is a gather from a table holding the biases
+    (and its weight gradient a one-hot matmul), also with a single stream."""
+    net = build(write_cfg, f"[net]\ninputs=5\nbatch={streams}\ntime_steps=3\n{body}" + head())
+    rng = np.random.default_rng(7)
+    x = rng.integers(0, 5, (3, streams))
+    nums = check_gradients(net, x, rng.integers(0, 6, (3, streams)))
+    first = next(k for k in ("layer0.ui.weights", "layer0.uz.weights", "layer0.input_layer.weights") if k in nums)
+    # (outputs, inputs): exactly the columns of the ids that occur get a gradient
+    assert np.count_nonzero(np.abs(nums[first]).max(axis=0) > 1e-6) == len(set(x.ravel().tolist()))
+
+
 # ---- state across datums -------------------------------------------------------------------------
 
 STATE_NET = ("[net]\ninputs=5\nbatch=3\ntime_steps=8\n[gru]\noutput=4\n[lstm]\noutput=4\n"
