@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from darknetpy import cfg as cfgmod
+from darknetpy.bench import fastest
 
 ACTIVATIONS = {
     "linear": lambda x: x,
@@ -342,16 +343,10 @@ def measure_generate(cfg, impl="hand", chars=500, warmup=10, seed=0, temp=0.7):
 
 
 def matmul_peak(n=2048, repeats=5):
-    """torch's float32 (n x n) @ (n x n) GFLOP/s, best of `repeats`."""
+    """torch's float32 (n x n) @ (n x n) GFLOP/s, best of `repeats` after one warm-up."""
     a, b = torch.randn(n, n), torch.randn(n, n)
     c = torch.empty(n, n)
-    torch.matmul(a, b, out=c)
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        torch.matmul(a, b, out=c)
-        best = min(best, time.perf_counter() - t)
-    return 2.0 * n ** 3 / best / 1e9
+    return 2.0 * n ** 3 / fastest(lambda: torch.matmul(a, b, out=c), repeats) / 1e9
 
 
 def blas_label():

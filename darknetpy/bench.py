@@ -36,7 +36,7 @@ import time
 import click
 import numpy as np
 
-__all__ = ["flops_per_char", "matmul_peak", "blas_info", "blas_threads", "measure_train",
+__all__ = ["flops_per_char", "fastest", "matmul_peak", "blas_info", "blas_threads", "measure_train",
            "measure_generate", "peak_rss_bytes", "run_config", "bench"]
 
 
@@ -76,19 +76,24 @@ def flops_per_char(net, time_steps=None, ids_input=True):
 
 
 # ---- the machine --------------------------------------------------------------------------------
+def fastest(fn, repeats):
+    """Seconds of the fastest of `repeats` timed calls of fn, after one untimed warm-up call."""
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
 def matmul_peak(n=2048, repeats=5, dtype=np.float32):
     """numpy's large-matmul GFLOP/s: best of `repeats` (n x n) @ (n x n) products after one warm-up."""
     rng = np.random.default_rng(0)
     a = rng.standard_normal((n, n), dtype=np.float32).astype(dtype)
     b = rng.standard_normal((n, n), dtype=np.float32).astype(dtype)
     c = np.empty((n, n), dtype)
-    np.matmul(a, b, out=c)
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        np.matmul(a, b, out=c)
-        best = min(best, time.perf_counter() - t)
-    return 2.0 * n ** 3 / best / 1e9
+    return 2.0 * n ** 3 / fastest(lambda: np.matmul(a, b, out=c), repeats) / 1e9
 
 
 def _threadpool_blas():

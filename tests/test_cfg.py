@@ -33,13 +33,18 @@ BAD = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(BAD))
-def test_error_names_file_and_line(name, write_cfg):
-    text, line, words = BAD[name]
+def load_error(write_cfg, text):
+    """(path, message) of the one-line error loading a cfg with `text` raises."""
     path = write_cfg(text)
     with pytest.raises(DarknetpyError) as err:
         darknetpy.load_network(path)
-    msg = str(err.value)
+    return path, str(err.value)
+
+
+@pytest.mark.parametrize("name", sorted(BAD))
+def test_error_names_file_and_line(name, write_cfg):
+    text, line, words = BAD[name]
+    path, msg = load_error(write_cfg, text)
     assert msg.startswith(f"{path}:{line}: "), msg
     assert "\n" not in msg
     for w in words:
@@ -53,20 +58,14 @@ def test_error_names_file_and_line(name, write_cfg):
     ("[net]\ninputs=4\npolicy=steps\nscales=.1,.5,.2\nsteps=1,2\n[rnn]\noutput=3\n", (4, 5)),
 ])
 def test_error_at_one_of_the_offending_keys(text, lines, write_cfg):
-    path = write_cfg(text)
-    with pytest.raises(DarknetpyError) as err:
-        darknetpy.load_network(path)
-    msg = str(err.value)
+    path, msg = load_error(write_cfg, text)
     assert any(msg.startswith(f"{path}:{line}: ") for line in lines), msg
 
 
 @pytest.mark.parametrize("text", ["", "\n\n", "# only a comment\n; and another\n"])
 def test_empty_cfg_is_refused(text, write_cfg):
     """There is no line to point at, so the message starts with the path."""
-    path = write_cfg(text)
-    with pytest.raises(DarknetpyError) as err:
-        darknetpy.load_network(path)
-    msg = str(err.value)
+    path, msg = load_error(write_cfg, text)
     assert msg.startswith(f"{path}:"), msg
     assert "\n" not in msg
 
