@@ -50,6 +50,11 @@ ACTIVATIONS = {
 }
 
 
+def _ramp_(x, s):
+    np.multiply(x, f32(0.1), out=s)  # 0.1 x first: max(x, 0) overwrites x
+    return np.add(np.maximum(x, f32(0), out=x), s, out=x)
+
+
 # In-place forms, (x, scratch) -> x, for a recurrent step loop that must not allocate: the same
 # float32 operations as ACTIVATIONS (tests/test_activations.py holds them to it bit for bit).
 IN_PLACE = {
@@ -59,20 +64,21 @@ IN_PLACE = {
     "relu": lambda x, s: np.maximum(x, f32(0), out=x),
     "leaky": lambda x, s: np.maximum(x, np.multiply(x, f32(0.1), out=s), out=x),
     "relie": lambda x, s: np.maximum(x, np.multiply(x, f32(0.01), out=s), out=x),
-    "ramp": lambda x, s: _ramp_(x, s),
+    "ramp": _ramp_,
 }
-
-
-def _ramp_(x, s):
-    np.multiply(x, f32(0.1), out=s)
-    return np.add(np.maximum(x, f32(0), out=x), s, out=x)
 
 
 def in_place(name):
     """f(x, scratch) that activates x in place (scratch: an array like x it may use). Activations
     without an in-place form here fall back to copying f(x) back into x."""
+    if name in IN_PLACE:
+        return IN_PLACE[name]
     f = ACTIVATIONS[name][0]
-    return IN_PLACE.get(name) or (lambda x, s: np.copyto(x, f(x)) or x)
+
+    def copy_back(x, s):
+        np.copyto(x, f(x))
+        return x
+    return copy_back
 
 
 def delta_through(name):

@@ -39,10 +39,7 @@ class RNN(Recurrent):
         for t in range(T):
             b = B[t]
             np.matmul(St[t], W.W, out=b)
-            if W.bn:
-                b[...] = W.normalize(b[None], train)[0]
-            else:
-                b += W.b
+            b[...] = W.normalize(b[None], train)[0]  # in place without batchnorm
             self.f_(b, scratch)
             np.add(A[t], b, out=St[t + 1])
             if self.shortcut:
