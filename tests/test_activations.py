@@ -50,3 +50,25 @@ def test_in_place_form_equals_the_function_bitwise(name):
         got = activations.in_place(name)(x, np.empty_like(x))
     assert got is x
     assert_bitwise(x, expected)
+
+
+@pytest.mark.parametrize("name", sorted(activations.ACTIVATIONS))
+def test_gradient_into_equals_the_gradient_bitwise(name):
+    """The training loops' gradients written into a buffer (and the copying fallback) give df(y)."""
+    y = VALUES.reshape(16, -1)
+    out = np.full_like(y, 7)
+    with np.errstate(all="ignore"):
+        expected = np.asarray(activations.get(name)[1](y), np.float32)
+        got = activations.gradient_into(name)(y, out)
+    assert got is out
+    assert_bitwise(out, expected)
+
+
+@pytest.mark.parametrize("name", sorted(activations.ACTIVATIONS))
+def test_delta_through_is_delta_times_the_gradient_bitwise(name):
+    y = VALUES.reshape(16, -1)
+    delta = np.random.default_rng(1).normal(0, 3, y.shape).astype(np.float32)
+    with np.errstate(all="ignore"):
+        expected = delta * activations.get(name)[1](y)
+        got = activations.delta_through(name)(delta, y, np.empty_like(y))
+    assert_bitwise(got, expected)

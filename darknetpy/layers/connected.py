@@ -11,7 +11,7 @@ buffers accumulate negative gradients (Darknet's weight_updates / bias_updates /
 """
 import numpy as np
 
-from . import Layer, projector
+from . import Buffers, Layer, projector
 from .. import activations
 
 BN_EPS = np.float32(1e-6)  # Darknet adds it after the square root: (x - mean) / (sqrt(var) + 1e-6)
@@ -22,7 +22,7 @@ def is_ids(x):
     return x.dtype.kind in "iu"
 
 
-class Dense:
+class Dense(Buffers):
     """k stacked connected sub-layers (`names`), each inputs -> outputs, sharing one input."""
 
     def __init__(self, inputs, outputs, names, batch_normalize, rng):
@@ -62,6 +62,10 @@ class Dense:
         if self.bn:
             s.append((self.scales, self.dscales, "scales"))
         return s
+
+    @property
+    def dtype(self):
+        return self.W.dtype
 
     def astype(self, dtype):
         """Convert every array (float64 for finite-difference checks)."""
@@ -127,16 +131,25 @@ class Dense:
 
     def accumulate(self, x, dz):
         """dW += xᵀ dz over all rows at once."""
-        if is_ids(x):  # Σ over rows of one-hot(x)ᵀ dz: a one-hot matmul beats np.add.at by 3x
-            hot = np.zeros((self.inputs, x.size), dz.dtype)
-            hot[x, np.arange(x.size)] = 1
-            self.dW += hot @ dz
+        product = self.buffer("dWx", self.W.shape)
+        if not is_ids(x):
+            self.dW += np.matmul(x.T, dz, out=product)
+            return
+        # Σ over rows of one-hot(x)ᵀ dz as a matmul (3x faster than np.add.at), with one-hot rows
+        # for only the ids present: text uses about 100 of 256 bytes.
+        ids, col = np.unique(x, return_inverse=True)
+        hot = self.buffer("hot", (self.inputs, x.size))[:ids.size]
+        hot[...] = 0
+        hot[col, np.arange(x.size)] = 1
+        product = np.matmul(hot, dz, out=product[:ids.size])
+        if ids.size == self.inputs:  # every id present: ids is 0..inputs-1
+            self.dW += product
         else:
-            self.dW += x.T @ dz
+            self.dW[ids] += product
 
-    def back(self, dz):
+    def back(self, dz, out=None):
         """The delta for the input: dz Wᵀ."""
-        return dz @ self.W.T
+        return np.matmul(dz, self.W.T, out=out)
 
 
 class Connected(Layer):
@@ -148,6 +161,7 @@ class Connected(Layer):
         name = section.str("activation", "logistic")
         self.activation = name
         self.f = activations.get(name, section)[0]
+        self.f_ = activations.in_place(name)
         self.delta_through = activations.delta_through(name)
         self.dense = Dense(inputs, self.outputs, [""], section.int("batch_normalize", 0), rng)
         self.denses = [self.dense]
@@ -155,19 +169,22 @@ class Connected(Layer):
     def forward(self, x, train):
         T, S = x.shape[:2]
         rows = x.reshape(T * S) if is_ids(x) else x.reshape(T * S, self.inputs)
-        z = self.dense.matmul(rows).reshape(1, T * S, self.outputs)
         self.dense.cache.clear()
-        y = self.f(self.dense.normalize(z, train)).reshape(T, S, self.outputs)
-        if train:
-            self.x, self.y = rows, y
-        return y
+        if not train:  # a new array: it may be what the caller gets back
+            return self.f(self.dense.normalize(self.dense.matmul(rows)[None], False)).reshape(T, S, self.outputs)
+        z = self.dense.matmul(rows, out=self.buffer("Z", (T * S, self.outputs)))
+        z = self.dense.normalize(z[None], True)
+        self.x, self.y = rows, self.f_(z, self.buffer("scratch", z.shape)).reshape(T, S, self.outputs)
+        return self.y
 
     def backward(self, dy, need_dx):
         T, S = dy.shape[:2]
-        dz = self.delta_through(dy, self.y).reshape(1, T * S, self.outputs)
+        dz = self.delta_through(dy, self.y, self.buffer("dZ", dy.shape)).reshape(1, T * S, self.outputs)
         dz = self.dense.backward_norm(dz).reshape(T * S, self.outputs)
         self.dense.accumulate(self.x, dz)
-        return self.dense.back(dz).reshape(T, S, self.inputs) if need_dx else None
+        if not need_dx:
+            return None
+        return self.dense.back(dz, out=self.buffer("dX", (T * S, self.inputs))).reshape(T, S, self.inputs)
 
     def stepper(self, streams, ids_input):
         W, b = self.dense.folded()

@@ -17,8 +17,9 @@ class RNN(Recurrent):
         self.inputs = inputs
         self.outputs = n = section.int("output", 1)
         self.activation = section.str("activation", "logistic")
-        self.f, self.df = activations.get(self.activation, section)
+        activations.get(self.activation, section)  # an unknown name is an error here
         self.f_ = activations.in_place(self.activation)
+        self.gradient = activations.gradient_into(self.activation)
         self.delta_through = activations.delta_through(self.activation)
         bn = section.int("batch_normalize", 0)
         self.shortcut = bool(section.int("shortcut", 0))
@@ -27,15 +28,24 @@ class RNN(Recurrent):
         self.output_layer = Dense(n, n, ["output_layer"], bn, rng)
         self.denses = [self.input_layer, self.self_layer, self.output_layer]  # save order
 
+    def sublayer(self, dense, x, name, train):
+        """act(normalize(x W)) for all steps at once, (T, S, n), in the buffer `name` (a new array
+        with batchnorm); each step's rows are normalized together."""
+        T, S = x.shape[:2]
+        z = self.buffer(name, (T, S, self.outputs))
+        dense.matmul(rows(x), out=rows(z))
+        z = dense.normalize(z, train)  # in place without batchnorm
+        return self.f_(z, self.buffer("scratch", z.shape))
+
     def forward(self, x, train):
         T, S = x.shape[:2]
         n, U, W, V = self.outputs, self.input_layer, self.self_layer, self.output_layer
         (h0,) = self.state(S)
-        A = self.f(U.normalize(U.matmul(rows(x)).reshape(T, S, n), train))   # input sub-layer, all steps
+        A = self.sublayer(U, x, "A", train)      # input sub-layer, all steps
         B = self.buffer("B", (T, S, n))          # self sub-layer outputs
         St = self.buffer("S", (T + 1, S, n))     # St[t] is the state before step t
         St[0] = h0
-        scratch = self.buffer("scratch", (S, n))
+        scratch = self._buf_scratch[0]
         for t in range(T):
             b = B[t]
             np.matmul(St[t], W.W, out=b)
@@ -45,7 +55,7 @@ class RNN(Recurrent):
             if self.shortcut:
                 St[t + 1] += St[t]
         h0[...] = St[T]
-        Y = self.f(V.normalize(V.matmul(rows(St[1:])).reshape(T, S, n), train))
+        Y = self.sublayer(V, St[1:], "Y", train)
         if train:
             self.x, self.A, self.Y = rows(x), A, Y
         return Y
@@ -73,17 +83,17 @@ class RNN(Recurrent):
         T, S = dy.shape[:2]
         n, U, W, V = self.outputs, self.input_layer, self.self_layer, self.output_layer
         B, St = self._buf_B, self._buf_S
-        dzv = V.backward_norm(self.delta_through(dy, self.Y))
+        dZ = self.buffer("dZ", (T, S, n))
+        dzv = V.backward_norm(self.delta_through(dy, self.Y, dZ))
         V.accumulate(rows(St[1:]), rows(dzv))
-        dS = rows(dzv) @ V.W.T                    # delta of every s_t from the output sub-layer
-        dS = dS.reshape(T, S, n)
-        dfB = self.df(B)                         # the self sub-layer's activation derivative, all steps
-        dB = self.buffer("dB", (T, S, n))
-        a = self.buffer("scratch", (S, n))
+        dS = self.buffer("dS", (T, S, n))        # delta of every s_t, from the output sub-layer first
+        V.back(rows(dzv), out=rows(dS))
+        dB = self.gradient(B, self.buffer("dB", (T, S, n)))  # the self sub-layer's activation derivative
+        a = self._buf_scratch[0]
         for t in reversed(range(T)):
             ds = dS[t]                           # already holds the contribution of step t+1
             db = dB[t]
-            np.multiply(ds, dfB[t], out=db)
+            db *= ds
             if W.bn:
                 db[...] = W.backward_norm(db[None])[0]
             if t:  # truncated BPTT: nothing flows into the previous datum's state
@@ -93,6 +103,8 @@ class RNN(Recurrent):
         if not W.bn:
             W.backward_norm(dB)
         W.accumulate(rows(St[:T]), rows(dB))
-        du = U.backward_norm(self.delta_through(dS, self.A))
-        U.accumulate(self.x, rows(du))
-        return U.back(rows(du)).reshape(T, S, self.inputs) if need_dx else None
+        du = rows(U.backward_norm(self.delta_through(dS, self.A, dZ)))  # dZ is spent: reuse
+        U.accumulate(self.x, du)
+        if not need_dx:
+            return None
+        return U.back(du, out=self.buffer("dX", (T * S, self.inputs))).reshape(T, S, self.inputs)

@@ -24,17 +24,23 @@ class Softmax(Layer):
         z = x.reshape(*x.shape[:-1], self.groups, self.inputs // self.groups)
         t = x.dtype.type(self.temperature)
         # Darknet: exp(x/T - max/T), then divide by the sum (x/1 is x exactly: no pass for it).
+        # Training reuses one array; otherwise the result is new (it is what the caller gets back).
+        e = self.buffer("P", z.shape) if train else np.empty_like(z)
         top = z.max(axis=-1, keepdims=True)
-        e = np.exp(z - top if t == 1 else z / t - top / t)
-        p = e / e.sum(axis=-1, keepdims=True)
-        return p.reshape(x.shape)
+        if t == 1:
+            np.subtract(z, top, out=e)
+        else:
+            np.subtract(np.divide(z, t, out=e), top / t, out=e)
+        np.exp(e, out=e)
+        e /= e.sum(axis=-1, keepdims=True)
+        return e.reshape(x.shape)
 
     def loss(self, p, truth):
         """(cost, delta) for probabilities p (T, S, n) and truth as one-hot rows or indices (T, S)."""
         if is_ids(truth):
             picked = np.take_along_axis(p, truth[..., None], axis=-1)
             cost = -np.log(picked).sum(dtype=p.dtype)
-            delta = -p
+            delta = np.negative(p, out=self.buffer("delta", p.shape))
             np.put_along_axis(delta, truth[..., None], np.float32(1) - picked, axis=-1)
             return cost, delta
         hot = truth != 0
