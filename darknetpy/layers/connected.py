@@ -133,21 +133,18 @@ class Dense(Buffers):
 
     def accumulate(self, x, dz):
         """dW += xᵀ dz over all rows at once."""
-        product = self.buffer("dWx", self.W.shape)
         if not is_ids(x):
-            self.dW += np.matmul(x.T, dz, out=product)
+            self.dW += np.matmul(x.T, dz, out=self.buffer("dWx", self.W.shape))
             return
-        # Σ over rows of one-hot(x)ᵀ dz as a matmul (3x faster than np.add.at), with one-hot rows
-        # for only the ids present: text uses about 100 of 256 bytes.
-        ids, col = np.unique(x, return_inverse=True)
-        hot = self.buffer("hot", (self.inputs, x.size))[:ids.size]
-        hot[...] = 0
-        hot[col, np.arange(x.size)] = 1
-        product = np.matmul(hot, dz, out=product[:ids.size])
-        if ids.size == self.inputs:  # every id present: ids is 0..inputs-1
-            self.dW += product
-        else:
-            self.dW[ids] += product
+        # One-hot rows: dW[id] += the sum of dz's rows with that id, one sum per id present over
+        # its rows in time order (a stable sort finds them): 5x faster than a one-hot matmul and
+        # 10x faster than np.add.at or np.add.reduceat here.
+        order = np.argsort(x, kind="stable")
+        ids = x[order]
+        starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+        total = self.buffer("total", (dz.shape[1],))
+        for a, b in zip(starts.tolist(), np.r_[starts[1:], ids.size].tolist()):
+            self.dW[ids[a]] += np.add.reduce(dz[order[a:b]], axis=0, out=total)
 
     def back(self, dz, out=None):
         """The delta for the input: dz Wᵀ."""

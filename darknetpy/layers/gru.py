@@ -117,33 +117,39 @@ class GRU(Recurrent):
         ZR, RH, P, Y = self._buf_ZR, self._buf_RH, self._buf_P, self._buf_Y
         DH = self.buffer("DH", (T, n, S))
         np.copyto(DH, dh_out.transpose(0, 2, 1))
-        dP = self._buf_XU                        # deltas of the pre-activations z, r, c (the forward's
-        dPzr = self.buffer("dPzr", (T, 2 * n, S)) if self.bn else dP[:, :2 * n]  # input projections
-        dPh = self.buffer("dPh", (T, n, S)) if self.bn else dP[:, 2 * n:]        # are spent: reuse)
+        d = self.buffer("d", (3 * n, S))         # this step's deltas of the pre-activations z r c
+        dP = self.buffer("dP", (T, S, 3 * n))    # every step's as rows, for the weight gradients
+        if self.bn:                              # (and through the w's batchnorm)
+            dPzr, dPh = self.buffer("dPzr", (T, S, 2 * n)), self.buffer("dPh", (T, S, n))
         dh = self.zeros((n, S))
         a, drh = self.buffer("scratch", (n, S)), self.buffer("drh", (n, S))
         for t in reversed(range(T)):
-            z, r, d = ZR[t, :n], ZR[t, n:], dP[t]
+            z, r = ZR[t, :n], ZR[t, n:]
             dh += DH[t]
-            np.multiply(P[t, 2 * n:], dh, out=d[2 * n:])       # dc
+            dc = np.multiply(P[t, 2 * n:], dh, out=d[2 * n:])
             if self.bn:
-                dPh[t] = wh.backward_norm(d[2 * n:].T[None])[0].T
-            np.matmul(wh.W, dPh[t], out=drh)                    # delta of r ⊙ h
+                dPh[t] = wh.backward_norm(dc.T[None])[0]
+                dc = dPh[t].T
+            np.matmul(wh.W, dc, out=drh)                        # delta of r ⊙ h
             np.multiply(P[t, :n], dh, out=d[:n])                # dz
             np.multiply(P[t, n:2 * n], drh, out=d[n:2 * n])     # dr
+            dzr = d[:2 * n]
             if self.bn:
-                dPzr[t] = wzr.backward_norm(d[:2 * n].T[None])[0].T
+                dPzr[t] = wzr.backward_norm(dzr.T[None])[0]
+                dzr = dPzr[t].T
+            np.copyto(dP[t].T, d)                               # while d is in cache
             if t:  # truncated BPTT: nothing flows into the previous datum's state
                 dh *= z                                         # dh_prev = dh ⊙ z + drh ⊙ r + Wzr [dz dr]
                 dh += np.multiply(drh, r, out=a)
-                dh += np.matmul(wzr.W, dPzr[t], out=a)
-        dP = self.steps_to_rows(dP)              # (T, S, 3n) rows for the weight gradients
+                dh += np.matmul(wzr.W, dzr, out=a)
         if self.bn:
-            dPzr, dPh = (rows(d.transpose(0, 2, 1)) for d in (dPzr, dPh))
+            dPzr, dPh = rows(dPzr), rows(dPh)
         else:
             dPzr, dPh = rows(wzr.backward_norm(dP[..., :2 * n])), rows(wh.backward_norm(dP[..., 2 * n:]))
         wzr.accumulate(rows(Y[:T]), dPzr)
         wh.accumulate(rows(self.steps_to_rows(RH, "F_rh")), dPh)
         du = rows(u.backward_norm(dP))
         u.accumulate(self.x, du)
-        return u.back(du).reshape(T, S, self.inputs) if need_dx else None
+        if not need_dx:
+            return None
+        return u.back(du, out=self.buffer("dX", (T * S, self.inputs))).reshape(T, S, self.inputs)

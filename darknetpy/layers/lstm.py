@@ -119,31 +119,33 @@ class LSTM(Recurrent):
         # from the forward pass (P, Pc):
         #   di = dc ⊙ g⊙σ'(i)   df = dc ⊙ c⊙σ'(f)   do = dh ⊙ tanh(c')⊙σ'(o)   dg = dc ⊙ i⊙tanh'(g)
         #   dc += dh ⊙ o⊙tanh'(c'),  and dc reaches the step before through f.
+        # Each step's deltas are also copied into rows (steps, streams, 4n) while in cache: the weight
+        # gradients' matmuls and the one-hot gradient read rows at full speed.
         P, Pc, f = self._buf_P, self._buf_Pc, G[:, n:2 * n]
         DH = self.buffer("DH", (T, n, S))
         np.copyto(DH, dh_out.transpose(0, 2, 1))
-        dGT = self._buf_XU                       # the forward's input projections are spent: reuse
-        dGwT = self.buffer("dGwT", (T, 4 * n, S)) if self.bn else dGT
+        d = self.buffer("d", (4 * n, S))
+        dG = self.buffer("dG", (T, S, 4 * n))
+        dGw = self.buffer("dGw", (T, S, 4 * n)) if self.bn else dG  # through w's batchnorm
         dh = self.zeros((n, S))
         dc = self.zeros((n, S))
         a = self.buffer("scratch", (n, S))
         for t in reversed(range(T)):
             dh += DH[t]
             dc += np.multiply(dh, Pc[t], out=a)
-            d = dGT[t]
             np.multiply(P[t].reshape(4, n, S), dc, out=d.reshape(4, n, S))
             np.multiply(P[t, 2 * n:3 * n], dh, out=d[2 * n:3 * n])
             dc *= f[t]
+            np.copyto(dG[t].T, d)
             if self.bn:
-                dGwT[t] = w.backward_norm(d.T[None])[0].T
+                dGw[t] = w.backward_norm(dG[t][None])[0]
             if t:  # the gradient into the previous datum's state is not propagated (truncated BPTT)
-                np.matmul(w.W, dGwT[t], out=dh)
-        dG = self.steps_to_rows(dGT)
-        if self.bn:
-            dGw = rows(dGwT.transpose(0, 2, 1))
-        else:
-            dGw = rows(w.backward_norm(dG))
-        w.accumulate(rows(Y[:T]), dGw)
+                np.matmul(w.W, dGw[t].T if self.bn else d, out=dh)
+        if not self.bn:
+            w.backward_norm(dG)  # the bias gradient (with batchnorm, each step's call added it)
+        w.accumulate(rows(Y[:T]), rows(dGw))
         du = rows(u.backward_norm(dG))
         u.accumulate(self.x, du)
-        return u.back(du).reshape(T, S, self.inputs) if need_dx else None
+        if not need_dx:
+            return None
+        return u.back(du, out=self.buffer("dX", (T * S, self.inputs))).reshape(T, S, self.inputs)
