@@ -60,9 +60,9 @@ class Recurrent(Layer):
 
     def project_steps(self, dense, x, bias, scale, train):
         """The input projections of all steps, (x U + bias) scaled per column by `scale` (powers of
-        two, so the scaling is exact and may apply to the sum or to its terms), laid out
-        for a feature-major step loop: (T, k, S). One-hot ids gather columns of a table that holds
-        the bias, step by step; float rows take one matmul into (k, T*S), then a copy of S-long
+        two, so the scaling is exact and may apply to the sum or to its terms), laid out for a
+        feature-major step loop: (T, k, S). One-hot ids gather columns of Uᵀ (in C order, with the
+        bias added), step by step; float rows take one matmul into (k, T*S), then a copy of S-long
         blocks (4x faster than transposing element by element). With batchnorm `normalize`
         applies the sub-layer's bias and `bias` is not used."""
         T, S = x.shape[:2]
@@ -72,23 +72,16 @@ class Recurrent(Layer):
             z = dense.normalize(dense.matmul(rows(x)).reshape(T, S, k), train) * scale
             np.copyto(out, z.transpose(0, 2, 1))
         elif x.dtype.kind in "iu":
-            table = np.ascontiguousarray(dense.W.T) * scale[:, None]  # C order: its columns gather fast
+            table = np.multiply(dense.W.T, scale[:, None], out=self.buffer("table", (k, dense.inputs)))
             table += (bias * scale)[:, None]
             for t in range(T):
                 np.take(table, x[t], axis=1, out=out[t])
         else:
-            F = np.matmul((dense.W * scale).T, rows(x).T, out=self.buffer("F", (k, T * S)))
+            U = np.multiply(dense.W, scale, out=self.buffer("U", dense.W.shape))
+            F = np.matmul(U.T, rows(x).T, out=self.buffer("F", (k, T * S)))
             F += (bias * scale)[:, None]
             np.copyto(out, F.reshape(k, T, S).transpose(1, 0, 2))
         return out
-
-    def steps_to_rows(self, d, name="F"):
-        """Per-step feature-major arrays (T, k, S) -> (T, S, k), a view on a (k, T*S) copy made of
-        S-long blocks: the layout the weight gradients' matmuls read at full speed."""
-        T, k, S = d.shape
-        F = self.buffer(name, (k, T * S))
-        np.copyto(F.reshape(k, T, S), d.transpose(1, 0, 2))
-        return F.T.reshape(T, S, k)
 
     def zeros(self, shape):
         return np.zeros(shape, self.dtype)

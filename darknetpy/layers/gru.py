@@ -40,6 +40,8 @@ class GRU(Recurrent):
         ZR = self.buffer("ZR", (T, 2 * n, S))    # σ gates z, r
         HC = self.buffer("HC", (T, n, S))        # candidate c
         RH = self.buffer("RH", (T, n, S))        # r ⊙ h, the input of wh
+        if train:                                # ... and as rows for wh's weight gradient
+            RHrows = self.buffer("RHrows", (T, S, n))
         H = self.buffer("H", (T + 1, n, S))      # H[t] is h before step t
         if train:  # dz = dh ⊙ P[z]   dr = drh ⊙ P[r]   dc = dh ⊙ P[c], for backward
             P = self.buffer("P", (T, 3 * n, S))
@@ -70,6 +72,7 @@ class GRU(Recurrent):
             # h' = z⊙h + (1-z)⊙c = c + z⊙(h - c)
             np.subtract(h, c, out=H[t + 1])
             if train:
+                np.copyto(RHrows[t].T, RH[t])
                 p = P[t]
                 sigmoid_grad(zr, out=p[:2 * n])
                 p[:n] *= H[t + 1]                    # (h - c) ⊙ σ'(z)
@@ -114,7 +117,7 @@ class GRU(Recurrent):
     def backward(self, dh_out, need_dx):
         T, S = dh_out.shape[:2]
         n, wzr, wh, u = self.outputs, self.wzr, self.wh, self.u
-        ZR, RH, P, Y = self._buf_ZR, self._buf_RH, self._buf_P, self._buf_Y
+        ZR, P, Y = self._buf_ZR, self._buf_P, self._buf_Y
         DH = self.buffer("DH", (T, n, S))
         np.copyto(DH, dh_out.transpose(0, 2, 1))
         d = self.buffer("d", (3 * n, S))         # this step's deltas of the pre-activations z r c
@@ -147,7 +150,7 @@ class GRU(Recurrent):
         else:
             dPzr, dPh = rows(wzr.backward_norm(dP[..., :2 * n])), rows(wh.backward_norm(dP[..., 2 * n:]))
         wzr.accumulate(rows(Y[:T]), dPzr)
-        wh.accumulate(rows(self.steps_to_rows(RH, "F_rh")), dPh)
+        wh.accumulate(rows(self._buf_RHrows), dPh)
         du = rows(u.backward_norm(dP))
         u.accumulate(self.x, du)
         if not need_dx:
