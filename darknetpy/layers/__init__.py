@@ -58,6 +58,17 @@ class Recurrent(Layer):
             if s is not None:
                 s[slice(None) if stream is None else stream] = 0
 
+    def transposed(self, name, W, scale):
+        """Wᵀ with row j scaled by scale[j], in C order (BLAS's faster left operand for the step
+        loops' products), in the buffer `name`. Copied eight rows of W at a time: a transpose
+        copied whole reads down columns whose elements lie a power of two apart, which share cache
+        sets and thrash (0.6 ms for 256 x 1024; 0.15 ms this way)."""
+        out = self.buffer(name, W.shape[::-1])
+        for a in range(0, W.shape[0], 8):
+            np.copyto(out[:, a:a + 8], W[a:a + 8].T)
+        out *= scale[:, None]
+        return out
+
     def project_steps(self, dense, x, bias, scale, train):
         """The input projections of all steps, (x U + bias) scaled per column by `scale` (powers of
         two, so the scaling is exact and may apply to the sum or to its terms), laid out for a
@@ -72,7 +83,7 @@ class Recurrent(Layer):
             z = dense.normalize(dense.matmul(rows(x)).reshape(T, S, k), train) * scale
             np.copyto(out, z.transpose(0, 2, 1))
         elif x.dtype.kind in "iu":
-            table = np.multiply(dense.W.T, scale[:, None], out=self.buffer("table", (k, dense.inputs)))
+            table = self.transposed("table", dense.W, scale)
             table += (bias * scale)[:, None]
             for t in range(T):
                 np.take(table, x[t], axis=1, out=out[t])

@@ -34,9 +34,7 @@ class GRU(Recurrent):
         half = halves(3 * n, 2 * n if self.tanh else 3 * n)
         hc = half[2 * n]                         # the candidate's factor: 0.5 logistic, 1 tanh
         XU = self.project_steps(u, x, u.b + np.concatenate([wzr.b, wh.b]), half, train)  # with the recurrent biases
-        # C order: BLAS's faster left operand for the steps' products
-        WzrT = np.multiply(wzr.W.T, np.float32(0.5), out=self.buffer("WzrT", (2 * n, n)))
-        WhT = np.multiply(wh.W.T, hc, out=self.buffer("WhT", (n, n)))
+        WzrT, WhT = self.transposed("WzrT", wzr.W, half[:2 * n]), self.transposed("WhT", wh.W, half[2 * n:])
         ZR = self.buffer("ZR", (T, 2 * n, S))    # σ gates z, r
         HC = self.buffer("HC", (T, n, S))        # candidate c
         RH = self.buffer("RH", (T, n, S))        # r ⊙ h, the input of wh

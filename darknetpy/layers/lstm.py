@@ -34,7 +34,7 @@ class LSTM(Recurrent):
         # pre-halved so one tanh serves all four gates: σ(z) = (1 + tanh(z/2)) / 2 (halving is exact).
         half = halves(4 * n, 3 * n)
         XU = self.project_steps(u, x, u.b + w.b, half, train)  # the recurrent bias comes with it
-        WT = np.multiply(w.W.T, half[:, None], out=self.buffer("WT", (4 * n, n)))  # C order: BLAS's faster left operand
+        WT = self.transposed("WT", w.W, half)
         G = self.buffer("G", (T, 4 * n, S))      # activated gates i f o g
         H = self.buffer("H", (T + 1, n, S))      # H[t] is h before step t
         C = self.buffer("C", (T + 1, n, S))
