@@ -119,7 +119,8 @@ class GRU(Recurrent):
         DH = self.buffer("DH", (T, n, S))
         np.copyto(DH, dh_out.transpose(0, 2, 1))
         d = self.buffer("d", (3 * n, S))         # this step's deltas of the pre-activations z r c
-        dP = self.buffer("dP", (T, S, 3 * n))    # every step's as rows, for the weight gradients
+        dP = self._buf_XU.reshape(T, S, 3 * n)   # every step's as rows, for the weight gradients (in
+                                                 # the memory of the spent input projections)
         if self.bn:                              # (and through the w's batchnorm)
             dPzr, dPh = self.buffer("dPzr", (T, S, 2 * n)), self.buffer("dPh", (T, S, n))
         dh = self.zeros((n, S))

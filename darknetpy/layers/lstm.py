@@ -119,13 +119,14 @@ class LSTM(Recurrent):
         # from the forward pass (P, Pc):
         #   di = dc ⊙ g⊙σ'(i)   df = dc ⊙ c⊙σ'(f)   do = dh ⊙ tanh(c')⊙σ'(o)   dg = dc ⊙ i⊙tanh'(g)
         #   dc += dh ⊙ o⊙tanh'(c'),  and dc reaches the step before through f.
-        # Each step's deltas are also copied into rows (steps, streams, 4n) while in cache: the weight
-        # gradients' matmuls and the one-hot gradient read rows at full speed.
+        # Each step's deltas are also copied into rows (steps, streams, 4n) while in cache, in the
+        # memory of the spent input projections: the weight gradients' matmuls and the one-hot
+        # gradient read rows at full speed.
         P, Pc, f = self._buf_P, self._buf_Pc, G[:, n:2 * n]
         DH = self.buffer("DH", (T, n, S))
         np.copyto(DH, dh_out.transpose(0, 2, 1))
         d = self.buffer("d", (4 * n, S))
-        dG = self.buffer("dG", (T, S, 4 * n))
+        dG = self._buf_XU.reshape(T, S, 4 * n)
         dGw = self.buffer("dGw", (T, S, 4 * n)) if self.bn else dG  # through w's batchnorm
         dh = self.zeros((n, S))
         dc = self.zeros((n, S))
