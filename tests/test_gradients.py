@@ -234,7 +234,7 @@ def test_two_layer_stack_with_subdivisions(bn, write_cfg):
                                   "[rnn]\noutput=4\nactivation=leaky\n[lstm]\noutput=3\n"])
 def test_one_hot_ids_input(streams, body, write_cfg):
     """Class ids as input: the first layer's projection is a gather from a table holding the biases
-    (and its weight gradient a one-hot matmul), also with a single stream."""
+    (and its weight gradient one sum per id over the rows holding it), also with a single stream."""
     net = build(write_cfg, f"[net]\ninputs=5\nbatch={streams}\ntime_steps=3\n{body}" + head())
     rng = np.random.default_rng(7)
     x = rng.integers(0, 5, (3, streams))
