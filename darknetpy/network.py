@@ -130,9 +130,7 @@ class Network:
         """Integer ids pass through; float rows that are exactly one-hot become ids (a row gather
         gives bit-identical sums and skips the first matmul); anything else stays float32."""
         if is_ids(x):
-            if x.size and (x.min() < 0 or x.max() >= self.inputs):
-                raise DarknetpyError(f"input id out of range [0, {self.inputs})")
-            return x
+            return self._checked(x)
         x = np.asarray(x, self.dtype)
         if x.shape[-1] != self.inputs:
             raise DarknetpyError(f"input has {x.shape[-1]} features, the network takes {self.inputs}")
@@ -142,8 +140,16 @@ class Network:
             return ids
         return x
 
+    def _checked(self, ids):
+        """Integer ids, after checking their range here: the layers gather with them unchecked."""
+        if ids.size and (ids.min() < 0 or ids.max() >= self.inputs):
+            raise DarknetpyError(f"input id out of range [0, {self.inputs})")
+        return ids
+
     def forward(self, x, train=False):
         """Run (steps, streams[, inputs]) through every layer; the state carries over. Returns the last output."""
+        if is_ids(x):
+            self._checked(x)
         for layer in self.layers:
             x = layer.forward(x, train)
         return x

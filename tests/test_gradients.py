@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from darknetpy.activations import ACTIVATIONS
+from darknetpy.errors import DarknetpyError
 from darknetpy.network import Network
 
 H = 1e-6
@@ -242,6 +243,20 @@ def test_one_hot_ids_input(streams, body, write_cfg):
     first = next(k for k in ("layer0.ui.weights", "layer0.uz.weights", "layer0.input_layer.weights") if k in nums)
     # (outputs, inputs): exactly the columns of the ids that occur get a gradient
     assert np.count_nonzero(np.abs(nums[first]).max(axis=0) > 1e-6) == len(set(x.ravel().tolist()))
+
+
+@pytest.mark.parametrize("body", ["[lstm]\noutput=3\n", "[gru]\noutput=3\n", "[rnn]\noutput=3\n", ""])
+def test_out_of_range_ids_are_refused(body, write_cfg):
+    """The layers gather with ids unchecked (numpy's check costs a copy); the network refuses ids
+    outside [0, inputs) before they get there."""
+    net = build(write_cfg, f"[net]\ninputs=5\nbatch=2\ntime_steps=3\n{body}" + head())
+    for bad in (5, -1):
+        x = np.zeros((3, 2), np.int64)
+        x[1, 1] = bad
+        with pytest.raises(DarknetpyError, match=r"input id out of range \[0, 5\)"):
+            net.forward(x)
+        with pytest.raises(DarknetpyError, match=r"input id out of range \[0, 5\)"):
+            net.train_step(x, np.zeros((3, 2), np.int64))
 
 
 # ---- state across datums -------------------------------------------------------------------------

@@ -85,8 +85,8 @@ class Recurrent(Layer):
         elif x.dtype.kind in "iu":
             table = self.transposed("table", dense.W, scale)
             table += (bias * scale)[:, None]
-            for t in range(T):
-                np.take(table, x[t], axis=1, out=out[t])
+            for t in range(T):  # ids are in range (Network checks them): mode="wrap" skips numpy's
+                np.take(table, x[t], axis=1, out=out[t], mode="wrap")  # check and its copy of `out`
         else:
             U = np.multiply(dense.W, scale, out=self.buffer("U", dense.W.shape))
             F = np.matmul(U.T, rows(x).T, out=self.buffer("F", (k, T * S)))

@@ -75,8 +75,8 @@ class Dense(Buffers):
 
     def matmul(self, x, out=None):
         """x (N, inputs) @ W, or a row gather when x holds one-hot indices (N,)."""
-        if is_ids(x):
-            return np.take(self.W, x, axis=0, out=out)
+        if is_ids(x):  # in range (Network checks them): mode="wrap" skips the check and a copy of out
+            return np.take(self.W, x, axis=0, out=out, mode="wrap")
         return np.matmul(x, self.W, out=out)
 
     def normalize(self, z, train):
