@@ -70,17 +70,20 @@ IN_PLACE = {
 }
 
 
+def _copying(fn, target):
+    """The fallback for a name missing from IN_PLACE or GRADIENT_INTO: (a, b) -> fn(a) computed as
+    a new array, then copied into target(a, b)."""
+    def copy(a, b):
+        out = target(a, b)
+        np.copyto(out, fn(a))
+        return out
+    return copy
+
+
 def in_place(name):
     """f(x, scratch) that activates x in place (scratch: an array like x it may use). Activations
     without an in-place form here fall back to copying f(x) back into x."""
-    if name in IN_PLACE:
-        return IN_PLACE[name]
-    f = ACTIVATIONS[name][0]
-
-    def copy_back(x, s):
-        np.copyto(x, f(x))
-        return x
-    return copy_back
+    return IN_PLACE.get(name) or _copying(ACTIVATIONS[name][0], lambda x, scratch: x)
 
 
 # Gradients from the output written into `out`, (y, out) -> out, for training without temporaries:
@@ -98,14 +101,7 @@ GRADIENT_INTO = {
 
 def gradient_into(name):
     """g(y, out) that writes f'(y) into out; activations without a form here copy df(y) into it."""
-    if name in GRADIENT_INTO:
-        return GRADIENT_INTO[name]
-    df = ACTIVATIONS[name][1]
-
-    def copy_into(y, out):
-        np.copyto(out, df(y))
-        return out
-    return copy_into
+    return GRADIENT_INTO.get(name) or _copying(ACTIVATIONS[name][1], lambda y, out: out)
 
 
 def delta_through(name):
