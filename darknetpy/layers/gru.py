@@ -121,7 +121,7 @@ class GRU(Recurrent):
         d = self.buffer("d", (3 * n, S))         # this step's deltas of the pre-activations z r c
         dP = self._buf_XU.reshape(T, S, 3 * n)   # every step's as rows, for the weight gradients (in
                                                  # the memory of the spent input projections)
-        if self.bn:                              # (and through the w's batchnorm)
+        if self.bn:                              # the w sub-layers' deltas through their batchnorm
             dPzr, dPh = self.buffer("dPzr", (T, S, 2 * n)), self.buffer("dPh", (T, S, n))
         dh = self.zeros((n, S))
         a, drh = self.buffer("scratch", (n, S)), self.buffer("drh", (n, S))
