@@ -172,10 +172,14 @@ def info(cfg, weights):
 @click.option("--resume", default=None, metavar="RECORD.yaml",
               help="Continue the run a record BACKUP/<cfg>.yaml describes, from its latest checkpoint "
                    "(options given here override the record's).")
+@click.option("--overwrite", is_flag=True,
+              help="Start a new run even where BACKUP/<cfg>.backup holds an earlier run's weights "
+                   "(replaced at the first checkpoint). Without it a new run refuses, so that running "
+                   "the same command twice cannot lose a run.")
 @click.pass_context
 @friendly
 def train(ctx, cfg, data, weights, clear, tokenized, backup, max_batches, srand, valid_frac,
-          valid_every, save_every, resume):
+          valid_every, save_every, resume, overwrite):
     """Train CFG on the corpus DATA, Darknet's `rnn train` (a char-RNN over bytes, or ids with --tokenized).
 
     Each of the cfg's batch/subdivisions streams walks the corpus from its own offset with its
@@ -202,7 +206,7 @@ def train(ctx, cfg, data, weights, clear, tokenized, backup, max_batches, srand,
         options.update({k: v for k, v in recorded.items() if k in options and k not in given})
     elif cfg is None or data is None:
         raise DarknetpyError("give CFG and DATA (or --resume BACKUP/<cfg>.yaml); see darknetpy train --help")
-    summary = trainmod.train(cfg, data, resumed_from=resume, **options)
+    summary = trainmod.train(cfg, data, resumed_from=resume, overwrite=overwrite, **options)
     click.echo(trainmod.format_summary(summary), err=True)
     if summary["status"] == "interrupted":
         sys.exit(130)

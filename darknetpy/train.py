@@ -333,13 +333,29 @@ def _stderr_line(text):
     print(text, file=sys.stderr, flush=True)
 
 
+def _refuse_to_replace(paths, cfg):
+    """A new run writes <cfg>.backup and the run record: refuse when an earlier run's are there."""
+    if not os.path.exists(paths["backup"]):
+        return
+    where = ""
+    try:
+        with open(paths["record"], encoding="utf-8") as f:
+            where = f" (iteration {int(yaml.safe_load(f)['progress']['iteration'])})"
+    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError):
+        pass
+    raise DarknetpyError(f"an earlier run of {cfg} is kept here{where}; continue it with "
+                         f"`darknetpy train --resume {paths['record']}`, start from its weights with "
+                         f"--weights, or start over with --backup DIR or --overwrite", paths["backup"])
+
+
 def train(cfg, data, weights=None, clear=False, tokenized=False, backup="backup", max_batches=None,
           srand=None, valid_frac=None, valid_every=VALID_EVERY, save_every=SAVE_EVERY, progress=True,
-          resumed_from=None):
+          resumed_from=None, overwrite=False):
     """Train CFG on DATA; returns a summary dict (status 'finished' or 'interrupted').
 
-    Raises DarknetpyError for bad input, a diverged loss (nothing poisoned is saved) or a failed
-    checkpoint write (the previous checkpoint stays whole).
+    A new run (no weights, not resumed) refuses to replace an earlier run's checkpoint in `backup`
+    unless `overwrite`. Raises DarknetpyError for bad input, a diverged loss (nothing poisoned is
+    saved) or a failed checkpoint write (the previous checkpoint stays whole).
     """
     t0 = time.time()
     if srand is None:
@@ -383,12 +399,14 @@ def train(cfg, data, weights=None, clear=False, tokenized=False, backup="backup"
                 _stderr_line(f"warning: {weights}{STATE_SUFFIX}: ignored, {arrays}; "
                              "the optimizer starts afresh")
     corpus_sha = _sha256(train_ids.tobytes())
+    base = os.path.join(backup, cfg_base(cfg))
+    paths = {"backup": base + ".backup", "final": base + "_final.weights", "record": base + ".yaml"}
+    if weights is None and resumed_from is None and not overwrite:
+        _refuse_to_replace(paths, cfg)
     prepare_backup_dir(backup)  # last of the checks, all before any training
 
     seed_ids = list(b"\n\n") if not tokenized and net.inputs > 10 else []
     validator = Validator(cfg, valid_ids, seed_ids) if valid_ids is not None else None
-    base = os.path.join(backup, cfg_base(cfg))
-    paths = {"backup": base + ".backup", "final": base + "_final.weights", "record": base + ".yaml"}
     hp = dict(net.hp)
     opt = net.optimizer
     record = {

@@ -200,6 +200,23 @@ def test_max_batches_counts_from_seen(tmp_path, corpus):
     assert header_seen(b / "tiny_final.weights") == 2 * 64  # --clear: seen starts at 0
 
 
+def test_a_new_run_does_not_replace_an_earlier_one(tmp_path, corpus):
+    """Running the same train command twice must not lose the first run: the second refuses and
+    says how to continue; --overwrite (or --weights, or another --backup) starts anyway."""
+    cfg = write_cfg(tmp_path, max_batches=6)
+    b = tmp_path / "b"
+    ok(cfg, corpus, "--srand", 1, "--backup", b)
+    kept = {name: (b / name).read_bytes() for name in ("tiny.backup", "tiny.yaml", "tiny_final.weights")}
+    line = one_line_error(cli(cfg, corpus, "--srand", 2, "--backup", b), str(b / "tiny.backup"),
+                          "(iteration 6)", f"--resume {b / 'tiny.yaml'}", "--overwrite")
+    assert all((b / name).read_bytes() == data for name, data in kept.items()), line
+    ok(cfg, corpus, "--srand", 1, "--backup", tmp_path / "elsewhere")
+    ok(cfg, corpus, "--weights", b / "tiny.backup", "--max-batches", 8, "--backup", b)
+    assert header_seen(b / "tiny.backup") == 8 * 64
+    ok(cfg, corpus, "--srand", 2, "--max-batches", 3, "--backup", b, "--overwrite")
+    assert header_seen(b / "tiny.backup") == 3 * 64
+
+
 def test_max_batches_missing(tmp_path, corpus):
     cfg = write_cfg(tmp_path, max_batches=0)
     one_line_error(cli(cfg, corpus, "--backup", tmp_path / "b"), "max_batches", str(cfg))
