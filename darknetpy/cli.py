@@ -173,9 +173,9 @@ def info(cfg, weights):
               help="Continue the run a record BACKUP/<cfg>.yaml describes, from its latest checkpoint "
                    "(options given here override the record's).")
 @click.option("--overwrite", is_flag=True,
-              help="Start a new run even where BACKUP/<cfg>.backup holds an earlier run's weights "
-                   "(replaced at the first checkpoint). Without it a new run refuses, so that running "
-                   "the same command twice cannot lose a run.")
+              help="Let a new run (or one from --weights outside BACKUP) replace the earlier run kept "
+                   "in BACKUP/<cfg>.backup, from its first checkpoint on. Without it such a run refuses, "
+                   "so that running the same command twice cannot lose a run.")
 @click.pass_context
 @friendly
 def train(ctx, cfg, data, weights, clear, tokenized, backup, max_batches, srand, valid_frac,

@@ -353,8 +353,8 @@ def train(cfg, data, weights=None, clear=False, tokenized=False, backup="backup"
           resumed_from=None, overwrite=False):
     """Train CFG on DATA; returns a summary dict (status 'finished' or 'interrupted').
 
-    A new run (no weights, not resumed) refuses to replace an earlier run's checkpoint in `backup`
-    unless `overwrite`. Raises DarknetpyError for bad input, a diverged loss (nothing poisoned is
+    A run that does not continue from `backup`'s own checkpoints refuses to replace an earlier
+    run's there unless `overwrite`. Raises DarknetpyError for bad input, a diverged loss (nothing poisoned is
     saved) or a failed checkpoint write (the previous checkpoint stays whole).
     """
     t0 = time.time()
@@ -401,7 +401,9 @@ def train(cfg, data, weights=None, clear=False, tokenized=False, backup="backup"
     corpus_sha = _sha256(train_ids.tobytes())
     base = os.path.join(backup, cfg_base(cfg))
     paths = {"backup": base + ".backup", "final": base + "_final.weights", "record": base + ".yaml"}
-    if weights is None and resumed_from is None and not overwrite:
+    continuing = resumed_from is not None or (  # from one of this run's own checkpoints
+        weights is not None and os.path.dirname(os.path.abspath(weights)) == os.path.abspath(backup))
+    if not (continuing or overwrite):
         _refuse_to_replace(paths, cfg)
     prepare_backup_dir(backup)  # last of the checks, all before any training
 

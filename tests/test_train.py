@@ -211,6 +211,9 @@ def test_a_new_run_does_not_replace_an_earlier_one(tmp_path, corpus):
                           "(iteration 6)", f"--resume {b / 'tiny.yaml'}", "--overwrite")
     assert all((b / name).read_bytes() == data for name, data in kept.items()), line
     ok(cfg, corpus, "--srand", 1, "--backup", tmp_path / "elsewhere")
+    one_line_error(cli(cfg, corpus, "--weights", tmp_path / "elsewhere" / "tiny_final.weights", "--backup", b),
+                   str(b / "tiny.backup"), "--overwrite")  # other weights would replace this run too
+    assert all((b / name).read_bytes() == data for name, data in kept.items())
     ok(cfg, corpus, "--weights", b / "tiny.backup", "--max-batches", 8, "--backup", b)
     assert header_seen(b / "tiny.backup") == 8 * 64
     ok(cfg, corpus, "--srand", 2, "--max-batches", 3, "--backup", b, "--overwrite")
