@@ -354,8 +354,8 @@ def train(cfg, data, weights=None, clear=False, tokenized=False, backup="backup"
     """Train CFG on DATA; returns a summary dict (status 'finished' or 'interrupted').
 
     A run that does not continue from `backup`'s own checkpoints refuses to replace an earlier
-    run's there unless `overwrite`. Raises DarknetpyError for bad input, a diverged loss (nothing poisoned is
-    saved) or a failed checkpoint write (the previous checkpoint stays whole).
+    run's there unless `overwrite`. Raises DarknetpyError for bad input, a diverged loss (nothing
+    poisoned is saved) or a failed checkpoint write (the previous checkpoint stays whole).
     """
     t0 = time.time()
     if srand is None:
