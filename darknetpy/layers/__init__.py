@@ -1,6 +1,23 @@
 """One module per Darknet layer kind. `Layer` is the stateless default; `Recurrent` holds what rnn,
 gru and lstm share: per-stream state that carries over between calls."""
+import os
+
 import numpy as np
+
+try:  # the optional C kernels (setup.py builds them when a compiler is there)
+    from .. import _kernels as KERNELS
+except ImportError:
+    KERNELS = None
+if os.environ.get("DARKNETPY_KERNELS") == "0":
+    KERNELS = None
+
+
+def fused(name, dtype):
+    """The compiled step kernel `name` (darknetpy/_kernels.c) for float32 arrays, or None when it
+    was not built, is switched off (DARKNETPY_KERNELS=0) or the net is not float32 (float64 runs
+    the finite-difference checks). Each kernel computes what the numpy function of the same name
+    in its layer's module does, which stays the reference the tests hold it to."""
+    return getattr(KERNELS, name) if KERNELS is not None and dtype == np.float32 else None
 
 
 class Buffers:

@@ -8,9 +8,11 @@ Each w*/u* is a connected sub-layer with its own bias (or batchnorm). uz, ur, uh
 matrix applied to all steps at once; wz, wr are one stacked matrix (one matmul per step); wh reads
 r⊙h, so it needs its own matmul per step.
 """
+from functools import partial
+
 import numpy as np
 
-from . import Recurrent, halves, projector, rows, sigmoid_grad, tanh_grad
+from . import Recurrent, fused, halves, projector, rows, sigmoid_grad, tanh_grad
 from .connected import Dense
 
 
@@ -43,42 +45,25 @@ class GRU(Recurrent):
         H = self.buffer("H", (T + 1, n, S))      # H[t] is h before step t
         if train:  # dz = dh ⊙ P[z]   dr = drh ⊙ P[r]   dc = dh ⊙ P[c], for backward
             P = self.buffer("P", (T, 3 * n, S))
-        a = self.buffer("scratch", (n, S))
-        act_grad = tanh_grad if self.tanh else sigmoid_grad
         H[0] = h0.T
+        gates = fused("gru_zr", self.dtype) or gru_zr
+        step = fused("gru_step", self.dtype) or gru_step
         for t in range(T):
             zr, c, h = ZR[t], HC[t], H[t]
             if self.bn:
                 np.multiply(wzr.normalize((h.T @ wzr.W)[None], train)[0].T, np.float32(0.5), out=zr)
             else:
                 np.matmul(WzrT, h, out=zr)
-            zr += XU[t, :2 * n]
-            np.tanh(zr, out=zr)
-            zr *= 0.5
-            zr += 0.5
-            z, r = zr[:n], zr[n:]
-            np.multiply(r, h, out=RH[t])
+            gates(zr, XU[t, :2 * n], h, RH[t])
             if self.bn:
                 np.multiply(wh.normalize((RH[t].T @ wh.W)[None], train)[0].T, hc, out=c)
             else:
                 np.matmul(WhT, RH[t], out=c)
-            c += XU[t, 2 * n:]
-            np.tanh(c, out=c)
-            if not self.tanh:
-                c *= 0.5
-                c += 0.5
-            # h' = z⊙h + (1-z)⊙c = c + z⊙(h - c)
-            np.subtract(h, c, out=H[t + 1])
             if train:
+                step(self.tanh, c, XU[t, 2 * n:], zr, h, H[t + 1], P[t])
                 np.copyto(RHrows[t].T, RH[t])
-                p = P[t]
-                sigmoid_grad(zr, out=p[:2 * n])
-                p[:n] *= H[t + 1]                    # (h - c) ⊙ σ'(z)
-                p[n:2 * n] *= h                      # h ⊙ σ'(r)
-                act_grad(c, out=p[2 * n:])
-                p[2 * n:] *= np.subtract(1, z, out=a)  # (1 - z) ⊙ act'(c)
-            H[t + 1] *= z
-            H[t + 1] += c
+            else:
+                step(self.tanh, c, XU[t, 2 * n:], zr, h, H[t + 1])
         Y = self.buffer("Y", (T + 1, S, n))      # back to (steps, streams, n); Y[t] is h before step t
         Y[0] = h0
         np.copyto(Y[1:], H[1:].transpose(0, 2, 1))
@@ -125,25 +110,22 @@ class GRU(Recurrent):
             dPzr, dPh = self.buffer("dPzr", (T, S, 2 * n)), self.buffer("dPh", (T, S, n))
         dh = self.zeros((n, S))
         a, drh = self.buffer("scratch", (n, S)), self.buffer("drh", (n, S))
+        back = fused("gru_back", self.dtype) or partial(gru_back, scratch=a)
         for t in reversed(range(T)):
-            z, r = ZR[t, :n], ZR[t, n:]
             dh += DH[t]
             dc = np.multiply(P[t, 2 * n:], dh, out=d[2 * n:])
             if self.bn:
                 dPh[t] = wh.backward_norm(dc.T[None])[0]
                 dc = dPh[t].T
             np.matmul(wh.W, dc, out=drh)                        # delta of r ⊙ h
-            np.multiply(P[t, :n], dh, out=d[:n])                # dz
-            np.multiply(P[t, n:2 * n], drh, out=d[n:2 * n])     # dr
+            back(dh, drh, ZR[t], P[t], d)                       # dz dr; dh = dh ⊙ z + drh ⊙ r
             dzr = d[:2 * n]
             if self.bn:
                 dPzr[t] = wzr.backward_norm(dzr.T[None])[0]
                 dzr = dPzr[t].T
             np.copyto(dP[t].T, d)                               # while d is in cache
             if t:  # truncated BPTT: nothing flows into the previous datum's state
-                dh *= z                                         # dh_prev = dh ⊙ z + drh ⊙ r + Wzr [dz dr]
-                dh += np.multiply(drh, r, out=a)
-                dh += np.matmul(wzr.W, dzr, out=a)
+                dh += np.matmul(wzr.W, dzr, out=a)              # dh_prev = dh ⊙ z + drh ⊙ r + Wzr [dz dr]
         if self.bn:
             dPzr, dPh = rows(dPzr), rows(dPh)
         else:
@@ -155,3 +137,47 @@ class GRU(Recurrent):
         if not need_dx:
             return None
         return u.back(du, out=self.buffer("dX", (T * S, self.inputs))).reshape(T, S, self.inputs)
+
+
+# The step math in numpy: the reference for darknetpy/_kernels.c's gru_zr, gru_step and gru_back,
+# which the loops above use instead when built.
+def gru_zr(zr, xu, h, rh):
+    """The gates in place, zr += xu then (1 + tanh) / 2 (pre-halved rows); rh = r⊙h."""
+    n = h.shape[0]
+    zr += xu
+    np.tanh(zr, out=zr)
+    zr *= 0.5
+    zr += 0.5
+    np.multiply(zr[n:], h, out=rh)
+
+
+def gru_step(tanh, c, xu, zr, h, h1, P=None):
+    """The candidate in place, c = act(c + xu) (tanh, or logistic from pre-halved rows), and
+    h1 = z⊙h + (1-z)⊙c = c + z⊙(h - c); in training the factors of the deltas:
+    P = [(h - c)⊙σ'(z), h⊙σ'(r), (1 - z)⊙act'(c)]."""
+    n = h.shape[0]
+    z = zr[:n]
+    c += xu
+    np.tanh(c, out=c)
+    if not tanh:
+        c *= 0.5
+        c += 0.5
+    if P is not None:
+        (tanh_grad if tanh else sigmoid_grad)(c, out=P[2 * n:])
+        P[2 * n:] *= np.subtract(1, z, out=h1)  # h1 as scratch until its turn
+    np.subtract(h, c, out=h1)
+    if P is not None:
+        sigmoid_grad(zr, out=P[:2 * n])
+        P[:n] *= h1
+        P[n:2 * n] *= h
+    h1 *= z
+    h1 += c
+
+
+def gru_back(dh, drh, zr, P, d, scratch):
+    """dz = dh⊙P[z] and dr = drh⊙P[r] into d; then dh = dh⊙z + drh⊙r (wzr's share comes after)."""
+    n = dh.shape[0]
+    np.multiply(P[:n], dh, out=d[:n])
+    np.multiply(P[n:2 * n], drh, out=d[n:2 * n])
+    dh *= zr[:n]
+    dh += np.multiply(drh, zr[n:], out=scratch)

@@ -9,7 +9,7 @@ Gate columns are ordered i, f, o, g — Darknet's save order wi, wf, wo, wg / ui
 """
 import numpy as np
 
-from . import Recurrent, halves, rows, sigmoid_grad, tanh_grad
+from . import Recurrent, fused, halves, rows, sigmoid_grad, tanh_grad
 from .connected import Dense
 
 
@@ -43,31 +43,17 @@ class LSTM(Recurrent):
             P = self.buffer("P", (T, 4 * n, S))  # di df do dg = [dc dc dh dc] ⊙ P
             Pc = self.buffer("Pc", (T, n, S))    # dc += dh ⊙ Pc
         H[0], C[0] = h0.T, c0.T
-        ig = self.buffer("ig", (n, S))
+        step = fused("lstm_step", self.dtype) or lstm_step
         for t in range(T):
             g = G[t]
             if self.bn:
                 np.multiply(w.normalize((H[t].T @ w.W)[None], train)[0].T, half[:, None], out=g)
             else:
                 np.matmul(WT, H[t], out=g)
-            g += XU[t]
-            np.tanh(g, out=g)
-            ifo = g[:3 * n]
-            ifo *= 0.5
-            ifo += 0.5
-            i, f, o, gg = g[:n], g[n:2 * n], g[2 * n:3 * n], g[3 * n:]
-            np.multiply(f, C[t], out=C[t + 1])
-            C[t + 1] += np.multiply(i, gg, out=ig)
-            np.tanh(C[t + 1], out=TC[t])
-            np.multiply(o, TC[t], out=H[t + 1])
             if train:
-                p = P[t]
-                sigmoid_grad(ifo, out=p[:3 * n])        # σ'(i) σ'(f) σ'(o)
-                p[:n] *= gg                             # g ⊙ σ'(i)
-                p[n:2 * n] *= C[t]                      # c ⊙ σ'(f)
-                p[2 * n:3 * n] *= TC[t]                 # tanh(c') ⊙ σ'(o)
-                np.multiply(tanh_grad(gg, out=p[3 * n:]), i, out=p[3 * n:])  # i ⊙ tanh'(g)
-                np.multiply(tanh_grad(TC[t], out=Pc[t]), o, out=Pc[t])      # o ⊙ tanh'(c')
+                step(g, XU[t], C[t], C[t + 1], TC[t], H[t + 1], P[t], Pc[t])
+            else:
+                step(g, XU[t], C[t], C[t + 1], TC[t], H[t + 1])
         Y = self.buffer("Y", (T + 1, S, n))      # back to (steps, streams, n); Y[t] is h before step t
         Y[0] = h0
         np.copyto(Y[1:], H[1:].transpose(0, 2, 1))
@@ -130,13 +116,9 @@ class LSTM(Recurrent):
         dGw = self.buffer("dGw", (T, S, 4 * n)) if self.bn else dG  # through w's batchnorm
         dh = self.zeros((n, S))
         dc = self.zeros((n, S))
-        a = self.buffer("scratch", (n, S))
+        back = fused("lstm_back", self.dtype) or lstm_back
         for t in reversed(range(T)):
-            dh += DH[t]
-            dc += np.multiply(dh, Pc[t], out=a)
-            np.multiply(P[t].reshape(4, n, S), dc, out=d.reshape(4, n, S))
-            np.multiply(P[t, 2 * n:3 * n], dh, out=d[2 * n:3 * n])
-            dc *= f[t]
+            back(dh, dc, DH[t], P[t], Pc[t], f[t], d)
             np.copyto(dG[t].T, d)
             if self.bn:
                 dGw[t] = w.backward_norm(dG[t][None])[0]
@@ -150,3 +132,40 @@ class LSTM(Recurrent):
         if not need_dx:
             return None
         return u.back(du, out=self.buffer("dX", (T * S, self.inputs))).reshape(T, S, self.inputs)
+
+
+# The step math in numpy: the reference for darknetpy/_kernels.c's lstm_step and lstm_back, which
+# the loops above use instead when built (one pass over memory instead of about twenty).
+def lstm_step(g, xu, c, c1, tc, h1, P=None, Pc=None):
+    """One step's gates in place, g += xu then i f o = (1 + tanh) / 2 (pre-halved rows) and
+    g = tanh; c1 = f⊙c + i⊙g, tc = tanh(c1), h1 = o⊙tc; in training the factors of the gate
+    deltas: P = [g⊙σ'(i), c⊙σ'(f), tc⊙σ'(o), i⊙tanh'(g)], Pc = o⊙tanh'(c1)."""
+    n = c.shape[0]
+    g += xu
+    np.tanh(g, out=g)
+    ifo = g[:3 * n]
+    ifo *= 0.5
+    ifo += 0.5
+    i, f, o, gg = g[:n], g[n:2 * n], g[2 * n:3 * n], g[3 * n:]
+    np.multiply(f, c, out=c1)
+    c1 += np.multiply(i, gg, out=h1)  # h1 as scratch until its turn
+    np.tanh(c1, out=tc)
+    np.multiply(o, tc, out=h1)
+    if P is not None:
+        sigmoid_grad(ifo, out=P[:3 * n])                        # σ'(i) σ'(f) σ'(o)
+        P[:n] *= gg
+        P[n:2 * n] *= c
+        P[2 * n:3 * n] *= tc
+        np.multiply(tanh_grad(gg, out=P[3 * n:]), i, out=P[3 * n:])
+        np.multiply(tanh_grad(tc, out=Pc), o, out=Pc)
+
+
+def lstm_back(dh, dc, DH, P, Pc, f, d):
+    """One step back: dh += DH, dc += dh⊙Pc, the gate deltas d = [dc dc dh dc]⊙P, then dc *= f
+    (the cell's delta for the step before)."""
+    n, S = dh.shape
+    dh += DH
+    dc += np.multiply(dh, Pc, out=d[:n])  # d as scratch until its turn
+    np.multiply(P.reshape(4, n, S), dc, out=d.reshape(4, n, S))
+    np.multiply(P[2 * n:3 * n], dh, out=d[2 * n:3 * n])
+    dc *= f

@@ -1,0 +1,184 @@
+/* The elementwise math of one LSTM or GRU time step, fused into one pass over the step's arrays.
+ *
+ * Included twice by _kernels.c: once for the baseline instruction set and once compiled for
+ * AVX2+FMA, every name suffixed by K(). Each loop is written so the compiler vectorizes it: no
+ * branches (selects only), no library calls. numpy's float32 exp and tanh run at 2-4 ns an
+ * element on CPUs without AVX-512 and each numpy call is one more pass over memory; here an
+ * element of a step costs a few cycles.
+ *
+ * Layout as in layers/lstm.py and layers/gru.py: feature-major, a gate block is `m` = n*streams
+ * contiguous floats, and the logistic gates' pre-activations come halved (the weights were), so
+ * σ(z) = 1 / (1 + exp(-2 zh)).
+ *
+ * The loops go through the blocks CHUNK elements at a time, one array at a time within a chunk:
+ * the blocks lie 4 KB multiples apart, so one loop reading and writing all of a step's twenty
+ * arrays at the same offset would keep twenty lines in one set of the 8-way L1 cache and miss on
+ * every access (it ran slower than numpy). A chunk's gates wait in small arrays on the stack.
+ */
+#define CHUNK 64
+#define CHUNKS(e0, len, m) \
+    for (Py_ssize_t e0 = 0, len = (m) < CHUNK ? (m) : CHUNK; e0 < (m); \
+         e0 += CHUNK, len = (m) - e0 < CHUNK ? (m) - e0 : CHUNK)
+#define EACH(j, len) _Pragma("GCC ivdep") for (Py_ssize_t j = 0; j < (len); j++)
+
+/* exp(x) for float32 (Cephes' expf: 2^k times a degree-6 polynomial, about 1 ulp); x clamped to
+ * [-87, 88] so that 2^k stays a normal float (exp(-87) = 1.6e-38, far below any gate's resolution). */
+static inline __attribute__((always_inline)) float K(exp1)(float x)
+{
+    x = x < -87.0f ? -87.0f : x;
+    x = x > 88.0f ? 88.0f : x;
+    float k = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round(x / ln 2) */
+    x = x - k * 0.693359375f;
+    x = x - k * -2.12194440e-4f;
+    float z = x * x;
+    float y = (((((1.9875691500e-4f * x + 1.3981999507e-3f) * x + 8.3334519073e-3f) * x
+                 + 4.1665795894e-2f) * x + 1.6666665459e-1f) * x + 5.0000001201e-1f) * z + x + 1.0f;
+    int32_t bits = ((int32_t)k + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    return y * scale;
+}
+
+/* tanh(x) for float32: Cephes' odd polynomial below |x| = 0.625, 1 - 2/(exp(2|x|) + 1) above. */
+static inline __attribute__((always_inline)) float K(tanh1)(float x)
+{
+    float a = x < 0.0f ? -x : x;
+    float z = x * x;
+    float small = ((((-5.70498872745e-3f * z + 2.06390887954e-2f) * z - 5.37397155531e-2f) * z
+                    + 1.33314422036e-1f) * z - 3.33332819422e-1f) * z * a + a;
+    float big = 1.0f - 2.0f / (K(exp1)(2.0f * a) + 1.0f);
+    float r = a < 0.625f ? small : big;
+    return x < 0.0f ? -r : r;
+}
+
+/* σ(2 zh) for a pre-halved pre-activation zh. */
+static inline __attribute__((always_inline)) float K(sigmoid2)(float zh)
+{
+    return 1.0f / (1.0f + K(exp1)(-2.0f * zh));
+}
+
+/* LSTM: the gates from their pre-activations, the new cell and output.
+ *   g[0..4m): in: the recurrent part of the pre-activations i f o g (i f o halved); out: the gates
+ *   c' = f c + i g,  tc = tanh(c'),  h' = o tc
+ * and in training the factors backward needs (see lstm.py): P = [g σ'(i), c σ'(f), tc σ'(o),
+ * i tanh'(g)], Pc = o tanh'(c'). */
+static inline __attribute__((always_inline)) void
+K(lstm_body)(float *restrict g, const float *restrict xu, const float *restrict c,
+             float *restrict c1, float *restrict tc, float *restrict h1,
+             float *restrict P, float *restrict Pc, Py_ssize_t m, const int train)
+{
+    CHUNKS(e0, len, m) {
+        float i[CHUNK], f[CHUNK], o[CHUNK], gg[CHUNK], t[CHUNK];
+        float *gi = g + e0, *gf = g + m + e0, *go = g + 2 * m + e0, *gg_ = g + 3 * m + e0;
+        const float *xi = xu + e0, *xf = xu + m + e0, *xo = xu + 2 * m + e0, *xg = xu + 3 * m + e0;
+        EACH(j, len) gi[j] = i[j] = K(sigmoid2)(gi[j] + xi[j]);
+        EACH(j, len) gf[j] = f[j] = K(sigmoid2)(gf[j] + xf[j]);
+        EACH(j, len) go[j] = o[j] = K(sigmoid2)(go[j] + xo[j]);
+        EACH(j, len) gg_[j] = gg[j] = K(tanh1)(gg_[j] + xg[j]);
+        EACH(j, len) {
+            float cn = f[j] * c[e0 + j] + i[j] * gg[j];
+            c1[e0 + j] = cn;
+            tc[e0 + j] = t[j] = K(tanh1)(cn);
+        }
+        EACH(j, len) h1[e0 + j] = o[j] * t[j];
+        if (train) {
+            EACH(j, len) P[e0 + j] = (i[j] - i[j] * i[j]) * gg[j];
+            EACH(j, len) P[m + e0 + j] = (f[j] - f[j] * f[j]) * c[e0 + j];
+            EACH(j, len) P[2 * m + e0 + j] = (o[j] - o[j] * o[j]) * t[j];
+            EACH(j, len) P[3 * m + e0 + j] = (1.0f - gg[j] * gg[j]) * i[j];
+            EACH(j, len) Pc[e0 + j] = (1.0f - t[j] * t[j]) * o[j];
+        }
+    }
+}
+
+static void K(lstm_step)(float *g, const float *xu, const float *c, float *c1, float *tc,
+                         float *h1, Py_ssize_t m)
+{
+    K(lstm_body)(g, xu, c, c1, tc, h1, NULL, NULL, m, 0);
+}
+
+static void K(lstm_step_train)(float *g, const float *xu, const float *c, float *c1, float *tc,
+                               float *h1, float *P, float *Pc, Py_ssize_t m)
+{
+    K(lstm_body)(g, xu, c, c1, tc, h1, P, Pc, m, 1);
+}
+
+/* LSTM backward, one step: dh += DH; dc += dh Pc; d = [dc dc dh dc] P (the gate deltas); then
+ * dc *= f, the cell delta for the step before. */
+static void K(lstm_back)(float *restrict dh, float *restrict dc, const float *restrict DH,
+                         const float *restrict P, const float *restrict Pc,
+                         const float *restrict f, float *restrict d, Py_ssize_t m)
+{
+    CHUNKS(e0, len, m) {
+        float h[CHUNK], cc[CHUNK];
+        EACH(j, len) dh[e0 + j] = h[j] = dh[e0 + j] + DH[e0 + j];
+        EACH(j, len) cc[j] = dc[e0 + j] + h[j] * Pc[e0 + j];
+        EACH(j, len) d[e0 + j] = P[e0 + j] * cc[j];
+        EACH(j, len) d[m + e0 + j] = P[m + e0 + j] * cc[j];
+        EACH(j, len) d[2 * m + e0 + j] = P[2 * m + e0 + j] * h[j];
+        EACH(j, len) d[3 * m + e0 + j] = P[3 * m + e0 + j] * cc[j];
+        EACH(j, len) dc[e0 + j] = cc[j] * f[e0 + j];
+    }
+}
+
+/* GRU, first half of a step: zr[0..2m) holds the recurrent part of the halved pre-activations of
+ * z and r; out: the gates σ(z), σ(r), and rh = r h, the input of wh. */
+static void K(gru_zr)(float *restrict zr, const float *restrict xu, const float *restrict h,
+                      float *restrict rh, Py_ssize_t m)
+{
+    CHUNKS(e0, len, m) {
+        float *z = zr + e0, *r = zr + m + e0;
+        const float *xz = xu + e0, *xr = xu + m + e0;
+        EACH(j, len) z[j] = K(sigmoid2)(z[j] + xz[j]);
+        EACH(j, len) r[j] = K(sigmoid2)(r[j] + xr[j]);
+        EACH(j, len) rh[e0 + j] = r[j] * h[e0 + j];
+    }
+}
+
+/* GRU, second half: c holds wh(r h) (halved unless the candidate is tanh); out: the candidate
+ * c = act(wh(r h) + uh(x)) and h' = c + z (h - c); in training P = [(h - c) σ'(z), h σ'(r),
+ * (1 - z) act'(c)] (see gru.py). */
+static inline __attribute__((always_inline)) void
+K(gru_body)(float *restrict c, const float *restrict xu, const float *restrict zr,
+            const float *restrict h, float *restrict h1, float *restrict P, Py_ssize_t m,
+            const int tanh_act, const int train)
+{
+    CHUNKS(e0, len, m) {
+        float a[CHUNK], hc[CHUNK];
+        const float *z = zr + e0, *r = zr + m + e0, *hp = h + e0;
+        float *cp = c + e0;
+        EACH(j, len) cp[j] = a[j] = tanh_act ? K(tanh1)(cp[j] + xu[e0 + j]) : K(sigmoid2)(cp[j] + xu[e0 + j]);
+        EACH(j, len) hc[j] = hp[j] - a[j];
+        EACH(j, len) h1[e0 + j] = a[j] + z[j] * hc[j];
+        if (train) {
+            EACH(j, len) P[e0 + j] = (z[j] - z[j] * z[j]) * hc[j];
+            EACH(j, len) P[m + e0 + j] = (r[j] - r[j] * r[j]) * hp[j];
+            EACH(j, len) P[2 * m + e0 + j] = (tanh_act ? 1.0f - a[j] * a[j] : a[j] - a[j] * a[j]) * (1.0f - z[j]);
+        }
+    }
+}
+
+static void K(gru_step)(float *c, const float *xu, const float *zr, const float *h, float *h1,
+                        float *P, Py_ssize_t m, int tanh_act)
+{
+    if (P && tanh_act)
+        K(gru_body)(c, xu, zr, h, h1, P, m, 1, 1);
+    else if (P)
+        K(gru_body)(c, xu, zr, h, h1, P, m, 0, 1);
+    else if (tanh_act)
+        K(gru_body)(c, xu, zr, h, h1, NULL, m, 1, 0);
+    else
+        K(gru_body)(c, xu, zr, h, h1, NULL, m, 0, 0);
+}
+
+/* GRU backward, after the candidate's delta went through wh into drh: dz = dh P[z],
+ * dr = drh P[r], and dh = dh z + drh r (wzr's share is added by a matmul after). */
+static void K(gru_back)(float *restrict dh, const float *restrict drh, const float *restrict zr,
+                        const float *restrict P, float *restrict d, Py_ssize_t m)
+{
+    CHUNKS(e0, len, m) {
+        EACH(j, len) d[e0 + j] = P[e0 + j] * dh[e0 + j];
+        EACH(j, len) d[m + e0 + j] = P[m + e0 + j] * drh[e0 + j];
+        EACH(j, len) dh[e0 + j] = dh[e0 + j] * zr[e0 + j] + drh[e0 + j] * zr[m + e0 + j];
+    }
+}
