@@ -6,6 +6,7 @@ large-matmul peak, and peak RSS.
     python benchmarks/throughput.py                    # every standard config
     python benchmarks/throughput.py lstm2x256 gru2x256 # some of them (names or .cfg paths)
     python benchmarks/throughput.py --no-torch --json results.json
+    python benchmarks/throughput.py rnn1024 --darknet ../darknet/darknet  # vs the C Darknet, measured
 
 Each measurement runs in a fresh subprocess, so peak RSS belongs to one config and one
 implementation, and one implementation's threads or caches do not disturb the other's.
@@ -13,6 +14,8 @@ What is timed and the FLOP model: see darknetpy/bench.py; the PyTorch models: to
 PyTorch is optional (never a dependency of darknetpy): without it the PyTorch columns are skipped.
 For a fair comparison torch gets as many threads as numpy's BLAS (torch.set_num_threads), and for
 [lstm] nets both a hand-written loop and torch.nn.LSTM are timed and the faster one is reported.
+With --darknet PATH (a C Darknet built from pjreddie/darknet, GPU=0 OPENMP=0) rnn1024's generation
+is compared with that Darknet's `rnn generate` on the same cfg, measured in the same run.
 """
 import argparse
 import importlib.util
@@ -21,6 +24,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -37,13 +41,16 @@ CONFIGS = {
     "rnn1024": ("rnn1024.cfg", False, True, 0),
     "lstm2x512-mem": ("lstm2x512-mem.cfg", True, True, 2),
 }
-C_DARKNET_RNN_GEN = 360.0  # chars/s of the C Darknet generating with cfg/rnn.cfg
+C_DARKNET_REFERENCE = 360  # chars/s of the C Darknet with cfg/rnn.cfg quoted in the issue (another machine)
+DARKNET_LENS = (10, 1500)  # -len of the short and the long timed `darknet rnn generate` run
 WORKER_ENV = dict(os.environ)
 
 
 # ---- workers (one measurement per process) --------------------------------------------------------
-def worker(kind, cfg, iterations, warmup, gen_chars, train, generate):
+def worker(kind, cfg, iterations, warmup, gen_chars, train, generate, darknet=None):
     from darknetpy import bench
+    if kind == "darknet":
+        return darknet_generate(darknet, cfg)
     if kind == "darknetpy":  # with numpy's matmul peak measured right after, in the same process
         out = bench.run_config(cfg, iterations=iterations, warmup=warmup, gen_chars=gen_chars,
                                train=train, generate=generate, peak=train)
@@ -70,6 +77,33 @@ def worker(kind, cfg, iterations, warmup, gen_chars, train, generate):
         out["generate"] = ref.measure_generate(cfg, impl, chars=gen_chars, warmup=10 * warmup)
     out["peak_rss"] = bench.peak_rss_bytes()
     return out
+
+
+def darknet_generate(darknet, cfg):
+    """The C Darknet's `rnn generate` chars/s on cfg with random weights written by darknetpy:
+    the chars between a short and a long run over the seconds between them (loading cancels out)."""
+    import resource
+    from darknetpy import load_network
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = os.path.join(tmp, "random.weights")
+        load_network(cfg, None, batch=1, time_steps=1).save_weights(weights)
+
+        def run(n):
+            t = time.perf_counter()
+            r = subprocess.run([darknet, "rnn", "generate", str(Path(cfg).resolve()), weights, "-len", str(n),
+                                "-srand", "1"], cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            if r.returncode:
+                last = r.stderr.strip().splitlines()[-1:]  # its error, if it printed one
+                raise RuntimeError(" ".join([f"{darknet} rnn generate exited {r.returncode}:", *last]))
+            return time.perf_counter() - t
+
+        run(DARKNET_LENS[0])  # untimed: the binary and the weights into the page cache
+        seconds = [run(n) for n in DARKNET_LENS]
+    chars = DARKNET_LENS[1] - DARKNET_LENS[0]
+    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return {"train": None, "generate": {"chars_per_s": chars / (seconds[1] - seconds[0]), "chars": chars,
+                                        "lens": DARKNET_LENS, "seconds": seconds},
+            "peak_rss": rss if sys.platform == "darwin" else rss * 1024, "path": darknet}
 
 
 def _busy_seconds():
@@ -109,7 +143,7 @@ def _run_once(cmd):
     return r, other
 
 
-def run_worker(kind, cfg="-", iterations=1, warmup=1, gen_chars=1, train=True, generate=True):
+def run_worker(kind, cfg="-", iterations=1, warmup=1, gen_chars=1, train=True, generate=True, darknet=None):
     """One measurement in a fresh process. With --wait-idle it first waits (up to that many seconds)
     until other processes use less than --idle-threshold cores, and with --retries it measures again
     when they used more than that during the run. The result records `other_cpu`: the cores' worth
@@ -118,6 +152,7 @@ def run_worker(kind, cfg="-", iterations=1, warmup=1, gen_chars=1, train=True, g
            "--warmup", str(warmup), "--gen-chars", str(gen_chars)]
     cmd += [] if train else ["--no-train"]
     cmd += [] if generate else ["--no-generate"]
+    cmd += ["--darknet", darknet] if darknet else []
     best = None
     for attempt in range(1 + OPTIONS["retries"]):
         deadline = time.time() + OPTIONS["wait_idle"]
@@ -178,6 +213,13 @@ def best_torch(results, part):
     return best
 
 
+def executable(path):
+    """argparse type: an executable file, as an absolute path (the workers run it from a temp dir)."""
+    if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+        raise argparse.ArgumentTypeError(f"{path!r} is not an executable file")
+    return os.path.abspath(path)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("configs", nargs="*", help=f"standard config names ({', '.join(CONFIGS)}) or .cfg paths; default: all")
@@ -202,6 +244,10 @@ def main(argv=None):
                          "for this CPU as it does where they are not set (some machines set them to dodge bugs of "
                          "old OpenBLAS builds; they slow a current one). The BLAS line names the kernels used.")
     ap.add_argument("--no-torch", action="store_true", help="skip PyTorch even if it is installed")
+    ap.add_argument("--darknet", metavar="PATH", type=executable,
+                    help="a C Darknet executable (pjreddie/darknet built with GPU=0 OPENMP=0): time its `rnn generate` "
+                         f"on rnn1024 with random weights (-len {DARKNET_LENS[0]} and {DARKNET_LENS[1]}) and compare "
+                         "darknetpy's generation with it")
     ap.add_argument("--json", metavar="PATH", help="also write every raw result to PATH")
     ap.add_argument("--worker", nargs=2, metavar=("KIND", "CFG"), help=argparse.SUPPRESS)
     ap.add_argument("--no-train", action="store_true", help=argparse.SUPPRESS)
@@ -211,7 +257,7 @@ def main(argv=None):
     if args.worker:
         kind, cfg = args.worker
         result = worker(kind, cfg, args.iterations or 5, args.warmup, args.gen_chars,
-                        not args.no_train, not args.no_generate)
+                        not args.no_train, not args.no_generate, args.darknet)
         print(json.dumps(result))
         return 0
 
@@ -251,6 +297,9 @@ def main(argv=None):
               flush=True)
     elif not torch_ok:
         print("# PyTorch not installed (or --no-torch): PyTorch columns skipped", flush=True)
+    if args.darknet:
+        print(f"# C Darknet: {args.darknet}" + ("" if any(t[0] == "rnn1024" for t in todo)
+                                                 else " (unused: it is compared on rnn1024 only)"), flush=True)
 
     results = []
     for name, cfg, train, gen, its in todo:
@@ -263,7 +312,9 @@ def main(argv=None):
             for kind in ("torch-hand", "torch-nn"):
                 th.append(best_of([run_worker(kind, cfg, its, args.warmup, args.gen_chars, train, gen)
                                    for _ in range(args.repeats)]))
-        results.append({"name": name, "cfg": str(cfg), "darknetpy": dk, "torch": th})
+        c_dk = (best_of([run_worker("darknet", cfg, darknet=args.darknet) for _ in range(args.repeats)])
+                if args.darknet and name == "rnn1024" else None)
+        results.append({"name": name, "cfg": str(cfg), "darknetpy": dk, "torch": th, "darknet": c_dk})
 
     peak2 = run_worker("numpy-peak")
     load_after = os.getloadavg()
@@ -290,7 +341,7 @@ def main(argv=None):
             row += (f"{rate(t_cps)} {t_impl}" if t_cps else "-", ratio(tr and tr["chars_per_s"], t_cps),
                     f"{rate(g_cps)} {g_impl}" if g_cps else "-", ratio(gen and gen["chars_per_s"], g_cps),
                     f"{rss / 1e6:,.0f} MB" if rss else "-")
-        others = [w.get("other_cpu") for w in [dk, *r["torch"]] if w and w.get("other_cpu") is not None]
+        others = [w.get("other_cpu") for w in [dk, *r["torch"], r["darknet"]] if w and w.get("other_cpu") is not None]
         row += (f"{max(others):.2f}" if others else "?",)
         rows.append(row)
 
@@ -318,13 +369,13 @@ def main(argv=None):
     for r in results:
         gen = r["darknetpy"].get("generate") if "error" not in r["darknetpy"] else None
         if r["name"] == "rnn1024" and gen:
-            print(f"rnn1024 (Darknet's cfg/rnn.cfg shape) generation: {gen['chars_per_s']:,.0f} chars/s = "
-                  f"{gen['chars_per_s'] / C_DARKNET_RNN_GEN:.2f}x the C Darknet's {C_DARKNET_RNN_GEN:.0f} chars/s (target 2x).")
+            print(f"rnn1024 (Darknet's cfg/rnn.cfg shape) generation: {gen['chars_per_s']:,.0f} chars/s" + c_darknet(
+                gen["chars_per_s"], r["darknet"]))
         if r["name"] == "lstm2x512-mem" and "error" not in r["darknetpy"]:
             print(f"lstm2x512-mem peak RSS: {r['darknetpy']['peak_rss'] / 1e9:.2f} GB (target < 1.5 GB).")
     print(f"load average {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f} after (it counts this run's own "
           f"workers too); {time.time() - started:.0f} s in all.")
-    others = [w.get("other_cpu") for r in results for w in [r["darknetpy"], *r["torch"], peak1, peak2]
+    others = [w.get("other_cpu") for r in results for w in [r["darknetpy"], *r["torch"], r["darknet"], peak1, peak2]
               if w and w.get("other_cpu") is not None]
     if others and max(others) > OPTIONS["idle_threshold"]:
         print(f"note: other processes used up to {max(others):.2f} cores during some runs: those numbers are low "
@@ -333,9 +384,20 @@ def main(argv=None):
         print("note: the load average was above 0.5 before the run: numbers may be low.")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"numpy_peak": [peak1, peak2], "torch_peak": tpeak, "load": [load_before, load_after],
-                       "results": results}, f, indent=1)
+            json.dump({"numpy_peak": [peak1, peak2], "torch_peak": tpeak, "darknet": args.darknet,
+                       "load": [load_before, load_after], "results": results}, f, indent=1)
     return 0
+
+
+def c_darknet(cps, measured):
+    """The rnn1024 footer's comparison of darknetpy's generation chars/s with the C Darknet's."""
+    if measured and "error" not in measured:
+        c = measured["generate"]["chars_per_s"]
+        return f" = {ratio(cps, c)} the C Darknet's {c:,.0f} chars/s measured in this run (target 2x)."
+    why = f"its run failed ({measured['error']})" if measured else "not measured"
+    return (f"; the C Darknet: {why}. To compare, pass --darknet PATH to a darknet binary built from "
+            f"pjreddie/darknet with GPU=0 OPENMP=0 (the issue's ~{C_DARKNET_REFERENCE} chars/s is a figure from "
+            "another machine, not a measurement; target 2x).")
 
 
 def _blas_label(info):
