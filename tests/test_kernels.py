@@ -1,0 +1,183 @@
+"""The compiled step kernels (darknetpy/_kernels.c) against the numpy step functions they replace.
+
+The numpy functions in layers/lstm.py and layers/gru.py are the reference: the finite-difference
+checks (test_gradients.py, float64) run them. The kernels run only for float32 and compute exp and
+tanh with their own polynomials, so they agree with numpy to float32 rounding, not bit for bit:
+values here are O(1) and the tolerance is 3e-7 absolute plus 3e-7 relative (2-3 ulp; numpy's own
+float32 tanh is within 1-2 ulp of the true value). Network-level: a whole training step with and
+without the kernels, costs and accumulated updates to 1e-5 of each array's largest entry; with
+batch_normalize 3e-4, since normalizing over 3 streams divides by standard deviations that can be
+small and so magnifies an ulp of difference in the gates.
+
+The kernels are built when `pip install` finds a C compiler; they are required here whenever
+the machine has one, so a failed build fails these tests instead of skipping them.
+"""
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import darknetpy.layers as layers
+from darknetpy.layers import gru, lstm
+from darknetpy.network import Network
+
+try:
+    from darknetpy import _kernels as K
+except ImportError:
+    K = None
+    if shutil.which("cc") or shutil.which("gcc"):
+        raise  # a compiler is here: the kernels should have been built
+pytestmark = pytest.mark.skipif(K is None, reason="darknetpy._kernels not built (no C compiler at install)")
+
+ATOL = RTOL = 3e-7
+
+
+def arrays(rng, *shapes, low=-3.0, high=3.0):
+    return [rng.uniform(low, high, s).astype(np.float32) for s in shapes]
+
+
+def run_both(fn_numpy, fn_kernel, inputs, outputs):
+    """Call both forms on copies of the same arrays; return (numpy's, the kernel's) final arrays."""
+    results = []
+    for fn in (fn_numpy, fn_kernel):
+        ins = [a.copy() for a in inputs]
+        outs = [np.full_like(a, np.nan) for a in outputs]
+        fn(*ins, *outs)
+        results.append(ins + outs)
+    return results
+
+
+SHAPES = [(8, 32), (5, 3), (256, 1)]  # n, streams: a whole number of 64-float chunks and ragged ones
+
+
+@pytest.mark.parametrize("n,S", SHAPES)
+@pytest.mark.parametrize("train", [False, True])
+def test_lstm_step(n, S, train):
+    rng = np.random.default_rng(n * S)
+    g, xu, c = arrays(rng, (4 * n, S), (4 * n, S), (n, S))
+    outs = [np.empty((n, S), np.float32) for _ in range(3)]
+    if train:
+        outs += [np.empty((4 * n, S), np.float32), np.empty((n, S), np.float32)]
+    want, got = run_both(lstm.lstm_step, K.lstm_step, [g, xu, c], outs)
+    for a, b, name in zip(want, got, "g xu c c1 tc h1 P Pc".split()):
+        np.testing.assert_allclose(b, a, rtol=RTOL, atol=ATOL, err_msg=name)
+
+
+@pytest.mark.parametrize("n,S", SHAPES)
+def test_lstm_back(n, S):
+    rng = np.random.default_rng(n + S)
+    dh, dc, DH, P, Pc, f = arrays(rng, (n, S), (n, S), (n, S), (4 * n, S), (n, S), (n, S), low=-1, high=1)
+    want, got = run_both(lstm.lstm_back, K.lstm_back, [dh, dc, DH, P, Pc, f], [np.empty((4 * n, S), np.float32)])
+    for a, b, name in zip(want, got, "dh dc DH P Pc f d".split()):
+        np.testing.assert_allclose(b, a, rtol=RTOL, atol=ATOL, err_msg=name)
+
+
+@pytest.mark.parametrize("n,S", SHAPES)
+def test_gru_zr(n, S):
+    rng = np.random.default_rng(n * 7 + S)
+    zr, xu, h = arrays(rng, (2 * n, S), (2 * n, S), (n, S))
+    want, got = run_both(gru.gru_zr, K.gru_zr, [zr, xu, h], [np.empty((n, S), np.float32)])
+    for a, b, name in zip(want, got, "zr xu h rh".split()):
+        np.testing.assert_allclose(b, a, rtol=RTOL, atol=ATOL, err_msg=name)
+
+
+@pytest.mark.parametrize("n,S", SHAPES)
+@pytest.mark.parametrize("tanh", [0, 1])
+@pytest.mark.parametrize("train", [False, True])
+def test_gru_step(n, S, tanh, train):
+    rng = np.random.default_rng(n * 11 + S + tanh)
+    c, xu, h = arrays(rng, (n, S), (n, S), (n, S))
+    (zr,) = arrays(rng, (2 * n, S), low=0.01, high=0.99)  # gates
+    outs = [np.empty((n, S), np.float32)] + ([np.empty((3 * n, S), np.float32)] if train else [])
+    want, got = run_both(lambda *a: gru.gru_step(tanh, *a), lambda *a: K.gru_step(tanh, *a), [c, xu, zr, h], outs)
+    for a, b, name in zip(want, got, "c xu zr h h1 P".split()):
+        np.testing.assert_allclose(b, a, rtol=RTOL, atol=ATOL, err_msg=name)
+
+
+@pytest.mark.parametrize("n,S", SHAPES)
+def test_gru_back(n, S):
+    rng = np.random.default_rng(n * 13 + S)
+    dh, drh, P = arrays(rng, (n, S), (n, S), (3 * n, S), low=-1, high=1)
+    (zr,) = arrays(rng, (2 * n, S), low=0.01, high=0.99)
+    d0 = np.zeros((3 * n, S), np.float32)
+    want, got = run_both(lambda *a: gru.gru_back(*a, scratch=np.empty((n, S), np.float32)), K.gru_back,
+                         [dh, drh, zr, P, d0], [])
+    for a, b, name in zip(want, got, "dh drh zr P d".split()):
+        np.testing.assert_allclose(b, a, rtol=RTOL, atol=ATOL, err_msg=name)
+
+
+def test_activations_over_the_whole_float_range():
+    """tanh and σ through the LSTM kernel's g and i gates, against float64 numpy, from 0 to ±1e30
+    (the kernel clamps before exp): within 3 ulp of 1 everywhere, relatively within 3 ulp near 0."""
+    x = np.concatenate([np.linspace(-12, 12, 48001), [0.0, 1e-30, -1e-30, 1e-8, 40, -40, 1e4, -1e4, 1e30, -1e30]])
+    x = x.astype(np.float32)
+    m = x.size
+    g, xu = np.zeros((4, m), np.float32), np.zeros((4, m), np.float32)
+    xu[0], xu[3] = x / 2, x  # i's row is pre-halved: σ(2 * x/2)
+    c1, tc, h1 = (np.empty((1, m), np.float32) for _ in range(3))
+    K.lstm_step(g, xu, np.zeros((1, m), np.float32), c1, tc, h1)
+    x64 = x.astype(np.float64)
+    with np.errstate(over="ignore"):
+        tanh, sigmoid = np.tanh(x64), 1 / (1 + np.exp(-x64))
+    assert np.all(np.isfinite(g))
+    np.testing.assert_allclose(g[3], tanh, rtol=4e-7, atol=1e-37)
+    np.testing.assert_allclose(g[0], sigmoid, rtol=0, atol=ATOL)
+    small = np.abs(x64) < 1e-3
+    np.testing.assert_allclose(g[3][small], tanh[small], rtol=4e-7, atol=0)
+
+
+def test_bad_arguments_raise():
+    n, S = 4, 2
+    f32 = lambda *s: np.zeros(s, np.float32)
+    with pytest.raises(TypeError, match="float32"):
+        K.lstm_back(*(np.zeros((n, S)) for _ in range(3)), f32(4 * n, S), f32(n, S), f32(n, S), f32(4 * n, S))
+    with pytest.raises(ValueError, match="expected"):
+        K.lstm_back(f32(n, S), f32(n, S), f32(n, S), f32(4 * n, S), f32(n, S), f32(n, S), f32(3 * n, S))
+    with pytest.raises((ValueError, BufferError)):  # not C-contiguous
+        K.gru_zr(f32(2 * n, 2 * S)[:, ::2], f32(2 * n, S), f32(n, S), f32(n, S))
+    with pytest.raises(TypeError):
+        K.gru_back(f32(n, S))
+
+
+NETS = {
+    "lstm": "[lstm]\noutput=6\n",
+    "lstm-bn": "[lstm]\noutput=6\nbatch_normalize=1\n",
+    "gru": "[gru]\noutput=5\n",
+    "gru-tanh-bn": "[gru]\noutput=5\ntanh=1\nbatch_normalize=1\n",
+    "stack": "[lstm]\noutput=7\n[gru]\noutput=4\n",
+}
+
+
+@pytest.mark.parametrize("ids", [True, False])
+@pytest.mark.parametrize("body", NETS.values(), ids=NETS.keys())
+def test_training_step_with_and_without_kernels(body, ids, write_cfg, monkeypatch):
+    """Two float32 nets with the same weights and data, one through the kernels and one through
+    numpy: the same costs and accumulated updates over two datums (the state carries over)."""
+    cfg = write_cfg("[net]\nbatch=3\ntime_steps=4\ninputs=9\n" + body + "[connected]\noutput=9\nactivation=linear\n[softmax]\n")
+    rng = np.random.default_rng(3)
+    data = [(rng.integers(0, 9, (4, 3)) if ids else rng.uniform(-1, 1, (4, 3, 9)).astype(np.float32),
+             rng.integers(0, 9, (4, 3))) for _ in range(2)]
+    results = []
+    for kernels in (None, K):
+        monkeypatch.setattr(layers, "KERNELS", kernels)
+        net = Network(cfg, seed=1)
+        costs = [net.accumulate(x, y) for x, y in data]
+        results.append((costs, {k: v.copy() for k, v in net.params(updates=True).items()}))
+    (want_costs, want), (got_costs, got) = results
+    np.testing.assert_allclose(got_costs, want_costs, rtol=1e-5)
+    for key in want:
+        scale = max(np.abs(want[key]).max(), 1e-3) * (3e-4 if "batch_normalize" in body else 1e-5)
+        np.testing.assert_allclose(got[key], want[key], rtol=0, atol=scale, err_msg=key)
+
+
+def test_switch_off_by_environment():
+    """DARKNETPY_KERNELS=0 runs the numpy code; float64 nets always do."""
+    code = "import numpy, darknetpy.layers as l; print(l.fused('lstm_step', numpy.float32) is not None)"
+    for value, expected in (("0", "False"), ("1", "True")):
+        env = dict(os.environ, DARKNETPY_KERNELS=value)
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        assert out.stdout.strip() == expected
+    assert layers.fused("lstm_step", np.float64) is None
