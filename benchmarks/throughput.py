@@ -58,7 +58,8 @@ def worker(kind, cfg, iterations, warmup, gen_chars, train, generate, darknet=No
             out["train"]["matmul_gflops"] = out.pop("matmul_gflops")
         return out
     if kind == "numpy-peak":
-        return {"gflops": bench.matmul_peak(), "blas": bench.blas_info()}
+        from darknetpy.layers import kernels_label
+        return {"gflops": bench.matmul_peak(), "blas": bench.blas_info(), "kernels": kernels_label()}
     import torch
     sys.path.insert(0, str(HERE))
     import torch_reference as ref
@@ -287,7 +288,8 @@ def main(argv=None):
     if peak1.get("other_cpu"):
         print(f"# other processes used {peak1['other_cpu']:.2f} cores while the matmul peak was measured", flush=True)
     import numpy as np
-    print(f"# numpy {np.__version__}, BLAS: {_blas_label(peak1['blas'])}", flush=True)
+    print(f"# numpy {np.__version__}, BLAS: {_blas_label(peak1['blas'])}; LSTM/GRU step math: {peak1['kernels']}",
+          flush=True)
     if WORKER_ENV.get("OPENBLAS_CORETYPE"):
         print(f"# OPENBLAS_CORETYPE={WORKER_ENV['OPENBLAS_CORETYPE']} is set: OpenBLAS runs those kernels "
               "(--native-blas measures without it)", flush=True)

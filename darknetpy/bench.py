@@ -36,6 +36,8 @@ import time
 import click
 import numpy as np
 
+from .layers import kernels_label
+
 __all__ = ["flops_per_char", "fastest", "matmul_peak", "blas_info", "blas_threads", "measure_train",
            "measure_generate", "peak_rss_bytes", "run_config", "bench"]
 
@@ -232,6 +234,7 @@ def run_config(cfg, iterations=5, warmup=1, gen_chars=500, train=True, generate=
         out["generate"] = measure_generate(cfg, chars=gen_chars, warmup=10 * warmup)
     out["peak_rss"] = peak_rss_bytes()
     out["blas"] = blas_info()
+    out["kernels"] = kernels_label()
     if peak:
         out["matmul_gflops"] = matmul_peak()
     return out
@@ -299,7 +302,7 @@ def bench(cfg, iterations, warmup, gen_chars, no_train, no_generate):
     rows.append(("matmul peak GFLOP/s", f"{peak:.1f}", "numpy float32 2048x2048 @ 2048x2048, best of 5"))
     click.echo(f"{cfg}")
     click.echo(format_table(rows, align="lrl"))
-    click.echo(f"BLAS: {blas_label(r['blas'])}")
+    click.echo(f"BLAS: {blas_label(r['blas'])}; LSTM/GRU step math: {r['kernels']}")
     if os.environ.get("OPENBLAS_CORETYPE"):
         click.echo(f"note: OPENBLAS_CORETYPE={os.environ['OPENBLAS_CORETYPE']} is set, so OpenBLAS runs those kernels; "
                    "without it (env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE) a current OpenBLAS picks its own.")

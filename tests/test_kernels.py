@@ -173,11 +173,13 @@ def test_training_step_with_and_without_kernels(body, ids, write_cfg, monkeypatc
         np.testing.assert_allclose(got[key], want[key], rtol=0, atol=scale, err_msg=key)
 
 
-def test_switch_off_by_environment():
-    """DARKNETPY_KERNELS=0 runs the numpy code; float64 nets always do."""
+def test_switch_off_by_environment(tmp_path):
+    """DARKNETPY_KERNELS=0 runs the numpy code; float64 nets always do. (The child runs in tmp_path:
+    from the repository root `import darknetpy` would find the source tree, which has no build.)"""
     code = "import numpy, darknetpy.layers as l; print(l.fused('lstm_step', numpy.float32) is not None)"
     for value, expected in (("0", "False"), ("1", "True")):
         env = dict(os.environ, DARKNETPY_KERNELS=value)
-        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
+                             cwd=tmp_path)
         assert out.stdout.strip() == expected
     assert layers.fused("lstm_step", np.float64) is None

@@ -20,6 +20,14 @@ def fused(name, dtype):
     return getattr(KERNELS, name) if KERNELS is not None and dtype == np.float32 else None
 
 
+def kernels_label():
+    """What runs the float32 LSTM/GRU step math, for benchmark reports."""
+    if KERNELS is not None:
+        return f"C kernels ({KERNELS.isa})"
+    why = "DARKNETPY_KERNELS=0" if os.environ.get("DARKNETPY_KERNELS") == "0" else "not built: no C compiler at install"
+    return f"numpy ({why})"
+
+
 class Buffers:
     """Work arrays kept between calls. A training step reuses them rather than allocating: a fresh
     array of a megabyte or more is new memory from the OS, and its first touch costs a page fault
