@@ -234,8 +234,9 @@ def main(argv=None):
     ap.add_argument("--wait-idle", type=float, default=0.0, metavar="SECONDS",
                     help="before each measurement wait up to SECONDS for other processes to go quiet (Linux)")
     ap.add_argument("--repeats", type=int, default=1,
-                    help="run each measurement in N fresh processes and keep the fastest (default 1); "
-                         "PyTorch's speed varies a lot from process to process")
+                    help="run each measurement in N fresh processes and keep the fastest (default 1); the "
+                         "implementations take turns, one process each per round, so a drift in the machine's "
+                         "speed meets all of them; PyTorch's speed varies a lot from process to process")
     ap.add_argument("--retries", type=int, default=0,
                     help="measure again (up to N times) when other processes were busy during a run (Linux)")
     ap.add_argument("--idle-threshold", type=float, default=0.15, metavar="CORES",
@@ -307,15 +308,18 @@ def main(argv=None):
     for name, cfg, train, gen, its in todo:
         its = args.iterations or its
         print(f"# measuring {name} ...", file=sys.stderr, flush=True)
-        dk = best_of([run_worker("darknetpy", cfg, its, args.warmup, args.gen_chars, train, gen)
-                      for _ in range(args.repeats)])
-        th = []
-        if torch_ok:
-            for kind in ("torch-hand", "torch-nn"):
-                th.append(best_of([run_worker(kind, cfg, its, args.warmup, args.gen_chars, train, gen)
-                                   for _ in range(args.repeats)]))
-        c_dk = (best_of([run_worker("darknet", cfg, darknet=args.darknet) for _ in range(args.repeats)])
-                if args.darknet and name == "rnn1024" else None)
+        # Rounds of one process per implementation, in turn: this VM's speed drifts by 10% or more
+        # over minutes, and taking turns lets each implementation meet the same drift.
+        kinds = ["darknetpy"] + (["torch-hand", "torch-nn"] if torch_ok else [])
+        kinds += ["darknet"] if args.darknet and name == "rnn1024" else []
+        runs = {kind: [] for kind in kinds}
+        for _ in range(args.repeats):
+            for kind in kinds:
+                runs[kind].append(run_worker(kind, cfg, darknet=args.darknet) if kind == "darknet" else
+                                  run_worker(kind, cfg, its, args.warmup, args.gen_chars, train, gen))
+        best = {kind: best_of(r) for kind, r in runs.items()}
+        dk, c_dk = best["darknetpy"], best.get("darknet")
+        th = [best[kind] for kind in kinds if kind.startswith("torch")]
         results.append({"name": name, "cfg": str(cfg), "darknetpy": dk, "torch": th, "darknet": c_dk})
 
     peak2 = run_worker("numpy-peak")

@@ -33,6 +33,7 @@ class GRU(Recurrent):
         (h0,) = self.state(S)
         # The step loop runs feature-major, as lstm.py explains: z r (2n, S), c h (n, S). Every
         # logistic row is pre-halved so it is (1 + tanh) / 2, one tanh and two exact affine ops.
+        # The elementwise math around the two matmuls: C kernels when built, else gru_zr/gru_step.
         half = halves(3 * n, 2 * n if self.tanh else 3 * n)
         hc = half[2 * n]                         # the candidate's factor: 0.5 logistic, 1 tanh
         XU = self.project_steps(u, x, u.b + np.concatenate([wzr.b, wh.b]), half, train)  # with the recurrent biases

@@ -31,7 +31,8 @@ class LSTM(Recurrent):
         # The step loop runs feature-major: gates (4n, S), states (n, S). Each gate is then one
         # contiguous block (numpy's ops on column slices of (S, 4n) rows are 2-3x slower), and BLAS
         # runs W (4n x n) @ h (n x S), its fast shape for few streams. The i f o rows are
-        # pre-halved so one tanh serves all four gates: σ(z) = (1 + tanh(z/2)) / 2 (halving is exact).
+        # pre-halved (exact) so one tanh serves all four gates in numpy: σ(z) = (1 + tanh(z/2)) / 2.
+        # Each step's elementwise math is one call: the C kernel when built, else lstm_step below.
         half = halves(4 * n, 3 * n)
         XU = self.project_steps(u, x, u.b + w.b, half, train)  # the recurrent bias comes with it
         WT = self.transposed("WT", w.W, half)
