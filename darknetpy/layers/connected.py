@@ -17,6 +17,13 @@ from .. import activations
 BN_EPS = np.float32(1e-6)  # Darknet adds it after the square root: (x - mean) / (sqrt(var) + 1e-6)
 
 
+def row_sum(dz):
+    """Σ of dz (..., k) over all but its last axis: a bias gradient. As a product with ones: BLAS
+    reads the transposed views the step loops hand over at full speed, numpy's sum does not (6x
+    faster here)."""
+    return np.matmul(np.ones(dz.size // dz.shape[-1], dz.dtype), dz.reshape(-1, dz.shape[-1]))
+
+
 def is_ids(x):
     """True for integer class indices standing for one-hot rows."""
     return x.dtype.kind in "iu"
@@ -119,9 +126,7 @@ class Dense(Buffers):
         sqrt(var + 1e-5) and is not). With d = σ + ε and R rows:
         dx = (g - mean(g)) / d - x̂ · Σ(g·x̂) / (σ (R - 1)),  g = δ · scale.
         """
-        # Σ over rows as a product with ones: BLAS reads the transposed views the step loops hand
-        # over at full speed, numpy's sum does not (6x faster here).
-        self.db += np.matmul(np.ones(dz.shape[0] * dz.shape[1], dz.dtype), dz.reshape(-1, dz.shape[-1]))
+        self.db += row_sum(dz)
         if not self.bn:
             return dz
         xhat, sigma, d = self.cache.pop()

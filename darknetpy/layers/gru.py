@@ -13,7 +13,7 @@ from functools import partial
 import numpy as np
 
 from . import Recurrent, fused, halves, projector, rows, sigmoid_grad, tanh_grad
-from .connected import Dense
+from .connected import Dense, row_sum
 
 
 class GRU(Recurrent):
@@ -127,13 +127,17 @@ class GRU(Recurrent):
             np.copyto(dP[t].T, d)                               # while d is in cache
             if t:  # truncated BPTT: nothing flows into the previous datum's state
                 dh += np.matmul(wzr.W, dzr, out=a)              # dh_prev = dh ⊙ z + drh ⊙ r + Wzr [dz dr]
-        if self.bn:
+        if self.bn:  # (the w sub-layers' bias gradients came with each step's backward_norm)
             dPzr, dPh = rows(dPzr), rows(dPh)
-        else:
-            dPzr, dPh = rows(wzr.backward_norm(dP[..., :2 * n])), rows(wh.backward_norm(dP[..., 2 * n:]))
+            du = rows(u.backward_norm(dP))
+        else:  # wz wr wh's biases add to the same pre-activations as uz ur uh's: one sum serves both
+            db = row_sum(dP)
+            wzr.db += db[:2 * n]
+            wh.db += db[2 * n:]
+            u.db += db
+            dPzr, dPh, du = rows(dP[..., :2 * n]), rows(dP[..., 2 * n:]), rows(dP)
         wzr.accumulate(rows(Y[:T]), dPzr)
         wh.accumulate(rows(self._buf_RHrows), dPh)
-        du = rows(u.backward_norm(dP))
         u.accumulate(self.x, du)
         if not need_dx:
             return None

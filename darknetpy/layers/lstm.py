@@ -10,7 +10,7 @@ Gate columns are ordered i, f, o, g — Darknet's save order wi, wf, wo, wg / ui
 import numpy as np
 
 from . import Recurrent, fused, halves, rows, sigmoid_grad, tanh_grad
-from .connected import Dense
+from .connected import Dense, row_sum
 
 
 class LSTM(Recurrent):
@@ -125,10 +125,14 @@ class LSTM(Recurrent):
                 dGw[t] = w.backward_norm(dG[t][None])[0]
             if t:  # the gradient into the previous datum's state is not propagated (truncated BPTT)
                 np.matmul(w.W, dGw[t].T if self.bn else d, out=dh)
-        if not self.bn:
-            w.backward_norm(dG)  # the bias gradient (with batchnorm, each step's call added it)
         w.accumulate(rows(Y[:T]), rows(dGw))
-        du = rows(u.backward_norm(dG))
+        if self.bn:  # (w's bias gradient came with each step's backward_norm)
+            du = rows(u.backward_norm(dG))
+        else:  # w's and u's biases add to the same pre-activations: one sum serves both
+            db = row_sum(dG)
+            w.db += db
+            u.db += db
+            du = rows(dG)
         u.accumulate(self.x, du)
         if not need_dx:
             return None
