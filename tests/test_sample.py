@@ -369,23 +369,31 @@ STEPPER_BODIES = {
     "rnn_leaky_bn_shortcut": "[rnn]\noutput=12\nactivation=leaky\nbatch_normalize=1\nshortcut=1\n"
                              "[rnn]\noutput=12\nactivation=tanh\n",
     "connected_first_bn": "[connected]\noutput=14\nactivation=tanh\nbatch_normalize=1\n[rnn]\noutput=8\nactivation=relu\n",
+    # wide enough (256 x 1024 weights and up) for one stream's transposed GEMV (layers.times)
+    "lstm_wide": "[lstm]\noutput=256\n",
+    "gru_rnn_wide": "[connected]\noutput=512\nactivation=tanh\n[gru]\noutput=512\n[rnn]\noutput=512\nactivation=tanh\n",
 }
 
 
+@pytest.mark.parametrize("streams", [1, 2])
 @pytest.mark.parametrize("name", sorted(STEPPER_BODIES))
-def test_stepper_equals_the_general_forward(name, write_cfg):
+def test_stepper_equals_the_general_forward(name, streams, write_cfg):
     """The folded one-step path gives the probabilities and carried state of `predict_ids` (the
-    general forward, batchnorm unfolded) to float32 rounding, for every layer kind and option."""
-    cfg = write_cfg("[net]\ninputs=20\nbatch=2\ntime_steps=1\n" + STEPPER_BODIES[name]
+    general forward, batchnorm unfolded) to float32 rounding, for every layer kind and option,
+    with one stream (generate's case) and with two."""
+    cfg = write_cfg(f"[net]\ninputs=20\nbatch={streams}\ntime_steps=1\n" + STEPPER_BODIES[name]
                     + "[connected]\noutput=20\nactivation=linear\n[softmax]\ntemperature=0.8\n")
     rng = np.random.default_rng(1)
     fast, slow = (darknetpy.load_network(cfg) for _ in range(2))
     for key, value in fast.params().items():  # non-trivial scales and rolling statistics
         value[...] = rng.uniform(0.5, 1.5, value.shape) if "variance" in key else rng.normal(0, 0.5, value.shape)
+        if key.endswith("weights") and value.shape[1] > 20:  # (out, in): a wide layer's sums O(1)
+            value *= np.sqrt(2 / value.shape[1])  # and its recurrence contracting (no chaos in 30 steps)
         slow.params()[key][...] = value
-    step = fast.stepper(streams=2)
-    for ids in rng.integers(0, 20, (30, 2)):
-        np.testing.assert_allclose(step(ids), slow.predict_ids(ids), rtol=0, atol=2e-6)
+    step = fast.stepper(streams=streams)
+    for ids in rng.integers(0, 20, (30, streams)):
+        # 512-term sums round more than 20-term ones: 5e-6 for the wide nets, 2e-6 for the rest
+        np.testing.assert_allclose(step(ids), slow.predict_ids(ids), rtol=0, atol=5e-6 if "wide" in name else 2e-6)
     for a, b in zip(fast.layers, slow.layers):
         for state in getattr(a, "state_names", ()):
             np.testing.assert_allclose(getattr(a, state), getattr(b, state), rtol=1e-5, atol=1e-5)  # shortcut states grow

@@ -129,13 +129,24 @@ class Recurrent(Layer):
         return out
 
 
+def times(W, streams):
+    """(x, out) -> x W written into out, for x of `streams` rows. With one stream (generate, valid)
+    and a large W, as W's transpose in rows times x as a column: OpenBLAS's GEMV runs that form
+    1.1-1.4x faster for 256x1024 and larger (measured here), the plain one faster below."""
+    if streams == 1 and W.size >= 256 * 1024:
+        WT = np.ascontiguousarray(W.T)
+        return lambda x, out: np.matmul(WT, x.T, out=out.T).T
+    return lambda x, out: np.matmul(x, W, out=out)
+
+
 def projector(W, b, ids_input, out):
     """x -> x W + b written into `out`, for the step functions: a row gather from a table that
     already holds b when x is one-hot ids, else one matmul and an add."""
     if ids_input:
         table = W + b
         return lambda x: np.take(table, x, axis=0, out=out)
-    return lambda x: np.add(np.matmul(x, W, out=out), b, out=out)
+    product = times(W, out.shape[0])
+    return lambda x: np.add(product(x, out), b, out=out)
 
 
 def halves(n, count):

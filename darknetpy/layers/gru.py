@@ -12,7 +12,7 @@ from functools import partial
 
 import numpy as np
 
-from . import Recurrent, fused, halves, projector, rows, sigmoid_grad, tanh_grad
+from . import Recurrent, fused, halves, projector, rows, sigmoid_grad, tanh_grad, times
 from .connected import Dense, row_sum
 
 
@@ -82,14 +82,14 @@ class GRU(Recurrent):
         half = halves(3 * n, 2 * n if self.tanh else 3 * n)
         xu, zr, c, rh, a = (np.empty((streams, m), self.dtype) for m in (3 * n, 2 * n, n, n, n))
         project = projector(U * half, (bu + np.concatenate([bzr, bh])) * half, ids_input, xu)
-        Wzr, Wh = Wzr * half[:2 * n], Wh * half[2 * n:]
+        recur_zr, recur_h = times(Wzr * half[:2 * n], streams), times(Wh * half[2 * n:], streams)
         z, r = zr[:, :n], zr[:, n:]
 
         def step(x):
             project(x)
-            np.add(np.matmul(h, Wzr, out=zr), xu[:, :2 * n], out=zr)
+            np.add(recur_zr(h, zr), xu[:, :2 * n], out=zr)
             np.add(np.multiply(np.tanh(zr, out=zr), 0.5, out=zr), 0.5, out=zr)
-            np.add(np.matmul(np.multiply(r, h, out=rh), Wh, out=c), xu[:, 2 * n:], out=c)
+            np.add(recur_h(np.multiply(r, h, out=rh), c), xu[:, 2 * n:], out=c)
             np.tanh(c, out=c)
             if not self.tanh:
                 np.add(np.multiply(c, 0.5, out=c), 0.5, out=c)

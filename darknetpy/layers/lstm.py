@@ -9,7 +9,7 @@ Gate columns are ordered i, f, o, g — Darknet's save order wi, wf, wo, wg / ui
 """
 import numpy as np
 
-from . import Recurrent, fused, halves, rows, sigmoid_grad, tanh_grad
+from . import Recurrent, fused, halves, rows, sigmoid_grad, tanh_grad, times
 from .connected import Dense, row_sum
 
 
@@ -74,18 +74,18 @@ class LSTM(Recurrent):
         G, ig, tc = (np.empty((streams, m), self.dtype) for m in (4 * n, n, n))
         i, f, o, g, ifo = G[:, :n], G[:, n:2 * n], G[:, 2 * n:3 * n], G[:, 3 * n:], G[:, :3 * n]
         if ids_input:
-            table, W = (U + (bu + bw)) * half, W * half
+            table, recur = (U + (bu + bw)) * half, times(W * half, streams)
 
             def gates(x):
-                np.matmul(h, W, out=G)
+                recur(h, G)
                 np.add(G, table[x], out=G)
         else:
-            UW, b = np.concatenate([U, W]) * half, (bu + bw) * half
+            both, b = times(np.concatenate([U, W]) * half, streams), (bu + bw) * half
             xh = np.empty((streams, k + n), self.dtype)
 
             def gates(x):
                 xh[:, :k], xh[:, k:] = x, h
-                np.add(np.matmul(xh, UW, out=G), b, out=G)
+                np.add(both(xh, G), b, out=G)
 
         def step(x):
             gates(x)
