@@ -16,11 +16,13 @@ import os
 import shutil
 import subprocess
 import sys
+from functools import partial
 
 import numpy as np
 import pytest
 
 import darknetpy.layers as layers
+from darknetpy import optim
 from darknetpy.layers import gru, lstm
 from darknetpy.network import Network
 
@@ -142,12 +144,37 @@ def test_bad_arguments_raise():
         K.gru_back(f32(n, S))
 
 
+@pytest.mark.parametrize("decay", [0.0, 5e-4])
+def test_optimizer_updates_are_bitwise_numpys(decay):
+    """adam and sgd do optim.py's float32 operations in the same order without FMA contraction:
+    the same bits, over a few updates (the state carries over)."""
+    rng = np.random.default_rng(7)
+    f = np.float32
+    start = [rng.normal(0, 1, 1000).astype(np.float32) for _ in range(4)]
+    start[3] = np.abs(start[3])  # v, Adam's second moment, is never negative
+    runs = []
+    for adam, sgd in ((partial(optim.adam_update, scratch=np.empty((2, 1000), np.float32)),
+                       partial(optim.sgd_update, scratch=np.empty((2, 1000), np.float32))), (K.adam, K.sgd)):
+        p, u, m, v = (a.copy() for a in start)
+        q, w = start[0].copy(), start[1].copy()
+        for t in range(1, 4):
+            u += start[2]
+            adam(p, u, m, v, f(-decay * 64), f(0.9), f(1 - 0.9), f(0.999), f(1 - 0.999),
+                 f(1 - 0.9 ** t), f(1 - 0.999 ** t), f(0.01), f(1e-7))
+            w += start[2]
+            sgd(q, w, f(-decay * 64), f(0.1 / 64), f(0.9))
+        runs.append((p, u, m, v, q, w))
+    for a, b, name in zip(*runs, "p u m v sgd-p sgd-u".split()):
+        np.testing.assert_array_equal(b, a, err_msg=name)
+
+
 NETS = {
     "lstm": "[lstm]\noutput=6\n",
     "lstm-bn": "[lstm]\noutput=6\nbatch_normalize=1\n",
     "gru": "[gru]\noutput=5\n",
     "gru-tanh-bn": "[gru]\noutput=5\ntanh=1\nbatch_normalize=1\n",
     "stack": "[lstm]\noutput=7\n[gru]\noutput=4\n",
+    "stack-adam": "adam=1\n[lstm]\noutput=7\n[gru]\noutput=4\n",
 }
 
 
@@ -155,7 +182,8 @@ NETS = {
 @pytest.mark.parametrize("body", NETS.values(), ids=NETS.keys())
 def test_training_step_with_and_without_kernels(body, ids, write_cfg, monkeypatch):
     """Two float32 nets with the same weights and data, one through the kernels and one through
-    numpy: the same costs and accumulated updates over two datums (the state carries over)."""
+    numpy: the same costs and accumulated updates over two datums (the state carries over), then
+    the same weights after an update (SGD, or Adam for stack-adam)."""
     cfg = write_cfg("[net]\nbatch=3\ntime_steps=4\ninputs=9\n" + body + "[connected]\noutput=9\nactivation=linear\n[softmax]\n")
     rng = np.random.default_rng(3)
     data = [(rng.integers(0, 9, (4, 3)) if ids else rng.uniform(-1, 1, (4, 3, 9)).astype(np.float32),
@@ -165,12 +193,16 @@ def test_training_step_with_and_without_kernels(body, ids, write_cfg, monkeypatc
         monkeypatch.setattr(layers, "KERNELS", kernels)
         net = Network(cfg, seed=1)
         costs = [net.accumulate(x, y) for x, y in data]
-        results.append((costs, {k: v.copy() for k, v in net.params(updates=True).items()}))
-    (want_costs, want), (got_costs, got) = results
+        updates = {k: v.copy() for k, v in net.params(updates=True).items()}
+        net.update()
+        results.append((costs, updates, {k: v.copy() for k, v in net.params().items()}))
+    (want_costs, want, want_params), (got_costs, got, got_params) = results
     np.testing.assert_allclose(got_costs, want_costs, rtol=1e-5)
     for key in want:
         scale = max(np.abs(want[key]).max(), 1e-3) * (3e-4 if "batch_normalize" in body else 1e-5)
         np.testing.assert_allclose(got[key], want[key], rtol=0, atol=scale, err_msg=key)
+    for key in want_params:
+        np.testing.assert_allclose(got_params[key], want_params[key], rtol=1e-5, atol=1e-6, err_msg=key)
 
 
 def test_switch_off_by_environment(tmp_path):
