@@ -260,6 +260,56 @@ static PyObject *sgd(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     return done(b, 2);
 }
 
+/* onehot_grad(dW, ids, dz): dW[ids[r]] += dz[r] for every row r, the weight gradient of a layer
+ * whose input is one-hot (Dense.accumulate), in row order. dW (V, k) and dz (R, k) float32, ids (R,)
+ * int64, each id checked against V. */
+static PyObject *onehot_grad(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer b[2], ids;
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "onehot_grad(dW, ids, dz)");
+        return NULL;
+    }
+    if (PyObject_GetBuffer(args[0], &b[0], PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | PyBUF_WRITABLE) < 0)
+        return NULL;
+    if (PyObject_GetBuffer(args[2], &b[1], PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) {
+        release(b, 1);
+        return NULL;
+    }
+    if (PyObject_GetBuffer(args[1], &ids, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) {
+        release(b, 2);
+        return NULL;
+    }
+    PyObject *result = NULL;
+    int f32 = strcmp(b[0].format, "f") == 0 && strcmp(b[1].format, "f") == 0;
+    int i64 = ids.itemsize == 8 && (strcmp(ids.format, "q") == 0 || strcmp(ids.format, "l") == 0);
+    if (!f32 || !i64 || b[0].ndim != 2 || b[1].ndim != 2 || ids.ndim != 1 ||
+        b[0].shape[1] != b[1].shape[1] || b[1].shape[0] != ids.shape[0]) {
+        PyErr_SetString(PyExc_ValueError, "onehot_grad: dW (V, k) and dz (R, k) float32, ids (R,) int64");
+        goto out;
+    }
+    float *dW = b[0].buf;
+    const float *dz = b[1].buf;
+    const int64_t *id = ids.buf;
+    Py_ssize_t V = b[0].shape[0], k = b[0].shape[1], R = ids.shape[0];
+    for (Py_ssize_t r = 0; r < R; r++) {
+        if (id[r] < 0 || id[r] >= V) {
+            PyErr_Format(PyExc_ValueError, "onehot_grad: id %lld out of range [0, %zd)", (long long)id[r], V);
+            goto out;
+        }
+        float *restrict row = dW + id[r] * k;
+        const float *restrict src = dz + r * k;
+        for (Py_ssize_t j = 0; j < k; j++)
+            row[j] += src[j];
+    }
+    result = Py_None;
+    Py_INCREF(result);
+out:
+    release(b, 2);
+    PyBuffer_Release(&ids);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"lstm_step", (PyCFunction)(void (*)(void))lstm_step, METH_FASTCALL,
      "lstm_step(g, xu, c, c1, tc, h1[, P, Pc]): one LSTM step's gates, cell and output in place"},
@@ -273,6 +323,8 @@ static PyMethodDef methods[] = {
      "gru_back(dh, drh, zr, P, d): dz and dr into d; dh becomes dh*z + drh*r"},
     {"adam", (PyCFunction)(void (*)(void))adam, METH_FASTCALL,
      "adam(p, u, m, v, decay, B1, 1-B1, B2, 1-B2, c1, c2, lr, eps): one Adam update of p in place"},
+    {"onehot_grad", (PyCFunction)(void (*)(void))onehot_grad, METH_FASTCALL,
+     "onehot_grad(dW, ids, dz): dW[ids[r]] += dz[r] for every row r"},
     {"sgd", (PyCFunction)(void (*)(void))sgd, METH_FASTCALL,
      "sgd(p, u, decay, rate, momentum): one SGD update of p in place"},
     {NULL, NULL, 0, NULL},

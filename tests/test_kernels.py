@@ -168,6 +168,25 @@ def test_optimizer_updates_are_bitwise_numpys(decay):
         np.testing.assert_array_equal(b, a, err_msg=name)
 
 
+def test_onehot_grad():
+    """dW[id] += dz's rows per one-hot id, against the numpy reference (sums in another order:
+    float32 rounding); ids out of range and wrong dtypes raise instead of writing elsewhere."""
+    from darknetpy.layers.connected import onehot_grad
+    rng = np.random.default_rng(5)
+    ids = rng.integers(0, 9, 500)
+    dz = rng.normal(0, 1, (500, 12)).astype(np.float32)
+    want, got = (rng.normal(0, 1, (10, 12)).astype(np.float32) for _ in range(2))
+    got[...] = want
+    onehot_grad(want, ids, dz, np.empty(12, np.float32))
+    K.onehot_grad(got, ids.astype(np.int64), dz)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    for bad in (np.array([0, 10]), np.array([-1, 0])):
+        with pytest.raises(ValueError, match="out of range"):
+            K.onehot_grad(got, bad, dz[:2])
+    with pytest.raises(ValueError, match="int64"):
+        K.onehot_grad(got, ids.astype(np.int32), dz)
+
+
 NETS = {
     "lstm": "[lstm]\noutput=6\n",
     "lstm-bn": "[lstm]\noutput=6\nbatch_normalize=1\n",
