@@ -310,6 +310,85 @@ out:
     return result;
 }
 
+/* softmax(x, p, groups, t): p = the softmax of x's rows, each in `groups` slices, at temperature t. */
+static PyObject *softmax(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    static const int sizes[] = {1, 1};
+    Py_buffer b[MAX_ARGS];
+    float t;
+    Py_ssize_t groups = nargs == 4 ? PyLong_AsSsize_t(args[2]) : -1;
+    if (nargs != 4 || groups < 1 || floats(args + 3, 1, &t) < 0) {
+        if (!PyErr_Occurred() || groups == -1)
+            PyErr_SetString(PyExc_TypeError, "softmax(x, p, groups, temperature)");
+        return NULL;
+    }
+    Py_ssize_t m = start(args, 2, 2, 2, "", b, sizes);
+    if (m < 0)
+        return NULL;
+    Py_ssize_t width = b[0].ndim ? b[0].shape[b[0].ndim - 1] : 0;
+    if (width == 0 || width % groups) {
+        PyErr_SetString(PyExc_ValueError, "softmax: the rows' length must be a multiple of groups");
+        release(b, 2);
+        return NULL;
+    }
+    CALL(softmax, F(0), F(1), m / (width / groups), width / groups, t);
+    return done(b, 2);
+}
+
+/* xent(p, ids, delta) -> Σ -ln p[r, ids[r]]; delta = -p except delta[r, ids[r]] = 1 - p[r, ids[r]]
+ * (Softmax.loss with class ids). p and delta (R, n) float32, ids (R,) int64 in [0, n). */
+static PyObject *xent(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer p, ids, delta;
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "xent(p, ids, delta)");
+        return NULL;
+    }
+    if (PyObject_GetBuffer(args[0], &p, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0)
+        return NULL;
+    if (PyObject_GetBuffer(args[1], &ids, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) {
+        PyBuffer_Release(&p);
+        return NULL;
+    }
+    if (PyObject_GetBuffer(args[2], &delta, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | PyBUF_WRITABLE) < 0) {
+        PyBuffer_Release(&p);
+        PyBuffer_Release(&ids);
+        return NULL;
+    }
+    PyObject *result = NULL;
+    int ok = strcmp(p.format, "f") == 0 && strcmp(delta.format, "f") == 0 && p.ndim == 2 &&
+             delta.ndim == 2 && p.shape[0] == delta.shape[0] && p.shape[1] == delta.shape[1] &&
+             ids.ndim == 1 && ids.shape[0] == p.shape[0] && ids.itemsize == 8 &&
+             (strcmp(ids.format, "q") == 0 || strcmp(ids.format, "l") == 0);
+    if (!ok) {
+        PyErr_SetString(PyExc_ValueError, "xent: p and delta (R, n) float32, ids (R,) int64");
+        goto out;
+    }
+    const float *P = p.buf;
+    float *D = delta.buf;
+    const int64_t *id = ids.buf;
+    Py_ssize_t R = p.shape[0], n = p.shape[1];
+    double cost = 0.0;
+    for (Py_ssize_t r = 0; r < R; r++) {
+        if (id[r] < 0 || id[r] >= n) {
+            PyErr_Format(PyExc_ValueError, "xent: id %lld out of range [0, %zd)", (long long)id[r], n);
+            goto out;
+        }
+        const float *row = P + r * n;
+        float *drow = D + r * n;
+        for (Py_ssize_t j = 0; j < n; j++)
+            drow[j] = -row[j];
+        drow[id[r]] = 1.0f - row[id[r]];
+        cost -= log((double)row[id[r]]);
+    }
+    result = PyFloat_FromDouble(cost);
+out:
+    PyBuffer_Release(&p);
+    PyBuffer_Release(&ids);
+    PyBuffer_Release(&delta);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"lstm_step", (PyCFunction)(void (*)(void))lstm_step, METH_FASTCALL,
      "lstm_step(g, xu, c, c1, tc, h1[, P, Pc]): one LSTM step's gates, cell and output in place"},
@@ -325,6 +404,10 @@ static PyMethodDef methods[] = {
      "adam(p, u, m, v, decay, B1, 1-B1, B2, 1-B2, c1, c2, lr, eps): one Adam update of p in place"},
     {"onehot_grad", (PyCFunction)(void (*)(void))onehot_grad, METH_FASTCALL,
      "onehot_grad(dW, ids, dz): dW[ids[r]] += dz[r] for every row r"},
+    {"softmax", (PyCFunction)(void (*)(void))softmax, METH_FASTCALL,
+     "softmax(x, p, groups, temperature): p = softmax of x's rows in groups, at the temperature"},
+    {"xent", (PyCFunction)(void (*)(void))xent, METH_FASTCALL,
+     "xent(p, ids, delta) -> the cost sum of -ln p[r, ids[r]]; delta = onehot(ids) - p"},
     {"sgd", (PyCFunction)(void (*)(void))sgd, METH_FASTCALL,
      "sgd(p, u, decay, rate, momentum): one SGD update of p in place"},
     {NULL, NULL, 0, NULL},

@@ -182,3 +182,42 @@ static void K(gru_back)(float *restrict dh, const float *restrict drh, const flo
         EACH(j, len) dh[e0 + j] = dh[e0 + j] * zr[e0 + j] + drh[e0 + j] * zr[m + e0 + j];
     }
 }
+
+/* Softmax over each of the `slices` slices of `width` floats of x, at temperature t
+ * (layers/softmax.py's forward, as Darknet: exp(x/t - max/t), then divided by the sum). The max
+ * and the sum run in 8 lanes, so that they vectorize (a single running sum waits on each add). */
+static void K(softmax)(const float *restrict x, float *restrict p, Py_ssize_t slices,
+                       Py_ssize_t width, float t)
+{
+    for (Py_ssize_t s = 0; s < slices; s++) {
+        const float *in = x + s * width;
+        float *out = p + s * width;
+        float lane[8], top = in[0], sum = 0.0f;
+        Py_ssize_t body = width - width % 8, j;
+        for (int l = 0; l < 8; l++)
+            lane[l] = top;
+        for (j = 0; j < body; j += 8)
+            for (int l = 0; l < 8; l++)
+                lane[l] = in[j + l] > lane[l] ? in[j + l] : lane[l];
+        for (int l = 0; l < 8; l++)
+            top = lane[l] > top ? lane[l] : top;
+        for (; j < width; j++)
+            top = in[j] > top ? in[j] : top;
+        if (t == 1.0f) {
+            EACH(k, width) out[k] = K(exp1)(in[k] - top);
+        } else {
+            float shift = top / t;
+            EACH(k, width) out[k] = K(exp1)(in[k] / t - shift);
+        }
+        for (int l = 0; l < 8; l++)
+            lane[l] = 0.0f;
+        for (j = 0; j < body; j += 8)
+            for (int l = 0; l < 8; l++)
+                lane[l] += out[j + l];
+        for (int l = 0; l < 8; l++)
+            sum += lane[l];
+        for (; j < width; j++)
+            sum += out[j];
+        EACH(k, width) out[k] = out[k] / sum;
+    }
+}

@@ -187,6 +187,28 @@ def test_onehot_grad():
         K.onehot_grad(got, ids.astype(np.int32), dz)
 
 
+@pytest.mark.parametrize("groups,temperature", [(1, 1.0), (1, 0.7), (4, 1.0), (2, 1.6)])
+def test_softmax_and_cross_entropy(groups, temperature, write_cfg, monkeypatch):
+    """The training softmax and its loss (cost and delta) against the numpy code of
+    layers/softmax.py, on logits from -30 to 30 (saturated rows included)."""
+    cfg = write_cfg(f"[net]\ninputs=16\n[softmax]\ngroups={groups}\ntemperature={temperature}\n")
+    rng = np.random.default_rng(groups)
+    x = rng.uniform(-30, 30, (5, 3, 16)).astype(np.float32)
+    y = rng.integers(0, 16, (5, 3))
+    results = []
+    for kernels in (None, K):
+        monkeypatch.setattr(layers, "KERNELS", kernels)
+        layer = Network(cfg).layers[0]
+        p = layer.forward(x, True).copy()
+        cost, delta = layer.loss(p, y)
+        results.append((p, cost, delta.copy()))
+    (p0, c0, d0), (p1, c1, d1) = results
+    np.testing.assert_allclose(p1, p0, rtol=2e-6, atol=1e-12)
+    np.testing.assert_allclose(c1, c0, rtol=1e-6)
+    np.testing.assert_allclose(d1, d0, rtol=2e-6, atol=2.4e-7)  # 1 - p near p = 1: 2 ulp of 1
+    np.testing.assert_allclose(p1.reshape(5, 3, groups, -1).sum(axis=-1), 1, rtol=1e-6)
+
+
 NETS = {
     "lstm": "[lstm]\noutput=6\n",
     "lstm-bn": "[lstm]\noutput=6\nbatch_normalize=1\n",

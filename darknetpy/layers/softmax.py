@@ -5,7 +5,7 @@ the cost is Σ -ln p over every entry whose truth is non-zero (not weighted by t
 """
 import numpy as np
 
-from . import Layer
+from . import Layer, fused
 from .connected import is_ids
 
 
@@ -25,7 +25,13 @@ class Softmax(Layer):
         t = x.dtype.type(self.temperature)
         # Darknet: exp(x/T - max/T), then divide by the sum (x/1 is x exactly: no pass for it).
         # Training reuses one array; otherwise the result is new (it is what the caller gets back).
+        # Training runs the C kernel when built (its exp is within 2 ulp of numpy's); generation
+        # and validation keep numpy's, whose float32 results the Darknet-exact sampling was checked on.
         e = self.buffer("P", z.shape) if train else np.empty_like(z)
+        kernel = fused("softmax", x.dtype) if train else None
+        if kernel:
+            kernel(np.ascontiguousarray(x), e, self.groups, t)
+            return e.reshape(x.shape)
         top = z.max(axis=-1, keepdims=True)
         if t == 1:
             np.subtract(z, top, out=e)
@@ -37,6 +43,12 @@ class Softmax(Layer):
 
     def loss(self, p, truth):
         """(cost, delta) for probabilities p (T, S, n) and truth as one-hot rows or indices (T, S)."""
+        kernel = fused("xent", p.dtype)
+        if kernel and is_ids(truth):
+            delta = self.buffer("delta", p.shape)
+            cost = kernel(p.reshape(-1, p.shape[-1]), truth.reshape(-1).astype(np.int64, copy=False),
+                          delta.reshape(-1, p.shape[-1]))
+            return p.dtype.type(cost), delta
         if is_ids(truth):
             picked = np.take_along_axis(p, truth[..., None], axis=-1)
             cost = -np.log(picked).sum(dtype=p.dtype)
