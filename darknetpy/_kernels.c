@@ -1,10 +1,12 @@
-/* darknetpy._kernels: the fused elementwise step math of the LSTM and GRU training loops, and the
- * optimizer's per-array updates.
+/* darknetpy._kernels: what numpy does in many passes over memory during training, in one: the
+ * elementwise step math of the LSTM and GRU loops (_steps.h), the training softmax and its
+ * cross-entropy, the one-hot weight gradient, and the Adam and SGD updates.
  *
  * Optional: pip builds it when a C compiler is there, and layers/__init__.py falls back to the
  * numpy code (the reference the tests hold this to) when it is not, or when DARKNETPY_KERNELS=0.
- * Every argument is a C-contiguous float32 array (numpy's buffer protocol checks contiguity; the
- * sizes and format are checked here), so a wrong call raises instead of touching other memory.
+ * Every array argument is C-contiguous float32 (int64 for class ids): numpy's buffer protocol
+ * checks contiguity, the sizes, formats and ids are checked here, so a wrong call raises instead
+ * of touching other memory.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -415,7 +417,7 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "_kernels",
-    "Fused elementwise step math of darknetpy's LSTM and GRU training loops and optimizer updates (float32).",
+    "darknetpy's training kernels: LSTM/GRU step math, softmax and cross-entropy, one-hot gradient, Adam/SGD.",
     -1, methods,
 };
 

@@ -15,9 +15,9 @@ if os.environ.get("DARKNETPY_KERNELS") == "0":
 def fused(name, dtype):
     """The compiled kernel `name` (darknetpy/_kernels.c) for float32 arrays, or None when it was
     not built, is switched off (DARKNETPY_KERNELS=0) or the net is not float32 (float64 runs the
-    finite-difference checks). Each kernel computes what a numpy function does (lstm.py, gru.py:
-    the same name; optim.py: adam_update, sgd_update), which stays the reference the tests hold
-    it to."""
+    finite-difference checks). Each kernel computes what numpy code does (lstm.py, gru.py: the
+    function of the same name; connected.onehot_grad; Softmax.forward and .loss; optim.py:
+    adam_update, sgd_update), which stays the reference the tests hold it to."""
     return getattr(KERNELS, name) if KERNELS is not None and dtype == np.float32 else None
 
 
