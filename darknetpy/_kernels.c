@@ -216,29 +216,30 @@ NO_CONTRACT static void sgd_update(float *restrict p, float *restrict u, Py_ssiz
     }
 }
 
-/* `count` Python numbers from args as floats (float32 values pass through exactly). */
-static int floats(PyObject *const *args, Py_ssize_t count, float *out)
+/* The arguments of an update: `arrays` float32 arrays of one size, then `scalars` Python numbers
+ * into k (float32 values pass through exactly). Returns the arrays' size, or -1 with an exception. */
+static Py_ssize_t update_args(PyObject *const *args, Py_ssize_t nargs, int arrays, int scalars,
+                              const char *usage, Py_buffer *bufs, float *k)
 {
-    for (Py_ssize_t i = 0; i < count; i++) {
-        double x = PyFloat_AsDouble(args[i]);
+    static const int sizes[] = {1, 1, 1, 1};
+    if (nargs != arrays + scalars) {
+        PyErr_SetString(PyExc_TypeError, usage);
+        return -1;
+    }
+    for (int i = 0; i < scalars; i++) {
+        double x = PyFloat_AsDouble(args[arrays + i]);
         if (x == -1.0 && PyErr_Occurred())
             return -1;
-        out[i] = (float)x;
+        k[i] = (float)x;
     }
-    return 0;
+    return get_buffers(args, bufs, sizes, arrays);
 }
 
 static PyObject *adam(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    static const int sizes[] = {1, 1, 1, 1};
     Py_buffer b[MAX_ARGS];
     float k[9];
-    if (nargs != 13 || floats(args + 4, 9, k) < 0) {
-        if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_TypeError, "adam(p, u, m, v, decay, B1, 1-B1, B2, 1-B2, c1, c2, lr, eps)");
-        return NULL;
-    }
-    Py_ssize_t m = start(args, 4, 4, 4, "", b, sizes);
+    Py_ssize_t m = update_args(args, nargs, 4, 9, "adam(p, u, m, v, decay, B1, 1-B1, B2, 1-B2, c1, c2, lr, eps)", b, k);
     if (m < 0)
         return NULL;
     adam_update(F(0), F(1), F(2), F(3), m, k);
@@ -247,15 +248,9 @@ static PyObject *adam(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 
 static PyObject *sgd(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    static const int sizes[] = {1, 1};
     Py_buffer b[MAX_ARGS];
     float k[3];
-    if (nargs != 5 || floats(args + 2, 3, k) < 0) {
-        if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_TypeError, "sgd(p, u, decay, rate, momentum)");
-        return NULL;
-    }
-    Py_ssize_t m = start(args, 2, 2, 2, "", b, sizes);
+    Py_ssize_t m = update_args(args, nargs, 2, 3, "sgd(p, u, decay, rate, momentum)", b, k);
     if (m < 0)
         return NULL;
     sgd_update(F(0), F(1), m, k);
@@ -317,11 +312,11 @@ static PyObject *softmax(PyObject *self, PyObject *const *args, Py_ssize_t nargs
 {
     static const int sizes[] = {1, 1};
     Py_buffer b[MAX_ARGS];
-    float t;
     Py_ssize_t groups = nargs == 4 ? PyLong_AsSsize_t(args[2]) : -1;
-    if (nargs != 4 || groups < 1 || floats(args + 3, 1, &t) < 0) {
-        if (!PyErr_Occurred() || groups == -1)
-            PyErr_SetString(PyExc_TypeError, "softmax(x, p, groups, temperature)");
+    double t = nargs == 4 ? PyFloat_AsDouble(args[3]) : -1.0;
+    if (nargs != 4 || groups < 1 || t <= 0.0) {
+        PyErr_Clear();
+        PyErr_SetString(PyExc_TypeError, "softmax(x, p, groups > 0, temperature > 0)");
         return NULL;
     }
     Py_ssize_t m = start(args, 2, 2, 2, "", b, sizes);
@@ -333,7 +328,7 @@ static PyObject *softmax(PyObject *self, PyObject *const *args, Py_ssize_t nargs
         release(b, 2);
         return NULL;
     }
-    CALL(softmax, F(0), F(1), m / (width / groups), width / groups, t);
+    CALL(softmax, F(0), F(1), m / (width / groups), width / groups, (float)t);
     return done(b, 2);
 }
 
@@ -391,27 +386,19 @@ out:
     return result;
 }
 
+#define METHOD(name, doc) {#name, (PyCFunction)(void (*)(void))name, METH_FASTCALL, doc}
+
 static PyMethodDef methods[] = {
-    {"lstm_step", (PyCFunction)(void (*)(void))lstm_step, METH_FASTCALL,
-     "lstm_step(g, xu, c, c1, tc, h1[, P, Pc]): one LSTM step's gates, cell and output in place"},
-    {"lstm_back", (PyCFunction)(void (*)(void))lstm_back, METH_FASTCALL,
-     "lstm_back(dh, dc, DH, P, Pc, f, d): one LSTM step's gate deltas d; dh, dc updated"},
-    {"gru_zr", (PyCFunction)(void (*)(void))gru_zr, METH_FASTCALL,
-     "gru_zr(zr, xu, h, rh): the z and r gates in place and r*h"},
-    {"gru_step", (PyCFunction)(void (*)(void))gru_step, METH_FASTCALL,
-     "gru_step(tanh, c, xu, zr, h, h1[, P]): the candidate in place and the new h"},
-    {"gru_back", (PyCFunction)(void (*)(void))gru_back, METH_FASTCALL,
-     "gru_back(dh, drh, zr, P, d): dz and dr into d; dh becomes dh*z + drh*r"},
-    {"adam", (PyCFunction)(void (*)(void))adam, METH_FASTCALL,
-     "adam(p, u, m, v, decay, B1, 1-B1, B2, 1-B2, c1, c2, lr, eps): one Adam update of p in place"},
-    {"onehot_grad", (PyCFunction)(void (*)(void))onehot_grad, METH_FASTCALL,
-     "onehot_grad(dW, ids, dz): dW[ids[r]] += dz[r] for every row r"},
-    {"softmax", (PyCFunction)(void (*)(void))softmax, METH_FASTCALL,
-     "softmax(x, p, groups, temperature): p = softmax of x's rows in groups, at the temperature"},
-    {"xent", (PyCFunction)(void (*)(void))xent, METH_FASTCALL,
-     "xent(p, ids, delta) -> the cost sum of -ln p[r, ids[r]]; delta = onehot(ids) - p"},
-    {"sgd", (PyCFunction)(void (*)(void))sgd, METH_FASTCALL,
-     "sgd(p, u, decay, rate, momentum): one SGD update of p in place"},
+    METHOD(lstm_step, "lstm_step(g, xu, c, c1, tc, h1[, P, Pc]): one LSTM step's gates, cell and output in place"),
+    METHOD(lstm_back, "lstm_back(dh, dc, DH, P, Pc, f, d): one LSTM step's gate deltas d; dh, dc updated"),
+    METHOD(gru_zr, "gru_zr(zr, xu, h, rh): the z and r gates in place and r*h"),
+    METHOD(gru_step, "gru_step(tanh, c, xu, zr, h, h1[, P]): the candidate in place and the new h"),
+    METHOD(gru_back, "gru_back(dh, drh, zr, P, d): dz and dr into d; dh becomes dh*z + drh*r"),
+    METHOD(adam, "adam(p, u, m, v, decay, B1, 1-B1, B2, 1-B2, c1, c2, lr, eps): one Adam update of p in place"),
+    METHOD(onehot_grad, "onehot_grad(dW, ids, dz): dW[ids[r]] += dz[r] for every row r"),
+    METHOD(softmax, "softmax(x, p, groups, temperature): p = softmax of x's rows in groups, at the temperature"),
+    METHOD(xent, "xent(p, ids, delta) -> the cost sum of -ln p[r, ids[r]]; delta = onehot(ids) - p"),
+    METHOD(sgd, "sgd(p, u, decay, rate, momentum): one SGD update of p in place"),
     {NULL, NULL, 0, NULL},
 };
 
