@@ -84,7 +84,7 @@ def darknet_generate(darknet, cfg):
     """The C Darknet's `rnn generate` chars/s on cfg with random weights written by darknetpy:
     the chars between a short and a long run over the seconds between them (loading cancels out)."""
     import resource
-    from darknetpy import load_network
+    from darknetpy import bench, load_network
     with tempfile.TemporaryDirectory() as tmp:
         weights = os.path.join(tmp, "random.weights")
         load_network(cfg, None, batch=1, time_steps=1).save_weights(weights)
@@ -101,10 +101,9 @@ def darknet_generate(darknet, cfg):
         run(DARKNET_LENS[0])  # untimed: the binary and the weights into the page cache
         seconds = [run(n) for n in DARKNET_LENS]
     chars = DARKNET_LENS[1] - DARKNET_LENS[0]
-    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     return {"train": None, "generate": {"chars_per_s": chars / (seconds[1] - seconds[0]), "chars": chars,
                                         "lens": DARKNET_LENS, "seconds": seconds},
-            "peak_rss": rss if sys.platform == "darwin" else rss * 1024, "path": darknet}
+            "peak_rss": bench.peak_rss_bytes(resource.RUSAGE_CHILDREN), "path": darknet}
 
 
 def _busy_seconds():
@@ -289,7 +288,7 @@ def main(argv=None):
     if peak1.get("other_cpu"):
         print(f"# other processes used {peak1['other_cpu']:.2f} cores while the matmul peak was measured", flush=True)
     import numpy as np
-    print(f"# numpy {np.__version__}, BLAS: {_blas_label(peak1['blas'])}; LSTM/GRU step math: {peak1['kernels']}",
+    print(f"# numpy {np.__version__}, BLAS: {_blas_label(peak1['blas'])}; training kernels: {peak1['kernels']}",
           flush=True)
     if WORKER_ENV.get("OPENBLAS_CORETYPE"):
         print(f"# OPENBLAS_CORETYPE={WORKER_ENV['OPENBLAS_CORETYPE']} is set: OpenBLAS runs those kernels "
@@ -315,8 +314,7 @@ def main(argv=None):
         runs = {kind: [] for kind in kinds}
         for _ in range(args.repeats):
             for kind in kinds:
-                runs[kind].append(run_worker(kind, cfg, darknet=args.darknet) if kind == "darknet" else
-                                  run_worker(kind, cfg, its, args.warmup, args.gen_chars, train, gen))
+                runs[kind].append(run_worker(kind, cfg, its, args.warmup, args.gen_chars, train, gen, args.darknet))
         best = {kind: best_of(r) for kind, r in runs.items()}
         dk, c_dk = best["darknetpy"], best.get("darknet")
         th = [best[kind] for kind in kinds if kind.startswith("torch")]

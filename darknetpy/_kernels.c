@@ -37,45 +37,56 @@ static int use_avx2; /* set at import from what the CPU supports */
 
 #define MAX_ARGS 8
 
-/* The float32 buffers of `count` arrays, each required to hold sizes[i] * m floats; m is taken
- * from the first array whose size is 1 (sizes[i] == 1). Returns m, or -1 with an exception set
- * (the buffers got so far are released). */
-static Py_ssize_t get_buffers(PyObject *const *objs, Py_buffer *bufs, const int *sizes, int count)
-{
-    Py_ssize_t m = -1;
-    for (int i = 0; i < count; i++) {
-        int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | PyBUF_WRITABLE;
-        if (PyObject_GetBuffer(objs[i], &bufs[i], flags) < 0)
-            goto fail;
-        if (bufs[i].itemsize != 4 || strcmp(bufs[i].format, "f") != 0) {
-            PyErr_Format(PyExc_TypeError, "argument %d: a float32 array expected", i + 1);
-            i++;
-            goto fail;
-        }
-        if (m < 0 && sizes[i] == 1)
-            m = bufs[i].len / 4;
-        continue;
-    fail:
-        while (i-- > 0)
-            PyBuffer_Release(&bufs[i]);
-        return -1;
-    }
-    for (int i = 0; i < count; i++) {
-        if (bufs[i].len != (Py_ssize_t)sizes[i] * m * 4) {
-            PyErr_Format(PyExc_ValueError, "argument %d: %zd floats, expected %zd",
-                         i + 1, bufs[i].len / 4, (Py_ssize_t)sizes[i] * m);
-            for (int j = 0; j < count; j++)
-                PyBuffer_Release(&bufs[j]);
-            return -1;
-        }
-    }
-    return m;
-}
-
 static void release(Py_buffer *bufs, int count)
 {
     for (int i = 0; i < count; i++)
         PyBuffer_Release(&bufs[i]);
+}
+
+/* The buffers of `count` arrays, kinds[i] saying what each must be: 'f' float32 (read), 'F'
+ * float32 (written), 'q' int64 class ids (read); all C-contiguous. Returns 0, or -1 with an
+ * exception set and nothing held. */
+static int get_typed(PyObject *const *objs, Py_buffer *bufs, const char *kinds, int count)
+{
+    for (int i = 0; i < count; i++) {
+        int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (kinds[i] == 'F' ? PyBUF_WRITABLE : 0);
+        if (PyObject_GetBuffer(objs[i], &bufs[i], flags) < 0) {
+            release(bufs, i);
+            return -1;
+        }
+        const char *f = bufs[i].format;
+        int ok = kinds[i] == 'q' ? bufs[i].itemsize == 8 && (strcmp(f, "q") == 0 || strcmp(f, "l") == 0)
+                                 : bufs[i].itemsize == 4 && strcmp(f, "f") == 0;
+        if (!ok) {
+            PyErr_Format(PyExc_TypeError, "argument %d: %s array expected", i + 1,
+                         kinds[i] == 'q' ? "an int64" : "a float32");
+            release(bufs, i + 1);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* The float32 buffers of `count` arrays (all written to), each required to hold sizes[i] * m
+ * floats; m is taken from the first array whose size is 1 (sizes[i] == 1). Returns m, or -1 with
+ * an exception set and nothing held. */
+static Py_ssize_t get_buffers(PyObject *const *objs, Py_buffer *bufs, const int *sizes, int count)
+{
+    Py_ssize_t m = -1;
+    if (get_typed(objs, bufs, "FFFFFFFF", count) < 0)
+        return -1;
+    for (int i = 0; i < count && m < 0; i++)
+        if (sizes[i] == 1)
+            m = bufs[i].len / 4;
+    for (int i = 0; i < count; i++) {
+        if (bufs[i].len != (Py_ssize_t)sizes[i] * m * 4) {
+            PyErr_Format(PyExc_ValueError, "argument %d: %zd floats, expected %zd",
+                         i + 1, bufs[i].len / 4, (Py_ssize_t)sizes[i] * m);
+            release(bufs, count);
+            return -1;
+        }
+    }
+    return m;
 }
 
 /* The start of every call: nargs must be `fewest` or `most` (else TypeError with `usage`), then
@@ -262,33 +273,23 @@ static PyObject *sgd(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
  * int64, each id checked against V. */
 static PyObject *onehot_grad(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    Py_buffer b[2], ids;
+    Py_buffer b[3];
     if (nargs != 3) {
         PyErr_SetString(PyExc_TypeError, "onehot_grad(dW, ids, dz)");
         return NULL;
     }
-    if (PyObject_GetBuffer(args[0], &b[0], PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | PyBUF_WRITABLE) < 0)
+    if (get_typed(args, b, "Fqf", 3) < 0)
         return NULL;
-    if (PyObject_GetBuffer(args[2], &b[1], PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) {
-        release(b, 1);
-        return NULL;
-    }
-    if (PyObject_GetBuffer(args[1], &ids, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) {
-        release(b, 2);
-        return NULL;
-    }
     PyObject *result = NULL;
-    int f32 = strcmp(b[0].format, "f") == 0 && strcmp(b[1].format, "f") == 0;
-    int i64 = ids.itemsize == 8 && (strcmp(ids.format, "q") == 0 || strcmp(ids.format, "l") == 0);
-    if (!f32 || !i64 || b[0].ndim != 2 || b[1].ndim != 2 || ids.ndim != 1 ||
-        b[0].shape[1] != b[1].shape[1] || b[1].shape[0] != ids.shape[0]) {
-        PyErr_SetString(PyExc_ValueError, "onehot_grad: dW (V, k) and dz (R, k) float32, ids (R,) int64");
+    if (b[0].ndim != 2 || b[2].ndim != 2 || b[1].ndim != 1 || b[0].shape[1] != b[2].shape[1] ||
+        b[2].shape[0] != b[1].shape[0]) {
+        PyErr_SetString(PyExc_ValueError, "onehot_grad: dW (V, k), ids (R,), dz (R, k)");
         goto out;
     }
     float *dW = b[0].buf;
-    const float *dz = b[1].buf;
-    const int64_t *id = ids.buf;
-    Py_ssize_t V = b[0].shape[0], k = b[0].shape[1], R = ids.shape[0];
+    const int64_t *id = b[1].buf;
+    const float *dz = b[2].buf;
+    Py_ssize_t V = b[0].shape[0], k = b[0].shape[1], R = b[1].shape[0];
     for (Py_ssize_t r = 0; r < R; r++) {
         if (id[r] < 0 || id[r] >= V) {
             PyErr_Format(PyExc_ValueError, "onehot_grad: id %lld out of range [0, %zd)", (long long)id[r], V);
@@ -302,8 +303,7 @@ static PyObject *onehot_grad(PyObject *self, PyObject *const *args, Py_ssize_t n
     result = Py_None;
     Py_INCREF(result);
 out:
-    release(b, 2);
-    PyBuffer_Release(&ids);
+    release(b, 3);
     return result;
 }
 
@@ -319,7 +319,7 @@ static PyObject *softmax(PyObject *self, PyObject *const *args, Py_ssize_t nargs
         PyErr_SetString(PyExc_TypeError, "softmax(x, p, groups > 0, temperature > 0)");
         return NULL;
     }
-    Py_ssize_t m = start(args, 2, 2, 2, "", b, sizes);
+    Py_ssize_t m = get_buffers(args, b, sizes, 2);
     if (m < 0)
         return NULL;
     Py_ssize_t width = b[0].ndim ? b[0].shape[b[0].ndim - 1] : 0;
@@ -336,35 +336,23 @@ static PyObject *softmax(PyObject *self, PyObject *const *args, Py_ssize_t nargs
  * (Softmax.loss with class ids). p and delta (R, n) float32, ids (R,) int64 in [0, n). */
 static PyObject *xent(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    Py_buffer p, ids, delta;
+    Py_buffer b[3];
     if (nargs != 3) {
         PyErr_SetString(PyExc_TypeError, "xent(p, ids, delta)");
         return NULL;
     }
-    if (PyObject_GetBuffer(args[0], &p, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0)
+    if (get_typed(args, b, "fqF", 3) < 0)
         return NULL;
-    if (PyObject_GetBuffer(args[1], &ids, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) {
-        PyBuffer_Release(&p);
-        return NULL;
-    }
-    if (PyObject_GetBuffer(args[2], &delta, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | PyBUF_WRITABLE) < 0) {
-        PyBuffer_Release(&p);
-        PyBuffer_Release(&ids);
-        return NULL;
-    }
     PyObject *result = NULL;
-    int ok = strcmp(p.format, "f") == 0 && strcmp(delta.format, "f") == 0 && p.ndim == 2 &&
-             delta.ndim == 2 && p.shape[0] == delta.shape[0] && p.shape[1] == delta.shape[1] &&
-             ids.ndim == 1 && ids.shape[0] == p.shape[0] && ids.itemsize == 8 &&
-             (strcmp(ids.format, "q") == 0 || strcmp(ids.format, "l") == 0);
-    if (!ok) {
-        PyErr_SetString(PyExc_ValueError, "xent: p and delta (R, n) float32, ids (R,) int64");
+    if (b[0].ndim != 2 || b[2].ndim != 2 || b[1].ndim != 1 || b[0].shape[0] != b[2].shape[0] ||
+        b[0].shape[1] != b[2].shape[1] || b[1].shape[0] != b[0].shape[0]) {
+        PyErr_SetString(PyExc_ValueError, "xent: p (R, n), ids (R,), delta (R, n)");
         goto out;
     }
-    const float *P = p.buf;
-    float *D = delta.buf;
-    const int64_t *id = ids.buf;
-    Py_ssize_t R = p.shape[0], n = p.shape[1];
+    const float *P = b[0].buf;
+    const int64_t *id = b[1].buf;
+    float *D = b[2].buf;
+    Py_ssize_t R = b[0].shape[0], n = b[0].shape[1];
     double cost = 0.0;
     for (Py_ssize_t r = 0; r < R; r++) {
         if (id[r] < 0 || id[r] >= n) {
@@ -380,9 +368,7 @@ static PyObject *xent(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     }
     result = PyFloat_FromDouble(cost);
 out:
-    PyBuffer_Release(&p);
-    PyBuffer_Release(&ids);
-    PyBuffer_Release(&delta);
+    release(b, 3);
     return result;
 }
 

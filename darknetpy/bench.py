@@ -158,9 +158,10 @@ def blas_label(info=None):
     return f"{text}, {info['threads']} threads [{info['source']}]"
 
 
-def peak_rss_bytes():
-    """The process's peak resident set size in bytes (ru_maxrss is KiB on Linux, bytes on macOS)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def peak_rss_bytes(who=resource.RUSAGE_SELF):
+    """The process's peak resident set size in bytes (ru_maxrss is KiB on Linux, bytes on macOS);
+    who=resource.RUSAGE_CHILDREN: the largest of its waited-for children's."""
+    peak = resource.getrusage(who).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024
 
 
@@ -302,7 +303,7 @@ def bench(cfg, iterations, warmup, gen_chars, no_train, no_generate):
     rows.append(("matmul peak GFLOP/s", f"{peak:.1f}", "numpy float32 2048x2048 @ 2048x2048, best of 5"))
     click.echo(f"{cfg}")
     click.echo(format_table(rows, align="lrl"))
-    click.echo(f"BLAS: {blas_label(r['blas'])}; LSTM/GRU step math: {r['kernels']}")
+    click.echo(f"BLAS: {blas_label(r['blas'])}; training kernels: {r['kernels']}")
     if os.environ.get("OPENBLAS_CORETYPE"):
         click.echo(f"note: OPENBLAS_CORETYPE={os.environ['OPENBLAS_CORETYPE']} is set, so OpenBLAS runs those kernels; "
                    "without it (env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE) a current OpenBLAS picks its own.")

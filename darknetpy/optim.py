@@ -82,19 +82,21 @@ class Optimizer:
             if norm > self.clip:
                 for _, u, _ in slots:
                     u *= f(self.clip / norm)
-        scratch = np.empty((2, max(p.size for p, _, _ in slots)), slots[0][0].dtype)  # no temporaries per slot
         dtype = slots[0][0].dtype
+
+        def in_numpy(update):  # with scratch arrays that serve every slot: no temporaries per slot
+            return partial(update, scratch=np.empty((2, max(p.size for p, _, _ in slots)), dtype))
         if self.adam:
             if not self.m:
                 self.m = [np.zeros_like(p) for p, _, _ in slots]
                 self.v = [np.zeros_like(p) for p, _, _ in slots]
             c1, c2 = f(1 - self.B1 ** self.t), f(1 - self.B2 ** self.t)
-            adam = fused("adam", dtype) or partial(adam_update, scratch=scratch)
+            adam = fused("adam", dtype) or in_numpy(adam_update)
             for (p, u, _), m, v in zip(slots, self.m, self.v):  # Darknet's Adam decays biases and scales too
                 adam(p, u, m, v, f(-self.decay * B), f(self.B1), f(1 - self.B1), f(self.B2), f(1 - self.B2),
                      c1, c2, f(lr), f(self.eps))
             return
-        sgd = fused("sgd", dtype) or partial(sgd_update, scratch=scratch)
+        sgd = fused("sgd", dtype) or in_numpy(sgd_update)
         for p, u, kind in slots:
             sgd(p, u, f(-self.decay * B) if kind == "weights" else f(0), f(lr / B), f(self.momentum))
 

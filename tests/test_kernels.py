@@ -1,6 +1,6 @@
-"""The compiled step kernels (darknetpy/_kernels.c) against the numpy step functions they replace.
+"""The compiled kernels (darknetpy/_kernels.c) against the numpy code they replace.
 
-The numpy functions in layers/lstm.py and layers/gru.py are the reference: the finite-difference
+The numpy step functions in layers/lstm.py and layers/gru.py are the reference: the finite-difference
 checks (test_gradients.py, float64) run them. The kernels run only for float32 and compute exp and
 tanh with their own polynomials, so they agree with numpy to float32 rounding, not bit for bit:
 values here are O(1) and the tolerance is 3e-7 absolute plus 3e-7 relative (2-3 ulp; numpy's own
@@ -41,15 +41,17 @@ def arrays(rng, *shapes, low=-3.0, high=3.0):
     return [rng.uniform(low, high, s).astype(np.float32) for s in shapes]
 
 
-def run_both(fn_numpy, fn_kernel, inputs, outputs):
-    """Call both forms on copies of the same arrays; return (numpy's, the kernel's) final arrays."""
+def assert_same_as_numpy(fn_numpy, fn_kernel, inputs, outputs, names):
+    """Call both forms on copies of the same arrays (outputs start as NaN); every array, inputs
+    included (the kernels write some in place), must agree to ATOL/RTOL."""
     results = []
     for fn in (fn_numpy, fn_kernel):
         ins = [a.copy() for a in inputs]
         outs = [np.full_like(a, np.nan) for a in outputs]
         fn(*ins, *outs)
         results.append(ins + outs)
-    return results
+    for a, b, name in zip(*results, names.split()):
+        np.testing.assert_allclose(b, a, rtol=RTOL, atol=ATOL, err_msg=name)
 
 
 SHAPES = [(8, 32), (5, 3), (256, 1)]  # n, streams: a whole number of 64-float chunks and ragged ones
@@ -63,27 +65,22 @@ def test_lstm_step(n, S, train):
     outs = [np.empty((n, S), np.float32) for _ in range(3)]
     if train:
         outs += [np.empty((4 * n, S), np.float32), np.empty((n, S), np.float32)]
-    want, got = run_both(lstm.lstm_step, K.lstm_step, [g, xu, c], outs)
-    for a, b, name in zip(want, got, "g xu c c1 tc h1 P Pc".split()):
-        np.testing.assert_allclose(b, a, rtol=RTOL, atol=ATOL, err_msg=name)
+    assert_same_as_numpy(lstm.lstm_step, K.lstm_step, [g, xu, c], outs, "g xu c c1 tc h1 P Pc")
 
 
 @pytest.mark.parametrize("n,S", SHAPES)
 def test_lstm_back(n, S):
     rng = np.random.default_rng(n + S)
     dh, dc, DH, P, Pc, f = arrays(rng, (n, S), (n, S), (n, S), (4 * n, S), (n, S), (n, S), low=-1, high=1)
-    want, got = run_both(lstm.lstm_back, K.lstm_back, [dh, dc, DH, P, Pc, f], [np.empty((4 * n, S), np.float32)])
-    for a, b, name in zip(want, got, "dh dc DH P Pc f d".split()):
-        np.testing.assert_allclose(b, a, rtol=RTOL, atol=ATOL, err_msg=name)
+    assert_same_as_numpy(lstm.lstm_back, K.lstm_back, [dh, dc, DH, P, Pc, f], [np.empty((4 * n, S), np.float32)],
+                         "dh dc DH P Pc f d")
 
 
 @pytest.mark.parametrize("n,S", SHAPES)
 def test_gru_zr(n, S):
     rng = np.random.default_rng(n * 7 + S)
     zr, xu, h = arrays(rng, (2 * n, S), (2 * n, S), (n, S))
-    want, got = run_both(gru.gru_zr, K.gru_zr, [zr, xu, h], [np.empty((n, S), np.float32)])
-    for a, b, name in zip(want, got, "zr xu h rh".split()):
-        np.testing.assert_allclose(b, a, rtol=RTOL, atol=ATOL, err_msg=name)
+    assert_same_as_numpy(gru.gru_zr, K.gru_zr, [zr, xu, h], [np.empty((n, S), np.float32)], "zr xu h rh")
 
 
 @pytest.mark.parametrize("n,S", SHAPES)
@@ -94,9 +91,8 @@ def test_gru_step(n, S, tanh, train):
     c, xu, h = arrays(rng, (n, S), (n, S), (n, S))
     (zr,) = arrays(rng, (2 * n, S), low=0.01, high=0.99)  # gates
     outs = [np.empty((n, S), np.float32)] + ([np.empty((3 * n, S), np.float32)] if train else [])
-    want, got = run_both(lambda *a: gru.gru_step(tanh, *a), lambda *a: K.gru_step(tanh, *a), [c, xu, zr, h], outs)
-    for a, b, name in zip(want, got, "c xu zr h h1 P".split()):
-        np.testing.assert_allclose(b, a, rtol=RTOL, atol=ATOL, err_msg=name)
+    assert_same_as_numpy(lambda *a: gru.gru_step(tanh, *a), lambda *a: K.gru_step(tanh, *a), [c, xu, zr, h], outs,
+                         "c xu zr h h1 P")
 
 
 @pytest.mark.parametrize("n,S", SHAPES)
@@ -105,10 +101,8 @@ def test_gru_back(n, S):
     dh, drh, P = arrays(rng, (n, S), (n, S), (3 * n, S), low=-1, high=1)
     (zr,) = arrays(rng, (2 * n, S), low=0.01, high=0.99)
     d0 = np.zeros((3 * n, S), np.float32)
-    want, got = run_both(lambda *a: gru.gru_back(*a, scratch=np.empty((n, S), np.float32)), K.gru_back,
-                         [dh, drh, zr, P, d0], [])
-    for a, b, name in zip(want, got, "dh drh zr P d".split()):
-        np.testing.assert_allclose(b, a, rtol=RTOL, atol=ATOL, err_msg=name)
+    assert_same_as_numpy(lambda *a: gru.gru_back(*a, scratch=np.empty((n, S), np.float32)), K.gru_back,
+                         [dh, drh, zr, P, d0], [], "dh drh zr P d")
 
 
 def test_activations_over_the_whole_float_range():
@@ -183,7 +177,7 @@ def test_onehot_grad():
     for bad in (np.array([0, 10]), np.array([-1, 0])):
         with pytest.raises(ValueError, match="out of range"):
             K.onehot_grad(got, bad, dz[:2])
-    with pytest.raises(ValueError, match="int64"):
+    with pytest.raises(TypeError, match="int64"):
         K.onehot_grad(got, ids.astype(np.int32), dz)
 
 

@@ -22,9 +22,9 @@ def fused(name, dtype):
 
 
 def kernels_label():
-    """What runs the float32 LSTM/GRU step math, for benchmark reports."""
+    """What runs the float32 training math that has C kernels, for benchmark reports."""
     if KERNELS is not None:
-        return f"C kernels ({KERNELS.isa})"
+        return f"C ({KERNELS.isa})"
     why = "DARKNETPY_KERNELS=0" if os.environ.get("DARKNETPY_KERNELS") == "0" else "not built: no C compiler at install"
     return f"numpy ({why})"
 
