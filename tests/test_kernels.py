@@ -181,6 +181,26 @@ def test_onehot_grad():
         K.onehot_grad(got, ids.astype(np.int32), dz)
 
 
+@pytest.mark.parametrize("T,S,k,V,L", [(3, 32, 1024, 256, 1040), (2, 16, 13, 7, 13), (4, 5, 20, 9, 24), (1, 1, 3, 2, 3)])
+def test_onehot_project(T, S, k, V, L):
+    """out[t, :, s] = the first k of table row ids[t, s], exactly (a copy): whole 8 x 8 blocks, ragged
+    rows and streams, padded table rows. Ids out of range, wrong dtypes and shapes raise."""
+    rng = np.random.default_rng(T * S + k)
+    table = rng.normal(0, 1, (V, L)).astype(np.float32)
+    ids = rng.integers(0, V, (T, S))
+    out = np.full((T, k, S), np.nan, np.float32)
+    K.onehot_project(out, table, ids)
+    np.testing.assert_array_equal(out, table[ids, :k].transpose(0, 2, 1))
+    bad = ids.copy()
+    bad[-1, -1] = V
+    with pytest.raises(ValueError, match="out of range"):
+        K.onehot_project(out, table, bad)
+    with pytest.raises(TypeError, match="int64"):
+        K.onehot_project(out, table, ids.astype(np.int32))
+    with pytest.raises(ValueError, match="out \\(T, k, S\\)"):
+        K.onehot_project(out, table[:, :k - 1].copy(), ids)  # rows shorter than k
+
+
 @pytest.mark.parametrize("groups,temperature", [(1, 1.0), (1, 0.7), (4, 1.0), (2, 1.6)])
 def test_softmax_and_cross_entropy(groups, temperature, write_cfg, monkeypatch):
     """The training softmax and its loss (cost and delta) against the numpy code of

@@ -98,16 +98,23 @@ class Recurrent(Layer):
     def project_steps(self, dense, x, bias, scale, train):
         """The input projections of all steps, (x U + bias) scaled per column by `scale` (powers of
         two, so the scaling is exact and may apply to the sum or to its terms), laid out for a
-        feature-major step loop: (T, k, S). One-hot ids gather columns of Uᵀ (in C order, with the
-        bias added), step by step; float rows take one matmul into (k, T*S), then a copy of S-long
-        blocks (4x faster than transposing element by element). With batchnorm `normalize`
-        applies the sub-layer's bias and `bias` is not used."""
+        feature-major step loop: (T, k, S). One-hot ids: the C kernel gathers rows of U (with the
+        bias added) straight into that layout; numpy gathers columns of Uᵀ, step by step. Float
+        rows take one matmul into (k, T*S), then a copy of S-long blocks (4x faster than
+        transposing element by element). With batchnorm `normalize` applies the sub-layer's bias
+        and `bias` is not used."""
         T, S = x.shape[:2]
         k = scale.size
         out = self.buffer("XU", (T, k, S))
         if dense.bn:
             z = dense.normalize(dense.matmul(rows(x)).reshape(T, S, k), train) * scale
             np.copyto(out, z.transpose(0, 2, 1))
+        elif x.dtype.kind in "iu" and fused("onehot_project", self.dtype):
+            V = dense.W.shape[0]  # rows padded by 16 floats: see _kernels.c
+            table = self.buffer("table", (V, k + 16))
+            np.multiply(dense.W, scale, out=table[:, :k])
+            table[:, :k] += bias * scale
+            KERNELS.onehot_project(out, table, x.astype(np.int64, copy=False))
         elif x.dtype.kind in "iu":
             table = self.transposed("table", dense.W, scale)
             table += (bias * scale)[:, None]
