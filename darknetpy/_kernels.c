@@ -111,15 +111,12 @@ static PyObject *done(Py_buffer *bufs, Py_ssize_t count)
 
 static PyObject *lstm_step(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    static const int sizes[] = {4, 4, 1, 1, 1, 1, 4, 1};
+    static const int sizes[] = {4, 4, 1, 1, 1, 1};
     Py_buffer b[MAX_ARGS];
-    Py_ssize_t m = start(args, nargs, 6, 8, "lstm_step(g, xu, c, c1, tc, h1[, P, Pc])", b, sizes);
+    Py_ssize_t m = start(args, nargs, 6, 6, "lstm_step(g, xu, c, c1, tc, h1)", b, sizes);
     if (m < 0)
         return NULL;
-    if (nargs == 8)
-        CALL(lstm_step_train, F(0), F(1), F(2), F(3), F(4), F(5), F(6), F(7), m);
-    else
-        CALL(lstm_step, F(0), F(1), F(2), F(3), F(4), F(5), m);
+    CALL(lstm_step, F(0), F(1), F(2), F(3), F(4), F(5), m);
     return done(b, nargs);
 }
 
@@ -127,7 +124,7 @@ static PyObject *lstm_back(PyObject *self, PyObject *const *args, Py_ssize_t nar
 {
     static const int sizes[] = {1, 1, 1, 4, 1, 1, 4};
     Py_buffer b[MAX_ARGS];
-    Py_ssize_t m = start(args, nargs, 7, 7, "lstm_back(dh, dc, DH, P, Pc, f, d)", b, sizes);
+    Py_ssize_t m = start(args, nargs, 7, 7, "lstm_back(dh, dc, DH, g, c, tc, d)", b, sizes);
     if (m < 0)
         return NULL;
     CALL(lstm_back, F(0), F(1), F(2), F(3), F(4), F(5), F(6), m);
@@ -479,8 +476,8 @@ out:
 #define METHOD(name, doc) {#name, (PyCFunction)(void (*)(void))name, METH_FASTCALL, doc}
 
 static PyMethodDef methods[] = {
-    METHOD(lstm_step, "lstm_step(g, xu, c, c1, tc, h1[, P, Pc]): one LSTM step's gates, cell and output in place"),
-    METHOD(lstm_back, "lstm_back(dh, dc, DH, P, Pc, f, d): one LSTM step's gate deltas d; dh, dc updated"),
+    METHOD(lstm_step, "lstm_step(g, xu, c, c1, tc, h1): one LSTM step's gates, cell and output in place"),
+    METHOD(lstm_back, "lstm_back(dh, dc, DH, g, c, tc, d): one LSTM step's gate deltas d; dh, dc updated"),
     METHOD(gru_zr, "gru_zr(zr, xu, h, rh): the z and r gates in place and r*h"),
     METHOD(gru_step, "gru_step(tanh, c, xu, zr, h, h1[, P]): the candidate in place and the new h"),
     METHOD(gru_back, "gru_back(dh, drh, zr, P, d): dz and dr into d; dh becomes dh*z + drh*r"),

@@ -60,12 +60,9 @@ static inline __attribute__((always_inline)) float K(sigmoid2)(float zh)
 /* LSTM: the gates from their pre-activations, the new cell and output.
  *   g[0..4m): in: the recurrent part of the pre-activations i f o g (i f o halved); out: the gates
  *   c' = f c + i g,  tc = tanh(c'),  h' = o tc
- * and in training the factors backward needs (see lstm.py): P = [g σ'(i), c σ'(f), tc σ'(o),
- * i tanh'(g)], Pc = o tanh'(c'). */
-static inline __attribute__((always_inline)) void
-K(lstm_body)(float *restrict g, const float *restrict xu, const float *restrict c,
-             float *restrict c1, float *restrict tc, float *restrict h1,
-             float *restrict P, float *restrict Pc, Py_ssize_t m, const int train)
+ * Backward needs nothing more: it derives the gate deltas' factors from g, c and tc (lstm_back). */
+static void K(lstm_step)(float *restrict g, const float *restrict xu, const float *restrict c,
+                         float *restrict c1, float *restrict tc, float *restrict h1, Py_ssize_t m)
 {
     CHUNKS(e0, len, m) {
         float i[CHUNK], f[CHUNK], o[CHUNK], gg[CHUNK], t[CHUNK];
@@ -81,43 +78,28 @@ K(lstm_body)(float *restrict g, const float *restrict xu, const float *restrict 
             tc[e0 + j] = t[j] = K(tanh1)(cn);
         }
         EACH(j, len) h1[e0 + j] = o[j] * t[j];
-        if (train) {
-            EACH(j, len) P[e0 + j] = (i[j] - i[j] * i[j]) * gg[j];
-            EACH(j, len) P[m + e0 + j] = (f[j] - f[j] * f[j]) * c[e0 + j];
-            EACH(j, len) P[2 * m + e0 + j] = (o[j] - o[j] * o[j]) * t[j];
-            EACH(j, len) P[3 * m + e0 + j] = (1.0f - gg[j] * gg[j]) * i[j];
-            EACH(j, len) Pc[e0 + j] = (1.0f - t[j] * t[j]) * o[j];
-        }
     }
 }
 
-static void K(lstm_step)(float *g, const float *xu, const float *c, float *c1, float *tc,
-                         float *h1, Py_ssize_t m)
-{
-    K(lstm_body)(g, xu, c, c1, tc, h1, NULL, NULL, m, 0);
-}
-
-static void K(lstm_step_train)(float *g, const float *xu, const float *c, float *c1, float *tc,
-                               float *h1, float *P, float *Pc, Py_ssize_t m)
-{
-    K(lstm_body)(g, xu, c, c1, tc, h1, P, Pc, m, 1);
-}
-
-/* LSTM backward, one step: dh += DH; dc += dh Pc; d = [dc dc dh dc] P (the gate deltas); then
- * dc *= f, the cell delta for the step before. */
+/* LSTM backward, one step, from what the forward step left: the gates g = [i f o gg], the cell c
+ * before the step and tc = tanh(c'). dh += DH; dc += dh o tanh'(c'); the gate deltas
+ * d = [dc gg σ'(i), dc c σ'(f), dh tc σ'(o), dc i tanh'(gg)]; then dc *= f, the cell delta for
+ * the step before. */
 static void K(lstm_back)(float *restrict dh, float *restrict dc, const float *restrict DH,
-                         const float *restrict P, const float *restrict Pc,
-                         const float *restrict f, float *restrict d, Py_ssize_t m)
+                         const float *restrict g, const float *restrict c,
+                         const float *restrict tc, float *restrict d, Py_ssize_t m)
 {
     CHUNKS(e0, len, m) {
         float h[CHUNK], cc[CHUNK];
+        const float *i = g + e0, *f = g + m + e0, *o = g + 2 * m + e0, *gg = g + 3 * m + e0;
+        const float *cp = c + e0, *t = tc + e0;
         EACH(j, len) dh[e0 + j] = h[j] = dh[e0 + j] + DH[e0 + j];
-        EACH(j, len) cc[j] = dc[e0 + j] + h[j] * Pc[e0 + j];
-        EACH(j, len) d[e0 + j] = P[e0 + j] * cc[j];
-        EACH(j, len) d[m + e0 + j] = P[m + e0 + j] * cc[j];
-        EACH(j, len) d[2 * m + e0 + j] = P[2 * m + e0 + j] * h[j];
-        EACH(j, len) d[3 * m + e0 + j] = P[3 * m + e0 + j] * cc[j];
-        EACH(j, len) dc[e0 + j] = cc[j] * f[e0 + j];
+        EACH(j, len) cc[j] = dc[e0 + j] + h[j] * ((1.0f - t[j] * t[j]) * o[j]);
+        EACH(j, len) d[e0 + j] = (i[j] - i[j] * i[j]) * gg[j] * cc[j];
+        EACH(j, len) d[m + e0 + j] = (f[j] - f[j] * f[j]) * cp[j] * cc[j];
+        EACH(j, len) d[2 * m + e0 + j] = (o[j] - o[j] * o[j]) * t[j] * h[j];
+        EACH(j, len) d[3 * m + e0 + j] = (1.0f - gg[j] * gg[j]) * i[j] * cc[j];
+        EACH(j, len) dc[e0 + j] = cc[j] * f[j];
     }
 }
 

