@@ -1,6 +1,7 @@
 /* darknetpy._kernels: what numpy does in many passes over memory during training, in one: the
- * elementwise step math of the LSTM and GRU loops (_steps.h), the training softmax and its
- * cross-entropy, the one-hot weight gradient, and the Adam and SGD updates.
+ * elementwise step math of the LSTM and GRU loops (_steps.h), the one-hot input projection and
+ * weight gradient, the leaky/relie activations and their gradients, the training softmax and its
+ * cross-entropy, and the Adam and SGD updates.
  *
  * Optional: pip builds it when a C compiler is there, and layers/__init__.py falls back to the
  * numpy code (the reference the tests hold this to) when it is not, or when DARKNETPY_KERNELS=0.
@@ -166,6 +167,62 @@ static PyObject *gru_back(PyObject *self, PyObject *const *args, Py_ssize_t narg
         return NULL;
     CALL(gru_back, F(0), F(1), F(2), F(3), F(4), m);
     return done(b, nargs);
+}
+
+/* The slope of the activations below zero: a Python number, 0 <= a < 1. */
+static int slope_arg(PyObject *obj, float *a)
+{
+    double x = PyFloat_AsDouble(obj);
+    if (x == -1.0 && PyErr_Occurred())
+        return -1;
+    if (!(x >= 0.0 && x < 1.0)) {
+        PyErr_SetString(PyExc_ValueError, "the slope must be in [0, 1)");
+        return -1;
+    }
+    *a = (float)x;
+    return 0;
+}
+
+static PyObject *slope_act(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    static const int sizes[] = {1};
+    Py_buffer b[1];
+    float a;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "slope_act(x, a)");
+        return NULL;
+    }
+    if (slope_arg(args[1], &a) < 0)
+        return NULL;
+    Py_ssize_t m = get_buffers(args, b, sizes, 1);
+    if (m < 0)
+        return NULL;
+    CALL(slope_act, F(0), m, a);
+    return done(b, 1);
+}
+
+/* slope_grad(y, out, a[, delta]) */
+static PyObject *slope_grad(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    static const int sizes[] = {1, 1, 1};
+    PyObject *arrays[3];
+    Py_buffer b[3];
+    float a;
+    if (nargs != 3 && nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "slope_grad(y, out, a[, delta])");
+        return NULL;
+    }
+    if (slope_arg(args[2], &a) < 0)
+        return NULL;
+    arrays[0] = args[0];
+    arrays[1] = args[1];
+    if (nargs == 4)
+        arrays[2] = args[3];
+    Py_ssize_t count = nargs - 1, m = get_buffers(arrays, b, sizes, (int)count);
+    if (m < 0)
+        return NULL;
+    CALL(slope_grad, F(0), nargs == 4 ? F(2) : NULL, F(1), m, a);
+    return done(b, count);
 }
 
 /* The optimizer updates of one parameter array, float32 operation by operation as optim.py's
@@ -487,12 +544,14 @@ static PyMethodDef methods[] = {
     METHOD(softmax, "softmax(x, p, groups, temperature): p = softmax of x's rows in groups, at the temperature"),
     METHOD(xent, "xent(p, ids, delta) -> the cost sum of -ln p[r, ids[r]]; delta = onehot(ids) - p"),
     METHOD(sgd, "sgd(p, u, decay, rate, momentum): one SGD update of p in place"),
+    METHOD(slope_act, "slope_act(x, a): x = x > 0 ? x : a*x in place (leaky, relie)"),
+    METHOD(slope_grad, "slope_grad(y, out, a[, delta]): out = (y > 0 ? 1 : a) [* delta]"),
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "_kernels",
-    "darknetpy's training kernels: LSTM/GRU step math, softmax and cross-entropy, one-hot gradient, Adam/SGD.",
+    "darknetpy's training kernels: LSTM/GRU step math, one-hot projection and gradient, leaky/relie, softmax and cross-entropy, Adam/SGD.",
     -1, methods,
 };
 

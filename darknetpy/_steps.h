@@ -165,6 +165,24 @@ static void K(gru_back)(float *restrict dh, const float *restrict drh, const flo
     }
 }
 
+/* Darknet's activations that are x above zero and a x below (leaky a = 0.1, relie 0.01), in place:
+ * the same bits as activations.py's max(x, a x), signed zeros and NaN included. */
+static void K(slope_act)(float *x, Py_ssize_t m, float a)
+{
+    EACH(j, m) x[j] = x[j] > 0.0f ? x[j] : a * x[j];
+}
+
+/* Their derivative from the output y, 1 or a, times delta when there is one (delta through the
+ * activation; delta may be out itself), as activations.py's gradient_into and delta_through. */
+static void K(slope_grad)(const float *y, const float *delta, float *out, Py_ssize_t m, float a)
+{
+    if (delta) {
+        EACH(j, m) out[j] = delta[j] * (y[j] > 0.0f ? 1.0f : a);
+    } else {
+        EACH(j, m) out[j] = y[j] > 0.0f ? 1.0f : a;
+    }
+}
+
 /* Softmax over each of the `slices` slices of `width` floats of x, at temperature t
  * (layers/softmax.py's forward, as Darknet: exp(x/t - max/t), then divided by the sum). The max
  * and the sum run in 8 lanes, so that they vectorize (a single running sum waits on each add). */

@@ -1,9 +1,28 @@
 """Activations written differently from Darknet's C expressions (for speed) against them, bit for
-bit, on the values where such rewrites go wrong: signed zeros, denormals, infinities, NaN."""
+bit, on the values where such rewrites go wrong: signed zeros, denormals, infinities, NaN. The
+in-place, gradient and delta forms run twice: through numpy, and through the C kernels (leaky,
+relie) when they are built."""
 import numpy as np
 import pytest
 
+import darknetpy.layers as layers
 from darknetpy import activations
+
+
+# (activation, which code runs its float32 forms): every one through numpy, those with C kernels
+# through them too.
+FORMS = [(name, "numpy") for name in sorted(activations.ACTIVATIONS)] + [(name, "kernels") for name in sorted(activations.SLOPES)]
+
+
+@pytest.fixture
+def path(request, monkeypatch):
+    """Run the case's forms through numpy, or through the kernels (skipped when they are not in use)."""
+    if request.param == "numpy":
+        monkeypatch.setattr(layers, "KERNELS", None)
+    elif layers.KERNELS is None:
+        pytest.skip("the C kernels are not in use (not built, or DARKNETPY_KERNELS=0)")
+    return request.param
+
 
 f32 = np.float32
 EDGES = np.array([0.0, -0.0, 1e-45, -1e-45, 1e-38, -1e-38, 3.4e38, -3.4e38, np.inf, -np.inf, np.nan,
@@ -40,8 +59,8 @@ def test_piecewise_gradient_matches_darknet_bitwise(name):
     assert_bitwise(activations.get(name)[1](VALUES.reshape(16, -1)).ravel(), expected)
 
 
-@pytest.mark.parametrize("name", sorted(activations.ACTIVATIONS))
-def test_in_place_form_equals_the_function_bitwise(name):
+@pytest.mark.parametrize("name,path", FORMS, indirect=["path"])
+def test_in_place_form_equals_the_function_bitwise(name, path):
     """The step loops' in-place activations (and the copying fallback) give f(x) exactly."""
     f = activations.get(name)[0]
     x = VALUES.reshape(16, -1).copy()
@@ -52,8 +71,8 @@ def test_in_place_form_equals_the_function_bitwise(name):
     assert_bitwise(x, expected)
 
 
-@pytest.mark.parametrize("name", sorted(activations.ACTIVATIONS))
-def test_gradient_into_equals_the_gradient_bitwise(name):
+@pytest.mark.parametrize("name,path", FORMS, indirect=["path"])
+def test_gradient_into_equals_the_gradient_bitwise(name, path):
     """The training loops' gradients written into a buffer (and the copying fallback) give df(y)."""
     y = VALUES.reshape(16, -1)
     out = np.full_like(y, 7)
@@ -64,8 +83,8 @@ def test_gradient_into_equals_the_gradient_bitwise(name):
     assert_bitwise(out, expected)
 
 
-@pytest.mark.parametrize("name", sorted(activations.ACTIVATIONS))
-def test_delta_through_is_delta_times_the_gradient_bitwise(name):
+@pytest.mark.parametrize("name,path", FORMS, indirect=["path"])
+def test_delta_through_is_delta_times_the_gradient_bitwise(name, path):
     y = VALUES.reshape(16, -1)
     delta = np.random.default_rng(1).normal(0, 3, y.shape).astype(np.float32)
     with np.errstate(all="ignore"):

@@ -200,6 +200,43 @@ def test_onehot_project(T, S, k, V, L):
         K.onehot_project(out, table[:, :k - 1].copy(), ids)  # rows shorter than k
 
 
+def test_activations_use_the_kernels_for_float32_arrays_in_c_order(monkeypatch):
+    """leaky/relie's in-place, gradient and delta forms call the kernels for float32 C-order arrays
+    and only for them (their values: tests/test_activations.py)."""
+    from darknetpy import activations
+    calls = []
+
+    class Spy:
+        def __getattr__(self, name):
+            calls.append(name)
+            return getattr(K, name)
+    monkeypatch.setattr(layers, "KERNELS", Spy())
+    x, y, d = (np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4) for _ in range(3))
+    activations.in_place("leaky")(x, np.empty_like(x))
+    activations.gradient_into("relie")(y, np.empty_like(y))
+    activations.delta_through("leaky")(d, y, np.empty_like(y))
+    assert calls == ["slope_act", "slope_grad", "slope_grad"]
+    activations.in_place("leaky")(x.astype(np.float64), np.empty((3, 4)))
+    activations.in_place("relie")(x.T, np.empty_like(x.T))
+    activations.in_place("tanh")(x, np.empty_like(x))
+    assert len(calls) == 3
+
+
+def test_slope_kernels_check_their_arguments():
+    """(Their values: tests/test_activations.py, bit for bit against numpy and Darknet.)"""
+    x = np.zeros(8, np.float32)
+    with pytest.raises(ValueError, match="slope"):
+        K.slope_act(x, 1.5)
+    with pytest.raises(TypeError, match="float32"):
+        K.slope_act(x.astype(np.float64), 0.1)
+    with pytest.raises(ValueError, match="expected"):
+        K.slope_grad(x, np.zeros(7, np.float32), 0.1)
+    with pytest.raises(ValueError, match="expected"):
+        K.slope_grad(x, x.copy(), 0.1, np.zeros(9, np.float32))
+    with pytest.raises(TypeError):
+        K.slope_grad(x, x)
+
+
 @pytest.mark.parametrize("groups,temperature", [(1, 1.0), (1, 0.7), (4, 1.0), (2, 1.6)])
 def test_softmax_and_cross_entropy(groups, temperature, write_cfg, monkeypatch):
     """The training softmax and its loss (cost and delta) against the numpy code of
