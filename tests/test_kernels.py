@@ -200,6 +200,26 @@ def test_onehot_project(T, S, k, V, L):
         K.onehot_project(out, table[:, :k - 1].copy(), ids)  # rows shorter than k
 
 
+@pytest.mark.parametrize("shape", [(3, 16, 32), (2, 13, 21), (4, 8, 1030), (5, 1, 7), (9, 7), (0, 4, 4), (2, 0, 3)])
+def test_transpose(shape):
+    """out = x with its last two axes swapped, exactly: whole 8 x 8 blocks, ragged edges, 2-D, empty."""
+    x = np.random.default_rng(len(shape)).normal(0, 1, shape).astype(np.float32)
+    out = np.full(shape[:-2] + shape[:-3:-1], np.nan, np.float32)
+    K.transpose(out, x)
+    np.testing.assert_array_equal(out, np.swapaxes(x, -1, -2))
+    assert layers.transpose_into(np.empty_like(out), x).tobytes() == out.tobytes()
+
+
+def test_transpose_checks_shapes_and_falls_back_for_other_arrays():
+    x = np.zeros((2, 3, 4), np.float32)
+    with pytest.raises(ValueError, match="transpose"):
+        K.transpose(np.zeros((2, 3, 4), np.float32), x)
+    with pytest.raises(TypeError, match="float32"):
+        K.transpose(np.zeros((2, 4, 3)), x)
+    y = np.arange(24.0).reshape(2, 3, 4)[:, :, ::-1]  # float64, not C order: numpy's copy
+    np.testing.assert_array_equal(layers.transpose_into(np.empty((2, 4, 3)), y), np.swapaxes(y, 1, 2))
+
+
 def test_activations_use_the_kernels_for_float32_arrays_in_c_order(monkeypatch):
     """leaky/relie's in-place, gradient and delta forms call the kernels for float32 C-order arrays
     and only for them (their values: tests/test_activations.py)."""
@@ -266,6 +286,8 @@ NETS = {
     "gru-tanh-bn": "[gru]\noutput=5\ntanh=1\nbatch_normalize=1\n",
     "stack": "[lstm]\noutput=7\n[gru]\noutput=4\n",
     "stack-adam": "adam=1\n[lstm]\noutput=7\n[gru]\noutput=4\n",
+    "rnn-leaky": "[rnn]\noutput=8\nactivation=leaky\n",
+    "rnn-relie-bn-shortcut": "[rnn]\noutput=8\nactivation=relie\nbatch_normalize=1\nshortcut=1\n",
 }
 
 

@@ -16,9 +16,9 @@ def fused(name, dtype):
     """The compiled kernel `name` (darknetpy/_kernels.c) for float32 arrays, or None when it was
     not built, is switched off (DARKNETPY_KERNELS=0) or the net is not float32 (float64 runs the
     finite-difference checks). Each kernel computes what numpy code does (lstm.py, gru.py: the
-    function of the same name; connected.onehot_grad; project_steps' one-hot gather; the leaky
-    and relie forms in activations.py; Softmax.forward and .loss; optim.py: adam_update,
-    sgd_update), which stays the reference the tests hold it to."""
+    function of the same name; connected.onehot_grad; project_steps' one-hot gather;
+    transpose_into; the leaky and relie forms in activations.py; Softmax.forward and .loss;
+    optim.py: adam_update, sgd_update), which stays the reference the tests hold it to."""
     return getattr(KERNELS, name) if KERNELS is not None and dtype == np.float32 else None
 
 
@@ -85,15 +85,16 @@ class Recurrent(Layer):
             if s is not None:
                 s[slice(None) if stream is None else stream] = 0
 
-    def transposed(self, name, W, scale):
-        """Wᵀ with row j scaled by scale[j], in C order (BLAS's faster left operand for the step
-        loops' products), in the buffer `name`. Copied eight rows of W at a time: a transpose
+    def transposed(self, name, W, scale=None):
+        """Wᵀ with row j scaled by scale[j] (if given), in C order (BLAS's faster left operand for
+        the step loops' products), in the buffer `name`. Copied eight rows of W at a time: a transpose
         copied whole reads down columns whose elements lie a power of two apart, which share cache
         sets and thrash (0.6 ms for 256 x 1024; 0.15 ms this way)."""
         out = self.buffer(name, W.shape[::-1])
         for a in range(0, W.shape[0], 8):
             np.copyto(out[:, a:a + 8], W[a:a + 8].T)
-        out *= scale[:, None]
+        if scale is not None:
+            out *= scale[:, None]
         return out
 
     def project_steps(self, dense, x, bias, scale, train):
@@ -109,7 +110,7 @@ class Recurrent(Layer):
         out = self.buffer("XU", (T, k, S))
         if dense.bn:
             z = dense.normalize(dense.matmul(rows(x)).reshape(T, S, k), train) * scale
-            np.copyto(out, z.transpose(0, 2, 1))
+            transpose_into(out, z)
         elif x.dtype.kind in "iu" and fused("onehot_project", self.dtype):
             V = dense.W.shape[0]  # rows padded by 16 floats: see _kernels.c
             table = self.buffer("table", (V, k + 16))
@@ -136,6 +137,17 @@ class Recurrent(Layer):
         for d in self.denses:
             out.update(d.params(updates))
         return out
+
+
+def transpose_into(out, x):
+    """out = x with its last two axes swapped, (B, R, C) -> (B, C, R) or (R, C) -> (C, R): the
+    layout changes around the feature-major step loops. The C kernel for float32 arrays in C
+    order (numpy's strided copy is 2-4x slower when a row is a multiple of 4 KB), else numpy."""
+    if out.dtype == x.dtype and out.flags.c_contiguous and x.flags.c_contiguous and fused("transpose", x.dtype):
+        KERNELS.transpose(out, x)
+    else:
+        np.copyto(out, np.swapaxes(x, -1, -2))
+    return out
 
 
 def times(W, streams):

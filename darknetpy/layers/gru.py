@@ -12,7 +12,7 @@ from functools import partial
 
 import numpy as np
 
-from . import Recurrent, fused, halves, projector, rows, sigmoid_grad, tanh_grad, times
+from . import Recurrent, fused, halves, projector, rows, sigmoid_grad, tanh_grad, times, transpose_into
 from .connected import Dense, row_sum
 
 
@@ -62,12 +62,12 @@ class GRU(Recurrent):
                 np.matmul(WhT, RH[t], out=c)
             if train:
                 step(self.tanh, c, XU[t, 2 * n:], zr, h, H[t + 1], P[t])
-                np.copyto(RHrows[t].T, RH[t])
+                transpose_into(RHrows[t], RH[t])
             else:
                 step(self.tanh, c, XU[t, 2 * n:], zr, h, H[t + 1])
         Y = self.buffer("Y", (T + 1, S, n))      # back to (steps, streams, n); Y[t] is h before step t
         Y[0] = h0
-        np.copyto(Y[1:], H[1:].transpose(0, 2, 1))
+        transpose_into(Y[1:], H[1:])
         h0[...] = Y[T]
         if train:
             self.x = rows(x)
@@ -103,7 +103,7 @@ class GRU(Recurrent):
         n, wzr, wh, u = self.outputs, self.wzr, self.wh, self.u
         ZR, P, Y = self._buf_ZR, self._buf_P, self._buf_Y
         DH = self.buffer("DH", (T, n, S))
-        np.copyto(DH, dh_out.transpose(0, 2, 1))
+        transpose_into(DH, dh_out)
         d = self.buffer("d", (3 * n, S))         # this step's deltas of the pre-activations z r c
         dP = self._buf_XU.reshape(T, S, 3 * n)   # every step's as rows, for the weight gradients (in
                                                  # the memory of the spent input projections)
@@ -124,7 +124,7 @@ class GRU(Recurrent):
             if self.bn:
                 dPzr[t] = wzr.backward_norm(dzr.T[None])[0]
                 dzr = dPzr[t].T
-            np.copyto(dP[t].T, d)                               # while d is in cache
+            transpose_into(dP[t], d)                               # while d is in cache
             if t:  # truncated BPTT: nothing flows into the previous datum's state
                 dh += np.matmul(wzr.W, dzr, out=a)              # dh_prev = dh ⊙ z + drh ⊙ r + Wzr [dz dr]
         if self.bn:  # (the w sub-layers' bias gradients came with each step's backward_norm)

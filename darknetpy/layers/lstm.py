@@ -9,7 +9,7 @@ Gate columns are ordered i, f, o, g — Darknet's save order wi, wf, wo, wg / ui
 """
 import numpy as np
 
-from . import Recurrent, fused, halves, rows, sigmoid_grad, tanh_grad, times
+from . import Recurrent, fused, halves, rows, sigmoid_grad, tanh_grad, times, transpose_into
 from .connected import Dense, row_sum
 
 
@@ -51,7 +51,7 @@ class LSTM(Recurrent):
             step(g, XU[t], C[t], C[t + 1], TC[t], H[t + 1])
         Y = self.buffer("Y", (T + 1, S, n))      # back to (steps, streams, n); Y[t] is h before step t
         Y[0] = h0
-        np.copyto(Y[1:], H[1:].transpose(0, 2, 1))
+        transpose_into(Y[1:], H[1:])
         h0[...], c0[...] = Y[T], C[T].T
         if train:
             self.x = rows(x)
@@ -106,7 +106,7 @@ class LSTM(Recurrent):
         # memory of the spent input projections: the weight gradients' matmuls and the one-hot
         # gradient read rows at full speed.
         DH = self.buffer("DH", (T, n, S))
-        np.copyto(DH, dh_out.transpose(0, 2, 1))
+        transpose_into(DH, dh_out)
         d = self.buffer("d", (4 * n, S))
         dG = self._buf_XU.reshape(T, S, 4 * n)
         dGw = self.buffer("dGw", (T, S, 4 * n)) if self.bn else dG  # through w's batchnorm
@@ -115,7 +115,7 @@ class LSTM(Recurrent):
         back = fused("lstm_back", self.dtype) or lstm_back
         for t in reversed(range(T)):
             back(dh, dc, DH[t], G[t], C[t], TC[t], d)
-            np.copyto(dG[t].T, d)
+            transpose_into(dG[t], d)
             if self.bn:
                 dGw[t] = w.backward_norm(dG[t][None])[0]
             if t:  # the gradient into the previous datum's state is not propagated (truncated BPTT)
