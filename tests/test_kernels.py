@@ -216,8 +216,10 @@ def test_transpose_checks_shapes_and_falls_back_for_other_arrays():
         K.transpose(np.zeros((2, 3, 4), np.float32), x)
     with pytest.raises(TypeError, match="float32"):
         K.transpose(np.zeros((2, 4, 3)), x)
-    y = np.arange(24.0).reshape(2, 3, 4)[:, :, ::-1]  # float64, not C order: numpy's copy
-    np.testing.assert_array_equal(layers.transpose_into(np.empty((2, 4, 3)), y), np.swapaxes(y, 1, 2))
+    for shape in ((2, 3, 4), (2, 11, 1030)):  # float64, not C order: numpy's copy, whole and by eight rows
+        y = np.arange(np.prod(shape), dtype=np.float64).reshape(shape)[:, :, ::-1]
+        got = layers.transpose_into(np.empty((shape[0], shape[2], shape[1])), y)
+        np.testing.assert_array_equal(got, np.swapaxes(y, 1, 2))
 
 
 def test_activations_use_the_kernels_for_float32_arrays_in_c_order(monkeypatch):
