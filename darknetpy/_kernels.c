@@ -69,6 +69,28 @@ static int get_typed(PyObject *const *objs, Py_buffer *bufs, const char *kinds, 
     return 0;
 }
 
+/* get_typed for a call that takes exactly strlen(kinds) arrays, else TypeError with `usage`. */
+static int typed_args(PyObject *const *args, Py_ssize_t nargs, Py_buffer *bufs, const char *kinds,
+                      const char *usage)
+{
+    if (nargs != (Py_ssize_t)strlen(kinds)) {
+        PyErr_SetString(PyExc_TypeError, usage);
+        return -1;
+    }
+    return get_typed(args, bufs, kinds, (int)nargs);
+}
+
+/* 0 if every one of `count` class ids is in [0, V), else -1 with a ValueError naming `who`. */
+static int check_ids(const int64_t *id, Py_ssize_t count, Py_ssize_t V, const char *who)
+{
+    for (Py_ssize_t e = 0; e < count; e++)
+        if (id[e] < 0 || id[e] >= V) {
+            PyErr_Format(PyExc_ValueError, "%s: id %lld out of range [0, %zd)", who, (long long)id[e], V);
+            return -1;
+        }
+    return 0;
+}
+
 /* The float32 buffers of `count` arrays (all written to), each required to hold sizes[i] * m
  * floats; m is taken from the first array whose size is 1 (sizes[i] == 1). Returns m, or -1 with
  * an exception set and nothing held. */
@@ -329,11 +351,7 @@ static PyObject *sgd(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 static PyObject *onehot_grad(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     Py_buffer b[3];
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "onehot_grad(dW, ids, dz)");
-        return NULL;
-    }
-    if (get_typed(args, b, "Fqf", 3) < 0)
+    if (typed_args(args, nargs, b, "Fqf", "onehot_grad(dW, ids, dz)") < 0)
         return NULL;
     PyObject *result = NULL;
     if (b[0].ndim != 2 || b[2].ndim != 2 || b[1].ndim != 1 || b[0].shape[1] != b[2].shape[1] ||
@@ -345,11 +363,9 @@ static PyObject *onehot_grad(PyObject *self, PyObject *const *args, Py_ssize_t n
     const int64_t *id = b[1].buf;
     const float *dz = b[2].buf;
     Py_ssize_t V = b[0].shape[0], k = b[0].shape[1], R = b[1].shape[0];
+    if (check_ids(id, R, V, "onehot_grad") < 0)
+        goto out;
     for (Py_ssize_t r = 0; r < R; r++) {
-        if (id[r] < 0 || id[r] >= V) {
-            PyErr_Format(PyExc_ValueError, "onehot_grad: id %lld out of range [0, %zd)", (long long)id[r], V);
-            goto out;
-        }
         float *restrict row = dW + id[r] * k;
         const float *restrict src = dz + r * k;
         for (Py_ssize_t j = 0; j < k; j++)
@@ -423,11 +439,7 @@ __attribute__((target("avx2"))) static void gather_avx2(float *restrict out, con
 static PyObject *onehot_project(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     Py_buffer b[3];
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "onehot_project(out, table, ids)");
-        return NULL;
-    }
-    if (get_typed(args, b, "Ffq", 3) < 0)
+    if (typed_args(args, nargs, b, "Ffq", "onehot_project(out, table, ids)") < 0)
         return NULL;
     PyObject *result = NULL;
     const float **rows = NULL;
@@ -440,11 +452,8 @@ static PyObject *onehot_project(PyObject *self, PyObject *const *args, Py_ssize_
     Py_ssize_t V = b[1].shape[0], L = b[1].shape[1];
     const float *table = b[1].buf;
     const int64_t *id = b[2].buf;
-    for (Py_ssize_t e = 0; e < T * S; e++)
-        if (id[e] < 0 || id[e] >= V) {
-            PyErr_Format(PyExc_ValueError, "onehot_project: id %lld out of range [0, %zd)", (long long)id[e], V);
-            goto out;
-        }
+    if (check_ids(id, T * S, V, "onehot_project") < 0)
+        goto out;
     rows = PyMem_Malloc((S ? S : 1) * sizeof *rows);
     if (!rows) {
         PyErr_NoMemory();
@@ -485,11 +494,7 @@ static void transpose_base(float *restrict out, const float *restrict x, Py_ssiz
 static PyObject *transpose(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     Py_buffer b[2];
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "transpose(out, x)");
-        return NULL;
-    }
-    if (get_typed(args, b, "Ff", 2) < 0)
+    if (typed_args(args, nargs, b, "Ff", "transpose(out, x)") < 0)
         return NULL;
     int d = b[1].ndim;
     if (d < 2 || d > 3 || b[0].ndim != d || (d == 3 && b[0].shape[0] != b[1].shape[0]) ||
@@ -550,11 +555,7 @@ static PyObject *softmax(PyObject *self, PyObject *const *args, Py_ssize_t nargs
 static PyObject *xent(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     Py_buffer b[3];
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "xent(p, ids, delta)");
-        return NULL;
-    }
-    if (get_typed(args, b, "fqF", 3) < 0)
+    if (typed_args(args, nargs, b, "fqF", "xent(p, ids, delta)") < 0)
         return NULL;
     PyObject *result = NULL;
     if (b[0].ndim != 2 || b[2].ndim != 2 || b[1].ndim != 1 || b[0].shape[0] != b[2].shape[0] ||
@@ -567,11 +568,9 @@ static PyObject *xent(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     float *D = b[2].buf;
     Py_ssize_t R = b[0].shape[0], n = b[0].shape[1];
     double cost = 0.0;
+    if (check_ids(id, R, n, "xent") < 0)
+        goto out;
     for (Py_ssize_t r = 0; r < R; r++) {
-        if (id[r] < 0 || id[r] >= n) {
-            PyErr_Format(PyExc_ValueError, "xent: id %lld out of range [0, %zd)", (long long)id[r], n);
-            goto out;
-        }
         const float *row = P + r * n;
         float *drow = D + r * n;
         for (Py_ssize_t j = 0; j < n; j++)
