@@ -222,6 +222,41 @@ def test_transpose_checks_shapes_and_falls_back_for_other_arrays():
         np.testing.assert_array_equal(got, np.swapaxes(y, 1, 2))
 
 
+@pytest.mark.parametrize("G,R,n", [(1, 32, 24), (64, 3, 7), (5, 2, 1), (3, 17, 40)])
+def test_batchnorm_kernels_give_numpys_bits(G, R, n, monkeypatch):
+    """Dense.normalize (training) and backward_norm through the kernels and through numpy: outputs,
+    cached statistics, rolling statistics, the delta and the scale updates all equal to the bit."""
+    from darknetpy.layers.connected import Dense
+    rng = np.random.default_rng(G * R + n)
+    z = rng.normal(0.5, 2, (G, R, n)).astype(np.float32)
+    z[:, :, 0] = 3.0  # a constant feature: σ = 0
+    dz = rng.normal(0, 1, (G, R, n)).astype(np.float32)
+    runs = []
+    for kernels in (None, K):
+        monkeypatch.setattr(layers, "KERNELS", kernels)
+        dense = Dense(4, n, ["x"], True, np.random.default_rng(0))
+        dense.scales[...] = rng.normal(1, 0.3, n).astype(np.float32) if not runs else runs[0][-1]
+        out = dense.normalize(z.copy(), True)
+        cached = [a.copy() for a in dense.cache[-1]]
+        dx = dense.backward_norm(dz.copy())
+        runs.append([out, *cached, dense.rolling_mean, dense.rolling_variance, dx, dense.dscales, dense.db,
+                     dense.scales.copy()])
+    for a, b, name in zip(*runs, "out xhat sigma d rolling_mean rolling_variance dx dscales db scales".split()):
+        np.testing.assert_array_equal(b, a, err_msg=name)
+
+
+def test_batchnorm_kernels_check_shapes():
+    f32 = lambda *s: np.zeros(s, np.float32)
+    with pytest.raises(ValueError, match="rows >= 2"):
+        K.bn_forward(f32(2, 1, 3), f32(2, 1, 3), f32(2, 1, 3), f32(4, 2, 3), f32(3), f32(3), 1e-6)
+    with pytest.raises(ValueError, match="argument 4"):
+        K.bn_forward(f32(2, 5, 3), f32(2, 5, 3), f32(2, 5, 3), f32(3, 2, 3), f32(3), f32(3), 1e-6)
+    with pytest.raises(ValueError, match="argument 6"):
+        K.bn_backward(f32(2, 5, 3), f32(2, 5, 3), f32(2, 3), f32(2, 3), f32(3), f32(2, 5, 2), f32(3))
+    with pytest.raises(TypeError):
+        K.bn_forward(f32(2, 5, 3))
+
+
 def test_activations_use_the_kernels_for_float32_arrays_in_c_order(monkeypatch):
     """leaky/relie's in-place, gradient and delta forms call the kernels for float32 C-order arrays
     and only for them (their values: tests/test_activations.py)."""

@@ -16,9 +16,10 @@ def fused(name, dtype):
     """The compiled kernel `name` (darknetpy/_kernels.c) for float32 arrays, or None when it was
     not built, is switched off (DARKNETPY_KERNELS=0) or the net is not float32 (float64 runs the
     finite-difference checks). Each kernel computes what numpy code does (lstm.py, gru.py: the
-    function of the same name; connected.onehot_grad; project_steps' one-hot gather;
-    transpose_into; the leaky and relie forms in activations.py; Softmax.forward and .loss;
-    optim.py: adam_update, sgd_update), which stays the reference the tests hold it to."""
+    function of the same name; connected.onehot_grad and Dense's batchnorm in training;
+    project_steps' one-hot gather; transpose_into; the leaky and relie forms in activations.py;
+    Softmax.forward and .loss; optim.py: adam_update, sgd_update), which stays the reference the
+    tests hold it to."""
     return getattr(KERNELS, name) if KERNELS is not None and dtype == np.float32 else None
 
 

@@ -108,19 +108,26 @@ class Dense(Buffers):
             z += self.b
             return z
         if train:
-            mean = z.mean(axis=1)
-            var = z.var(axis=1, ddof=1)
+            kernel = fused("bn_forward", z.dtype) if z.flags.c_contiguous and z.shape[1] > 1 else None
+            if kernel:  # the same bits as below, in three passes
+                xhat, out = np.empty_like(z), np.empty_like(z)
+                mean, var, sigma, d = stats = np.empty((4, z.shape[0], z.shape[2]), np.float32)
+                kernel(z, xhat, out, stats, self.scales, self.b, BN_EPS)
+            else:
+                mean = z.mean(axis=1)
+                var = z.var(axis=1, ddof=1)
+                sigma = np.sqrt(var)
+                d = sigma + BN_EPS
+                xhat = (z - mean[:, None]) / d[:, None]
+                out = xhat * self.scales + self.b
             for g in range(z.shape[0]):
                 self.rolling_mean *= np.float32(0.99)
                 self.rolling_mean += np.float32(0.01) * mean[g]
                 self.rolling_variance *= np.float32(0.99)
                 self.rolling_variance += np.float32(0.01) * var[g]
-            sigma = np.sqrt(var)
-            d = sigma + BN_EPS
-            xhat = (z - mean[:, None]) / d[:, None]
             self.cache.append((xhat, sigma, d))
-        else:
-            xhat = (z - self.rolling_mean) / (np.sqrt(self.rolling_variance) + BN_EPS)
+            return out
+        xhat = (z - self.rolling_mean) / (np.sqrt(self.rolling_variance) + BN_EPS)
         return xhat * self.scales + self.b
 
     def folded(self):
@@ -142,6 +149,11 @@ class Dense(Buffers):
         if not self.bn:
             return dz
         xhat, sigma, d = self.cache.pop()
+        kernel = fused("bn_backward", dz.dtype) if dz.flags.c_contiguous and xhat.flags.c_contiguous else None
+        if kernel:  # the same bits as below, in two passes
+            dx = np.empty_like(dz)
+            kernel(dz, xhat, sigma, d, self.scales, dx, self.dscales)
+            return dx
         self.dscales += (dz * xhat).sum(axis=(0, 1))
         g = dz * self.scales
         rows = g.shape[1]

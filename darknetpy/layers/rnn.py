@@ -54,8 +54,8 @@ class RNN(Recurrent):
         for t in range(T):
             b = B[t]
             np.matmul(WT, Sf[t], out=b)
-            if W.bn:
-                b[...] = W.normalize(b.T[None], train)[0].T
+            if W.bn:  # statistics over the streams, on rows in C order (what the batchnorm kernel takes)
+                b[...] = W.normalize(np.ascontiguousarray(b.T)[None], train)[0].T
             else:
                 b += W.b[:, None]
             self.f_(b, scratch)
@@ -107,7 +107,7 @@ class RNN(Recurrent):
             db = dB[t]
             db *= ds
             if W.bn:
-                db[...] = W.backward_norm(db.T[None])[0].T
+                db[...] = W.backward_norm(np.ascontiguousarray(db.T)[None])[0].T
             if t:  # truncated BPTT: nothing flows into the previous datum's state
                 dSf[t - 1] += np.matmul(W.W, db, out=a)
                 if self.shortcut:
