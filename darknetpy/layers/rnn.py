@@ -100,11 +100,11 @@ class RNN(Recurrent):
         V.back(rows(dzv), out=rows(dS))
         dSf = self.buffer("dSf", (T, n, S))      # feature-major for the step loop, as forward
         transpose_into(dSf, dS)
-        dB = self.gradient(B, self.buffer("dBf", (T, n, S)))  # the self sub-layer's activation derivative
+        dBf = self.gradient(B, self.buffer("dBf", (T, n, S)))  # the self sub-layer's activation derivative
         a = self._buf_scratch_f
         for t in reversed(range(T)):
             ds = dSf[t]                          # already holds the contribution of step t+1
-            db = dB[t]
+            db = dBf[t]
             db *= ds
             if W.bn:
                 db[...] = W.backward_norm(np.ascontiguousarray(db.T)[None])[0].T
@@ -112,9 +112,8 @@ class RNN(Recurrent):
                 dSf[t - 1] += np.matmul(W.W, db, out=a)
                 if self.shortcut:
                     dSf[t - 1] += ds
-        transpose_into(dS, dSf)   # back to rows
-        dBf, dB = dB, self.buffer("dB", (T, S, n))
-        transpose_into(dB, dBf)
+        transpose_into(dS, dSf)                  # back to rows
+        dB = transpose_into(self.buffer("dB", (T, S, n)), dBf)
         if not W.bn:
             W.backward_norm(dB)
         W.accumulate(rows(St[:T]), rows(dB))
