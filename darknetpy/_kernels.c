@@ -91,6 +91,19 @@ static int check_ids(const int64_t *id, Py_ssize_t count, Py_ssize_t V, const ch
     return 0;
 }
 
+/* The shapes of a call with class ids: ids (R,) naming the rows of `rows` (R, k), and `other` 2-D
+ * with k columns (and R rows too when same_rows). 0, or -1 with a ValueError saying `usage`. */
+static int id_shapes(const Py_buffer *ids, const Py_buffer *rows, const Py_buffer *other, int same_rows,
+                     const char *usage)
+{
+    if (ids->ndim != 1 || rows->ndim != 2 || other->ndim != 2 || rows->shape[0] != ids->shape[0] ||
+        other->shape[1] != rows->shape[1] || (same_rows && other->shape[0] != rows->shape[0])) {
+        PyErr_SetString(PyExc_ValueError, usage);
+        return -1;
+    }
+    return 0;
+}
+
 /* The float32 buffers of `count` arrays (all written to), each required to hold sizes[i] * m
  * floats; m is taken from the first array whose size is 1 (sizes[i] == 1). Returns m, or -1 with
  * an exception set and nothing held. */
@@ -509,11 +522,8 @@ static PyObject *onehot_grad(PyObject *self, PyObject *const *args, Py_ssize_t n
     if (typed_args(args, nargs, b, "Fqf", "onehot_grad(dW, ids, dz)") < 0)
         return NULL;
     PyObject *result = NULL;
-    if (b[0].ndim != 2 || b[2].ndim != 2 || b[1].ndim != 1 || b[0].shape[1] != b[2].shape[1] ||
-        b[2].shape[0] != b[1].shape[0]) {
-        PyErr_SetString(PyExc_ValueError, "onehot_grad: dW (V, k), ids (R,), dz (R, k)");
+    if (id_shapes(&b[1], &b[2], &b[0], 0, "onehot_grad: dW (V, k), ids (R,), dz (R, k)") < 0)
         goto out;
-    }
     float *dW = b[0].buf;
     const int64_t *id = b[1].buf;
     const float *dz = b[2].buf;
@@ -713,11 +723,8 @@ static PyObject *xent(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     if (typed_args(args, nargs, b, "fqF", "xent(p, ids, delta)") < 0)
         return NULL;
     PyObject *result = NULL;
-    if (b[0].ndim != 2 || b[2].ndim != 2 || b[1].ndim != 1 || b[0].shape[0] != b[2].shape[0] ||
-        b[0].shape[1] != b[2].shape[1] || b[1].shape[0] != b[0].shape[0]) {
-        PyErr_SetString(PyExc_ValueError, "xent: p (R, n), ids (R,), delta (R, n)");
+    if (id_shapes(&b[1], &b[0], &b[2], 1, "xent: p (R, n), ids (R,), delta (R, n)") < 0)
         goto out;
-    }
     const float *P = b[0].buf;
     const int64_t *id = b[1].buf;
     float *D = b[2].buf;

@@ -7,7 +7,7 @@ Both work in place-free numpy float32 and accept any array shape.
 import numpy as np
 
 from .errors import DarknetpyError
-from .layers import fused
+from .layers import fused_for
 
 f32 = np.float32
 
@@ -86,13 +86,6 @@ def _copying(fn, target):
 SLOPES = {"leaky": 0.1, "relie": 0.01}
 
 
-def _kernel_for(name, *arrays):
-    """The kernel `name` when every array is float32 in C order and the kernels are built, else None."""
-    if all(a.dtype == np.float32 and a.flags.c_contiguous for a in arrays):
-        return fused(name, np.float32)
-    return None
-
-
 def in_place(name):
     """f(x, scratch) that activates x in place (scratch: an array like x it may use). Activations
     without an in-place form here fall back to copying f(x) back into x."""
@@ -102,7 +95,7 @@ def in_place(name):
     a = SLOPES[name]
 
     def act(x, scratch):
-        kernel = _kernel_for("slope_act", x)
+        kernel = fused_for("slope_act", x)
         if kernel is None:
             return numpy_form(x, scratch)
         kernel(x, a)
@@ -131,7 +124,7 @@ def gradient_into(name):
     a = SLOPES[name]
 
     def grad(y, out):
-        kernel = _kernel_for("slope_grad", y, out)
+        kernel = fused_for("slope_grad", y, out)
         if kernel is None:
             return numpy_form(y, out)
         kernel(y, out, a)
@@ -147,7 +140,7 @@ def delta_through(name):
     grad = gradient_into(name)
 
     def through(delta, y, out):
-        kernel = _kernel_for("slope_grad", y, out, delta) if name in SLOPES else None
+        kernel = fused_for("slope_grad", y, out, delta) if name in SLOPES else None
         if kernel is None:
             return np.multiply(grad(y, out), delta, out=out)
         kernel(y, out, SLOPES[name], delta)

@@ -23,6 +23,14 @@ def fused(name, dtype):
     return getattr(KERNELS, name) if KERNELS is not None and dtype == np.float32 else None
 
 
+def fused_for(name, *arrays):
+    """The kernel `name` when every array is float32 in C order (what the kernels take) and the
+    kernels are in use, else None: the caller then runs its numpy form."""
+    if all(a.dtype == np.float32 and a.flags.c_contiguous for a in arrays):
+        return fused(name, np.float32)
+    return None
+
+
 def kernels_label():
     """What runs the float32 training math that has C kernels, for benchmark reports."""
     if KERNELS is not None:
@@ -142,8 +150,9 @@ def transpose_into(out, x):
     order, else numpy: for rows of 1024 and more eight of them at a time, since copied whole the
     reads run down columns whose elements lie 4 KB apart, which share cache sets and thrash (a
     256 x 1024 matrix: 0.9 ms whole, 0.3 ms by eight rows; shorter rows are faster whole)."""
-    if out.dtype == x.dtype and out.flags.c_contiguous and x.flags.c_contiguous and fused("transpose", x.dtype):
-        KERNELS.transpose(out, x)
+    kernel = fused_for("transpose", out, x)
+    if kernel:
+        kernel(out, x)
     elif x.shape[-1] < 1024:
         np.copyto(out, np.swapaxes(x, -1, -2))
     else:

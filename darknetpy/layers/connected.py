@@ -11,7 +11,7 @@ buffers accumulate negative gradients (Darknet's weight_updates / bias_updates /
 """
 import numpy as np
 
-from . import Buffers, Layer, fused, projector
+from . import Buffers, Layer, fused, fused_for, projector
 from .. import activations
 
 BN_EPS = np.float32(1e-6)  # Darknet adds it after the square root: (x - mean) / (sqrt(var) + 1e-6)
@@ -108,7 +108,7 @@ class Dense(Buffers):
             z += self.b
             return z
         if train:
-            kernel = fused("bn_forward", z.dtype) if z.flags.c_contiguous and z.shape[1] > 1 else None
+            kernel = fused_for("bn_forward", z) if z.shape[1] > 1 else None
             if kernel:  # the same bits as below, in three passes
                 xhat, out = np.empty_like(z), np.empty_like(z)
                 mean, var, sigma, d = stats = np.empty((4, z.shape[0], z.shape[2]), np.float32)
@@ -149,7 +149,7 @@ class Dense(Buffers):
         if not self.bn:
             return dz
         xhat, sigma, d = self.cache.pop()
-        kernel = fused("bn_backward", dz.dtype) if dz.flags.c_contiguous and xhat.flags.c_contiguous else None
+        kernel = fused_for("bn_backward", dz, xhat)
         if kernel:  # the same bits as below, in two passes
             dx = np.empty_like(dz)
             kernel(dz, xhat, sigma, d, self.scales, dx, self.dscales)

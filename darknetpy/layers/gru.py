@@ -124,7 +124,7 @@ class GRU(Recurrent):
             if self.bn:
                 dPzr[t] = wzr.backward_norm(dzr.T[None])[0]
                 dzr = dPzr[t].T
-            transpose_into(dP[t], d)                               # while d is in cache
+            transpose_into(dP[t], d)                            # while d is in cache
             if t:  # truncated BPTT: nothing flows into the previous datum's state
                 dh += np.matmul(wzr.W, dzr, out=a)              # dh_prev = dh ⊙ z + drh ⊙ r + Wzr [dz dr]
         if self.bn:  # (the w sub-layers' bias gradients came with each step's backward_norm)
