@@ -405,10 +405,9 @@ NO_CONTRACT static void batchnorm_backward(const float *restrict dz, const float
         dscales[j] = dscales[j] + ds[j];
 }
 
-/* The (G, R, n) shape of the first buffer, and every other one of `count` checked to be (G, R, n)
- * when big[i], else holding small[i] * G * n floats (or small[i] * n when per_group[i] is 0). */
-static int bn_shapes(Py_buffer *b, int count, const int *big, const int *small, const int *per_group,
-                     Py_ssize_t *G, Py_ssize_t *R, Py_ssize_t *n)
+/* The (G, R, n) shape of the first buffer, and the size of each other one checked against what
+ * layout[i] says: 'z' G R n floats (as the first), 'g' G n, '4' 4 G n, 'n' n. */
+static int bn_shapes(Py_buffer *b, const char *layout, Py_ssize_t *G, Py_ssize_t *R, Py_ssize_t *n)
 {
     if (b[0].ndim != 3 || (*R = b[0].shape[1]) < 2) {
         PyErr_SetString(PyExc_ValueError, "batchnorm: z (groups, rows >= 2, n) expected");
@@ -416,8 +415,9 @@ static int bn_shapes(Py_buffer *b, int count, const int *big, const int *small, 
     }
     *G = b[0].shape[0];
     *n = b[0].shape[2];
-    for (int i = 1; i < count; i++) {
-        Py_ssize_t want = big[i] ? *G * *R * *n : small[i] * (per_group[i] ? *G : 1) * *n;
+    for (int i = 1; layout[i]; i++) {
+        char c = layout[i];
+        Py_ssize_t want = (c == 'z' ? *G * *R : c == 'g' ? *G : c == '4' ? 4 * *G : 1) * *n;
         if (b[i].len != want * 4) {
             PyErr_Format(PyExc_ValueError, "batchnorm: argument %d: %zd floats, expected %zd", i + 1,
                          b[i].len / 4, want);
@@ -430,7 +430,6 @@ static int bn_shapes(Py_buffer *b, int count, const int *big, const int *small, 
 /* bn_forward(z, xhat, out, stats, scales, bias, eps) */
 static PyObject *bn_forward(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    static const int big[] = {1, 1, 1, 0, 0, 0}, small[] = {0, 0, 0, 4, 1, 1}, per_group[] = {0, 0, 0, 1, 0, 0};
     Py_buffer b[6];
     Py_ssize_t G, R, n;
     double eps = nargs == 7 ? PyFloat_AsDouble(args[6]) : -1.0;
@@ -441,7 +440,7 @@ static PyObject *bn_forward(PyObject *self, PyObject *const *args, Py_ssize_t na
     }
     if (typed_args(args, 6, b, "fFFFff", "") < 0)
         return NULL;
-    if (bn_shapes(b, 6, big, small, per_group, &G, &R, &n) < 0) {
+    if (bn_shapes(b, "zzz4nn", &G, &R, &n) < 0) {
         release(b, 6);
         return NULL;
     }
@@ -452,13 +451,11 @@ static PyObject *bn_forward(PyObject *self, PyObject *const *args, Py_ssize_t na
 /* bn_backward(dz, xhat, sigma, d, scales, dx, dscales) */
 static PyObject *bn_backward(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    static const int big[] = {1, 1, 0, 0, 0, 1, 0}, small[] = {0, 0, 1, 1, 1, 0, 1},
-                     per_group[] = {0, 0, 1, 1, 0, 0, 0};
     Py_buffer b[7];
     Py_ssize_t G, R, n;
     if (typed_args(args, nargs, b, "ffffFFF", "bn_backward(dz, xhat, sigma, d, scales, dx, dscales)") < 0)
         return NULL;
-    if (bn_shapes(b, 7, big, small, per_group, &G, &R, &n) < 0) {
+    if (bn_shapes(b, "zzggnzn", &G, &R, &n) < 0) {
         release(b, 7);
         return NULL;
     }
