@@ -1,5 +1,5 @@
 /* darknetpy._kernels: what numpy does in many passes over memory during training, in one: the
- * elementwise step math of the LSTM and GRU loops (_steps.h), the one-hot input projection and
+ * elementwise step math of the LSTM, GRU and RNN loops (_steps.h), the one-hot input projection and
  * weight gradient, the layout changes around the step loops (transpose), batchnorm in training,
  * the leaky/relie activations and their gradients, the training softmax and its cross-entropy, and
  * the Adam and SGD updates.
@@ -259,6 +259,40 @@ static PyObject *slope_grad(PyObject *self, PyObject *const *args, Py_ssize_t na
         return NULL;
     CALL(slope_grad, F(0), nargs == 4 ? F(2) : NULL, F(1), m, a);
     return done(b, count);
+}
+
+/* rnn_step(a, b, bias, x, s1[, s]) and rnn_back(a, ds1, w, y, d[, ds]): the slope first, then
+ * arrays of one size each. */
+static PyObject *rnn_call(PyObject *const *args, Py_ssize_t nargs, int back)
+{
+    static const int sizes[] = {1, 1, 1, 1, 1};
+    Py_buffer b[MAX_ARGS];
+    float a;
+    const char *usage = back ? "rnn_back(a, ds1, w, y, d[, ds])" : "rnn_step(a, b, bias, x, s1[, s])";
+    if (nargs != 5 && nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, usage);
+        return NULL;
+    }
+    if (slope_arg(args[0], &a) < 0)
+        return NULL;
+    Py_ssize_t m = start(args + 1, nargs - 1, 4, 5, usage, b, sizes);
+    if (m < 0)
+        return NULL;
+    if (back)
+        CALL(rnn_back, F(0), F(1), F(2), F(3), nargs == 6 ? F(4) : NULL, m, a);
+    else
+        CALL(rnn_step, F(0), F(1), F(2), F(3), nargs == 6 ? F(4) : NULL, m, a);
+    return done(b, nargs - 1);
+}
+
+static PyObject *rnn_step(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    return rnn_call(args, nargs, 0);
+}
+
+static PyObject *rnn_back(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    return rnn_call(args, nargs, 1);
 }
 
 /* The optimizer updates of one parameter array, float32 operation by operation as optim.py's
@@ -760,6 +794,8 @@ static PyMethodDef methods[] = {
     METHOD(transpose, "transpose(out, x): out[b, c, r] = x[b, r, c] (or 2-D)"),
     METHOD(bn_forward, "bn_forward(z, xhat, out, stats, scales, bias, eps): batchnorm in training; stats = mean, var, sigma, d"),
     METHOD(bn_backward, "bn_backward(dz, xhat, sigma, d, scales, dx, dscales): back through it; dscales accumulated"),
+    METHOD(rnn_step, "rnn_step(a, b, bias, x, s1[, s]): b = f(b + bias), s1 = x + b (+ s); f leaky/relie of slope a"),
+    METHOD(rnn_back, "rnn_back(a, ds1, w, y, d[, ds]): ds1 += w (+ ds), d = ds1 f'(y); f of slope a"),
     METHOD(slope_act, "slope_act(x, a): x = x > 0 ? x : a*x in place (leaky, relie)"),
     METHOD(slope_grad, "slope_grad(y, out, a[, delta]): out = (y > 0 ? 1 : a) [* delta]"),
     {NULL, NULL, 0, NULL},

@@ -1,4 +1,4 @@
-/* The elementwise math of one LSTM or GRU time step, fused into one pass over the step's arrays.
+/* The elementwise math of one LSTM, GRU or RNN time step, fused into one pass over the step's arrays.
  *
  * Included twice by _kernels.c: once for the baseline instruction set and once compiled for
  * AVX2+FMA, every name suffixed by K(). Each loop is written so the compiler vectorizes it: no
@@ -180,6 +180,44 @@ static void K(slope_grad)(const float *y, const float *delta, float *out, Py_ssi
         EACH(j, m) out[j] = delta[j] * (y[j] > 0.0f ? 1.0f : a);
     } else {
         EACH(j, m) out[j] = y[j] > 0.0f ? 1.0f : a;
+    }
+}
+
+/* One [rnn] step of layers/rnn.py for leaky and relie (slope a) after the self sub-layer's
+ * product b: b = f(b + bias) in place and s1 = x + b (+ s, the shortcut), the next state. The
+ * operations of rnn.py's numpy form, in its order: the same bits. */
+static void K(rnn_step)(float *restrict b, const float *restrict bias, const float *restrict x,
+                        float *restrict s1, const float *restrict s, Py_ssize_t m, float a)
+{
+    EACH(j, m) {
+        float v = b[j] + bias[j];
+        v = v > 0.0f ? v : a * v;
+        b[j] = v;
+        s1[j] = x[j] + v;
+    }
+    if (s) {
+        EACH(j, m) s1[j] = s1[j] + s[j];
+    }
+}
+
+/* Its way back, one step: ds1 += w (+ ds, the shortcut), the state's delta complete, then
+ * d = ds1 f'(y), the delta before the activation (f'(y) = y > 0 ? 1 : a, from the output y). */
+static void K(rnn_back)(float *restrict ds1, const float *restrict w, const float *restrict y,
+                        float *restrict d, const float *restrict ds, Py_ssize_t m, float a)
+{
+    if (ds) {
+        EACH(j, m) {
+            float v = ds1[j] + w[j];
+            v = v + ds[j];
+            ds1[j] = v;
+            d[j] = v * (y[j] > 0.0f ? 1.0f : a);
+        }
+    } else {
+        EACH(j, m) {
+            float v = ds1[j] + w[j];
+            ds1[j] = v;
+            d[j] = v * (y[j] > 0.0f ? 1.0f : a);
+        }
     }
 }
 

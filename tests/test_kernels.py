@@ -294,6 +294,41 @@ def test_slope_kernels_check_their_arguments():
         K.slope_grad(x, x)
 
 
+@pytest.mark.parametrize("activation", ["leaky", "relie"])
+@pytest.mark.parametrize("shortcut", [0, 1])
+def test_rnn_step_kernels_give_numpys_bits(activation, shortcut, write_cfg, monkeypatch):
+    """[rnn]'s step functions forward and back (layers/rnn.py, RNN.step_functions): the kernels
+    against the numpy forms, bit for bit, on values around zero (signed zeros included)."""
+    cfg = write_cfg(f"[net]\ninputs=4\n[rnn]\noutput=8\nactivation={activation}\nshortcut={shortcut}\n")
+    rng = np.random.default_rng(shortcut)
+    b, bias, x, s, w, y = arrays(rng, *[(8, 32)] * 6, low=-1, high=1)
+    b[0, :4] = y[0, :4] = [0.0, -0.0, 1e-40, -1e-40]
+    extra = (s,) if shortcut else ()
+    results = []
+    for kernels in (None, K):
+        monkeypatch.setattr(layers, "KERNELS", kernels)
+        step, back = Network(cfg).layers[0].step_functions(32)
+        assert isinstance(step, partial) == (kernels is not None)
+        out = [b.copy(), np.full_like(b, np.nan), s.copy(), np.full_like(b, np.nan)]
+        step(out[0], bias, x, out[1], *extra)
+        back(out[2], w, y, out[3], *extra)
+        results.append(out)
+    for got, want, name in zip(*reversed(results), ["b", "s1", "ds1", "d"]):
+        np.testing.assert_array_equal(got, want, err_msg=name)
+
+
+def test_rnn_step_kernels_check_their_arguments():
+    a = np.zeros((8, 4), np.float32)
+    with pytest.raises(ValueError, match="expected"):
+        K.rnn_step(0.1, a, a, a, np.zeros(31, np.float32))
+    with pytest.raises(ValueError, match="slope"):
+        K.rnn_back(-1.0, a, a, a, a)
+    with pytest.raises(TypeError, match="rnn_back"):
+        K.rnn_back(0.1, a, a, a)
+    with pytest.raises(TypeError, match="float32"):
+        K.rnn_step(0.1, a, a, a.astype(np.float64), a)
+
+
 @pytest.mark.parametrize("groups,temperature", [(1, 1.0), (1, 0.7), (4, 1.0), (2, 1.6)])
 def test_softmax_and_cross_entropy(groups, temperature, write_cfg, monkeypatch):
     """The training softmax and its loss (cost and delta) against the numpy code of

@@ -16,19 +16,22 @@ def fused(name, dtype):
     """The compiled kernel `name` (darknetpy/_kernels.c) for float32 arrays, or None when it was
     not built, is switched off (DARKNETPY_KERNELS=0) or the net is not float32 (float64 runs the
     finite-difference checks). Each kernel computes what numpy code does (lstm.py, gru.py: the
-    function of the same name; connected.onehot_grad and Dense's batchnorm in training;
-    project_steps' one-hot gather; transpose_into; the leaky and relie forms in activations.py;
-    Softmax.forward and .loss; optim.py: adam_update, sgd_update), which stays the reference the
-    tests hold it to."""
+    function of the same name; rnn.py: RNN.step_functions; connected.onehot_grad and Dense's
+    batchnorm in training; project_steps' one-hot gather; transpose_into; the leaky and relie
+    forms in activations.py; Softmax.forward and .loss; optim.py: adam_update, sgd_update), which
+    stays the reference the tests hold it to."""
     return getattr(KERNELS, name) if KERNELS is not None and dtype == np.float32 else None
 
 
 def fused_for(name, *arrays):
     """The kernel `name` when every array is float32 in C order (what the kernels take) and the
     kernels are in use, else None: the caller then runs its numpy form."""
-    if all(a.dtype == np.float32 and a.flags.c_contiguous for a in arrays):
-        return fused(name, np.float32)
-    return None
+    if KERNELS is None:
+        return None
+    for a in arrays:  # a loop, not all(...): this runs in the step loops, and a generator costs more
+        if a.dtype != np.float32 or not a.flags.c_contiguous:
+            return None
+    return getattr(KERNELS, name)
 
 
 def kernels_label():

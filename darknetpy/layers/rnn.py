@@ -5,9 +5,11 @@
 where each sub-layer is act(W · + b) (or act(batchnorm)). The recurrence carries s, not y.
 input and output need no recurrence, so each is one matmul over all steps; only self runs per step.
 """
+from functools import partial
+
 import numpy as np
 
-from . import Recurrent, projector, rows, transpose_into
+from . import Recurrent, fused, projector, rows, transpose_into
 from .. import activations
 from .connected import Dense
 
@@ -37,6 +39,35 @@ class RNN(Recurrent):
         z = dense.normalize(z, train)  # in place without batchnorm
         return self.f_(z, self.buffer("scratch", z.shape))
 
+    def shortcut_to(self, s):
+        """The optional last argument of the step functions: the state s added with shortcut=1."""
+        return (s,) if self.shortcut else ()
+
+    def step_functions(self, streams):
+        """(step, back): the elementwise math of one step forward and back, on feature-major
+        blocks (n, streams). The C kernels for leaky and relie in float32, else numpy:
+          step(b, bias, x, s1[, s]):  b = f(b + bias) in place, s1 = x + b (+ s)
+          back(ds1, w, y, d[, ds]):   ds1 += w (+ ds), then d = ds1 ⊙ f'(y)"""
+        slope = activations.SLOPES.get(self.activation)
+        kernels = fused("rnn_step", self.dtype), fused("rnn_back", self.dtype)
+        if slope is not None and all(kernels):
+            return partial(kernels[0], slope), partial(kernels[1], slope)
+        scratch = self.buffer("scratch_f", (self.outputs, streams))
+
+        def step(b, bias, x, s1, s=None):
+            b += bias
+            self.f_(b, scratch)
+            np.add(x, b, out=s1)
+            if s is not None:
+                s1 += s
+
+        def back(ds1, w, y, d, ds=None):
+            ds1 += w
+            if ds is not None:
+                ds1 += ds
+            np.multiply(self.gradient(y, d), ds1, out=d)
+        return step, back
+
     def forward(self, x, train):
         T, S = x.shape[:2]
         n, U, W, V = self.outputs, self.input_layer, self.self_layer, self.output_layer
@@ -50,18 +81,15 @@ class RNN(Recurrent):
         B = self.buffer("B", (T, n, S))          # self sub-layer outputs
         Sf = self.buffer("Sf", (T + 1, n, S))    # Sf[t] is the state before step t
         Sf[0] = h0.T
-        scratch = self.buffer("scratch_f", (n, S))
+        step, _ = self.step_functions(S)
+        bias = self.buffer("bias", (n, S))       # the self sub-layer's, added in the step (with
+        bias[...] = 0 if W.bn else W.b[:, None]  # batchnorm normalize adds it)
         for t in range(T):
             b = B[t]
             np.matmul(WT, Sf[t], out=b)
             if W.bn:  # statistics over the streams, on rows in C order (what the batchnorm kernel takes)
                 b[...] = W.normalize(np.ascontiguousarray(b.T)[None], train)[0].T
-            else:
-                b += W.b[:, None]
-            self.f_(b, scratch)
-            np.add(Af[t], b, out=Sf[t + 1])
-            if self.shortcut:
-                Sf[t + 1] += Sf[t]
+            step(b, bias, Af[t], Sf[t + 1], *self.shortcut_to(Sf[t]))
         St = self.buffer("S", (T + 1, S, n))     # the states as rows
         transpose_into(St, Sf)
         h0[...] = St[T]
@@ -100,18 +128,16 @@ class RNN(Recurrent):
         V.back(rows(dzv), out=rows(dS))
         dSf = self.buffer("dSf", (T, n, S))      # feature-major for the step loop, as forward
         transpose_into(dSf, dS)
-        dBf = self.gradient(B, self.buffer("dBf", (T, n, S)))  # the self sub-layer's activation derivative
-        a = self._buf_scratch_f
+        _, back = self.step_functions(S)
+        dBf = self.buffer("dBf", (T, n, S))      # deltas before the self sub-layer's activation
+        np.multiply(self.gradient(B[T - 1], dBf[T - 1]), dSf[T - 1], out=dBf[T - 1])
+        a = self.buffer("Wdb", (n, S))
         for t in reversed(range(T)):
-            ds = dSf[t]                          # already holds the contribution of step t+1
-            db = dBf[t]
-            db *= ds
+            db = dBf[t]                          # complete: dSf[t] had every contribution
             if W.bn:
                 db[...] = W.backward_norm(np.ascontiguousarray(db.T)[None])[0].T
             if t:  # truncated BPTT: nothing flows into the previous datum's state
-                dSf[t - 1] += np.matmul(W.W, db, out=a)
-                if self.shortcut:
-                    dSf[t - 1] += ds
+                back(dSf[t - 1], np.matmul(W.W, db, out=a), B[t - 1], dBf[t - 1], *self.shortcut_to(dSf[t]))
         transpose_into(dS, dSf)                  # back to rows
         dB = transpose_into(self.buffer("dB", (T, S, n)), dBf)
         if not W.bn:
