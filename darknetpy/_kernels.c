@@ -267,15 +267,11 @@ static PyObject *rnn_call(PyObject *const *args, Py_ssize_t nargs, int back)
 {
     static const int sizes[] = {1, 1, 1, 1, 1};
     Py_buffer b[MAX_ARGS];
-    float a;
+    float a = 0.0f;
     const char *usage = back ? "rnn_back(a, ds1, w, y, d[, ds])" : "rnn_step(a, b, bias, x, s1[, s])";
-    if (nargs != 5 && nargs != 6) {
-        PyErr_SetString(PyExc_TypeError, usage);
+    if (nargs > 0 && slope_arg(args[0], &a) < 0)
         return NULL;
-    }
-    if (slope_arg(args[0], &a) < 0)
-        return NULL;
-    Py_ssize_t m = start(args + 1, nargs - 1, 4, 5, usage, b, sizes);
+    Py_ssize_t m = start(args + 1, nargs - 1, 4, 5, usage, b, sizes);  /* checks the count too */
     if (m < 0)
         return NULL;
     if (back)
