@@ -58,8 +58,8 @@ def worker(kind, cfg, iterations, warmup, gen_chars, train, generate, darknet=No
             out["train"]["matmul_gflops"] = out.pop("matmul_gflops")
         return out
     if kind == "numpy-peak":
-        from darknetpy.layers import kernels_label
-        return {"gflops": bench.matmul_peak(), "blas": bench.blas_info(), "kernels": kernels_label()}
+        from darknetpy import kernels
+        return {"gflops": bench.matmul_peak(), "blas": bench.blas_info(), "kernels": kernels.label()}
     import torch
     sys.path.insert(0, str(HERE))
     import torch_reference as ref

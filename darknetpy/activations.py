@@ -6,22 +6,15 @@ Both work in place-free numpy float32 and accept any array shape.
 """
 import numpy as np
 
+from . import kernels
 from .errors import DarknetpyError
-from .layers import fused_for
+from .kernels import pick as _pick
 
 f32 = np.float32
 
 
 def _logistic(x):
     return f32(1) / (f32(1) + np.exp(-x))
-
-
-def _pick(cond, a, b, out=None):
-    """cond ? a : b for scalars a > b >= 0, as max(cond·a, b), into `out` (cond may be out holding
-    1.0 / 0.0): exact, and about 15x faster than np.where with scalar operands (which takes numpy's
-    slow broadcasting path)."""
-    out = np.multiply(cond, f32(a), out=out)
-    return np.maximum(out, f32(b), out=out)
 
 
 def _stair(x):
@@ -65,8 +58,6 @@ IN_PLACE = {
     "logistic": lambda x, s: np.reciprocal(np.add(np.exp(np.negative(x, out=x), out=x), f32(1), out=x), out=x),
     "tanh": lambda x, s: np.tanh(x, out=x),
     "relu": lambda x, s: np.maximum(x, f32(0), out=x),
-    "leaky": lambda x, s: np.maximum(x, np.multiply(x, f32(0.1), out=s), out=x),
-    "relie": lambda x, s: np.maximum(x, np.multiply(x, f32(0.01), out=s), out=x),
     "ramp": _ramp_,
 }
 
@@ -81,26 +72,22 @@ def _copying(fn, target):
     return copy
 
 
-# leaky and relie are x above zero and a·x below. For float32 arrays in C order the compiled kernels
-# (darknetpy/_kernels.c) do each of these in one pass instead of numpy's two to four, to the same bits.
+# leaky and relie are x above zero and a·x below: ops of their own in kernels.py (slope_act,
+# slope_grad), which the compiled kernels do in one pass instead of numpy's two to four.
 SLOPES = {"leaky": 0.1, "relie": 0.01}
 
 
 def in_place(name):
     """f(x, scratch) that activates x in place (scratch: an array like x it may use). Activations
     without an in-place form here fall back to copying f(x) back into x."""
-    numpy_form = IN_PLACE.get(name) or _copying(ACTIVATIONS[name][0], lambda x, scratch: x)
-    if name not in SLOPES:
-        return numpy_form
-    a = SLOPES[name]
+    if name in SLOPES:
+        a = SLOPES[name]
 
-    def act(x, scratch):
-        kernel = fused_for("slope_act", x)
-        if kernel is None:
-            return numpy_form(x, scratch)
-        kernel(x, a)
-        return x
-    return act
+        def act(x, scratch):
+            kernels.get("slope_act", x)(x, a)
+            return x
+        return act
+    return IN_PLACE.get(name) or _copying(ACTIVATIONS[name][0], lambda x, scratch: x)
 
 
 # Gradients from the output written into `out`, (y, out) -> out, for training without temporaries:
@@ -110,26 +97,20 @@ GRADIENT_INTO = {
     "logistic": lambda y, out: np.multiply(np.subtract(f32(1), y, out=out), y, out=out),
     "tanh": lambda y, out: np.subtract(f32(1), np.multiply(y, y, out=out), out=out),
     "relu": lambda y, out: np.greater(y, f32(0), out=out),
-    "leaky": lambda y, out: _pick(np.greater(y, f32(0), out=out), 1, 0.1, out),
-    "relie": lambda y, out: _pick(np.greater(y, f32(0), out=out), 1, 0.01, out),
     "ramp": lambda y, out: _pick(np.greater(y, f32(0), out=out), 1.1, 0.1, out),
 }
 
 
 def gradient_into(name):
     """g(y, out) that writes f'(y) into out; activations without a form here copy df(y) into it."""
-    numpy_form = GRADIENT_INTO.get(name) or _copying(ACTIVATIONS[name][1], lambda y, out: out)
-    if name not in SLOPES:
-        return numpy_form
-    a = SLOPES[name]
+    if name in SLOPES:
+        a = SLOPES[name]
 
-    def grad(y, out):
-        kernel = fused_for("slope_grad", y, out)
-        if kernel is None:
-            return numpy_form(y, out)
-        kernel(y, out, a)
-        return out
-    return grad
+        def grad(y, out):
+            kernels.get("slope_grad", y, out)(y, out, a)
+            return out
+        return grad
+    return GRADIENT_INTO.get(name) or _copying(ACTIVATIONS[name][1], lambda y, out: out)
 
 
 def delta_through(name):
@@ -137,15 +118,15 @@ def delta_through(name):
     activation; linear hands delta on as it is (delta · 1 would be an exact but wasted pass)."""
     if name == "linear":
         return lambda delta, y, out: delta
-    grad = gradient_into(name)
+    if name in SLOPES:
+        a = SLOPES[name]
 
-    def through(delta, y, out):
-        kernel = fused_for("slope_grad", y, out, delta) if name in SLOPES else None
-        if kernel is None:
-            return np.multiply(grad(y, out), delta, out=out)
-        kernel(y, out, SLOPES[name], delta)
-        return out
-    return through
+        def through(delta, y, out):
+            kernels.get("slope_grad", y, out, delta)(y, out, a, delta)
+            return out
+        return through
+    grad = gradient_into(name)
+    return lambda delta, y, out: np.multiply(grad(y, out), delta, out=out)
 
 
 def get(name, section=None, key="activation"):

@@ -36,33 +36,20 @@ import time
 import click
 import numpy as np
 
-from .layers import kernels_label
+from . import kernels
 
 __all__ = ["flops_per_char", "fastest", "matmul_peak", "blas_info", "blas_threads", "measure_train",
            "measure_generate", "peak_rss_bytes", "run_config", "bench"]
 
 
 # ---- FLOP model ---------------------------------------------------------------------------------
-def _products(kind, inputs, n):
-    """(in, out, recurrent, reads_layer_input) for each matmul of one layer."""
-    if kind == "connected":
-        return [(inputs, n, False, True)]
-    if kind == "rnn":
-        return [(inputs, n, False, True), (n, n, True, False), (n, n, False, False)]
-    if kind == "lstm":
-        return [(inputs, 4 * n, False, True), (n, 4 * n, True, False)]
-    if kind == "gru":
-        return [(inputs, 3 * n, False, True), (n, 2 * n, True, False), (n, n, True, False)]
-    return []  # softmax, dropout, cost: no matmul
-
-
 def flops_per_char(net, time_steps=None, ids_input=True):
     """(forward, backward) matmul FLOPs per character (one row) under the model in the module
     docstring. `time_steps` defaults to the net's; `ids_input` says the inputs are class ids."""
     T = net.time_steps if time_steps is None else time_steps
     fwd = bwd = 0.0
-    for i, (layer, section) in enumerate(zip(net.layers, net.sections)):
-        for fan_in, fan_out, recurrent, reads_input in _products(section.type, layer.inputs, layer.outputs):
+    for i, layer in enumerate(net.layers):
+        for fan_in, fan_out, recurrent, reads_input in layer.products():
             product = 2.0 * fan_in * fan_out
             if i == 0 and reads_input:
                 if not ids_input:
@@ -235,7 +222,7 @@ def run_config(cfg, iterations=5, warmup=1, gen_chars=500, train=True, generate=
         out["generate"] = measure_generate(cfg, chars=gen_chars, warmup=10 * warmup)
     out["peak_rss"] = peak_rss_bytes()
     out["blas"] = blas_info()
-    out["kernels"] = kernels_label()
+    out["kernels"] = kernels.label()
     if peak:
         out["matmul_gflops"] = matmul_peak()
     return out

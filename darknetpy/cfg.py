@@ -7,8 +7,6 @@ import warnings
 
 from .errors import DarknetpyError
 
-ALIASES = {"network": "net", "conn": "connected", "soft": "softmax"}
-SUPPORTED = {"net", "connected", "rnn", "gru", "lstm", "softmax", "dropout", "cost"}
 # Darknet layer types that exist but are not recurrent-side layers; named so the error can say so.
 OTHER_DARKNET = {"shortcut", "crop", "detection", "region", "yolo", "local", "conv", "convolutional",
                  "deconv", "deconvolutional", "activation", "logistic", "l2norm", "crnn", "max",
@@ -82,8 +80,9 @@ def _finite_float(text):
     return value
 
 
-def parse_cfg(path):
-    """Read a .cfg into a list of Sections; the first must be [net]."""
+def parse_cfg(path, kinds):
+    """Read a .cfg into a list of Sections; the first must be [net] (or [network]). `kinds` maps
+    each layer section name (aliases too) to its class, whose `kind` is the canonical name."""
     try:
         with open(path, "rb") as f:
             raw = f.read()
@@ -102,13 +101,15 @@ def parse_cfg(path):
             if not line.endswith("]") or len(line) < 3:
                 raise DarknetpyError(f"malformed section header '{line}': expected '[type]'", path, number)
             kind = line[1:-1].lower()
-            kind = ALIASES.get(kind, kind)
-            if kind not in SUPPORTED:
+            kind = "net" if kind == "network" else kind
+            if kind != "net" and kind not in kinds:
+                layers = sorted({cls.kind for cls in kinds.values()})
                 if kind in OTHER_DARKNET:
-                    message = f"layer type [{kind}] is not supported: darknetpy builds recurrent nets ({', '.join(sorted(SUPPORTED - {'net'}))})"
+                    message = f"layer type [{kind}] is not supported: darknetpy builds recurrent nets ({', '.join(layers)})"
                 else:
-                    message = f"unknown section type [{kind}]; expected one of {', '.join(sorted(SUPPORTED))}"
+                    message = f"unknown section type [{kind}]; expected one of {', '.join(sorted(layers + ['net']))}"
                 raise DarknetpyError(message, path, number)
+            kind = kinds[kind].kind if kind != "net" else kind
             if not sections and kind != "net":
                 raise DarknetpyError(f"the first section must be [net] or [network], not [{kind}]", path, number)
             if sections and kind == "net":

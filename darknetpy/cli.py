@@ -126,11 +126,7 @@ def info(cfg, weights):
     net = Network(cfg)
     rows = [("#", "type", "inputs -> outputs", "activation", "bn", "parameters")]
     for i, (layer, section) in enumerate(zip(net.layers, net.sections)):
-        act = getattr(layer, "activation", "")
-        if section.type == "lstm":
-            act = "lstm"
-        elif section.type == "gru":
-            act = "tanh" if layer.tanh else "logistic"
+        act = layer.describe()
         bn = "yes" if any(d.bn for d in layer.denses) else ""
         count = sum(v.size for v in layer.params().values())
         rows.append((str(i), section.type, f"{layer.inputs} -> {layer.outputs}", act, bn, str(count)))

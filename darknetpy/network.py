@@ -10,13 +10,8 @@ import numpy as np
 from . import cfg as cfgmod
 from . import optim, weights
 from .errors import DarknetpyError
-from .layers.connected import Connected, is_ids
-from .layers.cost import Cost
-from .layers.dropout import Dropout
-from .layers.gru import GRU
-from .layers.lstm import LSTM
-from .layers.rnn import RNN
-from .layers.softmax import Softmax
+from .layers import KINDS
+from .layers.connected import is_ids
 
 # [net] keys Darknet reads for image networks; accepted quietly so Darknet cfgs load without noise.
 IMAGE_KEYS = ("height", "width", "channels", "max_crop", "min_crop", "max_ratio", "min_ratio",
@@ -25,7 +20,7 @@ IMAGE_KEYS = ("height", "width", "channels", "max_crop", "min_crop", "max_ratio"
 
 class Network:
     def __init__(self, cfg_path, batch=None, time_steps=None, seed=None, dtype=np.float32):
-        sections = cfgmod.parse_cfg(cfg_path)
+        sections = cfgmod.parse_cfg(cfg_path, KINDS)
         net = sections[0]
         self.cfg_path = str(cfg_path)
         cfg_batch = net.int("batch", 1)
@@ -64,7 +59,7 @@ class Network:
         self.layers, self.sections = [], sections[1:]
         inputs = self.inputs
         for section in self.sections:
-            layer = self._make(section, inputs)
+            layer = KINDS[section.type](section, inputs, self.rng)
             self.layers.append(layer)
             inputs = layer.outputs
         self.outputs = inputs
@@ -78,32 +73,13 @@ class Network:
             section.warn_unused()
         self.loss_layer = self._find_loss_layer()
 
-    def _make(self, section, inputs):
-        kind = section.type
-        if kind in ("connected", "rnn", "gru", "lstm"):
-            output = section.int("output", 1)
-            if output <= 0:
-                raise section.error(f"output must be > 0, got {output}", "output")
-        if kind == "connected":
-            return Connected(section, inputs, self.rng)
-        if kind == "rnn":
-            return RNN(section, inputs, self.rng)
-        if kind == "gru":
-            return GRU(section, inputs, self.rng)
-        if kind == "lstm":
-            return LSTM(section, inputs, self.rng)
-        if kind == "softmax":
-            return Softmax(section, inputs)
-        if kind == "dropout":
-            return Dropout(section, inputs, self.rng)
-        return Cost(section, inputs)
-
     def _find_loss_layer(self):
-        """Index of the layer whose loss trains the net: the last [softmax], else a final [cost]."""
-        kinds = [s.type for s in self.sections]
-        if "softmax" in kinds:
-            return len(kinds) - 1 - kinds[::-1].index("softmax")
-        return len(kinds) - 1 if kinds[-1] == "cost" else None
+        """Index of the layer whose loss trains the net: the last one whose loss counts anywhere
+        ([softmax]), else a last layer whose loss counts only there ([cost])."""
+        anywhere = [i for i, layer in enumerate(self.layers) if layer.loss_at == "any"]
+        if anywhere:
+            return anywhere[-1]
+        return len(self.layers) - 1 if self.layers[-1].loss_at == "end" else None
 
     # ---- sizes -------------------------------------------------------------------------------
     @property
@@ -121,9 +97,9 @@ class Network:
         return self.seen // (self.streams * self.time_steps * self.subdivisions)
 
     def set_temperature(self, t):
+        """Every softmax's temperature (generation replaces the cfg's, as Darknet's -temp does)."""
         for layer in self.layers:
-            if isinstance(layer, Softmax):
-                layer.temperature = float(t)
+            layer.set_temperature(t)
 
     # ---- running -----------------------------------------------------------------------------
     def _as_input(self, x):
@@ -193,13 +169,12 @@ class Network:
             raise DarknetpyError(f"train_step takes (time_steps, streams) = ({self.time_steps}, {self.streams}) "
                                  f"rows, got x {x.shape[:2]} and y {y.shape[:2]}")
         for layer, section in zip(self.layers, self.sections):
-            # batchnorm's variance has an n-1 divisor: recurrent sub-layers normalize each step over
-            # the streams, a top-level [connected] over all steps*streams rows.
-            rows = self.streams if section.type != "connected" else self.streams * self.time_steps
+            # batchnorm's variance has an n-1 divisor: it needs 2 rows to normalize over
+            rows = self.streams if layer.bn_over == "streams" else self.streams * self.time_steps
             if rows < 2 and any(d.bn for d in layer.denses):
                 raise DarknetpyError(f"training [{section.type}] with batch_normalize needs at least 2 "
-                                     f"{'streams' if section.type != 'connected' else 'rows'} per datum; "
-                                     f"raise batch (or lower subdivisions)", section.path, section.line)
+                                     f"{layer.bn_over} per datum; raise batch (or lower subdivisions)",
+                                     section.path, section.line)
         self.seen += self.streams * self.time_steps
         cost = self.accumulate(x, y)
         if (self.seen // (self.streams * self.time_steps)) % self.subdivisions == 0:

@@ -4,11 +4,10 @@ The accumulated updates (`upd`, Darknet's *_updates) hold NEGATIVE gradients sum
 B = batch * time_steps rows of one update; SGD keeps what momentum leaves in them, Adam zeroes them.
 """
 import math
-from functools import partial
 
 import numpy as np
 
-from .layers import fused
+from . import kernels
 
 POLICIES = ("constant", "step", "steps", "exp", "poly", "sigmoid", "random")
 
@@ -82,23 +81,17 @@ class Optimizer:
             if norm > self.clip:
                 for _, u, _ in slots:
                     u *= f(self.clip / norm)
-        dtype = slots[0][0].dtype
-
-        def in_numpy(update):  # with scratch arrays that serve every slot: no temporaries per slot
-            return partial(update, scratch=np.empty((2, max(p.size for p, _, _ in slots)), dtype))
         if self.adam:
             if not self.m:
                 self.m = [np.zeros_like(p) for p, _, _ in slots]
                 self.v = [np.zeros_like(p) for p, _, _ in slots]
             c1, c2 = f(1 - self.B1 ** self.t), f(1 - self.B2 ** self.t)
-            adam = fused("adam", dtype) or in_numpy(adam_update)
             for (p, u, _), m, v in zip(slots, self.m, self.v):  # Darknet's Adam decays biases and scales too
-                adam(p, u, m, v, f(-self.decay * B), f(self.B1), f(1 - self.B1), f(self.B2), f(1 - self.B2),
+                kernels.get("adam", p, u, m, v)(p, u, m, v, f(-self.decay * B), f(self.B1), f(1 - self.B1), f(self.B2), f(1 - self.B2),
                      c1, c2, f(lr), f(self.eps))
             return
-        sgd = fused("sgd", dtype) or in_numpy(sgd_update)
         for p, u, kind in slots:
-            sgd(p, u, f(-self.decay * B) if kind == "weights" else f(0), f(lr / B), f(self.momentum))
+            kernels.get("sgd", p, u)(p, u, f(-self.decay * B) if kind == "weights" else f(0), f(lr / B), f(self.momentum))
 
     def state(self):
         """Everything besides the slots' own upd arrays that a resumed run needs."""
@@ -106,32 +99,3 @@ class Optimizer:
 
     def set_state(self, state):
         self.t, self.m, self.v = int(state["t"]), list(state["m"]), list(state["v"])
-
-
-# One slot's update in numpy, float32 operation by operation: the reference for darknetpy/_kernels.c's
-# adam and sgd (which do the same operations in the same order, in one pass).
-def adam_update(p, u, m, v, decay, B1, one_B1, B2, one_B2, c1, c2, lr, eps, scratch):
-    """u += decay p (decay = -decay*B; 0 skips it); m = B1 m + (1-B1) u; v = B2 v + (1-B2) u²;
-    p += lr (m / c1) / (sqrt(v / c2) + eps); u = 0."""
-    a, b = (s[:p.size].reshape(p.shape) for s in scratch)
-    if decay:
-        u += np.multiply(p, decay, out=a)
-    m *= B1
-    m += np.multiply(u, one_B1, out=a)
-    v *= B2
-    v += np.multiply(np.multiply(u, u, out=a), one_B2, out=a)
-    np.sqrt(np.divide(v, c2, out=a), out=a)
-    a += eps
-    np.multiply(np.divide(m, c1, out=b), lr, out=b)
-    p += np.divide(b, a, out=b)
-    u[...] = 0
-
-
-def sgd_update(p, u, decay, rate, momentum, scratch):
-    """u += decay p (decay = -decay*B for weights; 0 skips it); p += rate u (rate = lr/B);
-    u *= momentum."""
-    a = scratch[0, :p.size].reshape(p.shape)
-    if decay:
-        u += np.multiply(p, decay, out=a)
-    p += np.multiply(u, rate, out=a)
-    u *= momentum

@@ -13,17 +13,13 @@ import numpy as np
 
 from .errors import DarknetpyError
 
-# AlexeyAB's fork (header 0, 2, 5) stores lstm and gru sub-layers in its own order.
-ALEXEYAB_ORDER = {"lstm": ["wf", "wi", "wg", "wo", "uf", "ui", "ug", "uo"],
-                  "gru": ["uz", "ur", "uh", "wz", "wr", "wh"]}
-
-
 def _segments(net, alexeyab=False):
-    """[(layer index, key, view)] in file order."""
+    """[(layer index, key, view)] in file order. AlexeyAB's fork (header 0, 2, 5) stores some
+    layers' sub-layers in its own order: the layer's `alexeyab_order`."""
     out = []
-    for i, (layer, section) in enumerate(zip(net.layers, net.sections)):
+    for i, layer in enumerate(net.layers):
         params = list(layer.params().items())
-        order = ALEXEYAB_ORDER.get(section.type) if alexeyab else None
+        order = layer.alexeyab_order if alexeyab else None
         if order:
             params.sort(key=lambda kv: order.index(kv[0].split(".")[0]))  # stable: keeps in-sub-layer order
         out += [(i, key, view) for key, view in params]

@@ -5,8 +5,7 @@ relie) when they are built."""
 import numpy as np
 import pytest
 
-import darknetpy.layers as layers
-from darknetpy import activations
+from darknetpy import activations, kernels
 
 
 # (activation, which code runs its float32 forms): every one through numpy, those with C kernels
@@ -15,13 +14,12 @@ FORMS = [(name, "numpy") for name in sorted(activations.ACTIVATIONS)] + [(name, 
 
 
 @pytest.fixture
-def path(request, monkeypatch):
+def path(request):
     """Run the case's forms through numpy, or through the kernels (skipped when they are not in use)."""
-    if request.param == "numpy":
-        monkeypatch.setattr(layers, "KERNELS", None)
-    elif layers.KERNELS is None:
+    if request.param == "kernels" and kernels.label().startswith("numpy"):
         pytest.skip("the C kernels are not in use (not built, or DARKNETPY_KERNELS=0)")
-    return request.param
+    with kernels.use("numpy" if request.param == "numpy" else "c"):
+        yield request.param
 
 
 f32 = np.float32

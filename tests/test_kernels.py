@@ -1,7 +1,7 @@
 """The compiled kernels (darknetpy/_kernels.c) against the numpy code they replace.
 
-The numpy step functions in layers/lstm.py and layers/gru.py are the reference: the finite-difference
-checks (test_gradients.py, float64) run them. The kernels run only for float32 and compute exp and
+The numpy references in darknetpy/kernels.py are the reference: the finite-difference checks
+(test_gradients.py, float64) run them. The kernels run only for float32 and compute exp and
 tanh with their own polynomials, so they agree with numpy to float32 rounding, not bit for bit:
 values here are O(1) and the tolerance is 3e-7 absolute plus 3e-7 relative (2-3 ulp; numpy's own
 float32 tanh is within 1-2 ulp of the true value). Network-level: a whole training step with and
@@ -16,14 +16,12 @@ import os
 import shutil
 import subprocess
 import sys
-from functools import partial
 
 import numpy as np
 import pytest
 
-import darknetpy.layers as layers
-from darknetpy import optim
-from darknetpy.layers import gru, lstm
+from darknetpy import kernels
+from darknetpy.layers.base import transpose_into
 from darknetpy.network import Network
 
 try:
@@ -62,7 +60,7 @@ def test_lstm_step(n, S):
     rng = np.random.default_rng(n * S)
     g, xu, c = arrays(rng, (4 * n, S), (4 * n, S), (n, S))
     outs = [np.empty((n, S), np.float32) for _ in range(3)]
-    assert_same_as_numpy(lstm.lstm_step, K.lstm_step, [g, xu, c], outs, "g xu c c1 tc h1")
+    assert_same_as_numpy(kernels.lstm_step, K.lstm_step, [g, xu, c], outs, "g xu c c1 tc h1")
 
 
 @pytest.mark.parametrize("n,S", SHAPES)
@@ -71,7 +69,7 @@ def test_lstm_back(n, S):
     dh, dc, DH, c = arrays(rng, (n, S), (n, S), (n, S), (n, S), low=-1, high=1)
     ifo, gg, tc = arrays(rng, (3 * n, S), (n, S), (n, S), low=-0.99, high=0.99)
     g = np.concatenate([np.abs(ifo), gg])  # gates as the forward step leaves them: σ in (0, 1), tanh in (-1, 1)
-    assert_same_as_numpy(lstm.lstm_back, K.lstm_back, [dh, dc, DH, g, c, tc], [np.empty((4 * n, S), np.float32)],
+    assert_same_as_numpy(kernels.lstm_back, K.lstm_back, [dh, dc, DH, g, c, tc], [np.empty((4 * n, S), np.float32)],
                          "dh dc DH g c tc d")
 
 
@@ -79,7 +77,7 @@ def test_lstm_back(n, S):
 def test_gru_zr(n, S):
     rng = np.random.default_rng(n * 7 + S)
     zr, xu, h = arrays(rng, (2 * n, S), (2 * n, S), (n, S))
-    assert_same_as_numpy(gru.gru_zr, K.gru_zr, [zr, xu, h], [np.empty((n, S), np.float32)], "zr xu h rh")
+    assert_same_as_numpy(kernels.gru_zr, K.gru_zr, [zr, xu, h], [np.empty((n, S), np.float32)], "zr xu h rh")
 
 
 @pytest.mark.parametrize("n,S", SHAPES)
@@ -90,7 +88,7 @@ def test_gru_step(n, S, tanh, train):
     c, xu, h = arrays(rng, (n, S), (n, S), (n, S))
     (zr,) = arrays(rng, (2 * n, S), low=0.01, high=0.99)  # gates
     outs = [np.empty((n, S), np.float32)] + ([np.empty((3 * n, S), np.float32)] if train else [])
-    assert_same_as_numpy(lambda *a: gru.gru_step(tanh, *a), lambda *a: K.gru_step(tanh, *a), [c, xu, zr, h], outs,
+    assert_same_as_numpy(lambda *a: kernels.gru_step(tanh, *a), lambda *a: K.gru_step(tanh, *a), [c, xu, zr, h], outs,
                          "c xu zr h h1 P")
 
 
@@ -100,7 +98,7 @@ def test_gru_back(n, S):
     dh, drh, P = arrays(rng, (n, S), (n, S), (3 * n, S), low=-1, high=1)
     (zr,) = arrays(rng, (2 * n, S), low=0.01, high=0.99)
     d0 = np.zeros((3 * n, S), np.float32)
-    assert_same_as_numpy(lambda *a: gru.gru_back(*a, scratch=np.empty((n, S), np.float32)), K.gru_back,
+    assert_same_as_numpy(kernels.gru_back, K.gru_back,
                          [dh, drh, zr, P, d0], [], "dh drh zr P d")
 
 
@@ -139,15 +137,14 @@ def test_bad_arguments_raise():
 
 @pytest.mark.parametrize("decay", [0.0, 5e-4])
 def test_optimizer_updates_are_bitwise_numpys(decay):
-    """adam and sgd do optim.py's float32 operations in the same order without FMA contraction:
+    """adam and sgd do kernels.py's float32 operations in the same order without FMA contraction:
     the same bits, over a few updates (the state carries over)."""
     rng = np.random.default_rng(7)
     f = np.float32
     start = [rng.normal(0, 1, 1000).astype(np.float32) for _ in range(4)]
     start[3] = np.abs(start[3])  # v, Adam's second moment, is never negative
     runs = []
-    for adam, sgd in ((partial(optim.adam_update, scratch=np.empty((2, 1000), np.float32)),
-                       partial(optim.sgd_update, scratch=np.empty((2, 1000), np.float32))), (K.adam, K.sgd)):
+    for adam, sgd in ((kernels.adam, kernels.sgd), (K.adam, K.sgd)):
         p, u, m, v = (a.copy() for a in start)
         q, w = start[0].copy(), start[1].copy()
         for t in range(1, 4):
@@ -164,13 +161,12 @@ def test_optimizer_updates_are_bitwise_numpys(decay):
 def test_onehot_grad():
     """dW[id] += dz's rows per one-hot id, against the numpy reference (sums in another order:
     float32 rounding); ids out of range and wrong dtypes raise instead of writing elsewhere."""
-    from darknetpy.layers.connected import onehot_grad
     rng = np.random.default_rng(5)
     ids = rng.integers(0, 9, 500)
     dz = rng.normal(0, 1, (500, 12)).astype(np.float32)
     want, got = (rng.normal(0, 1, (10, 12)).astype(np.float32) for _ in range(2))
     got[...] = want
-    onehot_grad(want, ids, dz, np.empty(12, np.float32))
+    kernels.onehot_grad(want, ids, dz)
     K.onehot_grad(got, ids.astype(np.int64), dz)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     for bad in (np.array([0, 10]), np.array([-1, 0])):
@@ -207,7 +203,7 @@ def test_transpose(shape):
     out = np.full(shape[:-2] + shape[:-3:-1], np.nan, np.float32)
     K.transpose(out, x)
     np.testing.assert_array_equal(out, np.swapaxes(x, -1, -2))
-    assert layers.transpose_into(np.empty_like(out), x).tobytes() == out.tobytes()
+    assert transpose_into(np.empty_like(out), x).tobytes() == out.tobytes()
 
 
 def test_transpose_checks_shapes_and_falls_back_for_other_arrays():
@@ -218,12 +214,12 @@ def test_transpose_checks_shapes_and_falls_back_for_other_arrays():
         K.transpose(np.zeros((2, 4, 3)), x)
     for shape in ((2, 3, 4), (2, 11, 1030)):  # float64, not C order: numpy's copy, whole and by eight rows
         y = np.arange(np.prod(shape), dtype=np.float64).reshape(shape)[:, :, ::-1]
-        got = layers.transpose_into(np.empty((shape[0], shape[2], shape[1])), y)
+        got = transpose_into(np.empty((shape[0], shape[2], shape[1])), y)
         np.testing.assert_array_equal(got, np.swapaxes(y, 1, 2))
 
 
 @pytest.mark.parametrize("G,R,n", [(1, 32, 24), (64, 3, 7), (5, 2, 1), (3, 17, 40)])
-def test_batchnorm_kernels_give_numpys_bits(G, R, n, monkeypatch):
+def test_batchnorm_kernels_give_numpys_bits(G, R, n):
     """Dense.normalize (training) and backward_norm through the kernels and through numpy: outputs,
     cached statistics, rolling statistics, the delta and the scale updates all equal to the bit."""
     from darknetpy.layers.connected import Dense
@@ -232,13 +228,13 @@ def test_batchnorm_kernels_give_numpys_bits(G, R, n, monkeypatch):
     z[:, :, 0] = 3.0  # a constant feature: σ = 0
     dz = rng.normal(0, 1, (G, R, n)).astype(np.float32)
     runs = []
-    for kernels in (None, K):
-        monkeypatch.setattr(layers, "KERNELS", kernels)
-        dense = Dense(4, n, ["x"], True, np.random.default_rng(0))
-        dense.scales[...] = rng.normal(1, 0.3, n).astype(np.float32) if not runs else runs[0][-1]
-        out = dense.normalize(z.copy(), True)
-        cached = [a.copy() for a in dense.cache[-1]]
-        dx = dense.backward_norm(dz.copy())
+    for backend in ("numpy", "c"):
+        with kernels.use(backend):
+            dense = Dense(4, n, ["x"], True, np.random.default_rng(0))
+            dense.scales[...] = rng.normal(1, 0.3, n).astype(np.float32) if not runs else runs[0][-1]
+            out = dense.normalize(z.copy(), True)
+            cached = [a.copy() for a in dense.cache[-1]]
+            dx = dense.backward_norm(dz.copy())
         runs.append([out, *cached, dense.rolling_mean, dense.rolling_variance, dx, dense.dscales, dense.db,
                      dense.scales.copy()])
     for a, b, name in zip(*runs, "out xhat sigma d rolling_mean rolling_variance dx dscales db scales".split()):
@@ -262,20 +258,18 @@ def test_activations_use_the_kernels_for_float32_arrays_in_c_order(monkeypatch):
     and only for them (their values: tests/test_activations.py)."""
     from darknetpy import activations
     calls = []
-
-    class Spy:
-        def __getattr__(self, name):
-            calls.append(name)
-            return getattr(K, name)
-    monkeypatch.setattr(layers, "KERNELS", Spy())
+    for name in ("slope_act", "slope_grad"):
+        kernel = kernels.C.ops[name]
+        monkeypatch.setitem(kernels.C.ops, name, lambda *a, _name=name, _k=kernel: calls.append(_name) or _k(*a))
     x, y, d = (np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4) for _ in range(3))
-    activations.in_place("leaky")(x, np.empty_like(x))
-    activations.gradient_into("relie")(y, np.empty_like(y))
-    activations.delta_through("leaky")(d, y, np.empty_like(y))
-    assert calls == ["slope_act", "slope_grad", "slope_grad"]
-    activations.in_place("leaky")(x.astype(np.float64), np.empty((3, 4)))
-    activations.in_place("relie")(x.T, np.empty_like(x.T))
-    activations.in_place("tanh")(x, np.empty_like(x))
+    with kernels.use("c"):
+        activations.in_place("leaky")(x, np.empty_like(x))
+        activations.gradient_into("relie")(y, np.empty_like(y))
+        activations.delta_through("leaky")(d, y, np.empty_like(y))
+        assert calls == ["slope_act", "slope_grad", "slope_grad"]
+        activations.in_place("leaky")(x.astype(np.float64), np.empty((3, 4)))
+        activations.in_place("relie")(x.T, np.empty_like(x.T))
+        activations.in_place("tanh")(x, np.empty_like(x))
     assert len(calls) == 3
 
 
@@ -296,22 +290,22 @@ def test_slope_kernels_check_their_arguments():
 
 @pytest.mark.parametrize("activation", ["leaky", "relie"])
 @pytest.mark.parametrize("shortcut", [0, 1])
-def test_rnn_step_kernels_give_numpys_bits(activation, shortcut, write_cfg, monkeypatch):
+def test_rnn_step_kernels_give_numpys_bits(activation, shortcut, write_cfg):
     """[rnn]'s step functions forward and back (layers/rnn.py, RNN.step_functions): the kernels
-    against the numpy forms, bit for bit, on values around zero (signed zeros included)."""
+    against the numpy references, bit for bit, on values around zero (signed zeros included)."""
     cfg = write_cfg(f"[net]\ninputs=4\n[rnn]\noutput=8\nactivation={activation}\nshortcut={shortcut}\n")
     rng = np.random.default_rng(shortcut)
     b, bias, x, s, w, y = arrays(rng, *[(8, 32)] * 6, low=-1, high=1)
     b[0, :4] = y[0, :4] = [0.0, -0.0, 1e-40, -1e-40]
     extra = (s,) if shortcut else ()
     results = []
-    for kernels in (None, K):
-        monkeypatch.setattr(layers, "KERNELS", kernels)
-        step, back = Network(cfg).layers[0].step_functions(32)
-        assert isinstance(step, partial) == (kernels is not None)
-        out = [b.copy(), np.full_like(b, np.nan), s.copy(), np.full_like(b, np.nan)]
-        step(out[0], bias, x, out[1], *extra)
-        back(out[2], w, y, out[3], *extra)
+    for backend in ("numpy", "c"):
+        with kernels.use(backend):
+            step, back = Network(cfg).layers[0].step_functions(32, b)
+            assert (step.func is K.rnn_step) == (backend == "c")
+            out = [b.copy(), np.full_like(b, np.nan), s.copy(), np.full_like(b, np.nan)]
+            step(out[0], bias, x, out[1], *extra)
+            back(out[2], w, y, out[3], *extra)
         results.append(out)
     for got, want, name in zip(*reversed(results), ["b", "s1", "ds1", "d"]):
         np.testing.assert_array_equal(got, want, err_msg=name)
@@ -330,7 +324,7 @@ def test_rnn_step_kernels_check_their_arguments():
 
 
 @pytest.mark.parametrize("groups,temperature", [(1, 1.0), (1, 0.7), (4, 1.0), (2, 1.6)])
-def test_softmax_and_cross_entropy(groups, temperature, write_cfg, monkeypatch):
+def test_softmax_and_cross_entropy(groups, temperature, write_cfg):
     """The training softmax and its loss (cost and delta) against the numpy code of
     layers/softmax.py, on logits from -30 to 30 (saturated rows included)."""
     cfg = write_cfg(f"[net]\ninputs=16\n[softmax]\ngroups={groups}\ntemperature={temperature}\n")
@@ -338,11 +332,11 @@ def test_softmax_and_cross_entropy(groups, temperature, write_cfg, monkeypatch):
     x = rng.uniform(-30, 30, (5, 3, 16)).astype(np.float32)
     y = rng.integers(0, 16, (5, 3))
     results = []
-    for kernels in (None, K):
-        monkeypatch.setattr(layers, "KERNELS", kernels)
-        layer = Network(cfg).layers[0]
-        p = layer.forward(x, True).copy()
-        cost, delta = layer.loss(p, y)
+    for backend in ("numpy", "c"):
+        with kernels.use(backend):
+            layer = Network(cfg).layers[0]
+            p = layer.forward(x, True).copy()
+            cost, delta = layer.loss(p, y)
         results.append((p, cost, delta.copy()))
     (p0, c0, d0), (p1, c1, d1) = results
     np.testing.assert_allclose(p1, p0, rtol=2e-6, atol=1e-12)
@@ -365,7 +359,7 @@ NETS = {
 
 @pytest.mark.parametrize("ids", [True, False])
 @pytest.mark.parametrize("body", NETS.values(), ids=NETS.keys())
-def test_training_step_with_and_without_kernels(body, ids, write_cfg, monkeypatch):
+def test_training_step_with_and_without_kernels(body, ids, write_cfg):
     """Two float32 nets with the same weights and data, one through the kernels and one through
     numpy: the same costs and accumulated updates over two datums (the state carries over), then
     the same weights after an update (SGD, or Adam for stack-adam)."""
@@ -374,12 +368,12 @@ def test_training_step_with_and_without_kernels(body, ids, write_cfg, monkeypatc
     data = [(rng.integers(0, 9, (4, 3)) if ids else rng.uniform(-1, 1, (4, 3, 9)).astype(np.float32),
              rng.integers(0, 9, (4, 3))) for _ in range(2)]
     results = []
-    for kernels in (None, K):
-        monkeypatch.setattr(layers, "KERNELS", kernels)
-        net = Network(cfg, seed=1)
-        costs = [net.accumulate(x, y) for x, y in data]
-        updates = {k: v.copy() for k, v in net.params(updates=True).items()}
-        net.update()
+    for backend in ("numpy", "c"):
+        with kernels.use(backend):
+            net = Network(cfg, seed=1)
+            costs = [net.accumulate(x, y) for x, y in data]
+            updates = {k: v.copy() for k, v in net.params(updates=True).items()}
+            net.update()
         results.append((costs, updates, {k: v.copy() for k, v in net.params().items()}))
     (want_costs, want, want_params), (got_costs, got, got_params) = results
     np.testing.assert_allclose(got_costs, want_costs, rtol=1e-5)
@@ -393,10 +387,11 @@ def test_training_step_with_and_without_kernels(body, ids, write_cfg, monkeypatc
 def test_switch_off_by_environment(tmp_path):
     """DARKNETPY_KERNELS=0 runs the numpy code; float64 nets always do. (The child runs in tmp_path:
     from the repository root `import darknetpy` would find the source tree, which has no build.)"""
-    code = "import numpy, darknetpy.layers as l; print(l.fused('lstm_step', numpy.float32) is not None)"
+    code = ("import numpy; from darknetpy import kernels as k; "
+            "print(k.get('lstm_step', numpy.zeros(1, numpy.float32)) is not k.lstm_step)")
     for value, expected in (("0", "False"), ("1", "True")):
         env = dict(os.environ, DARKNETPY_KERNELS=value)
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
                              cwd=tmp_path)
         assert out.stdout.strip() == expected
-    assert layers.fused("lstm_step", np.float64) is None
+    assert kernels.get("lstm_step", np.zeros(1)) is kernels.lstm_step

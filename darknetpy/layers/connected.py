@@ -9,10 +9,12 @@ shape and save order, so the weights file never sees the stacking.
 Sign convention, as in Darknet: every delta is the NEGATIVE gradient of the cost, and the `d*`
 buffers accumulate negative gradients (Darknet's weight_updates / bias_updates / scale_updates).
 """
+from typing import NamedTuple
+
 import numpy as np
 
-from . import Buffers, Layer, fused, fused_for, projector
-from .. import activations
+from .base import Buffers, Layer, output_units, projector
+from .. import activations, kernels
 
 BN_EPS = np.float32(1e-6)  # Darknet adds it after the square root: (x - mean) / (sqrt(var) + 1e-6)
 
@@ -22,18 +24,6 @@ def row_sum(dz):
     reads the transposed views the step loops hand over at full speed, numpy's sum does not (6x
     faster here)."""
     return np.matmul(np.ones(dz.size // dz.shape[-1], dz.dtype), dz.reshape(-1, dz.shape[-1]))
-
-
-def onehot_grad(dW, ids, dz, total):
-    """dW[id] += the rows of dz whose input is one-hot `id`, for every id: one sum per id present
-    over its rows in time order (a stable sort finds them), 5x faster than a one-hot matmul and
-    10x faster than np.add.at or np.add.reduceat here. (The reference for _kernels.onehot_grad,
-    which adds row by row in one pass.)"""
-    order = np.argsort(ids, kind="stable")
-    ids = ids[order]
-    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
-    for a, b in zip(starts.tolist(), np.r_[starts[1:], ids.size].tolist()):
-        dW[ids[a]] += np.add.reduce(dz[order[a:b]], axis=0, out=total)
 
 
 def is_ids(x):
@@ -108,18 +98,10 @@ class Dense(Buffers):
             z += self.b
             return z
         if train:
-            kernel = fused_for("bn_forward", z) if z.shape[1] > 1 else None
-            if kernel:  # the same bits as below, in three passes
-                xhat, out = np.empty_like(z), np.empty_like(z)
-                mean, var, sigma, d = stats = np.empty((4, z.shape[0], z.shape[2]), np.float32)
-                kernel(z, xhat, out, stats, self.scales, self.b, BN_EPS)
-            else:
-                mean = z.mean(axis=1)
-                var = z.var(axis=1, ddof=1)
-                sigma = np.sqrt(var)
-                d = sigma + BN_EPS
-                xhat = (z - mean[:, None]) / d[:, None]
-                out = xhat * self.scales + self.b
+            xhat, out = np.empty_like(z), np.empty_like(z)
+            mean, var, sigma, d = stats = np.empty((4, z.shape[0], z.shape[2]), z.dtype)
+            bn_forward = kernels.get("bn_forward", z, stats) if z.shape[1] > 1 else kernels.bn_forward
+            bn_forward(z, xhat, out, stats, self.scales, self.b, BN_EPS)
             for g in range(z.shape[0]):
                 self.rolling_mean *= np.float32(0.99)
                 self.rolling_mean += np.float32(0.01) * mean[g]
@@ -149,27 +131,17 @@ class Dense(Buffers):
         if not self.bn:
             return dz
         xhat, sigma, d = self.cache.pop()
-        kernel = fused_for("bn_backward", dz, xhat)
-        if kernel:  # the same bits as below, in two passes
-            dx = np.empty_like(dz)
-            kernel(dz, xhat, sigma, d, self.scales, dx, self.dscales)
-            return dx
-        self.dscales += (dz * xhat).sum(axis=(0, 1))
-        g = dz * self.scales
-        rows = g.shape[1]
-        gx = (g * xhat).sum(axis=1) / (sigma * (rows - 1) + np.float32(1e-30))  # σ = 0 means x̂ = 0: no term
-        return (g - g.mean(axis=1, keepdims=True)) / d[:, None] - xhat * gx[:, None]
+        dx = np.empty_like(dz)
+        kernels.get("bn_backward", dz, xhat, dx)(dz, xhat, sigma, d, self.scales, dx, self.dscales)
+        return dx
 
     def accumulate(self, x, dz):
         """dW += xᵀ dz over all rows at once."""
         if not is_ids(x):
             self.dW += np.matmul(x.T, dz, out=self.buffer("dWx", self.W.shape))
             return
-        kernel = fused("onehot_grad", self.dtype)
-        if kernel:
-            kernel(self.dW, x.astype(np.int64, copy=False), np.ascontiguousarray(dz))
-        else:
-            onehot_grad(self.dW, x, dz, self.buffer("total", (dz.shape[1],)))
+        dz = np.ascontiguousarray(dz)
+        kernels.get("onehot_grad", self.dW, dz)(self.dW, x.astype(np.int64, copy=False), dz)
 
     def back(self, dz, out=None):
         """The delta for the input: dz Wᵀ."""
@@ -178,17 +150,28 @@ class Dense(Buffers):
 
 class Connected(Layer):
     """A top-level [connected] layer. Its batchnorm statistics span all steps*streams rows of a datum."""
+    kind, aliases = "connected", ("conn",)
+
+    class Tape(NamedTuple):
+        """What forward keeps for backward."""
+        x: np.ndarray   # the input rows (T*S, inputs), or ids (T*S,)
+        y: np.ndarray   # the activated outputs (T, S, outputs)
 
     def __init__(self, section, inputs, rng):
         self.inputs = inputs
-        self.outputs = section.int("output", 1)
-        name = section.str("activation", "logistic")
-        self.activation = name
+        self.outputs = output_units(section)
+        self.activation = name = section.str("activation", "logistic")
         self.f = activations.get(name, section)[0]
         self.f_ = activations.in_place(name)
         self.delta_through = activations.delta_through(name)
         self.dense = Dense(inputs, self.outputs, [""], section.int("batch_normalize", 0), rng)
         self.denses = [self.dense]
+
+    def describe(self):
+        return self.activation
+
+    def products(self):
+        return [(self.inputs, self.outputs, False, True)]
 
     def forward(self, x, train):
         T, S = x.shape[:2]
@@ -198,14 +181,16 @@ class Connected(Layer):
             return self.f(self.dense.normalize(self.dense.matmul(rows)[None], False)).reshape(T, S, self.outputs)
         z = self.dense.matmul(rows, out=self.buffer("Z", (T * S, self.outputs)))
         z = self.dense.normalize(z[None], True)
-        self.x, self.y = rows, self.f_(z, self.buffer("scratch", z.shape)).reshape(T, S, self.outputs)
-        return self.y
+        y = self.f_(z, self.buffer("scratch", z.shape)).reshape(T, S, self.outputs)
+        self.tape = self.Tape(x=rows, y=y)
+        return y
 
     def backward(self, dy, need_dx):
         T, S = dy.shape[:2]
-        dz = self.delta_through(dy, self.y, self.buffer("dZ", dy.shape)).reshape(1, T * S, self.outputs)
+        x, y = self.tape
+        dz = self.delta_through(dy, y, self.buffer("dZ", dy.shape)).reshape(1, T * S, self.outputs)
         dz = self.dense.backward_norm(dz).reshape(T * S, self.outputs)
-        self.dense.accumulate(self.x, dz)
+        self.dense.accumulate(x, dz)
         if not need_dx:
             return None
         return self.dense.back(dz, out=self.buffer("dX", (T * S, self.inputs))).reshape(T, S, self.inputs)

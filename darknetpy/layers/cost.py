@@ -6,11 +6,13 @@ doubles the delta. darknetpy then trains with the softmax cross-entropy alone (s
 """
 import numpy as np
 
-from . import Layer
+from .base import Layer
 
 
 class Cost(Layer):
-    def __init__(self, section, inputs):
+    kind, loss_at = "cost", "end"
+
+    def __init__(self, section, inputs, rng):
         self.inputs = self.outputs = inputs
         kind = section.str("type", "sse")
         if kind != "sse":

@@ -1,10 +1,11 @@
 """[dropout]: zero each input with `probability` in training and scale the rest by 1/(1-p)."""
 import numpy as np
 
-from . import Layer
+from .base import Layer
 
 
 class Dropout(Layer):
+    kind = "dropout"
     def __init__(self, section, inputs, rng):
         self.inputs = self.outputs = inputs
         self.probability = section.float("probability", 0.5)

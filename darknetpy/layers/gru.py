@@ -8,18 +8,31 @@ Each w*/u* is a connected sub-layer with its own bias (or batchnorm). uz, ur, uh
 matrix applied to all steps at once; wz, wr are one stacked matrix (one matmul per step); wh reads
 r⊙h, so it needs its own matmul per step.
 """
-from functools import partial
+from typing import NamedTuple
 
 import numpy as np
 
-from . import Recurrent, fused, halves, projector, rows, sigmoid_grad, tanh_grad, times, transpose_into
+from .. import kernels
+from .base import Recurrent, halves, output_units, projector, rows, times, transpose_into
 from .connected import Dense, row_sum
 
 
 class GRU(Recurrent):
+    kind = "gru"
+    alexeyab_order = ("uz", "ur", "uh", "wz", "wr", "wh")
+
+    class Tape(NamedTuple):
+        """What forward keeps for backward; the step loop's arrays are feature-major, (·, n, S)."""
+        x: np.ndarray        # the input rows (T*S, inputs), or ids (T*S,)
+        XU: np.ndarray       # (T, 3n, S) the input projections; backward reuses their memory
+        ZR: np.ndarray       # (T, 2n, S) the gates z, r
+        P: np.ndarray        # (T, 3n, S) the factors of the deltas (kernels.gru_step)
+        RHrows: np.ndarray   # (T, S, n) r⊙h as rows, the input of wh
+        Y: np.ndarray        # (T+1, S, n) Y[t] the output h before step t, as rows
+
     def __init__(self, section, inputs, rng):
         self.inputs = inputs
-        self.outputs = n = section.int("output", 1)
+        self.outputs = n = output_units(section)
         self.bn = bn = bool(section.int("batch_normalize", 0))
         self.tanh = bool(section.int("tanh", 0))
         self.wzr = Dense(n, n, ["wz", "wr"], bn, rng)
@@ -27,13 +40,20 @@ class GRU(Recurrent):
         self.u = Dense(inputs, n, ["uz", "ur", "uh"], bn, rng)
         self.denses = [self.wzr, self.wh, self.u]  # save order: wz wr wh uz ur uh
 
+    def describe(self):
+        return "tanh" if self.tanh else "logistic"
+
+    def products(self):
+        n = self.outputs
+        return [(self.inputs, 3 * n, False, True), (n, 2 * n, True, False), (n, n, True, False)]
+
     def forward(self, x, train):
         T, S = x.shape[:2]
         n, wzr, wh, u = self.outputs, self.wzr, self.wh, self.u
         (h0,) = self.state(S)
         # The step loop runs feature-major, as lstm.py explains: z r (2n, S), c h (n, S). Every
         # logistic row is pre-halved so it is (1 + tanh) / 2, one tanh and two exact affine ops.
-        # The elementwise math around the two matmuls: C kernels when built, else gru_zr/gru_step.
+        # The elementwise math around the two matmuls: kernels.gru_zr and kernels.gru_step.
         half = halves(3 * n, 2 * n if self.tanh else 3 * n)
         hc = half[2 * n]                         # the candidate's factor: 0.5 logistic, 1 tanh
         XU = self.project_steps(u, x, u.b + np.concatenate([wzr.b, wh.b]), half, train)  # with the recurrent biases
@@ -47,8 +67,7 @@ class GRU(Recurrent):
         if train:  # dz = dh ⊙ P[z]   dr = drh ⊙ P[r]   dc = dh ⊙ P[c], for backward
             P = self.buffer("P", (T, 3 * n, S))
         H[0] = h0.T
-        gates = fused("gru_zr", self.dtype) or gru_zr
-        step = fused("gru_step", self.dtype) or gru_step
+        gates, step = kernels.get("gru_zr", ZR), kernels.get("gru_step", ZR)
         for t in range(T):
             zr, c, h = ZR[t], HC[t], H[t]
             if self.bn:
@@ -70,7 +89,7 @@ class GRU(Recurrent):
         transpose_into(Y[1:], H[1:])
         h0[...] = Y[T]
         if train:
-            self.x = rows(x)
+            self.tape = self.Tape(x=rows(x), XU=XU, ZR=ZR, P=P, RHrows=RHrows, Y=Y)
         return Y[1:]
 
     def stepper(self, streams, ids_input):
@@ -101,17 +120,17 @@ class GRU(Recurrent):
     def backward(self, dh_out, need_dx):
         T, S = dh_out.shape[:2]
         n, wzr, wh, u = self.outputs, self.wzr, self.wh, self.u
-        ZR, P, Y = self._buf_ZR, self._buf_P, self._buf_Y
+        x, XU, ZR, P, RHrows, Y = self.tape
         DH = self.buffer("DH", (T, n, S))
         transpose_into(DH, dh_out)
         d = self.buffer("d", (3 * n, S))         # this step's deltas of the pre-activations z r c
-        dP = self._buf_XU.reshape(T, S, 3 * n)   # every step's as rows, for the weight gradients (in
+        dP = XU.reshape(T, S, 3 * n)   # every step's as rows, for the weight gradients (in
                                                  # the memory of the spent input projections)
         if self.bn:                              # the w sub-layers' deltas through their batchnorm
             dPzr, dPh = self.buffer("dPzr", (T, S, 2 * n)), self.buffer("dPh", (T, S, n))
         dh = self.zeros((n, S))
         a, drh = self.buffer("scratch", (n, S)), self.buffer("drh", (n, S))
-        back = fused("gru_back", self.dtype) or partial(gru_back, scratch=a)
+        back = kernels.get("gru_back", d)
         for t in reversed(range(T)):
             dh += DH[t]
             dc = np.multiply(P[t, 2 * n:], dh, out=d[2 * n:])
@@ -137,52 +156,8 @@ class GRU(Recurrent):
             u.db += db
             dPzr, dPh, du = rows(dP[..., :2 * n]), rows(dP[..., 2 * n:]), rows(dP)
         wzr.accumulate(rows(Y[:T]), dPzr)
-        wh.accumulate(rows(self._buf_RHrows), dPh)
-        u.accumulate(self.x, du)
+        wh.accumulate(rows(RHrows), dPh)
+        u.accumulate(x, du)
         if not need_dx:
             return None
         return u.back(du, out=self.buffer("dX", (T * S, self.inputs))).reshape(T, S, self.inputs)
-
-
-# The step math in numpy: the reference for darknetpy/_kernels.c's gru_zr, gru_step and gru_back,
-# which the loops above use instead when built.
-def gru_zr(zr, xu, h, rh):
-    """The gates in place, zr += xu then (1 + tanh) / 2 (pre-halved rows); rh = r⊙h."""
-    n = h.shape[0]
-    zr += xu
-    np.tanh(zr, out=zr)
-    zr *= 0.5
-    zr += 0.5
-    np.multiply(zr[n:], h, out=rh)
-
-
-def gru_step(tanh, c, xu, zr, h, h1, P=None):
-    """The candidate in place, c = act(c + xu) (tanh, or logistic from pre-halved rows), and
-    h1 = z⊙h + (1-z)⊙c = c + z⊙(h - c); in training the factors of the deltas:
-    P = [(h - c)⊙σ'(z), h⊙σ'(r), (1 - z)⊙act'(c)]."""
-    n = h.shape[0]
-    z = zr[:n]
-    c += xu
-    np.tanh(c, out=c)
-    if not tanh:
-        c *= 0.5
-        c += 0.5
-    if P is not None:
-        (tanh_grad if tanh else sigmoid_grad)(c, out=P[2 * n:])
-        P[2 * n:] *= np.subtract(1, z, out=h1)  # h1 as scratch until its turn
-    np.subtract(h, c, out=h1)
-    if P is not None:
-        sigmoid_grad(zr, out=P[:2 * n])
-        P[:n] *= h1
-        P[n:2 * n] *= h
-    h1 *= z
-    h1 += c
-
-
-def gru_back(dh, drh, zr, P, d, scratch):
-    """dz = dh⊙P[z] and dr = drh⊙P[r] into d; then dh = dh⊙z + drh⊙r (wzr's share comes after)."""
-    n = dh.shape[0]
-    np.multiply(P[:n], dh, out=d[:n])
-    np.multiply(P[n:2 * n], drh, out=d[n:2 * n])
-    dh *= zr[:n]
-    dh += np.multiply(drh, zr[n:], out=scratch)

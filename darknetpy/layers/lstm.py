@@ -7,22 +7,43 @@ Each w*/u* is a connected sub-layer with its own bias (or batchnorm). The four u
 matrix applied to all steps at once; the four w's are one stacked matrix, one matmul per step.
 Gate columns are ordered i, f, o, g — Darknet's save order wi, wf, wo, wg / ui, uf, uo, ug.
 """
+from typing import NamedTuple
+
 import numpy as np
 
-from . import Recurrent, fused, halves, rows, sigmoid_grad, tanh_grad, times, transpose_into
+from .. import kernels
+from .base import Recurrent, halves, output_units, rows, times, transpose_into
 from .connected import Dense, row_sum
 
 
 class LSTM(Recurrent):
+    kind = "lstm"
     state_names = ("h", "c")
+    alexeyab_order = ("wf", "wi", "wg", "wo", "uf", "ui", "ug", "uo")
+
+    class Tape(NamedTuple):
+        """What forward keeps for backward; the step loop's arrays are feature-major, (·, n, S)."""
+        x: np.ndarray    # the input rows (T*S, inputs), or ids (T*S,)
+        XU: np.ndarray   # (T, 4n, S) the input projections; backward reuses their memory
+        G: np.ndarray    # (T, 4n, S) the activated gates i f o g
+        C: np.ndarray    # (T+1, n, S) C[t] the cell before step t
+        TC: np.ndarray   # (T, n, S) tanh(c') per step
+        Y: np.ndarray    # (T+1, S, n) Y[t] the output h before step t, as rows
 
     def __init__(self, section, inputs, rng):
         self.inputs = inputs
-        self.outputs = n = section.int("output", 1)
+        self.outputs = n = output_units(section)
         self.bn = bn = bool(section.int("batch_normalize", 0))
         self.w = Dense(n, n, ["wi", "wf", "wo", "wg"], bn, rng)
         self.u = Dense(inputs, n, ["ui", "uf", "uo", "ug"], bn, rng)
         self.denses = [self.w, self.u]  # save order
+
+    def describe(self):
+        return "lstm"
+
+    def products(self):
+        n = self.outputs
+        return [(self.inputs, 4 * n, False, True), (n, 4 * n, True, False)]
 
     def forward(self, x, train):
         T, S = x.shape[:2]
@@ -32,7 +53,7 @@ class LSTM(Recurrent):
         # contiguous block (numpy's ops on column slices of (S, 4n) rows are 2-3x slower), and BLAS
         # runs W (4n x n) @ h (n x S), its fast shape for few streams. The i f o rows are
         # pre-halved (exact) so one tanh serves all four gates in numpy: σ(z) = (1 + tanh(z/2)) / 2.
-        # Each step's elementwise math is one call: the C kernel when built, else lstm_step below.
+        # Each step's elementwise math is one call: kernels.lstm_step.
         half = halves(4 * n, 3 * n)
         XU = self.project_steps(u, x, u.b + w.b, half, train)  # the recurrent bias comes with it
         WT = self.transposed("WT", w.W, half)
@@ -41,7 +62,7 @@ class LSTM(Recurrent):
         C = self.buffer("C", (T + 1, n, S))
         TC = self.buffer("TC", (T, n, S))        # tanh(c') per step
         H[0], C[0] = h0.T, c0.T
-        step = fused("lstm_step", self.dtype) or lstm_step
+        step = kernels.get("lstm_step", G)
         for t in range(T):
             g = G[t]
             if self.bn:
@@ -54,7 +75,7 @@ class LSTM(Recurrent):
         transpose_into(Y[1:], H[1:])
         h0[...], c0[...] = Y[T], C[T].T
         if train:
-            self.x = rows(x)
+            self.tape = self.Tape(x=rows(x), XU=XU, G=G, C=C, TC=TC, Y=Y)
         return Y[1:]
 
     def stepper(self, streams, ids_input):
@@ -95,7 +116,7 @@ class LSTM(Recurrent):
     def backward(self, dh_out, need_dx):
         T, S = dh_out.shape[:2]
         n, w, u = self.outputs, self.w, self.u
-        G, C, TC, Y = self._buf_G, self._buf_C, self._buf_TC, self._buf_Y
+        x, XU, G, C, TC, Y = self.tape
         # Feature-major like the forward loop. Everything in the gate deltas but dh and dc comes
         # from the forward pass's gates, cells and tanh(c'):
         #   di = dc ⊙ g⊙σ'(i)   df = dc ⊙ c⊙σ'(f)   do = dh ⊙ tanh(c')⊙σ'(o)   dg = dc ⊙ i⊙tanh'(g)
@@ -108,11 +129,11 @@ class LSTM(Recurrent):
         DH = self.buffer("DH", (T, n, S))
         transpose_into(DH, dh_out)
         d = self.buffer("d", (4 * n, S))
-        dG = self._buf_XU.reshape(T, S, 4 * n)
+        dG = XU.reshape(T, S, 4 * n)
         dGw = self.buffer("dGw", (T, S, 4 * n)) if self.bn else dG  # through w's batchnorm
         dh = self.zeros((n, S))
         dc = self.zeros((n, S))
-        back = fused("lstm_back", self.dtype) or lstm_back
+        back = kernels.get("lstm_back", d)
         for t in reversed(range(T)):
             back(dh, dc, DH[t], G[t], C[t], TC[t], d)
             transpose_into(dG[t], d)
@@ -128,41 +149,7 @@ class LSTM(Recurrent):
             w.db += db
             u.db += db
             du = rows(dG)
-        u.accumulate(self.x, du)
+        u.accumulate(x, du)
         if not need_dx:
             return None
         return u.back(du, out=self.buffer("dX", (T * S, self.inputs))).reshape(T, S, self.inputs)
-
-
-# The step math in numpy: the reference for darknetpy/_kernels.c's lstm_step and lstm_back, which
-# the loops above use instead when built (one pass over memory instead of about twenty).
-def lstm_step(g, xu, c, c1, tc, h1):
-    """One step's gates in place, g += xu then i f o = (1 + tanh) / 2 (pre-halved rows) and
-    g = tanh; c1 = f⊙c + i⊙g, tc = tanh(c1), h1 = o⊙tc."""
-    n = c.shape[0]
-    g += xu
-    np.tanh(g, out=g)
-    ifo = g[:3 * n]
-    ifo *= 0.5
-    ifo += 0.5
-    i, f, o, gg = g[:n], g[n:2 * n], g[2 * n:3 * n], g[3 * n:]
-    np.multiply(f, c, out=c1)
-    c1 += np.multiply(i, gg, out=h1)  # h1 as scratch until its turn
-    np.tanh(c1, out=tc)
-    np.multiply(o, tc, out=h1)
-
-
-def lstm_back(dh, dc, DH, g, c, tc, d):
-    """One step back from the step's gates g, cell c before it and tc = tanh(c'): dh += DH,
-    dc += dh⊙o⊙tanh'(c'), the gate deltas d = [dc⊙g⊙σ'(i), dc⊙c⊙σ'(f), dh⊙tc⊙σ'(o),
-    dc⊙i⊙tanh'(g)], then dc *= f (the cell's delta for the step before)."""
-    n = dh.shape[0]
-    i, f, o, gg = g[:n], g[n:2 * n], g[2 * n:3 * n], g[3 * n:]
-    di, df, do, dg = d[:n], d[n:2 * n], d[2 * n:3 * n], d[3 * n:]
-    dh += DH
-    dc += np.multiply(np.multiply(tanh_grad(tc, out=di), o, out=di), dh, out=di)  # di as scratch
-    np.multiply(np.multiply(sigmoid_grad(i, out=di), gg, out=di), dc, out=di)
-    np.multiply(np.multiply(sigmoid_grad(f, out=df), c, out=df), dc, out=df)
-    np.multiply(np.multiply(sigmoid_grad(o, out=do), tc, out=do), dh, out=do)
-    np.multiply(np.multiply(tanh_grad(gg, out=dg), i, out=dg), dc, out=dg)
-    dc *= f

@@ -6,18 +6,29 @@ where each sub-layer is act(W · + b) (or act(batchnorm)). The recurrence carrie
 input and output need no recurrence, so each is one matmul over all steps; only self runs per step.
 """
 from functools import partial
+from typing import NamedTuple
 
 import numpy as np
 
-from . import Recurrent, fused, projector, rows, transpose_into
-from .. import activations
+from .. import activations, kernels
+from .base import Recurrent, output_units, projector, rows, transpose_into
 from .connected import Dense
 
 
 class RNN(Recurrent):
+    kind = "rnn"
+
+    class Tape(NamedTuple):
+        """What forward keeps for backward."""
+        x: np.ndarray    # the input rows (T*S, inputs), or ids (T*S,)
+        A: np.ndarray    # (T, S, n) the input sub-layer's outputs
+        B: np.ndarray    # (T, n, S) the self sub-layer's outputs, feature-major
+        St: np.ndarray   # (T+1, S, n) St[t] the state before step t, as rows
+        Y: np.ndarray    # (T, S, n) the output sub-layer's outputs
+
     def __init__(self, section, inputs, rng):
         self.inputs = inputs
-        self.outputs = n = section.int("output", 1)
+        self.outputs = n = output_units(section)
         self.activation = section.str("activation", "logistic")
         activations.get(self.activation, section)  # an unknown name is an error here
         self.f_ = activations.in_place(self.activation)
@@ -29,6 +40,13 @@ class RNN(Recurrent):
         self.self_layer = Dense(n, n, ["self_layer"], bn, rng)
         self.output_layer = Dense(n, n, ["output_layer"], bn, rng)
         self.denses = [self.input_layer, self.self_layer, self.output_layer]  # save order
+
+    def describe(self):
+        return self.activation
+
+    def products(self):
+        n = self.outputs
+        return [(self.inputs, n, False, True), (n, n, True, False), (n, n, False, False)]
 
     def sublayer(self, dense, x, name, train):
         """act(normalize(x W)) for all steps at once, (T, S, n), in the buffer `name` (a new array
@@ -43,15 +61,15 @@ class RNN(Recurrent):
         """The optional last argument of the step functions: the state s added with shortcut=1."""
         return (s,) if self.shortcut else ()
 
-    def step_functions(self, streams):
+    def step_functions(self, streams, like):
         """(step, back): the elementwise math of one step forward and back, on feature-major
-        blocks (n, streams). The C kernels for leaky and relie in float32, else numpy:
+        blocks (n, streams) like `like`: kernels.rnn_step and rnn_back for the slope activations
+        (leaky, relie), else numpy with the layer's activation:
           step(b, bias, x, s1[, s]):  b = f(b + bias) in place, s1 = x + b (+ s)
           back(ds1, w, y, d[, ds]):   ds1 += w (+ ds), then d = ds1 ⊙ f'(y)"""
         slope = activations.SLOPES.get(self.activation)
-        kernels = fused("rnn_step", self.dtype), fused("rnn_back", self.dtype)
-        if slope is not None and all(kernels):
-            return partial(kernels[0], slope), partial(kernels[1], slope)
+        if slope is not None:
+            return partial(kernels.get("rnn_step", like), slope), partial(kernels.get("rnn_back", like), slope)
         scratch = self.buffer("scratch_f", (self.outputs, streams))
 
         def step(b, bias, x, s1, s=None):
@@ -81,7 +99,7 @@ class RNN(Recurrent):
         B = self.buffer("B", (T, n, S))          # self sub-layer outputs
         Sf = self.buffer("Sf", (T + 1, n, S))    # Sf[t] is the state before step t
         Sf[0] = h0.T
-        step, _ = self.step_functions(S)
+        step, _ = self.step_functions(S, B)
         bias = self.buffer("bias", (n, S))       # the self sub-layer's, added in the step (with
         bias[...] = 0 if W.bn else W.b[:, None]  # batchnorm normalize adds it)
         for t in range(T):
@@ -95,7 +113,7 @@ class RNN(Recurrent):
         h0[...] = St[T]
         Y = self.sublayer(V, St[1:], "Y", train)
         if train:
-            self.x, self.A, self.Y = rows(x), A, Y
+            self.tape = self.Tape(x=rows(x), A=A, B=B, St=St, Y=Y)
         return Y
 
     def stepper(self, streams, ids_input):
@@ -120,15 +138,15 @@ class RNN(Recurrent):
     def backward(self, dy, need_dx):
         T, S = dy.shape[:2]
         n, U, W, V = self.outputs, self.input_layer, self.self_layer, self.output_layer
-        B, St = self._buf_B, self._buf_S
+        x, A, B, St, Y = self.tape
         dZ = self.buffer("dZ", (T, S, n))
-        dzv = V.backward_norm(self.delta_through(dy, self.Y, dZ))
+        dzv = V.backward_norm(self.delta_through(dy, Y, dZ))
         V.accumulate(rows(St[1:]), rows(dzv))
         dS = self.buffer("dS", (T, S, n))        # delta of every s_t, from the output sub-layer first
         V.back(rows(dzv), out=rows(dS))
         dSf = self.buffer("dSf", (T, n, S))      # feature-major for the step loop, as forward
         transpose_into(dSf, dS)
-        _, back = self.step_functions(S)
+        _, back = self.step_functions(S, dSf)
         dBf = self.buffer("dBf", (T, n, S))      # deltas before the self sub-layer's activation
         np.multiply(self.gradient(B[T - 1], dBf[T - 1]), dSf[T - 1], out=dBf[T - 1])
         a = self.buffer("Wdb", (n, S))
@@ -143,8 +161,8 @@ class RNN(Recurrent):
         if not W.bn:
             W.backward_norm(dB)
         W.accumulate(rows(St[:T]), rows(dB))
-        du = rows(U.backward_norm(self.delta_through(dS, self.A, dZ)))  # dZ is spent: reuse
-        U.accumulate(self.x, du)
+        du = rows(U.backward_norm(self.delta_through(dS, A, dZ)))  # dZ is spent: reuse
+        U.accumulate(x, du)
         if not need_dx:
             return None
         return U.back(du, out=self.buffer("dX", (T * S, self.inputs))).reshape(T, S, self.inputs)

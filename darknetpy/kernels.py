@@ -1,0 +1,344 @@
+"""Every op that has a compiled form, with its numpy reference beside it, and the one function that
+picks an implementation: `get(name, *arrays)`.
+
+An op is a plain function that writes into arrays it is given (shapes in each docstring). Its
+numpy form below is the reference: the C kernels in `_kernels.c` compute the same float32
+operations (the tests hold them to these functions, bit for bit where the order of operations is
+the same). The implementations form a table with one column per backend:
+
+    op            numpy (below)     c (_kernels.c, optional)
+    lstm_step     lstm_step         _kernels.lstm_step
+    ...
+
+`get` walks the backends in use, in order, and returns the first implementation whose backend
+takes the arrays: the C one wants float32 arrays in C order. Numpy takes everything (float64 runs
+the finite-difference checks). A second backend (CuPy on a GPU, say) would be one more column,
+a dict of its functions and the test of which arrays it takes, added to `BACKENDS`: no layer
+changes.
+
+The C backend is left out when it was not built (no C compiler at install) or when the environment
+sets DARKNETPY_KERNELS=0. Tests pick the backends with `use("numpy")` (a context manager).
+"""
+import contextlib
+import os
+
+import numpy as np
+
+try:  # the optional C kernels (setup.py builds them when a compiler is there)
+    from . import _kernels as _c
+except ImportError:
+    _c = None
+
+f32 = np.float32
+
+
+# ---- the numpy references -----------------------------------------------------------------------
+# Recurrent step loops run feature-major: a gate block is (n, S), n features by S streams.
+
+def lstm_step(g, xu, c, c1, tc, h1):
+    """One LSTM step, g (4n, S) the recurrent part of the gates i f o g, xu (4n, S) the input part,
+    c (n, S) the cell before, c1, tc, h1 (n, S) written: g += xu, then i f o = (1 + tanh) / 2 (their
+    rows are pre-halved: σ(z) = (1 + tanh(z/2)) / 2) and g = tanh; c1 = f⊙c + i⊙g, tc = tanh(c1),
+    h1 = o⊙tc."""
+    n = c.shape[0]
+    g += xu
+    np.tanh(g, out=g)
+    ifo = g[:3 * n]
+    ifo *= 0.5
+    ifo += 0.5
+    i, f, o, gg = g[:n], g[n:2 * n], g[2 * n:3 * n], g[3 * n:]
+    np.multiply(f, c, out=c1)
+    c1 += np.multiply(i, gg, out=h1)  # h1 as scratch until its turn
+    np.tanh(c1, out=tc)
+    np.multiply(o, tc, out=h1)
+
+
+def lstm_back(dh, dc, DH, g, c, tc, d):
+    """One LSTM step back, from the step's activated gates g (4n, S), the cell c (n, S) before it and
+    tc = tanh(c'): dh += DH, dc += dh⊙o⊙tanh'(c'), the gate deltas d (4n, S) = [dc⊙g⊙σ'(i),
+    dc⊙c⊙σ'(f), dh⊙tc⊙σ'(o), dc⊙i⊙tanh'(g)], then dc *= f (the cell's delta for the step before)."""
+    n = dh.shape[0]
+    i, f, o, gg = g[:n], g[n:2 * n], g[2 * n:3 * n], g[3 * n:]
+    di, df, do, dg = d[:n], d[n:2 * n], d[2 * n:3 * n], d[3 * n:]
+    dh += DH
+    dc += np.multiply(np.multiply(tanh_grad(tc, out=di), o, out=di), dh, out=di)  # di as scratch
+    np.multiply(np.multiply(sigmoid_grad(i, out=di), gg, out=di), dc, out=di)
+    np.multiply(np.multiply(sigmoid_grad(f, out=df), c, out=df), dc, out=df)
+    np.multiply(np.multiply(sigmoid_grad(o, out=do), tc, out=do), dh, out=do)
+    np.multiply(np.multiply(tanh_grad(gg, out=dg), i, out=dg), dc, out=dg)
+    dc *= f
+
+
+def gru_zr(zr, xu, h, rh):
+    """The GRU's gates zr (2n, S) in place, zr += xu then (1 + tanh) / 2 (pre-halved rows);
+    rh (n, S) = r⊙h."""
+    n = h.shape[0]
+    zr += xu
+    np.tanh(zr, out=zr)
+    zr *= 0.5
+    zr += 0.5
+    np.multiply(zr[n:], h, out=rh)
+
+
+def gru_step(tanh, c, xu, zr, h, h1, P=None):
+    """The candidate c (n, S) in place, c = act(c + xu) (tanh, or logistic from pre-halved rows), and
+    h1 = z⊙h + (1-z)⊙c = c + z⊙(h - c); in training the factors of the deltas,
+    P (3n, S) = [(h - c)⊙σ'(z), h⊙σ'(r), (1 - z)⊙act'(c)]."""
+    n = h.shape[0]
+    z = zr[:n]
+    c += xu
+    np.tanh(c, out=c)
+    if not tanh:
+        c *= 0.5
+        c += 0.5
+    if P is not None:
+        (tanh_grad if tanh else sigmoid_grad)(c, out=P[2 * n:])
+        P[2 * n:] *= np.subtract(1, z, out=h1)  # h1 as scratch until its turn
+    np.subtract(h, c, out=h1)
+    if P is not None:
+        sigmoid_grad(zr, out=P[:2 * n])
+        P[:n] *= h1
+        P[n:2 * n] *= h
+    h1 *= z
+    h1 += c
+
+
+def gru_back(dh, drh, zr, P, d):
+    """dz = dh⊙P[z] and dr = drh⊙P[r] into d (3n, S); then dh = dh⊙z + drh⊙r (n, S) (wzr's share
+    of dh comes after, from the deltas)."""
+    n = dh.shape[0]
+    np.multiply(P[:n], dh, out=d[:n])
+    np.multiply(P[n:2 * n], drh, out=d[n:2 * n])
+    dh *= zr[:n]
+    dh += drh * zr[n:]
+
+
+def rnn_step(a, b, bias, x, s1, s=None):
+    """One [rnn] step with a slope activation f (x above zero, a·x below: leaky, relie), blocks
+    (n, S): b = f(b + bias) in place, s1 = x + b (+ s with shortcut)."""
+    b += bias
+    slope_act(b, a)
+    np.add(x, b, out=s1)
+    if s is not None:
+        s1 += s
+
+
+def rnn_back(a, ds1, w, y, d, ds=None):
+    """One [rnn] step back, blocks (n, S): ds1 += w (+ ds with shortcut), then d = ds1 ⊙ f'(y) for
+    the slope activation f of slope a."""
+    ds1 += w
+    if ds is not None:
+        ds1 += ds
+    slope_grad(y, d, a, ds1)
+
+
+def slope_act(x, a):
+    """x = x if x > 0 else a·x, in place, for 0 < a < 1 (leaky 0.1, relie 0.01): max(x, a·x) is that
+    exactly."""
+    np.maximum(x, np.multiply(x, f32(a)), out=x)
+
+
+def slope_grad(y, out, a, delta=None):
+    """out = (1 if y > 0 else a) [· delta]: the slope activation's derivative from its output."""
+    pick(np.greater(y, f32(0), out=out), 1, a, out)
+    if delta is not None:
+        np.multiply(out, delta, out=out)
+
+
+def pick(cond, a, b, out=None):
+    """cond ? a : b for scalars a > b >= 0, as max(cond·a, b), into `out` (cond may be out holding
+    1.0 / 0.0): exact, and about 15x faster than np.where with scalar operands (which takes numpy's
+    slow broadcasting path)."""
+    out = np.multiply(cond, f32(a), out=out)
+    return np.maximum(out, f32(b), out=out)
+
+
+def sigmoid_grad(y, out):
+    """out = y (1 - y), the logistic's derivative from its output, without temporaries."""
+    np.multiply(y, y, out=out)
+    return np.subtract(y, out, out=out)
+
+
+def tanh_grad(y, out):
+    """out = 1 - y², tanh's derivative from its output, without temporaries."""
+    np.multiply(y, y, out=out)
+    return np.subtract(1, out, out=out)
+
+
+def bn_forward(z, xhat, out, stats, scales, bias, eps):
+    """Batchnorm in training over z (G, R, n): per group g and feature, the mean and the variance
+    with the n-1 divisor over the R rows, into stats (4, G, n) = mean, var, σ = √var, d = σ + eps;
+    xhat = (z - mean) / d and out = scales·xhat + bias (G, R, n)."""
+    mean, var, sigma, d = stats
+    np.mean(z, axis=1, out=mean)
+    np.copyto(var, z.var(axis=1, ddof=1))
+    np.sqrt(var, out=sigma)
+    np.add(sigma, eps, out=d)
+    np.divide(z - mean[:, None], d[:, None], out=xhat)
+    np.add(xhat * scales, bias, out=out)
+
+
+def bn_backward(dz, xhat, sigma, d, scales, dx, dscales):
+    """Back through bn_forward, exactly: dscales (n,) += Σ dz⊙xhat, and with g = dz·scales and R rows
+    dx = (g - mean(g)) / d - xhat · Σ(g·xhat) / (σ (R - 1)), all (G, R, n) (Darknet's own backward
+    uses sqrt(var + 1e-5) and is not the gradient of its forward)."""
+    dscales += (dz * xhat).sum(axis=(0, 1))
+    g = dz * scales
+    rows = g.shape[1]
+    gx = (g * xhat).sum(axis=1) / (sigma * (rows - 1) + f32(1e-30))  # σ = 0 means x̂ = 0: no term
+    np.subtract((g - g.mean(axis=1, keepdims=True)) / d[:, None], xhat * gx[:, None], out=dx)
+
+
+def onehot_grad(dW, ids, dz):
+    """dW[id] += the rows of dz (R, k) whose input is one-hot `id` (ids (R,)), for every id: one sum
+    per id present over its rows in time order (a stable sort finds them), 5x faster than a one-hot
+    matmul and 10x faster than np.add.at or np.add.reduceat."""
+    order = np.argsort(ids, kind="stable")
+    ids = ids[order]
+    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+    total = np.empty(dz.shape[1], dz.dtype)
+    for a, b in zip(starts.tolist(), np.r_[starts[1:], ids.size].tolist()):
+        dW[ids[a]] += np.add.reduce(dz[order[a:b]], axis=0, out=total)
+
+
+def onehot_project(out, table, ids):
+    """out (T, k, S) = the rows table[ids[t, s], :k] laid out feature-major, for ids (T, S) and a
+    table (V, k + pad) (the C kernel reads rows padded off 4 KB strides)."""
+    k = out.shape[1]
+    np.copyto(out, np.swapaxes(table[ids][..., :k], 1, 2))
+
+
+def transpose(out, x):
+    """out = x with its last two axes swapped, (B, R, C) -> (B, C, R) or (R, C) -> (C, R): the layout
+    changes around the feature-major step loops. Rows of 1024 and more go eight at a time, since
+    copied whole the reads run down columns whose elements lie 4 KB apart, which share cache sets
+    and thrash (a 256 x 1024 matrix: 0.9 ms whole, 0.3 ms by eight rows; shorter rows are faster
+    whole)."""
+    if x.shape[-1] < 1024:
+        np.copyto(out, np.swapaxes(x, -1, -2))
+        return
+    for a in range(0, x.shape[-2], 8):
+        np.copyto(out[..., a:a + 8], np.swapaxes(x[..., a:a + 8, :], -1, -2))
+
+
+def softmax(x, p, groups, temperature):
+    """p = softmax over each of `groups` equal slices of x's last axis, at the temperature, as
+    Darknet: exp(x/T - max/T) divided by the sum (x/1 is x exactly: no pass for it). x, p (..., n)."""
+    z = x.reshape(*x.shape[:-1], groups, x.shape[-1] // groups)
+    e = p.reshape(z.shape)
+    t = x.dtype.type(temperature)
+    top = z.max(axis=-1, keepdims=True)
+    if t == 1:
+        np.subtract(z, top, out=e)
+    else:
+        np.subtract(np.divide(z, t, out=e), top / t, out=e)
+    np.exp(e, out=e)
+    e /= e.sum(axis=-1, keepdims=True)
+
+
+def xent(p, ids, delta):
+    """The cross-entropy of probabilities p (R, k) against class ids (R,): returns Σ -ln p[r, ids[r]]
+    (float32, Darknet's cost) and writes delta (R, k) = onehot(ids) - p."""
+    picked = np.take_along_axis(p, ids[:, None], axis=-1)
+    cost = -np.log(picked).sum(dtype=p.dtype)
+    np.negative(p, out=delta)
+    np.put_along_axis(delta, ids[:, None], f32(1) - picked, axis=-1)
+    return cost
+
+
+def adam(p, u, m, v, decay, B1, one_B1, B2, one_B2, c1, c2, lr, eps):
+    """One Adam update of a parameter array p with its accumulated negative gradient u and moments
+    m, v (all one shape): u += decay p (decay = -decay·B; 0 skips it); m = B1 m + (1-B1) u;
+    v = B2 v + (1-B2) u²; p += lr (m / c1) / (sqrt(v / c2) + eps); u = 0."""
+    a, b = np.empty_like(p), np.empty_like(p)
+    if decay:
+        u += np.multiply(p, decay, out=a)
+    m *= B1
+    m += np.multiply(u, one_B1, out=a)
+    v *= B2
+    v += np.multiply(np.multiply(u, u, out=a), one_B2, out=a)
+    np.sqrt(np.divide(v, c2, out=a), out=a)
+    a += eps
+    np.multiply(np.divide(m, c1, out=b), lr, out=b)
+    p += np.divide(b, a, out=b)
+    u[...] = 0
+
+
+def sgd(p, u, decay, rate, momentum):
+    """One SGD update of p with its accumulated negative gradient u: u += decay p (decay = -decay·B
+    for weights; 0 skips it); p += rate u (rate = lr/B); u *= momentum."""
+    a = np.empty_like(p)
+    if decay:
+        u += np.multiply(p, decay, out=a)
+    p += np.multiply(u, rate, out=a)
+    u *= momentum
+
+
+OPS = ("lstm_step", "lstm_back", "gru_zr", "gru_step", "gru_back", "rnn_step", "rnn_back",
+       "slope_act", "slope_grad", "bn_forward", "bn_backward", "onehot_grad", "onehot_project",
+       "transpose", "softmax", "xent", "adam", "sgd")
+
+
+# ---- the backends -------------------------------------------------------------------------------
+class Backend:
+    """One column of the table: `ops` maps op names to implementations, `takes(arrays)` says
+    whether they run on these arrays."""
+
+    def __init__(self, name, ops, takes):
+        self.name, self.ops, self.takes = name, ops, takes
+
+
+def _c_takes(arrays):
+    for a in arrays:  # a loop, not all(...): this runs in the step loops, and a generator costs more
+        if a.dtype != np.float32 or not a.flags.c_contiguous:
+            return False
+    return True
+
+
+NUMPY = Backend("numpy", {name: globals()[name] for name in OPS}, lambda arrays: True)
+C = Backend(f"C ({_c.isa})", {name: getattr(_c, name) for name in OPS}, _c_takes) if _c is not None else None
+BACKENDS = [b for b in (C, NUMPY) if b is not None]   # in order of preference
+_active = [C, NUMPY] if C is not None and os.environ.get("DARKNETPY_KERNELS") != "0" else [NUMPY]
+
+
+def get(name, *arrays):
+    """The implementation of op `name` for these arrays (the ones it reads or writes): the first
+    backend in use that takes them, else numpy's reference."""
+    for backend in _active:
+        if backend.takes(arrays):
+            return backend.ops[name]
+    return NUMPY.ops[name]
+
+
+def compiled(*arrays):
+    """True when an op on these arrays runs compiled rather than in numpy: a layer may then lay its
+    data out the way the kernel reads it best."""
+    return _active[0] is not NUMPY and _active[0].takes(arrays)
+
+
+@contextlib.contextmanager
+def use(*names):
+    """Run only the backends named ("numpy", "c") inside the block, for tests: `with
+    kernels.use("numpy"): ...` runs the numpy references. A name whose backend is not built raises
+    LookupError, so a test can skip."""
+    global _active
+    chosen = []
+    for name in names:
+        match = [b for b in BACKENDS if b.name.split()[0].lower() == name.lower()]
+        if not match:
+            raise LookupError(f"backend {name!r} is not available (built: {', '.join(b.name for b in BACKENDS)})")
+        chosen += match
+    previous, _active = _active, chosen + ([NUMPY] if NUMPY not in chosen else [])
+    try:
+        yield
+    finally:
+        _active = previous
+
+
+def label():
+    """What runs the float32 training math that has compiled kernels, for benchmark reports."""
+    if _active[0] is not NUMPY:
+        return _active[0].name
+    if C is None:
+        return "numpy (not built: no C compiler at install)"
+    return "numpy (DARKNETPY_KERNELS=0)" if os.environ.get("DARKNETPY_KERNELS") == "0" else "numpy (kernels.use)"

@@ -1,0 +1,183 @@
+"""What every layer kind shares. `Layer` is the stateless default and the interface every kind
+fills in; `Recurrent` holds what rnn, gru and lstm share: per-stream state that carries over between
+calls. Also the small array helpers the layers use."""
+import numpy as np
+
+from .. import kernels
+
+
+class Buffers:
+    """Work arrays kept between calls. A training step reuses them rather than allocating: a fresh
+    array of a megabyte or more is new memory from the OS, and its first touch costs a page fault
+    per 4 KB (about 2 µs each here: more than the arithmetic done in it). What a forward pass keeps
+    for the backward pass is not found here by name but handed over in the layer's `Tape`."""
+
+    def buffer(self, name, shape):
+        """The work array `name` of `shape` and the owner's dtype, reused while the shape stays."""
+        work = self.__dict__.setdefault("_work", {})
+        buf = work.get(name)
+        if buf is None or buf.shape != shape or buf.dtype != self.dtype:
+            buf = work[name] = np.empty(shape, self.dtype)
+        return buf
+
+
+class Layer(Buffers):
+    """The interface of a layer kind, and the default for one without parameters or state.
+
+    A kind is one class in its own file in this package, found by `kind`, the cfg section name
+    (`aliases`: other names Darknet accepts). Everything about the kind lives on the class: its
+    constructor reads the keys of its section, `describe` fills `info`'s table, `products` feeds
+    bench's FLOP model, `params` gives the weights file's order.
+    """
+    kind = None              # the cfg section name, e.g. "lstm"
+    aliases = ()
+    loss_at = None           # "any": its loss trains the net wherever it is; "end": only as the last layer
+    alexeyab_order = None    # its sub-layers' order in AlexeyAB's weights files, where that differs
+    bn_over = "rows"         # batchnorm statistics in training: over all steps*streams rows of a datum
+    denses = ()
+    dtype = np.float32
+
+    def __init__(self, section, inputs, rng):
+        """Read `section`'s keys (errors at their cfg line); `inputs` features come in; `rng`
+        draws the initial weights."""
+        self.inputs = self.outputs = inputs
+
+    def describe(self):
+        """The activation column of `darknetpy info`'s table."""
+        return ""
+
+    def products(self):
+        """(in, out, recurrent, reads_layer_input) for each matmul, for bench's FLOP model."""
+        return []
+
+    def set_temperature(self, t):
+        pass
+
+    def params(self, updates=False):
+        """Darknet-named views of the parameters in save order; updates=True: the accumulated
+        negative gradients of the trainable ones."""
+        return {}
+
+    def reset_state(self, stream=None):
+        pass
+
+    def backward(self, dy, need_dx):
+        return dy
+
+    def stepper(self, streams, ids_input):
+        """An inference function for one step, x (streams, inputs) or ids (streams,) -> (streams,
+        outputs), for generation and validation. Layers with weights override it to prepare their
+        weights once (see Network.stepper); this default runs `forward` for a single step."""
+        return lambda x: self.forward(x[None], False)[0]
+
+
+def output_units(section):
+    """The `output=` of a layer with weights, which must be > 0."""
+    n = section.int("output", 1)
+    if n <= 0:
+        raise section.error(f"output must be > 0, got {n}", "output")
+    return n
+
+
+class Recurrent(Layer):
+    state_names = ("h",)
+
+    bn_over = "streams"      # each step is normalized over the streams
+
+    def state(self, streams):
+        """The carried state arrays, (re)made as zeros when the number of streams changes; also
+        starts a forward pass by dropping batchnorm statistics a previous pass left unused."""
+        for d in self.denses:
+            d.cache.clear()
+        for name in self.state_names:
+            s = getattr(self, name, None)
+            if s is None or s.shape[0] != streams:
+                setattr(self, name, np.zeros((streams, self.outputs), self.dtype))
+        return [getattr(self, name) for name in self.state_names]
+
+    def reset_state(self, stream=None):
+        for name in self.state_names:
+            s = getattr(self, name, None)
+            if s is not None:
+                s[slice(None) if stream is None else stream] = 0
+
+    def transposed(self, name, W, scale=None):
+        """Wᵀ with row j scaled by scale[j] (if given), in C order (BLAS's faster left operand for
+        the step loops' products), in the buffer `name`."""
+        out = transpose_into(self.buffer(name, W.shape[::-1]), W)
+        if scale is not None:
+            out *= scale[:, None]
+        return out
+
+    def project_steps(self, dense, x, bias, scale, train):
+        """The input projections of all steps, (x U + bias) scaled per column by `scale` (powers of
+        two, so the scaling is exact and may apply to the sum or to its terms), laid out for a
+        feature-major step loop: (T, k, S). One-hot ids gather rows of U (with the bias added)
+        straight into that layout (kernels.onehot_project). Float rows take one matmul into
+        (k, T*S), then a copy of S-long blocks (4x faster than transposing element by element).
+        With batchnorm `normalize` applies the sub-layer's bias and `bias` is not used."""
+        T, S = x.shape[:2]
+        k = scale.size
+        out = self.buffer("XU", (T, k, S))
+        if dense.bn:
+            z = dense.normalize(dense.matmul(rows(x)).reshape(T, S, k), train) * scale
+            transpose_into(out, z)
+        elif x.dtype.kind in "iu":
+            V = dense.W.shape[0]  # rows padded by 16 floats: see _kernels.c
+            table = self.buffer("table", (V, k + 16))
+            np.multiply(dense.W, scale, out=table[:, :k])
+            table[:, :k] += bias * scale
+            kernels.get("onehot_project", out, table)(out, table, x.astype(np.int64, copy=False))
+        else:
+            U = np.multiply(dense.W, scale, out=self.buffer("U", dense.W.shape))
+            F = np.matmul(U.T, rows(x).T, out=self.buffer("F", (k, T * S)))
+            F += (bias * scale)[:, None]
+            np.copyto(out, F.reshape(k, T, S).transpose(1, 0, 2))
+        return out
+
+    def zeros(self, shape):
+        return np.zeros(shape, self.dtype)
+
+    def params(self, updates=False):
+        out = {}
+        for d in self.denses:
+            out.update(d.params(updates))
+        return out
+
+
+def transpose_into(out, x):
+    """out = x with its last two axes swapped (kernels.transpose); returns out."""
+    kernels.get("transpose", out, x)(out, x)
+    return out
+
+
+def times(W, streams):
+    """(x, out) -> x W written into out, for x of `streams` rows. With one stream (generate, valid)
+    and a large W, as W's transpose in rows times x as a column: OpenBLAS's GEMV runs that form
+    1.1-1.4x faster for 256x1024 and larger (measured here), the plain one faster below."""
+    if streams == 1 and W.size >= 256 * 1024:
+        WT = np.ascontiguousarray(W.T)
+        return lambda x, out: np.matmul(WT, x.T, out=out.T).T
+    return lambda x, out: np.matmul(x, W, out=out)
+
+
+def projector(W, b, ids_input, out):
+    """x -> x W + b written into `out`, for the step functions: a row gather from a table that
+    already holds b when x is one-hot ids, else one matmul and an add."""
+    if ids_input:
+        table = W + b
+        return lambda x: np.take(table, x, axis=0, out=out)
+    product = times(W, out.shape[0])
+    return lambda x: np.add(product(x, out), b, out=out)
+
+
+def halves(n, count):
+    """Column factors 0.5 for the first `count` of n columns, 1 for the rest. A logistic gate whose
+    weights and bias are pre-halved is (1 + tanh(z)) / 2 with no z/2 at run time (halving is exact);
+    numpy's float32 tanh is about twice as fast as its exp, and this form cannot overflow."""
+    return np.where(np.arange(n) < count, 0.5, 1.0).astype(np.float32)
+
+
+def rows(x):
+    """(T, S, F) -> (T*S, F); indices (T, S) -> (T*S,)."""
+    return x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])
