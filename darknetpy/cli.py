@@ -191,6 +191,7 @@ def train(ctx, cfg, data, weights, clear, tokenized, backup, max_batches, srand,
     from click.core import ParameterSource
 
     from . import train as trainmod
+    from .checkpoint import read_record
     given = {name for name in ("weights", "tokenized", "backup", "max_batches", "srand", "valid_frac",
                                "valid_every", "save_every")
              if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE}
@@ -201,7 +202,7 @@ def train(ctx, cfg, data, weights, clear, tokenized, backup, max_batches, srand,
             raise DarknetpyError("--resume takes CFG and DATA from the run record; give either CFG DATA or --resume")
         if clear:
             raise DarknetpyError("--clear starts a new count of updates and cannot continue a run; drop --resume or --clear")
-        recorded = trainmod.read_record(resume)
+        recorded = read_record(resume)
         cfg, data = recorded.pop("cfg"), recorded.pop("data")
         options.update({k: v for k, v in recorded.items() if k in options and k not in given})
     elif cfg is None or data is None:

@@ -3,6 +3,7 @@
 Tiny cfgs and corpora written to tmp_path; every run is a fraction of a second.
 """
 import errno
+import json
 import os
 import signal
 import struct
@@ -422,3 +423,29 @@ def test_learning_lowers_validation_bpc(tmp_path):
     bpcs = [float(line.split(" valid ")[1].split()[0]) for line in r.stderr.splitlines() if line.startswith("valid:")]
     assert bpcs[0] > 3.0, bpcs   # after 10 iterations: still far from the text
     assert bpcs[-1] < 1.0, bpcs  # the words and their order: about 2.6 bits per word of ~8 chars
+
+
+@pytest.mark.parametrize("case", ["sgd_momentum", "adam_clip"])
+def test_a_version_1_state_still_resumes_exactly(tmp_path, corpus, case):
+    """A .state.npz in the layout before optimizers were classes (version 1: upd{i}, Adam's m{i},
+    v{i}, meta t and moments), written here by hand, resumes bit for bit."""
+    cfg = write_cfg(tmp_path, batch=16, **RESUME_CASES[case])
+    ok(cfg, corpus, "--srand", 5, "--max-batches", 23, "--backup", tmp_path / "whole")
+    ok(cfg, corpus, "--srand", 5, "--max-batches", 9, "--backup", tmp_path / "part")
+    state = tmp_path / "part" / "tiny_final.weights.state.npz"
+    with np.load(state) as z:
+        new = {k: z[k] for k in z.files}
+    meta = json.loads(str(new.pop("meta")))
+    opt = meta.pop("optimizer")
+    moments = opt["buffers"].get("m", 0)
+    assert moments == (len(Network(cfg).slots()) if case == "adam_clip" else 0)
+    v1 = {k: v for k, v in new.items() if k.startswith(("upd", "layer"))}
+    for i in range(moments):
+        v1[f"m{i}"], v1[f"v{i}"] = new[f"optimizer.m.{i}"], new[f"optimizer.v.{i}"]
+    meta.update(version=1, t=opt["scalars"]["t"], moments=moments)
+    np.savez(state.with_suffix(""), meta=np.array(json.dumps(meta)), **v1)  # np.savez adds .npz
+    r = ok(cfg, corpus, "--weights", tmp_path / "part" / "tiny_final.weights", "--max-batches", 23,
+           "--backup", tmp_path / "rest")
+    assert "ignored" not in r.stderr
+    assert (tmp_path / "rest" / "tiny_final.weights").read_bytes() == \
+        (tmp_path / "whole" / "tiny_final.weights").read_bytes()
