@@ -64,6 +64,23 @@ def learning_rate(hp, n, rng=None):
     return lr
 
 
+def stretch_policy(hp, max_batches):
+    """The policy `hp` (read for hp["max_batches"] updates) run over `max_batches` instead: poly's
+    horizon moves, step/steps/sigmoid's update numbers scale, exp's gamma is re-rooted so that
+    gamma^max_batches is the same; burn_in stays. A cfg without max_batches only gets the horizon."""
+    out = dict(hp, max_batches=int(max_batches))
+    if hp["max_batches"] <= 0:
+        return out
+    scale = max_batches / hp["max_batches"]
+    if hp["policy"] in ("step", "sigmoid"):
+        out["step"] = max(1, round(hp["step"] * scale))
+    elif hp["policy"] == "steps":
+        out["steps"] = [max(1, round(s * scale)) for s in hp["steps"]]
+    elif hp["policy"] == "exp":
+        out["gamma"] = hp["gamma"] ** (1 / scale)
+    return out
+
+
 class Optimizer:
     """What every optimizer shares: the step count t, darknetpy's `clip` of the global gradient
     norm, and a state that a checkpoint saves and restores.

@@ -16,6 +16,7 @@ progress bar on stderr, prints one line per validation and a summary line, and c
 An iteration is one datum (Darknet's `i`): streams * time_steps characters; an update happens
 every `subdivisions` iterations, and `max_batches` counts updates from the weights' `seen`.
 """
+import contextlib
 import math
 import os
 import signal
@@ -27,6 +28,8 @@ import numpy as np
 
 from . import checkpoint as ckpt
 from . import data as datamod
+from . import metrics as metricsmod
+from . import optim
 from . import weights as weightsmod
 from .checkpoint import STATE_SUFFIX
 from .errors import DarknetpyError
@@ -102,27 +105,46 @@ class Validator:
 
 # ---- the loop ------------------------------------------------------------------------------------
 class _Interrupt:
-    """First Ctrl-C: finish the iteration, save, exit 130. A second one interrupts at once."""
+    """SIGINT (Ctrl-C), SIGTERM (a scheduler, `docker stop`) or SIGHUP: finish the iteration, save,
+    exit 128 + the signal's number. A second signal interrupts at once, except inside `saving()`,
+    where it waits for the files to be whole (then interrupts)."""
+    SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 
     def __init__(self):
+        self.signum = None  # the first signal received
         self.flag = False
-        self.previous = None
+        self.previous = {}
+        self.in_save, self.deferred = False, False
 
     def __enter__(self):
         try:
-            self.previous = signal.signal(signal.SIGINT, self._handle)
-        except ValueError:  # not the main thread: Ctrl-C keeps its default behaviour
-            self.previous = None
+            for sig in self.SIGNALS:
+                self.previous[sig] = signal.signal(sig, self._handle)
+        except ValueError:  # not the main thread: the signals keep their default behaviour
+            pass
         return self
 
     def _handle(self, signum, frame):
-        if self.flag:
+        if not self.flag:
+            self.flag, self.signum = True, signum
+        elif self.in_save:
+            self.deferred = True
+        else:
             raise KeyboardInterrupt
-        self.flag = True
+
+    @contextlib.contextmanager
+    def saving(self):
+        self.in_save = True
+        try:
+            yield
+        finally:
+            self.in_save = False
+        if self.deferred:
+            raise KeyboardInterrupt
 
     def __exit__(self, *exc):
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
+        for sig, previous in self.previous.items():
+            signal.signal(sig, previous)
         return False
 
 
@@ -150,7 +172,8 @@ class _Progress:
         if enabled:
             from tqdm import tqdm
             tty = sys.stderr.isatty()
-            self.bar = tqdm(total=total, initial=min(initial, total), file=sys.stderr if tty else _LogLines(sys.stderr),
+            total = total if total > 0 else None  # a --time-budget run learns its total later
+            self.bar = tqdm(total=total, initial=min(initial, total or initial), file=sys.stderr if tty else _LogLines(sys.stderr),
                             unit="it", dynamic_ncols=True, mininterval=0.5 if tty else 30, smoothing=0.05,
                             bar_format="iteration {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}{postfix}]")
 
@@ -179,46 +202,78 @@ def train(cfg, data, **options):
     return Trainer(cfg, data, **options).run()
 
 
+def parse_duration(text):
+    """Seconds in a --time-budget: '600', '90s', '10m', '2h' or '1.5h'."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    value = str(text).strip().lower()
+    scale = units.get(value[-1:], None)
+    try:
+        seconds = float(value[:-1] if scale else value) * (scale or 1)
+    except ValueError:
+        seconds = math.nan
+    if not (seconds > 0 and math.isfinite(seconds)):
+        raise DarknetpyError(f"--time-budget {text}: not a duration; give seconds (600) or a number "
+                             "with s, m or h (90s, 10m, 2h)")
+    return seconds
+
+
 class Trainer:
     """One training run, from its checks to its summary: `run()` = setup (in __init__), then
-    `step()` per iteration with `validate()` and `checkpoint()` when due, then `finish()`.
+    `step()` per iteration with `validate()`, `sample()` and `checkpoint()` when due, then `finish()`.
 
     A run that does not continue from `backup`'s own checkpoints refuses to replace an earlier
     run's there unless `overwrite`. Raises DarknetpyError for bad input, a diverged loss (nothing
     poisoned is saved) or a failed checkpoint write (the previous checkpoint stays whole).
+    `patience` ends the run after that many validations in a row without a new best; `time_budget`
+    (seconds) sets max_batches from the speed of the first iterations (see `set_horizon`).
     """
 
     def __init__(self, cfg, data, weights=None, clear=False, tokenized=False, backup="backup",
                  max_batches=None, srand=None, valid_frac=None, valid_every=VALID_EVERY,
-                 save_every=SAVE_EVERY, progress=True, resumed_from=None, overwrite=False):
+                 save_every=SAVE_EVERY, progress=True, resumed_from=None, overwrite=False, log_every=10,
+                 sample_every=0, sample_len=200, sample_temp=0.7, patience=None, time_budget=None,
+                 stretch_schedule=False):
         self.t0 = time.time()
         self.cfg, self.data, self.weights, self.clear, self.tokenized = cfg, data, weights, clear, tokenized
-        self.backup, self.valid_every, self.save_every = backup, valid_every, save_every
-        self.resumed_from, self.show_progress = resumed_from, progress
+        self.backup, self.valid_every, self.save_every, self.log_every = backup, valid_every, save_every, log_every
+        self.sample_every, self.sample_len, self.sample_temp = sample_every, sample_len, sample_temp
+        self.resumed_from, self.show_progress, self.patience = resumed_from, progress, patience
+        self.time_budget = None if time_budget is None else parse_duration(time_budget)
         self.srand = int(np.random.SeedSequence().entropy % 2**31) if srand is None else srand
         self.net = Network(cfg, seed=self.srand)
         if self.net.loss_layer is None:
             raise DarknetpyError("the network has no [softmax] or [cost] layer to train against", cfg)
         self.rows = self.net.streams * self.net.time_steps  # characters per iteration
         self.max_batches = self.net.hp["max_batches"] if max_batches is None else max_batches
-        if self.max_batches <= 0:
-            raise DarknetpyError("no max_batches: set max_batches=N in [net] or pass --max-batches N", cfg)
+        if self.max_batches <= 0 and self.time_budget is None:
+            raise DarknetpyError("no max_batches: set max_batches=N in [net] or pass --max-batches N "
+                                 "(or --time-budget)", cfg)
+        if stretch_schedule:  # a --time-budget run resumed: the schedule it chose
+            self.net.hp = optim.stretch_policy(self.net.hp, self.max_batches)
         self.load_corpus(valid_frac)
+        if patience is not None and (patience < 1 or self.valid_ids is None or valid_every <= 0):
+            raise DarknetpyError(f"--patience {patience}: give a number of validations >= 1, with held-out "
+                                 "text (--valid-frac) and --valid-every N > 0; leave it out to never stop early")
         self.loss, self.avg, self.valid, self.valid_iteration = None, None, None, None
+        self.best, self.bad_validations, self.seconds0, self.stop_reason = None, 0, 0.0, None
         self.start_from_weights()
         self.iteration = self.net.seen // self.rows
         self.saved = self.iteration if weights is not None else None  # the last good checkpoint
         self.saved_path = os.path.abspath(weights) if weights is not None else None
         self.base = base = os.path.join(backup, ckpt.cfg_base(cfg))
-        self.paths = {"backup": base + ".backup", "final": base + "_final.weights", "record": base + ".yaml"}
-        continuing = resumed_from is not None or (  # from one of this run's own checkpoints
+        self.paths = {"backup": base + ".backup", "final": base + "_final.weights", "best": base + "_best.weights",
+                      "record": base + ".yaml", "metrics": base + ".metrics.csv"}
+        self.continuing = resumed_from is not None or (  # from one of this run's own checkpoints
             weights is not None and os.path.dirname(os.path.abspath(weights)) == os.path.abspath(backup))
-        if not (continuing or overwrite):
+        if not (self.continuing or overwrite):
             ckpt.refuse_to_replace(self.paths, cfg)
         ckpt.prepare_backup_dir(backup)  # last of the checks, all before any training
         seed_ids = list(b"\n\n") if not tokenized and self.net.inputs > 10 else []
         self.validator = Validator(cfg, self.valid_ids, seed_ids) if self.valid_ids is not None else None
+        self.sampler = None  # a batch=1 copy of the network, made at the first sample
         self.record = ckpt.Record(self.paths["record"], self.new_record(valid_frac=self.valid_frac))
+        if stretch_schedule:
+            self.record.content["options"]["stretch_schedule"] = True
 
     # ---- setup -----------------------------------------------------------------------------------
     def load_corpus(self, valid_frac):
@@ -238,7 +293,8 @@ class Trainer:
                                              np.random.default_rng([self.srand, 1]), data)
 
     def start_from_weights(self):
-        """Load --weights and, unless --clear, the .state.npz beside them (optimizer, data walk)."""
+        """Load --weights and, unless --clear, the .state.npz beside them (optimizer, data walk,
+        the best validation so far)."""
         if self.weights is None:
             return
         net, weights = self.net, self.weights
@@ -253,7 +309,8 @@ class Trainer:
                 _stderr_line(f"warning: {weights}{STATE_SUFFIX}: ignored, {arrays}; the optimizer starts afresh")
             return
         ckpt.restore_state(net, self.batcher, meta, arrays, weights + STATE_SUFFIX)
-        self.avg = meta.get("avg_loss")
+        self.avg, self.best = meta.get("avg_loss"), meta.get("best")
+        self.bad_validations, self.seconds0 = meta.get("bad_validations", 0), meta.get("seconds", 0.0)
         if meta.get("corpus_sha256") not in (None, self.corpus_sha):
             _stderr_line(f"warning: {self.data}: the training text differs from the one "
                          f"{weights} was trained on; continuing on this one")
@@ -266,7 +323,8 @@ class Trainer:
             "backup": os.path.abspath(self.backup), "status": "running",
             "options": {"tokenized": bool(self.tokenized), "max_batches": int(self.max_batches),
                         "valid_frac": float(valid_frac), "valid_every": int(self.valid_every),
-                        "save_every": int(self.save_every), "srand": int(self.srand)},
+                        "save_every": int(self.save_every), "srand": int(self.srand),
+                        "log_every": int(self.log_every), "patience": self.patience},
             "started_from": {"weights": os.path.abspath(weights) if weights else None,
                              "clear": bool(self.clear), "resumed_from": self.resumed_from},
             "hyperparameters": {
@@ -278,8 +336,11 @@ class Trainer:
                 "train_chars": int(len(self.train_ids)),
                 "valid_chars": int(len(self.valid_ids)) if self.valid_ids is not None else 0,
             },
+            "metrics": os.path.abspath(self.paths["metrics"]),
             "progress": {}, "checkpoints": {"latest": None, "backup": None, "final": None, "numbered": []},
         }
+        if self.best is not None:
+            record["best"] = self.best
         if weights is not None:  # continuing a run: keep its list of numbered checkpoints
             cps = ckpt.earlier_record(self.resumed_from or self.paths["record"]).get("checkpoints")
             record["checkpoints"]["numbered"] = list(cps.get("numbered") or []) if isinstance(cps, dict) else []
@@ -287,13 +348,17 @@ class Trainer:
 
     # ---- the loop --------------------------------------------------------------------------------
     def run(self):
-        """Train until max_batches updates (or Ctrl-C); returns the summary dict."""
+        """Train until max_batches updates, a stop (patience, time budget) or a signal; returns the
+        summary dict."""
         net = self.net
         self.progress = _Progress(self.show_progress, self.max_batches * net.subdivisions, self.iteration)
+        self.metrics = self.open_metrics()
+        self.start, self.start_updates = time.time(), net.batch_num
+        self.last_row = (self.iteration, self.start)
         status = "finished"
         try:  # overflow in a diverging run is reported as a non-finite loss, not as numpy warnings
             with _Interrupt() as self.interrupt, np.errstate(all="ignore"):
-                while net.batch_num < self.max_batches:
+                while (net.batch_num < self.max_batches or self.max_batches <= 0) and self.stop_reason is None:
                     if self.interrupt.flag:
                         status = "interrupted"
                         break
@@ -302,8 +367,12 @@ class Trainer:
                 self.finish(status)
         finally:
             self.progress.close()
+            self.metrics.close()
+        signame = signal.Signals(self.interrupt.signum).name if self.interrupt.signum else None
         return {**self.progress_fields(), "status": status, "checkpoint": self.saved_path,
-                "max_batches": self.max_batches, "record": os.path.abspath(self.paths["record"])}
+                "max_batches": self.max_batches, "record": os.path.abspath(self.paths["record"]),
+                "best": self.best, "reason": self.stop_reason, "signal": signame,
+                "exit_code": 128 + self.interrupt.signum if status == "interrupted" else 0}
 
     def step(self):
         """One training iteration: a datum through forward, backward and (when due) the update."""
@@ -320,71 +389,169 @@ class Trainer:
             net.reset_state(int(s))
 
     def after_step(self):
-        """Progress, then validation and checkpoints when their iteration comes."""
+        """Progress, then what is due at this iteration: validation, the stops (patience, time
+        budget), the metrics row, a sample, checkpoints."""
         it = self.iteration
         self.progress.update(self.postfix)
-        if self.valid_every > 0 and it % self.valid_every == 0:
-            self.validate()
+        validated = self.valid_every > 0 and it % self.valid_every == 0 and self.validate()
+        if self.patience is not None and self.bad_validations >= self.patience:
+            self.stop_reason = (f"stopped early: no better validation in {self.patience} in a row "
+                                f"(--patience {self.patience})")
+        if self.time_budget is not None:
+            self.watch_time_budget()
+        ending = self.stop_reason is not None or 0 < self.max_batches <= self.net.batch_num
+        if not ending and (validated or (self.log_every > 0 and it % self.log_every == 0)):
+            self.log_row()  # the last iteration's row comes from finish(), after its validation
+        if self.sample_every > 0 and it % self.sample_every == 0:
+            self.sample()
         if it % BACKUP_EVERY == 0:
             self.checkpoint(self.paths["backup"], "backup")
         if self.save_every > 0 and it % self.save_every == 0:
             self.checkpoint(f"{self.base}_{it}.weights", "numbered")
 
     def postfix(self):
-        net = self.net
-        rate = net.last_rate
-        if rate is None and net.hp["policy"] != "random":  # "random" would draw from the rng
-            rate = net.learning_rate()
+        rate = self.rate()
         rate = "-" if rate is None else f"{rate:.3g}"
         return (f"loss {self.loss:.4f}  avg {self.avg:.4f}  rate {rate}  "
-                f"epoch {net.seen / len(self.train_ids):.2f}")
+                f"epoch {self.net.seen / len(self.train_ids):.2f}")
+
+    def rate(self):
+        """The rate of the last update (or, before one, of the next; never drawing from the rng)."""
+        net = self.net
+        if net.last_rate is None and net.hp["policy"] != "random":  # "random" would draw from the rng
+            return net.learning_rate()
+        return net.last_rate
 
     def finish(self, status):
-        """The last checkpoint and record: on an interrupt the backup, else validation, backup, final."""
+        """The last checkpoint and record: on a signal the backup, else the backup, a validation
+        (and the best checkpoint if it is the best) and the final weights."""
         if status == "interrupted":
             if self.saved != self.iteration or self.record.content["checkpoints"]["latest"] != os.path.abspath(self.paths["backup"]):
                 self.checkpoint(self.paths["backup"], "backup")
         else:
+            self.checkpoint(self.paths["backup"], "backup")
             if self.valid_iteration != self.iteration:
                 self.validate()
-            self.checkpoint(self.paths["backup"], "backup")
             self.checkpoint(self.paths["final"], "final")
+        if self.last_row[0] != self.iteration:
+            self.log_row()
+        self.record.content["stop_reason"] = self.stop_reason
         self.record.write(status, self.progress_fields())
 
-    # ---- validation and checkpoints ----------------------------------------------------------------
+    # ---- validation, metrics, samples, the time budget -------------------------------------------
     def validate(self):
-        """Held-out bits per character now, as one line above the bar (skipped on Ctrl-C)."""
+        """Held-out bits per character now, as one line above the bar, and the best checkpoint
+        when it is the best so far. False if there is no held-out text or a signal stopped it."""
         if self.validator is None:
-            return
+            return False
         v0 = time.time()
         bpc = self.validator(self.net, lambda: self.interrupt.flag)
         if bpc is None:
-            return
+            return False
         self.valid, self.valid_iteration = float(bpc), self.iteration
         loss = f"{self.loss:.4f}" if self.loss is not None else "-"
         avg = f"{self.avg:.4f}" if self.avg is not None else "-"
         self.progress.say(f"valid: iteration {self.iteration}  {time.time() - self.t0:.1f} s  loss {loss}  "
                           f"avg {avg}  valid {bpc:.4f} bpc ({self.validator.count} chars, {time.time() - v0:.1f} s)")
+        if self.best is None or bpc < self.best["valid_bpc"]:
+            self.best = {"weights": os.path.abspath(self.paths["best"]), "iteration": self.iteration,
+                         "valid_bpc": float(bpc)}
+            self.bad_validations = 0
+            self.record.content["best"] = self.best
+            self.checkpoint(self.paths["best"], "best")
+        else:
+            self.bad_validations += 1
+        return True
 
+    def open_metrics(self):
+        """The metrics log; a continuing run keeps the rows up to the checkpoint it starts from."""
+        keep = self.iteration if self.continuing and self.weights is not None and not self.clear else None
+        try:
+            return metricsmod.MetricsLog(self.paths["metrics"], keep_until=keep)
+        except OSError as e:
+            raise ckpt.write_error(self.paths["metrics"], e, "metrics log") from None
+
+    def log_row(self):
+        now = time.time()
+        it0, t_prev = self.last_row
+        speed = (self.iteration - it0) * self.rows / (now - t_prev) if now > t_prev and self.iteration > it0 else None
+        self.last_row = (self.iteration, now)
+        self.metrics.row(iteration=self.iteration, seconds=self.seconds(), epoch=self.net.seen / len(self.train_ids),
+                         loss=self.loss, avg_loss=self.avg, learning_rate=self.rate(), chars_per_s=speed,
+                         valid_bpc=self.valid if self.valid_iteration == self.iteration else None)
+
+    def seconds(self):
+        """Training wall time, summed over this run's resumes."""
+        return self.seconds0 + time.time() - self.t0
+
+    def sample(self):
+        """`sample_len` characters at `sample_temp` to stderr from a batch=1 copy of the weights: the
+        training network, its state and its random streams are not touched."""
+        from . import sample as samplemod
+        if self.sampler is None:
+            with warnings.catch_warnings():  # the training network already reported unused cfg keys
+                warnings.simplefilter("ignore")
+                self.sampler = Network(self.cfg, batch=1, time_steps=1)
+        dst = self.sampler.params()
+        for key, value in self.net.params().items():
+            dst[key][...] = value
+        tokens = [str(i) for i in range(self.net.outputs)] if self.tokenized else None
+        text = samplemod.generate(self.sampler, seed=b"\n", length=self.sample_len, temp=self.sample_temp,
+                                  srand=self.srand + self.iteration, tokens=tokens)
+        self.progress.say(f"sample at iteration {self.iteration}:\n"
+                          + text[1:].decode("utf-8", "replace").rstrip("\n"))
+
+    def watch_time_budget(self):
+        """Set max_batches once from the speed so far, and stop at the deadline in any case."""
+        elapsed, done = time.time() - self.start, self.net.batch_num - self.start_updates
+        if elapsed >= self.time_budget:
+            self.stop_reason = f"the time budget of {self.time_budget:g} s is spent"
+        elif "time_budget" not in self.record.content and done >= 3 and elapsed >= min(60.0, max(1.0, 0.05 * self.time_budget)):
+            self.set_horizon(elapsed / done)
+
+    def set_horizon(self, per_update):
+        """max_batches = the updates done + as many as the rest of the budget allows at
+        `per_update` seconds each; the cfg's schedule is stretched to it (optim.stretch_policy)."""
+        remaining = self.time_budget - (time.time() - self.start)
+        self.max_batches = self.net.batch_num + max(1, int(remaining / per_update))
+        self.net.hp = optim.stretch_policy(self.net.hp, self.max_batches)
+        if self.progress.bar is not None:
+            self.progress.bar.total = self.max_batches * self.net.subdivisions
+        options = self.record.content["options"]
+        options.update(max_batches=int(self.max_batches), stretch_schedule=True)
+        self.record.content["hyperparameters"].update(self.net.hp)
+        self.record.content["time_budget"] = {
+            "seconds": self.time_budget, "max_batches": int(self.max_batches),
+            "seconds_per_update": round(per_update, 6),
+            "why": (f"{self.net.batch_num - self.start_updates} updates took {per_update:.4g} s each, so "
+                    f"{self.max_batches - self.net.batch_num} more fit in the {remaining:.0f} s left; the "
+                    f"cfg's {self.net.hp['policy']} schedule is stretched to end at update {self.max_batches}")}
+
+    # ---- checkpoints -----------------------------------------------------------------------------
     def checkpoint(self, path, kind):
-        """Commit weights + .state.npz at `path`, then rewrite the record naming it as `kind`."""
+        """Commit weights + .state.npz at `path`, then rewrite the record naming it as `kind`; a
+        second signal waits until both are whole."""
         net = self.net
         if not all(np.isfinite(v).all() for v in net.params().values()):
             raise self.diverged("non-finite weights before checkpoint")
         wbytes = weightsmod.to_bytes(net)
-        sbytes = ckpt.state_bytes(net, self.batcher, wbytes, {"iteration": self.iteration, "avg_loss": self.avg,
-                                                              "corpus_sha256": self.corpus_sha})
-        try:
-            ckpt.commit([(path + STATE_SUFFIX, sbytes), (path, wbytes)])
-        except OSError as e:
-            raise ckpt.write_error(path, e) from None
-        self.saved, self.saved_path = self.iteration, os.path.abspath(path)
-        self.record.add_checkpoint(path, kind)
-        self.record.write("running", self.progress_fields())
+        extra = {"iteration": self.iteration, "avg_loss": self.avg, "corpus_sha256": self.corpus_sha,
+                 "best": self.best, "bad_validations": self.bad_validations, "seconds": self.seconds()}
+        sbytes = ckpt.state_bytes(net, self.batcher, wbytes, extra)
+        with self.interrupt.saving():
+            try:
+                ckpt.commit([(path + STATE_SUFFIX, sbytes), (path, wbytes)])
+            except OSError as e:
+                raise ckpt.write_error(path, e) from None
+            self.saved, self.saved_path = self.iteration, os.path.abspath(path)
+            self.record.add_checkpoint(path, kind)
+            self.record.write("running", self.progress_fields())
 
     def diverged(self, what):
         last = (f"the last good checkpoint is {self.saved_path} (iteration {self.saved})"
                 if self.saved_path else "no checkpoint was written in this run")
+        if self.best is not None:
+            last += f", the best {self.best['weights']} (iteration {self.best['iteration']}, {self.best['valid_bpc']:.4f} bpc)"
         return DarknetpyError(f"{what} at iteration {self.iteration}: training diverged and stopped "
                               f"without saving; {last}; lower learning_rate or set clip in [net]", self.cfg)
 
@@ -400,6 +567,15 @@ def format_summary(s):
     """The one summary line printed at the end of a run."""
     avg = f"{s['avg_loss']:.4f}" if s["avg_loss"] is not None else "-"
     valid = f"{s['valid_bpc']:.4f} bpc" if s["valid_bpc"] is not None else "-"
-    return (f"{s['status']}: iteration {s['iteration']}, update {s['updates']} of max_batches "
+    best = s.get("best")
+    best = (f", best valid {best['valid_bpc']:.4f} bpc at iteration {best['iteration']} ({best['weights']})"
+            if best else "")
+    line = (f"{s['status']}: iteration {s['iteration']}, update {s['updates']} of max_batches "
             f"{s['max_batches']}, seen {s['seen']}, epoch {s['epoch']:.2f}, {s['seconds']:.0f} s, "
-            f"avg loss {avg}, valid {valid}; saved {s['checkpoint']}")
+            f"avg loss {avg}, valid {valid}{best}; saved {s['checkpoint']}")
+    if s.get("signal"):
+        line += (f" (weights, .state.npz and the run record) on {s['signal']}; continue with "
+                 f"`darknetpy train --resume {s['record']}`")
+    if s.get("reason"):
+        line += f"; {s['reason']}"
+    return line
