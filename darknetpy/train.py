@@ -394,6 +394,8 @@ class Trainer:
         it = self.iteration
         self.progress.update(self.postfix)
         validated = self.valid_every > 0 and it % self.valid_every == 0 and self.validate()
+        if validated and self.best["iteration"] == it:
+            self.checkpoint(self.paths["best"], "best")
         if self.patience is not None and self.bad_validations >= self.patience:
             self.stop_reason = (f"stopped early: no better validation in {self.patience} in a row "
                                 f"(--patience {self.patience})")
@@ -429,9 +431,10 @@ class Trainer:
             if self.saved != self.iteration or self.record.content["checkpoints"]["latest"] != os.path.abspath(self.paths["backup"]):
                 self.checkpoint(self.paths["backup"], "backup")
         else:
+            validated = self.valid_iteration != self.iteration and self.validate()
             self.checkpoint(self.paths["backup"], "backup")
-            if self.valid_iteration != self.iteration:
-                self.validate()
+            if validated and self.best["iteration"] == self.iteration:
+                self.checkpoint(self.paths["best"], "best")
             self.checkpoint(self.paths["final"], "final")
         if self.last_row[0] != self.iteration:
             self.log_row()
@@ -440,8 +443,9 @@ class Trainer:
 
     # ---- validation, metrics, samples, the time budget -------------------------------------------
     def validate(self):
-        """Held-out bits per character now, as one line above the bar, and the best checkpoint
-        when it is the best so far. False if there is no held-out text or a signal stopped it."""
+        """Held-out bits per character now, as one line above the bar; a new best is noted in
+        `best` (the caller writes its checkpoint). False if there is no held-out text or a signal
+        stopped it."""
         if self.validator is None:
             return False
         v0 = time.time()
@@ -458,7 +462,6 @@ class Trainer:
                          "valid_bpc": float(bpc)}
             self.bad_validations = 0
             self.record.content["best"] = self.best
-            self.checkpoint(self.paths["best"], "best")
         else:
             self.bad_validations += 1
         return True

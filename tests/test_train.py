@@ -449,3 +449,16 @@ def test_a_version_1_state_still_resumes_exactly(tmp_path, corpus, case):
     assert "ignored" not in r.stderr
     assert (tmp_path / "rest" / "tiny_final.weights").read_bytes() == \
         (tmp_path / "whole" / "tiny_final.weights").read_bytes()
+
+
+def test_a_diverged_run_names_the_last_good_and_the_best_checkpoint(tmp_path, corpus):
+    b = tmp_path / "b"
+    ok(write_cfg(tmp_path), corpus, "--srand", 1, "--max-batches", 20, "--valid-every", 10, "--backup", b)
+    saved = {p.name: p.read_bytes() for p in b.iterdir()}
+    best = yaml.safe_load((b / "tiny.yaml").read_text())["best"]
+    bad = write_cfg(tmp_path, opt="learning_rate=1e30\nmomentum=0.9")
+    r = run(bad, corpus, "--weights", b / "tiny.backup", "--max-batches", 60, "--backup", b)
+    one_line_error(r, "non-finite", f"{b / 'tiny.backup'} (iteration 20)",
+                   f"the best {b / 'tiny_best.weights'} (iteration {best['iteration']}, {best['valid_bpc']:.4f} bpc)",
+                   during=True)
+    assert {p.name: p.read_bytes() for p in b.iterdir()} == saved
