@@ -183,7 +183,7 @@ def info(cfg, weights):
               help="Print a sample to stderr every N iterations, from a copy of the weights (training "
                    "is not disturbed: the same weights come out with or without); 0: never.")
 @click.option("--sample-len", type=click.IntRange(min=1), default=200, show_default=True, metavar="N",
-              help="Characters (tokens) per --sample-every sample, after a seed of one newline.")
+              help="Characters (tokens) per --sample-every sample, after a seed of one newline (id 0 for tokenized corpora).")
 @click.option("--sample-temp", type=click.FloatRange(min=0, min_open=True), default=0.7, show_default=True,
               help="Softmax temperature of the --sample-every samples (generate's default).")
 @click.option("--patience", type=int, default=None, metavar="K",

@@ -499,10 +499,12 @@ class Trainer:
         for key, value in self.net.params().items():
             dst[key][...] = value
         tokens = [str(i) for i in range(self.net.outputs)] if self.tokenized else None
-        text = samplemod.generate(self.sampler, seed=b"\n", length=self.sample_len, temp=self.sample_temp,
+        seed = b"\n" if not self.tokenized and self.net.inputs > 10 else b""  # b"": id 0, as `generate`
+        text = samplemod.generate(self.sampler, seed=seed, length=self.sample_len, temp=self.sample_temp,
                                   srand=self.srand + self.iteration, tokens=tokens)
+        echo = len(b"0 ") if self.tokenized else 1  # the seed's symbol, echoed first
         self.progress.say(f"sample at iteration {self.iteration}:\n"
-                          + text[1:].decode("utf-8", "replace").rstrip("\n"))
+                          + text[echo:].decode("utf-8", "replace").rstrip("\n"))
 
     def watch_time_budget(self):
         """Set max_batches once from the speed so far, and stop at the deadline in any case."""

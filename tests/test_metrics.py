@@ -176,3 +176,14 @@ def test_bad_options_are_one_line(tmp_path, corpus, args, fragments):
     cfg = write_cfg(tmp_path)
     one_line_error(cli(cfg, corpus, "--backup", tmp_path / "b", *args), *fragments)
     assert not (tmp_path / "b").exists()
+
+
+def test_samples_of_a_tokenized_corpus_are_ids(tmp_path):
+    cfg = write_cfg(tmp_path, inputs=10, time_steps=4, batch=4, max_batches=12)
+    tokens = tmp_path / "tokens.txt"
+    tokens.write_text(" ".join(str(i % 10) for i in range(2000)))
+    r = ok(cfg, tokens, "--tokenized", "--backup", tmp_path / "b", "--sample-every", 6, "--sample-len", 10)
+    lines = r.stderr.splitlines()
+    for n in (6, 12):
+        ids = lines[lines.index(f"sample at iteration {n}:") + 1].split()
+        assert len(ids) == 10 and all(0 <= int(i) < 10 for i in ids), ids

@@ -2,9 +2,6 @@
 what was saved. Real subprocesses, real signals."""
 import os
 import signal
-import subprocess
-import sys
-import threading
 import time
 
 import pytest
@@ -12,23 +9,7 @@ import yaml
 
 from darknetpy import checkpoint as ckpt
 from darknetpy import load_network
-from test_train import TEXT, ok, write_cfg
-
-
-def start(cfg, corpus, backup):
-    """A long training run in a subprocess, and a list that collects its stderr lines once it trains."""
-    p = subprocess.Popen([sys.executable, "-m", "darknetpy", "train", str(cfg), str(corpus), "--backup",
-                          str(backup), "--valid-every", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    started, err = threading.Event(), []
-
-    def read():
-        for line in p.stderr:
-            err.append(line.decode())
-            started.set()
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    assert started.wait(60), "training did not start"
-    return p, reader, err
+from test_train import TEXT, ok, start_training, write_cfg
 
 
 def pair_is_whole(path):
@@ -49,7 +30,7 @@ def corpus(tmp_path):
 def test_sigterm_and_sighup_save_and_exit(tmp_path, corpus, sig, code):
     cfg = write_cfg(tmp_path, hidden=128, batch=16, time_steps=32, max_batches=100000)
     b = tmp_path / "b"
-    p, reader, err = start(cfg, corpus, b)
+    p, reader, err = start_training(cfg, corpus, b)
     time.sleep(1.0)  # a few iterations
     p.send_signal(sig)
     assert p.wait(60) == code, "".join(err)
@@ -78,7 +59,7 @@ def test_a_storm_of_signals_leaves_every_checkpoint_whole(tmp_path, corpus):
     default handlers."""
     cfg = write_cfg(tmp_path, hidden=256, batch=16, time_steps=32, max_batches=100000)
     b = tmp_path / "b"
-    p, reader, err = start(cfg, corpus, b)
+    p, reader, err = start_training(cfg, corpus, b)
     time.sleep(1.0)
     for _ in range(40):
         if p.poll() is not None:

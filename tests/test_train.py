@@ -365,13 +365,11 @@ def test_a_torn_checkpoint_pair_is_detected(tmp_path, corpus):
     assert "ignored" in r.stderr and "other weights" in r.stderr
 
 
-def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path, corpus):
-    cfg = write_cfg(tmp_path, hidden=128, batch=16, time_steps=32, max_batches=100000)
-    b = tmp_path / "b"
-    p = subprocess.Popen([sys.executable, "-m", "darknetpy", "train", str(cfg), str(corpus), "--backup", str(b),
-                          "--valid-every", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    started = threading.Event()
-    err = []
+def start_training(cfg, corpus, backup):
+    """A long training run in a subprocess, once it trains, and the list collecting its stderr lines."""
+    p = subprocess.Popen([sys.executable, "-m", "darknetpy", "train", str(cfg), str(corpus), "--backup",
+                          str(backup), "--valid-every", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    started, err = threading.Event(), []
 
     def read():
         for line in p.stderr:
@@ -380,6 +378,13 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path, corpus):
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     assert started.wait(60), "training did not start"
+    return p, reader, err
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path, corpus):
+    cfg = write_cfg(tmp_path, hidden=128, batch=16, time_steps=32, max_batches=100000)
+    b = tmp_path / "b"
+    p, reader, err = start_training(cfg, corpus, b)
     time.sleep(1.0)  # a few iterations
     p.send_signal(signal.SIGINT)
     assert p.wait(60) == 130, "".join(err)
