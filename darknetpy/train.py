@@ -226,6 +226,8 @@ class Trainer:
     poisoned is saved) or a failed checkpoint write (the previous checkpoint stays whole).
     `patience` ends the run after that many validations in a row without a new best; `time_budget`
     (seconds) sets max_batches from the speed of the first iterations (see `set_horizon`).
+    One training step is `step()`; files are written only by `checkpoint()` (weights, state and
+    record), `finish()` (the record) and `open_metrics()`/`log_row()` (the metrics log).
     """
 
     def __init__(self, cfg, data, weights=None, clear=False, tokenized=False, backup="backup",
