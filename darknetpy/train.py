@@ -106,8 +106,9 @@ class Validator:
 # ---- the loop ------------------------------------------------------------------------------------
 class _Interrupt:
     """SIGINT (Ctrl-C), SIGTERM (a scheduler, `docker stop`) or SIGHUP: finish the iteration, save,
-    exit 128 + the signal's number. A second signal interrupts at once, except inside `saving()`,
-    where it waits for the files to be whole (then interrupts)."""
+    exit 128 + the signal's number. A second Ctrl-C interrupts at once, except inside `saving()`,
+    where it waits for the files to be whole (then interrupts); a repeated SIGTERM or SIGHUP (a
+    scheduler that insists) only lets the save finish."""
     SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 
     def __init__(self):
@@ -127,19 +128,23 @@ class _Interrupt:
     def _handle(self, signum, frame):
         if not self.flag:
             self.flag, self.signum = True, signum
+        elif signum != signal.SIGINT:
+            pass
         elif self.in_save:
             self.deferred = True
         else:
             raise KeyboardInterrupt
 
     @contextlib.contextmanager
-    def saving(self):
-        self.in_save = True
+    def saving(self, then_interrupt=True):
+        """A block a second signal does not cut short (nested blocks count as one); after it the
+        signal interrupts, unless `then_interrupt` is False (the run ends there anyway)."""
+        outer, self.in_save = self.in_save, True
         try:
             yield
         finally:
-            self.in_save = False
-        if self.deferred:
+            self.in_save = outer
+        if self.deferred and not outer and then_interrupt:
             raise KeyboardInterrupt
 
     def __exit__(self, *exc):
@@ -427,21 +432,22 @@ class Trainer:
         return net.last_rate
 
     def finish(self, status):
-        """The last checkpoint and record: on a signal the backup, else the backup, a validation
-        (and the best checkpoint if it is the best) and the final weights."""
-        if status == "interrupted":
-            if self.saved != self.iteration or self.record.content["checkpoints"]["latest"] != os.path.abspath(self.paths["backup"]):
-                self.checkpoint(self.paths["backup"], "backup")
-        else:
+        """The last checkpoints, metrics row and record: after a signal the backup; else the backup,
+        a validation (and the best checkpoint if it is the best) and the final weights."""
+        if status == "finished":
             validated = self.valid_iteration != self.iteration and self.validate()
             self.checkpoint(self.paths["backup"], "backup")
             if validated and self.best["iteration"] == self.iteration:
                 self.checkpoint(self.paths["best"], "best")
             self.checkpoint(self.paths["final"], "final")
-        if self.last_row[0] != self.iteration:
-            self.log_row()
-        self.record.content["stop_reason"] = self.stop_reason
-        self.record.write(status, self.progress_fields())
+        with self.interrupt.saving(then_interrupt=False):  # after a signal, more wait for the record to say so
+            latest = self.record.content["checkpoints"]["latest"]
+            if status == "interrupted" and (self.saved != self.iteration or latest != os.path.abspath(self.paths["backup"])):
+                self.checkpoint(self.paths["backup"], "backup")
+            if self.last_row[0] != self.iteration:
+                self.log_row()
+            self.record.content["stop_reason"] = self.stop_reason
+            self.record.write(status, self.progress_fields())
 
     # ---- validation, metrics, samples, the time budget -------------------------------------------
     def validate(self):

@@ -52,30 +52,36 @@ def test_sigterm_and_sighup_save_and_exit(tmp_path, corpus, sig, code):
     assert load_network(cfg, b / "tiny_final.weights").seen == net.seen + 2 * 16 * 32
 
 
-def test_a_storm_of_signals_leaves_every_checkpoint_whole(tmp_path, corpus):
-    """A second (third, ...) SIGTERM while the first one's checkpoint is being written: the files
-    on disk are still whole pairs, no temporary file is left, and the run ends: 143 (saved), 130 (a
-    later signal interrupted it after a save), or killed by one that came after it restored the
-    default handlers."""
+def test_signals_during_the_save_leave_every_checkpoint_whole(tmp_path, corpus):
+    """SIGTERM every millisecond from the first one until the run has written its record: the
+    save completes whole (weights and state pairs that belong together, no temporary file, the
+    record saying "interrupted"), and the run exits 143 with its summary line."""
     cfg = write_cfg(tmp_path, hidden=256, batch=16, time_steps=32, max_batches=100000)
     b = tmp_path / "b"
     p, reader, err = start_training(cfg, corpus, b)
     time.sleep(1.0)
-    for _ in range(40):
-        if p.poll() is not None:
-            break
+    sent = 0
+
+    def recorded_interrupted():
+        try:
+            return yaml.safe_load((b / "tiny.yaml").read_text())["status"] == "interrupted"
+        except (OSError, yaml.YAMLError, TypeError, KeyError):
+            return False
+    while p.poll() is None and not recorded_interrupted():
         p.send_signal(signal.SIGTERM)
-        time.sleep(0.002)
+        sent += 1
+        time.sleep(0.001)
     code = p.wait(60)
     reader.join(10)
     text = "".join(err)
-    assert code in (143, 130, -signal.SIGTERM), text
+    assert sent > 10, sent  # signals kept coming while the iteration and the save ran
     assert "Traceback" not in text, text
+    assert recorded_interrupted(), text
     assert not [f for f in os.listdir(b) if f.endswith(".pending") or f.startswith(".")]
-    weights = [b / f for f in os.listdir(b) if f.endswith((".backup", ".weights"))]
-    for w in weights:
-        assert pair_is_whole(w)[0], (w, pair_is_whole(w))
-        load_network(cfg, w)
-    if code == 143:  # the first signal's checkpoint went through
-        assert b / "tiny.backup" in weights
-        assert yaml.safe_load((b / "tiny.yaml").read_text())["status"] == "interrupted"
+    for name in ("tiny.backup",) + tuple(f for f in os.listdir(b) if f.endswith(".weights")):
+        assert pair_is_whole(b / name)[0], (name, pair_is_whole(b / name))
+        load_network(cfg, b / name)
+    # a signal already on its way when the record appeared may land after the handlers are restored
+    assert code in (143, -signal.SIGTERM), text
+    if code == 143:
+        assert text.splitlines()[-1].startswith("interrupted: iteration "), text
