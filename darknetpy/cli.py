@@ -172,40 +172,80 @@ def info(cfg, weights):
               help="Let a new run (or one from --weights outside BACKUP) replace the earlier run kept "
                    "in BACKUP/<cfg>.backup, from its first checkpoint on. Without it such a run refuses, "
                    "so that running the same command twice cannot lose a run.")
+@click.option("--log-every", type=click.IntRange(min=0), default=10, show_default=True, metavar="N",
+              help="Append a row to BACKUP/<cfg>.metrics.csv every N iterations (and at every "
+                   "validation); 0: only at validations and the end.")
+@click.option("--sample-every", type=click.IntRange(min=0), default=0, show_default=True, metavar="N",
+              help="Print a sample to stderr every N iterations, from a copy of the weights (training "
+                   "is not disturbed: the same weights come out with or without); 0: never.")
+@click.option("--sample-len", type=click.IntRange(min=1), default=200, show_default=True, metavar="N",
+              help="Characters (tokens) per --sample-every sample, after a seed of one newline (id 0 for tokenized corpora).")
+@click.option("--sample-temp", type=click.FloatRange(min=0, min_open=True), default=0.7, show_default=True,
+              help="Softmax temperature of the --sample-every samples (generate's default).")
+@click.option("--patience", type=int, default=None, metavar="K",
+              help="End the run normally (final weights written, exit 0) after K validations in a row "
+                   "without a new best. Default: off.")
+@click.option("--time-budget", default=None, metavar="DURATION",
+              help="Train for this long (600, 90s, 10m, 2h): max_batches is set from the speed of the "
+                   "first iterations and the cfg's learning-rate schedule stretched to end by then. "
+                   "Default: off (max_batches decides).")
 @click.pass_context
 @friendly
 def train(ctx, cfg, data, weights, clear, tokenized, backup, max_batches, srand, valid_frac,
-          valid_every, save_every, resume, overwrite):
+          valid_every, save_every, resume, overwrite, log_every, sample_every, sample_len, sample_temp,
+          patience, time_budget):
     """Train CFG on the corpus DATA, Darknet's `rnn train` (a char-RNN over bytes, or ids with --tokenized).
 
     Each of the cfg's batch/subdivisions streams walks the corpus from its own offset with its
     state carried; the last --valid-frac of the corpus is held out. Checkpoints: BACKUP/<cfg>.backup
-    every 100 iterations and on Ctrl-C (exit 130), BACKUP/<cfg>_<N>.weights every --save-every,
-    BACKUP/<cfg>_final.weights at the end, each with a .state.npz for exact resume, and the run
-    record BACKUP/<cfg>.yaml. Progress goes to stderr; stdout stays empty.
+    every 100 iterations and on Ctrl-C, SIGTERM or SIGHUP (exit 130, 143, 129),
+    BACKUP/<cfg>_<N>.weights every --save-every, BACKUP/<cfg>_best.weights at each new best
+    validation, BACKUP/<cfg>_final.weights at the end, each with a .state.npz for exact resume; the
+    run record BACKUP/<cfg>.yaml and the metrics log BACKUP/<cfg>.metrics.csv (see `darknetpy plot`).
+    Progress goes to stderr; stdout stays empty.
     """
     from click.core import ParameterSource
 
     from . import train as trainmod
+    from .checkpoint import read_record
     given = {name for name in ("weights", "tokenized", "backup", "max_batches", "srand", "valid_frac",
-                               "valid_every", "save_every")
+                               "valid_every", "save_every", "log_every", "patience")
              if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE}
     options = dict(weights=weights, clear=clear, tokenized=tokenized, backup=backup, max_batches=max_batches,
-                   srand=srand, valid_frac=valid_frac, valid_every=valid_every, save_every=save_every)
+                   srand=srand, valid_frac=valid_frac, valid_every=valid_every, save_every=save_every,
+                   log_every=log_every, patience=patience, stretch_schedule=False)
     if resume is not None:
         if cfg is not None or data is not None:
             raise DarknetpyError("--resume takes CFG and DATA from the run record; give either CFG DATA or --resume")
         if clear:
             raise DarknetpyError("--clear starts a new count of updates and cannot continue a run; drop --resume or --clear")
-        recorded = trainmod.read_record(resume)
+        recorded = read_record(resume)
         cfg, data = recorded.pop("cfg"), recorded.pop("data")
         options.update({k: v for k, v in recorded.items() if k in options and k not in given})
     elif cfg is None or data is None:
         raise DarknetpyError("give CFG and DATA (or --resume BACKUP/<cfg>.yaml); see darknetpy train --help")
-    summary = trainmod.train(cfg, data, resumed_from=resume, overwrite=overwrite, **options)
+    summary = trainmod.train(cfg, data, resumed_from=resume, overwrite=overwrite, sample_every=sample_every,
+                             sample_len=sample_len, sample_temp=sample_temp, time_budget=time_budget, **options)
     click.echo(trainmod.format_summary(summary), err=True)
-    if summary["status"] == "interrupted":
-        sys.exit(130)
+    if summary["exit_code"]:
+        sys.exit(summary["exit_code"])  # 130 after Ctrl-C, 143 after SIGTERM, 129 after SIGHUP
+
+
+@main.command()
+@click.argument("runs", nargs=-1, required=True, metavar="RUN...")
+@click.option("-o", "--output", default=None, metavar="FILE.png",
+              help="Where to write the figure. Default: <first RUN>.png beside it.")
+@friendly
+def plot(runs, output):
+    """Draw the curves of one or more runs into a PNG: training loss and held-out bits per
+    character against iterations and against wall time, the best validation marked.
+
+    Each RUN is a run record BACKUP/<cfg>.yaml or its BACKUP/<cfg>.metrics.csv; several overlay,
+    with a legend. Needs matplotlib: pip install "darknetpy[plot]".
+    """
+    from . import plot as plotmod
+    path = plotmod.plot(runs, output)
+    click.echo(f"wrote {path}", err=True)
 
 
 bench.callback = friendly(bench.callback)  # one-line errors, exit 2, like every other command

@@ -45,11 +45,12 @@ class Network:
         self.streams = cfg_batch // subdivisions
 
         self.hp = optim.read_policy(net)
-        adam = bool(net.int("adam", 0))
-        self.optimizer = optim.Optimizer(
-            momentum=net.float("momentum", 0.9), decay=net.float("decay", 0.0001), adam=adam,
-            B1=net.float("B1", 0.9) if adam else 0.9, B2=net.float("B2", 0.999) if adam else 0.999,
-            eps=net.float("eps", 1e-7) if adam else 1e-7, clip=net.float("clip", 0.0))
+        momentum, decay, clip = net.float("momentum", 0.9), net.float("decay", 0.0001), net.float("clip", 0.0)
+        if net.int("adam", 0):
+            self.optimizer = optim.Adam(B1=net.float("B1", 0.9), B2=net.float("B2", 0.999),
+                                        eps=net.float("eps", 1e-7), decay=decay, clip=clip)
+        else:
+            self.optimizer = optim.SGD(momentum=momentum, decay=decay, clip=clip)
         if self.optimizer.clip < 0:
             raise net.error("clip must be >= 0", "clip")
         self.rng = np.random.default_rng(seed)

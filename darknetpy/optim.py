@@ -63,39 +63,98 @@ def learning_rate(hp, n, rng=None):
     return lr
 
 
-class Optimizer:
-    """Darknet's update_connected_layer (SGD) and adam_update, applied to (param, upd, kind) slots."""
+def stretch_policy(hp, max_batches):
+    """The policy `hp` (read for hp["max_batches"] updates) run over `max_batches` instead: poly's
+    horizon moves, step/steps/sigmoid's update numbers scale, exp's gamma is re-rooted so that
+    gamma^max_batches is the same; burn_in stays. A cfg without max_batches only gets the horizon."""
+    out = dict(hp, max_batches=int(max_batches))
+    if hp["max_batches"] <= 0:
+        return out
+    scale = max_batches / hp["max_batches"]
+    if hp["policy"] in ("step", "sigmoid"):
+        out["step"] = max(1, round(hp["step"] * scale))
+    elif hp["policy"] == "steps":
+        out["steps"] = [max(1, round(s * scale)) for s in hp["steps"]]
+    elif hp["policy"] == "exp":
+        out["gamma"] = hp["gamma"] ** (1 / scale)
+    return out
 
-    def __init__(self, momentum, decay, adam=False, B1=0.9, B2=0.999, eps=1e-7, clip=0.0):
-        self.momentum, self.decay, self.adam = momentum, decay, adam
-        self.B1, self.B2, self.eps, self.clip = B1, B2, eps, clip
-        self.t = 0           # updates so far (Adam's bias correction)
-        self.m, self.v = [], []  # Adam moments, one per slot
+
+class Optimizer:
+    """What every optimizer shares: the step count t, darknetpy's `clip` of the global gradient
+    norm, and a state that a checkpoint saves and restores.
+
+    A subclass sets `name`, lists in `buffers` the names of its per-slot arrays (lists of arrays,
+    one per (param, upd, kind) slot, in slot order), and defines `update(slots, lr, B)` and
+    `hyperparameters()`. `state()` then holds t and those buffers, and is all a checkpoint stores
+    besides the slots' own upd arrays, so a new optimizer is one subclass.
+    """
+    name = None
+    buffers = ()
+
+    def __init__(self, decay, clip=0.0):
+        self.decay, self.clip = decay, clip
+        self.t = 0  # updates so far (Adam's bias correction)
+        for name in self.buffers:
+            setattr(self, name, [])
 
     def step(self, slots, lr, B):
         """One update with rate lr and divisor B = batch * time_steps."""
         self.t += 1
-        f = np.float32
         if self.clip > 0:  # darknetpy's `clip`: bound the global L2 norm of the mean gradient
             norm = math.sqrt(sum(float(np.dot(u.ravel(), u.ravel())) for _, u, _ in slots)) / B
             if norm > self.clip:
                 for _, u, _ in slots:
-                    u *= f(self.clip / norm)
-        if self.adam:
-            if not self.m:
-                self.m = [np.zeros_like(p) for p, _, _ in slots]
-                self.v = [np.zeros_like(p) for p, _, _ in slots]
-            c1, c2 = f(1 - self.B1 ** self.t), f(1 - self.B2 ** self.t)
-            for (p, u, _), m, v in zip(slots, self.m, self.v):  # Darknet's Adam decays biases and scales too
-                kernels.get("adam", p, u, m, v)(p, u, m, v, f(-self.decay * B), f(self.B1), f(1 - self.B1), f(self.B2), f(1 - self.B2),
-                     c1, c2, f(lr), f(self.eps))
-            return
+                    u *= np.float32(self.clip / norm)
+        self.update(slots, lr, B)
+
+    def state(self):
+        """{"t": updates so far, <buffer name>: [array per slot], ...}: what a resumed run needs."""
+        return {"t": self.t, **{name: getattr(self, name) for name in self.buffers}}
+
+    def load_state(self, state):
+        """Restore `state()`'s content; a buffer missing from it starts afresh (empty)."""
+        self.t = int(state["t"])
+        for name in self.buffers:
+            setattr(self, name, list(state.get(name, [])))
+
+
+class SGD(Optimizer):
+    """Darknet's update_connected_layer: momentum, and weight decay on the weights only."""
+    name = "sgd"
+
+    def __init__(self, momentum=0.9, decay=0.0001, clip=0.0):
+        super().__init__(decay, clip)
+        self.momentum = momentum
+
+    def hyperparameters(self):
+        return {"optimizer": self.name, "momentum": self.momentum, "decay": self.decay, "clip": self.clip}
+
+    def update(self, slots, lr, B):
+        f = np.float32
         for p, u, kind in slots:
             kernels.get("sgd", p, u)(p, u, f(-self.decay * B) if kind == "weights" else f(0), f(lr / B), f(self.momentum))
 
-    def state(self):
-        """Everything besides the slots' own upd arrays that a resumed run needs."""
-        return {"t": self.t, "m": self.m, "v": self.v}
 
-    def set_state(self, state):
-        self.t, self.m, self.v = int(state["t"]), list(state["m"]), list(state["v"])
+class Adam(Optimizer):
+    """Darknet's adam_update, with moments m and v per slot (created at the first update)."""
+    name = "adam"
+    buffers = ("m", "v")
+
+    def __init__(self, B1=0.9, B2=0.999, eps=1e-7, decay=0.0001, clip=0.0):
+        super().__init__(decay, clip)
+        self.B1, self.B2, self.eps = B1, B2, eps
+
+    def hyperparameters(self):
+        return {"optimizer": self.name, "B1": self.B1, "B2": self.B2, "eps": self.eps,
+                "decay": self.decay, "clip": self.clip}
+
+    def update(self, slots, lr, B):
+        f = np.float32
+        if not self.m:
+            self.m = [np.zeros_like(p) for p, _, _ in slots]
+            self.v = [np.zeros_like(p) for p, _, _ in slots]
+        c1, c2 = f(1 - self.B1 ** self.t), f(1 - self.B2 ** self.t)
+        for (p, u, _), m, v in zip(slots, self.m, self.v):  # Darknet's Adam decays biases and scales too
+            kernels.get("adam", p, u, m, v)(p, u, m, v, f(-self.decay * B), f(self.B1), f(1 - self.B1), f(self.B2), f(1 - self.B2),
+                 c1, c2, f(lr), f(self.eps))

@@ -1,9 +1,10 @@
 """The training loop (Darknet's `rnn train`): streams, progress, validation, checkpoints, resume.
 
-`train()` walks `streams` offsets through the training part of a corpus as Darknet's
+`Trainer` walks `streams` offsets through the training part of a corpus as Darknet's
 train_char_rnn does (each stream carries its own recurrent state from datum to datum; after every
 datum a stream is re-seated at a random offset with probability 1/64 and its state reset), shows a
-progress bar on stderr, prints one line per validation and a summary line, and checkpoints:
+progress bar on stderr, prints one line per validation and a summary line, and checkpoints
+(darknetpy/checkpoint.py holds the file formats):
 
     BACKUP/<cfg>.backup              every 100 iterations, on Ctrl-C and at the end
     BACKUP/<cfg>_<N>.weights         every `save_every` iterations
@@ -14,13 +15,8 @@ progress bar on stderr, prints one line per validation and a summary line, and c
 
 An iteration is one datum (Darknet's `i`): streams * time_steps characters; an update happens
 every `subdivisions` iterations, and `max_batches` counts updates from the weights' `seen`.
-Every file is replaced atomically; a checkpoint's weights and state are first both written in
-full beside their targets and only then renamed into place, so a full disk or a crash leaves the
-previous checkpoint whole.
 """
-import hashlib
-import io
-import json
+import contextlib
 import math
 import os
 import signal
@@ -29,18 +25,19 @@ import time
 import warnings
 
 import numpy as np
-import yaml
 
+from . import checkpoint as ckpt
 from . import data as datamod
+from . import metrics as metricsmod
+from . import optim
 from . import weights as weightsmod
+from .checkpoint import STATE_SUFFIX
 from .errors import DarknetpyError
 from .network import Network
 
 BACKUP_EVERY = 100        # Darknet's char-RNN trainer saves <cfg>.backup every 100 iterations
 VALID_EVERY = 500
 SAVE_EVERY = 2000
-STATE_VERSION = 1
-STATE_SUFFIX = ".state.npz"
 
 
 # ---- held-out validation ------------------------------------------------------------------------
@@ -106,210 +103,53 @@ class Validator:
         return total / self.count
 
 
-# ---- files ---------------------------------------------------------------------------------------
-def commit(files):
-    """Replace several files together: each (path, bytes) is first written in full and fsynced
-    beside its target (weights.atomic_write to `<path>.pending`), and only when all are down are they
-    renamed into place, in order. A failure in the writing phase (a full disk) leaves every
-    previous file untouched."""
-    pending = []
-    try:
-        for path, data in files:
-            tmp = path + ".pending"
-            weightsmod.atomic_write(tmp, data)
-            pending.append((tmp, path))
-        for tmp, path in pending:
-            os.replace(tmp, path)
-    finally:
-        for tmp, _ in pending:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    _fsync_dir(os.path.dirname(os.path.abspath(files[0][0])))
-
-
-def _fsync_dir(directory):
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _write_error(path, e, what="checkpoint"):
-    reason = e.strerror or str(e)
-    return DarknetpyError(f"cannot write the {what} ({reason}); training stopped, the previous "
-                          f"{what} is intact", path)
-
-
-def prepare_backup_dir(path):
-    """Create BACKUP if missing and prove it is a writable directory before any training."""
-    try:
-        os.makedirs(path, exist_ok=True)
-    except FileExistsError:
-        raise DarknetpyError("the backup path exists and is not a directory; give a directory with "
-                             "--backup", path) from None
-    except OSError as e:
-        raise DarknetpyError(f"cannot create the backup directory ({e.strerror or e}); give another "
-                             "with --backup", path) from None
-    if not os.path.isdir(path):
-        raise DarknetpyError("the backup path is not a directory; give a directory with --backup", path)
-    if not os.access(path, os.R_OK | os.W_OK | os.X_OK):
-        raise DarknetpyError("the backup directory is not readable and writable; fix its permissions "
-                             "or give another with --backup", path)
-    try:  # the real test (root passes os.access; read-only mounts and full disks do not)
-        weightsmod.atomic_write(os.path.join(path, ".darknetpy-write-test"), b"ok")
-        os.unlink(os.path.join(path, ".darknetpy-write-test"))
-    except OSError as e:
-        raise DarknetpyError(f"cannot write in the backup directory ({e.strerror or e}); fix it or "
-                             "give another with --backup", path) from None
-
-
-def _sha256(data):
-    return hashlib.sha256(data).hexdigest()
-
-
-def _plain(value):
-    """numpy scalars -> Python, for yaml and json."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
-# ---- the resumable state beside each checkpoint ---------------------------------------------------
-def state_bytes(net, batcher, weights_bytes, extra):
-    """The .state.npz: every slot's update buffer, Adam's moments, each recurrent layer's carried
-    state, and (as json) the optimizer step count, the data walk, both rngs' states and `extra`."""
-    arrays = {}
-    for i, (_, upd, _) in enumerate(net.slots()):
-        arrays[f"upd{i}"] = upd
-    opt = net.optimizer.state()
-    for i, (m, v) in enumerate(zip(opt["m"], opt["v"])):
-        arrays[f"m{i}"], arrays[f"v{i}"] = m, v
-    for li, layer in enumerate(net.layers):
-        for name in getattr(layer, "state_names", ()):
-            value = getattr(layer, name, None)
-            if value is not None:
-                arrays[f"layer{li}.{name}"] = value
-    meta = {"version": STATE_VERSION, "seen": net.seen, "weights_sha256": _sha256(weights_bytes),
-            "t": opt["t"], "moments": len(opt["m"]), "slots": len(net.slots()),
-            "batcher": batcher.state(), "net_rng": net.rng.bit_generator.state, **extra}
-    arrays["meta"] = np.array(json.dumps(_plain(meta)))
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    return buf.getvalue()
-
-
-def read_state(path, weights_bytes):
-    """(meta, arrays) of a .state.npz, or (None, reason) if it is missing or not for these weights."""
-    if not os.path.exists(path):
-        return None, "missing"
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-        meta = json.loads(str(arrays.pop("meta")))
-    except Exception as e:  # noqa: BLE001 — any unreadable state means: start the optimizer afresh
-        return None, f"unreadable ({e})"
-    if meta.get("version") != STATE_VERSION:
-        return None, f"version {meta.get('version')}, expected {STATE_VERSION}"
-    if meta.get("weights_sha256") != _sha256(weights_bytes):
-        return None, "it was saved with other weights (an interrupted checkpoint?)"
-    return meta, arrays
-
-
-def restore_state(net, batcher, meta, arrays, path):
-    slots = net.slots()
-    if meta["slots"] != len(slots):
-        raise DarknetpyError(f"the optimizer state has {meta['slots']} parameter arrays, the cfg "
-                             f"{len(slots)}; resume with the cfg it was saved with", path)
-    for i, (_, upd, _) in enumerate(slots):
-        saved = arrays[f"upd{i}"]
-        if saved.shape != upd.shape:
-            raise DarknetpyError(f"the optimizer state's array {i} is {saved.shape}, the cfg's "
-                                 f"{upd.shape}; resume with the cfg it was saved with", path)
-        upd[...] = saved
-    moments = meta["moments"]
-    net.optimizer.set_state({"t": meta["t"], "m": [arrays[f"m{i}"].copy() for i in range(moments)],
-                             "v": [arrays[f"v{i}"].copy() for i in range(moments)]})
-    net.reset_state()
-    for li, layer in enumerate(net.layers):
-        for name in getattr(layer, "state_names", ()):
-            key = f"layer{li}.{name}"
-            if key in arrays:
-                if arrays[key].shape != (net.streams, layer.outputs):
-                    raise DarknetpyError(f"the saved recurrent state is for {arrays[key].shape[0]} "
-                                         f"streams, this run has {net.streams}; resume with the same "
-                                         "batch and subdivisions", path)
-                setattr(layer, name, arrays[key].astype(layer.dtype, copy=True))
-    try:
-        batcher.set_state(meta["batcher"])
-    except DarknetpyError as e:
-        raise DarknetpyError(str(e), path) from None
-    net.rng.bit_generator.state = meta["net_rng"]
-
-
-# ---- the run record ------------------------------------------------------------------------------
-def read_record(path):
-    """The options of a run record (BACKUP/<cfg>.yaml) for `--resume`."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            record = yaml.safe_load(f)
-    except FileNotFoundError:
-        raise DarknetpyError("no such run record; give the BACKUP/<cfg>.yaml a run wrote", path) from None
-    except OSError as e:
-        raise DarknetpyError(f"cannot read the run record ({e.strerror or e})", path) from None
-    except yaml.YAMLError as e:
-        raise DarknetpyError(f"not a run record: {str(e).splitlines()[0]}", path) from None
-    if not isinstance(record, dict) or not {"cfg", "data", "options", "checkpoints"} <= set(record):
-        raise DarknetpyError("not a darknetpy run record (needs cfg, data, options, checkpoints)", path)
-    latest = (record.get("checkpoints") or {}).get("latest")
-    if not latest:
-        raise DarknetpyError("the run record names no checkpoint yet; start the run again instead", path)
-    if not os.path.exists(latest):
-        raise DarknetpyError(f"the run record's latest checkpoint {latest} does not exist", path)
-    options = dict(record["options"])
-    options.update(cfg=record["cfg"], data=record["data"], weights=latest,
-                   backup=os.path.dirname(os.path.abspath(path)))
-    return options
-
-
-def cfg_base(cfg_path):
-    """Checkpoint name stem: the cfg's file name without its last extension."""
-    name = os.path.basename(str(cfg_path))
-    return name.rsplit(".", 1)[0] if "." in name.lstrip(".") else name
-
-
 # ---- the loop ------------------------------------------------------------------------------------
 class _Interrupt:
-    """First Ctrl-C: finish the iteration, save, exit 130. A second one interrupts at once."""
+    """SIGINT (Ctrl-C), SIGTERM (a scheduler, `docker stop`) or SIGHUP: finish the iteration, save,
+    exit 128 + the signal's number. A second Ctrl-C interrupts at once, except inside `saving()`,
+    where it waits for the files to be whole (then interrupts); a repeated SIGTERM or SIGHUP (a
+    scheduler that insists) only lets the save finish."""
+    SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 
     def __init__(self):
+        self.signum = None  # the first signal received
         self.flag = False
-        self.previous = None
+        self.previous = {}
+        self.in_save, self.deferred = False, False
 
     def __enter__(self):
         try:
-            self.previous = signal.signal(signal.SIGINT, self._handle)
-        except ValueError:  # not the main thread: Ctrl-C keeps its default behaviour
-            self.previous = None
+            for sig in self.SIGNALS:
+                self.previous[sig] = signal.signal(sig, self._handle)
+        except ValueError:  # not the main thread: the signals keep their default behaviour
+            pass
         return self
 
     def _handle(self, signum, frame):
-        if self.flag:
+        if not self.flag:
+            self.flag, self.signum = True, signum
+        elif signum != signal.SIGINT:
+            pass
+        elif self.in_save:
+            self.deferred = True
+        else:
             raise KeyboardInterrupt
-        self.flag = True
+
+    @contextlib.contextmanager
+    def saving(self, then_interrupt=True):
+        """A block a second signal does not cut short (nested blocks count as one); after it the
+        signal interrupts, unless `then_interrupt` is False (the run ends there anyway)."""
+        outer, self.in_save = self.in_save, True
+        try:
+            yield
+        finally:
+            self.in_save = outer
+        if self.deferred and not outer and then_interrupt:
+            raise KeyboardInterrupt
 
     def __exit__(self, *exc):
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
+        for sig, previous in self.previous.items():
+            signal.signal(sig, previous)
         return False
 
 
@@ -329,252 +169,426 @@ class _LogLines:
         self.stream.flush()
 
 
+class _Progress:
+    """The tqdm bar on stderr (or one line per refresh in a log file), and `say` for a line above it."""
+
+    def __init__(self, enabled, total, initial):
+        self.bar = None
+        if enabled:
+            from tqdm import tqdm
+            tty = sys.stderr.isatty()
+            total = total if total > 0 else None  # a --time-budget run learns its total later
+            self.bar = tqdm(total=total, initial=min(initial, total or initial), file=sys.stderr if tty else _LogLines(sys.stderr),
+                            unit="it", dynamic_ncols=True, mininterval=0.5 if tty else 30, smoothing=0.05,
+                            bar_format="iteration {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}{postfix}]")
+
+    def update(self, postfix):
+        if self.bar is not None:
+            self.bar.set_postfix_str(postfix(), refresh=False)
+            self.bar.update(1)
+
+    def say(self, line):
+        if self.bar is not None and sys.stderr.isatty():
+            self.bar.write(line, file=sys.stderr)
+        else:
+            _stderr_line(line)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
 def _stderr_line(text):
     print(text, file=sys.stderr, flush=True)
 
 
-def _refuse_to_replace(paths, cfg):
-    """A new run writes <cfg>.backup and the run record: refuse when an earlier run's are there."""
-    if not os.path.exists(paths["backup"]):
-        return
-    where = ""
+def train(cfg, data, **options):
+    """Train CFG on DATA; returns a summary dict (status 'finished' or 'interrupted'). See Trainer."""
+    return Trainer(cfg, data, **options).run()
+
+
+def parse_duration(text):
+    """Seconds in a --time-budget: '600', '90s', '10m', '2h' or '1.5h'."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    value = str(text).strip().lower()
+    scale = units.get(value[-1:], None)
     try:
-        with open(paths["record"], encoding="utf-8") as f:
-            where = f" (iteration {int(yaml.safe_load(f)['progress']['iteration'])})"
-    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError):
-        pass
-    raise DarknetpyError(f"an earlier run of {cfg} is kept here{where}; continue it with "
-                         f"`darknetpy train --resume {paths['record']}`, start from its weights with "
-                         f"--weights, or start over with --backup DIR or --overwrite", paths["backup"])
+        seconds = float(value[:-1] if scale else value) * (scale or 1)
+    except ValueError:
+        seconds = math.nan
+    if not (seconds > 0 and math.isfinite(seconds)):
+        raise DarknetpyError(f"--time-budget {text}: not a duration; give seconds (600) or a number "
+                             "with s, m or h (90s, 10m, 2h)")
+    return seconds
 
 
-def train(cfg, data, weights=None, clear=False, tokenized=False, backup="backup", max_batches=None,
-          srand=None, valid_frac=None, valid_every=VALID_EVERY, save_every=SAVE_EVERY, progress=True,
-          resumed_from=None, overwrite=False):
-    """Train CFG on DATA; returns a summary dict (status 'finished' or 'interrupted').
+class Trainer:
+    """One training run, from its checks to its summary: `run()` = setup (in __init__), then
+    `step()` per iteration with `validate()`, `sample()` and `checkpoint()` when due, then `finish()`.
 
     A run that does not continue from `backup`'s own checkpoints refuses to replace an earlier
     run's there unless `overwrite`. Raises DarknetpyError for bad input, a diverged loss (nothing
     poisoned is saved) or a failed checkpoint write (the previous checkpoint stays whole).
+    `patience` ends the run after that many validations in a row without a new best; `time_budget`
+    (seconds) sets max_batches from the speed of the first iterations (see `set_horizon`).
+    One training step is `step()`; files are written only by `checkpoint()` (weights, state and
+    record), `finish()` (the record) and `open_metrics()`/`log_row()` (the metrics log).
     """
-    t0 = time.time()
-    if srand is None:
-        srand = int(np.random.SeedSequence().entropy % 2**31)
-    net = Network(cfg, seed=srand)
-    if net.loss_layer is None:
-        raise DarknetpyError("the network has no [softmax] or [cost] layer to train against", cfg)
-    rows = net.streams * net.time_steps
-    if max_batches is None:
-        max_batches = net.hp["max_batches"]
-    if max_batches <= 0:
-        raise DarknetpyError("no max_batches: set max_batches=N in [net] or pass --max-batches N", cfg)
 
-    ids = datamod.load_corpus(data, net.inputs, tokenized)
-    if ids.max() >= net.outputs:
-        offset = int(np.flatnonzero(ids >= net.outputs)[0])
-        raise DarknetpyError(f"id {int(ids[offset])} at position {offset} is a target the network's "
-                             f"{net.outputs} outputs cannot predict; give the last layer "
-                             f"{int(ids.max()) + 1} outputs or more", data)
-    if valid_frac is None:
-        valid_frac = datamod.default_valid_frac(len(ids), net.time_steps)
-    train_ids, valid_ids = datamod.split_corpus(ids, valid_frac, data)
-    batcher = datamod.StreamBatcher(train_ids, net.streams, net.time_steps,
-                                    np.random.default_rng([srand, 1]), data)
+    def __init__(self, cfg, data, weights=None, clear=False, tokenized=False, backup="backup",
+                 max_batches=None, srand=None, valid_frac=None, valid_every=VALID_EVERY,
+                 save_every=SAVE_EVERY, progress=True, resumed_from=None, overwrite=False, log_every=10,
+                 sample_every=0, sample_len=200, sample_temp=0.7, patience=None, time_budget=None,
+                 stretch_schedule=False):
+        self.t0 = time.time()
+        self.cfg, self.data, self.weights, self.clear, self.tokenized = cfg, data, weights, clear, tokenized
+        self.backup, self.valid_every, self.save_every, self.log_every = backup, valid_every, save_every, log_every
+        self.sample_every, self.sample_len, self.sample_temp = sample_every, sample_len, sample_temp
+        self.resumed_from, self.show_progress, self.patience = resumed_from, progress, patience
+        self.time_budget = None if time_budget is None else parse_duration(time_budget)
+        self.srand = int(np.random.SeedSequence().entropy % 2**31) if srand is None else srand
+        self.net = Network(cfg, seed=self.srand)
+        if self.net.loss_layer is None:
+            raise DarknetpyError("the network has no [softmax] or [cost] layer to train against", cfg)
+        self.rows = self.net.streams * self.net.time_steps  # characters per iteration
+        self.max_batches = self.net.hp["max_batches"] if max_batches is None else max_batches
+        if self.max_batches <= 0 and self.time_budget is None:
+            raise DarknetpyError("no max_batches: set max_batches=N in [net] or pass --max-batches N "
+                                 "(or --time-budget)", cfg)
+        if stretch_schedule:  # a --time-budget run resumed: the schedule it chose
+            self.net.hp = optim.stretch_policy(self.net.hp, self.max_batches)
+        self.load_corpus(valid_frac)
+        if patience is not None and (patience < 1 or self.valid_ids is None or valid_every <= 0):
+            raise DarknetpyError(f"--patience {patience}: give a number of validations >= 1, with held-out "
+                                 "text (--valid-frac) and --valid-every N > 0; leave it out to never stop early")
+        self.loss, self.avg, self.valid, self.valid_iteration = None, None, None, None
+        self.best, self.bad_validations, self.seconds0, self.stop_reason = None, 0, 0.0, None
+        self.start_from_weights()
+        self.iteration = self.net.seen // self.rows
+        self.saved = self.iteration if weights is not None else None  # the last good checkpoint
+        self.saved_path = os.path.abspath(weights) if weights is not None else None
+        self.base = base = os.path.join(backup, ckpt.cfg_base(cfg))
+        self.paths = {"backup": base + ".backup", "final": base + "_final.weights", "best": base + "_best.weights",
+                      "record": base + ".yaml", "metrics": base + ".metrics.csv"}
+        self.continuing = resumed_from is not None or (  # from one of this run's own checkpoints
+            weights is not None and os.path.dirname(os.path.abspath(weights)) == os.path.abspath(backup))
+        if not (self.continuing or overwrite):
+            ckpt.refuse_to_replace(self.paths, cfg)
+        ckpt.prepare_backup_dir(backup)  # last of the checks, all before any training
+        seed_ids = list(b"\n\n") if not tokenized and self.net.inputs > 10 else []
+        self.validator = Validator(cfg, self.valid_ids, seed_ids) if self.valid_ids is not None else None
+        self.sampler = None  # a batch=1 copy of the network, made at the first sample
+        self.record = ckpt.Record(self.paths["record"], self.new_record(valid_frac=self.valid_frac))
+        if stretch_schedule:
+            self.record.content["options"]["stretch_schedule"] = True
 
-    avg = None
-    if weights is not None:
+    # ---- setup -----------------------------------------------------------------------------------
+    def load_corpus(self, valid_frac):
+        """The corpus as ids, split into train_ids and valid_ids (None: nothing held out), and the
+        batcher that walks the streams through train_ids."""
+        net, data = self.net, self.data
+        ids = datamod.load_corpus(data, net.inputs, self.tokenized)
+        if ids.max() >= net.outputs:
+            offset = int(np.flatnonzero(ids >= net.outputs)[0])
+            raise DarknetpyError(f"id {int(ids[offset])} at position {offset} is a target the network's "
+                                 f"{net.outputs} outputs cannot predict; give the last layer "
+                                 f"{int(ids.max()) + 1} outputs or more", data)
+        self.valid_frac = datamod.default_valid_frac(len(ids), net.time_steps) if valid_frac is None else valid_frac
+        self.train_ids, self.valid_ids = datamod.split_corpus(ids, self.valid_frac, data)
+        self.corpus_sha = ckpt.sha256(self.train_ids.tobytes())
+        self.batcher = datamod.StreamBatcher(self.train_ids, net.streams, net.time_steps,
+                                             np.random.default_rng([self.srand, 1]), data)
+
+    def start_from_weights(self):
+        """Load --weights and, unless --clear, the .state.npz beside them (optimizer, data walk,
+        the best validation so far)."""
+        if self.weights is None:
+            return
+        net, weights = self.net, self.weights
         net.load_weights(weights)
-        if clear:
+        if self.clear:
             net.seen = 0
-        else:
-            with open(weights, "rb") as f:
-                meta, arrays = read_state(weights + STATE_SUFFIX, f.read())
-            if meta is not None:
-                restore_state(net, batcher, meta, arrays, weights + STATE_SUFFIX)
-                avg = meta.get("avg_loss")
-                if meta.get("corpus_sha256") not in (None, _sha256(train_ids.tobytes())):
-                    _stderr_line(f"warning: {data}: the training text differs from the one "
-                                 f"{weights} was trained on; continuing on this one")
-            elif arrays != "missing":
-                _stderr_line(f"warning: {weights}{STATE_SUFFIX}: ignored, {arrays}; "
-                             "the optimizer starts afresh")
-    corpus_sha = _sha256(train_ids.tobytes())
-    base = os.path.join(backup, cfg_base(cfg))
-    paths = {"backup": base + ".backup", "final": base + "_final.weights", "record": base + ".yaml"}
-    continuing = resumed_from is not None or (  # from one of this run's own checkpoints
-        weights is not None and os.path.dirname(os.path.abspath(weights)) == os.path.abspath(backup))
-    if not (continuing or overwrite):
-        _refuse_to_replace(paths, cfg)
-    prepare_backup_dir(backup)  # last of the checks, all before any training
-
-    seed_ids = list(b"\n\n") if not tokenized and net.inputs > 10 else []
-    validator = Validator(cfg, valid_ids, seed_ids) if valid_ids is not None else None
-    hp = dict(net.hp)
-    opt = net.optimizer
-    record = {
-        "cfg": os.path.abspath(cfg), "data": os.path.abspath(data) if data != "-" else data,
-        "backup": os.path.abspath(backup), "status": "running",
-        "options": {"tokenized": bool(tokenized), "max_batches": int(max_batches),
-                    "valid_frac": float(valid_frac), "valid_every": int(valid_every),
-                    "save_every": int(save_every), "srand": int(srand)},
-        "started_from": {"weights": os.path.abspath(weights) if weights else None,
-                         "clear": bool(clear), "resumed_from": resumed_from},
-        "hyperparameters": {
-            "inputs": net.inputs, "outputs": net.outputs, "batch": net.batch,
-            "subdivisions": net.subdivisions, "streams": net.streams, "time_steps": net.time_steps,
-            "chars_per_update": net.batch * net.time_steps, "max_batches": int(max_batches),
-            "optimizer": "adam" if opt.adam else "sgd",
-            **({"B1": opt.B1, "B2": opt.B2, "eps": opt.eps} if opt.adam else {"momentum": opt.momentum}),
-            "decay": opt.decay, "clip": opt.clip, **hp,
-            "parameters": int(sum(v.size for v in net.params().values())),
-            "train_chars": int(len(train_ids)), "valid_chars": int(len(valid_ids)) if valid_ids is not None else 0,
-        },
-        "progress": {}, "checkpoints": {"latest": None, "backup": None, "final": None, "numbered": []},
-    }
-    if weights is not None and resumed_from is None and os.path.exists(paths["record"]):
-        try:  # continuing a run with --weights: keep its list of numbered checkpoints
-            with open(paths["record"], encoding="utf-8") as f:
-                old = yaml.safe_load(f) or {}
-            record["checkpoints"]["numbered"] = list((old.get("checkpoints") or {}).get("numbered") or [])
-        except (OSError, yaml.YAMLError, AttributeError):
-            pass
-    if resumed_from is not None:
-        with open(resumed_from, encoding="utf-8") as f:
-            old = yaml.safe_load(f)
-        record["checkpoints"]["numbered"] = list(old["checkpoints"].get("numbered") or [])
-
-    iteration = net.seen // rows
-    total = max_batches * net.subdivisions
-    state = {"loss": None, "avg": avg, "valid": None, "valid_iteration": None,
-             "saved": iteration if weights is not None else None,  # the last good checkpoint
-             "saved_path": os.path.abspath(weights) if weights is not None else None}
-
-    def progress_fields():
-        return {"seen": net.seen, "iteration": iteration, "updates": net.batch_num,
-                "epoch": round(net.seen / len(train_ids), 4), "seconds": round(time.time() - t0, 1),
-                "train_loss": state["loss"], "avg_loss": state["avg"],
-                "valid_bpc": state["valid"], "valid_iteration": state["valid_iteration"]}
-
-    def check_finite(where):
-        if not all(np.isfinite(v).all() for v in net.params().values()):
-            raise diverged(f"non-finite weights {where}")
-
-    def diverged(what):
-        last = (f"the last good checkpoint is {state['saved_path']} (iteration {state['saved']})"
-                if state["saved_path"] else "no checkpoint was written in this run")
-        return DarknetpyError(f"{what} at iteration {iteration}: training diverged and stopped "
-                              f"without saving; {last}; lower learning_rate or set clip in [net]", cfg)
-
-    def checkpoint(path, kind):
-        check_finite("before checkpoint")
-        wbytes = weightsmod.to_bytes(net)
-        sbytes = state_bytes(net, batcher, wbytes, {"iteration": iteration, "avg_loss": state["avg"],
-                                                    "corpus_sha256": corpus_sha})
-        try:
-            commit([(path + STATE_SUFFIX, sbytes), (path, wbytes)])
-        except OSError as e:
-            raise _write_error(path, e) from None
-        state["saved"], state["saved_path"] = iteration, os.path.abspath(path)
-        cps = record["checkpoints"]
-        cps["latest"] = os.path.abspath(path)
-        if kind == "numbered":
-            if cps["latest"] not in cps["numbered"]:
-                cps["numbered"].append(cps["latest"])
-        else:
-            cps[kind] = cps["latest"]
-        write_record()
-
-    def write_record(status="running"):
-        record["status"] = status
-        record["progress"] = progress_fields()
-        text = yaml.safe_dump(_plain(record), sort_keys=False, default_flow_style=False)
-        try:
-            weightsmod.atomic_write(paths["record"], text.encode())
-        except OSError as e:
-            raise _write_error(paths["record"], e, "run record") from None
-
-    bar = None
-    if progress:
-        from tqdm import tqdm
-        tty = sys.stderr.isatty()
-        out = sys.stderr if tty else _LogLines(sys.stderr)
-        bar = tqdm(total=total, initial=min(iteration, total), file=out, unit="it",
-                   dynamic_ncols=True, mininterval=0.5 if tty else 30, smoothing=0.05,
-                   bar_format="iteration {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}{postfix}]")
-
-    def say(line):
-        if bar is not None and sys.stderr.isatty():
-            bar.write(line, file=sys.stderr)
-        else:
-            _stderr_line(line)
-
-    def validate(stop):
-        if validator is None:
             return
+        with open(weights, "rb") as f:
+            meta, arrays = ckpt.read_state(weights + STATE_SUFFIX, f.read())
+        if meta is None:
+            if arrays != "missing":
+                _stderr_line(f"warning: {weights}{STATE_SUFFIX}: ignored, {arrays}; the optimizer starts afresh")
+            return
+        ckpt.restore_state(net, self.batcher, meta, arrays, weights + STATE_SUFFIX)
+        self.avg, self.best = meta.get("avg_loss"), meta.get("best")
+        self.bad_validations, self.seconds0 = meta.get("bad_validations", 0), meta.get("seconds", 0.0)
+        if meta.get("corpus_sha256") not in (None, self.corpus_sha):
+            _stderr_line(f"warning: {self.data}: the training text differs from the one "
+                         f"{weights} was trained on; continuing on this one")
+
+    def new_record(self, valid_frac):
+        """The run record's content at the start: what was asked and what the network is."""
+        net, opt, weights = self.net, self.net.optimizer, self.weights
+        record = {
+            "cfg": os.path.abspath(self.cfg), "data": os.path.abspath(self.data) if self.data != "-" else self.data,
+            "backup": os.path.abspath(self.backup), "status": "running",
+            "options": {"tokenized": bool(self.tokenized), "max_batches": int(self.max_batches),
+                        "valid_frac": float(valid_frac), "valid_every": int(self.valid_every),
+                        "save_every": int(self.save_every), "srand": int(self.srand),
+                        "log_every": int(self.log_every), "patience": self.patience},
+            "started_from": {"weights": os.path.abspath(weights) if weights else None,
+                             "clear": bool(self.clear), "resumed_from": self.resumed_from},
+            "hyperparameters": {
+                "inputs": net.inputs, "outputs": net.outputs, "batch": net.batch,
+                "subdivisions": net.subdivisions, "streams": net.streams, "time_steps": net.time_steps,
+                "chars_per_update": net.batch * net.time_steps, "max_batches": int(self.max_batches),
+                **opt.hyperparameters(), **net.hp,
+                "parameters": int(sum(v.size for v in net.params().values())),
+                "train_chars": int(len(self.train_ids)),
+                "valid_chars": int(len(self.valid_ids)) if self.valid_ids is not None else 0,
+            },
+            "metrics": os.path.abspath(self.paths["metrics"]),
+            "progress": {}, "checkpoints": {"latest": None, "backup": None, "final": None, "numbered": []},
+        }
+        if self.best is not None:
+            record["best"] = self.best
+        if weights is not None:  # continuing a run: keep its list of numbered checkpoints
+            cps = ckpt.earlier_record(self.resumed_from or self.paths["record"]).get("checkpoints")
+            record["checkpoints"]["numbered"] = list(cps.get("numbered") or []) if isinstance(cps, dict) else []
+        return record
+
+    # ---- the loop --------------------------------------------------------------------------------
+    def run(self):
+        """Train until max_batches updates, a stop (patience, time budget) or a signal; returns the
+        summary dict."""
+        net = self.net
+        self.progress = _Progress(self.show_progress, self.max_batches * net.subdivisions, self.iteration)
+        self.metrics = self.open_metrics()
+        self.start, self.start_updates = time.time(), net.batch_num
+        self.last_row = (self.iteration, self.start)
+        status = "finished"
+        try:  # overflow in a diverging run is reported as a non-finite loss, not as numpy warnings
+            with _Interrupt() as self.interrupt, np.errstate(all="ignore"):
+                while (net.batch_num < self.max_batches or self.max_batches <= 0) and self.stop_reason is None:
+                    if self.interrupt.flag:
+                        status = "interrupted"
+                        break
+                    self.step()
+                    self.after_step()
+                self.finish(status)
+        finally:
+            self.progress.close()
+            self.metrics.close()
+        signame = signal.Signals(self.interrupt.signum).name if self.interrupt.signum else None
+        return {**self.progress_fields(), "status": status, "checkpoint": self.saved_path,
+                "max_batches": self.max_batches, "record": os.path.abspath(self.paths["record"]),
+                "best": self.best, "reason": self.stop_reason, "signal": signame,
+                "exit_code": 128 + self.interrupt.signum if status == "interrupted" else 0}
+
+    def step(self):
+        """One training iteration: a datum through forward, backward and (when due) the update."""
+        net = self.net
+        x, y = self.batcher.next_batch()
+        cost = float(net.train_step(x, y))
+        self.iteration = net.seen // self.rows
+        loss = cost / self.rows
+        if not math.isfinite(loss):
+            raise self.diverged(f"non-finite loss ({loss})")
+        self.loss = loss
+        self.avg = loss if self.avg is None else 0.9 * self.avg + 0.1 * loss
+        for s in self.batcher.reseat():
+            net.reset_state(int(s))
+
+    def after_step(self):
+        """Progress, then what is due at this iteration: validation, the stops (patience, time
+        budget), the metrics row, a sample, checkpoints."""
+        it = self.iteration
+        self.progress.update(self.postfix)
+        validated = self.valid_every > 0 and it % self.valid_every == 0 and self.validate()
+        if validated and self.best["iteration"] == it:
+            self.checkpoint(self.paths["best"], "best")
+        if self.patience is not None and self.bad_validations >= self.patience:
+            self.stop_reason = (f"stopped early: no better validation in {self.patience} in a row "
+                                f"(--patience {self.patience})")
+        if self.time_budget is not None:
+            self.watch_time_budget()
+        ending = self.stop_reason is not None or 0 < self.max_batches <= self.net.batch_num
+        if not ending and (validated or (self.log_every > 0 and it % self.log_every == 0)):
+            self.log_row()  # the last iteration's row comes from finish(), after its validation
+        if self.sample_every > 0 and it % self.sample_every == 0:
+            self.sample()
+        if it % BACKUP_EVERY == 0:
+            self.checkpoint(self.paths["backup"], "backup")
+        if self.save_every > 0 and it % self.save_every == 0:
+            self.checkpoint(f"{self.base}_{it}.weights", "numbered")
+
+    def postfix(self):
+        rate = self.rate()
+        rate = "-" if rate is None else f"{rate:.3g}"
+        return (f"loss {self.loss:.4f}  avg {self.avg:.4f}  rate {rate}  "
+                f"epoch {self.net.seen / len(self.train_ids):.2f}")
+
+    def rate(self):
+        """The rate of the last update (or, before one, of the next; never drawing from the rng)."""
+        net = self.net
+        if net.last_rate is None and net.hp["policy"] != "random":  # "random" would draw from the rng
+            return net.learning_rate()
+        return net.last_rate
+
+    def finish(self, status):
+        """The last checkpoints, metrics row and record: after a signal the backup; else the backup,
+        a validation (and the best checkpoint if it is the best) and the final weights."""
+        if status == "finished":
+            validated = self.valid_iteration != self.iteration and self.validate()
+            self.checkpoint(self.paths["backup"], "backup")
+            if validated and self.best["iteration"] == self.iteration:
+                self.checkpoint(self.paths["best"], "best")
+            self.checkpoint(self.paths["final"], "final")
+        with self.interrupt.saving(then_interrupt=False):  # after a signal, more wait for the record to say so
+            latest = self.record.content["checkpoints"]["latest"]
+            if status == "interrupted" and (self.saved != self.iteration or latest != os.path.abspath(self.paths["backup"])):
+                self.checkpoint(self.paths["backup"], "backup")
+            if self.last_row[0] != self.iteration:
+                self.log_row()
+            self.record.content["stop_reason"] = self.stop_reason
+            self.record.write(status, self.progress_fields())
+
+    # ---- validation, metrics, samples, the time budget -------------------------------------------
+    def validate(self):
+        """Held-out bits per character now, as one line above the bar; a new best is noted in
+        `best` (the caller writes its checkpoint). False if there is no held-out text or a signal
+        stopped it."""
+        if self.validator is None:
+            return False
         v0 = time.time()
-        bpc = validator(net, stop)
+        bpc = self.validator(self.net, lambda: self.interrupt.flag)
         if bpc is None:
-            return
-        state["valid"], state["valid_iteration"] = float(bpc), iteration
-        loss = f"{state['loss']:.4f}" if state["loss"] is not None else "-"
-        avg_ = f"{state['avg']:.4f}" if state["avg"] is not None else "-"
-        say(f"valid: iteration {iteration}  {time.time() - t0:.1f} s  loss {loss}  avg {avg_}  "
-            f"valid {bpc:.4f} bpc ({validator.count} chars, {time.time() - v0:.1f} s)")
+            return False
+        self.valid, self.valid_iteration = float(bpc), self.iteration
+        loss = f"{self.loss:.4f}" if self.loss is not None else "-"
+        avg = f"{self.avg:.4f}" if self.avg is not None else "-"
+        self.progress.say(f"valid: iteration {self.iteration}  {time.time() - self.t0:.1f} s  loss {loss}  "
+                          f"avg {avg}  valid {bpc:.4f} bpc ({self.validator.count} chars, {time.time() - v0:.1f} s)")
+        if self.best is None or bpc < self.best["valid_bpc"]:
+            self.best = {"weights": os.path.abspath(self.paths["best"]), "iteration": self.iteration,
+                         "valid_bpc": float(bpc)}
+            self.bad_validations = 0
+            self.record.content["best"] = self.best
+        else:
+            self.bad_validations += 1
+        return True
 
-    status = "finished"
-    try:  # overflow in a diverging run is reported as a non-finite loss, not as numpy warnings
-        with _Interrupt() as interrupt, np.errstate(all="ignore"):
-            while net.batch_num < max_batches:
-                if interrupt.flag:
-                    status = "interrupted"
-                    break
-                x, y = batcher.next_batch()
-                cost = float(net.train_step(x, y))
-                iteration = net.seen // rows
-                loss = cost / rows
-                if not math.isfinite(loss):
-                    raise diverged(f"non-finite loss ({loss})")
-                state["loss"] = loss
-                state["avg"] = loss if state["avg"] is None else 0.9 * state["avg"] + 0.1 * loss
-                for s in batcher.reseat():
-                    net.reset_state(int(s))
-                if bar is not None:
-                    rate = net.last_rate
-                    if rate is None and net.hp["policy"] != "random":  # "random" would draw from the rng
-                        rate = net.learning_rate()
-                    rate = "-" if rate is None else f"{rate:.3g}"
-                    bar.set_postfix_str(f"loss {loss:.4f}  avg {state['avg']:.4f}  rate {rate}  "
-                                        f"epoch {net.seen / len(train_ids):.2f}", refresh=False)
-                    bar.update(1)
-                if valid_every > 0 and iteration % valid_every == 0:
-                    validate(lambda: interrupt.flag)
-                if iteration % BACKUP_EVERY == 0:
-                    checkpoint(paths["backup"], "backup")
-                if save_every > 0 and iteration % save_every == 0:
-                    checkpoint(f"{base}_{iteration}.weights", "numbered")
-            if status == "interrupted":
-                if state["saved"] != iteration or record["checkpoints"]["latest"] != os.path.abspath(paths["backup"]):
-                    checkpoint(paths["backup"], "backup")
-                write_record("interrupted")
-            else:
-                if state["valid_iteration"] != iteration:
-                    validate(lambda: interrupt.flag)
-                checkpoint(paths["backup"], "backup")
-                checkpoint(paths["final"], "final")
-                write_record("finished")
-    finally:
-        if bar is not None:
-            bar.close()
-    summary = progress_fields()
-    summary.update(status=status, checkpoint=state["saved_path"], max_batches=max_batches,
-                   record=os.path.abspath(paths["record"]))
-    return summary
+    def open_metrics(self):
+        """The metrics log; a continuing run keeps the rows up to the checkpoint it starts from."""
+        keep = self.iteration if self.continuing and self.weights is not None and not self.clear else None
+        try:
+            return metricsmod.MetricsLog(self.paths["metrics"], keep_until=keep)
+        except OSError as e:
+            raise ckpt.write_error(self.paths["metrics"], e, "metrics log") from None
+
+    def log_row(self):
+        now = time.time()
+        it0, t_prev = self.last_row
+        speed = (self.iteration - it0) * self.rows / (now - t_prev) if now > t_prev and self.iteration > it0 else None
+        self.last_row = (self.iteration, now)
+        self.metrics.row(iteration=self.iteration, seconds=self.seconds(), epoch=self.net.seen / len(self.train_ids),
+                         loss=self.loss, avg_loss=self.avg, learning_rate=self.rate(), chars_per_s=speed,
+                         valid_bpc=self.valid if self.valid_iteration == self.iteration else None)
+
+    def seconds(self):
+        """Training wall time, summed over this run's resumes."""
+        return self.seconds0 + time.time() - self.t0
+
+    def sample(self):
+        """`sample_len` characters at `sample_temp` to stderr from a batch=1 copy of the weights: the
+        training network, its state and its random streams are not touched."""
+        from . import sample as samplemod
+        if self.sampler is None:
+            with warnings.catch_warnings():  # the training network already reported unused cfg keys
+                warnings.simplefilter("ignore")
+                self.sampler = Network(self.cfg, batch=1, time_steps=1)
+        dst = self.sampler.params()
+        for key, value in self.net.params().items():
+            dst[key][...] = value
+        tokens = [str(i) for i in range(self.net.outputs)] if self.tokenized else None
+        seed = b"\n" if not self.tokenized and self.net.inputs > 10 else b""  # b"": id 0, as `generate`
+        text = samplemod.generate(self.sampler, seed=seed, length=self.sample_len, temp=self.sample_temp,
+                                  srand=self.srand + self.iteration, tokens=tokens)
+        echo = len(b"0 ") if self.tokenized else 1  # the seed's symbol, echoed first
+        self.progress.say(f"sample at iteration {self.iteration}:\n"
+                          + text[echo:].decode("utf-8", "replace").rstrip("\n"))
+
+    def watch_time_budget(self):
+        """Set max_batches once from the speed so far, and stop at the deadline in any case."""
+        elapsed, done = time.time() - self.start, self.net.batch_num - self.start_updates
+        if elapsed >= self.time_budget:
+            self.stop_reason = f"the time budget of {self.time_budget:g} s is spent"
+        elif "time_budget" not in self.record.content and done >= 3 and elapsed >= min(60.0, max(1.0, 0.05 * self.time_budget)):
+            self.set_horizon(elapsed / done)
+
+    def set_horizon(self, per_update):
+        """max_batches = the updates done + as many as the rest of the budget allows at
+        `per_update` seconds each; the cfg's schedule is stretched to it (optim.stretch_policy)."""
+        remaining = self.time_budget - (time.time() - self.start)
+        self.max_batches = self.net.batch_num + max(1, int(remaining / per_update))
+        self.net.hp = optim.stretch_policy(self.net.hp, self.max_batches)
+        if self.progress.bar is not None:
+            self.progress.bar.total = self.max_batches * self.net.subdivisions
+        options = self.record.content["options"]
+        options.update(max_batches=int(self.max_batches), stretch_schedule=True)
+        self.record.content["hyperparameters"].update(self.net.hp)
+        self.record.content["time_budget"] = {
+            "seconds": self.time_budget, "max_batches": int(self.max_batches),
+            "seconds_per_update": round(per_update, 6),
+            "why": (f"{self.net.batch_num - self.start_updates} updates took {per_update:.4g} s each, so "
+                    f"{self.max_batches - self.net.batch_num} more fit in the {remaining:.0f} s left; the "
+                    f"cfg's {self.net.hp['policy']} schedule is stretched to end at update {self.max_batches}")}
+
+    # ---- checkpoints -----------------------------------------------------------------------------
+    def checkpoint(self, path, kind):
+        """Commit weights + .state.npz at `path`, then rewrite the record naming it as `kind`; a
+        second signal waits until both are whole."""
+        net = self.net
+        if not all(np.isfinite(v).all() for v in net.params().values()):
+            raise self.diverged("non-finite weights before checkpoint")
+        wbytes = weightsmod.to_bytes(net)
+        extra = {"iteration": self.iteration, "avg_loss": self.avg, "corpus_sha256": self.corpus_sha,
+                 "best": self.best, "bad_validations": self.bad_validations, "seconds": self.seconds()}
+        sbytes = ckpt.state_bytes(net, self.batcher, wbytes, extra)
+        with self.interrupt.saving():
+            try:
+                ckpt.commit([(path + STATE_SUFFIX, sbytes), (path, wbytes)])
+            except OSError as e:
+                raise ckpt.write_error(path, e) from None
+            self.saved, self.saved_path = self.iteration, os.path.abspath(path)
+            self.record.add_checkpoint(path, kind)
+            self.record.write("running", self.progress_fields())
+
+    def diverged(self, what):
+        last = (f"the last good checkpoint is {self.saved_path} (iteration {self.saved})"
+                if self.saved_path else "no checkpoint was written in this run")
+        if self.best is not None:
+            last += f", the best {self.best['weights']} (iteration {self.best['iteration']}, {self.best['valid_bpc']:.4f} bpc)"
+        return DarknetpyError(f"{what} at iteration {self.iteration}: training diverged and stopped "
+                              f"without saving; {last}; lower learning_rate or set clip in [net]", self.cfg)
+
+    def progress_fields(self):
+        net = self.net
+        return {"seen": net.seen, "iteration": self.iteration, "updates": net.batch_num,
+                "epoch": round(net.seen / len(self.train_ids), 4), "seconds": round(time.time() - self.t0, 1),
+                "train_loss": self.loss, "avg_loss": self.avg,
+                "valid_bpc": self.valid, "valid_iteration": self.valid_iteration}
 
 
 def format_summary(s):
     """The one summary line printed at the end of a run."""
     avg = f"{s['avg_loss']:.4f}" if s["avg_loss"] is not None else "-"
     valid = f"{s['valid_bpc']:.4f} bpc" if s["valid_bpc"] is not None else "-"
-    return (f"{s['status']}: iteration {s['iteration']}, update {s['updates']} of max_batches "
+    best = s.get("best")
+    best = (f", best valid {best['valid_bpc']:.4f} bpc at iteration {best['iteration']} ({best['weights']})"
+            if best else "")
+    line = (f"{s['status']}: iteration {s['iteration']}, update {s['updates']} of max_batches "
             f"{s['max_batches']}, seen {s['seen']}, epoch {s['epoch']:.2f}, {s['seconds']:.0f} s, "
-            f"avg loss {avg}, valid {valid}; saved {s['checkpoint']}")
+            f"avg loss {avg}, valid {valid}{best}; saved {s['checkpoint']}")
+    if s.get("signal"):
+        line += (f" (weights, .state.npz and the run record) on {s['signal']}; continue with "
+                 f"`darknetpy train --resume {s['record']}`")
+    if s.get("reason"):
+        line += f"; {s['reason']}"
+    return line

@@ -138,7 +138,7 @@ def test_unused_key_warns_like_darknet(tmp_path):
     assert f"{cfg}:5: Unused field: 'hidden = 1024'" in r.stderr.decode()
 
 
-@pytest.mark.parametrize("command", ["train", "generate", "valid", "info"])
+@pytest.mark.parametrize("command", ["train", "generate", "valid", "info", "plot"])
 def test_help_documents_options(command):
     r = run(command, "--help")
     assert r.returncode == 0
@@ -149,3 +149,12 @@ def test_generate_help_shows_defaults():
     out = run("generate", "--help").stdout.decode()
     for flag, default in [("--len", "1000"), ("--temp", "0.7")]:
         assert re.search(re.escape(flag) + r".*\n?.*default: " + re.escape(default), out), out
+
+
+def test_train_help_shows_the_watching_options_defaults():
+    out = run("train", "--help").stdout.decode()
+    blocks = {b.split()[0]: " ".join(b.split()) for b in re.split(r"\n  (?=-)", out) if b.startswith("-")}
+    for flag, default in [("--log-every", "[default: 10;"), ("--sample-every", "[default: 0;"),
+                          ("--sample-len", "[default: 200;"), ("--sample-temp", "[default: 0.7;"),
+                          ("--patience", "Default: off"), ("--time-budget", "Default: off")]:
+        assert default in blocks[flag], blocks[flag]

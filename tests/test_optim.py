@@ -11,7 +11,7 @@ import pytest
 
 from darknetpy.errors import DarknetpyError
 from darknetpy.network import Network
-from darknetpy.optim import Optimizer
+from darknetpy.optim import SGD, Adam
 
 # batch=2, time_steps=3: update n is seen / 6.
 NET = "[net]\ninputs=3\nbatch=2\ntime_steps=3\nlearning_rate={lr}\n{extra}\n[connected]\noutput=3\n[softmax]\n"
@@ -114,7 +114,7 @@ def test_sgd_update():
     rng = np.random.default_rng(0)
     slots = small_slots(rng)
     ref = [(p.astype(np.float64), u.astype(np.float64), k) for p, u, k in slots]
-    opt = Optimizer(momentum=0.8, decay=0.01, adam=False)
+    opt = SGD(momentum=0.8, decay=0.01)
     lr, B = 0.3, 6
     for step in range(3):
         for (p, u, k), (rp, ru, _) in zip(slots, ref):
@@ -140,7 +140,7 @@ def test_adam_update():
     m = [np.zeros(p.shape) for p, _, _ in slots]
     v = [np.zeros(p.shape) for p, _, _ in slots]
     B1, B2, eps, decay, lr, B = 0.85, 0.99, 1e-7, 0.02, 0.01, 8
-    opt = Optimizer(momentum=0.9, decay=decay, adam=True, B1=B1, B2=B2, eps=eps)
+    opt = Adam(B1=B1, B2=B2, eps=eps, decay=decay)
     for t in range(1, 4):
         for i, ((p, u, k), (rp, _)) in enumerate(zip(slots, ref)):
             g = rng.normal(size=p.shape).astype(np.float32)
@@ -160,7 +160,7 @@ def test_adam_first_step_size_is_lr():
     """With bias correction at t = 1 every entry moves by ~lr·sign(update), whatever B is."""
     p = np.array([0.5, -0.25, 2.0], np.float32)
     u = np.array([3.0, -0.001, 40.0], np.float32)
-    Optimizer(momentum=0.9, decay=0, adam=True).step([(p, u, "biases")], 0.01, 1000)
+    Adam(decay=0).step([(p, u, "biases")], 0.01, 1000)
     np.testing.assert_allclose(p, [0.51, -0.26, 2.01], rtol=0, atol=1e-6)
 
 
@@ -175,7 +175,8 @@ def test_clip_scales_the_update_when_the_mean_gradient_norm_is_large(adam):
 
     def run(clip_value, scale):
         slots = [(p.copy(), (g * np.float32(scale)).astype(np.float32), k) for (p, _, k), g in zip(base, grads)]
-        Optimizer(momentum=0.5, decay=0.001, adam=adam, clip=clip_value).step(slots, lr, B)
+        opt = Adam(decay=0.001, clip=clip_value) if adam else SGD(momentum=0.5, decay=0.001, clip=clip_value)
+        opt.step(slots, lr, B)
         return slots
 
     clipped, reference = run(clip, 1.0), run(0.0, clip / norm)
@@ -190,7 +191,7 @@ def test_clip_scales_the_update_when_the_mean_gradient_norm_is_large(adam):
 def test_clip_and_adam_keys_are_read_from_net(write_cfg):
     net = Network(write_cfg(NET.format(lr=0.1, extra="clip=2.5\nadam=1\nB1=0.8\nB2=0.95\neps=0.001")))
     o = net.optimizer
-    assert (o.clip, o.adam, o.B1, o.B2, o.eps) == (2.5, True, 0.8, 0.95, 0.001)
+    assert isinstance(o, Adam) and (o.clip, o.B1, o.B2, o.eps) == (2.5, 0.8, 0.95, 0.001)
     path = write_cfg(NET.format(lr=0.1, extra="clip=-1"))
     with pytest.raises(DarknetpyError) as err:
         Network(path)

@@ -3,6 +3,7 @@
 Tiny cfgs and corpora written to tmp_path; every run is a fraction of a second.
 """
 import errno
+import json
 import os
 import signal
 import struct
@@ -364,13 +365,11 @@ def test_a_torn_checkpoint_pair_is_detected(tmp_path, corpus):
     assert "ignored" in r.stderr and "other weights" in r.stderr
 
 
-def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path, corpus):
-    cfg = write_cfg(tmp_path, hidden=128, batch=16, time_steps=32, max_batches=100000)
-    b = tmp_path / "b"
-    p = subprocess.Popen([sys.executable, "-m", "darknetpy", "train", str(cfg), str(corpus), "--backup", str(b),
-                          "--valid-every", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    started = threading.Event()
-    err = []
+def start_training(cfg, corpus, backup):
+    """A long training run in a subprocess, once it trains, and the list collecting its stderr lines."""
+    p = subprocess.Popen([sys.executable, "-m", "darknetpy", "train", str(cfg), str(corpus), "--backup",
+                          str(backup), "--valid-every", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    started, err = threading.Event(), []
 
     def read():
         for line in p.stderr:
@@ -379,6 +378,13 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path, corpus):
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     assert started.wait(60), "training did not start"
+    return p, reader, err
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path, corpus):
+    cfg = write_cfg(tmp_path, hidden=128, batch=16, time_steps=32, max_batches=100000)
+    b = tmp_path / "b"
+    p, reader, err = start_training(cfg, corpus, b)
     time.sleep(1.0)  # a few iterations
     p.send_signal(signal.SIGINT)
     assert p.wait(60) == 130, "".join(err)
@@ -422,3 +428,42 @@ def test_learning_lowers_validation_bpc(tmp_path):
     bpcs = [float(line.split(" valid ")[1].split()[0]) for line in r.stderr.splitlines() if line.startswith("valid:")]
     assert bpcs[0] > 3.0, bpcs   # after 10 iterations: still far from the text
     assert bpcs[-1] < 1.0, bpcs  # the words and their order: about 2.6 bits per word of ~8 chars
+
+
+@pytest.mark.parametrize("case", ["sgd_momentum", "adam_clip"])
+def test_a_version_1_state_still_resumes_exactly(tmp_path, corpus, case):
+    """A .state.npz in the layout before optimizers were classes (version 1: upd{i}, Adam's m{i},
+    v{i}, meta t and moments), written here by hand, resumes bit for bit."""
+    cfg = write_cfg(tmp_path, batch=16, **RESUME_CASES[case])
+    ok(cfg, corpus, "--srand", 5, "--max-batches", 23, "--backup", tmp_path / "whole")
+    ok(cfg, corpus, "--srand", 5, "--max-batches", 9, "--backup", tmp_path / "part")
+    state = tmp_path / "part" / "tiny_final.weights.state.npz"
+    with np.load(state) as z:
+        new = {k: z[k] for k in z.files}
+    meta = json.loads(str(new.pop("meta")))
+    opt = meta.pop("optimizer")
+    moments = opt["buffers"].get("m", 0)
+    assert moments == (len(Network(cfg).slots()) if case == "adam_clip" else 0)
+    v1 = {k: v for k, v in new.items() if k.startswith(("upd", "layer"))}
+    for i in range(moments):
+        v1[f"m{i}"], v1[f"v{i}"] = new[f"optimizer.m.{i}"], new[f"optimizer.v.{i}"]
+    meta.update(version=1, t=opt["scalars"]["t"], moments=moments)
+    np.savez(state.with_suffix(""), meta=np.array(json.dumps(meta)), **v1)  # np.savez adds .npz
+    r = ok(cfg, corpus, "--weights", tmp_path / "part" / "tiny_final.weights", "--max-batches", 23,
+           "--backup", tmp_path / "rest")
+    assert "ignored" not in r.stderr
+    assert (tmp_path / "rest" / "tiny_final.weights").read_bytes() == \
+        (tmp_path / "whole" / "tiny_final.weights").read_bytes()
+
+
+def test_a_diverged_run_names_the_last_good_and_the_best_checkpoint(tmp_path, corpus):
+    b = tmp_path / "b"
+    ok(write_cfg(tmp_path), corpus, "--srand", 1, "--max-batches", 20, "--valid-every", 10, "--backup", b)
+    saved = {p.name: p.read_bytes() for p in b.iterdir()}
+    best = yaml.safe_load((b / "tiny.yaml").read_text())["best"]
+    bad = write_cfg(tmp_path, opt="learning_rate=1e30\nmomentum=0.9")
+    r = run(bad, corpus, "--weights", b / "tiny.backup", "--max-batches", 60, "--backup", b)
+    one_line_error(r, "non-finite", f"{b / 'tiny.backup'} (iteration 20)",
+                   f"the best {b / 'tiny_best.weights'} (iteration {best['iteration']}, {best['valid_bpc']:.4f} bpc)",
+                   during=True)
+    assert {p.name: p.read_bytes() for p in b.iterdir()} == saved

@@ -1,0 +1,278 @@
+"""What makes a checkpoint: the atomic commit of several files, the `.state.npz` beside each
+weights file, and the run record `BACKUP/<cfg>.yaml`.
+
+A checkpoint is a pair, `<path>` (Darknet .weights) and `<path>.state.npz`, committed together:
+both are first written in full beside their targets and only then renamed into place, so a full
+disk or a crash leaves the previous pair whole.
+
+The .state.npz (version 2) holds everything besides the weights that a resumed run needs to
+continue bit for bit:
+    upd{i}                  slot i's accumulated update (momentum) buffer, in Network.slots() order
+    optimizer.{name}.{i}    slot i's entry of each per-slot buffer the optimizer declares
+                            (Adam: m, v; SGD: none)
+    layer{l}.{name}         each recurrent layer's carried state, (streams, outputs)
+    meta                    json: version, seen, weights_sha256, slots, optimizer {name, scalars
+                            (t), buffers {name: count}}, batcher (data walk), net_rng, and what the
+                            trainer adds (iteration, avg_loss, corpus_sha256, ...)
+Version 1 (before optimizers were classes) stored Adam's moments as m{i}, v{i} and the step
+count as meta t, moments; it is still read.
+"""
+import hashlib
+import io
+import json
+import os
+
+import numpy as np
+import yaml
+
+from . import weights as weightsmod
+from .errors import DarknetpyError
+
+STATE_VERSION = 2
+STATE_SUFFIX = ".state.npz"
+
+
+# ---- files ---------------------------------------------------------------------------------------
+def commit(files):
+    """Replace several files together: each (path, bytes) is first written in full and fsynced
+    beside its target (weights.atomic_write to `<path>.pending`), and only when all are down are they
+    renamed into place, in order. A failure in the writing phase (a full disk) leaves every
+    previous file untouched."""
+    pending = []
+    try:
+        for path, data in files:
+            tmp = path + ".pending"
+            weightsmod.atomic_write(tmp, data)
+            pending.append((tmp, path))
+        for tmp, path in pending:
+            os.replace(tmp, path)
+    finally:
+        for tmp, _ in pending:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    _fsync_dir(os.path.dirname(os.path.abspath(files[0][0])))
+
+
+def _fsync_dir(directory):
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_error(path, e, what="checkpoint"):
+    """The DarknetpyError for a failed write of `what` (an OSError `e`)."""
+    reason = e.strerror or str(e)
+    return DarknetpyError(f"cannot write the {what} ({reason}); training stopped, the previous "
+                          f"{what} is intact", path)
+
+
+def prepare_backup_dir(path):
+    """Create BACKUP if missing and prove it is a writable directory before any training."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except FileExistsError:
+        raise DarknetpyError("the backup path exists and is not a directory; give a directory with "
+                             "--backup", path) from None
+    except OSError as e:
+        raise DarknetpyError(f"cannot create the backup directory ({e.strerror or e}); give another "
+                             "with --backup", path) from None
+    if not os.path.isdir(path):
+        raise DarknetpyError("the backup path is not a directory; give a directory with --backup", path)
+    if not os.access(path, os.R_OK | os.W_OK | os.X_OK):
+        raise DarknetpyError("the backup directory is not readable and writable; fix its permissions "
+                             "or give another with --backup", path)
+    try:  # the real test (root passes os.access; read-only mounts and full disks do not)
+        weightsmod.atomic_write(os.path.join(path, ".darknetpy-write-test"), b"ok")
+        os.unlink(os.path.join(path, ".darknetpy-write-test"))
+    except OSError as e:
+        raise DarknetpyError(f"cannot write in the backup directory ({e.strerror or e}); fix it or "
+                             "give another with --backup", path) from None
+
+
+def cfg_base(cfg_path):
+    """Checkpoint name stem: the cfg's file name without its last extension."""
+    name = os.path.basename(str(cfg_path))
+    return name.rsplit(".", 1)[0] if "." in name.lstrip(".") else name
+
+
+def sha256(data):
+    return hashlib.sha256(data).hexdigest()
+
+
+def plain(value):
+    """numpy scalars -> Python, for yaml and json."""
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+# ---- the resumable state beside each checkpoint ---------------------------------------------------
+def state_bytes(net, batcher, weights_bytes, extra):
+    """The .state.npz (version 2, see the module docstring) of `net` and `batcher` now; `extra`
+    (json-able) goes into meta."""
+    arrays = {f"upd{i}": upd for i, (_, upd, _) in enumerate(net.slots())}
+    opt = net.optimizer
+    scalars, buffers = {}, {}
+    for name, value in opt.state().items():
+        if isinstance(value, list):
+            buffers[name] = len(value)
+            arrays.update({f"optimizer.{name}.{i}": a for i, a in enumerate(value)})
+        else:
+            scalars[name] = value
+    for li, layer in enumerate(net.layers):
+        for name in getattr(layer, "state_names", ()):
+            value = getattr(layer, name, None)
+            if value is not None:
+                arrays[f"layer{li}.{name}"] = value
+    meta = {"version": STATE_VERSION, "seen": net.seen, "weights_sha256": sha256(weights_bytes),
+            "slots": len(net.slots()), "optimizer": {"name": opt.name, "scalars": scalars, "buffers": buffers},
+            "batcher": batcher.state(), "net_rng": net.rng.bit_generator.state, **extra}
+    arrays["meta"] = np.array(json.dumps(plain(meta)))
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def read_state(path, weights_bytes):
+    """(meta, arrays) of a .state.npz, or (None, reason) if it is missing or not for these weights."""
+    if not os.path.exists(path):
+        return None, "missing"
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        meta = json.loads(str(arrays.pop("meta")))
+    except Exception as e:  # noqa: BLE001 — any unreadable state means: start the optimizer afresh
+        return None, f"unreadable ({e})"
+    if meta.get("version") not in (1, STATE_VERSION):
+        return None, f"version {meta.get('version')}, expected {STATE_VERSION} or 1"
+    if meta.get("weights_sha256") != sha256(weights_bytes):
+        return None, "it was saved with other weights (an interrupted checkpoint?)"
+    return meta, arrays
+
+
+def optimizer_state(meta, arrays):
+    """The optimizer's state() as saved, from a version 1 or 2 file."""
+    if meta["version"] == 1:  # Adam's moments m{i}, v{i} and meta t, moments
+        n = meta["moments"]
+        return {"t": meta["t"], "m": [arrays[f"m{i}"].copy() for i in range(n)],
+                "v": [arrays[f"v{i}"].copy() for i in range(n)]}
+    saved = meta["optimizer"]
+    return {**saved["scalars"], **{name: [arrays[f"optimizer.{name}.{i}"].copy() for i in range(n)]
+                                   for name, n in saved["buffers"].items()}}
+
+
+def restore_state(net, batcher, meta, arrays, path):
+    """Put a read_state() result into `net` and `batcher`; refuses a state of another cfg."""
+    slots = net.slots()
+    if meta["slots"] != len(slots):
+        raise DarknetpyError(f"the optimizer state has {meta['slots']} parameter arrays, the cfg "
+                             f"{len(slots)}; resume with the cfg it was saved with", path)
+    for i, (_, upd, _) in enumerate(slots):
+        saved = arrays[f"upd{i}"]
+        if saved.shape != upd.shape:
+            raise DarknetpyError(f"the optimizer state's array {i} is {saved.shape}, the cfg's "
+                                 f"{upd.shape}; resume with the cfg it was saved with", path)
+        upd[...] = saved
+    net.optimizer.load_state(optimizer_state(meta, arrays))
+    net.reset_state()
+    for li, layer in enumerate(net.layers):
+        for name in getattr(layer, "state_names", ()):
+            key = f"layer{li}.{name}"
+            if key in arrays:
+                if arrays[key].shape != (net.streams, layer.outputs):
+                    raise DarknetpyError(f"the saved recurrent state is for {arrays[key].shape[0]} "
+                                         f"streams, this run has {net.streams}; resume with the same "
+                                         "batch and subdivisions", path)
+                setattr(layer, name, arrays[key].astype(layer.dtype, copy=True))
+    try:
+        batcher.set_state(meta["batcher"])
+    except DarknetpyError as e:
+        raise DarknetpyError(str(e), path) from None
+    net.rng.bit_generator.state = meta["net_rng"]
+
+
+# ---- the run record ------------------------------------------------------------------------------
+def read_record(path):
+    """The options of a run record (BACKUP/<cfg>.yaml) for `--resume`."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            record = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise DarknetpyError("no such run record; give the BACKUP/<cfg>.yaml a run wrote", path) from None
+    except OSError as e:
+        raise DarknetpyError(f"cannot read the run record ({e.strerror or e})", path) from None
+    except yaml.YAMLError as e:
+        raise DarknetpyError(f"not a run record: {str(e).splitlines()[0]}", path) from None
+    if not isinstance(record, dict) or not {"cfg", "data", "options", "checkpoints"} <= set(record):
+        raise DarknetpyError("not a darknetpy run record (needs cfg, data, options, checkpoints)", path)
+    latest = (record.get("checkpoints") or {}).get("latest")
+    if not latest:
+        raise DarknetpyError("the run record names no checkpoint yet; start the run again instead", path)
+    if not os.path.exists(latest):
+        raise DarknetpyError(f"the run record's latest checkpoint {latest} does not exist", path)
+    options = dict(record["options"])
+    options.update(cfg=record["cfg"], data=record["data"], weights=latest,
+                   backup=os.path.dirname(os.path.abspath(path)))
+    return options
+
+
+def earlier_record(path):
+    """The content of an earlier run's record at `path`, or {} if there is none readable."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            record = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def refuse_to_replace(paths, cfg):
+    """A new run writes <cfg>.backup and the run record: refuse when an earlier run's are there."""
+    if not os.path.exists(paths["backup"]):
+        return
+    where = ""
+    try:
+        where = f" (iteration {int(earlier_record(paths['record'])['progress']['iteration'])})"
+    except (KeyError, TypeError, ValueError):
+        pass
+    raise DarknetpyError(f"an earlier run of {cfg} is kept here{where}; continue it with "
+                         f"`darknetpy train --resume {paths['record']}`, start from its weights with "
+                         f"--weights, or start over with --backup DIR or --overwrite", paths["backup"])
+
+
+class Record:
+    """The run record BACKUP/<cfg>.yaml: options, hyper-parameters, progress, checkpoints,
+    rewritten atomically after every checkpoint and at the end."""
+
+    def __init__(self, path, content):
+        self.path, self.content = path, content
+
+    def add_checkpoint(self, path, kind):
+        """Note checkpoint `path` as the latest and as `kind` ('backup', 'final', 'best' or 'numbered')."""
+        cps = self.content["checkpoints"]
+        cps["latest"] = os.path.abspath(path)
+        if kind == "numbered":
+            if cps["latest"] not in cps["numbered"]:
+                cps["numbered"].append(cps["latest"])
+        else:
+            cps[kind] = cps["latest"]
+
+    def write(self, status, progress):
+        self.content["status"] = status
+        self.content["progress"] = progress
+        text = yaml.safe_dump(plain(self.content), sort_keys=False, default_flow_style=False)
+        try:
+            weightsmod.atomic_write(self.path, text.encode())
+        except OSError as e:
+            raise write_error(self.path, e, "run record") from None
