@@ -32,6 +32,7 @@ import numpy as np
 import yaml
 
 from . import data as datamod
+from . import vocab as vocabmod
 from . import weights as weightsmod
 from .errors import DarknetpyError
 from .network import Network
@@ -350,7 +351,7 @@ def _refuse_to_replace(paths, cfg):
 
 def train(cfg, data, weights=None, clear=False, tokenized=False, backup="backup", max_batches=None,
           srand=None, valid_frac=None, valid_every=VALID_EVERY, save_every=SAVE_EVERY, progress=True,
-          resumed_from=None, overwrite=False):
+          resumed_from=None, overwrite=False, vocab=None, max_vocab=None, valid_full=False):
     """Train CFG on DATA; returns a summary dict (status 'finished' or 'interrupted').
 
     A run that does not continue from `backup`'s own checkpoints refuses to replace an earlier
@@ -369,18 +370,14 @@ def train(cfg, data, weights=None, clear=False, tokenized=False, backup="backup"
     if max_batches <= 0:
         raise DarknetpyError("no max_batches: set max_batches=N in [net] or pass --max-batches N", cfg)
 
-    ids = datamod.load_corpus(data, net.inputs, tokenized)
-    if ids.max() >= net.outputs:
-        offset = int(np.flatnonzero(ids >= net.outputs)[0])
-        raise DarknetpyError(f"id {int(ids[offset])} at position {offset} is a target the network's "
-                             f"{net.outputs} outputs cannot predict; give the last layer "
-                             f"{int(ids.max()) + 1} outputs or more", data)
+    ids, vocabulary = vocabmod.prepare_corpus(cfg, net, data, vocab, tokenized, weights, max_vocab)
     if valid_frac is None:
         valid_frac = datamod.default_valid_frac(len(ids), net.time_steps)
     train_ids, valid_ids = datamod.split_corpus(ids, valid_frac, data)
     batcher = datamod.StreamBatcher(train_ids, net.streams, net.time_steps,
                                     np.random.default_rng([srand, 1]), data)
 
+    corpus_sha = datamod.sha256(ids, len(train_ids), as_int32=tokenized)  # in chunks: no copy of the corpus
     avg = None
     if weights is not None:
         net.load_weights(weights)
@@ -392,13 +389,12 @@ def train(cfg, data, weights=None, clear=False, tokenized=False, backup="backup"
             if meta is not None:
                 restore_state(net, batcher, meta, arrays, weights + STATE_SUFFIX)
                 avg = meta.get("avg_loss")
-                if meta.get("corpus_sha256") not in (None, _sha256(train_ids.tobytes())):
+                if meta.get("corpus_sha256") not in (None, corpus_sha):
                     _stderr_line(f"warning: {data}: the training text differs from the one "
                                  f"{weights} was trained on; continuing on this one")
             elif arrays != "missing":
                 _stderr_line(f"warning: {weights}{STATE_SUFFIX}: ignored, {arrays}; "
                              "the optimizer starts afresh")
-    corpus_sha = _sha256(train_ids.tobytes())
     base = os.path.join(backup, cfg_base(cfg))
     paths = {"backup": base + ".backup", "final": base + "_final.weights", "record": base + ".yaml"}
     continuing = resumed_from is not None or (  # from one of this run's own checkpoints
@@ -406,15 +402,21 @@ def train(cfg, data, weights=None, clear=False, tokenized=False, backup="backup"
     if not (continuing or overwrite):
         _refuse_to_replace(paths, cfg)
     prepare_backup_dir(backup)  # last of the checks, all before any training
+    if vocabulary is not None:
+        vocabulary.save(base + ".vocab")
+    elif not continuing and os.path.exists(base + ".vocab"):
+        os.unlink(base + ".vocab")  # an earlier run's: tokenized ids are decoded with --tokens
 
-    seed_ids = list(b"\n\n") if not tokenized and net.inputs > 10 else []
-    validator = Validator(cfg, valid_ids, seed_ids) if valid_ids is not None else None
+    seed_ids = vocabmod.seed_ids(vocabulary, net)
+    # periodic and end-of-run estimates score a bounded slice: their cost does not grow with the corpus
+    validator = Validator(cfg, valid_ids[:datamod.VALID_SLICE], seed_ids) if valid_ids is not None else None
     hp = dict(net.hp)
     opt = net.optimizer
     record = {
         "cfg": os.path.abspath(cfg), "data": os.path.abspath(data) if data != "-" else data,
         "backup": os.path.abspath(backup), "status": "running",
-        "options": {"tokenized": bool(tokenized), "max_batches": int(max_batches),
+        "options": {"tokenized": bool(tokenized), "vocab": vocabulary.mode if vocabulary else None,
+                    "max_vocab": max_vocab, "valid_full": bool(valid_full), "max_batches": int(max_batches),
                     "valid_frac": float(valid_frac), "valid_every": int(valid_every),
                     "save_every": int(save_every), "srand": int(srand)},
         "started_from": {"weights": os.path.abspath(weights) if weights else None,
@@ -429,6 +431,7 @@ def train(cfg, data, weights=None, clear=False, tokenized=False, backup="backup"
             "parameters": int(sum(v.size for v in net.params().values())),
             "train_chars": int(len(train_ids)), "valid_chars": int(len(valid_ids)) if valid_ids is not None else 0,
         },
+        "corpus": vocabmod.record(vocabulary, data, base + ".vocab"),
         "progress": {}, "checkpoints": {"latest": None, "backup": None, "final": None, "numbered": []},
     }
     if weights is not None and resumed_from is None and os.path.exists(paths["record"]):
@@ -557,6 +560,9 @@ def train(cfg, data, weights=None, clear=False, tokenized=False, backup="backup"
                     checkpoint(paths["backup"], "backup")
                 write_record("interrupted")
             else:
+                if valid_full and valid_ids is not None and len(valid_ids) > datamod.VALID_SLICE:
+                    validator = Validator(cfg, valid_ids, seed_ids)
+                    state["valid_iteration"] = None
                 if state["valid_iteration"] != iteration:
                     validate(lambda: interrupt.flag)
                 checkpoint(paths["backup"], "backup")
