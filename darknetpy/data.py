@@ -5,6 +5,7 @@ whitespace-separated integer. Training walks `streams` independent offsets throu
 train_char_rnn/get_rnn_data do, producing time-major (time_steps, streams) batches.
 """
 import hashlib
+import mmap
 import os
 import re
 import sys
@@ -30,7 +31,7 @@ _INTEGER = re.compile(rb"[+-]?[0-9]+")
 
 
 FILE_SEPARATOR = b"\n"  # between the files of a folder corpus (tokenized: plain whitespace)
-CHUNK = 1 << 24         # bytes per read when scanning a corpus file (16 MB: bounded memory)
+CHUNK = 1 << 20         # ids per read when scanning a corpus (1 M: a few MB of memory at most)
 
 
 def id_dtype(n):
@@ -85,17 +86,34 @@ def load_corpus(path, inputs, tokenized=False):
     return raw
 
 
+# Reading a memory-mapped corpus through the map makes what it touches resident, and recent
+# kernels map a whole large page-cache folio (up to megabytes) per touch: a few hundred random
+# reads would make a big corpus count in full against RSS. So the map is the corpus's handle
+# (slices are views, nothing is copied) and its ids are read with pread(2) from the mapped file.
+def _mapped_file(ids):
+    """(path, byte offset of ids[0] in it) for a view of a np.memmap, else None."""
+    mm = getattr(ids, "_mmap", None)
+    if not isinstance(ids, np.memmap) or mm is None or not ids.filename:
+        return None
+    start = np.frombuffer(mm, np.uint8).ctypes.data
+    return ids.filename, ids.offset - ids.offset % mmap.ALLOCATIONGRANULARITY + ids.ctypes.data - start
+
+
+def read_ids(ids, start, stop):
+    """ids[start:stop] as an in-memory array (pread from a mapped file, without mapping it in)."""
+    where, stop = _mapped_file(ids), min(stop, len(ids))
+    if where is None:
+        return np.asarray(ids[start:stop])
+    with open(where[0], "rb") as f:
+        raw = os.pread(f.fileno(), (stop - start) * ids.itemsize, where[1] + start * ids.itemsize)
+    return np.frombuffer(raw, ids.dtype)
+
+
 def chunks(ids, n=None):
-    """ids[:n] in pieces of CHUNK entries. A memory-mapped file is read with ordinary reads, not
-    through the map, so scanning a big corpus does not make it resident (peak RSS stays small)."""
+    """ids[:n] in in-memory pieces of CHUNK ids, so scanning a big corpus keeps memory small."""
     n = len(ids) if n is None else n
-    if isinstance(ids, np.memmap) and ids.filename and ids.offset == 0:
-        with open(ids.filename, "rb") as f:
-            for start in range(0, n, CHUNK):
-                yield np.frombuffer(f.read(min(CHUNK, n - start) * ids.itemsize), ids.dtype)
-        return
     for start in range(0, n, CHUNK):
-        yield np.asarray(ids[start:min(n, start + CHUNK)])
+        yield read_ids(ids, start, min(n, start + CHUNK))
 
 
 def max_id(ids):
@@ -117,7 +135,7 @@ def sha256(ids, n=None, as_int32=False):
     hashed when they were kept as int32, so earlier checkpoints still match)."""
     h = hashlib.sha256()
     for c in chunks(ids, n):
-        h.update(c.astype(np.int32).tobytes() if as_int32 else c.tobytes())
+        h.update(c.astype(np.int32) if as_int32 else np.ascontiguousarray(c))
     return h.hexdigest()
 
 
@@ -218,7 +236,7 @@ class StreamBatcher:
     """
 
     def __init__(self, ids, streams, time_steps, rng, path=None):
-        self.ids = np.asarray(ids)
+        self.ids = ids if isinstance(ids, np.memmap) else np.asarray(ids)
         self.streams, self.time_steps, self.rng = streams, time_steps, rng
         n = len(self.ids)
         if n < time_steps + 1:
@@ -230,7 +248,12 @@ class StreamBatcher:
     def next_batch(self):
         """(x, y), int64 arrays of shape (time_steps, streams); y is x shifted one id ahead."""
         n = len(self.ids)
-        seq = self.ids[(self.offsets + self._walk) % n].astype(np.int64)
+        if _mapped_file(self.ids) is None:
+            seq = self.ids[(self.offsets + self._walk) % n].astype(np.int64)
+        else:  # each stream's window, wrapping at the end, read from the file (see read_ids)
+            seq = np.stack([np.concatenate([read_ids(self.ids, o, min(n, o + len(self._walk))),
+                                            read_ids(self.ids, 0, max(0, o + len(self._walk) - n))])
+                            for o in self.offsets.tolist()], 1).astype(np.int64)
         self.offsets = (self.offsets + self.time_steps) % n
         return seq[:-1], seq[1:]
 

@@ -409,7 +409,7 @@ def train(cfg, data, weights=None, clear=False, tokenized=False, backup="backup"
 
     seed_ids = vocabmod.seed_ids(vocabulary, net)
     # periodic and end-of-run estimates score a bounded slice: their cost does not grow with the corpus
-    validator = Validator(cfg, valid_ids[:datamod.VALID_SLICE], seed_ids) if valid_ids is not None else None
+    validator = Validator(cfg, datamod.read_ids(valid_ids, 0, datamod.VALID_SLICE), seed_ids) if valid_ids is not None else None
     hp = dict(net.hp)
     opt = net.optimizer
     record = {
