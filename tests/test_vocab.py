@@ -45,7 +45,7 @@ def ok(*args):
 
 def one_line_error(result, *fragments):
     assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines() if hasattr(result, "stderr") else result.output.strip().splitlines()
+    lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("darknetpy: "), lines
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
@@ -222,6 +222,16 @@ def test_tokenize_writes_darknet_files(tmp_path, mode):
     gen = ok("generate", cfg, tmp_path / "b" / "tiny_final.weights", "--tokens", prefix + ".tokens",
              "--seed", "", "--len", 5, "--srand", 1).stdout
     assert gen.count(" ") >= 6                          # Darknet's token + space, unchanged
+
+
+def test_train_takes_a_vocab_file_from_tokenize(tmp_path):
+    prefix = str(tmp_path / "m")
+    ok("tokenize", TEXT_PATH, "--vocab", "chars", "-o", prefix)
+    held = tmp_path / "held.txt"
+    held.write_text(TEXT[:200], encoding="utf-8")         # has fewer characters than the whole text
+    cfg = write_cfg(tmp_path, 256)
+    ok("train", cfg, held, "--vocab", prefix + ".vocab", "--backup", tmp_path / "b", "--srand", 1)
+    assert (tmp_path / "b" / "tiny.vocab").read_text(encoding="utf-8") == open(prefix + ".vocab", encoding="utf-8").read()
 
 
 # ---- folders ----------------------------------------------------------------------------------------
