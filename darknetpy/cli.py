@@ -173,8 +173,8 @@ def info(cfg, weights):
                    "(built from all of DATA, saved as BACKUP/<cfg>.vocab), or the tokens of a .vocab FILE. "
                    "Default: the vocabulary saved beside --weights, else bytes.")
 @click.option("--max-vocab", type=click.IntRange(min=2), default=None, metavar="N",
-              help="With --vocab words: keep the N-1 most frequent tokens, the rest become <unk>. "
-                   "Default: no cap.")
+              help="With --vocab words: at most N tokens, the N-1 most frequent and <unk> for the "
+                   "rest. Default: no cap.")
 @click.option("--valid-full", is_flag=True,
               help="At the end, score the whole held-out part (slow on big corpora). Default: the "
                    "periodic and final estimates score its first 65536 ids.")
@@ -244,16 +244,17 @@ def train(ctx, cfg, data, weights, clear, tokenized, backup, max_batches, srand,
 @click.option("-o", "prefix", required=True, metavar="PREFIX",
               help="Write PREFIX.ids, PREFIX.tokens and PREFIX.vocab.")
 @click.option("--max-vocab", type=click.IntRange(min=2), default=None, metavar="N",
-              help="Words: keep the N-1 most frequent tokens, the rest become <unk>. Default: no cap.")
+              help="With --vocab words: at most N tokens, the N-1 most frequent and <unk> for the "
+                   "rest. Default: no cap.")
 @friendly
 def tokenize(text, mode, prefix, max_vocab):
     """Turn UTF-8 TEXT files (or folders) into ids for the C Darknet: PREFIX.ids for
     `darknet rnn train -tokenized`, PREFIX.tokens for `darknet rnn generate -tokens`, and PREFIX.vocab
     for darknetpy. Prints the vocabulary size and the cfg lines it needs."""
     vocabulary, count = vocabmod.tokenize(list(text), mode, prefix, max_vocab)
-    click.echo(f"{count} ids, vocabulary {vocabulary.size} {mode}")
+    click.echo(f"vocabulary: {vocabulary.size} {mode} ({count} ids in {prefix}.ids)")
     click.echo(f"inputs={vocabulary.size}")
-    click.echo(f"output={vocabulary.size} in the last [connected] before [softmax]")
+    click.echo(f"(in [net]; and output={vocabulary.size} or more in the last layer before [softmax])", err=True)
 
 
 bench.callback = friendly(bench.callback)  # one-line errors, exit 2, like every other command

@@ -50,6 +50,8 @@ class Vocab:
     @classmethod
     def build(cls, text, mode, max_size=None):
         """The vocabulary of a whole text (str)."""
+        if max_size is not None and mode != "words":
+            raise DarknetpyError(f"--max-vocab caps a words vocabulary; drop it for --vocab {mode}")
         if mode == "chars":
             return cls("chars", [chr(c) for c in np.unique(_code_points(text))])
         counts = Counter(_WORD.findall(text))
