@@ -291,6 +291,17 @@ def test_batcher_reads_a_mapped_corpus_as_it_indexes_an_array(tmp_path):
     assert datamod.read_ids(tail, 3, 10).tolist() == content[len(mapped) + 3:len(mapped) + 10].tolist()
 
 
+def test_held_out_estimate_is_bounded_unless_valid_full(tmp_path):
+    corpus = tmp_path / "c.txt"
+    corpus.write_bytes(np.random.default_rng(0).integers(97, 123, 100_000, dtype=np.uint8).tobytes())
+    cfg = write_cfg(tmp_path, 256, max_batches=1)
+    args = ["train", cfg, corpus, "--valid-frac", 0.8, "--srand", 1]
+    bounded = ok(*args, "--backup", tmp_path / "a").stderr
+    assert f"({datamod.VALID_SLICE - 1} chars" in bounded    # 65536 ids: 65535 scored
+    full = ok(*args, "--backup", tmp_path / "b", "--valid-full").stderr
+    assert "(79999 chars" in full                          # all 80000 held-out ids
+
+
 RSS_SCRIPT = textwrap.dedent("""
     import resource, sys
     from darknetpy import train
