@@ -1,7 +1,9 @@
 """Byte and tokenized corpora, the train/valid split, and Darknet's per-stream batching.
 
-A corpus is a 1-D array of integer ids: one id per byte, or (Darknet's `-tokenized`) one id per
-whitespace-separated integer. Training walks `streams` independent offsets through it, as Darknet's
+A corpus is a 1-D array of integer ids in the smallest unsigned dtype: one id per byte, or
+(Darknet's `-tokenized`) one id per whitespace-separated integer, or (vocab.py) one per character
+or word. DATA is a file, "-" (stdin) or a folder: its regular files in name order, joined with
+FILE_SEPARATOR. A byte corpus file is memory-mapped, never read whole. Training walks `streams` independent offsets through it, as Darknet's
 train_char_rnn/get_rnn_data do, producing time-major (time_steps, streams) batches.
 """
 import hashlib
