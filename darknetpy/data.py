@@ -111,6 +111,21 @@ def read_ids(ids, start, stop):
     return np.frombuffer(raw, ids.dtype)
 
 
+def _read_windows(ids, offsets, length):
+    """(length, streams): ids[(o + arange(length)) % n] for each offset o, by pread (see read_ids);
+    a window wraps to the start at most once (length <= n)."""
+    path, base = _mapped_file(ids)
+    n, size = len(ids), ids.itemsize
+    out = np.empty((len(offsets), length), ids.dtype)
+    with open(path, "rb") as f:
+        for row, o in zip(out, offsets.tolist()):
+            head = min(length, n - o)
+            row[:head] = np.frombuffer(os.pread(f.fileno(), head * size, base + o * size), ids.dtype)
+            if head < length:
+                row[head:] = np.frombuffer(os.pread(f.fileno(), (length - head) * size, base), ids.dtype)
+    return np.ascontiguousarray(out.T)
+
+
 def chunks(ids, n=None):
     """ids[:n] in in-memory pieces of CHUNK ids, so scanning a big corpus keeps memory small."""
     n = len(ids) if n is None else n
@@ -252,10 +267,8 @@ class StreamBatcher:
         n = len(self.ids)
         if _mapped_file(self.ids) is None:
             seq = self.ids[(self.offsets + self._walk) % n].astype(np.int64)
-        else:  # each stream's window, wrapping at the end, read from the file (see read_ids)
-            seq = np.stack([np.concatenate([read_ids(self.ids, o, min(n, o + len(self._walk))),
-                                            read_ids(self.ids, 0, max(0, o + len(self._walk) - n))])
-                            for o in self.offsets.tolist()], 1).astype(np.int64)
+        else:
+            seq = _read_windows(self.ids, self.offsets, len(self._walk)).astype(np.int64)
         self.offsets = (self.offsets + self.time_steps) % n
         return seq[:-1], seq[1:]
 
