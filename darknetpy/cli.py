@@ -11,6 +11,7 @@ import warnings
 import click
 
 from . import cfg as cfgmod
+from . import vocab as vocabmod
 from .bench import bench
 from .errors import DarknetpyError
 
@@ -42,6 +43,8 @@ def seed_bytes(text):
 
 
 PATH = click.Path(dir_okay=False)
+VOCAB_HELP = ("Vocabulary file (darknetpy-vocab). Default: <cfg stem>.vocab in the weights' folder, "
+              "as train saves it; without one, bytes (Darknet's).")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -71,8 +74,10 @@ def main():
                    "`darknet rnn generate -srand N`. Default: a fresh random seed each run.")
 @click.option("--tokens", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Token file for tokenized nets: line i is the text of id i (<NEWLINE> means a newline).")
+@click.option("--vocab", "vocab_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help=VOCAB_HELP)
 @friendly
-def generate(cfg, weights, seed, length, temp, srand, tokens):
+def generate(cfg, weights, seed, length, temp, srand, tokens, vocab_file):
     """Sample text from a trained network, streaming it to stdout (Darknet's `rnn generate`).
 
     CFG may be the training cfg: batch and time_steps are forced to 1.
@@ -80,13 +85,14 @@ def generate(cfg, weights, seed, length, temp, srand, tokens):
     from . import load_network, sample
     net = load_network(cfg, weights, batch=1, time_steps=1)
     token_list = sample.read_tokens(tokens) if tokens else None
+    vocabulary = None if tokens else vocabmod.find(cfg, weights, vocab_file, net)
     out = sys.stdout.buffer
 
     def write(piece):
         out.write(piece)
         out.flush()
     sample.generate(net, seed=seed_bytes(seed), length=length, temp=temp, srand=srand,
-                    tokens=token_list, write=write)
+                    tokens=token_list, write=write, vocab=vocabulary)
 
 
 @main.command()
@@ -96,8 +102,10 @@ def generate(cfg, weights, seed, length, temp, srand, tokens):
 @click.option("--seed", default="\n\n", show_default="two newlines",
               help="Text fed first, unscored, to warm up the state.")
 @click.option("--verbose", is_flag=True, help="Print Darknet's running line after every character.")
+@click.option("--vocab", "vocab_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help=VOCAB_HELP)
 @friendly
-def valid(cfg, weights, text, seed, verbose):
+def valid(cfg, weights, text, seed, verbose, vocab_file):
     """Bits per character of TEXT (a file, or - for stdin) under the network (Darknet's `rnn valid`).
 
     The text is fed in order with the state carried. The last line has Darknet's form
@@ -105,9 +113,15 @@ def valid(cfg, weights, text, seed, verbose):
     """
     from . import data, load_network, sample
     net = load_network(cfg, weights, batch=1, time_steps=1)
-    ids = data.load_corpus(text, net.inputs)
+    vocabulary = vocabmod.find(cfg, weights, vocab_file, net)
+    if vocabulary is None or vocabulary.mode == "bytes":
+        ids, seed_ids, spaces = data.load_corpus(text, net.inputs).tobytes(), seed_bytes(seed), (32, 10, 9)
+    else:
+        ids, seed_ids, spaces = vocabmod.encode_for_valid(vocabulary, text, seed_bytes(seed))
+        if vocabulary.mode == "words":
+            click.echo("note: words vocabulary: BPC here is bits per token and N counts tokens", err=True)
     last = None
-    for last in sample.validate_steps(net, ids.tobytes(), seed=seed_bytes(seed)):
+    for last in sample.validate_steps(net, ids, seed=seed_ids, spaces=spaces):
         if verbose:
             click.echo(sample.format_valid_line(*last))
     if not verbose:
@@ -150,6 +164,16 @@ def info(cfg, weights):
                    "them, as every checkpoint has, restores the optimizer and data walk exactly.")
 @click.option("--clear", is_flag=True, help="Set seen to 0 (Darknet's -clear): a new run from --weights.")
 @click.option("--tokenized", is_flag=True, help="DATA holds whitespace-separated integer ids, not bytes.")
+@click.option("--vocab", default=None, metavar="bytes|chars|words|FILE",
+              help="What an id is: a byte (Darknet's), a Unicode character or a word of the UTF-8 corpus "
+                   "(built from all of DATA, saved as BACKUP/<cfg>.vocab), or the tokens of a .vocab FILE. "
+                   "Default: the vocabulary saved beside --weights, else bytes.")
+@click.option("--max-vocab", type=click.IntRange(min=2), default=None, metavar="N",
+              help="With --vocab words: at most N tokens, the N-1 most frequent and <unk> for the "
+                   "rest. Default: no cap.")
+@click.option("--valid-full", is_flag=True,
+              help="At the end, score the whole held-out part (slow on big corpora). Default: the "
+                   "periodic and final estimates score its first 65536 ids.")
 @click.option("--backup", "backup", default="backup", show_default=True, metavar="DIR",
               help="Directory for checkpoints and the run record; created if missing.")
 @click.option("--max-batches", type=int, default=None, metavar="N",
@@ -193,7 +217,7 @@ def info(cfg, weights):
 @friendly
 def train(ctx, cfg, data, weights, clear, tokenized, backup, max_batches, srand, valid_frac,
           valid_every, save_every, resume, overwrite, log_every, sample_every, sample_len, sample_temp,
-          patience, time_budget):
+          patience, time_budget, vocab, max_vocab, valid_full):
     """Train CFG on the corpus DATA, Darknet's `rnn train` (a char-RNN over bytes, or ids with --tokenized).
 
     Each of the cfg's batch/subdivisions streams walks the corpus from its own offset with its
@@ -209,11 +233,13 @@ def train(ctx, cfg, data, weights, clear, tokenized, backup, max_batches, srand,
     from . import train as trainmod
     from .checkpoint import read_record
     given = {name for name in ("weights", "tokenized", "backup", "max_batches", "srand", "valid_frac",
-                               "valid_every", "save_every", "log_every", "patience")
+                               "valid_every", "save_every", "log_every", "patience", "vocab", "max_vocab",
+                               "valid_full")
              if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE}
     options = dict(weights=weights, clear=clear, tokenized=tokenized, backup=backup, max_batches=max_batches,
                    srand=srand, valid_frac=valid_frac, valid_every=valid_every, save_every=save_every,
-                   log_every=log_every, patience=patience, stretch_schedule=False)
+                   log_every=log_every, patience=patience, stretch_schedule=False, vocab=vocab,
+                   max_vocab=max_vocab, valid_full=valid_full)
     if resume is not None:
         if cfg is not None or data is not None:
             raise DarknetpyError("--resume takes CFG and DATA from the run record; give either CFG DATA or --resume")
@@ -246,6 +272,26 @@ def plot(runs, output):
     from . import plot as plotmod
     path = plotmod.plot(runs, output)
     click.echo(f"wrote {path}", err=True)
+
+
+@main.command()
+@click.argument("text", nargs=-1, required=True)
+@click.option("--vocab", "mode", type=click.Choice(["chars", "words"]), default="chars", show_default=True,
+              help="Token kind: Unicode characters, or words/whitespace/punctuation.")
+@click.option("-o", "prefix", required=True, metavar="PREFIX",
+              help="Write PREFIX.ids, PREFIX.tokens and PREFIX.vocab.")
+@click.option("--max-vocab", type=click.IntRange(min=2), default=None, metavar="N",
+              help="With --vocab words: at most N tokens, the N-1 most frequent and <unk> for the "
+                   "rest. Default: no cap.")
+@friendly
+def tokenize(text, mode, prefix, max_vocab):
+    """Turn UTF-8 TEXT files (or folders) into ids for the C Darknet: PREFIX.ids for
+    `darknet rnn train -tokenized`, PREFIX.tokens for `darknet rnn generate -tokens`, and PREFIX.vocab
+    for darknetpy. Prints the vocabulary size and the cfg lines it needs."""
+    vocabulary, count = vocabmod.tokenize(list(text), mode, prefix, max_vocab)
+    click.echo(f"vocabulary: {vocabulary.size} {mode} ({count} ids in {prefix}.ids)")
+    click.echo(f"inputs={vocabulary.size}")
+    click.echo(f"(in [net]; and output={vocabulary.size} or more in the last layer before [softmax])", err=True)
 
 
 bench.callback = friendly(bench.callback)  # one-line errors, exit 2, like every other command

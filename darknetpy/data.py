@@ -1,9 +1,14 @@
 """Byte and tokenized corpora, the train/valid split, and Darknet's per-stream batching.
 
-A corpus is a 1-D array of integer ids: one id per byte, or (Darknet's `-tokenized`) one id per
-whitespace-separated integer. Training walks `streams` independent offsets through it, as Darknet's
+A corpus is a 1-D array of integer ids in the smallest unsigned dtype: one id per byte, or
+(Darknet's `-tokenized`) one id per whitespace-separated integer, or (vocab.py) one per character
+or word. DATA is a file, "-" (stdin) or a folder: its regular files in name order, joined with
+FILE_SEPARATOR. A byte corpus file is memory-mapped, never read whole. Training walks `streams` independent offsets through it, as Darknet's
 train_char_rnn/get_rnn_data do, producing time-major (time_steps, streams) batches.
 """
+import hashlib
+import mmap
+import os
 import re
 import sys
 
@@ -12,6 +17,11 @@ import numpy as np
 from .errors import DarknetpyError
 
 VALID_FRAC = 0.05
+# The held-out estimate during (and at the end of) training scores at most the first VALID_SLICE
+# ids of the held-out part: 2^16 characters put its standard error near 0.01 bpc (the per-character
+# loss has a spread of about 2-3 bits), as close as the estimate comes to `darknetpy valid` anyway,
+# and keep each estimate about a second for a small model whatever the corpus size.
+VALID_SLICE = 1 << 16
 RESEAT_ODDS = 64  # Darknet: `if (rand() % 64 == 0)` re-seats a stream after each datum
 
 _WHITESPACE = b" \t\n\r\v\f"  # C isspace(), which Darknet's fscanf("%d") skips, and bytes.split()
@@ -22,31 +32,142 @@ _IS_PLAIN[list(b"0123456789")] = True
 _INTEGER = re.compile(rb"[+-]?[0-9]+")
 
 
-def load_corpus(path, inputs, tokenized=False):
-    """Read a corpus file ("-" = stdin) into ids, refusing any id outside [0, inputs).
+FILE_SEPARATOR = b"\n"  # between the files of a folder corpus (tokenized: plain whitespace)
+CHUNK = 1 << 20         # ids per read when scanning a corpus (1 M: a few MB of memory at most)
 
-    Bytes come back as a read-only uint8 array (no copy of a large corpus), tokens as int32.
+
+def id_dtype(n):
+    """The smallest unsigned dtype that holds ids 0..n-1."""
+    return np.uint8 if n <= 1 << 8 else np.uint16 if n <= 1 << 16 else np.uint32
+
+
+def corpus_files(path):
+    """[(path, size)] of a corpus: the file itself, or every regular file of a folder, sorted by name."""
+    if path == "-" or not os.path.isdir(path):
+        return [(path, None if path == "-" else _size(path))]
+    names = sorted(n for n in os.listdir(path) if os.path.isfile(os.path.join(path, n)))
+    if not names:
+        raise DarknetpyError("the directory has no regular files; give a corpus file or a folder of them", path)
+    return [(os.path.join(path, n), _size(os.path.join(path, n))) for n in names]
+
+
+def read_raw(path):
+    """The corpus bytes: a read-only memory map of one file (no copy, nothing read until used), or
+    a folder's files joined with FILE_SEPARATOR (read into memory), or stdin."""
+    files = corpus_files(path)
+    if path == "-":
+        return np.frombuffer(sys.stdin.buffer.read(), np.uint8)
+    if len(files) == 1 and files[0][0] == path:
+        if files[0][1] == 0:
+            return np.zeros(0, np.uint8)
+        _read(path, 0)  # the one-line errors of a missing or unreadable file
+        return np.memmap(path, np.uint8, "r")
+    parts = []
+    for name, _ in files:
+        parts += [np.frombuffer(_read(name), np.uint8), np.frombuffer(FILE_SEPARATOR, np.uint8)]
+    return np.concatenate(parts[:-1])
+
+
+def load_corpus(path, inputs, tokenized=False):
+    """Read a corpus ("-" = stdin, a file, or a folder) into ids, refusing any id outside [0, inputs).
+
+    Bytes come back as a read-only uint8 array, memory-mapped for a file (no copy of a large
+    corpus); tokens in the smallest unsigned dtype that holds them.
     """
     name = "<stdin>" if path == "-" else str(path)
-    raw = sys.stdin.buffer.read() if path == "-" else _read(path)
+    raw = read_raw(path)
     if tokenized:
-        return _parse_tokens(raw, inputs, name)
-    if not raw:
+        return _parse_tokens(raw.tobytes(), inputs, name)  # FILE_SEPARATOR is whitespace too
+    if not raw.size:
         raise DarknetpyError("the corpus is empty; give a text file with at least a few bytes", name)
     # Darknet's get_rnn_data aborts with "Bad char" on a NUL byte; darknetpy treats NUL as any byte.
-    ids = np.frombuffer(raw, np.uint8)
-    if inputs < 256 and ids.max() >= inputs:
-        offset = int(np.flatnonzero(ids >= inputs)[0])
-        raise DarknetpyError(f"byte 0x{ids[offset]:02x} at offset {offset} is outside inputs={inputs}; "
+    if inputs < 256 and max_id(raw) >= inputs:
+        offset = first_at_least(raw, inputs)
+        raise DarknetpyError(f"byte 0x{raw[offset]:02x} at offset {offset} is outside inputs={inputs}; "
                              "set inputs=256 in [net] or clean the corpus", name)
-    return ids
+    return raw
 
 
-def _read(path):
-    """The file's bytes, with a one-line error instead of an OSError traceback."""
+# Reading a memory-mapped corpus through the map makes what it touches resident, and recent
+# kernels map a whole large page-cache folio (up to megabytes) per touch: a few hundred random
+# reads would make a big corpus count in full against RSS. So the map is the corpus's handle
+# (slices are views, nothing is copied) and its ids are read with pread(2) from the mapped file.
+def _mapped_file(ids):
+    """(path, byte offset of ids[0] in it) for a view of a np.memmap, else None."""
+    mm = getattr(ids, "_mmap", None)
+    if not isinstance(ids, np.memmap) or mm is None or not ids.filename:
+        return None
+    start = np.frombuffer(mm, np.uint8).ctypes.data
+    return ids.filename, ids.offset - ids.offset % mmap.ALLOCATIONGRANULARITY + ids.ctypes.data - start
+
+
+def read_ids(ids, start, stop):
+    """ids[start:stop] as an in-memory array (pread from a mapped file, without mapping it in)."""
+    where, stop = _mapped_file(ids), min(stop, len(ids))
+    if where is None:
+        return np.asarray(ids[start:stop])
+    with open(where[0], "rb") as f:
+        raw = os.pread(f.fileno(), (stop - start) * ids.itemsize, where[1] + start * ids.itemsize)
+    return np.frombuffer(raw, ids.dtype)
+
+
+def _read_windows(ids, offsets, length):
+    """(length, streams): ids[(o + arange(length)) % n] for each offset o, by pread (see read_ids);
+    a window wraps to the start at most once (length <= n)."""
+    path, base = _mapped_file(ids)
+    n, size = len(ids), ids.itemsize
+    out = np.empty((len(offsets), length), ids.dtype)
+    with open(path, "rb") as f:
+        for row, o in zip(out, offsets.tolist()):
+            head = min(length, n - o)
+            row[:head] = np.frombuffer(os.pread(f.fileno(), head * size, base + o * size), ids.dtype)
+            if head < length:
+                row[head:] = np.frombuffer(os.pread(f.fileno(), (length - head) * size, base), ids.dtype)
+    return np.ascontiguousarray(out.T)
+
+
+def chunks(ids, n=None):
+    """ids[:n] in in-memory pieces of CHUNK ids, so scanning a big corpus keeps memory small."""
+    n = len(ids) if n is None else n
+    for start in range(0, n, CHUNK):
+        yield read_ids(ids, start, min(n, start + CHUNK))
+
+
+def max_id(ids):
+    return max(int(c.max()) for c in chunks(ids) if c.size)
+
+
+def first_at_least(ids, value):
+    """The index of the first id >= value (one exists)."""
+    start = 0
+    for c in chunks(ids):
+        hit = np.flatnonzero(c >= value)
+        if hit.size:
+            return start + int(hit[0])
+        start += c.size
+
+
+def sha256(ids, n=None, as_int32=False):
+    """sha256 of ids[:n]: the bytes themselves, or each id as an int32 (as tokenized corpora were
+    hashed when they were kept as int32, so earlier checkpoints still match)."""
+    h = hashlib.sha256()
+    for c in chunks(ids, n):
+        h.update(c.astype(np.int32) if as_int32 else np.ascontiguousarray(c))
+    return h.hexdigest()
+
+
+def _size(path):
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return None
+
+
+def _read(path, count=-1):
+    """The file's bytes (or the first `count`), with a one-line error instead of an OSError traceback."""
     try:
         with open(path, "rb") as f:
-            return f.read()
+            return f.read(count)
     except IsADirectoryError:
         raise DarknetpyError("is a directory; give the corpus file itself", path) from None
     except FileNotFoundError:
@@ -58,7 +179,7 @@ def _read(path):
 
 
 def _parse_tokens(raw, inputs, name):
-    """Whitespace-separated integer ids as int32, each checked to lie in [0, inputs)."""
+    """Whitespace-separated integer ids (smallest unsigned dtype), each checked to lie in [0, inputs)."""
     chars = np.frombuffer(raw, np.uint8)
     space = _IS_SPACE[chars]
     if space.all():
@@ -71,7 +192,7 @@ def _parse_tokens(raw, inputs, name):
     ids = np.fromstring(raw, dtype=np.int64, sep=" ")
     bad = np.flatnonzero(ids >= inputs)
     if bad.size == 0:
-        return ids.astype(np.int32)
+        return ids.astype(id_dtype(int(ids.max()) + 1))
     starts = np.flatnonzero(~space & np.concatenate(([True], space[:-1])))
     start = int(starts[bad[0]])
     token = _INTEGER.match(raw, start).group()
@@ -90,7 +211,7 @@ def _parse_tokens_slowly(raw, inputs, name):
             if not 0 <= value < inputs:
                 raise _out_of_range(token, inputs, name, line_number)
             ids.append(value)
-    return np.array(ids, dtype=np.int32)
+    return np.array(ids, dtype=id_dtype(max(ids) + 1))
 
 
 def _out_of_range(token, inputs, name, line_number):
@@ -132,7 +253,7 @@ class StreamBatcher:
     """
 
     def __init__(self, ids, streams, time_steps, rng, path=None):
-        self.ids = np.asarray(ids)
+        self.ids = ids if isinstance(ids, np.memmap) else np.asarray(ids)
         self.streams, self.time_steps, self.rng = streams, time_steps, rng
         n = len(self.ids)
         if n < time_steps + 1:
@@ -144,7 +265,10 @@ class StreamBatcher:
     def next_batch(self):
         """(x, y), int64 arrays of shape (time_steps, streams); y is x shifted one id ahead."""
         n = len(self.ids)
-        seq = self.ids[(self.offsets + self._walk) % n].astype(np.int64)
+        if _mapped_file(self.ids) is None:
+            seq = self.ids[(self.offsets + self._walk) % n].astype(np.int64)
+        else:
+            seq = _read_windows(self.ids, self.offsets, len(self._walk)).astype(np.int64)
         self.offsets = (self.offsets + self.time_steps) % n
         return seq[:-1], seq[1:]
 

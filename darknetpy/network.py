@@ -21,7 +21,7 @@ IMAGE_KEYS = ("height", "width", "channels", "max_crop", "min_crop", "max_ratio"
 class Network:
     def __init__(self, cfg_path, batch=None, time_steps=None, seed=None, dtype=np.float32):
         sections = cfgmod.parse_cfg(cfg_path, KINDS)
-        net = sections[0]
+        self.net_section = net = sections[0]  # [net]: errors about its keys point at their lines
         self.cfg_path = str(cfg_path)
         cfg_batch = net.int("batch", 1)
         subdivisions = net.int("subdivisions", 1)

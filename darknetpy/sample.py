@@ -137,25 +137,31 @@ def sample_index(p, rng):
 
 
 def _check_ids(data, inputs, what):
-    """Refuse a byte the network has no input for (Darknet would index out of bounds)."""
-    ids = np.frombuffer(bytes(data), dtype=np.uint8)
+    """Refuse a byte (or an id, for an array of vocabulary ids) the network has no input for
+    (Darknet would index out of bounds)."""
+    kind = "id" if isinstance(data, np.ndarray) else "byte"
+    ids = data if kind == "id" else np.frombuffer(bytes(data), dtype=np.uint8)
     bad = np.flatnonzero(ids >= inputs)
     if bad.size:
-        raise DarknetpyError(f"{what}: byte {ids[bad[0]]} at offset {bad[0]} is outside the network's {inputs} inputs")
-    return ids.tolist()
+        raise DarknetpyError(f"{what}: {kind} {ids[bad[0]]} at offset {bad[0]} is outside the network's {inputs} inputs")
+    return ids
 
 
-def generate(net, seed=b"\n\n", length=1000, temp=0.7, srand=None, tokens=None, write=None):
+def generate(net, seed=b"\n\n", length=1000, temp=0.7, srand=None, tokens=None, write=None, vocab=None):
     """Darknet's `rnn generate`: echo the seed, sample `length` symbols, end with "\\n".
 
     With `srand` the output is Darknet's byte for byte: its rand() stream, started after the draws
     its network construction consumed. With `tokens` (one string per id) each symbol prints as its
-    token plus a space, as Darknet's print_symbol does. `write` receives each produced piece as it
-    comes (for streaming); the whole output is also returned.
+    token plus a space, as Darknet's print_symbol does. With `vocab` (a vocab.Vocab) the seed is
+    encoded with it and each symbol prints as its token's UTF-8, joined with nothing. `write`
+    receives each produced piece as it comes (for streaming); the whole output is also returned.
     """
     if net.outputs > net.inputs:
         raise DarknetpyError(f"generate feeds each sample back: {net.outputs} outputs but only {net.inputs} inputs")
-    ids = _check_ids(seed, net.inputs, "seed") or [0]  # empty seed: Darknet prints and feeds byte 0
+    if vocab is not None:
+        seed = vocab.encode_bytes(seed, "--seed", "seed")
+        pieces_of = vocab.pieces() + [b"\xef\xbf\xbd"] * max(0, net.outputs - vocab.size)  # U+FFFD: no token
+    ids = _check_ids(seed, net.inputs, "seed").tolist() or [0]  # empty seed: Darknet prints and feeds id 0
     if tokens is not None:
         if len(tokens) < net.outputs:
             raise DarknetpyError(f"{len(tokens)} tokens for a network with {net.outputs} outputs")
@@ -169,7 +175,7 @@ def generate(net, seed=b"\n\n", length=1000, temp=0.7, srand=None, tokens=None, 
             write(piece)
 
     def symbol(c):
-        return tokens[c] if tokens is not None else bytes([c])
+        return tokens[c] if tokens is not None else pieces_of[c] if vocab is not None else bytes([c])
 
     net.set_temperature(temp)  # every softmax layer: the cfg's temperature has no effect here
     net.reset_state()
@@ -204,15 +210,17 @@ def _pow2(x):
         return math.inf
 
 
-def validate_steps(net, text, seed=b"\n\n"):
+def validate_steps(net, text, seed=b"\n\n", spaces=(32, 10, 9)):
     """Darknet's `rnn valid`, one scored byte at a time: yields (count, bpc, perplexity, word_perplexity).
 
     The seed is fed unscored, then each byte predicts the next. The running sum of log2 p is
     Darknet's float32 accumulator: the log and the division by (float)ln 2 in double, then rounded
-    to float32 on every addition. Words start at 1 and count ' ', '\\n', '\\t' among scored bytes.
+    to float32 on every addition. Words start at 1 and count ' ', '\\n', '\\t' (the ids `spaces`) among
+    scored bytes. `text` and `seed` may also be arrays of vocabulary ids.
     """
-    seed_ids = _check_ids(seed, net.inputs, "seed")
-    ids = _check_ids(text, net.inputs, "text")
+    seed_ids = _check_ids(seed, net.inputs, "seed").tolist()
+    ids = _check_ids(text, net.inputs, "text").tolist()
+    spaces = frozenset(spaces)
     log2 = float(np.float32(math.log(2)))
     net.reset_state()
     step = net.stepper()
@@ -220,7 +228,7 @@ def validate_steps(net, text, seed=b"\n\n"):
         step([c])
     total, words = 0.0, 1
     for count, (c, nxt) in enumerate(zip(ids[:-1], ids[1:]), start=1):
-        words += nxt in (32, 10, 9)
+        words += nxt in spaces
         p = float(step([c])[0, nxt])
         log_p = math.log(p) if p > 0 else -math.inf  # C's log(0) is -inf (Python raises)
         total = float(np.float32(total + log_p / log2))

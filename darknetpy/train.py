@@ -28,6 +28,7 @@ import numpy as np
 
 from . import checkpoint as ckpt
 from . import data as datamod
+from . import vocab as vocabmod
 from . import metrics as metricsmod
 from . import optim
 from . import weights as weightsmod
@@ -239,9 +240,10 @@ class Trainer:
                  max_batches=None, srand=None, valid_frac=None, valid_every=VALID_EVERY,
                  save_every=SAVE_EVERY, progress=True, resumed_from=None, overwrite=False, log_every=10,
                  sample_every=0, sample_len=200, sample_temp=0.7, patience=None, time_budget=None,
-                 stretch_schedule=False):
+                 stretch_schedule=False, vocab=None, max_vocab=None, valid_full=False):
         self.t0 = time.time()
         self.cfg, self.data, self.weights, self.clear, self.tokenized = cfg, data, weights, clear, tokenized
+        self.max_vocab, self.valid_full = max_vocab, valid_full
         self.backup, self.valid_every, self.save_every, self.log_every = backup, valid_every, save_every, log_every
         self.sample_every, self.sample_len, self.sample_temp = sample_every, sample_len, sample_temp
         self.resumed_from, self.show_progress, self.patience = resumed_from, progress, patience
@@ -257,7 +259,7 @@ class Trainer:
                                  "(or --time-budget)", cfg)
         if stretch_schedule:  # a --time-budget run resumed: the schedule it chose
             self.net.hp = optim.stretch_policy(self.net.hp, self.max_batches)
-        self.load_corpus(valid_frac)
+        self.load_corpus(valid_frac, vocab)
         if patience is not None and (patience < 1 or self.valid_ids is None or valid_every <= 0):
             raise DarknetpyError(f"--patience {patience}: give a number of validations >= 1, with held-out "
                                  "text (--valid-frac) and --valid-every N > 0; leave it out to never stop early")
@@ -275,27 +277,29 @@ class Trainer:
         if not (self.continuing or overwrite):
             ckpt.refuse_to_replace(self.paths, cfg)
         ckpt.prepare_backup_dir(backup)  # last of the checks, all before any training
-        seed_ids = list(b"\n\n") if not tokenized and self.net.inputs > 10 else []
-        self.validator = Validator(cfg, self.valid_ids, seed_ids) if self.valid_ids is not None else None
+        if self.vocabulary is not None:
+            self.vocabulary.save(base + ".vocab")
+        elif not self.continuing and os.path.exists(base + ".vocab"):
+            os.unlink(base + ".vocab")  # an earlier run's: tokenized ids are decoded with --tokens
+        self.seed_ids = vocabmod.seed_ids(self.vocabulary, self.net)
+        # periodic and end-of-run estimates score a bounded slice: their cost does not grow with the corpus
+        self.validator = (Validator(cfg, datamod.read_ids(self.valid_ids, 0, datamod.VALID_SLICE), self.seed_ids)
+                          if self.valid_ids is not None else None)
         self.sampler = None  # a batch=1 copy of the network, made at the first sample
         self.record = ckpt.Record(self.paths["record"], self.new_record(valid_frac=self.valid_frac))
         if stretch_schedule:
             self.record.content["options"]["stretch_schedule"] = True
 
     # ---- setup -----------------------------------------------------------------------------------
-    def load_corpus(self, valid_frac):
-        """The corpus as ids, split into train_ids and valid_ids (None: nothing held out), and the
-        batcher that walks the streams through train_ids."""
+    def load_corpus(self, valid_frac, vocab):
+        """The corpus as ids (through its vocabulary: vocab.prepare_corpus), split into train_ids and
+        valid_ids (None: nothing held out), and the batcher that walks the streams through train_ids."""
         net, data = self.net, self.data
-        ids = datamod.load_corpus(data, net.inputs, self.tokenized)
-        if ids.max() >= net.outputs:
-            offset = int(np.flatnonzero(ids >= net.outputs)[0])
-            raise DarknetpyError(f"id {int(ids[offset])} at position {offset} is a target the network's "
-                                 f"{net.outputs} outputs cannot predict; give the last layer "
-                                 f"{int(ids.max()) + 1} outputs or more", data)
+        ids, self.vocabulary = vocabmod.prepare_corpus(self.cfg, net, data, vocab, self.tokenized, self.weights,
+                                                       self.max_vocab)
         self.valid_frac = datamod.default_valid_frac(len(ids), net.time_steps) if valid_frac is None else valid_frac
         self.train_ids, self.valid_ids = datamod.split_corpus(ids, self.valid_frac, data)
-        self.corpus_sha = ckpt.sha256(self.train_ids.tobytes())
+        self.corpus_sha = datamod.sha256(ids, len(self.train_ids), as_int32=self.tokenized)  # in chunks: no copy
         self.batcher = datamod.StreamBatcher(self.train_ids, net.streams, net.time_steps,
                                              np.random.default_rng([self.srand, 1]), data)
 
@@ -328,7 +332,9 @@ class Trainer:
         record = {
             "cfg": os.path.abspath(self.cfg), "data": os.path.abspath(self.data) if self.data != "-" else self.data,
             "backup": os.path.abspath(self.backup), "status": "running",
-            "options": {"tokenized": bool(self.tokenized), "max_batches": int(self.max_batches),
+            "options": {"tokenized": bool(self.tokenized), "vocab": self.vocabulary.mode if self.vocabulary else None,
+                        "max_vocab": self.max_vocab, "valid_full": bool(self.valid_full),
+                        "max_batches": int(self.max_batches),
                         "valid_frac": float(valid_frac), "valid_every": int(self.valid_every),
                         "save_every": int(self.save_every), "srand": int(self.srand),
                         "log_every": int(self.log_every), "patience": self.patience},
@@ -343,6 +349,7 @@ class Trainer:
                 "train_chars": int(len(self.train_ids)),
                 "valid_chars": int(len(self.valid_ids)) if self.valid_ids is not None else 0,
             },
+            "corpus": vocabmod.record(self.vocabulary, self.data, self.base + ".vocab"),
             "metrics": os.path.abspath(self.paths["metrics"]),
             "progress": {}, "checkpoints": {"latest": None, "backup": None, "final": None, "numbered": []},
         }
@@ -435,6 +442,9 @@ class Trainer:
         """The last checkpoints, metrics row and record: after a signal the backup; else the backup,
         a validation (and the best checkpoint if it is the best) and the final weights."""
         if status == "finished":
+            if self.valid_full and self.valid_ids is not None and len(self.valid_ids) > datamod.VALID_SLICE:
+                self.validator = Validator(self.cfg, self.valid_ids, self.seed_ids)  # --valid-full: all of it
+                self.valid_iteration = None
             validated = self.valid_iteration != self.iteration and self.validate()
             self.checkpoint(self.paths["backup"], "backup")
             if validated and self.best["iteration"] == self.iteration:
@@ -506,13 +516,15 @@ class Trainer:
         dst = self.sampler.params()
         for key, value in self.net.params().items():
             dst[key][...] = value
+        vocab = self.vocabulary
         tokens = [str(i) for i in range(self.net.outputs)] if self.tokenized else None
-        seed = b"\n" if not self.tokenized and self.net.inputs > 10 else b""  # b"": id 0, as `generate`
-        text = samplemod.generate(self.sampler, seed=seed, length=self.sample_len, temp=self.sample_temp,
-                                  srand=self.srand + self.iteration, tokens=tokens)
-        echo = len(b"0 ") if self.tokenized else 1  # the seed's symbol, echoed first
+        newline = b"\n" in vocab.pieces() if vocab is not None else not self.tokenized and self.net.inputs > 10
+        pieces = []  # the first is the seed's symbol, echoed (an empty seed is id 0, as in `generate`)
+        samplemod.generate(self.sampler, seed=b"\n" if newline else b"", length=self.sample_len,
+                           temp=self.sample_temp, srand=self.srand + self.iteration, tokens=tokens,
+                           write=pieces.append, vocab=vocab)
         self.progress.say(f"sample at iteration {self.iteration}:\n"
-                          + text[echo:].decode("utf-8", "replace").rstrip("\n"))
+                          + b"".join(pieces[1:]).decode("utf-8", "replace").rstrip("\n"))
 
     def watch_time_budget(self):
         """Set max_batches once from the speed so far, and stop at the deadline in any case."""

@@ -87,7 +87,7 @@ def test_unreadable_file(tmp_path):
 
 def test_tokenized_load(tmp_path):
     ids = load_corpus(write(tmp_path, b"3 1 4\n1\t5 9\r\n\n 2 6 \n"), 10, tokenized=True)
-    assert ids.dtype == np.int32
+    assert ids.dtype == np.uint8  # the smallest unsigned dtype for ids < 10
     assert ids.tolist() == [3, 1, 4, 1, 5, 9, 2, 6]
 
 
