@@ -231,7 +231,7 @@ class Trainer:
     run's there unless `overwrite`. Raises DarknetpyError for bad input, a diverged loss (nothing
     poisoned is saved) or a failed checkpoint write (the previous checkpoint stays whole).
     `patience` ends the run after that many validations in a row without a new best; `time_budget`
-    (seconds) sets max_batches from the speed of the first iterations (see `set_horizon`).
+    (seconds) sets max_batches from the speed so far, re-estimated as the run goes (`set_horizon`).
     One training step is `step()`; files are written only by `checkpoint()` (weights, state and
     record), `finish()` (the record) and `open_metrics()`/`log_row()` (the metrics log).
     """
@@ -257,8 +257,9 @@ class Trainer:
         if self.max_batches <= 0 and self.time_budget is None:
             raise DarknetpyError("no max_batches: set max_batches=N in [net] or pass --max-batches N "
                                  "(or --time-budget)", cfg)
+        self.cfg_hp = dict(self.net.hp)  # the cfg's schedule, which a time budget stretches
         if stretch_schedule:  # a --time-budget run resumed: the schedule it chose
-            self.net.hp = optim.stretch_policy(self.net.hp, self.max_batches)
+            self.net.hp = optim.stretch_policy(self.cfg_hp, self.max_batches)
         self.load_corpus(valid_frac, vocab)
         if patience is not None and (patience < 1 or self.valid_ids is None or valid_every <= 0):
             raise DarknetpyError(f"--patience {patience}: give a number of validations >= 1, with held-out "
@@ -368,6 +369,8 @@ class Trainer:
         self.progress = _Progress(self.show_progress, self.max_batches * net.subdivisions, self.iteration)
         self.metrics = self.open_metrics()
         self.start, self.start_updates = time.time(), net.batch_num
+        self.valid_seconds = 0.0  # the last validation's duration: the end of a time budget keeps it free
+        self.horizon_at = None if self.time_budget is None else min(60.0, max(1.0, 0.05 * self.time_budget))
         self.last_row = (self.iteration, self.start)
         status = "finished"
         try:  # overflow in a diverging run is reported as a non-finite loss, not as numpy warnings
@@ -470,6 +473,7 @@ class Trainer:
         bpc = self.validator(self.net, lambda: self.interrupt.flag)
         if bpc is None:
             return False
+        self.valid_seconds = time.time() - v0
         self.valid, self.valid_iteration = float(bpc), self.iteration
         loss = f"{self.loss:.4f}" if self.loss is not None else "-"
         avg = f"{self.avg:.4f}" if self.avg is not None else "-"
@@ -527,19 +531,24 @@ class Trainer:
                           + b"".join(pieces[1:]).decode("utf-8", "replace").rstrip("\n"))
 
     def watch_time_budget(self):
-        """Set max_batches once from the speed so far, and stop at the deadline in any case."""
+        """Set max_batches from the speed so far, first after 5% of the budget (at most a minute),
+        then again after every further tenth of it: the speed drifts, and validations, samples and
+        checkpoints take their share, which a rate over the whole run so far includes. Stop at the
+        deadline in any case."""
         elapsed, done = time.time() - self.start, self.net.batch_num - self.start_updates
         if elapsed >= self.time_budget:
             self.stop_reason = f"the time budget of {self.time_budget:g} s is spent"
-        elif "time_budget" not in self.record.content and done >= 3 and elapsed >= min(60.0, max(1.0, 0.05 * self.time_budget)):
+        elif done >= 3 and elapsed >= self.horizon_at:
             self.set_horizon(elapsed / done)
+            self.horizon_at = elapsed + 0.1 * self.time_budget
 
     def set_horizon(self, per_update):
         """max_batches = the updates done + as many as the rest of the budget allows at
-        `per_update` seconds each; the cfg's schedule is stretched to it (optim.stretch_policy)."""
-        remaining = self.time_budget - (time.time() - self.start)
+        `per_update` seconds each, less the time of a final validation; the cfg's schedule is
+        stretched to it (optim.stretch_policy)."""
+        remaining = self.time_budget - (time.time() - self.start) - self.valid_seconds
         self.max_batches = self.net.batch_num + max(1, int(remaining / per_update))
-        self.net.hp = optim.stretch_policy(self.net.hp, self.max_batches)
+        self.net.hp = optim.stretch_policy(self.cfg_hp, self.max_batches)
         if self.progress.bar is not None:
             self.progress.bar.total = self.max_batches * self.net.subdivisions
         options = self.record.content["options"]
