@@ -37,7 +37,7 @@ static int use_avx2; /* set at import from what the CPU supports */
 #define CALL(name, ...) name##_base(__VA_ARGS__)
 #endif
 
-#define MAX_ARGS 8
+#define MAX_ARGS 9
 
 static void release(Py_buffer *bufs, int count)
 {
@@ -110,7 +110,7 @@ static int id_shapes(const Py_buffer *ids, const Py_buffer *rows, const Py_buffe
 static Py_ssize_t get_buffers(PyObject *const *objs, Py_buffer *bufs, const int *sizes, int count)
 {
     Py_ssize_t m = -1;
-    if (get_typed(objs, bufs, "FFFFFFFF", count) < 0)
+    if (get_typed(objs, bufs, "FFFFFFFFF", count) < 0)
         return -1;
     for (int i = 0; i < count && m < 0; i++)
         if (sizes[i] == 1)
@@ -165,6 +165,28 @@ static PyObject *lstm_back(PyObject *self, PyObject *const *args, Py_ssize_t nar
     if (m < 0)
         return NULL;
     CALL(lstm_back, F(0), F(1), F(2), F(3), F(4), F(5), F(6), m);
+    return done(b, nargs);
+}
+
+static PyObject *lstm_step_peephole(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    static const int sizes[] = {4, 4, 1, 1, 1, 1, 3};
+    Py_buffer b[MAX_ARGS];
+    Py_ssize_t m = start(args, nargs, 7, 7, "lstm_step_peephole(g, xu, c, c1, tc, h1, P)", b, sizes);
+    if (m < 0)
+        return NULL;
+    CALL(lstm_step_peephole, F(0), F(1), F(2), F(3), F(4), F(5), F(6), m);
+    return done(b, nargs);
+}
+
+static PyObject *lstm_back_peephole(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    static const int sizes[] = {1, 1, 1, 4, 1, 1, 4, 3, 3};
+    Py_buffer b[MAX_ARGS];
+    Py_ssize_t m = start(args, nargs, 9, 9, "lstm_back_peephole(dh, dc, DH, g, c, tc, d, P, dP)", b, sizes);
+    if (m < 0)
+        return NULL;
+    CALL(lstm_back_peephole, F(0), F(1), F(2), F(3), F(4), F(5), F(6), F(7), F(8), m);
     return done(b, nargs);
 }
 
@@ -778,6 +800,8 @@ out:
 static PyMethodDef methods[] = {
     METHOD(lstm_step, "lstm_step(g, xu, c, c1, tc, h1): one LSTM step's gates, cell and output in place"),
     METHOD(lstm_back, "lstm_back(dh, dc, DH, g, c, tc, d): one LSTM step's gate deltas d; dh, dc updated"),
+    METHOD(lstm_step_peephole, "lstm_step_peephole(g, xu, c, c1, tc, h1, P): lstm_step with peepholes P = [pi pf po]/2 tiled"),
+    METHOD(lstm_back_peephole, "lstm_back_peephole(dh, dc, DH, g, c, tc, d, P, dP): lstm_back with peepholes P tiled; dP += their deltas"),
     METHOD(gru_zr, "gru_zr(zr, xu, h, rh): the z and r gates in place and r*h"),
     METHOD(gru_step, "gru_step(tanh, c, xu, zr, h, h1[, P]): the candidate in place and the new h"),
     METHOD(gru_back, "gru_back(dh, drh, zr, P, d): dz and dr into d; dh becomes dh*z + drh*r"),

@@ -103,6 +103,54 @@ static void K(lstm_back)(float *restrict dh, float *restrict dc, const float *re
     }
 }
 
+/* lstm_step with peepholes P = [pi pf po] / 2 tiled over the streams (3m, halved like the i f o
+ * rows): i and f see the cell before the step, o the cell after it (layers/lstm.py's
+ * lstm_step_peephole). */
+static void K(lstm_step_peephole)(float *restrict g, const float *restrict xu, const float *restrict c,
+                                  float *restrict c1, float *restrict tc, float *restrict h1,
+                                  const float *restrict P, Py_ssize_t m)
+{
+    CHUNKS(e0, len, m) {
+        float i[CHUNK], f[CHUNK], gg[CHUNK], cn[CHUNK];
+        float *gi = g + e0, *gf = g + m + e0, *go = g + 2 * m + e0, *gg_ = g + 3 * m + e0;
+        const float *xi = xu + e0, *xf = xu + m + e0, *xo = xu + 2 * m + e0, *xg = xu + 3 * m + e0;
+        const float *pi = P + e0, *pf = P + m + e0, *po = P + 2 * m + e0, *cp = c + e0;
+        EACH(j, len) gi[j] = i[j] = K(sigmoid2)(gi[j] + xi[j] + pi[j] * cp[j]);
+        EACH(j, len) gf[j] = f[j] = K(sigmoid2)(gf[j] + xf[j] + pf[j] * cp[j]);
+        EACH(j, len) gg_[j] = gg[j] = K(tanh1)(gg_[j] + xg[j]);
+        EACH(j, len) c1[e0 + j] = cn[j] = f[j] * cp[j] + i[j] * gg[j];
+        EACH(j, len) go[j] = K(sigmoid2)(go[j] + xo[j] + po[j] * cn[j]);
+        EACH(j, len) tc[e0 + j] = K(tanh1)(cn[j]);
+        EACH(j, len) h1[e0 + j] = go[j] * tc[e0 + j];
+    }
+}
+
+/* lstm_back with peepholes P = [pi pf po] tiled (3m, not halved): do reaches the cell after the
+ * step, dc += do po, and the cell before gets di pi + df pf besides dc f; dP += [di c, df c, do c']
+ * per stream, c' = f c + i gg recomputed (layers/lstm.py's lstm_back_peephole). */
+static void K(lstm_back_peephole)(float *restrict dh, float *restrict dc, const float *restrict DH,
+                                  const float *restrict g, const float *restrict c,
+                                  const float *restrict tc, float *restrict d,
+                                  const float *restrict P, float *restrict dP, Py_ssize_t m)
+{
+    CHUNKS(e0, len, m) {
+        float h[CHUNK], cc[CHUNK], dd[CHUNK];
+        const float *i = g + e0, *f = g + m + e0, *o = g + 2 * m + e0, *gg = g + 3 * m + e0;
+        const float *cp = c + e0, *t = tc + e0, *pi = P + e0, *pf = P + m + e0, *po = P + 2 * m + e0;
+        float *di = d + e0, *df = d + m + e0, *dg = d + 3 * m + e0;
+        EACH(j, len) dh[e0 + j] = h[j] = dh[e0 + j] + DH[e0 + j];
+        EACH(j, len) d[2 * m + e0 + j] = dd[j] = (o[j] - o[j] * o[j]) * t[j] * h[j];
+        EACH(j, len) cc[j] = dc[e0 + j] + h[j] * ((1.0f - t[j] * t[j]) * o[j]) + dd[j] * po[j];
+        EACH(j, len) dP[2 * m + e0 + j] += dd[j] * (f[j] * cp[j] + i[j] * gg[j]);
+        EACH(j, len) di[j] = (i[j] - i[j] * i[j]) * gg[j] * cc[j];
+        EACH(j, len) df[j] = (f[j] - f[j] * f[j]) * cp[j] * cc[j];
+        EACH(j, len) dg[j] = (1.0f - gg[j] * gg[j]) * i[j] * cc[j];
+        EACH(j, len) dP[e0 + j] += di[j] * cp[j];
+        EACH(j, len) dP[m + e0 + j] += df[j] * cp[j];
+        EACH(j, len) dc[e0 + j] = cc[j] * f[j] + di[j] * pi[j] + df[j] * pf[j];
+    }
+}
+
 /* GRU, first half of a step: zr[0..2m) holds the recurrent part of the halved pre-activations of
  * z and r; out: the gates σ(z), σ(r), and rh = r h, the input of wh. */
 static void K(gru_zr)(float *restrict zr, const float *restrict xu, const float *restrict h,

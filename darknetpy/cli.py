@@ -151,6 +151,9 @@ def info(cfg, weights):
     click.echo(f"parameters: {total}")
     click.echo(f"streams: {net.streams}  time_steps: {net.time_steps}  subdivisions: {net.subdivisions}")
     click.echo(f"weights file: {weightsmod.expected_size(net)} bytes")
+    for i, layer in enumerate(net.layers):
+        if layer.note():
+            click.echo(f"layer {i} [{layer.kind}]: {layer.note()}")
     if weights:
         net.load_weights(weights)  # refuses a file that does not fit, with the reason
         click.echo(f"{weights}: fits ({os.path.getsize(weights)} bytes, seen {net.seen})")

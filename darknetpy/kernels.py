@@ -69,6 +69,53 @@ def lstm_back(dh, dc, DH, g, c, tc, d):
     dc *= f
 
 
+def lstm_step_peephole(g, xu, c, c1, tc, h1, P):
+    """lstm_step with peepholes P (3n, S) = [pi pf po]/2 tiled over the streams (halved as the i f o
+    rows are): i and f see the cell c before the step, o the cell c1 after it."""
+    n = c.shape[0]
+    g += xu
+    i, f, o, gg, i_f = g[:n], g[n:2 * n], g[2 * n:3 * n], g[3 * n:], g[:2 * n]
+    i += np.multiply(P[:n], c, out=h1)  # h1 as scratch until its turn
+    f += np.multiply(P[n:2 * n], c, out=h1)
+    np.tanh(i_f, out=i_f)
+    np.tanh(gg, out=gg)
+    i_f *= 0.5
+    i_f += 0.5
+    np.multiply(f, c, out=c1)
+    c1 += np.multiply(i, gg, out=h1)
+    o += np.multiply(P[2 * n:], c1, out=h1)
+    np.tanh(o, out=o)
+    o *= 0.5
+    o += 0.5
+    np.tanh(c1, out=tc)
+    np.multiply(o, tc, out=h1)
+
+
+def lstm_back_peephole(dh, dc, DH, g, c, tc, d, P, dP):
+    """lstm_back with peepholes P (3n, S) = [pi pf po] tiled: o's delta also reaches the cell after
+    the step, dc += do⊙po, and the cell before gets di⊙pi + df⊙pf besides dc⊙f. The peepholes'
+    deltas add to dP (3n, S) += [di⊙c, df⊙c, do⊙c'], c' = f⊙c + i⊙g recomputed from the gates."""
+    n = dh.shape[0]
+    scratch = np.empty_like(dh)
+    i, f, o, gg = g[:n], g[n:2 * n], g[2 * n:3 * n], g[3 * n:]
+    di, df, do, dg = d[:n], d[n:2 * n], d[2 * n:3 * n], d[3 * n:]
+    dh += DH
+    np.multiply(np.multiply(sigmoid_grad(o, out=do), tc, out=do), dh, out=do)
+    dc += np.multiply(np.multiply(tanh_grad(tc, out=di), o, out=di), dh, out=di)  # di, df, dg as scratch
+    dc += np.multiply(do, P[2 * n:], out=di)
+    np.multiply(f, c, out=di)
+    di += np.multiply(i, gg, out=df)
+    dP[2 * n:] += np.multiply(do, di, out=di)
+    np.multiply(np.multiply(sigmoid_grad(i, out=di), gg, out=di), dc, out=di)
+    np.multiply(np.multiply(sigmoid_grad(f, out=df), c, out=df), dc, out=df)
+    np.multiply(np.multiply(tanh_grad(gg, out=dg), i, out=dg), dc, out=dg)
+    dP[:n] += np.multiply(di, c, out=scratch)
+    dP[n:2 * n] += np.multiply(df, c, out=scratch)
+    dc *= f
+    dc += np.multiply(di, P[:n], out=scratch)
+    dc += np.multiply(df, P[n:2 * n], out=scratch)
+
+
 def gru_zr(zr, xu, h, rh):
     """The GRU's gates zr (2n, S) in place, zr += xu then (1 + tanh) / 2 (pre-halved rows);
     rh (n, S) = r⊙h."""
@@ -274,8 +321,8 @@ def sgd(p, u, decay, rate, momentum):
     u *= momentum
 
 
-OPS = ("lstm_step", "lstm_back", "gru_zr", "gru_step", "gru_back", "rnn_step", "rnn_back",
-       "slope_act", "slope_grad", "bn_forward", "bn_backward", "onehot_grad", "onehot_project",
+OPS = ("lstm_step", "lstm_back", "lstm_step_peephole", "lstm_back_peephole", "gru_zr", "gru_step",
+       "gru_back", "rnn_step", "rnn_back", "slope_act", "slope_grad", "bn_forward", "bn_backward", "onehot_grad", "onehot_project",
        "transpose", "softmax", "xent", "adam", "sgd")
 
 

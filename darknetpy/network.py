@@ -67,9 +67,7 @@ class Network:
         self.dtype = np.dtype(dtype)
         if self.dtype != np.float32:  # float64 serves the finite-difference gradient checks
             for layer in self.layers:
-                layer.dtype = self.dtype
-                for d in layer.denses:
-                    d.astype(self.dtype)
+                layer.astype(self.dtype)
         for section in sections:
             section.warn_unused()
         self.loss_layer = self._find_loss_layer()
@@ -204,7 +202,7 @@ class Network:
         return optim.learning_rate(self.hp, self.batch_num, self.rng)
 
     def slots(self):
-        return [s for d in self.denses for s in d.slots()]
+        return [s for layer in self.layers for s in layer.slots()]
 
     def reset_state(self, stream=None):
         for layer in self.layers:

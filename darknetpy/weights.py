@@ -20,8 +20,8 @@ def _segments(net, alexeyab=False):
     for i, layer in enumerate(net.layers):
         params = list(layer.params().items())
         order = layer.alexeyab_order if alexeyab else None
-        if order:
-            params.sort(key=lambda kv: order.index(kv[0].split(".")[0]))  # stable: keeps in-sub-layer order
+        if order:  # stable: keeps in-sub-layer order; what is no sub-layer (peepholes) stays last
+            params.sort(key=lambda kv: order.index(kv[0].split(".")[0]) if "." in kv[0] else len(order))
         out += [(i, key, view) for key, view in params]
     return out
 

@@ -46,6 +46,20 @@ class Layer(Buffers):
         """The activation column of `darknetpy info`'s table."""
         return ""
 
+    def note(self):
+        """A line for `darknetpy info` about this layer (e.g. a darknetpy extension), or None."""
+        return None
+
+    def slots(self):
+        """(parameter, accumulated update, kind) triples for the optimizer, in save order."""
+        return [s for d in self.denses for s in d.slots()]
+
+    def astype(self, dtype):
+        """Convert every parameter (float64 for finite-difference checks)."""
+        self.dtype = np.dtype(dtype)
+        for d in self.denses:
+            d.astype(dtype)
+
     def products(self):
         """(in, out, recurrent, reads_layer_input) for each matmul, for bench's FLOP model."""
         return []

@@ -1,7 +1,13 @@
-"""[lstm]: Darknet's LSTM (no peepholes), one layer of `output` units.
+"""[lstm]: Darknet's LSTM, one layer of `output` units.
 
     f = σ(wf(h) + uf(x))   i = σ(wi(h) + ui(x))   o = σ(wo(h) + uo(x))   g = tanh(wg(h) + ug(x))
     c' = f⊙c + i⊙g         h' = o⊙tanh(c')
+
+With `peephole=1` (darknetpy's extension; Darknet has no such key) the logistic gates also see
+the cell, through vectors pi, pf, po of `output` values (zero at first: a plain LSTM), added after
+the sub-layers' batchnorm:
+
+    i = σ(wi(h) + ui(x) + pi⊙c)   f = σ(wf(h) + uf(x) + pf⊙c)   o = σ(wo(h) + uo(x) + po⊙c')
 
 Each w*/u* is a connected sub-layer with its own bias (or batchnorm). The four u's are one stacked
 matrix applied to all steps at once; the four w's are one stacked matrix, one matmul per step.
@@ -12,7 +18,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import kernels
-from .base import Recurrent, halves, output_units, rows, times, transpose_into
+from .base import Buffers, Recurrent, halves, output_units, rows, times, transpose_into
 from .connected import Dense, row_sum
 
 
@@ -37,9 +43,33 @@ class LSTM(Recurrent):
         self.w = Dense(n, n, ["wi", "wf", "wo", "wg"], bn, rng)
         self.u = Dense(inputs, n, ["ui", "uf", "uo", "ug"], bn, rng)
         self.denses = [self.w, self.u]  # save order
+        peephole = section.int("peephole", 0)
+        if peephole not in (0, 1):
+            raise section.error(f"peephole must be 0 or 1, got {peephole}", "peephole")
+        self.peep = Peepholes(n) if peephole else None  # saved after the denses
 
     def describe(self):
-        return "lstm"
+        return "lstm+peephole" if self.peep else "lstm"
+
+    def note(self):
+        if self.peep:
+            return ("peephole=1 is darknetpy's extension, not Darknet's: its pi, pf, po follow the "
+                    "eight sub-layers in the weights file, and the C Darknet ignores the key")
+        return None
+
+    def slots(self):
+        return super().slots() + (self.peep.slots() if self.peep else [])
+
+    def astype(self, dtype):
+        super().astype(dtype)
+        if self.peep:
+            self.peep.astype(dtype)
+
+    def params(self, updates=False):
+        out = super().params(updates)
+        if self.peep:
+            out.update(self.peep.params(updates))
+        return out
 
     def products(self):
         n = self.outputs
@@ -62,7 +92,7 @@ class LSTM(Recurrent):
         C = self.buffer("C", (T + 1, n, S))
         TC = self.buffer("TC", (T, n, S))        # tanh(c') per step
         H[0], C[0] = h0.T, c0.T
-        step = kernels.get("lstm_step", G)
+        step = self.peep.step(S) if self.peep else kernels.get("lstm_step", G)
         for t in range(T):
             g = G[t]
             if self.bn:
@@ -102,6 +132,9 @@ class LSTM(Recurrent):
                 xh[:, :k], xh[:, k:] = x, h
                 np.add(both(xh, G), b, out=G)
 
+        if self.peep:
+            return self.peep.stepper(gates, G, h, c)
+
         def step(x):
             gates(x)
             np.tanh(G, out=G)
@@ -133,7 +166,7 @@ class LSTM(Recurrent):
         dGw = self.buffer("dGw", (T, S, 4 * n)) if self.bn else dG  # through w's batchnorm
         dh = self.zeros((n, S))
         dc = self.zeros((n, S))
-        back = kernels.get("lstm_back", d)
+        back = self.peep.back(S) if self.peep else kernels.get("lstm_back", d)
         for t in reversed(range(T)):
             back(dh, dc, DH[t], G[t], C[t], TC[t], d)
             transpose_into(dG[t], d)
@@ -142,6 +175,8 @@ class LSTM(Recurrent):
             if t:  # the gradient into the previous datum's state is not propagated (truncated BPTT)
                 np.matmul(w.W, dGw[t].T if self.bn else d, out=dh)
         w.accumulate(rows(Y[:T]), rows(dGw))
+        if self.peep:
+            self.peep.accumulate()
         if self.bn:  # (w's bias gradient came with each step's backward_norm)
             du = rows(u.backward_norm(dG))
         else:  # w's and u's biases add to the same pre-activations: one sum serves both
@@ -153,3 +188,77 @@ class LSTM(Recurrent):
         if not need_dx:
             return None
         return u.back(du, out=self.buffer("dX", (T * S, self.inputs))).reshape(T, S, self.inputs)
+
+
+class Peepholes(Buffers):
+    """pi, pf, po of a peephole LSTM, stacked as p (3n,), with dp its accumulated update (a negative
+    gradient, as every d* buffer). They weigh each cell elementwise, so the feature-major step loops
+    take them tiled over the streams, (3n, S): forward halved like the i f o rows, back as they are."""
+
+    def __init__(self, n):
+        self.n = n
+        self.p = np.zeros(3 * n, np.float32)
+        self.dp = np.zeros_like(self.p)
+        self.dP = None  # a backward pass's deltas of p per stream (3n, S), until `accumulate`
+
+    @property
+    def dtype(self):
+        return self.p.dtype
+
+    def astype(self, dtype):
+        self.p, self.dp = self.p.astype(dtype), self.dp.astype(dtype)
+
+    def params(self, updates=False):
+        v, n = (self.dp if updates else self.p), self.n
+        return {"pi": v[:n], "pf": v[n:2 * n], "po": v[2 * n:]}
+
+    def slots(self):
+        return [(self.p, self.dp, "weights")]  # updated like weights: momentum, decay, Adam
+
+    def tiled(self, name, S, scale):
+        """p⊙scale as columns of S equal entries, in the buffer `name`."""
+        return np.multiply(self.p[:, None], scale, out=self.buffer(name, (3 * self.n, S)))
+
+    def step(self, S):
+        """The forward step function for S streams, with lstm_step's arguments."""
+        P = self.tiled("Ph", S, 0.5)
+        kernel = kernels.get("lstm_step_peephole", P)
+        return lambda g, xu, c, c1, tc, h1: kernel(g, xu, c, c1, tc, h1, P)
+
+    def back(self, S):
+        """The backward step function for S streams, with lstm_back's arguments. Each step adds
+        its peephole deltas per stream to dP; `accumulate` sums them into dp."""
+        P, dP = self.tiled("P", S, 1.0), self.buffer("dP", (3 * self.n, S))
+        dP[...] = 0
+        self.dP = dP
+        kernel = kernels.get("lstm_back_peephole", P, dP)
+        return lambda dh, dc, DH, g, c, tc, d: kernel(dh, dc, DH, g, c, tc, d, P, dP)
+
+    def accumulate(self):
+        self.dp += self.dP.sum(axis=1)
+
+    def stepper(self, gates, G, h, c):
+        """LSTM.stepper's step with the peepholes: `gates(x)` leaves the pre-activations (streams,
+        4n) in G, i f o pre-halved; h and c are the state, updated in place."""
+        n = self.n
+        pi, pf, po = (self.p[k * n:(k + 1) * n] * 0.5 for k in range(3))
+        i, f, o, g, i_f = G[:, :n], G[:, n:2 * n], G[:, 2 * n:3 * n], G[:, 3 * n:], G[:, :2 * n]
+        s = np.empty_like(c)
+
+        def step(x):
+            gates(x)
+            np.add(i, np.multiply(c, pi, out=s), out=i)
+            np.add(f, np.multiply(c, pf, out=s), out=f)
+            np.tanh(i_f, out=i_f)
+            np.tanh(g, out=g)
+            np.multiply(i_f, 0.5, out=i_f)
+            np.add(i_f, 0.5, out=i_f)
+            np.multiply(c, f, out=c)
+            np.add(c, np.multiply(i, g, out=s), out=c)
+            np.add(o, np.multiply(c, po, out=s), out=o)
+            np.tanh(o, out=o)
+            np.multiply(o, 0.5, out=o)
+            np.add(o, 0.5, out=o)
+            np.multiply(o, np.tanh(c, out=s), out=h)
+            return h
+        return step
