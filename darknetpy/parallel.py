@@ -248,7 +248,10 @@ class Ranks:
     @contextlib.contextmanager
     def whole_state(self, net):
         """On rank 0, every recurrent layer's carried state for all streams (S, outputs) in place
-        of its block; the blocks are put back afterwards."""
+        of its block, and the update buffers summed over the ranks (between two updates each rank
+        holds its own streams' gradients so far); each rank's own are put back afterwards."""
+        own = [(u, u.copy()) for _, u, _ in net.slots()]
+        self(net.slots())
         saved = []
         for layer in net.layers:
             for name in getattr(layer, "state_names", ()):
@@ -265,10 +268,13 @@ class Ranks:
         finally:
             for layer, name, block in saved:
                 setattr(layer, name, block)
+            for u, mine in own:
+                u[...] = mine
 
     def restored(self, net):
         """After loading a checkpoint (saved whole): keep this rank's block of each stream's state;
-        momentum's leftover stays on rank 0 alone."""
+        the saved update buffers (momentum's leftover, gradients of an unfinished batch) stay on
+        rank 0 alone, so the next sum counts them once."""
         if self.comm is None:
             return
         for layer in net.layers:
@@ -276,7 +282,7 @@ class Ranks:
                 whole = getattr(layer, name, None)
                 if whole is not None:
                     setattr(layer, name, whole[self.part].copy())
-        if self.rank and net.optimizer.name == "sgd":
+        if self.rank:
             for _, u, _ in net.slots():
                 u[...] = 0
 

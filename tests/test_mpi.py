@@ -179,7 +179,7 @@ def test_launched_without_mpi4py_says_so_in_one_line(tmp_path):
 @pytest.mark.parametrize("stop", [
     {"time_budget": "3s", "max_batches": 0},
     {"patience": 1, "valid_every": 4, "valid_frac": 0.2, "max_batches": 1000},
-])
+], ids=["time_budget", "patience"])
 def test_stops_on_rank_zero_information_end_every_rank_at_one_iteration(tmp_path, stop):
     """A time budget (rank 0's clock) and patience (rank 0's validation) end both ranks on the same
     iteration: each rank prints where its run ended. learning_rate=0 never improves the held-out
@@ -201,3 +201,20 @@ def test_stops_on_rank_zero_information_end_every_rank_at_one_iteration(tmp_path
     else:  # the horizon was set from rank 0's clock (or the deadline came first)
         record = yaml.safe_load((tmp_path / "backup" / "tiny.yaml").read_text())
         assert "time_budget" in record or "time budget" in (ends[0][3] or ""), r.stdout
+
+
+@needs_mpi
+@pytest.mark.parametrize("first, then", [(2, 1), (1, 2)])
+def test_resume_between_two_updates_across_rank_counts(tmp_path, run, first, then):
+    """subdivisions=3: the checkpoint at iteration 100 falls inside update 34, so it holds
+    gradients of an unfinished batch; summed over the ranks, they resume as one process's."""
+    cfg = tmp_path / "tiny.cfg"
+    cfg.write_text(CFG.format(layer="gru", subdivisions=3, opt=SGD, lr=0.05).replace("batch=8", "batch=12"))
+    r = run(1, cfg, "corpus.txt", "--srand", 7, "--backup", "straight", "--max-batches", 40)
+    assert r.returncode == 0, r.stderr
+    r = run(first, cfg, "corpus.txt", "--srand", 7, "--backup", "split", "--max-batches", 40, "--save-every", 50)
+    assert r.returncode == 0, r.stderr
+    r = run(then, cfg, "corpus.txt", "--weights", "split/tiny_100.weights", "--srand", 7, "--backup", "again",
+            "--max-batches", 40)
+    assert r.returncode == 0, r.stderr
+    assert max_diff(cfg, tmp_path / "straight/tiny_final.weights", tmp_path / "again/tiny_final.weights") < 1e-4
