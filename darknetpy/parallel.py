@@ -232,8 +232,9 @@ class Ranks:
         return run
 
     def metrics(self, open_log):
-        """The metrics log, opened by rank 0 alone (the others' rows go nowhere)."""
-        return open_log() if self.writer else Unwritten()
+        """The metrics log, opened by rank 0 alone (the others' rows go nowhere; they share its error)."""
+        log = self.on_writer(open_log)()
+        return log if self.writer else Unwritten()
 
     def saving(self, checkpoint, net):
         """`checkpoint` with the recurrent state of all streams gathered to rank 0 while it saves."""

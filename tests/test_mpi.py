@@ -182,19 +182,20 @@ def test_launched_without_mpi4py_says_so_in_one_line(tmp_path):
 ], ids=["time_budget", "patience"])
 def test_stops_on_rank_zero_information_end_every_rank_at_one_iteration(tmp_path, stop):
     """A time budget (rank 0's clock) and patience (rank 0's validation) end both ranks on the same
-    iteration: each rank prints where its run ended. learning_rate=0 never improves the held-out
+    iteration: each rank writes where its run ended. learning_rate=0 never improves the held-out
     loss, so patience 1 stops at the second validation, iteration 8."""
     cfg = write(tmp_path, lr=0.0 if "patience" in stop else 0.05)
     (tmp_path / "corpus.txt").write_bytes(TEXT * 30)
     code = ("import sys, json; from darknetpy.train import train; "
             f"s = train('tiny.cfg', 'corpus.txt', srand=7, progress=False, **{stop!r}); "
             "from darknetpy import parallel; "
-            "print(json.dumps([parallel.launched()[0], s['iteration'], s['updates'], s['reason']]))")
+            "rank = parallel.launched()[0]; "
+            "open(f'end{rank}.json', 'w').write(json.dumps([rank, s['iteration'], s['updates'], s['reason']]))")
     r = subprocess.run([MPIEXEC, "-n", "2", sys.executable, "-c", code], cwd=tmp_path,
                        env=dict(os.environ, OPENBLAS_NUM_THREADS="1"), capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    ends = sorted(yaml.safe_load(line) for line in r.stdout.splitlines())
-    assert [e[0] for e in ends] == [0, 1], r.stdout
+    ends = [yaml.safe_load((tmp_path / f"end{rank}.json").read_text()) for rank in (0, 1)]  # each rank's
+    assert [e[0] for e in ends] == [0, 1], ends
     assert ends[0][1:] == ends[1][1:], r.stdout
     if "patience" in stop:
         assert ends[0][1] == 8 and "--patience 1" in ends[0][3], r.stdout
