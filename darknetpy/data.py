@@ -260,27 +260,31 @@ class StreamBatcher:
             raise DarknetpyError(f"the training text has {n} ids (bytes or tokens) but time_steps={time_steps} "
                                  f"needs at least {time_steps + 1}; use a longer corpus or fewer time_steps", path)
         self.offsets = rng.integers(0, n, size=streams)
+        self.part = slice(None)  # MPI hook (parallel.py): the block of streams this rank runs
         self._walk = np.arange(time_steps + 1)[:, None]
 
     def next_batch(self):
-        """(x, y), int64 arrays of shape (time_steps, streams); y is x shifted one id ahead."""
+        """(x, y), int64 arrays of shape (time_steps, streams in `part`); y is x shifted one id ahead."""
         n = len(self.ids)
+        offsets = self.offsets[self.part]  # MPI hook: this rank's streams
         if _mapped_file(self.ids) is None:
-            seq = self.ids[(self.offsets + self._walk) % n].astype(np.int64)
+            seq = self.ids[(offsets + self._walk) % n].astype(np.int64)
         else:
-            seq = _read_windows(self.ids, self.offsets, len(self._walk)).astype(np.int64)
+            seq = _read_windows(self.ids, offsets, len(self._walk)).astype(np.int64)
         self.offsets = (self.offsets + self.time_steps) % n
         return seq[:-1], seq[1:]
 
     def reseat(self):
-        """Move each stream to a random offset with probability 1/64; returns the moved streams' indices.
+        """Move each stream to a random offset with probability 1/64; returns the moved streams'
+        indices within `part`.
 
         The trainer resets those streams' recurrent state (Darknet's reset_network_state, which is a
         no-op on its CPU path).
         """
         moved = np.flatnonzero(self.rng.integers(0, RESEAT_ODDS, size=self.streams) == 0)
         self.offsets[moved] = self.rng.integers(0, len(self.ids), size=moved.size)
-        return moved
+        lo, hi, _ = self.part.indices(self.streams)  # MPI hook: this rank's streams, renumbered from 0
+        return moved[(moved >= lo) & (moved < hi)] - lo
 
     def state(self):
         """Offsets and the rng's state as plain values, so a resumed run continues bit for bit."""

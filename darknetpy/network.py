@@ -56,6 +56,9 @@ class Network:
         self.rng = np.random.default_rng(seed)
         self.seen = 0
         self.last_rate = None  # the rate of the most recent update
+        # MPI hook (darknetpy/parallel.py): K ranks each run streams/K of the streams, and
+        # `reduce(slots)` sums the gradients over the ranks before each update.
+        self.ranks, self.reduce = 1, None
 
         self.layers, self.sections = [], sections[1:]
         inputs = self.inputs
@@ -164,12 +167,13 @@ class Network:
             raise DarknetpyError(f"{self.cfg_path}: the network has no [softmax] or [cost] layer to train against")
         x = self._as_input(x)
         y = y if is_ids(y) else np.asarray(y, self.dtype)
-        if x.shape[:2] != (self.time_steps, self.streams) or y.shape[:2] != x.shape[:2]:
-            raise DarknetpyError(f"train_step takes (time_steps, streams) = ({self.time_steps}, {self.streams}) "
+        streams = self.streams // self.ranks  # MPI hook: this rank's block of the streams
+        if x.shape[:2] != (self.time_steps, streams) or y.shape[:2] != x.shape[:2]:
+            raise DarknetpyError(f"train_step takes (time_steps, streams) = ({self.time_steps}, {streams}) "
                                  f"rows, got x {x.shape[:2]} and y {y.shape[:2]}")
         for layer, section in zip(self.layers, self.sections):
             # batchnorm's variance has an n-1 divisor: it needs 2 rows to normalize over
-            rows = self.streams if layer.bn_over == "streams" else self.streams * self.time_steps
+            rows = streams if layer.bn_over == "streams" else streams * self.time_steps
             if rows < 2 and any(d.bn for d in layer.denses):
                 raise DarknetpyError(f"training [{section.type}] with batch_normalize needs at least 2 "
                                      f"{layer.bn_over} per datum; raise batch (or lower subdivisions)",
@@ -194,7 +198,12 @@ class Network:
     def update(self):
         n = self.batch_num
         lr = optim.learning_rate(self.hp, n, self.rng)
-        self.optimizer.step(self.slots(), lr, self.batch * self.time_steps)
+        slots = self.slots()
+        if self.reduce is not None:  # MPI hook: sum the ranks' gradients, then the same update on each
+            self.reduce(slots)
+        self.optimizer.step(slots, lr, self.batch * self.time_steps)
+        if self.reduce is not None:
+            self.reduce.after_step(self, slots)
         self.last_rate = lr
 
     def learning_rate(self):

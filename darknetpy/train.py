@@ -31,6 +31,7 @@ from . import data as datamod
 from . import vocab as vocabmod
 from . import metrics as metricsmod
 from . import optim
+from . import parallel
 from . import weights as weightsmod
 from .checkpoint import STATE_SUFFIX
 from .errors import DarknetpyError
@@ -248,7 +249,9 @@ class Trainer:
         self.sample_every, self.sample_len, self.sample_temp = sample_every, sample_len, sample_temp
         self.resumed_from, self.show_progress, self.patience = resumed_from, progress, patience
         self.time_budget = None if time_budget is None else parse_duration(time_budget)
-        self.srand = int(np.random.SeedSequence().entropy % 2**31) if srand is None else srand
+        self.ranks = parallel.start()  # MPI hook: K ranks under mpiexec, else one process (no mpi4py)
+        # MPI hook: a fresh seed is rank 0's, on every rank
+        self.srand = self.ranks.same(int(np.random.SeedSequence().entropy % 2**31)) if srand is None else srand
         self.net = Network(cfg, seed=self.srand)
         if self.net.loss_layer is None:
             raise DarknetpyError("the network has no [softmax] or [cost] layer to train against", cfg)
@@ -261,6 +264,7 @@ class Trainer:
         if stretch_schedule:  # a --time-budget run resumed: the schedule it chose
             self.net.hp = optim.stretch_policy(self.cfg_hp, self.max_batches)
         self.load_corpus(valid_frac, vocab)
+        self.ranks.shard(self.net, self.batcher, cfg)  # MPI hook: refuse streams % K, this rank's block, the sum
         if patience is not None and (patience < 1 or self.valid_ids is None or valid_every <= 0):
             raise DarknetpyError(f"--patience {patience}: give a number of validations >= 1, with held-out "
                                  "text (--valid-frac) and --valid-every N > 0; leave it out to never stop early")
@@ -276,11 +280,11 @@ class Trainer:
         self.continuing = resumed_from is not None or (  # from one of this run's own checkpoints
             weights is not None and os.path.dirname(os.path.abspath(weights)) == os.path.abspath(backup))
         if not (self.continuing or overwrite):
-            ckpt.refuse_to_replace(self.paths, cfg)
-        ckpt.prepare_backup_dir(backup)  # last of the checks, all before any training
-        if self.vocabulary is not None:
+            self.ranks.on_writer(ckpt.refuse_to_replace)(self.paths, cfg)  # MPI hook: rank 0 looks
+        self.ranks.on_writer(ckpt.prepare_backup_dir)(backup)  # last of the checks (MPI hook: rank 0's)
+        if self.vocabulary is not None and self.ranks.writer:  # MPI hook: rank 0 alone writes
             self.vocabulary.save(base + ".vocab")
-        elif not self.continuing and os.path.exists(base + ".vocab"):
+        elif not self.continuing and self.ranks.writer and os.path.exists(base + ".vocab"):
             os.unlink(base + ".vocab")  # an earlier run's: tokenized ids are decoded with --tokens
         self.seed_ids = vocabmod.seed_ids(self.vocabulary, self.net)
         # periodic and end-of-run estimates score a bounded slice: their cost does not grow with the corpus
@@ -288,6 +292,10 @@ class Trainer:
                           if self.valid_ids is not None else None)
         self.sampler = None  # a batch=1 copy of the network, made at the first sample
         self.record = ckpt.Record(self.paths["record"], self.new_record(valid_frac=self.valid_frac))
+        # MPI hook: rank 0 alone writes checkpoints and the record, with the recurrent state of all
+        # streams gathered to it; the others wait for it and share its errors
+        self.checkpoint = self.ranks.saving(self.checkpoint, self.net)
+        self.write_record = self.ranks.on_writer(self.record.write)
         if stretch_schedule:
             self.record.content["options"]["stretch_schedule"] = True
 
@@ -321,6 +329,7 @@ class Trainer:
                 _stderr_line(f"warning: {weights}{STATE_SUFFIX}: ignored, {arrays}; the optimizer starts afresh")
             return
         ckpt.restore_state(net, self.batcher, meta, arrays, weights + STATE_SUFFIX)
+        self.ranks.restored(net)  # MPI hook: this rank's block of the state saved whole
         self.avg, self.best = meta.get("avg_loss"), meta.get("best")
         self.bad_validations, self.seconds0 = meta.get("bad_validations", 0), meta.get("seconds", 0.0)
         if meta.get("corpus_sha256") not in (None, self.corpus_sha):
@@ -352,6 +361,7 @@ class Trainer:
             },
             "corpus": vocabmod.record(self.vocabulary, self.data, self.base + ".vocab"),
             "metrics": os.path.abspath(self.paths["metrics"]),
+            **self.ranks.record(net),  # MPI hook: ranks, streams_per_rank (nothing for one process)
             "progress": {}, "checkpoints": {"latest": None, "backup": None, "final": None, "numbered": []},
         }
         if self.best is not None:
@@ -366,8 +376,8 @@ class Trainer:
         """Train until max_batches updates, a stop (patience, time budget) or a signal; returns the
         summary dict."""
         net = self.net
-        self.progress = _Progress(self.show_progress, self.max_batches * net.subdivisions, self.iteration)
-        self.metrics = self.open_metrics()
+        self.progress = _Progress(self.show_progress and self.ranks.writer, self.max_batches * net.subdivisions, self.iteration)
+        self.metrics = self.ranks.metrics(self.open_metrics)  # MPI hook: rank 0 alone writes the rows
         self.start, self.start_updates = time.time(), net.batch_num
         self.valid_seconds = 0.0  # the last validation's duration: the end of a time budget keeps it free
         self.horizon_at = None if self.time_budget is None else min(60.0, max(1.0, 0.05 * self.time_budget))
@@ -376,6 +386,7 @@ class Trainer:
         try:  # overflow in a diverging run is reported as a non-finite loss, not as numpy warnings
             with _Interrupt() as self.interrupt, np.errstate(all="ignore"):
                 while (net.batch_num < self.max_batches or self.max_batches <= 0) and self.stop_reason is None:
+                    self.ranks.agree_interrupt(self.interrupt)  # MPI hook: every rank stops at one iteration
                     if self.interrupt.flag:
                         status = "interrupted"
                         break
@@ -395,7 +406,7 @@ class Trainer:
         """One training iteration: a datum through forward, backward and (when due) the update."""
         net = self.net
         x, y = self.batcher.next_batch()
-        cost = float(net.train_step(x, y))
+        cost = self.ranks.sum(float(net.train_step(x, y)))  # MPI hook: the cost of all streams
         self.iteration = net.seen // self.rows
         loss = cost / self.rows
         if not math.isfinite(loss):
@@ -421,7 +432,7 @@ class Trainer:
         ending = self.stop_reason is not None or 0 < self.max_batches <= self.net.batch_num
         if not ending and (validated or (self.log_every > 0 and it % self.log_every == 0)):
             self.log_row()  # the last iteration's row comes from finish(), after its validation
-        if self.sample_every > 0 and it % self.sample_every == 0:
+        if self.sample_every > 0 and it % self.sample_every == 0 and self.ranks.writer:  # MPI hook: rank 0's
             self.sample()
         if it % BACKUP_EVERY == 0:
             self.checkpoint(self.paths["backup"], "backup")
@@ -455,12 +466,14 @@ class Trainer:
             self.checkpoint(self.paths["final"], "final")
         with self.interrupt.saving(then_interrupt=False):  # after a signal, more wait for the record to say so
             latest = self.record.content["checkpoints"]["latest"]
-            if status == "interrupted" and (self.saved != self.iteration or latest != os.path.abspath(self.paths["backup"])):
+            # MPI hook: rank 0 alone knows what it saved, and decides for every rank
+            if status == "interrupted" and self.ranks.same(self.saved != self.iteration
+                                                           or latest != os.path.abspath(self.paths["backup"])):
                 self.checkpoint(self.paths["backup"], "backup")
             if self.last_row[0] != self.iteration:
                 self.log_row()
             self.record.content["stop_reason"] = self.stop_reason
-            self.record.write(status, self.progress_fields())
+            self.write_record(status, self.progress_fields())
 
     # ---- validation, metrics, samples, the time budget -------------------------------------------
     def validate(self):
@@ -470,7 +483,8 @@ class Trainer:
         if self.validator is None:
             return False
         v0 = time.time()
-        bpc = self.validator(self.net, lambda: self.interrupt.flag)
+        bpc = self.ranks.on_writer(self.validator)(self.net, lambda: self.interrupt.flag)  # MPI hook: on rank 0,
+        bpc = self.ranks.agreed(bpc, "the validation's result")  # and its result on every rank
         if bpc is None:
             return False
         self.valid_seconds = time.time() - v0
@@ -535,18 +549,21 @@ class Trainer:
         then again after every further tenth of it: the speed drifts, and validations, samples and
         checkpoints take their share, which a rate over the whole run so far includes. Stop at the
         deadline in any case."""
-        elapsed, done = time.time() - self.start, self.net.batch_num - self.start_updates
+        # MPI hook: rank 0's clock decides the stop and the horizon for every rank
+        elapsed = self.ranks.agreed(time.time() - self.start, "the time budget")
+        done = self.net.batch_num - self.start_updates
         if elapsed >= self.time_budget:
             self.stop_reason = f"the time budget of {self.time_budget:g} s is spent"
         elif done >= 3 and elapsed >= self.horizon_at:
-            self.set_horizon(elapsed / done)
+            self.set_horizon(elapsed / done, elapsed)
             self.horizon_at = elapsed + 0.1 * self.time_budget
 
-    def set_horizon(self, per_update):
-        """max_batches = the updates done + as many as the rest of the budget allows at
-        `per_update` seconds each, less the time of a final validation; the cfg's schedule is
-        stretched to it (optim.stretch_policy)."""
-        remaining = self.time_budget - (time.time() - self.start) - self.valid_seconds
+    def set_horizon(self, per_update, elapsed):
+        """max_batches = the updates done + as many as the rest of the budget (after `elapsed` s)
+        allows at `per_update` seconds each, less the time of a final validation; the cfg's
+        schedule is stretched to it (optim.stretch_policy)."""
+        # MPI hook: rank 0's validation time, as its clock
+        remaining = self.time_budget - elapsed - self.ranks.agreed(self.valid_seconds, "the validation's time")
         self.max_batches = self.net.batch_num + max(1, int(remaining / per_update))
         self.net.hp = optim.stretch_policy(self.cfg_hp, self.max_batches)
         if self.progress.bar is not None:

@@ -1,0 +1,221 @@
+"""Data-parallel training under a real `mpiexec -n 2` (the extra darknetpy[mpi]): the same updates
+as one process, checkpoints that resume across rank counts, the uneven-split refusal, Ctrl-C.
+
+The reference is always a one-process run of the same command; tiny cfgs, each run well under a
+second of training.
+"""
+import importlib.util
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from darknetpy import load_network
+
+from test_train import TEXT
+
+HAVE_MPI = importlib.util.find_spec("mpi4py") is not None
+MPIEXEC = shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or shutil.which("mpiexec")
+needs_mpi = pytest.mark.skipif(not (HAVE_MPI and MPIEXEC),
+                               reason='mpi4py (or its mpiexec) is not installed: pip install ".[mpi]"')
+
+CFG = """[net]
+inputs=256
+batch=8
+subdivisions={subdivisions}
+time_steps=8
+max_batches=12
+learning_rate={lr}
+{opt}
+
+[{layer}]
+output=16
+
+[{layer}]
+output=16
+
+[connected]
+output=256
+activation=linear
+
+[softmax]
+"""
+SGD = "momentum=0.9\ndecay=0.0005\nclip=0.5"
+# Adam's step divides by sqrt(v) + eps: where a summed gradient lies within eps of zero, the ~1e-9
+# float-order difference of the two sums moves that weight by up to lr * 1e-9 / eps. With Darknet's
+# eps = 1e-7 that is 1e-4 at lr = 0.01 (seen here on one of 19136 GRU weights); eps = 1e-4 bounds it
+# at 1e-7, so the comparison tests the data split and the sums, not that amplification.
+ADAM = "adam=1\ndecay=0.0005\neps=0.0001"
+
+
+@pytest.fixture
+def run(tmp_path):
+    """run(k, *args) -> CompletedProcess of `darknetpy train` on k ranks (k = 1: no mpiexec)."""
+    (tmp_path / "corpus.txt").write_bytes(TEXT * 30)
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
+
+    def run(k, *args, **popen):
+        cmd = [sys.executable, "-m", "darknetpy", "train", *map(str, args), "--valid-every", "0"]
+        if k > 1:
+            cmd = [MPIEXEC, "-n", str(k), *cmd]
+        if popen:
+            return subprocess.Popen(cmd, cwd=tmp_path, env=env, stderr=subprocess.PIPE, **popen)
+        return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True)
+    return run
+
+
+def write(tmp_path, layer="lstm", subdivisions=2, opt=SGD, lr=0.05):
+    path = tmp_path / "tiny.cfg"
+    path.write_text(CFG.format(layer=layer, subdivisions=subdivisions, opt=opt, lr=lr))
+    return path
+
+
+def weights(cfg, path):
+    return load_network(cfg, path).params()
+
+
+def max_diff(cfg, a, b):
+    wa, wb = weights(cfg, a), weights(cfg, b)
+    return max(float(np.abs(wa[k] - wb[k]).max()) for k in wa)
+
+
+@needs_mpi
+@pytest.mark.parametrize("layer, subdivisions, opt", [("lstm", 2, SGD), ("gru", 1, ADAM)])
+def test_two_ranks_make_one_process_updates(tmp_path, run, layer, subdivisions, opt):
+    cfg = write(tmp_path, layer, subdivisions, opt, lr=0.01 if opt == ADAM else 0.05)
+    for updates, tolerance in ((1, 1e-6), (12, 1e-4)):
+        for k in (1, 2):
+            r = run(k, cfg, "corpus.txt", "--srand", 7, "--backup", f"b{k}_{updates}", "--max-batches", updates)
+            assert r.returncode == 0, r.stderr
+        diff = max_diff(cfg, tmp_path / f"b1_{updates}/tiny_final.weights",
+                        tmp_path / f"b2_{updates}/tiny_final.weights")
+        assert diff < tolerance, (updates, diff)
+    # the weights did move: the comparison above is not between two untouched initializations
+    assert max_diff(cfg, tmp_path / "b1_1/tiny_final.weights", tmp_path / "b1_12/tiny_final.weights") > 1e-3
+    record = yaml.safe_load((tmp_path / "b2_12/tiny.yaml").read_text())
+    assert record["ranks"] == 2 and record["streams_per_rank"] == 8 // subdivisions // 2
+    assert record["progress"]["seen"] == 12 * 8 * 8
+
+
+@needs_mpi
+def test_rank_zero_alone_prints(tmp_path, run):
+    cfg = write(tmp_path)
+    r = run(2, cfg, "corpus.txt", "--srand", 7, "--backup", "b", "--max-batches", 2)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("finished: iteration 4") == 1 and r.stdout == ""
+
+
+@needs_mpi
+@pytest.mark.parametrize("first, then", [(2, 1), (1, 2)])
+def test_resume_across_rank_counts(tmp_path, run, first, then):
+    cfg = write(tmp_path)
+    r = run(1, cfg, "corpus.txt", "--srand", 7, "--backup", "straight", "--max-batches", 12)
+    assert r.returncode == 0, r.stderr
+    r = run(first, cfg, "corpus.txt", "--srand", 7, "--backup", "split", "--max-batches", 6)
+    assert r.returncode == 0, r.stderr
+    r = run(then, "--resume", "split/tiny.yaml", "--max-batches", 12)
+    assert r.returncode == 0, r.stderr
+    assert max_diff(cfg, tmp_path / "straight/tiny_final.weights", tmp_path / "split/tiny_final.weights") < 1e-4
+
+
+@needs_mpi
+def test_uneven_split_is_refused_once(tmp_path, run):
+    cfg = write(tmp_path)  # 8 / 2 = 4 streams over 3 ranks
+    r = run(3, cfg, "corpus.txt", "--srand", 7, "--backup", "b")
+    assert r.returncode == 2
+    lines = [line for line in r.stderr.splitlines() if line.startswith("darknetpy:")]
+    assert lines == [f"darknetpy: {cfg}: the cfg's 4 streams (batch/subdivisions) do not split evenly "
+                     "over 3 ranks; run with a rank count that divides 4, or change batch"], r.stderr
+    assert not (tmp_path / "b" / "tiny.backup").exists()
+
+
+@needs_mpi
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_signal_to_mpiexec_checkpoints_once(tmp_path, run, signum):
+    cfg = write(tmp_path)
+    p = run(2, cfg, "corpus.txt", "--srand", 7, "--backup", "b", "--max-batches", 10**6, stdout=subprocess.DEVNULL)
+    record = tmp_path / "b" / "tiny.yaml"
+    while not record.exists():  # the first checkpoint (iteration 100): training is under way
+        assert p.poll() is None, p.stderr.read()
+    p.send_signal(signum)
+    err = p.communicate()[1].decode()
+    assert p.returncode == 128 + signum, err  # as one process: 130 after Ctrl-C, 143 after SIGTERM
+    saved = yaml.safe_load(record.read_text())
+    assert saved["status"] == "interrupted" and err.count("interrupted: iteration") == 1, err
+    net = load_network(cfg, saved["checkpoints"]["latest"])
+    assert net.seen == saved["progress"]["seen"]
+
+
+def test_without_a_launcher_mpi4py_is_never_imported(tmp_path):
+    cfg = write(tmp_path)
+    (tmp_path / "corpus.txt").write_bytes(TEXT * 30)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI", "OMPI_", "PMIX"))}
+    code = ("import sys; from darknetpy.train import train; "
+            "train('tiny.cfg', 'corpus.txt', srand=1, max_batches=1, progress=False, valid_every=0); "
+            "print('mpi4py' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout == "False\n", r.stderr
+
+
+def test_launched_without_mpi4py_says_so_in_one_line(tmp_path):
+    cfg = write(tmp_path)
+    (tmp_path / "corpus.txt").write_bytes(TEXT * 30)
+    code = "import sys; sys.modules['mpi4py'] = None; from darknetpy.cli import main; main()"
+    for rank, expected in (("0", 1), ("1", 0)):
+        env = dict(os.environ, PMI_SIZE="2", PMI_RANK=rank)
+        r = subprocess.run([sys.executable, "-c", code, "train", str(cfg), "corpus.txt"], cwd=tmp_path,
+                           env=env, capture_output=True, text=True)
+        assert r.returncode == 2
+        assert r.stderr.count('pip install "darknetpy[mpi]"') == expected and len(r.stderr.splitlines()) == expected
+
+
+@needs_mpi
+@pytest.mark.parametrize("stop", [
+    {"time_budget": "3s", "max_batches": 0},
+    {"patience": 1, "valid_every": 4, "valid_frac": 0.2, "max_batches": 1000},
+], ids=["time_budget", "patience"])
+def test_stops_on_rank_zero_information_end_every_rank_at_one_iteration(tmp_path, stop):
+    """A time budget (rank 0's clock) and patience (rank 0's validation) end both ranks on the same
+    iteration: each rank writes where its run ended. learning_rate=0 never improves the held-out
+    loss, so patience 1 stops at the second validation, iteration 8."""
+    cfg = write(tmp_path, lr=0.0 if "patience" in stop else 0.05)
+    (tmp_path / "corpus.txt").write_bytes(TEXT * 30)
+    code = ("import sys, json; from darknetpy.train import train; "
+            f"s = train('tiny.cfg', 'corpus.txt', srand=7, progress=False, **{stop!r}); "
+            "from darknetpy import parallel; "
+            "rank = parallel.launched()[0]; "
+            "open(f'end{rank}.json', 'w').write(json.dumps([rank, s['iteration'], s['updates'], s['reason']]))")
+    r = subprocess.run([MPIEXEC, "-n", "2", sys.executable, "-c", code], cwd=tmp_path,
+                       env=dict(os.environ, OPENBLAS_NUM_THREADS="1"), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    ends = [yaml.safe_load((tmp_path / f"end{rank}.json").read_text()) for rank in (0, 1)]  # each rank's
+    assert [e[0] for e in ends] == [0, 1], ends
+    assert ends[0][1:] == ends[1][1:], r.stdout
+    if "patience" in stop:
+        assert ends[0][1] == 8 and "--patience 1" in ends[0][3], r.stdout
+    else:  # the horizon was set from rank 0's clock (or the deadline came first)
+        record = yaml.safe_load((tmp_path / "backup" / "tiny.yaml").read_text())
+        assert "time_budget" in record or "time budget" in (ends[0][3] or ""), r.stdout
+
+
+@needs_mpi
+@pytest.mark.parametrize("first, then", [(2, 1), (1, 2)])
+def test_resume_between_two_updates_across_rank_counts(tmp_path, run, first, then):
+    """subdivisions=3: the checkpoint at iteration 100 falls inside update 34, so it holds
+    gradients of an unfinished batch; summed over the ranks, they resume as one process's."""
+    cfg = tmp_path / "tiny.cfg"
+    cfg.write_text(CFG.format(layer="gru", subdivisions=3, opt=SGD, lr=0.05).replace("batch=8", "batch=12"))
+    r = run(1, cfg, "corpus.txt", "--srand", 7, "--backup", "straight", "--max-batches", 40)
+    assert r.returncode == 0, r.stderr
+    r = run(first, cfg, "corpus.txt", "--srand", 7, "--backup", "split", "--max-batches", 40, "--save-every", 50)
+    assert r.returncode == 0, r.stderr
+    r = run(then, cfg, "corpus.txt", "--weights", "split/tiny_100.weights", "--srand", 7, "--backup", "again",
+            "--max-batches", 40)
+    assert r.returncode == 0, r.stderr
+    assert max_diff(cfg, tmp_path / "straight/tiny_final.weights", tmp_path / "again/tiny_final.weights") < 1e-4
