@@ -357,20 +357,15 @@ NETS = {
 }
 
 
-@pytest.mark.parametrize("ids", [True, False])
-@pytest.mark.parametrize("body", NETS.values(), ids=NETS.keys())
-def test_training_step_with_and_without_kernels(body, ids, write_cfg):
-    """Two float32 nets with the same weights and data, one through the kernels and one through
-    numpy: the same costs and accumulated updates over two datums (the state carries over), then
-    the same weights after an update (SGD, or Adam for stack-adam)."""
-    cfg = write_cfg("[net]\nbatch=3\ntime_steps=4\ninputs=9\n" + body + "[connected]\noutput=9\nactivation=linear\n[softmax]\n")
-    rng = np.random.default_rng(3)
-    data = [(rng.integers(0, 9, (4, 3)) if ids else rng.uniform(-1, 1, (4, 3, 9)).astype(np.float32),
-             rng.integers(0, 9, (4, 3))) for _ in range(2)]
+def check_training_step_with_and_without_kernels(cfg, data, bn, prepare=lambda net: None):
+    """Two float32 nets from `cfg` with the same weights (`prepare(net)` may set more) and `data`,
+    one through the kernels and one through numpy: the same costs and accumulated updates over the
+    datums (the state carries over), then the same weights after an update."""
     results = []
     for backend in ("numpy", "c"):
         with kernels.use(backend):
             net = Network(cfg, seed=1)
+            prepare(net)
             costs = [net.accumulate(x, y) for x, y in data]
             updates = {k: v.copy() for k, v in net.params(updates=True).items()}
             net.update()
@@ -378,10 +373,21 @@ def test_training_step_with_and_without_kernels(body, ids, write_cfg):
     (want_costs, want, want_params), (got_costs, got, got_params) = results
     np.testing.assert_allclose(got_costs, want_costs, rtol=1e-5)
     for key in want:
-        scale = max(np.abs(want[key]).max(), 1e-3) * (3e-4 if "batch_normalize" in body else 1e-5)
+        scale = max(np.abs(want[key]).max(), 1e-3) * (3e-4 if bn else 1e-5)
         np.testing.assert_allclose(got[key], want[key], rtol=0, atol=scale, err_msg=key)
     for key in want_params:
         np.testing.assert_allclose(got_params[key], want_params[key], rtol=1e-5, atol=1e-6, err_msg=key)
+
+
+@pytest.mark.parametrize("ids", [True, False])
+@pytest.mark.parametrize("body", NETS.values(), ids=NETS.keys())
+def test_training_step_with_and_without_kernels(body, ids, write_cfg):
+    """check_training_step_with_and_without_kernels over two datums, SGD (Adam for stack-adam)."""
+    cfg = write_cfg("[net]\nbatch=3\ntime_steps=4\ninputs=9\n" + body + "[connected]\noutput=9\nactivation=linear\n[softmax]\n")
+    rng = np.random.default_rng(3)
+    data = [(rng.integers(0, 9, (4, 3)) if ids else rng.uniform(-1, 1, (4, 3, 9)).astype(np.float32),
+             rng.integers(0, 9, (4, 3))) for _ in range(2)]
+    check_training_step_with_and_without_kernels(cfg, data, "batch_normalize" in body)
 
 
 def test_switch_off_by_environment(tmp_path):

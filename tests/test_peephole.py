@@ -14,7 +14,7 @@ from darknetpy.errors import DarknetpyError
 from darknetpy.network import Network
 from conftest import read_weights
 from test_gradients import check_gradients, data, head, randomize
-from test_kernels import K, SHAPES, arrays, assert_same_as_numpy
+from test_kernels import K, SHAPES, arrays, assert_same_as_numpy, check_training_step_with_and_without_kernels
 
 PEEP = ("pi", "pf", "po")
 
@@ -167,25 +167,13 @@ def test_training_step_with_and_without_kernels(body, write_cfg):
     cfg = write_cfg("[net]\nbatch=3\ntime_steps=4\ninputs=9\n" + body + "[connected]\noutput=9\nactivation=linear\n[softmax]\n")
     rng = np.random.default_rng(3)
     batches = [(rng.integers(0, 9, (4, 3)), rng.integers(0, 9, (4, 3))) for _ in range(2)]
-    results = []
-    for backend in ("numpy", "c"):
-        with kernelmod.use(backend):
-            net = Network(cfg, seed=1)
-            prng = np.random.default_rng(5)
-            for key, v in net.params().items():
-                if is_peep(key):
-                    v[...] = prng.uniform(-0.8, 0.8, v.shape)
-            costs = [net.accumulate(x, y) for x, y in batches]
-            updates = {k: v.copy() for k, v in net.params(updates=True).items()}
-            net.update()
-        results.append((costs, updates, {k: v.copy() for k, v in net.params().items()}))
-    (want_costs, want, want_params), (got_costs, got, got_params) = results
-    np.testing.assert_allclose(got_costs, want_costs, rtol=1e-5)
-    for key in want:
-        scale = max(np.abs(want[key]).max(), 1e-3) * (3e-4 if "batch_normalize" in body else 1e-5)
-        np.testing.assert_allclose(got[key], want[key], rtol=0, atol=scale, err_msg=key)
-    for key in want_params:
-        np.testing.assert_allclose(got_params[key], want_params[key], rtol=1e-5, atol=1e-6, err_msg=key)
+
+    def random_peepholes(net):
+        prng = np.random.default_rng(5)
+        for key, v in net.params().items():
+            if is_peep(key):
+                v[...] = prng.uniform(-0.8, 0.8, v.shape)
+    check_training_step_with_and_without_kernels(cfg, batches, "batch_normalize" in body, random_peepholes)
 
 
 # ---- inference stepper --------------------------------------------------------------------------
