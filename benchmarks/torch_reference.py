@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from darknetpy import cfg as cfgmod
-from darknetpy.layers import KINDS
+from darknetpy.layers import KINDS as LAYER_KINDS
 from darknetpy.bench import fastest
 
 ACTIVATIONS = {
@@ -51,7 +51,7 @@ ACTIVATIONS = {
 
 def read_cfg(path):
     """{'inputs', 'batch', 'time_steps', 'adam', ..., 'layers': [(kind, options)]} from a cfg."""
-    sections = cfgmod.parse_cfg(path, KINDS)
+    sections = cfgmod.parse_cfg(path, LAYER_KINDS)
     net = sections[0]
     spec = {"inputs": net.int("inputs"), "batch": net.int("batch", 1) // net.int("subdivisions", 1),
             "time_steps": net.int("time_steps", 1), "adam": bool(net.int("adam", 0)),

@@ -357,12 +357,6 @@ def get(name, *arrays):
     return NUMPY.ops[name]
 
 
-def compiled(*arrays):
-    """True when an op on these arrays runs compiled rather than in numpy: a layer may then lay its
-    data out the way the kernel reads it best."""
-    return _active[0] is not NUMPY and _active[0].takes(arrays)
-
-
 @contextlib.contextmanager
 def use(*names):
     """Run only the backends named ("numpy", "c") inside the block, for tests: `with

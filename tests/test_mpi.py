@@ -153,7 +153,7 @@ def test_signal_to_mpiexec_checkpoints_once(tmp_path, run, signum):
 
 
 def test_without_a_launcher_mpi4py_is_never_imported(tmp_path):
-    cfg = write(tmp_path)
+    write(tmp_path)
     (tmp_path / "corpus.txt").write_bytes(TEXT * 30)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI", "OMPI_", "PMIX"))}
     code = ("import sys; from darknetpy.train import train; "
@@ -184,7 +184,7 @@ def test_stops_on_rank_zero_information_end_every_rank_at_one_iteration(tmp_path
     """A time budget (rank 0's clock) and patience (rank 0's validation) end both ranks on the same
     iteration: each rank writes where its run ended. learning_rate=0 never improves the held-out
     loss, so patience 1 stops at the second validation, iteration 8."""
-    cfg = write(tmp_path, lr=0.0 if "patience" in stop else 0.05)
+    write(tmp_path, lr=0.0 if "patience" in stop else 0.05)
     (tmp_path / "corpus.txt").write_bytes(TEXT * 30)
     code = ("import sys, json; from darknetpy.train import train; "
             f"s = train('tiny.cfg', 'corpus.txt', srand=7, progress=False, **{stop!r}); "

@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import textwrap
-from collections import Counter
 
 import numpy as np
 import pytest
