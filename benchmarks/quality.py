@@ -12,6 +12,11 @@ the same number of bytes (so the scored text was never trained on), and scores i
 `darknetpy valid`: in order, the state carried, the whole tail. It scores the FINAL weights, not
 `_best.weights` (the best is chosen on this same tail, which would be tuning on the score).
 
+--budget none trains to the cfg's max_batches instead: a fixed amount of work, so the bpc does not
+depend on the machine's load (for tuning on a shared machine, with max_batches set to what the
+shape reaches in the budget on an idle one). Two such runs may share the machine, one BLAS thread
+each (OPENBLAS_NUM_THREADS=1): the figures stay the same, only slower to get.
+
 --dev does the same inside the first 95%: DATA's first 95% becomes the corpus (train then holds
 out the last 5% of that), so a recipe can be chosen without ever looking at the real tail.
 
@@ -65,10 +70,11 @@ def run_seed(cfg, data, budget, seed, backup_root, dev):
     with open(tail_path, "wb") as f:
         f.write(tail)
 
-    print(f"quality: seed {seed}: darknetpy train {cfg} {data} --time-budget {budget} --srand {seed} "
-          f"--backup {run_dir}", file=sys.stderr, flush=True)
+    budget_args = [] if budget == "none" else ["--time-budget", str(budget)]
+    args = ["train", cfg, data, *budget_args, "--srand", str(seed), "--backup", run_dir]
+    print(f"quality: seed {seed}: darknetpy {' '.join(args)}", file=sys.stderr, flush=True)
     t0 = time.time()
-    darknetpy("train", cfg, data, "--time-budget", str(budget), "--srand", str(seed), "--backup", run_dir)
+    darknetpy(*args)
     wall = time.time() - t0
     record_path = os.path.join(run_dir, os.path.splitext(os.path.basename(cfg))[0] + ".yaml")
     with open(record_path) as f:
@@ -96,7 +102,7 @@ def main():
     ap.add_argument("--cfg", default=os.path.join(ROOT, "cfg", "shakespeare.cfg"), help="default: cfg/shakespeare.cfg")
     ap.add_argument("--data", default=os.path.join(ROOT, "data", "tinyshakespeare.txt"),
                     help="default: data/tinyshakespeare.txt")
-    ap.add_argument("--budget", "--time-budget", default="600", help="train's --time-budget (default: 600 s)")
+    ap.add_argument("--budget", "--time-budget", default="600", help="train's --time-budget; none: the cfg's max_batches (default: 600 s)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[1], help="train's --srand, one run each (default: 1)")
     ap.add_argument("--backup-root", default="quality-runs",
                     help="each run gets a fresh directory under it (default: ./quality-runs)")

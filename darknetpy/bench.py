@@ -197,9 +197,8 @@ def measure_generate(cfg, chars=500, warmup=20, seed=0, temp=0.7):
         raise click.UsageError(f"{cfg}: generation feeds each sample back, but the net has "
                                f"{net.outputs} outputs and {net.inputs} inputs")
     net.set_temperature(temp)
-    net.reset_state()
     rng = NumpyRand(seed)
-    step = net.stepper()
+    step = net.stepper(private=True)
     c = 10
     for _ in range(warmup):
         c = sample_index(step([c])[0], rng)

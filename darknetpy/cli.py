@@ -11,6 +11,7 @@ import warnings
 import click
 
 from . import cfg as cfgmod
+from . import generation
 from . import vocab as vocabmod
 from .bench import bench
 from .errors import DarknetpyError
@@ -63,36 +64,80 @@ def main():
 @main.command()
 @click.argument("cfg", type=PATH)
 @click.argument("weights", type=PATH)
-@click.option("--seed", default="\n\n", show_default="two newlines",
-              help="Text fed to the network first and echoed; an empty seed feeds a NUL byte.")
+@click.option("--seed", default=None, metavar="TEXT",
+              help="Text fed to the network first and echoed; an empty seed feeds a NUL byte. "
+                   "Default: two newlines.")
+@click.option("--seed-file", default=None, metavar="FILE", help="Read the seed from FILE, as bytes (instead of --seed).")
 @click.option("--len", "length", default=1000, show_default=True, type=click.IntRange(min=0),
-              help="Number of characters (tokens) to sample after the seed.")
+              help="Number of characters (tokens) to sample after the seed; with --stop, the most.")
 @click.option("--temp", default=0.7, show_default=True, type=click.FloatRange(min=0, min_open=True),
-              help="Softmax temperature: lower is more conservative, higher more random.")
+              help="Softmax temperature: lower is more conservative, higher more random. Applied before "
+                   "--top-k and --top-p; no effect with --greedy or --beam.")
 @click.option("--srand", type=int, default=None,
-              help="Seed of Darknet's glibc rand(): with it the text is byte-identical to "
-                   "`darknet rnn generate -srand N`. Default: a fresh random seed each run.")
+              help="Random seed. With only Darknet's options (--seed --len --temp --tokens) it seeds "
+                   "Darknet's glibc rand(), and the text is byte-identical to `darknet rnn generate "
+                   "-srand N`; with --top-k, --top-p or --samples, numpy's generator, reproducible run to "
+                   "run. Default: a fresh random seed each run.")
+@click.option("--greedy", is_flag=True, help="Take the most likely symbol at every step (char-rnn's -sample 0).")
+@click.option("--top-k", type=int, default=None, metavar="K",
+              help="Sample only among the K most likely symbols (and any tied with the K-th). Default: all.")
+@click.option("--top-p", type=float, default=None, metavar="P",
+              help="Nucleus sampling: only among the smallest set of most likely symbols whose probability "
+                   "reaches P, in (0, 1]. Default: 1, every symbol.")
+@click.option("--beam", type=int, default=None, metavar="K",
+              help="Beam search of width K: the --len continuation of highest total log-probability the "
+                   "beam finds, never less likely than greedy's (--beam 1 is --greedy). Default: no search.")
+@click.option("--samples", type=int, default=1, show_default=True, metavar="N",
+              help="N independent samples, run together as N streams of the network.")
+@click.option("--separator", default=generation.SEPARATOR, show_default=True, metavar="TEXT",
+              help="The line printed between two samples.")
+@click.option("--stop", default=None, metavar="TEXT",
+              help="End a sample right after it first produces TEXT (printed, then the final newline). "
+                   "In bash, $'\\n\\n' stops at a blank line. Default: run --len symbols.")
 @click.option("--tokens", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Token file for tokenized nets: line i is the text of id i (<NEWLINE> means a newline).")
 @click.option("--vocab", "vocab_file", type=click.Path(exists=True, dir_okay=False), default=None,
               help=VOCAB_HELP)
 @friendly
-def generate(cfg, weights, seed, length, temp, srand, tokens, vocab_file):
-    """Sample text from a trained network, streaming it to stdout (Darknet's `rnn generate`).
+def generate(cfg, weights, seed, seed_file, length, temp, srand, greedy, top_k, top_p, beam, samples, separator,
+             stop, tokens, vocab_file):
+    """Sample text from a trained network, streaming it to stdout (Darknet's `rnn generate`, and
+    greedy, top-k, top-p, beam search, many samples at once and a stop text).
 
     CFG may be the training cfg: batch and time_steps are forced to 1.
     """
     from . import load_network, sample
+    if top_k is not None and top_k < 1:
+        raise DarknetpyError(f"--top-k {top_k}: give K >= 1 (leave it out to sample among all)")
+    if beam is not None and beam < 1:
+        raise DarknetpyError(f"--beam {beam}: give a width K >= 1 (leave it out for no search)")
+    if seed is not None and seed_file is not None:
+        raise DarknetpyError("give the seed as --seed TEXT or --seed-file FILE, not both")
+    if seed_file is not None:
+        seed, seed_name = read_bytes(seed_file, "seed file"), seed_file
+    else:
+        seed, seed_name = seed_bytes("\n\n" if seed is None else seed), "--seed"
     net = load_network(cfg, weights, batch=1, time_steps=1)
     token_list = sample.read_tokens(tokens) if tokens else None
     vocabulary = None if tokens else vocabmod.find(cfg, weights, vocab_file, net)
     out = sys.stdout.buffer
-
-    def write(piece):
+    pieces = generation.output(
+        net, seed=seed, length=length,
+        temperature=temp, top_k=top_k or 0, top_p=1.0 if top_p is None else top_p, greedy=greedy, beam=beam or 0,
+        stop=None if stop is None else seed_bytes(stop), srand=srand, samples=samples, tokens=token_list,
+        vocab=vocabulary, seed_name=seed_name, separator=seed_bytes(separator))
+    for piece in pieces:
         out.write(piece)
         out.flush()
-    sample.generate(net, seed=seed_bytes(seed), length=length, temp=temp, srand=srand,
-                    tokens=token_list, write=write, vocab=vocabulary)
+
+
+def read_bytes(path, what):
+    """A file's bytes, or one error line naming it."""
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise DarknetpyError(f"cannot read the {what}: {e.strerror}", path) from None
 
 
 @main.command()
@@ -126,6 +171,47 @@ def valid(cfg, weights, text, seed, verbose, vocab_file):
             click.echo(sample.format_valid_line(*last))
     if not verbose:
         click.echo(sample.format_valid_line(*last))
+
+
+@main.command()
+@click.argument("cfg", type=PATH)
+@click.argument("weights", type=PATH)
+@click.argument("text", type=click.Path(dir_okay=False, allow_dash=True), default="-")
+@click.option("--seed", default="\n\n", show_default="two newlines",
+              help="Text fed before every line, from a zero state.")
+@click.option("--keep-whitespace", is_flag=True,
+              help="Feed each line as it is. Default: as Darknet's strip(), drop every space and tab in it "
+                   "(also from the printed line).")
+@click.option("--vocab", "vocab_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help=VOCAB_HELP)
+@friendly
+def vec(cfg, weights, text, seed, keep_whitespace, vocab_file):
+    """One CSV row per line of TEXT (a file, or - for stdin): the line, then the first layer's
+    outputs once the network has read the seed, the line and a space (Darknet's `rnn vec`).
+
+    Every line starts from a zero state, which Darknet does only on its GPU path, so a row does not
+    depend on the lines before it. A line holding a comma, quote or carriage return is quoted as
+    CSV quotes it.
+    """
+    from . import load_network, sample
+    net = load_network(cfg, weights, batch=1, time_steps=1)
+    vocabulary = vocabmod.find(cfg, weights, vocab_file, net)
+    raw = sys.stdin.buffer.read() if text == "-" else read_bytes(text, "text")
+    lines = raw.split(b"\n")
+    if lines[-1] == b"":  # a final newline ends the last line, it does not start one
+        lines.pop()
+    out = sys.stdout.buffer
+    rows = sample.vec_rows(net, lines, seed=seed_bytes(seed), vocab=vocabulary, strip=not keep_whitespace,
+                           name="stdin" if text == "-" else text)
+    for line, vector in rows:
+        out.write(csv_field(line) + b"".join(b",%g" % v for v in vector.tolist()) + b"\n")
+
+
+def csv_field(raw):
+    """A CSV field: quoted, its quotes doubled, when it holds a comma, a quote or a line break."""
+    if any(ch in raw for ch in b',"\r\n'):
+        return b'"' + raw.replace(b'"', b'""') + b'"'
+    return raw
 
 
 @main.command()

@@ -8,7 +8,8 @@ train_network_datum: seen += streams*steps, forward, backward, and an update onc
 import numpy as np
 
 from . import cfg as cfgmod
-from . import optim, weights
+from . import generation, optim, sample, weights
+from . import vocab as vocabmod
 from .errors import DarknetpyError
 from .layers import KINDS
 from .layers.connected import is_ids
@@ -16,6 +17,36 @@ from .layers.connected import is_ids
 # [net] keys Darknet reads for image networks; accepted quietly so Darknet cfgs load without noise.
 IMAGE_KEYS = ("height", "width", "channels", "max_crop", "min_crop", "max_ratio", "min_ratio",
               "center", "angle", "aspect", "saturation", "exposure", "hue", "random", "notruth")
+
+
+class Stepper:
+    """The network one step at a time, for `streams` streams, with every layer's weights prepared
+    once (Layer.stepper: batchnorm folded, biases combined, a one-hot input as a table row), so a
+    character costs a few GEMVs and few numpy calls. `step(x)`: ids (streams,) -> (streams,
+    outputs), or float rows (streams, inputs) for a stepper made with ids=False. It holds copies of
+    the weights: later changes do not reach it. `states` lists each layer's carried arrays,
+    (streams, n) each, updated in place."""
+
+    def __init__(self, steps, states):
+        self.steps, self.states = steps, states
+
+    def __call__(self, x):
+        for step in self.steps:
+            x = step(x)
+        return x
+
+    def arrays(self):
+        return [a for layer_state in self.states for a in layer_state]
+
+    def reset(self, stream=None):
+        """Zero the state of every stream, or of one."""
+        for a in self.arrays():
+            a[slice(None) if stream is None else stream] = 0
+
+    def select(self, index):
+        """Stream j continues from the state stream index[j] had (a beam's reordering)."""
+        for a in self.arrays():
+            a[...] = a[index]
 
 
 class Network:
@@ -59,6 +90,9 @@ class Network:
         # MPI hook (darknetpy/parallel.py): K ranks each run streams/K of the streams, and
         # `reduce(slots)` sums the gradients over the ranks before each update.
         self.ranks, self.reduce = 1, None
+        self.vocab = None  # what an id is, for generate/score/vec (vocab.Vocab); None: bytes
+        self.version = 0   # bumped by every change of the weights through the API (see predict)
+        self._predictor = None
 
         self.layers, self.sections = [], sections[1:]
         inputs = self.inputs
@@ -102,6 +136,11 @@ class Network:
         """Every softmax's temperature (generation replaces the cfg's, as Darknet's -temp does)."""
         for layer in self.layers:
             layer.set_temperature(t)
+        self.refresh()
+
+    def refresh(self):
+        """Make the next `predict` prepare its weights anew: after writing into `params()` arrays."""
+        self.version += 1
 
     # ---- running -----------------------------------------------------------------------------
     def _as_input(self, x):
@@ -133,32 +172,97 @@ class Network:
         return x
 
     def predict_ids(self, ids):
-        """One time step for `streams` one-hot inputs given as ids (streams,): -> (streams, outputs)."""
+        """One time step for `streams` one-hot inputs given as ids (streams,): -> (streams, outputs),
+        through the training forward (the reference the prepared `stepper` must equal)."""
         ids = np.asarray(ids)
         return self.forward(ids.reshape(1, -1), train=False)[0]
 
-    def stepper(self, streams=1):
-        """A fast `predict_ids` for generation and validation: ids (streams,) -> probabilities
-        (streams, outputs), one step, stateful. Each layer prepares its weights once (batchnorm
-        folded, biases combined, one-hot inputs as a table), so a character costs a few GEMVs and
-        few numpy calls. It keeps copies: after changing the weights, make a new one."""
-        steps, ids = [], True
-        for layer in self.layers:
-            steps.append(layer.stepper(streams, ids))
-            ids = ids and not layer.denses
-
-        def step(ids):
-            x = np.asarray(ids)
-            for s in steps:
-                x = s(x)
-            return x
-        return step
+    def stepper(self, streams=1, ids=True, private=False, temperature=None, layers=None):
+        """A Stepper over the first `layers` layers (default: all), for `streams` streams of ids
+        (or float rows: ids=False). It runs on the network's own carried state, or with
+        private=True on new zero state, which leaves the network's state and its training alone
+        (generation and scoring from a training network). `temperature` sets the softmax
+        temperature of this stepper only (default: the layers' own)."""
+        layers = self.layers[:layers]
+        before = [getattr(layer, "temperature", None) for layer in layers]
+        steps, states, first = [], [], ids
+        try:
+            for layer in layers:
+                if temperature is not None:
+                    layer.set_temperature(temperature)
+                states.append(layer.fresh_state(streams) if private else layer.state(streams))
+                steps.append(layer.stepper(streams, first, states[-1]))
+                first = first and not layer.denses
+        finally:
+            for layer, t in zip(layers, before):
+                if t is not None:
+                    layer.set_temperature(t)
+        return Stepper(steps, states)
 
     def predict(self, x):
-        """One time step: x is (inputs,) or (streams, inputs) float32; stateful; returns probabilities."""
-        x = np.asarray(x, self.dtype)
-        out = self.forward(self._as_input(x.reshape(1, -1, x.shape[-1])), train=False)[0]
-        return out[0] if x.ndim == 1 else out
+        """One time step, stateful: the network's own state carries over from call to call
+        (`reset_state` starts again). x: one-hot float32 (inputs,) or (streams, inputs), or integer
+        ids, a scalar or (streams,). Returns the probabilities, (outputs,) for one input, else
+        (streams, outputs), as a new array.
+
+        It runs on a prepared Stepper, kept from call to call while `version` stays: load_weights,
+        train_step, accumulate, update and set_temperature bump it, so the next call sees their
+        change. Writing into the arrays `params()` returns does not: call `refresh()` after."""
+        x = np.asarray(x)
+        ids = is_ids(x)
+        single = x.ndim == (0 if ids else 1)
+        if single:
+            x = x.reshape(1) if ids else x.reshape(1, -1)
+        x = self._as_input(x)
+        ids = is_ids(x)  # one-hot float rows became ids
+        key = (self.version, x.shape[0], ids)
+        live = [getattr(layer, name, None) for layer in self.layers for name in layer.state_names]
+        cached = self._predictor
+        if cached is None or cached[0] != key or any(a is not b for a, b in zip(cached[1].arrays(), live)):
+            cached = self._predictor = (key, self.stepper(x.shape[0], ids=ids))
+        out = cached[1](x)
+        return np.array(out[0] if single else out)
+
+    # ---- text: generation and scoring (generation.py, sample.py) -------------------------------
+    def generate(self, seed=b"\n\n", length=1000, temperature=0.7, top_k=0, top_p=1.0, greedy=False, beam=0,
+                 stop=None, srand=None, samples=1, vocab=None):
+        """The bytes `darknetpy generate` prints for the same options (top_k=0: all symbols,
+        top_p=1: no nucleus, beam=0: no search): bytes, or a list of `samples` of them. `seed`
+        and `stop` may be str (UTF-8) or bytes; `vocab` (a vocab.Vocab or a .vocab path) defaults
+        to the one `load_network` found beside the weights. Runs on a private stepper: the
+        network's state, training and random streams are left as they were."""
+        return generation.generate(self, seed=seed, length=length, temperature=temperature, top_k=top_k,
+                                   top_p=top_p, greedy=greedy, beam=beam, stop=stop, srand=srand,
+                                   samples=samples, vocab=self._vocab(vocab))
+
+    def stream(self, seed=b"\n\n", length=1000, temperature=0.7, top_k=0, top_p=1.0, greedy=False, beam=0,
+               stop=None, srand=None, samples=1, vocab=None, separator=None):
+        """`generate` as an iterator of bytes pieces as they are produced, for notebooks and
+        servers: joined, the pieces are `darknetpy generate`'s output (with samples > 1, the first
+        sample live and each later one after a `separator` line, default generation.SEPARATOR)."""
+        return generation.output(self, seed=seed, length=length, temperature=temperature, top_k=top_k,
+                                 top_p=top_p, greedy=greedy, beam=beam, stop=stop, srand=srand, samples=samples,
+                                 vocab=self._vocab(vocab), separator=separator or generation.SEPARATOR)
+
+    def score(self, text, seed=b"\n\n", vocab=None):
+        """Bits per character of `text` (str as UTF-8, or bytes) after `seed`, fed in order with
+        the state carried: the BPC `darknetpy valid` prints (per token for a words vocabulary).
+        The network's own state is left alone."""
+        vocab = self._vocab(vocab)
+        words = vocab is not None and vocab.mode != "bytes"
+
+        def ids(raw, what):
+            raw = raw.encode("utf-8") if isinstance(raw, str) else bytes(raw)
+            return vocab.encode_bytes(raw, what, what) if words else raw
+        return sample.validate(self, ids(text, "text"), seed=ids(seed, "seed"))[1]
+
+    def _vocab(self, vocab):
+        """A Vocab from a Vocab, a .vocab path or None (then the network's own)."""
+        if vocab is None or isinstance(vocab, vocabmod.Vocab):
+            return vocab or self.vocab
+        found = vocabmod.Vocab.load(vocab)
+        vocabmod.check_fits(found, self, self.cfg_path)
+        return found
 
     def train_step(self, x, y):
         """One datum (Darknet's train_network_datum): x, y are (time_steps, streams, inputs) float32
@@ -190,6 +294,7 @@ class Network:
         out = x
         for layer in self.layers[:self.loss_layer + 1]:
             out = layer.forward(out, True)
+        self.version += 1  # batchnorm's rolling statistics move even before the update
         cost, delta = self.layers[self.loss_layer].loss(out, y)
         for i in range(self.loss_layer, -1, -1):
             delta = self.layers[i].backward(delta, need_dx=i > 0)
@@ -205,6 +310,7 @@ class Network:
         if self.reduce is not None:
             self.reduce.after_step(self, slots)
         self.last_rate = lr
+        self.version += 1
 
     def learning_rate(self):
         """The rate the next update would use (Darknet's get_current_rate)."""
@@ -228,17 +334,20 @@ class Network:
 
     def load_weights(self, path):
         weights.load(self, path)
+        self.version += 1
 
 
 def load_network(cfg, weights_path=None, batch=None, time_steps=None):
     """Build the network a .cfg describes and, if given, load a Darknet .weights file into it.
 
     `batch` overrides the streams run at once (subdivisions become 1), `time_steps` the steps per datum.
-    Unused cfg keys are reported as `cfg.CfgWarning` warnings, as Darknet prints them.
+    Unused cfg keys are reported as `cfg.CfgWarning` warnings, as Darknet prints them. A
+    vocabulary `<cfg stem>.vocab` beside the weights (as train saves it) becomes `net.vocab`.
     """
     net = Network(cfg, batch=batch, time_steps=time_steps)
     if weights_path is not None:
         net.load_weights(weights_path)
+        net.vocab = vocabmod.find(cfg, weights_path, None, net)
     return net
 
 

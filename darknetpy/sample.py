@@ -1,4 +1,4 @@
-"""Generation and validation: Darknet's `rnn generate` and `rnn valid`, byte for byte.
+"""Darknet's sampler, `rnn valid` and `rnn vec`, byte for byte (generation.py runs the sampler).
 
 Matching Darknet's generated text needs its random stream (glibc's rand(), emulated exactly here,
 including the draws Darknet's network construction burns before sampling starts) and its float32
@@ -136,7 +136,7 @@ def sample_index(p, rng):
     return hit if walk[hit] <= 0 else p.size - 1
 
 
-def _check_ids(data, inputs, what):
+def check_ids(data, inputs, what):
     """Refuse a byte (or an id, for an array of vocabulary ids) the network has no input for
     (Darknet would index out of bounds)."""
     kind = "id" if isinstance(data, np.ndarray) else "byte"
@@ -145,56 +145,6 @@ def _check_ids(data, inputs, what):
     if bad.size:
         raise DarknetpyError(f"{what}: {kind} {ids[bad[0]]} at offset {bad[0]} is outside the network's {inputs} inputs")
     return ids
-
-
-def generate(net, seed=b"\n\n", length=1000, temp=0.7, srand=None, tokens=None, write=None, vocab=None):
-    """Darknet's `rnn generate`: echo the seed, sample `length` symbols, end with "\\n".
-
-    With `srand` the output is Darknet's byte for byte: its rand() stream, started after the draws
-    its network construction consumed. With `tokens` (one string per id) each symbol prints as its
-    token plus a space, as Darknet's print_symbol does. With `vocab` (a vocab.Vocab) the seed is
-    encoded with it and each symbol prints as its token's UTF-8, joined with nothing. `write`
-    receives each produced piece as it comes (for streaming); the whole output is also returned.
-    """
-    if net.outputs > net.inputs:
-        raise DarknetpyError(f"generate feeds each sample back: {net.outputs} outputs but only {net.inputs} inputs")
-    if vocab is not None:
-        seed = vocab.encode_bytes(seed, "--seed", "seed")
-        pieces_of = vocab.pieces() + [b"\xef\xbf\xbd"] * max(0, net.outputs - vocab.size)  # U+FFFD: no token
-    ids = _check_ids(seed, net.inputs, "seed").tolist() or [0]  # empty seed: Darknet prints and feeds id 0
-    if tokens is not None:
-        if len(tokens) < net.outputs:
-            raise DarknetpyError(f"{len(tokens)} tokens for a network with {net.outputs} outputs")
-        tokens = [("\n" if t == "<NEWLINE>" else t).encode("utf-8", "surrogateescape") + b" " for t in tokens]
-
-    pieces = []
-
-    def emit(piece):
-        pieces.append(piece)
-        if write is not None:
-            write(piece)
-
-    def symbol(c):
-        return tokens[c] if tokens is not None else pieces_of[c] if vocab is not None else bytes([c])
-
-    net.set_temperature(temp)  # every softmax layer: the cfg's temperature has no effect here
-    net.reset_state()
-    if srand is None:
-        rng = NumpyRand()
-    else:
-        rng = GlibcRand(srand)  # Darknet calls srand before building the network ...
-        rng.skip(net.init_rand_draws)  # ... whose random weight init draws this many times
-    step = net.stepper()
-    for c in ids[:-1]:
-        step([c])
-        emit(symbol(c))
-    c = ids[-1]
-    emit(symbol(c))
-    for _ in range(length):
-        c = sample_index(step([c])[0], rng)
-        emit(symbol(c))
-    emit(b"\n")
-    return b"".join(pieces)
 
 
 # Darknet's -Ofast build turns pow(2, x) into glibc's exp2(x), which differs from pow in the last
@@ -218,12 +168,11 @@ def validate_steps(net, text, seed=b"\n\n", spaces=(32, 10, 9)):
     to float32 on every addition. Words start at 1 and count ' ', '\\n', '\\t' (the ids `spaces`) among
     scored bytes. `text` and `seed` may also be arrays of vocabulary ids.
     """
-    seed_ids = _check_ids(seed, net.inputs, "seed").tolist()
-    ids = _check_ids(text, net.inputs, "text").tolist()
+    seed_ids = check_ids(seed, net.inputs, "seed").tolist()
+    ids = check_ids(text, net.inputs, "text").tolist()
     spaces = frozenset(spaces)
     log2 = float(np.float32(math.log(2)))
-    net.reset_state()
-    step = net.stepper()
+    step = net.stepper(private=True)  # from a zero state; the network's own is left alone
     for c in seed_ids:
         step([c])
     total, words = 0.0, 1
@@ -263,3 +212,30 @@ def read_tokens(path):
             return [line.decode("utf-8", "surrogateescape") for line in f.read().splitlines()]
     except OSError as e:
         raise DarknetpyError(f"cannot read tokens: {e.strerror}", path) from None
+
+
+DARKNET_STRIP = b" \t\n"  # what Darknet's strip() drops, anywhere in a line
+
+
+def vec_rows(net, lines, seed=b"\n\n", vocab=None, strip=True, name="text"):
+    """Darknet's `rnn vec`: for each line (bytes, without its newline), the first layer's output
+    (n,) once it has read the seed, the line and a space from a zero state. Yields (line, vector).
+
+    strip=True is Darknet's strip(): every space, tab and newline in the line is dropped, also
+    from the line yielded. Darknet resets the state before each line only on its GPU path; here
+    every line starts from zero, so a row does not depend on the lines before it.
+    """
+    words = vocab is not None and vocab.mode != "bytes"
+
+    def encode(raw, what):
+        return check_ids(vocab.encode_bytes(raw, name, what) if words else raw, net.inputs, f"{name}: {what}")
+    head = encode(seed, "the seed").tolist()
+    space = encode(b" ", "the space fed after each line").tolist()
+    step = net.stepper(private=True, layers=1)
+    for n, line in enumerate(lines, start=1):
+        if strip:
+            line = line.translate(None, DARKNET_STRIP)
+        step.reset()
+        for c in head + encode(line, f"line {n}").tolist() + space:
+            out = step([c])
+        yield line, out[0].copy()

@@ -28,6 +28,7 @@ import numpy as np
 
 from . import checkpoint as ckpt
 from . import data as datamod
+from . import generation
 from . import vocab as vocabmod
 from . import metrics as metricsmod
 from . import optim
@@ -290,7 +291,6 @@ class Trainer:
         # periodic and end-of-run estimates score a bounded slice: their cost does not grow with the corpus
         self.validator = (Validator(cfg, datamod.read_ids(self.valid_ids, 0, datamod.VALID_SLICE), self.seed_ids)
                           if self.valid_ids is not None else None)
-        self.sampler = None  # a batch=1 copy of the network, made at the first sample
         self.record = ckpt.Record(self.paths["record"], self.new_record(valid_frac=self.valid_frac))
         # MPI hook: rank 0 alone writes checkpoints and the record, with the recurrent state of all
         # streams gathered to it; the others wait for it and share its errors
@@ -524,23 +524,16 @@ class Trainer:
         return self.seconds0 + time.time() - self.t0
 
     def sample(self):
-        """`sample_len` characters at `sample_temp` to stderr from a batch=1 copy of the weights: the
-        training network, its state and its random streams are not touched."""
-        from . import sample as samplemod
-        if self.sampler is None:
-            with warnings.catch_warnings():  # the training network already reported unused cfg keys
-                warnings.simplefilter("ignore")
-                self.sampler = Network(self.cfg, batch=1, time_steps=1)
-        dst = self.sampler.params()
-        for key, value in self.net.params().items():
-            dst[key][...] = value
+        """`sample_len` characters at `sample_temp` to stderr, from a private stepper (prepared copies
+        of the weights, its own state): the training network, its state and its random streams are
+        not touched."""
         vocab = self.vocabulary
         tokens = [str(i) for i in range(self.net.outputs)] if self.tokenized else None
         newline = b"\n" in vocab.pieces() if vocab is not None else not self.tokenized and self.net.inputs > 10
-        pieces = []  # the first is the seed's symbol, echoed (an empty seed is id 0, as in `generate`)
-        samplemod.generate(self.sampler, seed=b"\n" if newline else b"", length=self.sample_len,
-                           temp=self.sample_temp, srand=self.srand + self.iteration, tokens=tokens,
-                           write=pieces.append, vocab=vocab)
+        pieces = [piece for _, piece, _ in generation.events(
+            self.net, seed=b"\n" if newline else b"", length=self.sample_len, temperature=self.sample_temp,
+            srand=self.srand + self.iteration, tokens=tokens, vocab=vocab)]
+        # the first piece is the seed's symbol, echoed (an empty seed is id 0, as in `generate`)
         self.progress.say(f"sample at iteration {self.iteration}:\n"
                           + b"".join(pieces[1:]).decode("utf-8", "replace").rstrip("\n"))
 

@@ -147,8 +147,9 @@ def test_help_documents_options(command):
 
 def test_generate_help_shows_defaults():
     out = run("generate", "--help").stdout.decode()
-    for flag, default in [("--len", "1000"), ("--temp", "0.7")]:
-        assert re.search(re.escape(flag) + r".*\n?.*default: " + re.escape(default), out), out
+    blocks = {b.split()[0]: " ".join(b.split()) for b in re.split(r"\n  (?=-)", out) if b.startswith("-")}
+    for flag, default in [("--len", "[default: 1000;"), ("--temp", "[default: 0.7;"), ("--seed", "Default: two newlines")]:
+        assert default in blocks[flag], blocks[flag]
 
 
 def test_train_help_shows_the_watching_options_defaults():

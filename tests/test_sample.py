@@ -10,7 +10,8 @@ import pytest
 
 import darknetpy
 from darknetpy.errors import DarknetpyError
-from darknetpy.sample import GlibcRand, NumpyRand, format_valid_line, generate, sample_index, validate, validate_steps
+from darknetpy.generation import events, generate
+from darknetpy.sample import GlibcRand, NumpyRand, format_valid_line, sample_index, validate, validate_steps
 
 ORACLE = Path(__file__).resolve().parents[2] / "shared" / "oracle"
 INFER_CASES = sorted(p.name for p in ORACLE.glob("infer_*")) if ORACLE.is_dir() else []
@@ -188,17 +189,14 @@ class FakeNet:
     def __init__(self, n=8, init_rand_draws=0):
         self.inputs = self.outputs = n
         self.init_rand_draws = init_rand_draws
-        self.fed, self.temps, self.resets = [], [], 0
+        self.fed, self.temps = [], []
         gen = np.random.default_rng(0)
         self.table = gen.dirichlet(np.ones(n), size=n).astype(np.float32)
 
-    def reset_state(self):
-        self.resets += 1
+    def stepper(self, streams=1, private=False, temperature=None):
+        assert streams == 1 and private  # generation never runs on the network's own state
+        self.temps.append(temperature)
 
-    def set_temperature(self, t):
-        self.temps.append(t)
-
-    def stepper(self):
         def step(ids):
             assert len(ids) == 1
             self.fed.append(int(ids[0]))
@@ -208,8 +206,8 @@ class FakeNet:
 
 def test_generate_echoes_seed_then_samples():
     net = FakeNet(n=128, init_rand_draws=1000)
-    out = generate(net, seed=b"ab", length=5, temp=0.5, srand=7)
-    assert net.temps == [0.5] and net.resets == 1
+    out = generate(net, seed=b"ab", length=5, temperature=0.5, srand=7)
+    assert net.temps == [0.5]
     rng = GlibcRand(7)
     rng.skip(1000)
     c, expected = ord("b"), [ord("b")]
@@ -230,8 +228,8 @@ def test_generate_empty_seed_prints_and_feeds_nul():
 def test_generate_streams_pieces_and_prints_tokens():
     net = FakeNet(n=4)
     tokens = ["zero", "<NEWLINE>", "two", "three"]
-    pieces = []
-    out = generate(net, seed=bytes([2]), length=20, srand=3, tokens=tokens, write=pieces.append)
+    pieces = [piece for _, piece, _ in events(net, seed=bytes([2]), length=20, srand=3, tokens=tokens)]
+    out = generate(FakeNet(n=4), seed=bytes([2]), length=20, srand=3, tokens=tokens)
     assert b"".join(pieces) == out and len(pieces) == 22
     assert pieces[0] == b"two " and pieces[-1] == b"\n"
     assert set(pieces[1:-1]) <= {b"zero ", b"\n ", b"two ", b"three "}
@@ -257,10 +255,10 @@ class ReplayNet:
     def __init__(self, probs, inputs=256):
         self.probs, self.inputs, self.outputs, self.t = probs, inputs, probs.shape[1], 0
 
-    def reset_state(self):
+    def stepper(self, private=False):
+        assert private  # scoring starts from a zero state and leaves the network's own alone
         self.t = 0
 
-    def stepper(self):
         def step(ids):
             self.t += 1
             return self.probs[self.t - 1 : self.t]
@@ -332,7 +330,7 @@ def test_generate_matches_darknet(case):
     for name, cmd in info["expected"]["generate"].items():
         net = _load(folder)
         assert net.init_rand_draws == info["expected"]["rand_calls_consumed_by_network_construction"]
-        out = generate(net, seed=cmd["seed"].encode(), length=cmd["len"], temp=cmd["temp"], srand=cmd["srand"])
+        out = generate(net, seed=cmd["seed"].encode(), length=cmd["len"], temperature=cmd["temp"], srand=cmd["srand"])
         assert out == (folder / name).read_bytes(), name
 
 
@@ -375,12 +373,14 @@ STEPPER_BODIES = {
 }
 
 
+@pytest.mark.parametrize("private", [False, True])
 @pytest.mark.parametrize("streams", [1, 2])
 @pytest.mark.parametrize("name", sorted(STEPPER_BODIES))
-def test_stepper_equals_the_general_forward(name, streams, write_cfg):
+def test_stepper_equals_the_general_forward(name, streams, private, write_cfg):
     """The folded one-step path gives the probabilities and carried state of `predict_ids` (the
     general forward, batchnorm unfolded) to float32 rounding, for every layer kind and option,
-    with one stream (generate's case) and with two."""
+    with one stream (generate's case) and with two, on the network's state (predict's case) and
+    on a private one (generation's; LSTMs then run feature-major with the fused kernel)."""
     cfg = write_cfg(f"[net]\ninputs=20\nbatch={streams}\ntime_steps=1\n" + STEPPER_BODIES[name]
                     + "[connected]\noutput=20\nactivation=linear\n[softmax]\ntemperature=0.8\n")
     rng = np.random.default_rng(1)
@@ -390,10 +390,11 @@ def test_stepper_equals_the_general_forward(name, streams, write_cfg):
         if key.endswith("weights") and value.shape[1] > 20:  # (out, in): a wide layer's sums O(1)
             value *= np.sqrt(2 / value.shape[1])  # and its recurrence contracting (no chaos in 30 steps)
         slow.params()[key][...] = value
-    step = fast.stepper(streams=streams)
+    step = fast.stepper(streams=streams, private=private)
     for ids in rng.integers(0, 20, (30, streams)):
         # 512-term sums round more than 20-term ones: 5e-6 for the wide nets, 2e-6 for the rest
         np.testing.assert_allclose(step(ids), slow.predict_ids(ids), rtol=0, atol=5e-6 if "wide" in name else 2e-6)
-    for a, b in zip(fast.layers, slow.layers):
-        for state in getattr(a, "state_names", ()):
-            np.testing.assert_allclose(getattr(a, state), getattr(b, state), rtol=1e-5, atol=1e-5)  # shortcut states grow
+    want = [getattr(layer, state) for layer in slow.layers for state in layer.state_names]
+    assert len(step.arrays()) == len(want)
+    for got, ref in zip(step.arrays(), want):
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)  # shortcut states grow

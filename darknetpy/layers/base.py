@@ -35,6 +35,7 @@ class Layer(Buffers):
     alexeyab_order = None    # its sub-layers' order in AlexeyAB's weights files, where that differs
     bn_over = "rows"         # batchnorm statistics in training: over all steps*streams rows of a datum
     denses = ()
+    state_names = ()         # the attributes holding carried per-stream state, (streams, outputs) each
     dtype = np.float32
 
     def __init__(self, section, inputs, rng):
@@ -78,9 +79,19 @@ class Layer(Buffers):
     def backward(self, dy, need_dx):
         return dy
 
-    def stepper(self, streams, ids_input):
+    def state(self, streams):
+        """The layer's own carried state arrays for `streams` streams (none here)."""
+        return []
+
+    def fresh_state(self, streams):
+        """New zero state arrays for `streams`, not the layer's own: a stepper running on them
+        leaves the layer's state alone (none here)."""
+        return []
+
+    def stepper(self, streams, ids_input, state):
         """An inference function for one step, x (streams, inputs) or ids (streams,) -> (streams,
-        outputs), for generation and validation. Layers with weights override it to prepare their
+        outputs), for generation and validation, updating `state` (from `state()` or
+        `fresh_state()`) in place. Layers with weights override it to prepare copies of their
         weights once (see Network.stepper); this default runs `forward` for a single step."""
         return lambda x: self.forward(x[None], False)[0]
 
@@ -108,6 +119,9 @@ class Recurrent(Layer):
             if s is None or s.shape[0] != streams:
                 setattr(self, name, np.zeros((streams, self.outputs), self.dtype))
         return [getattr(self, name) for name in self.state_names]
+
+    def fresh_state(self, streams):
+        return [np.zeros((streams, self.outputs), self.dtype) for _ in self.state_names]
 
     def reset_state(self, stream=None):
         for name in self.state_names:

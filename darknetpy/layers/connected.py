@@ -195,7 +195,7 @@ class Connected(Layer):
             return None
         return self.dense.back(dz, out=self.buffer("dX", (T * S, self.inputs))).reshape(T, S, self.inputs)
 
-    def stepper(self, streams, ids_input):
+    def stepper(self, streams, ids_input, state):
         W, b = self.dense.folded()
         project = projector(W, b, ids_input, np.empty((streams, self.outputs), W.dtype))
         return lambda x: self.f(project(x))

@@ -92,11 +92,11 @@ class GRU(Recurrent):
             self.tape = self.Tape(x=rows(x), XU=XU, ZR=ZR, P=P, RHrows=RHrows, Y=Y)
         return Y[1:]
 
-    def stepper(self, streams, ids_input):
+    def stepper(self, streams, ids_input, state):
         """One step with the weights prepared once: batchnorm folded in, biases summed into the
         input projection, and every logistic column pre-halved so it is (1 + tanh) / 2."""
         n = self.outputs
-        (h,) = self.state(streams)
+        (h,) = state
         (U, bu), (Wzr, bzr), (Wh, bh) = self.u.folded(), self.wzr.folded(), self.wh.folded()
         half = halves(3 * n, 2 * n if self.tanh else 3 * n)
         xu, zr, c, rh, a = (np.empty((streams, m), self.dtype) for m in (3 * n, 2 * n, n, n, n))

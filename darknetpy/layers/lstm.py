@@ -108,14 +108,16 @@ class LSTM(Recurrent):
             self.tape = self.Tape(x=rows(x), XU=XU, G=G, C=C, TC=TC, Y=Y)
         return Y[1:]
 
-    def stepper(self, streams, ids_input):
+    def stepper(self, streams, ids_input, state):
         """One step with the weights prepared once: batchnorm folded in, the two biases summed, the
         i f o columns pre-halved so one tanh serves all four gates, and for a float input [x, h] in
         one matmul. A one-hot input is a row of a table that already holds the bias."""
         n, k = self.outputs, self.inputs
-        h, c = self.state(streams)
+        h, c = state
         (U, bu), (W, bw) = self.u.folded(), self.w.folded()
         half = halves(4 * n, 3 * n)
+        if streams > 1 and not self.peep and h.T.flags.c_contiguous and c.T.flags.c_contiguous:
+            return self.stepper_feature_major(U * half, (bu + bw) * half, W * half, ids_input, h, c)
         G, ig, tc = (np.empty((streams, m), self.dtype) for m in (4 * n, n, n))
         i, f, o, g, ifo = G[:, :n], G[:, n:2 * n], G[:, 2 * n:3 * n], G[:, 3 * n:], G[:, :3 * n]
         if ids_input:
@@ -143,6 +145,44 @@ class LSTM(Recurrent):
             np.multiply(c, f, out=c)
             np.add(c, np.multiply(i, g, out=ig), out=c)
             np.multiply(o, np.tanh(c, out=tc), out=h)
+            return h
+        return step
+
+    def fresh_state(self, streams):
+        """Zero h and c as (streams, n) views of feature-major (n, streams) memory, the layout of the
+        many-streams stepper's fused step (stepper_feature_major)."""
+        return [np.zeros((self.outputs, streams), self.dtype).T for _ in self.state_names]
+
+    def stepper_feature_major(self, U, b, W, ids_input, h, c):
+        """The step for many streams on feature-major state (h.T, c.T contiguous (n, S)): the gates
+        as (4n, S) = Wᵀ hᵀ plus the input part, then all the elementwise maths in one
+        kernels.lstm_step call, as the training loop runs it. U (k, 4n), b (4n,), W (n, 4n), with
+        the i f o columns pre-halved. Returns h, (S, n), a view of the state."""
+        n, S = W.shape[0], h.shape[0]
+        hT, cT = h.T, c.T
+        WT = np.ascontiguousarray(W.T)
+        GT, XU, c1, tc = (np.empty((m, S), self.dtype) for m in (4 * n, 4 * n, n, n))
+        lstm_step = kernels.get("lstm_step", GT, XU, cT, c1, tc, hT)
+        if ids_input:
+            table = np.ascontiguousarray((U + b).T)  # (4n, inputs): column x is x's projection and bias
+
+            def step(x):
+                np.take(table, x, axis=1, out=XU)
+                np.matmul(WT, hT, out=GT)
+                lstm_step(GT, XU, cT, c1, tc, hT)
+                np.copyto(cT, c1)
+                return h
+            return step
+        k = U.shape[0]
+        both = np.ascontiguousarray(np.concatenate([U, W]).T)  # (4n, k + n)
+        XU[...] = b[:, None]  # the bias, as the kernel's input part
+        xh = np.empty((k + n, S), self.dtype)
+
+        def step(x):
+            xh[:k], xh[k:] = x.T, hT
+            np.matmul(both, xh, out=GT)
+            lstm_step(GT, XU, cT, c1, tc, hT)
+            np.copyto(cT, c1)
             return h
         return step
 

@@ -116,10 +116,10 @@ class RNN(Recurrent):
             self.tape = self.Tape(x=rows(x), A=A, B=B, St=St, Y=Y)
         return Y
 
-    def stepper(self, streams, ids_input):
+    def stepper(self, streams, ids_input, state):
         """One step with batchnorm folded into each sub-layer's weights once."""
         n, f_ = self.outputs, self.f_
-        (s,) = self.state(streams)
+        (s,) = state
         (U, bu), (W, bw), (V, bv) = self.input_layer.folded(), self.self_layer.folded(), self.output_layer.folded()
         a, b, y, scratch = (np.empty((streams, n), self.dtype) for _ in range(4))
         project = projector(U, bu, ids_input, a)

@@ -40,6 +40,17 @@ class Softmax(Layer):
             kernels.softmax(x, p, self.groups, self.temperature)
         return p
 
+    def stepper(self, streams, ids_input, state):
+        """One step at the temperature of the moment it is prepared: a later set_temperature
+        (generation's --temp on another stepper) does not reach it. Each call returns a new array."""
+        T = self.temperature
+
+        def step(x):
+            p = np.empty_like(x)
+            kernels.softmax(x, p, self.groups, T)
+            return p
+        return step
+
     def loss(self, p, truth):
         """(cost, delta) for probabilities p (T, S, n) and truth as one-hot rows or indices (T, S)."""
         if is_ids(truth):

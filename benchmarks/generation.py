@@ -1,0 +1,123 @@
+"""Generation speed: one sample, N samples at once, and Network.predict, against PyTorch stepped.
+
+For each cfg (random weights, batch 1), in this one process, taking turns round by round so that
+the machine's noise falls on every figure alike:
+
+- generate, 1 sample: `net.generate` as `darknetpy generate` runs it (Darknet's sampler);
+- generate, N samples: `net.generate(samples=N)`, N streams of one network (numpy's sampler);
+  both net of start-up: (time of L2 symbols - time of L1) / (L2 - L1);
+- predict: `net.predict` one character at a time, as integer ids and as one-hot float rows;
+- torch nn.LSTM (if torch is installed and the cfg is an LSTM stack): benchmarks/torch_reference's
+  model with torch's own nn.LSTM, one character at a time under inference_mode, logits then
+  softmax, on as many threads as numpy's BLAS.
+
+    python benchmarks/generation.py                        # 2 x LSTM 256 and Darknet's cfg/rnn.cfg
+    python benchmarks/generation.py benchmarks/gru2x256.cfg --samples 64
+
+Prints chars/s (median of the rounds). OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE are unset by re-running
+itself without them. A benchmark, not a test.
+"""
+import argparse
+import os
+import statistics
+import sys
+import time
+import warnings
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+DEFAULT_CFGS = [os.path.join(HERE, "lstm2x256.cfg"), os.path.join(ROOT, "cfg", "rnn.cfg")]
+
+
+def network(cfg):
+    import darknetpy
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        net = darknetpy.load_network(cfg, batch=1, time_steps=1)
+    return net
+
+
+def generate_rate(net, samples, short=50, long=550):
+    """Symbols per second of net.generate with `samples` streams, net of start-up."""
+    def once(length):
+        t = time.perf_counter()
+        net.generate(seed=b"\n\n", length=length, samples=samples, srand=1)
+        return time.perf_counter() - t
+    return samples * (long - short) / (once(long) - once(short))
+
+
+def predict_rate(net, one_hot, chars=500):
+    """Characters per second of net.predict, one at a time, fed back the argmax."""
+    eye = np.eye(net.inputs, dtype=np.float32)
+    net.reset_state()
+    c = 10
+    t = time.perf_counter()
+    for _ in range(chars):
+        p = net.predict(eye[c] if one_hot else c)
+        c = int(p.argmax())
+    return chars / (time.perf_counter() - t)
+
+
+def torch_stepper(cfg):
+    """A function timing `chars` steps of torch's nn.LSTM model, or None without torch / for non-LSTM."""
+    try:
+        import torch
+        sys.path.insert(0, HERE)
+        import torch_reference as ref
+    except ImportError:
+        return None
+    spec = ref.read_cfg(cfg)
+    if not ref.supports_nn(spec):
+        return None
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "0")) or torch.get_num_threads())
+    model = ref.Model(spec, "nn").eval()
+
+    def rate(chars=500):
+        with torch.inference_mode():
+            state, c = model.init_state(1), 10
+            t = time.perf_counter()
+            for _ in range(chars):
+                logits, state = model(torch.tensor([[c]]), state)
+                c = int(torch.softmax(logits[0, 0], dim=0).argmax())
+            return chars / (time.perf_counter() - t)
+    return rate
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("cfgs", nargs="*", default=DEFAULT_CFGS, help="default: 2 x LSTM 256 and cfg/rnn.cfg")
+    ap.add_argument("--samples", type=int, default=32, help="streams of the many-samples figure (default: 32)")
+    ap.add_argument("--rounds", type=int, default=5, help="rounds of every measure, taking turns (default: 5)")
+    args = ap.parse_args()
+    if any(k in os.environ for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")):
+        env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
+        os.execve(sys.executable, [sys.executable, *sys.argv], env)
+    for cfg in args.cfgs:
+        net = network(cfg)
+        measures = {
+            "generate, 1 sample": lambda: generate_rate(net, 1),
+            f"generate, {args.samples} samples": lambda: generate_rate(net, args.samples),
+            "predict, ids": lambda: predict_rate(net, one_hot=False),
+            "predict, one-hot": lambda: predict_rate(net, one_hot=True),
+        }
+        torch_rate = torch_stepper(cfg)
+        if torch_rate is not None:
+            measures["torch nn.LSTM, stepped"] = torch_rate
+        for measure in measures.values():  # warm-up: caches, BLAS threads, torch's first calls
+            measure()
+        rates = {name: [] for name in measures}
+        for _ in range(args.rounds):
+            for name, measure in measures.items():
+                rates[name].append(measure())
+        print(f"{os.path.relpath(cfg, ROOT)}  (chars/s, median of {args.rounds} rounds)")
+        one = statistics.median(rates["generate, 1 sample"])
+        for name, values in rates.items():
+            rate = statistics.median(values)
+            print(f"  {name:<26} {rate:>10,.0f}   {rate / one:5.2f}x one sample")
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
