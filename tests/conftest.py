@@ -4,6 +4,8 @@ The oracles live in ../shared/oracle next to the repository root. Tests that nee
 the reason) only when that folder is absent; everything else runs everywhere.
 """
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -56,3 +58,21 @@ def read_weights(path):
 def flat_params(net):
     """Every parameter of `net` in save order as one float64 vector (the .weights payload order)."""
     return np.concatenate([np.asarray(v, np.float64).ravel() for v in net.params().values()])
+
+
+def run_cli(*args, stdin=None):
+    """`python -m darknetpy ARGS...` in a subprocess, as a user runs it: the CompletedProcess."""
+    return subprocess.run([sys.executable, "-m", "darknetpy", *map(str, args)], input=stdin,
+                          capture_output=True, timeout=600)
+
+
+def assert_one_line_error(result, *fragments):
+    """Bad input's contract: exit 2, one stderr line holding every fragment, no traceback, no stdout."""
+    err = result.stderr.decode()
+    assert result.returncode == 2, err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    for f in fragments:
+        assert f in lines[0], lines[0]
+    assert result.stdout == b""

@@ -1,36 +1,20 @@
 """The command line as a user meets it: exact product on stdout, one-line errors with exit code 2."""
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import assert_one_line_error
+from conftest import run_cli as run
 
 ORACLE = Path(__file__).resolve().parents[2] / "shared" / "oracle"
 INFER = ["infer_rnn_leaky", "infer_gru", "infer_lstm"]
-
-
-def run(*args, stdin=None):
-    return subprocess.run([sys.executable, "-m", "darknetpy", *map(str, args)], input=stdin,
-                          capture_output=True, timeout=600)
 
 
 def case(name):
     if not (ORACLE / name).is_dir():
         pytest.skip(f"oracle fixtures not present: {ORACLE / name} (../shared is absent)")
     return ORACLE / name
-
-
-def assert_one_line_error(result, *fragments):
-    err = result.stderr.decode()
-    assert result.returncode == 2, err
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    for f in fragments:
-        assert f in lines[0], lines[0]
-    assert result.stdout == b""
 
 
 @pytest.mark.parametrize("name", INFER)

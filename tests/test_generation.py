@@ -8,13 +8,13 @@ in test_sample.py and test_cli.py.
 """
 import csv
 import io
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 import darknetpy
+from conftest import assert_one_line_error
+from conftest import run_cli as run
 from darknetpy.errors import DarknetpyError
 from darknetpy.generation import SEPARATOR
 
@@ -55,11 +55,6 @@ def model(tmp_path_factory):
     weights = folder / "net.weights"
     net.save_weights(weights)
     return cfg, weights
-
-
-def run(*args, stdin=None):
-    return subprocess.run([sys.executable, "-m", "darknetpy", *map(str, args)], input=stdin,
-                          capture_output=True, timeout=600)
 
 
 def replay(model, seed, produced):
@@ -222,17 +217,6 @@ def test_seed_file_is_read_as_bytes(model, tmp_path):
     net = darknetpy.load_network(cfg, weights)
     assert r.stdout == net.generate(seed=b"caf\xc3\xa9\n", length=30, srand=1)
     assert r.stdout == net.generate(seed="café\n", length=30, srand=1)
-
-
-def assert_one_line_error(result, *fragments):
-    err = result.stderr.decode()
-    assert result.returncode == 2, err
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    for f in fragments:
-        assert f in lines[0], lines[0]
-    assert result.stdout == b""
 
 
 @pytest.mark.parametrize("args, fragment", [
