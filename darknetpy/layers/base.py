@@ -121,7 +121,9 @@ class Recurrent(Layer):
         return [getattr(self, name) for name in self.state_names]
 
     def fresh_state(self, streams):
-        return [np.zeros((streams, self.outputs), self.dtype) for _ in self.state_names]
+        """Zero state as (streams, n) views of feature-major (n, streams) memory: the layout of the
+        training loop's step kernels, which LSTM's and GRU's many-streams steppers run."""
+        return [np.zeros((self.outputs, streams), self.dtype).T for _ in self.state_names]
 
     def reset_state(self, stream=None):
         for name in self.state_names:

@@ -99,6 +99,9 @@ class GRU(Recurrent):
         (h,) = state
         (U, bu), (Wzr, bzr), (Wh, bh) = self.u.folded(), self.wzr.folded(), self.wh.folded()
         half = halves(3 * n, 2 * n if self.tanh else 3 * n)
+        if streams > 1 and h.T.flags.c_contiguous:
+            return self.stepper_feature_major(U * half, (bu + np.concatenate([bzr, bh])) * half,
+                                              Wzr * half[:2 * n], Wh * half[2 * n:], ids_input, h)
         xu, zr, c, rh, a = (np.empty((streams, m), self.dtype) for m in (3 * n, 2 * n, n, n, n))
         project = projector(U * half, (bu + np.concatenate([bzr, bh])) * half, ids_input, xu)
         recur_zr, recur_h = times(Wzr * half[:2 * n], streams), times(Wh * half[2 * n:], streams)
@@ -114,6 +117,35 @@ class GRU(Recurrent):
                 np.add(np.multiply(c, 0.5, out=c), 0.5, out=c)
             np.multiply(np.subtract(h, c, out=a), z, out=a)   # h' = c + z⊙(h - c)
             np.add(a, c, out=h)
+            return h
+        return step
+
+    def stepper_feature_major(self, U, b, Wzr, Wh, ids_input, h):
+        """The step for many streams on feature-major state (h.T contiguous (n, S)), as the training
+        loop runs it: z r = Wzrᵀ hᵀ + input part through kernels.gru_zr, then the candidate from
+        Whᵀ (r⊙h) through kernels.gru_step. U (k, 3n), b (3n,), Wzr (n, 2n), Wh (n, n), every
+        logistic column pre-halved. Returns h, (S, n), a view of the state."""
+        n, S = Wh.shape[0], h.shape[0]
+        hT = h.T
+        WzrT, WhT = np.ascontiguousarray(Wzr.T), np.ascontiguousarray(Wh.T)
+        XU, ZR, C, RH, H1 = (np.empty((m, S), self.dtype) for m in (3 * n, 2 * n, n, n, n))
+        gates, candidate = kernels.get("gru_zr", ZR, XU[:2 * n], hT, RH), kernels.get("gru_step", C, ZR, hT, H1)
+        if ids_input:
+            table = np.ascontiguousarray((U + b).T)  # (3n, inputs): column x is x's projection and bias
+
+            def project(x):
+                np.take(table, x, axis=1, out=XU)
+        else:
+            UT, bias = np.ascontiguousarray(U.T), b[:, None]
+
+            def project(x):
+                np.add(np.matmul(UT, x.T, out=XU), bias, out=XU)
+
+        def step(x):
+            project(x)
+            gates(np.matmul(WzrT, hT, out=ZR), XU[:2 * n], hT, RH)
+            candidate(self.tanh, np.matmul(WhT, RH, out=C), XU[2 * n:], ZR, hT, H1)
+            np.copyto(hT, H1)
             return h
         return step
 

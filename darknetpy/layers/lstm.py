@@ -148,11 +148,6 @@ class LSTM(Recurrent):
             return h
         return step
 
-    def fresh_state(self, streams):
-        """Zero h and c as (streams, n) views of feature-major (n, streams) memory, the layout of the
-        many-streams stepper's fused step (stepper_feature_major)."""
-        return [np.zeros((self.outputs, streams), self.dtype).T for _ in self.state_names]
-
     def stepper_feature_major(self, U, b, W, ids_input, h, c):
         """The step for many streams on feature-major state (h.T, c.T contiguous (n, S)): the gates
         as (4n, S) = Wᵀ hᵀ plus the input part, then all the elementwise maths in one
