@@ -56,7 +56,7 @@ def main():
 
     \b
     Quick start:
-      darknetpy train cfg/shakespeare.cfg data/tinyshakespeare.txt
+      darknetpy train cfg/shakespeare.cfg data/tinyshakespeare.txt --time-budget 10m
       darknetpy generate cfg/shakespeare.cfg backup/shakespeare.backup --seed "ROMEO:"
     """
 
