@@ -46,22 +46,24 @@ static void release(Py_buffer *bufs, int count)
 }
 
 /* The buffers of `count` arrays, kinds[i] saying what each must be: 'f' float32 (read), 'F'
- * float32 (written), 'q' int64 class ids (read); all C-contiguous. Returns 0, or -1 with an
- * exception set and nothing held. */
+ * float32 (written), 'q' int64 class ids (read), 'Q' int64 (written), 'd' float64 (read); all
+ * C-contiguous. Returns 0, or -1 with an exception set and nothing held. */
 static int get_typed(PyObject *const *objs, Py_buffer *bufs, const char *kinds, int count)
 {
     for (int i = 0; i < count; i++) {
-        int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (kinds[i] == 'F' ? PyBUF_WRITABLE : 0);
+        char kind = kinds[i];
+        int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (kind == 'F' || kind == 'Q' ? PyBUF_WRITABLE : 0);
         if (PyObject_GetBuffer(objs[i], &bufs[i], flags) < 0) {
             release(bufs, i);
             return -1;
         }
         const char *f = bufs[i].format;
-        int ok = kinds[i] == 'q' ? bufs[i].itemsize == 8 && (strcmp(f, "q") == 0 || strcmp(f, "l") == 0)
-                                 : bufs[i].itemsize == 4 && strcmp(f, "f") == 0;
+        int ok = kind == 'q' || kind == 'Q' ? bufs[i].itemsize == 8 && (strcmp(f, "q") == 0 || strcmp(f, "l") == 0)
+                 : kind == 'd'             ? bufs[i].itemsize == 8 && strcmp(f, "d") == 0
+                                           : bufs[i].itemsize == 4 && strcmp(f, "f") == 0;
         if (!ok) {
             PyErr_Format(PyExc_TypeError, "argument %d: %s array expected", i + 1,
-                         kinds[i] == 'q' ? "an int64" : "a float32");
+                         kind == 'q' || kind == 'Q' ? "an int64" : kind == 'd' ? "a float64" : "a float32");
             release(bufs, i + 1);
             return -1;
         }
@@ -795,6 +797,61 @@ out:
     return result;
 }
 
+/* draw(p, u, out): out[r] = the number of j whose mass p[r, 0] + ... + p[r, j], summed in double in
+ * order, is at most u[r] times the row's total (so the first j past it), but never past the row's
+ * last symbol with mass (the rounding of u near 1). p (R, V) float32, u (R,) float64 in [0, 1),
+ * out (R,) int64: one inverse-CDF draw per stream, exactly kernels.draw's (numpy's cumsum adds in
+ * the same order). Eight rows go together: each row's sum is a chain of dependent adds, and eight
+ * independent chains keep the adder busy (32 x 256: 4 us, one row at a time 16). */
+#define DRAW_ROWS 8
+static PyObject *draw(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer b[3];
+    if (typed_args(args, nargs, b, "fdQ", "draw(p, u, out)") < 0)
+        return NULL;
+    PyObject *result = NULL;
+    if (b[0].ndim != 2 || b[1].ndim != 1 || b[2].ndim != 1 || b[1].shape[0] != b[0].shape[0] ||
+        b[2].shape[0] != b[0].shape[0] || b[0].shape[1] < 1) {
+        PyErr_SetString(PyExc_ValueError, "draw: p (R, V), u (R,), out (R,)");
+        goto out;
+    }
+    const float *P = b[0].buf;
+    const double *U = b[1].buf;
+    int64_t *o = b[2].buf;
+    Py_ssize_t R = b[0].shape[0], V = b[0].shape[1];
+    for (Py_ssize_t r0 = 0; r0 < R; r0 += DRAW_ROWS) {
+        Py_ssize_t n = R - r0 < DRAW_ROWS ? R - r0 : DRAW_ROWS;
+        const float *row = P + r0 * V;
+        double total[DRAW_ROWS] = {0}, c[DRAW_ROWS] = {0}, target[DRAW_ROWS];
+        Py_ssize_t last[DRAW_ROWS], count[DRAW_ROWS] = {0};
+        for (Py_ssize_t k = 0; k < n; k++)
+            last[k] = V - 1; /* a row without mass: its last symbol, as the reference */
+        for (Py_ssize_t j = 0; j < V; j++)
+            for (Py_ssize_t k = 0; k < n; k++)
+                total[k] += (double)row[k * V + j];
+        for (Py_ssize_t k = 0; k < n; k++)
+            target[k] = U[r0 + k] * total[k];
+        for (Py_ssize_t j = 0; j < V; j++)
+            for (Py_ssize_t k = 0; k < n; k++) {
+                c[k] += (double)row[k * V + j];
+                count[k] += c[k] <= target[k];
+            }
+        for (Py_ssize_t k = 0; k < n; k++) {
+            for (Py_ssize_t j = V - 1; j >= 0; j--)
+                if (row[k * V + j] > 0.0f) {
+                    last[k] = j;
+                    break;
+                }
+            o[r0 + k] = count[k] < last[k] ? count[k] : last[k];
+        }
+    }
+    result = Py_None;
+    Py_INCREF(result);
+out:
+    release(b, 3);
+    return result;
+}
+
 #define METHOD(name, doc) {#name, (PyCFunction)(void (*)(void))name, METH_FASTCALL, doc}
 
 static PyMethodDef methods[] = {
@@ -806,6 +863,7 @@ static PyMethodDef methods[] = {
     METHOD(gru_step, "gru_step(tanh, c, xu, zr, h, h1[, P]): the candidate in place and the new h"),
     METHOD(gru_back, "gru_back(dh, drh, zr, P, d): dz and dr into d; dh becomes dh*z + drh*r"),
     METHOD(adam, "adam(p, u, m, v, decay, B1, 1-B1, B2, 1-B2, c1, c2, lr, eps): one Adam update of p in place"),
+    METHOD(draw, "draw(p, u, out): out[r] = an inverse-CDF draw from row r of p at u[r]"),
     METHOD(onehot_grad, "onehot_grad(dW, ids, dz): dW[ids[r]] += dz[r] for every row r"),
     METHOD(onehot_project, "onehot_project(out, table, ids): out[t, j, s] = table[ids[t, s], j]"),
     METHOD(softmax, "softmax(x, p, groups, temperature): p = softmax of x's rows in groups, at the temperature"),

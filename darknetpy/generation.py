@@ -134,9 +134,14 @@ def events(net, seed=b"\n\n", length=1000, temperature=0.7, top_k=0, top_p=1.0, 
         if not alive:
             break
         c = choose(step(c))
+        symbols = c.tolist()  # Python ints: the per-sample loop below is most of a step's overhead
+        if not stop:
+            for i in alive:
+                yield i, pieces[symbols[i]], False
+            continue
         still = []
         for i in alive:
-            piece, ended = ends[i].cut(pieces[c[i]])
+            piece, ended = ends[i].cut(pieces[symbols[i]])
             yield i, piece, False
             if ended:
                 yield i, b"\n", True

@@ -283,6 +283,17 @@ def softmax(x, p, groups, temperature):
     e /= e.sum(axis=-1, keepdims=True)
 
 
+def draw(p, u, out):
+    """One inverse-CDF draw per row: out (R,) int64 = the first symbol whose cumulative mass, summed
+    in float64 in order, exceeds u (R,) times the row's total, never a zero-mass one (rounding near
+    u = 1 falls back to the last symbol with mass). p (R, V); `get` picks the form by p alone, since u
+    and out are always float64 and int64."""
+    c = np.cumsum(p, axis=-1, dtype=np.float64)
+    idx = (c <= u[:, None] * c[:, -1:]).sum(axis=-1)
+    last = p.shape[-1] - 1 - np.argmax(p[:, ::-1] > 0, axis=-1)
+    np.minimum(idx, last, out=out)
+
+
 def xent(p, ids, delta):
     """The cross-entropy of probabilities p (R, k) against class ids (R,): returns Σ -ln p[r, ids[r]]
     (float32, Darknet's cost) and writes delta (R, k) = onehot(ids) - p."""
@@ -323,7 +334,7 @@ def sgd(p, u, decay, rate, momentum):
 
 OPS = ("lstm_step", "lstm_back", "lstm_step_peephole", "lstm_back_peephole", "gru_zr", "gru_step",
        "gru_back", "rnn_step", "rnn_back", "slope_act", "slope_grad", "bn_forward", "bn_backward", "onehot_grad", "onehot_project",
-       "transpose", "softmax", "xent", "adam", "sgd")
+       "transpose", "softmax", "draw", "xent", "adam", "sgd")
 
 
 # ---- the backends -------------------------------------------------------------------------------

@@ -7,6 +7,8 @@ order of the vocabulary. Darknet's 0.0001 cut belongs to its own sampler (sample
 """
 import numpy as np
 
+from . import kernels
+
 
 def temperature(p, T):
     """p^(1/T) renormalized per row, in float64; T -> 0 tends to uniform over the argmax ties."""
@@ -53,11 +55,13 @@ def greedy(p):
 
 
 def draw(p, u):
-    """Inverse-CDF draw per row: the first symbol whose cumulative mass exceeds u * total, u in [0, 1)."""
-    c = np.cumsum(np.asarray(p, np.float64), axis=-1)
-    idx = (c <= np.asarray(u)[..., None] * c[..., -1:]).sum(axis=-1)
-    last = p.shape[-1] - 1 - np.argmax(np.asarray(p)[..., ::-1] > 0, axis=-1)  # never a zero-mass symbol
-    return np.minimum(idx, last)
+    """Inverse-CDF draw per row: the first symbol whose cumulative mass exceeds u * total, u in [0, 1),
+    never a zero-mass symbol (kernels.draw; float32 rows run its C form)."""
+    p = np.asarray(p)
+    rows = np.ascontiguousarray(p.reshape(-1, p.shape[-1]))
+    out = np.empty(rows.shape[0], np.int64)
+    kernels.get("draw", rows)(rows, np.asarray(u, np.float64).reshape(-1), out)
+    return out.reshape(p.shape[:-1])
 
 
 def beam_search(logp0, advance, width, length):

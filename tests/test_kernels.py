@@ -176,6 +176,34 @@ def test_onehot_grad():
         K.onehot_grad(got, ids.astype(np.int32), dz)
 
 
+def test_draw():
+    """One inverse-CDF draw per row equals the numpy reference exactly (both sum in float64 in
+    order): random rows with zero-mass symbols, u on and next to every cumulative boundary, u just
+    below 1, a row without mass, a one-symbol vocabulary. Never a zero-mass symbol where the row has
+    mass. Wrong dtypes and shapes raise."""
+    rng = np.random.default_rng(11)
+    p = (rng.random((400, 37)) ** rng.integers(1, 12, (400, 1))).astype(np.float32)
+    p[rng.random(p.shape) < 0.3] = 0
+    p[-1] = 0
+    c = np.cumsum(p, axis=1, dtype=np.float64)
+    cols = rng.integers(0, 37, 400)
+    edge = c[np.arange(400), cols] / np.where(c[:, -1] > 0, c[:, -1], 1)
+    for u in (rng.random(400), edge, np.nextafter(edge, 0), np.nextafter(edge, 1) % 1,
+              np.zeros(400), np.full(400, 1 - 2 ** -53)):
+        want, got = np.empty(400, np.int64), np.full(400, -1, np.int64)
+        kernels.draw(p, u, want)
+        K.draw(p, u, got)
+        np.testing.assert_array_equal(got, want)
+        assert (p[np.arange(399), got[:-1]] > 0)[c[:-1, -1] > 0].all()
+    one, got = np.ones((3, 1), np.float32), np.empty(3, np.int64)
+    K.draw(one, np.array([0.0, 0.5, 0.999]), got)
+    assert got.tolist() == [0, 0, 0]
+    with pytest.raises(TypeError, match="float64"):
+        K.draw(p, u.astype(np.float32), got)
+    with pytest.raises(ValueError, match="p \\(R, V\\)"):
+        K.draw(p, u[:3], got)
+
+
 @pytest.mark.parametrize("T,S,k,V,L", [(3, 32, 1024, 256, 1040), (2, 16, 13, 7, 13), (4, 5, 20, 9, 24), (1, 1, 3, 2, 3)])
 def test_onehot_project(T, S, k, V, L):
     """out[t, :, s] = the first k of table row ids[t, s], exactly (a copy): whole 8 x 8 blocks, ragged

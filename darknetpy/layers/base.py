@@ -201,6 +201,18 @@ def projector(W, b, ids_input, out):
     return lambda x: np.add(product(x, out), b, out=out)
 
 
+def id_columns(table, out):
+    """ids (S,) -> out (k, S) = table[ids].T: a one-hot input's projection for one feature-major
+    step, from the rows of table (V, k), through kernels.onehot_project on a copy of the rows
+    padded off 4 KB strides (32 streams x 1024: 4 us, where np.take along axis 1 takes 45)."""
+    V, k = table.shape
+    padded = np.zeros((V, k + 16), table.dtype)
+    padded[:, :k] = table
+    out3 = out[None]
+    project = kernels.get("onehot_project", out3, padded)
+    return lambda x: project(out3, padded, x.reshape(1, -1).astype(np.int64, copy=False))
+
+
 def halves(n, count):
     """Column factors 0.5 for the first `count` of n columns, 1 for the rest. A logistic gate whose
     weights and bias are pre-halved is (1 + tanh(z)) / 2 with no z/2 at run time (halving is exact);

@@ -13,7 +13,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import kernels
-from .base import Recurrent, halves, output_units, projector, rows, times, transpose_into
+from .base import Recurrent, halves, id_columns, output_units, projector, rows, times, transpose_into
 from .connected import Dense, row_sum
 
 
@@ -131,10 +131,7 @@ class GRU(Recurrent):
         XU, ZR, C, RH, H1 = (np.empty((m, S), self.dtype) for m in (3 * n, 2 * n, n, n, n))
         gates, candidate = kernels.get("gru_zr", ZR, XU[:2 * n], hT, RH), kernels.get("gru_step", C, ZR, hT, H1)
         if ids_input:
-            table = np.ascontiguousarray((U + b).T)  # (3n, inputs): column x is x's projection and bias
-
-            def project(x):
-                np.take(table, x, axis=1, out=XU)
+            project = id_columns(U + b, XU)  # row x of U + b is x's projection and bias
         else:
             UT, bias = np.ascontiguousarray(U.T), b[:, None]
 

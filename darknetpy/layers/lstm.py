@@ -18,7 +18,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import kernels
-from .base import Buffers, Recurrent, halves, output_units, rows, times, transpose_into
+from .base import Buffers, Recurrent, halves, id_columns, output_units, rows, times, transpose_into
 from .connected import Dense, row_sum
 
 
@@ -159,10 +159,10 @@ class LSTM(Recurrent):
         GT, XU, c1, tc = (np.empty((m, S), self.dtype) for m in (4 * n, 4 * n, n, n))
         lstm_step = kernels.get("lstm_step", GT, XU, cT, c1, tc, hT)
         if ids_input:
-            table = np.ascontiguousarray((U + b).T)  # (4n, inputs): column x is x's projection and bias
+            project = id_columns(U + b, XU)  # row x of U + b is x's projection and bias
 
             def step(x):
-                np.take(table, x, axis=1, out=XU)
+                project(x)
                 np.matmul(WT, hT, out=GT)
                 lstm_step(GT, XU, cT, c1, tc, hT)
                 np.copyto(cT, c1)
