@@ -3,14 +3,18 @@
 A corpus is a 1-D array of integer ids in the smallest unsigned dtype: one id per byte, or
 (Darknet's `-tokenized`) one id per whitespace-separated integer, or (vocab.py) one per character
 or word. DATA is a file, "-" (stdin) or a folder: its regular files in name order, joined with
-FILE_SEPARATOR. A byte corpus file is memory-mapped, never read whole. Training walks `streams` independent offsets through it, as Darknet's
-train_char_rnn/get_rnn_data do, producing time-major (time_steps, streams) batches.
+FILE_SEPARATOR (into a temporary file). A byte corpus is memory-mapped, never read whole.
+Training walks `streams` independent offsets through it, as Darknet's train_char_rnn/get_rnn_data
+do, producing time-major (time_steps, streams) batches.
 """
+import atexit
+import contextlib
 import hashlib
 import mmap
 import os
 import re
 import sys
+import tempfile
 
 import numpy as np
 
@@ -53,19 +57,57 @@ def corpus_files(path):
 
 def read_raw(path):
     """The corpus bytes: a read-only memory map of one file (no copy, nothing read until used), or
-    a folder's files joined with FILE_SEPARATOR (read into memory), or stdin."""
+    of a folder's files joined with FILE_SEPARATOR into a temporary file, or stdin (in memory)."""
     files = corpus_files(path)
     if path == "-":
         return np.frombuffer(sys.stdin.buffer.read(), np.uint8)
     if len(files) == 1 and files[0][0] == path:
-        if files[0][1] == 0:
-            return np.zeros(0, np.uint8)
-        _read(path, 0)  # the one-line errors of a missing or unreadable file
-        return np.memmap(path, np.uint8, "r")
-    parts = []
-    for name, _ in files:
-        parts += [np.frombuffer(_read(name), np.uint8), np.frombuffer(FILE_SEPARATOR, np.uint8)]
-    return np.concatenate(parts[:-1])
+        return _mapped(path, files[0][1])
+    return _mapped(_joined(path, files))
+
+
+def _mapped(path, size=None):
+    size = _size(path) if size is None else size
+    if size == 0:
+        return np.zeros(0, np.uint8)
+    _read(path, 0)  # the one-line errors of a missing or unreadable file
+    return np.memmap(path, np.uint8, "r")
+
+
+def _joined(folder, files):
+    """A temporary file (removed at exit) holding the folder's files joined with FILE_SEPARATOR,
+    copied CHUNK bytes at a time: a folder corpus is mapped like one file, never held in memory."""
+    fd, joined = tempfile.mkstemp(prefix="darknetpy-corpus-", suffix=".txt")
+    atexit.register(_remove, joined)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            for k, (name, _) in enumerate(files):
+                if k:
+                    out.write(FILE_SEPARATOR)
+                _read(name, 0)
+                with open(name, "rb") as f:
+                    while piece := f.read(CHUNK):
+                        out.write(piece)
+    except OSError as e:
+        _remove(joined)
+        raise DarknetpyError(f"cannot join the folder's files into {joined} ({e.strerror or e}); "
+                             "free space there or point TMPDIR elsewhere", folder) from None
+    return joined
+
+
+def _remove(path):
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+
+
+def folder_offset(path, offset):
+    """(file, offset in it) of byte `offset` of a corpus (a folder's joined files), for errors; a
+    byte of a separator belongs to the file before it."""
+    for name, size in corpus_files(path):
+        if offset < size + len(FILE_SEPARATOR):
+            return name, offset
+        offset -= size + len(FILE_SEPARATOR)
+    return path, offset
 
 
 def load_corpus(path, inputs, tokenized=False):
@@ -83,8 +125,9 @@ def load_corpus(path, inputs, tokenized=False):
     # Darknet's get_rnn_data aborts with "Bad char" on a NUL byte; darknetpy treats NUL as any byte.
     if inputs < 256 and max_id(raw) >= inputs:
         offset = first_at_least(raw, inputs)
-        raise DarknetpyError(f"byte 0x{raw[offset]:02x} at offset {offset} is outside inputs={inputs}; "
-                             "set inputs=256 in [net] or clean the corpus", name)
+        where, at = folder_offset(path, offset) if path != "-" else (name, offset)
+        raise DarknetpyError(f"byte 0x{raw[offset]:02x} at offset {at} is outside inputs={inputs}; "
+                             "set inputs=256 in [net] or clean the corpus", where)
     return raw
 
 

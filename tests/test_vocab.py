@@ -4,6 +4,7 @@ The multilingual text (tests/data/multilingual.txt) has Russian, Greek and Korea
 tabs, double spaces, a backslash, trailing spaces and no final newline.
 """
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -253,6 +254,19 @@ def test_folder_corpus_sorted_with_separator_and_recorded(tmp_path):
     assert valid.tobytes() == (b"second file " * 100)[-len(valid):]   # the end of the last file
 
 
+def test_folder_byte_corpus_is_mapped_and_names_the_file_of_a_bad_byte(tmp_path):
+    """A folder's bytes are a read-only map of its joined files (not a copy in memory), and a byte
+    outside `inputs` is reported in its own file at its offset there."""
+    folder = tmp_path / "books"
+    folder.mkdir()
+    (folder / "a.txt").write_bytes(b"abc")
+    (folder / "b.txt").write_bytes(b"de\xfff")
+    ids = datamod.load_corpus(str(folder), 256)
+    assert isinstance(ids, np.memmap) and not ids.flags.writeable and ids.tobytes() == b"abc\nde\xfff"
+    one_line_error(run("train", write_cfg(tmp_path, 128), folder, "--backup", tmp_path / "b"),
+                   f"{folder / 'b.txt'}:", "byte 0xff at offset 2 is outside inputs=128")
+
+
 def test_folder_chars_checks_each_file(tmp_path):
     folder = tmp_path / "books"
     folder.mkdir()
@@ -310,15 +324,21 @@ RSS_SCRIPT = textwrap.dedent("""
 """)
 
 
-def peak_rss(tmp_path, cfg, size, name):
-    corpus = tmp_path / f"{name}.txt"
-    with open(corpus, "wb") as f:                        # generated, printable, in 4 MB pieces
-        rng = np.random.default_rng(0)
-        for start in range(0, size, 1 << 22):
-            f.write(rng.integers(32, 127, min(1 << 22, size - start), dtype=np.uint8).tobytes())
-    out = subprocess.run([sys.executable, "-c", RSS_SCRIPT, cfg, str(corpus), str(tmp_path / name)],
+def peak_rss(tmp_path, cfg, size, name, files=1):
+    """Peak RSS of a short training run on `size` generated printable bytes, in one file or split
+    over a folder of `files` files."""
+    folder = tmp_path / name
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for k in range(files):
+        with open(folder / f"{k}.txt", "wb") as f:      # in 4 MB pieces
+            part = size // files
+            for start in range(0, part, 1 << 22):
+                f.write(rng.integers(32, 127, min(1 << 22, part - start), dtype=np.uint8).tobytes())
+    corpus = folder if files > 1 else folder / "0.txt"
+    out = subprocess.run([sys.executable, "-c", RSS_SCRIPT, cfg, str(corpus), str(tmp_path / f"{name}-backup")],
                          capture_output=True, text=True, check=True)
-    corpus.unlink()
+    shutil.rmtree(folder)
     return int(out.stdout.split()[-1])
 
 
@@ -328,4 +348,12 @@ def test_big_byte_corpus_is_not_resident(tmp_path):
     cfg = write_cfg(tmp_path, 256)
     small = peak_rss(tmp_path, cfg, 1 << 20, "small")
     big = peak_rss(tmp_path, cfg, 60 << 20, "big")
+    assert big - small < 6 << 20, (small, big)
+
+
+def test_big_folder_corpus_is_not_resident(tmp_path):
+    """The same for a folder of three 20 MB files: joined into a mapped temporary file, not memory."""
+    cfg = write_cfg(tmp_path, 256)
+    small = peak_rss(tmp_path, cfg, 1 << 20, "small")
+    big = peak_rss(tmp_path, cfg, 60 << 20, "big", files=3)
     assert big - small < 6 << 20, (small, big)
