@@ -8,5 +8,5 @@ import sys
 from setuptools import Extension, setup
 
 flags = [] if sys.platform == "win32" else ["-O3", "-fno-trapping-math", "-fno-math-errno"]
-setup(ext_modules=[Extension("darknetpy._kernels", ["darknetpy/_kernels.c"], depends=["darknetpy/_steps.h"],
+setup(ext_modules=[Extension("darknetpy._kernels", ["darknetpy/_kernels.c"], depends=["darknetpy/_steps.h", "darknetpy/_panel.h"],
                              extra_compile_args=flags, optional=True)])

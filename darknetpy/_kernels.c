@@ -1,8 +1,8 @@
 /* darknetpy._kernels: what numpy does in many passes over memory during training, in one: the
  * elementwise step math of the LSTM, GRU and RNN loops (_steps.h), the one-hot input projection and
  * weight gradient, the layout changes around the step loops (transpose), batchnorm in training,
- * the leaky/relie activations and their gradients, the training softmax and its cross-entropy, and
- * the Adam and SGD updates.
+ * the leaky/relie activations and their gradients, the training softmax and its cross-entropy, the
+ * Adam and SGD updates, and the products of a many-stream generation step (_panel.h).
  *
  * Optional: pip builds it when a C compiler is there, and layers/__init__.py falls back to the
  * numpy code (the reference the tests hold this to) when it is not, or when DARKNETPY_KERNELS=0.
@@ -854,6 +854,69 @@ out:
 
 #define METHOD(name, doc) {#name, (PyCFunction)(void (*)(void))name, METH_FASTCALL, doc}
 
+#ifdef HAVE_AVX2
+#include "_panel.h"
+static int use_avx512; /* set at import; panel_matmul exists only when the CPU has AVX-512 */
+
+/* panel_matmul(out, x, Wp, b) with x (M, K) rows, or panel_matmul_t(out, xT, Wp, b) with x given
+ * as its transpose xT (K, M) (a feature-major state): out (M, N) = x W + b. */
+static PyObject *panel_call(PyObject *const *args, Py_ssize_t nargs, int transposed)
+{
+    Py_buffer b[4];
+    if (typed_args(args, nargs, b, "Ffff", transposed ? "panel_matmul_t(out, xT, Wp, b)" : "panel_matmul(out, x, Wp, b)") < 0)
+        return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t M = b[0].shape[0], N = b[0].shape[1];
+    if (b[0].ndim != 2 || b[1].ndim != 2 || b[2].ndim != 3 || b[3].ndim != 1 ||
+        b[1].shape[transposed] != M || b[2].shape[1] != b[1].shape[!transposed] || b[2].shape[2] != PANEL ||
+        b[2].shape[0] != (N + PANEL - 1) / PANEL || b[3].shape[0] != N) {
+        PyErr_SetString(PyExc_ValueError, "panel_matmul: out (M, N), x (M, K) (xT (K, M)), Wp (ceil(N/32), K, 32), b (N,)");
+        goto out;
+    }
+    Py_ssize_t K = b[2].shape[1];
+    panel_job job = {b[1].buf, b[2].buf, b[3].buf, b[0].buf, M, K, N, b[2].shape[0],
+                     transposed ? 1 : K, transposed ? M : 1};
+    Py_BEGIN_ALLOW_THREADS
+    panel_run(&job);
+    Py_END_ALLOW_THREADS
+    result = Py_None;
+    Py_INCREF(result);
+out:
+    release(b, 4);
+    return result;
+}
+
+static PyObject *panel_matmul(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    return panel_call(args, nargs, 0);
+}
+
+static PyObject *panel_matmul_t(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    return panel_call(args, nargs, 1);
+}
+
+static PyObject *panel_threads(PyObject *self, PyObject *arg)
+{
+    long n = PyLong_AsLong(arg);
+    if (n == -1 && PyErr_Occurred())
+        return NULL;
+    pthread_mutex_lock(&pool.call);
+    if (pool.workers == 0 && n >= 1)  /* before the first call only: the workers then stay */
+        pool.threads = n > 64 ? 64 : (int)n;
+    n = pool.threads;
+    pthread_mutex_unlock(&pool.call);
+    return PyLong_FromLong(n);
+}
+
+static PyMethodDef panel_methods[] = {
+    METHOD(panel_matmul, "panel_matmul(out, x, Wp, b): out = x W + b for W packed in 32-column panels Wp"),
+    METHOD(panel_matmul_t, "panel_matmul_t(out, xT, Wp, b): panel_matmul of x given as its transpose xT"),
+    {"panel_threads", panel_threads, METH_O, "panel_threads(n) -> the threads panel_matmul runs on (set before its first call)"},
+    {NULL, NULL, 0, NULL},
+};
+#endif
+
 static PyMethodDef methods[] = {
     METHOD(lstm_step, "lstm_step(g, xu, c, c1, tc, h1): one LSTM step's gates, cell and output in place"),
     METHOD(lstm_back, "lstm_back(dh, dc, DH, g, c, tc, d): one LSTM step's gate deltas d; dh, dc updated"),
@@ -891,6 +954,11 @@ PyMODINIT_FUNC PyInit__kernels(void)
 #ifdef HAVE_AVX2
     __builtin_cpu_init();
     use_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    use_avx512 = __builtin_cpu_supports("avx512f");
+    if (mod && use_avx512 && PyModule_AddFunctions(mod, panel_methods) < 0) {
+        Py_DECREF(mod);
+        return NULL;
+    }
 #endif
     if (mod && PyModule_AddStringConstant(mod, "isa", use_avx2 ? "avx2+fma" : "baseline") < 0) {
         Py_DECREF(mod);

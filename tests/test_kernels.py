@@ -418,6 +418,65 @@ def test_training_step_with_and_without_kernels(body, ids, write_cfg):
     check_training_step_with_and_without_kernels(cfg, data, "batch_normalize" in body)
 
 
+PANEL_SHAPES = [(1, 5, 3), (2, 20, 16), (7, 33, 47), (8, 64, 32), (9, 256, 1024), (17, 100, 200), (32, 1024, 256)]
+
+
+@pytest.mark.skipif(K is None or not hasattr(K, "panel_matmul"), reason="panel_matmul's C form needs AVX-512")
+@pytest.mark.parametrize("M,Kdim,N", PANEL_SHAPES)
+def test_panel_matmul(M, Kdim, N):
+    """out = x W + b from W packed in 32-column panels, x as rows and as a feature-major transpose,
+    against the float64 product: within float32 summation's error bound, K ulp of Σ|x||W| + |b|
+    (a wrong column or row is off by O(1)). Row counts around the 8-row tiles, column counts
+    around the 16/32-column masks; the packing zero past N."""
+    rng = np.random.default_rng(M * N)
+    x, W, b = arrays(rng, (M, Kdim), (Kdim, N), (N,))
+    want = x.astype(np.float64) @ W + b
+    bound = Kdim * 2.0 ** -24 * (np.abs(x).astype(np.float64) @ np.abs(W) + np.abs(b))
+    Wp = kernels.pack_panels(W)
+    P = -(-N // 32)
+    assert Wp.shape == (P, Kdim, 32)
+    cols = np.arange(P * 32)
+    np.testing.assert_array_equal(Wp.transpose(1, 0, 2).reshape(Kdim, -1)[:, cols < N], W)
+    assert not Wp.transpose(1, 0, 2).reshape(Kdim, -1)[:, cols >= N].any()
+    for name, xin in (("panel_matmul", x), ("panel_matmul_t", np.ascontiguousarray(x.T))):
+        for fn in (getattr(kernels, name), getattr(K, name)):
+            got = np.full((M, N), np.nan, np.float32)
+            fn(got, xin, Wp, b)
+            assert (np.abs(got - want) <= bound).all(), (name, fn, np.abs(got - want).max())
+    with pytest.raises(ValueError, match="panel_matmul"):
+        K.panel_matmul(np.empty((M, N + 1), np.float32), x, Wp, b)
+
+
+@pytest.mark.skipif(K is None or not hasattr(K, "panel_matmul"), reason="panel_matmul's C form needs AVX-512")
+def test_panel_matmul_threads_and_fork(tmp_path):
+    """With 3 threads asked (OPENBLAS_NUM_THREADS), 7 panels split 3 ways and 2 panels on one thread
+    give the product; a child forked after the workers started makes its own and does not hang."""
+    code = """if True:
+        import os, numpy as np
+        from darknetpy import kernels, _kernels as K
+        assert K.panel_threads(0) == 3, K.panel_threads(0)
+        rng = np.random.default_rng(0)
+        def check(M, Kdim, N):
+            x, W, b = (rng.uniform(-1, 1, s).astype(np.float32) for s in ((M, Kdim), (Kdim, N), (N,)))
+            out = np.empty((M, N), np.float32)
+            K.panel_matmul(out, x, kernels.pack_panels(W), b)
+            assert np.abs(out - (x.astype(np.float64) @ W + b)).max() < 1e-4
+        check(9, 300, 200); check(3, 40, 47)
+        pid = os.fork()
+        if pid == 0:
+            check(9, 300, 200)
+            os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        assert status == 0, status
+        check(9, 300, 200)
+        print("ok")
+    """
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="3")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
+                         cwd=tmp_path)
+    assert out.stdout.strip() == "ok", out.stderr
+
+
 def test_switch_off_by_environment(tmp_path):
     """DARKNETPY_KERNELS=0 runs the numpy code; float64 nets always do. (The child runs in tmp_path:
     from the repository root `import darknetpy` would find the source tree, which has no build.)"""

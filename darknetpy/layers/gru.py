@@ -13,7 +13,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import kernels
-from .base import Recurrent, halves, id_columns, output_units, projector, rows, times, transpose_into
+from .base import Recurrent, feature_major_times, halves, id_columns, output_units, projector, rows, times, transpose_into
 from .connected import Dense, row_sum
 
 
@@ -130,18 +130,19 @@ class GRU(Recurrent):
         WzrT, WhT = np.ascontiguousarray(Wzr.T), np.ascontiguousarray(Wh.T)
         XU, ZR, C, RH, H1 = (np.empty((m, S), self.dtype) for m in (3 * n, 2 * n, n, n, n))
         gates, candidate = kernels.get("gru_zr", ZR, XU[:2 * n], hT, RH), kernels.get("gru_step", C, ZR, hT, H1)
+        recur_zr, recur_h = feature_major_times(WzrT, ZR), feature_major_times(WhT, C)
         if ids_input:
             project = id_columns(U + b, XU)  # row x of U + b is x's projection and bias
         else:
-            UT, bias = np.ascontiguousarray(U.T), b[:, None]
+            inputs, bias = feature_major_times(np.ascontiguousarray(U.T), XU), b[:, None]
 
             def project(x):
-                np.add(np.matmul(UT, x.T, out=XU), bias, out=XU)
+                np.add(inputs(x.T), bias, out=XU)
 
         def step(x):
             project(x)
-            gates(np.matmul(WzrT, hT, out=ZR), XU[:2 * n], hT, RH)
-            candidate(self.tanh, np.matmul(WhT, RH, out=C), XU[2 * n:], ZR, hT, H1)
+            gates(recur_zr(hT), XU[:2 * n], hT, RH)
+            candidate(self.tanh, recur_h(RH), XU[2 * n:], ZR, hT, H1)
             np.copyto(hT, H1)
             return h
         return step

@@ -18,7 +18,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import kernels
-from .base import Buffers, Recurrent, halves, id_columns, output_units, rows, times, transpose_into
+from .base import Buffers, Recurrent, feature_major_times, halves, id_columns, output_units, rows, times, transpose_into
 from .connected import Dense, row_sum
 
 
@@ -159,24 +159,23 @@ class LSTM(Recurrent):
         GT, XU, c1, tc = (np.empty((m, S), self.dtype) for m in (4 * n, 4 * n, n, n))
         lstm_step = kernels.get("lstm_step", GT, XU, cT, c1, tc, hT)
         if ids_input:
+            recur = feature_major_times(WT, GT)
             project = id_columns(U + b, XU)  # row x of U + b is x's projection and bias
 
             def step(x):
                 project(x)
-                np.matmul(WT, hT, out=GT)
-                lstm_step(GT, XU, cT, c1, tc, hT)
+                lstm_step(recur(hT), XU, cT, c1, tc, hT)
                 np.copyto(cT, c1)
                 return h
             return step
         k = U.shape[0]
-        both = np.ascontiguousarray(np.concatenate([U, W]).T)  # (4n, k + n)
+        both = feature_major_times(np.ascontiguousarray(np.concatenate([U, W]).T), GT)  # (4n, k + n)
         XU[...] = b[:, None]  # the bias, as the kernel's input part
         xh = np.empty((k + n, S), self.dtype)
 
         def step(x):
             xh[:k], xh[k:] = x.T, hT
-            np.matmul(both, xh, out=GT)
-            lstm_step(GT, XU, cT, c1, tc, hT)
+            lstm_step(both(xh), XU, cT, c1, tc, hT)
             np.copyto(cT, c1)
             return h
         return step
