@@ -17,11 +17,14 @@ Rank 0 alone writes (checkpoints, the run record, validation, the progress bar);
 state of all streams is gathered to it for each checkpoint, so a checkpoint does not depend on K.
 The other ranks print only errors of their own. Every collective is nonblocking and polled
 against a deadline, so a rank that dies or hangs stops the others with one line instead of a hang.
+A rank that fails on its own (rank 0 writing a metrics row to a full disk, say) tells the others
+at once with a point-to-point message that every wait also polls, and rank 0 prints the line.
 
 This module imports mpi4py only when an MPI launcher started the process as one of several ranks
 (it sets PMI_SIZE, OMPI_COMM_WORLD_SIZE or PMIX_RANK); otherwise `start()` returns a single rank
 whose every method is a no-op, and darknetpy runs exactly as without MPI.
 """
+import atexit
 import contextlib
 import json
 import os
@@ -39,6 +42,7 @@ TIMEOUT = float(os.environ.get("DARKNETPY_MPI_TIMEOUT", 120))  # seconds a train
 WRITER_TIMEOUT = max(TIMEOUT, 3600.0)  # while rank 0 checkpoints or validates
 CHECK_EVERY = 16    # updates between weight checksum comparisons
 MESSAGE_BYTES = 4096  # room for an error message broadcast from rank 0
+STOP_TAG = 77       # the message of a rank that stops on its own error
 
 
 def launched():
@@ -82,6 +86,11 @@ class Ranks:
         self.stderr = sys.stderr
         if comm is not None:  # mpiexec forwards SIGTERM: checkpoint and stop as on Ctrl-C
             signal.signal(signal.SIGTERM, lambda signum, frame: signal.raise_signal(signal.SIGINT))
+            from mpi4py import MPI
+            self.stop_message = np.zeros(MESSAGE_BYTES, np.uint8)
+            self.stop_request = comm.Irecv(self.stop_message, source=MPI.ANY_SOURCE, tag=STOP_TAG)
+            self.abandoned = False  # left a collective unfinished (a timeout, another rank's stop)
+            atexit.register(self.at_exit)  # runs before mpi4py's MPI_Finalize (registered earlier)
         if self.rank:  # other ranks print only their own errors: rank 0 prints the shared ones
             sys.stderr = open(os.devnull, "w")
             sys.excepthook = lambda *exc: traceback.print_exception(*exc, file=self.stderr)
@@ -98,9 +107,62 @@ class Ranks:
                            "DARKNETPY_MPI_TIMEOUT=SECONDS to wait longer)")
                 if self.rank:
                     print(f"darknetpy: {message}", file=self.stderr, flush=True)
+                self.abandoned = True
                 raise DarknetpyError(message)
             if waited > 0.01:  # a long wait (rank 0 validating): poll without taking a core
+                self.check_stopped()
                 time.sleep(0.001)
+
+    def check_stopped(self):
+        """Raise the error another rank stopped with, if one did (see `stopping`)."""
+        from mpi4py import MPI
+        status = MPI.Status()
+        if self.stop_request.Test(status):
+            text = bytes(self.stop_message).rstrip(b"\0").decode(errors="replace")
+            error = DarknetpyError(f"rank {status.Get_source()} of {self.size} stopped: {text}")
+            error.relayed = True  # not sent on again
+            self.abandoned = True
+            raise error
+
+    def at_exit(self):
+        """Withdraw the pending receive of `stopping`'s message, which MPI would otherwise find
+        outstanding at finalize (UCX warns of it). A rank that left a collective unfinished exits
+        with its error's code 2 without finalizing: MPI cannot cancel a collective, and finalizing
+        with one pending prints MPICH's "pending references" beside the one line of the error."""
+        if self.abandoned:
+            sys.stdout.flush()
+            self.stderr.flush()
+            os._exit(2)
+        if not self.stop_request.Test():
+            self.stop_request.Cancel()
+            self.stop_request.Wait()
+
+    @contextlib.contextmanager
+    def stopping(self):
+        """Around the training loop: an error this rank meets is sent to every other rank, which
+        may be waiting for it in a collective (a rank-0-only write, say), so that they stop now
+        instead of after TIMEOUT; rank 0 prints the line (one of its own, or the one it got).
+        Ranks that meet the same error together never read it."""
+        try:
+            yield
+        except BaseException as e:
+            if self.comm is not None and not getattr(e, "relayed", False):
+                self.tell_others(str(e) or type(e).__name__)
+            raise
+
+    def tell_others(self, message):
+        if self.comm is None:
+            return
+        text = np.zeros(MESSAGE_BYTES, np.uint8)
+        raw = message.encode()[:MESSAGE_BYTES - 1]
+        text[:len(raw)] = np.frombuffer(raw, np.uint8)
+        try:
+            sends = [self.comm.Isend(text, dest=r, tag=STOP_TAG) for r in range(self.size) if r != self.rank]
+            deadline = time.monotonic() + 1.0  # a small message goes out at once; a dead rank never takes it
+            while not all(request.Test() for request in sends) and time.monotonic() < deadline:
+                time.sleep(0.001)
+        except Exception:  # MPI's own error on the way out (a rank already gone): this rank's error stands
+            pass
 
     def allreduce(self, buf, op, what, timeout=TIMEOUT):
         from mpi4py import MPI

@@ -384,7 +384,8 @@ class Trainer:
         self.last_row = (self.iteration, self.start)
         status = "finished"
         try:  # overflow in a diverging run is reported as a non-finite loss, not as numpy warnings
-            with _Interrupt() as self.interrupt, np.errstate(all="ignore"):
+            # MPI hook: an error of this rank alone stops the others at once
+            with _Interrupt() as self.interrupt, np.errstate(all="ignore"), self.ranks.stopping():
                 while (net.batch_num < self.max_batches or self.max_batches <= 0) and self.stop_reason is None:
                     self.ranks.agree_interrupt(self.interrupt)  # MPI hook: every rank stops at one iteration
                     if self.interrupt.flag:
@@ -515,9 +516,14 @@ class Trainer:
         it0, t_prev = self.last_row
         speed = (self.iteration - it0) * self.rows / (now - t_prev) if now > t_prev and self.iteration > it0 else None
         self.last_row = (self.iteration, now)
-        self.metrics.row(iteration=self.iteration, seconds=self.seconds(), epoch=self.net.seen / len(self.train_ids),
-                         loss=self.loss, avg_loss=self.avg, learning_rate=self.rate(), chars_per_s=speed,
-                         valid_bpc=self.valid if self.valid_iteration == self.iteration else None)
+        try:
+            self.metrics.row(iteration=self.iteration, seconds=self.seconds(), epoch=self.net.seen / len(self.train_ids),
+                             loss=self.loss, avg_loss=self.avg, learning_rate=self.rate(), chars_per_s=speed,
+                             valid_bpc=self.valid if self.valid_iteration == self.iteration else None)
+        except OSError as e:  # a full disk: the checkpoints are atomic, so the last one stands
+            raise DarknetpyError(f"cannot write a metrics row ({e.strerror or e}); training stopped at iteration "
+                                 f"{self.iteration}, the last checkpoint is intact: free space and --resume",
+                                 self.paths["metrics"]) from None
 
     def seconds(self):
         """Training wall time, summed over this run's resumes."""

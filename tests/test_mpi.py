@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -219,3 +220,51 @@ def test_resume_between_two_updates_across_rank_counts(tmp_path, run, first, the
             "--max-batches", 40)
     assert r.returncode == 0, r.stderr
     assert max_diff(cfg, tmp_path / "straight/tiny_final.weights", tmp_path / "again/tiny_final.weights") < 1e-4
+
+
+FULL_DISK_ON_RANK_ZERO = """if True:
+    import errno, sys
+    from darknetpy import cli, metrics, parallel
+    rows = [0]
+    real = metrics.MetricsLog.row
+
+    def row(self, **values):  # the disk fills up under rank 0's metrics log at its 11th row
+        rows[0] += 1
+        if rows[0] == 11:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(self, **values)
+    if parallel.launched()[0] == 0:
+        metrics.MetricsLog.row = row
+    sys.argv = ["darknetpy", "train", "tiny.cfg", "corpus.txt", "--valid-every", "0", "--srand", "3"]
+    cli.main()
+"""
+
+
+@pytest.mark.parametrize("k", [1, pytest.param(2, marks=needs_mpi)])
+def test_a_full_disk_on_rank_zero_stops_every_rank_at_once(tmp_path, k):
+    """Rank 0 alone writes the metrics rows. When its disk fills, it prints one line naming the log
+    (exit 2, no traceback), the checkpoint of iteration 100 stays whole, and with two ranks the
+    other stops with it at once instead of waiting DARKNETPY_MPI_TIMEOUT (set to 600 s here) in
+    the next gradient sum."""
+    cfg = write(tmp_path, opt=SGD)
+    cfg.write_text(cfg.read_text().replace("max_batches=12", "max_batches=100000"))
+    (tmp_path / "corpus.txt").write_bytes(TEXT * 30)
+    cmd = [sys.executable, "-c", FULL_DISK_ON_RANK_ZERO]
+    if k == 2:
+        cmd = [MPIEXEC, "-n", "2", *cmd]
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", DARKNETPY_MPI_TIMEOUT="600")
+    t0 = time.monotonic()
+    r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    waited = time.monotonic() - t0
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    lines = [line for line in r.stderr.splitlines() if line.startswith("darknetpy:")]
+    assert len(lines) == 1, r.stderr
+    assert "tiny.metrics.csv: cannot write a metrics row (No space left on device)" in lines[0], lines
+    assert "iteration 110" in lines[0], lines
+    others = [line for line in r.stderr.splitlines() if line.strip() and not line.startswith(("darknetpy:", "iteration "))]
+    assert not others, r.stderr  # no traceback, no MPI noise: the line and the progress bar
+    assert waited < 60, waited  # not the 600 s timeout
+    rows = (tmp_path / "backup" / "tiny.metrics.csv").read_text().splitlines()
+    assert [row.split(",")[0] for row in rows[1:]] == [str(i) for i in range(10, 101, 10)]
+    # iteration 100s: 100 datums of 4 streams (batch 8 / subdivisions 2) x 8 steps
+    assert load_network(cfg, tmp_path / "backup" / "tiny.backup").seen == 100 * 4 * 8
