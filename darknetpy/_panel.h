@@ -1,9 +1,9 @@
 /* panel_matmul: out = x W + b for the few rows of a many-stream step (generation with --samples),
  * where the weights W stay the same from step to step. Included by _kernels.c on x86-64 GCC.
  *
- * Why: at 32 rows OpenBLAS's sgemm spends much of each call packing W into its own panels again
- * (32 x 1024 by 1024 x 1024: 141 GFLOP/s on 2 threads here, against 221 at 128 rows). W is packed
- * once instead (kernels.pack_panels), and the kernel below streams it: 235 GFLOP/s at 32 rows.
+ * Why: at a few rows OpenBLAS's sgemm spends much of each call packing W into its own panels
+ * again. W is packed once instead (kernels.pack_panels), and the kernel below streams it
+ * (benchmarks/README.md, "The panel kernel for many streams").
  *
  * Layout: Wp (P, K, 32) float32, P = ceil(N / 32), Wp[j, k, c] = W[k, 32 j + c], zeros past N.
  * x (M, K), b (N,), out (M, N); all C-contiguous.

@@ -320,8 +320,8 @@ def pack_panels(W):
 def panel_matmul(out, x, Wp, b):
     """out (M, N) = x (M, K) W + b for Wp = pack_panels(W) (P, K, 32) and b (N,): a many-stream
     step's projection. The C form (AVX-512 CPUs only) streams the packed panels on every thread
-    instead of repacking W on each call as sgemm does (32 x 1024 by 1024 x 1024: 246 GFLOP/s
-    against 141 here); it adds in another order, so it equals this to float32 rounding."""
+    instead of repacking W on each call as sgemm does at a few rows; it adds in another order, so
+    it equals this to float32 rounding."""
     P, K, _ = Wp.shape
     W = Wp.transpose(1, 0, 2).reshape(K, P * PANEL)[:, :out.shape[1]]
     np.add(np.matmul(x, W, out=out), b, out=out)

@@ -194,9 +194,9 @@ def times(W, streams):
 def feature_major_times(WT, out):
     """xT (K, S) -> out (m, S) = WT xT, WT (m, K): a feature-major step loop's product for S
     streams. Many streams take kernels.panel_matmul with xT as its panels (a view when S is 32,
-    else packed each step): every product of a many-stream step then runs on that kernel's
-    threads, since its waiting workers and OpenBLAS's share the cores (mixed, 2x LSTM 256 at 32
-    streams ran 3x slower). Else one matmul."""
+    else packed each step), so that every product of a many-stream step runs on that kernel's
+    threads: its waiting workers and OpenBLAS's would take the cores from each other (measured
+    in benchmarks/README.md). Else one matmul."""
     m, S = out.shape
     if S == 1 or not kernels.compiled("panel_matmul"):
         return lambda xT: np.matmul(WT, xT, out=out)
@@ -212,7 +212,7 @@ def feature_major_times(WT, out):
 def projector(W, b, ids_input, out):
     """x -> x W + b written into `out`, for the step functions: a row gather from a table that
     already holds b when x is one-hot ids; for many streams, kernels.panel_matmul on W packed once
-    when it is compiled (1.7x sgemm at 32 rows); else one matmul and an add."""
+    when it is compiled; else one matmul and an add."""
     if ids_input:
         table = W + b
         return lambda x: np.take(table, x, axis=0, out=out)
