@@ -7,9 +7,10 @@
  *
  * Layout: Wp (P, K, 32) float32, P = ceil(N / 32), Wp[j, k, c] = W[k, 32 j + c], zeros past N.
  * x (M, K), b (N,), out (M, N); all C-contiguous.
- * Work: the tiles are split evenly over `threads` threads, this one and threads - 1 workers
- * that wait for work spinning for about a millisecond and then sleep. One call at a time. */
+ * Work: chunks of tiles claimed by `threads` threads, this one and threads - 1 workers that wait
+ * for work spinning (yielding) for about a millisecond and then sleep. One call at a time. */
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <x86intrin.h>
 
@@ -51,46 +52,70 @@ panel_tile(const float *x, Py_ssize_t rs, Py_ssize_t ks, const float *w, const f
     }
 }
 
-/* Thread `id` of `threads`: its share of the tiles, 8 rows by one panel each, panel by panel (a
- * panel stays in cache over its rows; one panel of many rows is split too). */
-__attribute__((target("avx512f"))) static void panel_share(const panel_job *job, int id, int threads)
+/* Tile t of a job: rows 8 (t % blocks).. of panel t / blocks, tiles numbered panel by panel. */
+__attribute__((target("avx512f"))) static void panel_do(const panel_job *job, Py_ssize_t t)
 {
     Py_ssize_t K = job->K, N = job->N, M = job->M, blocks = (M + PANEL_ROWS - 1) / PANEL_ROWS;
-    Py_ssize_t tiles = job->P * blocks;
-    for (Py_ssize_t t = tiles * id / threads; t < tiles * (id + 1) / threads; t++) {
-        Py_ssize_t j = t / blocks, i = t % blocks * PANEL_ROWS, left = N - j * PANEL;
-        __mmask16 m0 = left >= 16 ? 0xFFFF : (__mmask16)((1u << left) - 1);
-        __mmask16 m1 = left >= 32 ? 0xFFFF : left <= 16 ? 0 : (__mmask16)((1u << (left - 16)) - 1);
-        const float *w = job->w + j * K * PANEL, *b = job->b + j * PANEL, *x = job->x + i * job->rs;
-        float *y = job->y + i * N + j * PANEL;
-        switch (M - i < PANEL_ROWS ? M - i : PANEL_ROWS) {
-        case 8: panel_tile(x, job->rs, job->ks, w, b, y, K, N, m0, m1, 8); break;
-        case 7: panel_tile(x, job->rs, job->ks, w, b, y, K, N, m0, m1, 7); break;
-        case 6: panel_tile(x, job->rs, job->ks, w, b, y, K, N, m0, m1, 6); break;
-        case 5: panel_tile(x, job->rs, job->ks, w, b, y, K, N, m0, m1, 5); break;
-        case 4: panel_tile(x, job->rs, job->ks, w, b, y, K, N, m0, m1, 4); break;
-        case 3: panel_tile(x, job->rs, job->ks, w, b, y, K, N, m0, m1, 3); break;
-        case 2: panel_tile(x, job->rs, job->ks, w, b, y, K, N, m0, m1, 2); break;
-        default: panel_tile(x, job->rs, job->ks, w, b, y, K, N, m0, m1, 1); break;
-        }
+    Py_ssize_t j = t / blocks, i = t % blocks * PANEL_ROWS, left = N - j * PANEL;
+    __mmask16 m0 = left >= 16 ? 0xFFFF : (__mmask16)((1u << left) - 1);
+    __mmask16 m1 = left >= 32 ? 0xFFFF : left <= 16 ? 0 : (__mmask16)((1u << (left - 16)) - 1);
+    const float *w = job->w + j * K * PANEL, *b = job->b + j * PANEL, *x = job->x + i * job->rs;
+    float *y = job->y + i * N + j * PANEL;
+    switch (M - i < PANEL_ROWS ? M - i : PANEL_ROWS) {
+    case 8: panel_tile(x, job->rs, job->ks, w, b, y, K, N, m0, m1, 8); break;
+    case 7: panel_tile(x, job->rs, job->ks, w, b, y, K, N, m0, m1, 7); break;
+    case 6: panel_tile(x, job->rs, job->ks, w, b, y, K, N, m0, m1, 6); break;
+    case 5: panel_tile(x, job->rs, job->ks, w, b, y, K, N, m0, m1, 5); break;
+    case 4: panel_tile(x, job->rs, job->ks, w, b, y, K, N, m0, m1, 4); break;
+    case 3: panel_tile(x, job->rs, job->ks, w, b, y, K, N, m0, m1, 3); break;
+    case 2: panel_tile(x, job->rs, job->ks, w, b, y, K, N, m0, m1, 2); break;
+    default: panel_tile(x, job->rs, job->ks, w, b, y, K, N, m0, m1, 1); break;
     }
 }
 
+/* The threads share a call by claiming chunks of tiles from one counter, not by fixed shares: on a
+ * busy machine a worker that is not scheduled leaves its chunks to the caller instead of making it
+ * wait a time slice. `ticket` is the call's number (high 32 bits) and its next free tile (low 32);
+ * `limit` the call's number and its tile count. A worker claims only within the call it woke for,
+ * and reads the job only after a claim: the caller cannot finish that call (and write the next
+ * job) before the claimed chunk is done. */
 static struct {
     pthread_mutex_t lock, call;  /* lock: the sleepers and the generation; call: one call at a time */
     pthread_cond_t wake;
     atomic_uint generation;      /* one more for each call */
-    atomic_int pending;          /* workers still on this call's job */
+    atomic_ullong ticket, limit;
+    atomic_llong done;           /* tiles finished in this call */
+    Py_ssize_t chunk;            /* tiles per claim */
     int threads, workers, sleeping;
     panel_job job;
-} pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 1, 0, 0};
+} pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0, 0, 1, 1, 0, 0};
 
-/* arg: the worker's id in the low 8 bits, above them the generation when it was made (a worker
- * that starts late must not take the next call for its first). */
+/* Claim and do chunks of call `call` until none is left; returns the tiles done. */
+__attribute__((target("avx512f"))) static Py_ssize_t panel_claim(unsigned call)
+{
+    Py_ssize_t finished = 0;
+    for (;;) {
+        unsigned long long t = atomic_load_explicit(&pool.ticket, memory_order_acquire);
+        unsigned long long lim = atomic_load_explicit(&pool.limit, memory_order_acquire);
+        if ((unsigned)(t >> 32) != call || (unsigned)(lim >> 32) != call || (t & 0xFFFFFFFFu) >= (lim & 0xFFFFFFFFu))
+            return finished;
+        Py_ssize_t chunk = pool.chunk, first = (Py_ssize_t)(t & 0xFFFFFFFFu);
+        if (!atomic_compare_exchange_weak_explicit(&pool.ticket, &t, t + (unsigned long long)chunk,
+                                                   memory_order_acq_rel, memory_order_relaxed))
+            continue;
+        Py_ssize_t last = first + chunk, tiles = (Py_ssize_t)(lim & 0xFFFFFFFFu);
+        for (Py_ssize_t i = first; i < (last < tiles ? last : tiles); i++)
+            panel_do(&pool.job, i);
+        atomic_fetch_add_explicit(&pool.done, (last < tiles ? last : tiles) - first, memory_order_release);
+        finished += (last < tiles ? last : tiles) - first;
+    }
+}
+
+/* arg: the generation when the worker was made (a worker that starts late must not take the next
+ * call for its first). Waits for a call spinning about a millisecond, yielding, then sleeps. */
 static void *panel_worker(void *arg)
 {
-    int id = (int)((uintptr_t)arg & 0xFF);
-    unsigned seen = (unsigned)((uintptr_t)arg >> 8);
+    unsigned seen = (unsigned)(uintptr_t)arg;
     for (;;) {
         unsigned long long until = __rdtsc() + SPIN_TICKS;
         while (atomic_load_explicit(&pool.generation, memory_order_acquire) == seen && __rdtsc() < until)
@@ -100,10 +125,9 @@ static void *panel_worker(void *arg)
         while (atomic_load(&pool.generation) == seen)
             pthread_cond_wait(&pool.wake, &pool.lock);
         pool.sleeping--;
+        seen = atomic_load(&pool.generation);  /* the newest call: an older one is over */
         pthread_mutex_unlock(&pool.lock);
-        seen++;  /* the caller waits for every worker before the next call: none is missed */
-        panel_share(&pool.job, id, pool.threads);
-        atomic_fetch_sub_explicit(&pool.pending, 1, memory_order_release);
+        panel_claim(seen);
     }
     return NULL;
 }
@@ -128,8 +152,7 @@ static void panel_start(void)
         pthread_attr_t attr;
         pthread_attr_init(&attr);
         pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-        int failed = pthread_create(&t, &attr, panel_worker,
-                                    (void *)(((uintptr_t)atomic_load(&pool.generation) << 8) | (uintptr_t)(pool.workers + 1)));
+        int failed = pthread_create(&t, &attr, panel_worker, (void *)(uintptr_t)atomic_load(&pool.generation));
         pthread_attr_destroy(&attr);
         if (failed)
             break;
@@ -142,21 +165,28 @@ __attribute__((target("avx512f"))) static void panel_run(const panel_job *job)
 {
     pthread_mutex_lock(&pool.call);
     panel_start();
-    Py_ssize_t flops = 2 * job->M * job->K * job->N;
-    int threads = flops < 1000000 ? 1 : pool.threads;  /* under a megaflop: not worth a wake-up */
-    if (threads == 1) {
-        panel_share(job, 0, 1);
+    Py_ssize_t tiles = job->P * ((job->M + PANEL_ROWS - 1) / PANEL_ROWS);
+    if (pool.threads == 1 || 2 * job->M * job->K * job->N < 1000000) {  /* under a megaflop: no wake-up */
+        for (Py_ssize_t t = 0; t < tiles; t++)
+            panel_do(job, t);
     } else {
+        unsigned call = atomic_load(&pool.generation) + 1;
         pool.job = *job;
-        atomic_store(&pool.pending, threads - 1);
+        pool.chunk = tiles / (4 * pool.threads) > 1 ? tiles / (4 * pool.threads) : 1;  /* ~4 claims per thread */
+        atomic_store(&pool.done, 0);
+        atomic_store_explicit(&pool.limit, ((unsigned long long)call << 32) | (unsigned long long)tiles, memory_order_release);
+        atomic_store_explicit(&pool.ticket, (unsigned long long)call << 32, memory_order_release);
         pthread_mutex_lock(&pool.lock);
-        atomic_fetch_add_explicit(&pool.generation, 1, memory_order_release);
+        atomic_store_explicit(&pool.generation, call, memory_order_release);
         if (pool.sleeping)
             pthread_cond_broadcast(&pool.wake);
         pthread_mutex_unlock(&pool.lock);
-        panel_share(job, 0, threads);
-        while (atomic_load_explicit(&pool.pending, memory_order_acquire))
-            _mm_pause();
+        panel_claim(call);
+        for (int spins = 0; atomic_load_explicit(&pool.done, memory_order_acquire) < tiles; spins++)
+            if (spins < 1000)
+                _mm_pause();
+            else
+                sched_yield();  /* a worker was preempted inside its chunk: let it run */
     }
     pthread_mutex_unlock(&pool.call);
 }
