@@ -57,10 +57,13 @@ def corpus_files(path):
 
 def read_raw(path):
     """The corpus bytes: a read-only memory map of one file (no copy, nothing read until used), or
-    of a folder's files joined with FILE_SEPARATOR into a temporary file, or stdin (in memory)."""
+    of a folder's files joined with FILE_SEPARATOR into a temporary file, or stdin or a pipe such
+    as the shell's <(...) (in memory: they cannot be mapped, and their size reads as 0)."""
     files = corpus_files(path)
     if path == "-":
         return np.frombuffer(sys.stdin.buffer.read(), np.uint8)
+    if os.path.exists(path) and not os.path.isfile(path) and not os.path.isdir(path):
+        return np.frombuffer(_read(path), np.uint8)
     if len(files) == 1 and files[0][0] == path:
         return _mapped(path, files[0][1])
     return _mapped(_joined(path, files))
@@ -125,7 +128,7 @@ def load_corpus(path, inputs, tokenized=False):
     # Darknet's get_rnn_data aborts with "Bad char" on a NUL byte; darknetpy treats NUL as any byte.
     if inputs < 256 and max_id(raw) >= inputs:
         offset = first_at_least(raw, inputs)
-        where, at = folder_offset(path, offset) if path != "-" else (name, offset)
+        where, at = folder_offset(path, offset) if os.path.isdir(path) else (name, offset)
         raise DarknetpyError(f"byte 0x{raw[offset]:02x} at offset {at} is outside inputs={inputs}; "
                              "set inputs=256 in [net] or clean the corpus", where)
     return raw

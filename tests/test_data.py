@@ -46,6 +46,24 @@ def test_stdin(monkeypatch):
     assert load_corpus("-", 256).tolist() == list(b"xyz")
 
 
+def test_a_pipe_is_read_not_mapped(tmp_path):
+    """A named pipe (what the shell's <(...) gives) has size 0 and cannot be mapped: its bytes are
+    read, and a byte outside inputs still names it and the offset."""
+    import threading
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+
+    def feed(data):
+        with open(fifo, "wb") as f:
+            f.write(data)
+    for data, check in ((b"xyz" * 1000, lambda: load_corpus(str(fifo), 256).tolist() == list(b"xyz" * 1000)),
+                        (b"ab\xff", lambda: error_of(load_corpus, str(fifo), 128).startswith(f"{fifo}: byte 0xff at offset 2"))):
+        writer = threading.Thread(target=feed, args=(data,))
+        writer.start()
+        assert check()
+        writer.join()
+
+
 def test_stdin_error_is_named(monkeypatch):
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"")))
     assert error_of(load_corpus, "-", 256).startswith("<stdin>: ")
