@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import darknetpy
+from darknetpy import kernels
 from darknetpy.errors import DarknetpyError
 from darknetpy.generation import events, generate
 from darknetpy.sample import GlibcRand, NumpyRand, format_valid_line, sample_index, validate, validate_steps
@@ -374,14 +375,18 @@ STEPPER_BODIES = {
 
 
 @pytest.mark.parametrize("private", [False, True])
-@pytest.mark.parametrize("streams", [1, 2, 9, 32])
+@pytest.mark.parametrize("streams, panel", [(1, True), (2, True), (9, True), (32, True), (32, False)])
 @pytest.mark.parametrize("name", sorted(STEPPER_BODIES))
-def test_stepper_equals_the_general_forward(name, streams, private, write_cfg):
+def test_stepper_equals_the_general_forward(name, streams, panel, private, write_cfg, monkeypatch):
     """The folded one-step path gives the probabilities and carried state of `predict_ids` (the
     general forward, batchnorm unfolded) to float32 rounding, for every layer kind and option,
     with one stream (generate's case) and with 2, 9 and 32 (the many-stream panel kernel: 8-row
     tiles and a remainder; 32 streams are one panel in place), on the network's state (predict's
-    case) and on a private one (generation's; LSTMs and GRUs then run feature-major)."""
+    case) and on a private one (generation's; LSTMs and GRUs then run feature-major). panel=False:
+    numpy's matmuls in its place, as on a CPU without AVX-512."""
+    if not panel:
+        real = kernels.compiled
+        monkeypatch.setattr(kernels, "compiled", lambda name: name != "panel_matmul" and real(name))
     cfg = write_cfg(f"[net]\ninputs=20\nbatch={streams}\ntime_steps=1\n" + STEPPER_BODIES[name]
                     + "[connected]\noutput=20\nactivation=linear\n[softmax]\ntemperature=0.8\n")
     rng = np.random.default_rng(1)
