@@ -45,6 +45,18 @@ MESSAGE_BYTES = 4096  # room for an error message broadcast from rank 0
 STOP_TAG = 77       # the message of a rank that stops on its own error
 
 
+def pack(text):
+    """An error message as the fixed-size buffer the ranks send (empty: no error)."""
+    buf = np.zeros(MESSAGE_BYTES, np.uint8)
+    raw = text.encode()[:MESSAGE_BYTES - 1]
+    buf[:len(raw)] = np.frombuffer(raw, np.uint8)
+    return buf
+
+
+def unpack(buf):
+    return bytes(buf).rstrip(b"\0").decode(errors="replace")
+
+
 def launched():
     """(rank, size) an MPI launcher announced in the environment; (0, 1) if none did
     (size None: a PMIx launcher, which names the rank but not the size)."""
@@ -118,8 +130,7 @@ class Ranks:
         from mpi4py import MPI
         status = MPI.Status()
         if self.stop_request.Test(status):
-            text = bytes(self.stop_message).rstrip(b"\0").decode(errors="replace")
-            error = DarknetpyError(f"rank {status.Get_source()} of {self.size} stopped: {text}")
+            error = DarknetpyError(f"rank {status.Get_source()} of {self.size} stopped: {unpack(self.stop_message)}")
             error.relayed = True  # not sent on again
             self.abandoned = True
             raise error
@@ -151,11 +162,7 @@ class Ranks:
             raise
 
     def tell_others(self, message):
-        if self.comm is None:
-            return
-        text = np.zeros(MESSAGE_BYTES, np.uint8)
-        raw = message.encode()[:MESSAGE_BYTES - 1]
-        text[:len(raw)] = np.frombuffer(raw, np.uint8)
+        text = pack(message)
         try:
             sends = [self.comm.Isend(text, dest=r, tag=STOP_TAG) for r in range(self.size) if r != self.rank]
             deadline = time.monotonic() + 1.0  # a small message goes out at once; a dead rank never takes it
@@ -274,22 +281,20 @@ class Ranks:
         def run(*args, **kwargs):
             if self.writing:  # a writer call inside another (checkpoint writes the record)
                 return fn(*args, **kwargs)
-            error, message, result = None, np.zeros(MESSAGE_BYTES, np.uint8), None
+            error, message, result = None, pack(""), None
             if self.writer:
                 self.writing = True
                 try:
                     result = fn(*args, **kwargs)
                 except DarknetpyError as e:
-                    error = e
-                    text = str(e).encode()[:MESSAGE_BYTES - 1]
-                    message[:len(text)] = np.frombuffer(text, np.uint8)
+                    error, message = e, pack(str(e))
                 finally:
                     self.writing = False
             self.bcast(message, "waiting for rank 0's checkpoint or validation", WRITER_TIMEOUT)
             if error is not None:
                 raise error
             if message[0]:
-                raise DarknetpyError(bytes(message).rstrip(b"\0").decode(errors="replace"))
+                raise DarknetpyError(unpack(message))
             return result  # rank 0's; None on the others
         return run
 
