@@ -855,8 +855,7 @@ out:
 #define METHOD(name, doc) {#name, (PyCFunction)(void (*)(void))name, METH_FASTCALL, doc}
 
 #ifdef HAVE_AVX2
-#include "_panel.h"
-static int use_avx512; /* set at import; panel_matmul exists only when the CPU has AVX-512 */
+#include "_panel.h"  /* its functions are added to the module only when the CPU has AVX-512 */
 
 /* panel_matmul(out, x, Wp, b) with x (M, K) rows, or panel_matmul_t(out, xT, Wp, b) with x given
  * as its transpose xT (K, M) (a feature-major state): out (M, N) = x W + b. */
@@ -954,8 +953,7 @@ PyMODINIT_FUNC PyInit__kernels(void)
 #ifdef HAVE_AVX2
     __builtin_cpu_init();
     use_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    use_avx512 = __builtin_cpu_supports("avx512f");
-    if (mod && use_avx512 && PyModule_AddFunctions(mod, panel_methods) < 0) {
+    if (mod && __builtin_cpu_supports("avx512f") && PyModule_AddFunctions(mod, panel_methods) < 0) {
         Py_DECREF(mod);
         return NULL;
     }

@@ -90,24 +90,23 @@ static struct {
     panel_job job;
 } pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0, 0, 1, 1, 0, 0};
 
-/* Claim and do chunks of call `call` until none is left; returns the tiles done. */
-__attribute__((target("avx512f"))) static Py_ssize_t panel_claim(unsigned call)
+/* Claim and do chunks of call `call` until none is left. */
+__attribute__((target("avx512f"))) static void panel_claim(unsigned call)
 {
-    Py_ssize_t finished = 0;
     for (;;) {
         unsigned long long t = atomic_load_explicit(&pool.ticket, memory_order_acquire);
         unsigned long long lim = atomic_load_explicit(&pool.limit, memory_order_acquire);
-        if ((unsigned)(t >> 32) != call || (unsigned)(lim >> 32) != call || (t & 0xFFFFFFFFu) >= (lim & 0xFFFFFFFFu))
-            return finished;
-        Py_ssize_t chunk = pool.chunk, first = (Py_ssize_t)(t & 0xFFFFFFFFu);
+        Py_ssize_t first = (Py_ssize_t)(t & 0xFFFFFFFFu), tiles = (Py_ssize_t)(lim & 0xFFFFFFFFu);
+        if ((unsigned)(t >> 32) != call || (unsigned)(lim >> 32) != call || first >= tiles)
+            return;
+        Py_ssize_t chunk = pool.chunk;
         if (!atomic_compare_exchange_weak_explicit(&pool.ticket, &t, t + (unsigned long long)chunk,
                                                    memory_order_acq_rel, memory_order_relaxed))
             continue;
-        Py_ssize_t last = first + chunk, tiles = (Py_ssize_t)(lim & 0xFFFFFFFFu);
-        for (Py_ssize_t i = first; i < (last < tiles ? last : tiles); i++)
+        Py_ssize_t end = first + chunk < tiles ? first + chunk : tiles;
+        for (Py_ssize_t i = first; i < end; i++)
             panel_do(&pool.job, i);
-        atomic_fetch_add_explicit(&pool.done, (last < tiles ? last : tiles) - first, memory_order_release);
-        finished += (last < tiles ? last : tiles) - first;
+        atomic_fetch_add_explicit(&pool.done, end - first, memory_order_release);
     }
 }
 
