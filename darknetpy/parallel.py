@@ -6,7 +6,8 @@ streams through the corpus (the StreamBatcher's offsets and rng stay identical o
 runs only its block of S/K of them: rank r takes streams [r*S/K, (r+1)*S/K). Before each update
 the ranks' gradient buffers (every slot's `upd`, packed into one flat array) are summed with one
 Allreduce, so every rank makes the update one process would make, up to the order of the float
-sums; clipping inside the optimizer then sees the global norm. Batchnorm statistics are the one
+sums; clipping inside the optimizer then sees the global norm. A [dropout] layer draws the masks
+of all S streams, as one process would, and keeps its block. Batchnorm statistics are the one
 thing that differs: each rank normalizes over its own streams.
 
 SGD keeps momentum's leftover in `upd` after an update; it lives on rank 0 alone (the other ranks
@@ -209,6 +210,8 @@ class Ranks:
         n = net.streams // self.size
         self.part = batcher.part = slice(self.rank * n, (self.rank + 1) * n)
         net.ranks, net.reduce = self.size, self
+        for layer in net.layers:
+            layer.block = (self.rank, self.size)
 
     def record(self, net):
         """The run record's note of the split (nothing for one process)."""

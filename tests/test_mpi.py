@@ -37,7 +37,7 @@ learning_rate={lr}
 
 [{layer}]
 output=16
-
+{dropout}
 [{layer}]
 output=16
 
@@ -71,9 +71,10 @@ def run(tmp_path):
     return run
 
 
-def write(tmp_path, layer="lstm", subdivisions=2, opt=SGD, lr=0.05):
+def write(tmp_path, layer="lstm", subdivisions=2, opt=SGD, lr=0.05, dropout=0):
     path = tmp_path / "tiny.cfg"
-    path.write_text(CFG.format(layer=layer, subdivisions=subdivisions, opt=opt, lr=lr))
+    dropout = f"[dropout]\nprobability={dropout}\n" if dropout else ""
+    path.write_text(CFG.format(layer=layer, subdivisions=subdivisions, opt=opt, lr=lr, dropout=dropout))
     return path
 
 
@@ -87,9 +88,11 @@ def max_diff(cfg, a, b):
 
 
 @needs_mpi
-@pytest.mark.parametrize("layer, subdivisions, opt", [("lstm", 2, SGD), ("gru", 1, ADAM)])
-def test_two_ranks_make_one_process_updates(tmp_path, run, layer, subdivisions, opt):
-    cfg = write(tmp_path, layer, subdivisions, opt, lr=0.01 if opt == ADAM else 0.05)
+@pytest.mark.parametrize("layer, subdivisions, opt, dropout", [("lstm", 2, SGD, 0), ("gru", 1, ADAM, 0),
+                                                               ("gru", 2, SGD, 0.3)])
+def test_two_ranks_make_one_process_updates(tmp_path, run, layer, subdivisions, opt, dropout):
+    """Also with [dropout]: each rank keeps its block of the masks one process draws."""
+    cfg = write(tmp_path, layer, subdivisions, opt, lr=0.01 if opt == ADAM else 0.05, dropout=dropout)
     for updates, tolerance in ((1, 1e-6), (12, 1e-4)):
         for k in (1, 2):
             r = run(k, cfg, "corpus.txt", "--srand", 7, "--backup", f"b{k}_{updates}", "--max-batches", updates)
@@ -209,9 +212,10 @@ def test_stops_on_rank_zero_information_end_every_rank_at_one_iteration(tmp_path
 @pytest.mark.parametrize("first, then", [(2, 1), (1, 2)])
 def test_resume_between_two_updates_across_rank_counts(tmp_path, run, first, then):
     """subdivisions=3: the checkpoint at iteration 100 falls inside update 34, so it holds
-    gradients of an unfinished batch; summed over the ranks, they resume as one process's."""
-    cfg = tmp_path / "tiny.cfg"
-    cfg.write_text(CFG.format(layer="gru", subdivisions=3, opt=SGD, lr=0.05).replace("batch=8", "batch=12"))
+    gradients of an unfinished batch; summed over the ranks, they resume as one process's. With
+    [dropout], whose masks continue from the saved rng as one process's would."""
+    cfg = write(tmp_path, "gru", subdivisions=3, dropout=0.2)
+    cfg.write_text(cfg.read_text().replace("batch=8", "batch=12"))
     r = run(1, cfg, "corpus.txt", "--srand", 7, "--backup", "straight", "--max-batches", 40)
     assert r.returncode == 0, r.stderr
     r = run(first, cfg, "corpus.txt", "--srand", 7, "--backup", "split", "--max-batches", 40, "--save-every", 50)

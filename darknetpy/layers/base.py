@@ -36,6 +36,7 @@ class Layer(Buffers):
     bn_over = "rows"         # batchnorm statistics in training: over all steps*streams rows of a datum
     denses = ()
     state_names = ()         # the attributes holding carried per-stream state, (streams, outputs) each
+    block = (0, 1)           # MPI hook (parallel.py): (r, K), this rank runs block r of K equal blocks of streams
     dtype = np.float32
 
     def __init__(self, section, inputs, rng):

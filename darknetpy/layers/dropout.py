@@ -17,7 +17,12 @@ class Dropout(Layer):
         if not train or self.probability == 0:
             self.mask = None
             return x
-        keep = self.rng.random(x.shape, dtype=np.float32) >= self.probability
+        # Under MPI every rank draws the masks of all K*S streams, as one process does, and keeps
+        # its own block: the masks, and the rng's state after them, are one process's.
+        T, S = x.shape[:2]
+        r, K = self.block
+        draw = self.rng.random((T, K * S) + x.shape[2:], dtype=np.float32)
+        keep = draw[:, r * S:(r + 1) * S] >= self.probability
         self.mask = keep * x.dtype.type(1 / (1 - self.probability))
         return x * self.mask
 
