@@ -15,7 +15,7 @@ the machine's noise falls on every figure alike:
     python benchmarks/generation.py benchmarks/gru2x256.cfg --samples 64
 
 Prints chars/s (median of the rounds). OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE are unset by re-running
-itself without them. A benchmark, not a test.
+itself without them (blas_env.py). A benchmark, not a test.
 """
 import argparse
 import os
@@ -25,6 +25,8 @@ import time
 import warnings
 
 import numpy as np
+
+from blas_env import MACHINE_VARS, timed_env
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -91,9 +93,8 @@ def main():
     ap.add_argument("--samples", type=int, default=32, help="streams of the many-samples figure (default: 32)")
     ap.add_argument("--rounds", type=int, default=5, help="rounds of every measure, taking turns (default: 5)")
     args = ap.parse_args()
-    if any(k in os.environ for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")):
-        env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
-        os.execve(sys.executable, [sys.executable, *sys.argv], env)
+    if any(k in os.environ for k in MACHINE_VARS):
+        os.execve(sys.executable, [sys.executable, *sys.argv], timed_env())
     for cfg in args.cfgs:
         net = network(cfg)
         measures = {

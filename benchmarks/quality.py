@@ -37,6 +37,8 @@ import time
 
 import yaml
 
+from blas_env import timed_env
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 VALID_FRAC = 0.05  # darknetpy train's default --valid-frac (darknetpy.data.VALID_FRAC)
@@ -50,8 +52,9 @@ def split_tail(text, frac=VALID_FRAC):
 
 
 def darknetpy(*args, stdout=None):
-    """Run the darknetpy CLI of this venv in a subprocess; its stderr goes to ours."""
-    return subprocess.run([sys.executable, "-m", "darknetpy", *args], stdout=stdout, check=True)
+    """Run the darknetpy CLI of this venv in a subprocess, without OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE
+    (blas_env.py); its stderr goes to ours."""
+    return subprocess.run([sys.executable, "-m", "darknetpy", *args], stdout=stdout, check=True, env=timed_env())
 
 
 def run_seed(cfg, data, budget, seed, backup_root, dev):

@@ -28,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from blas_env import MACHINE_VARS, timed_env
+
 HERE = Path(__file__).resolve().parent
 
 # name: (cfg, train?, generate?, timed training steps). Generation is not repeated for
@@ -43,7 +45,7 @@ CONFIGS = {
 }
 C_DARKNET_REFERENCE = 360  # chars/s of the C Darknet with cfg/rnn.cfg quoted in the issue (another machine)
 DARKNET_LENS = (10, 1500)  # -len of the short and the long timed `darknet rnn generate` run
-WORKER_ENV = dict(os.environ)
+WORKER_ENV = timed_env()  # without OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE (blas_env.py); --machine-blas keeps them
 
 
 # ---- workers (one measurement per process) --------------------------------------------------------
@@ -240,10 +242,11 @@ def main(argv=None):
                     help="measure again (up to N times) when other processes were busy during a run (Linux)")
     ap.add_argument("--idle-threshold", type=float, default=0.15, metavar="CORES",
                     help="other processes' CPU use (in cores) that counts as busy (default 0.15)")
-    ap.add_argument("--native-blas", action="store_true",
-                    help="unset OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE in the workers, so OpenBLAS picks its kernels "
-                         "for this CPU as it does where they are not set (some machines set them to dodge bugs of "
-                         "old OpenBLAS builds; they slow a current one). The BLAS line names the kernels used.")
+    ap.add_argument("--machine-blas", action="store_true",
+                    help="keep this machine's OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE in the workers (by default they "
+                         "are unset, so OpenBLAS picks its kernels for this CPU as it does where they are not set; "
+                         "some machines set them to dodge bugs of old OpenBLAS builds, and they slow a current one). "
+                         "The BLAS line names the kernels used.")
     ap.add_argument("--no-torch", action="store_true", help="skip PyTorch even if it is installed")
     ap.add_argument("--darknet", metavar="PATH", type=executable,
                     help="a C Darknet executable (pjreddie/darknet built with GPU=0 OPENMP=0): time its `rnn generate` "
@@ -276,9 +279,8 @@ def main(argv=None):
     if args.threads:
         for var in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_NUM_THREADS"):
             WORKER_ENV[var] = str(args.threads)
-    if args.native_blas:
-        for var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
-            WORKER_ENV.pop(var, None)
+    if args.machine_blas:
+        WORKER_ENV.update({var: os.environ[var] for var in MACHINE_VARS if var in os.environ})
     torch_ok = not args.no_torch and importlib.util.find_spec("torch") is not None
     load_before = os.getloadavg()
     started = time.time()
@@ -292,7 +294,7 @@ def main(argv=None):
           flush=True)
     if WORKER_ENV.get("OPENBLAS_CORETYPE"):
         print(f"# OPENBLAS_CORETYPE={WORKER_ENV['OPENBLAS_CORETYPE']} is set: OpenBLAS runs those kernels "
-              "(--native-blas measures without it)", flush=True)
+              "(--machine-blas keeps it; without it is the default)", flush=True)
     tpeak = run_worker("torch-peak") if torch_ok else None
     if tpeak and "error" not in tpeak:
         print(f"# PyTorch {tpeak['version']}, BLAS {tpeak['blas']}; torch float32 2048^3 matmul {tpeak['gflops']:.0f} GFLOP/s",

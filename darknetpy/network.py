@@ -279,8 +279,9 @@ class Network:
             # batchnorm's variance has an n-1 divisor: it needs 2 rows to normalize over
             rows = streams if layer.bn_over == "streams" else streams * self.time_steps
             if rows < 2 and any(d.bn for d in layer.denses):
+                fix = "run fewer ranks, or raise batch" if self.ranks > 1 else "raise batch (or lower subdivisions)"
                 raise DarknetpyError(f"training [{section.type}] with batch_normalize needs at least 2 "
-                                     f"{layer.bn_over} per datum; raise batch (or lower subdivisions)",
+                                     f"{layer.bn_over} per datum{' on each rank' if self.ranks > 1 else ''}; {fix}",
                                      section.path, section.line)
         self.seen += self.streams * self.time_steps
         cost = self.accumulate(x, y)

@@ -272,3 +272,19 @@ def test_a_full_disk_on_rank_zero_stops_every_rank_at_once(tmp_path, k):
     assert [row.split(",")[0] for row in rows[1:]] == [str(i) for i in range(10, 101, 10)]
     # iteration 100s: 100 datums of 4 streams (batch 8 / subdivisions 2) x 8 steps
     assert load_network(cfg, tmp_path / "backup" / "tiny.backup").seen == 100 * 4 * 8
+
+
+@pytest.mark.parametrize("k", [1, pytest.param(2, marks=needs_mpi)])
+def test_batchnorm_with_one_stream_per_rank_is_refused_once(tmp_path, run, k):
+    """Recurrent batchnorm normalizes each step over the streams: one stream (per rank) is refused."""
+    cfg = write(tmp_path)
+    cfg.write_text(cfg.read_text().replace("batch=8", f"batch={k}").replace("subdivisions=2", "subdivisions=1")
+                   .replace("[lstm]\noutput=16\n", "[lstm]\noutput=16\nbatch_normalize=1\n", 1))
+    r = run(k, cfg, "corpus.txt", "--srand", 7, "--backup", "b")
+    assert r.returncode == 2, r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.startswith("darknetpy:")]
+    fix = "run fewer ranks, or raise batch" if k > 1 else "raise batch (or lower subdivisions)"
+    where = " on each rank" if k > 1 else ""
+    assert lines == [f"darknetpy: {cfg}:12: training [lstm] with batch_normalize needs at least 2 streams "
+                     f"per datum{where}; {fix}"], r.stderr
+    assert "Traceback" not in r.stderr
