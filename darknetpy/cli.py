@@ -32,6 +32,10 @@ def friendly(fn):
         except KeyboardInterrupt:
             click.echo("darknetpy: interrupted", err=True)
             sys.exit(130)
+        except MemoryError as e:  # numpy names the array: "Unable to allocate 12 GiB for an array with shape ..."
+            click.echo(f"darknetpy: out of memory: {e}; lower batch or time_steps in the cfg, or use "
+                       "smaller layers; checkpoints already written are intact", err=True)
+            sys.exit(2)
         except BrokenPipeError:
             sys.stderr.close()
             sys.exit(1)

@@ -97,7 +97,11 @@ class Network:
         self.layers, self.sections = [], sections[1:]
         inputs = self.inputs
         for section in self.sections:
-            layer = KINDS[section.type](section, inputs, self.rng)
+            try:
+                layer = KINDS[section.type](section, inputs, self.rng)
+            except MemoryError as e:
+                raise DarknetpyError(f"[{section.type}] is too large for this machine's memory ({e}); make it "
+                                     "smaller", section.path, section.line) from None
             self.layers.append(layer)
             inputs = layer.outputs
         self.outputs = inputs

@@ -82,6 +82,7 @@ BAD_CFGS = {
     "no_inputs": ("[net]\nbatch=1\n[lstm]\noutput=8\n", 1),
     "output_zero": ("[net]\ninputs=256\n[connected]\noutput=0\n", 4),
     "policy": ("[net]\ninputs=256\npolicy=sig\n[lstm]\noutput=8\n", 3),
+    "too_large": ("[net]\ninputs=256\n[lstm]\noutput=200000\n", 3),  # its weights alone: 1.2 TB
 }
 
 

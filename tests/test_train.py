@@ -353,6 +353,25 @@ def test_disk_full_during_checkpoint(tmp_path, corpus, monkeypatch, fail_on):
         assert after == saved  # every earlier file intact, no temp files left behind
 
 
+def test_running_out_of_memory_is_one_line_and_leaves_the_checkpoint(tmp_path, corpus, monkeypatch):
+    """numpy's MemoryError names the array it could not allocate; train says so in one line."""
+    b = tmp_path / "b"
+    cfg = write_cfg(tmp_path)
+    ok(cfg, corpus, "--srand", 1, "--max-batches", 5, "--backup", b)
+    saved = {p.name: p.read_bytes() for p in b.iterdir() if p.suffix != ".csv"}
+    real, calls = Network.train_step, []
+
+    def starved(self, x, y):
+        calls.append(1)
+        if len(calls) == 3:
+            np.empty(2 ** 62, np.uint8)  # numpy's own MemoryError, as a too-large batch gets
+        return real(self, x, y)
+    monkeypatch.setattr(Network, "train_step", starved)
+    r = cli(cfg, corpus, "--weights", b / "tiny_final.weights", "--max-batches", 9, "--backup", b)
+    one_line_error(r, "out of memory: Unable to allocate 4.00 EiB", "lower batch or time_steps", during=True)
+    assert {p.name: p.read_bytes() for p in b.iterdir() if p.suffix != ".csv"} == saved
+
+
 def test_a_torn_checkpoint_pair_is_detected(tmp_path, corpus):
     """Weights whose .state.npz belongs to other weights: the state is ignored with a warning."""
     b = tmp_path / "b"
