@@ -382,7 +382,7 @@ def _c_takes(arrays):
     return True
 
 
-def _threads():
+def threads():
     """The threads a compiled op may use: as many as numpy's BLAS is told to (OPENBLAS_NUM_THREADS,
     OMP_NUM_THREADS), else as many cores as this process may run on."""
     for key in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
@@ -397,7 +397,7 @@ NUMPY = Backend("numpy", {name: globals()[name] for name in OPS}, lambda arrays:
 C = Backend(f"C ({_c.isa})", {name: getattr(_c, name) for name in OPS if hasattr(_c, name)},
             _c_takes) if _c is not None else None
 if C is not None and "panel_matmul" in C.ops:
-    _c.panel_threads(_threads())
+    _c.panel_threads(threads())
 BACKENDS = [b for b in (C, NUMPY) if b is not None]   # in order of preference
 _active = [C, NUMPY] if C is not None and os.environ.get("DARKNETPY_KERNELS") != "0" else [NUMPY]
 

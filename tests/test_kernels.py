@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from darknetpy import kernels
+from darknetpy.layers import base
 from darknetpy.layers.base import transpose_into
 from darknetpy.network import Network
 
@@ -475,6 +476,58 @@ def test_panel_matmul_threads_and_fork(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
                          cwd=tmp_path)
     assert out.stdout.strip() == "ok", out.stderr
+
+
+needs_panel = pytest.mark.skipif(K is None or not hasattr(K, "panel_matmul"),
+                                 reason="panel_matmul's C form needs AVX-512")
+
+
+@needs_panel
+@pytest.mark.parametrize("S", [3, 5, 8, 17, 32])
+def test_step_product_on_one_thread_is_the_panel_product(monkeypatch, S):
+    """A training loop's per-step product A x on one thread runs through the packed panels (A of
+    160 rows: five panels, the last one full; 70: a ragged last panel) and equals the float64
+    product within float32 summation's bound; an x that is not C-contiguous takes np.matmul."""
+    monkeypatch.setattr(kernels, "threads", lambda: 1)
+    rng = np.random.default_rng(S)
+    for m, Kdim in ((160, 40), (70, 300)):
+        A, x = arrays(rng, (m, Kdim), (Kdim, S))
+        product = base.step_product(A, S)
+        assert product.__name__ == "product"  # not the np.matmul fallback
+        want = A.astype(np.float64) @ x
+        bound = Kdim * 2.0 ** -24 * (np.abs(A).astype(np.float64) @ np.abs(x))
+        for xin in (x, np.asfortranarray(x)):
+            out = np.full((m, S), np.nan, np.float32)
+            assert product(xin, out) is out
+            assert (np.abs(out - want) <= bound).all(), np.abs(out - want).max()
+    monkeypatch.setattr(kernels, "threads", lambda: 2)  # more threads: OpenBLAS shares the work
+    assert base.step_product(A, S).__name__ == "matmul"
+    monkeypatch.setattr(kernels, "threads", lambda: 1)  # 2 streams: a matrix of a million entries
+    assert base.step_product(np.zeros((1024, 1024), np.float32), 2).__name__ == "product"
+    assert base.step_product(np.zeros((1024, 1023), np.float32), 2).__name__ == "matmul"
+
+
+@needs_panel
+@pytest.mark.parametrize("layer", ["lstm", "gru", "rnn"])
+def test_training_on_one_thread_equals_numpys_matmuls(tmp_path, monkeypatch, layer):
+    """A training datum on one thread (the step loops' products on the panel kernel) against the same
+    datum with np.matmul: outputs, cost and every accumulated gradient agree to float32 rounding."""
+    cfg = tmp_path / "net.cfg"
+    tanh = "activation=tanh\n" if layer == "rnn" else ""
+    cfg.write_text(f"[net]\ninputs=20\nbatch=5\ntime_steps=6\n[{layer}]\noutput=40\n{tanh}[{layer}]\noutput=70\n"
+                   f"{tanh}[connected]\noutput=20\nactivation=linear\n[softmax]\n")
+    rng = np.random.default_rng(1)
+    x, y = rng.integers(0, 20, (6, 5)), rng.integers(0, 20, (6, 5))
+    runs = []
+    for threads in (1, 2):
+        monkeypatch.setattr(kernels, "threads", lambda threads=threads: threads)
+        net = Network(cfg, seed=3)
+        cost = net.accumulate(x, y)
+        runs.append((cost, [u.copy() for _, u, _ in net.slots()]))
+    (cost1, grads1), (cost2, grads2) = runs
+    assert cost1 == pytest.approx(cost2, rel=1e-6)
+    for g1, g2 in zip(grads1, grads2):
+        np.testing.assert_allclose(g1, g2, rtol=1e-4, atol=1e-6 * np.abs(g2).max())
 
 
 def test_switch_off_by_environment(tmp_path):

@@ -210,6 +210,32 @@ def feature_major_times(WT, out):
     return product
 
 
+def step_product(A, S):
+    """(x, out) -> out = A x: a feature-major training loop's per-step product, A (m, K) fixed for
+    the loop, x (K, S), out (m, S). On one thread (an MPI rank's) for 3-32 streams with the panel
+    kernel compiled, Aᵀ is packed once and x's columns run through kernels.panel_matmul_t as rows,
+    then are transposed into out: at these shapes OpenBLAS repacks A on every call, and on one
+    thread runs 1.1-3.5x slower (benchmarks/README.md). So do 2 streams with a million entries of
+    A or more; below that OpenBLAS is as fast at 1-2 streams. With more threads OpenBLAS shares the
+    work and this is np.matmul, as for float64 or an x that is not C-contiguous."""
+    def matmul(x, out):
+        return np.matmul(A, x, out=out)
+    if not (3 if A.size < 1 << 20 else 2) <= S <= kernels.PANEL or A.dtype != np.float32 or kernels.threads() != 1 \
+            or not kernels.compiled("panel_matmul"):
+        return matmul
+    m = A.shape[0]
+    Ap, zeros, xrows = kernels.pack_panels(A.T), np.zeros(m, A.dtype), np.empty((S, m), A.dtype)
+    panel, transpose = kernels.get("panel_matmul_t", xrows, Ap, zeros), kernels.get("transpose", xrows)
+
+    def product(x, out):
+        if not (x.flags.c_contiguous and out.flags.c_contiguous):  # batchnorm's transposed deltas
+            return matmul(x, out)
+        panel(xrows, x, Ap, zeros)
+        transpose(out, xrows)
+        return out
+    return product
+
+
 def projector(W, b, ids_input, out):
     """x -> x W + b written into `out`, for the step functions: a row gather from a table that
     already holds b when x is one-hot ids; for many streams, kernels.panel_matmul on W packed once

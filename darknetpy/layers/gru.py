@@ -13,7 +13,8 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import kernels
-from .base import Recurrent, feature_major_times, halves, id_columns, output_units, projector, rows, times, transpose_into
+from .base import (Recurrent, feature_major_times, halves, id_columns, output_units, projector, rows,
+                   step_product, times, transpose_into)
 from .connected import Dense, row_sum
 
 
@@ -68,17 +69,18 @@ class GRU(Recurrent):
             P = self.buffer("P", (T, 3 * n, S))
         H[0] = h0.T
         gates, step = kernels.get("gru_zr", ZR), kernels.get("gru_step", ZR)
+        recur_zr, recur_h = step_product(WzrT, S), step_product(WhT, S)
         for t in range(T):
             zr, c, h = ZR[t], HC[t], H[t]
             if self.bn:
                 np.multiply(wzr.normalize((h.T @ wzr.W)[None], train)[0].T, np.float32(0.5), out=zr)
             else:
-                np.matmul(WzrT, h, out=zr)
+                recur_zr(h, zr)
             gates(zr, XU[t, :2 * n], h, RH[t])
             if self.bn:
                 np.multiply(wh.normalize((RH[t].T @ wh.W)[None], train)[0].T, hc, out=c)
             else:
-                np.matmul(WhT, RH[t], out=c)
+                recur_h(RH[t], c)
             if train:
                 step(self.tanh, c, XU[t, 2 * n:], zr, h, H[t + 1], P[t])
                 transpose_into(RHrows[t], RH[t])
@@ -161,13 +163,14 @@ class GRU(Recurrent):
         dh = self.zeros((n, S))
         a, drh = self.buffer("scratch", (n, S)), self.buffer("drh", (n, S))
         back = kernels.get("gru_back", d)
+        recur_zr, recur_h = step_product(wzr.W, S), step_product(wh.W, S)
         for t in reversed(range(T)):
             dh += DH[t]
             dc = np.multiply(P[t, 2 * n:], dh, out=d[2 * n:])
             if self.bn:
                 dPh[t] = wh.backward_norm(dc.T[None])[0]
                 dc = dPh[t].T
-            np.matmul(wh.W, dc, out=drh)                        # delta of r ⊙ h
+            recur_h(dc, drh)                                    # delta of r ⊙ h
             back(dh, drh, ZR[t], P[t], d)                       # dz dr; dh = dh ⊙ z + drh ⊙ r
             dzr = d[:2 * n]
             if self.bn:
@@ -175,7 +178,7 @@ class GRU(Recurrent):
                 dzr = dPzr[t].T
             transpose_into(dP[t], d)                            # while d is in cache
             if t:  # truncated BPTT: nothing flows into the previous datum's state
-                dh += np.matmul(wzr.W, dzr, out=a)              # dh_prev = dh ⊙ z + drh ⊙ r + Wzr [dz dr]
+                dh += recur_zr(dzr, a)                          # dh_prev = dh ⊙ z + drh ⊙ r + Wzr [dz dr]
         if self.bn:  # (the w sub-layers' bias gradients came with each step's backward_norm)
             dPzr, dPh = rows(dPzr), rows(dPh)
             du = rows(u.backward_norm(dP))

@@ -18,7 +18,8 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import kernels
-from .base import Buffers, Recurrent, feature_major_times, halves, id_columns, output_units, rows, times, transpose_into
+from .base import (Buffers, Recurrent, feature_major_times, halves, id_columns, output_units, rows, step_product,
+                   times, transpose_into)
 from .connected import Dense, row_sum
 
 
@@ -93,12 +94,13 @@ class LSTM(Recurrent):
         TC = self.buffer("TC", (T, n, S))        # tanh(c') per step
         H[0], C[0] = h0.T, c0.T
         step = self.peep.step(S) if self.peep else kernels.get("lstm_step", G)
+        recur = step_product(WT, S)
         for t in range(T):
             g = G[t]
             if self.bn:
                 np.multiply(w.normalize((H[t].T @ w.W)[None], train)[0].T, half[:, None], out=g)
             else:
-                np.matmul(WT, H[t], out=g)
+                recur(H[t], g)
             step(g, XU[t], C[t], C[t + 1], TC[t], H[t + 1])
         Y = self.buffer("Y", (T + 1, S, n))      # back to (steps, streams, n); Y[t] is h before step t
         Y[0] = h0
@@ -201,13 +203,14 @@ class LSTM(Recurrent):
         dh = self.zeros((n, S))
         dc = self.zeros((n, S))
         back = self.peep.back(S) if self.peep else kernels.get("lstm_back", d)
+        recur = step_product(w.W, S)
         for t in reversed(range(T)):
             back(dh, dc, DH[t], G[t], C[t], TC[t], d)
             transpose_into(dG[t], d)
             if self.bn:
                 dGw[t] = w.backward_norm(dG[t][None])[0]
             if t:  # the gradient into the previous datum's state is not propagated (truncated BPTT)
-                np.matmul(w.W, dGw[t].T if self.bn else d, out=dh)
+                recur(dGw[t].T if self.bn else d, dh)
         w.accumulate(rows(Y[:T]), rows(dGw))
         if self.peep:
             self.peep.accumulate()

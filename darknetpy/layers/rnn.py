@@ -11,7 +11,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import activations, kernels
-from .base import Recurrent, output_units, projector, rows, transpose_into
+from .base import Recurrent, output_units, projector, rows, step_product, transpose_into
 from .connected import Dense
 
 
@@ -102,9 +102,10 @@ class RNN(Recurrent):
         step, _ = self.step_functions(S, B)
         bias = self.buffer("bias", (n, S))       # the self sub-layer's, added in the step (with
         bias[...] = 0 if W.bn else W.b[:, None]  # batchnorm normalize adds it)
+        recur = step_product(WT, S)
         for t in range(T):
             b = B[t]
-            np.matmul(WT, Sf[t], out=b)
+            recur(Sf[t], b)
             if W.bn:  # statistics over the streams, on rows in C order (what the batchnorm kernel takes)
                 b[...] = W.normalize(np.ascontiguousarray(b.T)[None], train)[0].T
             step(b, bias, Af[t], Sf[t + 1], *self.shortcut_to(Sf[t]))
@@ -150,12 +151,13 @@ class RNN(Recurrent):
         dBf = self.buffer("dBf", (T, n, S))      # deltas before the self sub-layer's activation
         np.multiply(self.gradient(B[T - 1], dBf[T - 1]), dSf[T - 1], out=dBf[T - 1])
         a = self.buffer("Wdb", (n, S))
+        recur = step_product(W.W, S)
         for t in reversed(range(T)):
             db = dBf[t]                          # complete: dSf[t] had every contribution
             if W.bn:
                 db[...] = W.backward_norm(np.ascontiguousarray(db.T)[None])[0].T
             if t:  # truncated BPTT: nothing flows into the previous datum's state
-                back(dSf[t - 1], np.matmul(W.W, db, out=a), B[t - 1], dBf[t - 1], *self.shortcut_to(dSf[t]))
+                back(dSf[t - 1], recur(db, a), B[t - 1], dBf[t - 1], *self.shortcut_to(dSf[t]))
         transpose_into(dS, dSf)                  # back to rows
         dB = transpose_into(self.buffer("dB", (T, S, n)), dBf)
         if not W.bn:
