@@ -4,6 +4,7 @@ as one process, checkpoints that resume across rank counts, the uneven-split ref
 The reference is always a one-process run of the same command; tiny cfgs, each run well under a
 second of training.
 """
+import contextlib
 import importlib.util
 import os
 import shutil
@@ -288,3 +289,55 @@ def test_batchnorm_with_one_stream_per_rank_is_refused_once(tmp_path, run, k):
     assert lines == [f"darknetpy: {cfg}:12: training [lstm] with batch_normalize needs at least 2 streams "
                      f"per datum{where}; {fix}"], r.stderr
     assert "Traceback" not in r.stderr
+
+
+def rank_pid(rank, marker):
+    """The pid of MPI rank `rank` of the darknetpy run whose command line holds `marker` (Linux /proc)."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if marker.encode() in cmdline and b"darknetpy" in cmdline and f"PMI_RANK={rank}".encode() in environ:
+            return int(pid)
+    return None
+
+
+@needs_mpi
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds rank 1's process in /proc (Linux)")
+@pytest.mark.parametrize("signum", [signal.SIGSTOP, signal.SIGKILL])
+def test_a_rank_that_hangs_or_dies_stops_every_rank(tmp_path, signum):
+    """Rank 1 stopped (a hang): rank 0 gives up after DARKNETPY_MPI_TIMEOUT (2 s here) with one line,
+    exit 2. Rank 1 killed: mpiexec ends the job at once, with its own message. Either way no rank
+    waits forever and the last checkpoint stays whole."""
+    cfg = write(tmp_path)
+    cfg.write_text(cfg.read_text().replace("max_batches=12", "max_batches=1000000"))
+    (tmp_path / "corpus.txt").write_bytes(TEXT * 30)
+    backup = tmp_path / "b"
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", DARKNETPY_MPI_TIMEOUT="2")
+    p = subprocess.Popen([MPIEXEC, "-n", "2", sys.executable, "-m", "darknetpy", "train", str(cfg), "corpus.txt",
+                          "--valid-every", "0", "--srand", "7", "--backup", str(backup)],
+                         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    pid = None
+    try:
+        while not (backup / "tiny.yaml").exists():  # the first checkpoint (iteration 100): training is under way
+            assert p.poll() is None, p.communicate()
+            time.sleep(0.05)
+        pid = rank_pid(1, str(backup))
+        assert pid is not None
+        os.kill(pid, signum)
+        out, err = p.communicate(timeout=120)
+    finally:
+        if pid is not None and signum == signal.SIGSTOP:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        p.kill()
+    assert "Traceback" not in err, err
+    if signum == signal.SIGSTOP:
+        assert p.returncode == 2, err
+        lines = [line for line in err.splitlines() if line.startswith("darknetpy:")]
+        assert len(lines) == 1 and "rank 0 of 2: no answer from the other ranks for 2 s" in lines[0], err
+    else:
+        assert p.returncode != 0 and "darknetpy:" not in err, (p.returncode, err)
+    assert load_network(cfg, backup / "tiny.backup").seen % (4 * 8) == 0
