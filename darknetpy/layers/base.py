@@ -220,7 +220,8 @@ def step_product(A, S):
     work and this is np.matmul, as for float64 or an x that is not C-contiguous."""
     def matmul(x, out):
         return np.matmul(A, x, out=out)
-    if not (3 if A.size < 1 << 20 else 2) <= S <= kernels.PANEL or A.dtype != np.float32 or kernels.threads() != 1 \
+    fewest = 2 if A.size >= 1 << 20 else 3  # streams from which the panel kernel is the faster
+    if A.dtype != np.float32 or kernels.threads() != 1 or not fewest <= S <= kernels.PANEL \
             or not kernels.compiled("panel_matmul"):
         return matmul
     m = A.shape[0]
