@@ -56,7 +56,7 @@ def test_signals_during_the_save_leave_every_checkpoint_whole(tmp_path, corpus):
     """SIGTERM every millisecond from the first one until the run has written its record: the
     save completes whole (weights and state pairs that belong together, no temporary file, the
     record saying "interrupted"), and the run exits 143 with its summary line."""
-    cfg = write_cfg(tmp_path, hidden=256, batch=16, time_steps=32, max_batches=100000)
+    cfg = write_cfg(tmp_path, hidden=512, batch=16, time_steps=32, max_batches=100000)  # tens of ms to save
     b = tmp_path / "b"
     p, reader, err = start_training(cfg, corpus, b)
     time.sleep(1.0)
@@ -74,7 +74,7 @@ def test_signals_during_the_save_leave_every_checkpoint_whole(tmp_path, corpus):
     code = p.wait(60)
     reader.join(10)
     text = "".join(err)
-    assert sent > 3, sent  # signals kept coming while the iteration and the save ran (a few ms)
+    assert sent > 10, sent  # signals kept coming while the iteration and the save ran
     assert "Traceback" not in text, text
     assert recorded_interrupted(), text
     assert not [f for f in os.listdir(b) if f.endswith(".pending") or f.startswith(".")]
