@@ -8,13 +8,14 @@ one BLAS thread per rank, and one process with N BLAS threads for comparison (ne
 
 What is timed: after one warm-up datum, `--datums` training datums (forward, backward, the update
 with its gradient Allreduce, and the per-datum cost sum the trainer makes), by the library calls
-`darknetpy train` makes, on rank 0's clock, without OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE (blas_env.py). --repeat alternates all configurations that many times
-and prints each measurement, for a machine shared with others.
+`darknetpy train` makes, on rank 0's clock, without OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE
+(blas_env.py). --repeat alternates all configurations that many times and prints each
+measurement, for a machine shared with others.
 
 --model measures what the scaling model of benchmarks/README.md takes, on one thread: the cfg's
 update at S/K streams per rank for K = 1, 2, 4, ... S (the compute one of K ranks does), and the
 2-rank Allreduce of its gradient; then prints the update time it predicts for K ranks on one
-machine and on 8 machines, with a ring Allreduce, T = 2(K-1)/K * bytes / bandwidth + 2(K-1) * alpha:
+machine and over a network, with a ring Allreduce, T = 2(K-1)/K * bytes / bandwidth + 2(K-1) * alpha:
 shared memory at the bandwidth the 2-rank Allreduce shows and alpha = 5 us, 10 Gb/s Ethernet at
 1.25 GB/s and alpha = 50 us.
 """
@@ -94,11 +95,12 @@ def mpiexec():
     return shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or shutil.which("mpiexec")
 
 
-def one_thread(script, *args, ranks=1):
+def run(script, *args, ranks=1, threads=1):
+    """The numbers `script` prints, run with `args` on `ranks` ranks of `threads` BLAS threads each."""
     cmd = [sys.executable, "-c", script, *map(str, args)]
     if ranks > 1:
         cmd = [mpiexec(), "-n", str(ranks), *cmd]
-    env = timed_env(OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    env = timed_env(OPENBLAS_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     return [float(v) for v in subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout.split()]
 
 
@@ -118,26 +120,22 @@ def model(cfg, corpus, datums, repeat):
     compute = {k: float("inf") for k in ks}
     for _ in range(repeat):
         for k in ks:
-            seconds, nbytes = one_thread(COMPUTE, cfg, corpus, streams // k, datums)
+            seconds, nbytes = run(COMPUTE, cfg, corpus, streams // k, datums)
             compute[k] = min(compute[k], seconds)
-    two = min(one_thread(ALLREDUCE, int(nbytes), ranks=2)[0] for _ in range(repeat))
+    two = min(run(ALLREDUCE, int(nbytes), ranks=2)[0] for _ in range(repeat))
     bandwidth = nbytes / (two - 2 * SHARED_ALPHA)  # the 2-rank ring moves bytes once each way
     print(f"{Path(cfg).name}: {streams} streams, gradient {nbytes / 1e6:.2f} MB; one thread per rank")
     print(f"  2-rank Allreduce measured: {two * 1e3:.2f} ms (shared-memory bandwidth {bandwidth / 1e9:.2f} GB/s)")
     print("  K   streams/rank  compute/update  shared memory: +Allreduce  speedup   10 Gb/s: +Allreduce  speedup")
     for k in ks:
-        local, net = ring(nbytes, k, bandwidth, SHARED_ALPHA), ring(nbytes, k, NET_BANDWIDTH, NET_ALPHA)
+        local, wire = ring(nbytes, k, bandwidth, SHARED_ALPHA), ring(nbytes, k, NET_BANDWIDTH, NET_ALPHA)
         print(f"  {k:<3} {streams // k:>12}  {compute[k] * 1e3:11.1f} ms  {local * 1e3:18.2f} ms  "
-              f"{compute[1] / (compute[k] + local):6.2f}x  {net * 1e3:12.2f} ms  {compute[1] / (compute[k] + net):6.2f}x")
+              f"{compute[1] / (compute[k] + local):6.2f}x  {wire * 1e3:12.2f} ms  {compute[1] / (compute[k] + wire):6.2f}x")
 
 
 def rate(cfg, corpus, ranks, threads, datums):
     """chars/s of training with `ranks` ranks of `threads` BLAS threads each."""
-    env = timed_env(OPENBLAS_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    cmd = [sys.executable, "-c", TIMED, str(cfg), str(corpus), str(datums)]
-    if ranks > 1:
-        cmd = [mpiexec(), "-n", str(ranks), *cmd]
-    return float(subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout)
+    return run(TIMED, cfg, corpus, datums, ranks=ranks, threads=threads)[0]
 
 
 def main():
