@@ -341,3 +341,42 @@ def test_a_rank_that_hangs_or_dies_stops_every_rank(tmp_path, signum):
     else:
         assert p.returncode != 0 and "darknetpy:" not in err, (p.returncode, err)
     assert load_network(cfg, backup / "tiny.backup").seen % (4 * 8) == 0
+
+
+DRIFT_ON_RANK_ONE = """if True:
+    import sys
+    import numpy as np
+    from darknetpy import cli, parallel
+    from darknetpy.network import Network
+    real, updates = Network.update, [0]
+
+    def update(self):  # one weight of rank 1 moves by one float32 step after its 20th update
+        real(self)
+        updates[0] += 1
+        if updates[0] == 20:
+            W = self.layers[0].denses[0].W
+            W.flat[0] = np.nextafter(W.flat[0], np.float32(np.inf))
+    if parallel.launched()[0] == 1:
+        Network.update = update
+    sys.argv = ["darknetpy", "train", "tiny.cfg", "corpus.txt", "--valid-every", "0", "--srand", "3",
+                "--max-batches", "100"]
+    cli.main()
+"""
+
+
+@needs_mpi
+def test_weights_that_drift_apart_stop_every_rank(tmp_path):
+    """The ranks compare a checksum of their weights every 16 updates: one weight of rank 1 one ulp
+    off after update 20 stops both at the check of update 32, with one line, exit 2; the checkpoint
+    of iteration 100 (update 50: 2 datums per update) is never written from drifted weights."""
+    write(tmp_path)  # tiny.cfg
+    (tmp_path / "corpus.txt").write_bytes(TEXT * 30)
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
+    r = subprocess.run([MPIEXEC, "-n", "2", sys.executable, "-c", DRIFT_ON_RANK_ONE], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2, r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.startswith("darknetpy:")]
+    assert lines == ["darknetpy: the ranks' weights differ at update 32 (their checksums disagree); training "
+                     "stopped, the last checkpoint is intact; please report this with the cfg"], r.stderr
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "backup" / "tiny_final.weights").exists()
