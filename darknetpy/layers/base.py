@@ -192,15 +192,38 @@ def times(W, streams):
     return lambda x, out: np.matmul(x, W, out=out)
 
 
+def packed_product(A, S):
+    """(x, out) -> out = A x for few streams, A (m, K) float32, x (K, S), out (m, S): Aᵀ packed once
+    into kernels.pack_panels's panels, x's S columns through kernels.panel_matmul_t as rows, then
+    transposed into out. sgemm repacks A on every call at these shapes; the panels stream the
+    packed copy (1.2-4.5x faster below 32 streams, benchmarks/README.md). An x or out that is not
+    C-contiguous (batchnorm's transposed deltas) takes np.matmul."""
+    m = A.shape[0]
+    Ap, zeros, xrows = kernels.pack_panels(A.T), np.zeros(m, A.dtype), np.empty((S, m), A.dtype)
+    panel, transpose = kernels.get("panel_matmul_t", xrows, Ap, zeros), kernels.get("transpose", xrows)
+
+    def product(x, out):
+        if not (x.flags.c_contiguous and out.flags.c_contiguous):
+            return np.matmul(A, x, out=out)
+        panel(xrows, x, Ap, zeros)
+        transpose(out, xrows)
+        return out
+    return product
+
+
 def feature_major_times(WT, out):
-    """xT (K, S) -> out (m, S) = WT xT, WT (m, K): a feature-major step loop's product for S
-    streams. Many streams take kernels.panel_matmul with xT as its panels (a view when S is 32,
-    else packed each step), so that every product of a many-stream step runs on that kernel's
-    threads: its waiting workers and OpenBLAS's would take the cores from each other (measured
-    in benchmarks/README.md). Else one matmul."""
+    """xT (K, S) -> out (m, S) = WT xT, WT (m, K): a feature-major stepper's product for S streams.
+    Many streams run it on the panel kernel's threads when that is compiled, so that every product
+    of a many-stream step runs there: its waiting workers and OpenBLAS's would take the cores from
+    each other (measured in benchmarks/README.md). Below 32 streams, packed_product (WT packed
+    once); from 32, xT as the panels (a view at 32, else packed each step) and WT as the rows.
+    Else one matmul."""
     m, S = out.shape
     if S == 1 or not kernels.compiled("panel_matmul"):
         return lambda xT: np.matmul(WT, xT, out=out)
+    if S < kernels.PANEL:
+        few = packed_product(WT, S)
+        return lambda xT: few(xT, out)
     zeros = np.zeros(S, out.dtype)
 
     def product(xT):
@@ -213,28 +236,16 @@ def feature_major_times(WT, out):
 def step_product(A, S):
     """(x, out) -> out = A x: a feature-major training loop's per-step product, A (m, K) fixed for
     the loop, x (K, S), out (m, S). On one thread (an MPI rank's) for 3-32 streams with the panel
-    kernel compiled, Aᵀ is packed once and x's columns run through kernels.panel_matmul_t as rows,
-    then are transposed into out: at these shapes OpenBLAS repacks A on every call, and on one
-    thread runs 1.1-3.5x slower (benchmarks/README.md). So do 2 streams with a million entries of
-    A or more; below that OpenBLAS is as fast at 1-2 streams. With more threads OpenBLAS shares the
-    work and this is np.matmul, as for float64 or an x that is not C-contiguous."""
-    def matmul(x, out):
-        return np.matmul(A, x, out=out)
+    kernel compiled, packed_product: on one thread sgemm runs 1.1-3.5x slower at these shapes. So
+    does it at 2 streams for a million entries of A or more; below that it is as fast at 1-2
+    streams. With more threads OpenBLAS shares the work and this is np.matmul, as for float64."""
     fewest = 2 if A.size >= 1 << 20 else 3  # streams from which the panel kernel is the faster
     if A.dtype != np.float32 or kernels.threads() != 1 or not fewest <= S <= kernels.PANEL \
             or not kernels.compiled("panel_matmul"):
+        def matmul(x, out):
+            return np.matmul(A, x, out=out)
         return matmul
-    m = A.shape[0]
-    Ap, zeros, xrows = kernels.pack_panels(A.T), np.zeros(m, A.dtype), np.empty((S, m), A.dtype)
-    panel, transpose = kernels.get("panel_matmul_t", xrows, Ap, zeros), kernels.get("transpose", xrows)
-
-    def product(x, out):
-        if not (x.flags.c_contiguous and out.flags.c_contiguous):  # batchnorm's transposed deltas
-            return matmul(x, out)
-        panel(xrows, x, Ap, zeros)
-        transpose(out, xrows)
-        return out
-    return product
+    return packed_product(A, S)
 
 
 def projector(W, b, ids_input, out):
