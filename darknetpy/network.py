@@ -279,19 +279,23 @@ class Network:
         if x.shape[:2] != (self.time_steps, streams) or y.shape[:2] != x.shape[:2]:
             raise DarknetpyError(f"train_step takes (time_steps, streams) = ({self.time_steps}, {streams}) "
                                  f"rows, got x {x.shape[:2]} and y {y.shape[:2]}")
+        self.check_batchnorm(streams)
+        self.seen += self.streams * self.time_steps
+        cost = self.accumulate(x, y)
+        if (self.seen // (self.streams * self.time_steps)) % self.subdivisions == 0:
+            self.update()
+        return cost
+
+    def check_batchnorm(self, streams):
+        """Refuse to train batchnorm on fewer than 2 rows (its variance has an n-1 divisor): a
+        recurrent layer normalizes each step over the `streams` of a datum (of this rank's)."""
         for layer, section in zip(self.layers, self.sections):
-            # batchnorm's variance has an n-1 divisor: it needs 2 rows to normalize over
             rows = streams if layer.bn_over == "streams" else streams * self.time_steps
             if rows < 2 and any(d.bn for d in layer.denses):
                 fix = "run fewer ranks, or raise batch" if self.ranks > 1 else "raise batch (or lower subdivisions)"
                 raise DarknetpyError(f"training [{section.type}] with batch_normalize needs at least 2 "
                                      f"{layer.bn_over} per datum{' on each rank' if self.ranks > 1 else ''}; {fix}",
                                      section.path, section.line)
-        self.seen += self.streams * self.time_steps
-        cost = self.accumulate(x, y)
-        if (self.seen // (self.streams * self.time_steps)) % self.subdivisions == 0:
-            self.update()
-        return cost
 
     def accumulate(self, x, y):
         """Forward and backward one datum in training mode, adding its negative gradients to the

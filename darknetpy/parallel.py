@@ -38,6 +38,7 @@ import zlib
 import numpy as np
 
 from .errors import DarknetpyError
+from .launcher import launched
 
 TIMEOUT = float(os.environ.get("DARKNETPY_MPI_TIMEOUT", 120))  # seconds a training collective may wait
 WRITER_TIMEOUT = max(TIMEOUT, 3600.0)  # while rank 0 checkpoints or validates
@@ -56,17 +57,6 @@ def pack(text):
 
 def unpack(buf):
     return bytes(buf).rstrip(b"\0").decode(errors="replace")
-
-
-def launched():
-    """(rank, size) an MPI launcher announced in the environment; (0, 1) if none did
-    (size None: a PMIx launcher, which names the rank but not the size)."""
-    for rank_var, size_var in (("PMI_RANK", "PMI_SIZE"), ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE")):
-        if size_var in os.environ:
-            return int(os.environ.get(rank_var, 0)), int(os.environ[size_var])
-    if "PMIX_RANK" in os.environ:
-        return int(os.environ["PMIX_RANK"]), None
-    return 0, 1
 
 
 def start():
@@ -210,6 +200,7 @@ class Ranks:
         n = net.streams // self.size
         self.part = batcher.part = slice(self.rank * n, (self.rank + 1) * n)
         net.ranks, net.reduce = self.size, self
+        net.check_batchnorm(n)  # before any work, on every rank alike (rank 0 prints it)
         for layer in net.layers:
             layer.block = (self.rank, self.size)
 
