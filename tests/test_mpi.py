@@ -387,16 +387,19 @@ def test_each_rank_takes_its_share_of_the_cores(tmp_path):
     """Under mpiexec with no BLAS thread count set, `import darknetpy` gives each rank its share of
     the cores before numpy loads OpenBLAS (2 ranks of all-core BLAS on 2 cores train 4x slower); a
     count the user set stays, and without a launcher nothing is set."""
-    code = ("import os, darknetpy; from darknetpy import kernels; "
-            "print(os.environ.get('OPENBLAS_NUM_THREADS'), kernels.threads())")
+    code = ("import os, darknetpy; from darknetpy import kernels; "  # a file per rank: mpiexec interleaves stdout
+            "open('threads' + os.environ.get('PMI_RANK', ''), 'w').write("
+            "f\"{os.environ.get('OPENBLAS_NUM_THREADS')} {kernels.threads()}\")")
     env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
     share = max(1, len(os.sched_getaffinity(0)) // 2)
 
     def run(*launcher, **extra):
+        for old in tmp_path.glob("threads*"):
+            old.unlink()
         out = subprocess.run([*launcher, sys.executable, "-c", code], cwd=tmp_path, env=dict(env, **extra),
                              capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, out.stderr
-        return out.stdout.split("\n")[:-1]
+        return [p.read_text() for p in sorted(tmp_path.glob("threads*"))]
     assert run(MPIEXEC, "-n", "2") == [f"{share} {share}"] * 2
     assert run(MPIEXEC, "-n", "2", OPENBLAS_NUM_THREADS="3") == ["3 3"] * 2
     assert run() == [f"None {len(os.sched_getaffinity(0))}"]
