@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import yaml
 
-from darknetpy import load_network
+from darknetpy import launcher, load_network
 
 from test_train import TEXT
 
@@ -390,7 +390,7 @@ def test_each_rank_takes_its_share_of_the_cores(tmp_path):
     code = ("import os, darknetpy; from darknetpy import kernels; "  # a file per rank: mpiexec interleaves stdout
             "open('threads' + os.environ.get('PMI_RANK', ''), 'w').write("
             "f\"{os.environ.get('OPENBLAS_NUM_THREADS')} {kernels.threads()}\")")
-    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    env = {k: v for k, v in os.environ.items() if k not in launcher.THREAD_VARS}
     share = max(1, len(os.sched_getaffinity(0)) // 2)
 
     def run(*launcher, **extra):
