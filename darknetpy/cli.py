@@ -351,6 +351,34 @@ def train(ctx, cfg, data, weights, clear, tokenized, backup, max_batches, srand,
 
 
 @main.command()
+@click.argument("cfg", type=PATH)
+@click.argument("weights", type=PATH)
+@click.option("-o", "--output", required=True, type=PATH, metavar="MODEL.onnx",
+              help="Where to write the ONNX model; an existing file is replaced atomically.")
+@click.option("--sequence", is_flag=True,
+              help="Export the sequence graph: ids (steps, streams) in, probs (steps, streams, outputs) out, "
+                   "for scoring many steps in one call. Default: the step graph, one step per call, for "
+                   "generation.")
+@click.option("--vocab", "vocab_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help=VOCAB_HELP + " Stored in the model's metadata.")
+@friendly
+def export(cfg, weights, output, sequence, vocab_file):
+    """Write the network at inference as an ONNX model MODEL.onnx that onnxruntime (Python, C, C#,
+    Java, JavaScript) runs with darknetpy's probabilities. Inputs: ids (int64), state (float32
+    [streams, S], zeros for a fresh state) and temperature (default: the cfg's softmax
+    temperature); outputs: probs and state_out. The metadata holds S, the state layout, the cfg
+    and the vocabulary. Needs the onnx package: pip install "darknetpy[onnx]".
+
+    CFG may be the training cfg: batch and time_steps are forced to 1.
+    """
+    from . import export as exportmod
+    model = exportmod.export(cfg, weights, output, sequence=sequence, vocab=vocab_file)
+    props = {p.key: p.value for p in model.metadata_props}
+    click.echo(f"wrote {output}: the {'sequence' if sequence else 'step'} graph, state of "
+               f"{props['darknetpy.state_size']} floats ({props['darknetpy.state_layout'] or 'none'})", err=True)
+
+
+@main.command()
 @click.argument("runs", nargs=-1, required=True, metavar="RUN...")
 @click.option("-o", "--output", default=None, metavar="FILE.png",
               help="Where to write the figure. Default: <first RUN>.png beside it.")

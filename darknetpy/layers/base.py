@@ -96,6 +96,11 @@ class Layer(Buffers):
         weights once (see Network.stepper); this default runs `forward` for a single step."""
         return lambda x: self.forward(x[None], False)[0]
 
+    def to_onnx(self, g, x):
+        """Write this layer at inference into the ONNX graph g (export.Graph), reading the value
+        named x; return its output's name. A kind without this method cannot be exported."""
+        raise g.refuse(f"[{self.kind}] has no ONNX form in this darknetpy version")
+
 
 def output_units(section):
     """The `output=` of a layer with weights, which must be > 0."""

@@ -202,3 +202,7 @@ class Connected(Layer):
 
     def params(self, updates=False):
         return self.dense.params(updates)
+
+    def to_onnx(self, g, x):
+        """act(x W + b), batchnorm folded into W and b."""
+        return g.act(self.activation, g.dense(x, *self.dense.folded()))

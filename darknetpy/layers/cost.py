@@ -27,3 +27,6 @@ class Cost(Layer):
             truth = np.eye(self.inputs, dtype=x.dtype)[truth]
         delta = (truth - x).astype(x.dtype)
         return (delta * delta).sum(), delta * x.dtype.type(self.scale)
+
+    def to_onnx(self, g, x):
+        return x  # the identity at inference

@@ -28,3 +28,6 @@ class Dropout(Layer):
 
     def backward(self, dy, need_dx):
         return dy if self.mask is None else dy * self.mask
+
+    def to_onnx(self, g, x):
+        return x  # the identity at inference

@@ -194,3 +194,14 @@ class GRU(Recurrent):
         if not need_dx:
             return None
         return u.back(du, out=self.buffer("dX", (T * S, self.inputs))).reshape(T, S, self.inputs)
+
+    def to_onnx(self, g, x):
+        """ONNX's GRU, which is this one: z r h as ONNX's z r h, linear_before_reset=0 (r multiplies
+        h before wh), the candidate tanh or logistic; input and recurrent biases apart; batchnorm
+        folded into each sub-layer."""
+        (U, bu), (Wzr, bzr), (Wh, bh) = self.u.folded(), self.wzr.folded(), self.wh.folded()
+        activations = ["Sigmoid", "Tanh" if self.tanh else "Sigmoid"]
+        h, (h1,) = g.recurrent_op("GRU", x, U.T, np.concatenate([Wzr, Wh], axis=1).T, np.concatenate([bu, bzr, bh]),
+                                  g.state(self.kind, self.outputs), activations=activations, linear_before_reset=0)
+        g.set_state(h1)
+        return h

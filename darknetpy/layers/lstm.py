@@ -226,6 +226,22 @@ class LSTM(Recurrent):
             return None
         return u.back(du, out=self.buffer("dX", (T * S, self.inputs))).reshape(T, S, self.inputs)
 
+    def to_onnx(self, g, x):
+        """ONNX's LSTM: Darknet's gates i f o g reordered to ONNX's i o f c, input and recurrent
+        biases apart, batchnorm folded into each sub-layer; the peepholes as ONNX's P (i o f), whose
+        o sees the new cell as here."""
+        n = self.outputs
+        (U, bu), (W, bw) = self.u.folded(), self.w.folded()
+        iofc = np.r_[0:n, 2 * n:3 * n, n:2 * n, 3 * n:4 * n]
+        P = None
+        if self.peep:
+            p = self.peep.params()
+            P = np.concatenate([p["pi"], p["po"], p["pf"]])
+        h, states = g.recurrent_op("LSTM", x, U[:, iofc].T, W[:, iofc].T, np.concatenate([bu[iofc], bw[iofc]]),
+                                   g.state(self.kind, n, n), P)
+        g.set_state(*states)
+        return h
+
 
 class Peepholes(Buffers):
     """pi, pf, po of a peephole LSTM, stacked as p (3n,), with dp its accumulated update (a negative

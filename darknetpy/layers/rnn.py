@@ -168,3 +168,19 @@ class RNN(Recurrent):
         if not need_dx:
             return None
         return U.back(du, out=self.buffer("dX", (T * S, self.inputs))).reshape(T, S, self.inputs)
+
+    def to_onnx(self, g, x):
+        """The input and output sub-layers over all steps at once, the recurrence through g.scan;
+        batchnorm folded into each sub-layer."""
+        (U, bu), (W, bw), (V, bv) = self.input_layer.folded(), self.self_layer.folded(), self.output_layer.folded()
+        a = g.act(self.activation, g.dense(x, U, bu))
+
+        def step(g, xs, states):
+            (a_t,), (s,) = xs, states
+            s1 = g.op("Add", a_t, g.act(self.activation, g.dense(s, W, bw)))
+            if self.shortcut:
+                s1 = g.op("Add", s1, s)
+            return [s1], [s1]
+        (s,), (states,) = g.scan(step, [a], g.state(self.kind, self.outputs))
+        g.set_state(s)
+        return g.act(self.activation, g.dense(states, V, bv))

@@ -65,3 +65,12 @@ class Softmax(Layer):
         with np.errstate(divide="ignore"):
             cost = -np.log(p[hot]).sum(dtype=p.dtype)
         return cost, (truth - p).astype(p.dtype)
+
+    def to_onnx(self, g, x):
+        """Softmax of x / T over each of `groups` slices, T the model's `temperature` input (its
+        initializer: this layer's temperature)."""
+        z = g.op("Div", g.floats(x), g.temperature(self.temperature))
+        if self.groups == 1:
+            return g.op("Softmax", z, axis=-1)
+        p = g.op("Softmax", g.last_axis(z, (self.groups, self.inputs // self.groups)), axis=-1)
+        return g.last_axis(p, (self.inputs,))
