@@ -33,7 +33,7 @@ def cfg_text(body, inputs=V):
 
 def randomize(net, seed):
     """Random small weights and biases, and batchnorm statistics and scales away from their
-    initial 1s and 0s, as training leaves them; peepholes ±0.8."""
+    initial 1s and 0s, as training leaves them; peephole and [sru] vectors ±0.8."""
     rng = np.random.default_rng(seed)
     for key, v in net.params().items():
         kind = key.rsplit(".", 1)[-1]
@@ -44,7 +44,7 @@ def randomize(net, seed):
         elif kind in ("scales", "rolling_variance"):
             v[...] = rng.uniform(0.4, 1.8, v.shape)
         else:
-            assert kind in ("pi", "pf", "po"), key
+            assert kind in ("pi", "pf", "po", "vf", "vr"), key  # peepholes, [sru]'s vectors
             v[...] = rng.uniform(-0.8, 0.8, v.shape)
     net.refresh()
     return net
