@@ -106,7 +106,7 @@ HEAD = f"[connected]\noutput={V}\nactivation=linear\n\n[softmax]\n"  # logits an
 
 KINDS = {  # each the first layer (reading ids), before HEAD
     "rnn": "[rnn]\noutput=20\nactivation=tanh\nbatch_normalize={bn}\n",
-    "rnn-shortcut": "[rnn]\noutput=20\nactivation=logistic\nshortcut=1\nbatch_normalize={bn}\n",
+    "rnn-shortcut": "[rnn]\noutput=20\nactivation=tanh\nshortcut=1\nbatch_normalize={bn}\n",
     "gru-logistic": "[gru]\noutput=20\ntanh=0\nbatch_normalize={bn}\n",
     "gru-tanh": "[gru]\noutput=20\ntanh=1\nbatch_normalize={bn}\n",
     "lstm": "[lstm]\noutput=20\nbatch_normalize={bn}\n",
@@ -148,7 +148,7 @@ def test_every_activation(write_cfg, name):
 STACKS = {
     "all": ("[rnn]\noutput=24\nactivation=leaky\nbatch_normalize=1\n\n[dropout]\n\n[gru]\noutput=20\n\n"
             "[lstm]\noutput=18\npeephole=1\nbatch_normalize=1\n\n[connected]\noutput=32\nactivation=ramp\n\n"
-            "[gru]\noutput=16\ntanh=1\nbatch_normalize=1\n\n[rnn]\noutput=12\nactivation=logistic\nshortcut=1\n\n"
+            "[gru]\noutput=16\ntanh=1\nbatch_normalize=1\n\n[rnn]\noutput=12\nactivation=tanh\nshortcut=1\n\n"
             + HEAD + "\n[cost]\n"),
     "lstm2": "[lstm]\noutput=32\n\n[dropout]\nprobability=0.2\n\n[lstm]\noutput=32\n\n" + HEAD,
     "darknet-rnn": ("[rnn]\noutput=32\nactivation=leaky\nbatch_normalize=1\n\n[rnn]\noutput=32\nactivation=leaky\n"
