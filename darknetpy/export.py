@@ -74,7 +74,7 @@ class Graph:
 
     def __init__(self, sequence, inputs, parent=None):
         self.onnx = _onnx()
-        self.sequence, self.inputs, self.parent = sequence, inputs, parent
+        self.sequence, self.inputs = sequence, inputs
         self.root = parent.root if parent else self
         self.nodes = []
         if parent is None:
