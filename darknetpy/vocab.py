@@ -279,7 +279,7 @@ def find(cfg_path, weights_path, given, net, building=False):
         vocab = Vocab.from_text(entry["text"], where)
         check_fits(vocab, net, cfg_path)
         return vocab
-    looked = [f"no --vocab FILE, {where or weights_path + STATE_SUFFIX} names no vocabulary"]
+    looked = [f"no --vocab FILE, no vocabulary in {weights_path + STATE_SUFFIX}"]
     folder = os.path.dirname(os.path.abspath(weights_path))
     stem = _CHECKPOINT.fullmatch(os.path.basename(weights_path))
     for name in dict.fromkeys(([stem.group(1)] if stem else []) + [cfg_base(cfg_path)]):
@@ -310,6 +310,17 @@ def encode_for_valid(vocab, text_path, seed):
     name = "<stdin>" if text_path == "-" else text_path
     return (vocab.encode(read_text(text_path), name), vocab.encode_bytes(seed, "--seed", "seed"),
             vocab.space_ids())
+
+
+def held_out(path, mode="bytes", frac=datamod.VALID_FRAC):
+    """The UTF-8 bytes of the part of a corpus (file or folder) that train holds out: its last
+    int(n * frac) ids (data.split_corpus) of `mode`, the text for `darknetpy valid` to score."""
+    if mode == "bytes":
+        ids = datamod.load_corpus(path, 256)
+        return ids[len(ids) - int(len(ids) * frac):].tobytes()
+    text = read_text(path)
+    pieces = list(text) if mode == "chars" else _WORD.findall(text)
+    return "".join(pieces[len(pieces) - int(len(pieces) * frac):]).encode("utf-8")
 
 
 # ---- training's corpus -------------------------------------------------------------------------
