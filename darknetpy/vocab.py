@@ -227,6 +227,12 @@ def state_entry(vocab):
     return {"mode": vocab.mode, "size": vocab.size, "sha256": sha256(text.encode("utf-8")), "text": text}
 
 
+def _run_stem(weights_path):
+    """The cfg stem of the run a checkpoint's file name comes from, or None for another name."""
+    stem = _CHECKPOINT.fullmatch(os.path.basename(weights_path))
+    return stem.group(1) if stem else None
+
+
 def _named(weights_path):
     """(entry, where): what the weights' own .state.npz, else their run record, says of the
     vocabulary ({mode, size[, sha256, text]}, or None: nothing said), and that file's name."""
@@ -238,9 +244,9 @@ def _named(weights_path):
         meta = {}
     if "vocab" in meta:
         return meta["vocab"] or {"mode": "tokenized"}, state
-    stem = _CHECKPOINT.fullmatch(os.path.basename(weights_path))
+    stem = _run_stem(weights_path)
     if stem:
-        path = os.path.join(os.path.dirname(os.path.abspath(weights_path)), stem.group(1) + ".yaml")
+        path = os.path.join(os.path.dirname(os.path.abspath(weights_path)), stem + ".yaml")
         entry = (earlier_record(path).get("corpus") or {}).get("vocab")
         if isinstance(entry, dict) and entry.get("mode") in MODES:
             return {"mode": entry["mode"], "size": entry.get("size")}, path
@@ -281,8 +287,7 @@ def find(cfg_path, weights_path, given, net, building=False):
         return vocab
     looked = [f"no --vocab FILE, no vocabulary in {weights_path + STATE_SUFFIX}"]
     folder = os.path.dirname(os.path.abspath(weights_path))
-    stem = _CHECKPOINT.fullmatch(os.path.basename(weights_path))
-    for name in dict.fromkeys(([stem.group(1)] if stem else []) + [cfg_base(cfg_path)]):
+    for name in dict.fromkeys([stem for stem in (_run_stem(weights_path), cfg_base(cfg_path)) if stem]):
         path = os.path.join(folder, name + ".vocab")
         if not os.path.exists(path):
             looked.append(f"no {path}")
@@ -295,7 +300,8 @@ def find(cfg_path, weights_path, given, net, building=False):
         looked.append(f"{path} {why}")
     if entry and entry["mode"] in ("chars", "words", "tokenized"):
         need = (f"these weights need their {entry['mode']} vocabulary" if entry["mode"] != "tokenized" else
-                "these weights were trained on --tokenized ids and need a vocabulary")
+                "these weights were trained on --tokenized ids (generate reads --tokens FILE) and need "
+                "a vocabulary")
     elif max(net.inputs, net.outputs) > 256 and not building:
         need = (f"a network of {net.inputs} inputs and {net.outputs} outputs is not a byte model and "
                 "needs its vocabulary")
