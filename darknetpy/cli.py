@@ -137,8 +137,9 @@ def generate(cfg, weights, seed, seed_file, length, temp, srand, greedy, top_k, 
 
 
 def stepping_network(cfg, weights, vocab_file, ids=False):
-    """(network with its weights, one stream one step at a time; the vocabulary of the run that made
-    them, vocab.find), for generate, valid and vec. ids=True: Darknet ids named by --tokens, no search."""
+    """(net, vocabulary) for generate, valid and vec: the network with WEIGHTS loaded, one stream
+    one step at a time, and the vocabulary of the run that made them (vocab.find, which refuses a
+    model that needs one and has none). ids=True (--tokens names Darknet's ids): no search."""
     from . import load_network
     net = load_network(cfg, batch=1, time_steps=1)
     net.load_weights(weights)

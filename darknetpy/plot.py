@@ -2,9 +2,10 @@
 
 Left panel against iterations, right panel against wall time; in both, the training loss (its
 running average, converted from nats to bits per character, or per token for a words vocabulary
-or tokenized ids, so it shares the axis with the held-out figure) as a line and the validations as dots, each run in its own colour, the best
-validation of each run marked with a star. matplotlib is imported only here, and only when a
-figure is drawn (the optional extra `darknetpy[plot]`).
+or tokenized ids, so it shares the axis with the held-out figure) as a line and the validations
+as dots, each run in its own colour, the best validation of each run marked with a star.
+matplotlib is imported only here, and only when a figure is drawn (the optional extra
+`darknetpy[plot]`).
 """
 import math
 import os

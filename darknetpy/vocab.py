@@ -278,7 +278,7 @@ def find(cfg_path, weights_path, given, net, building=False):
         vocab = Vocab.load(given)
         why = _mismatch(vocab, entry, where)
         if why:
-            raise DarknetpyError(f"{why}: the weights were trained with that one; drop --vocab", given)
+            raise DarknetpyError(f"{why}, which the weights were trained with; drop --vocab", given)
         check_fits(vocab, net, cfg_path)
         return vocab
     if entry and entry.get("text"):
