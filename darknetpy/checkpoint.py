@@ -13,7 +13,8 @@ continue bit for bit:
     layer{l}.{name}         each recurrent layer's carried state, (streams, outputs)
     meta                    json: version, seen, weights_sha256, slots, optimizer {name, scalars
                             (t), buffers {name: count}}, batcher (data walk), net_rng, and what the
-                            trainer adds (iteration, avg_loss, corpus_sha256, ...)
+                            trainer adds (iteration, avg_loss, corpus_sha256, vocab: the run's
+                            vocabulary, see vocab.state_entry, ...)
 Version 1 (before optimizers were classes) stored Adam's moments as m{i}, v{i} and the step
 count as meta t, moments; it is still read.
 """

@@ -48,8 +48,10 @@ def seed_bytes(text):
 
 
 PATH = click.Path(dir_okay=False)
-VOCAB_HELP = ("Vocabulary file (darknetpy-vocab). Default: <cfg stem>.vocab in the weights' folder, "
-              "as train saves it; without one, bytes (Darknet's).")
+VOCAB_HELP = ("Vocabulary file (darknetpy-vocab). Default: the vocabulary of the run that made the "
+              "weights: the one in WEIGHTS.state.npz, else the run's .vocab beside the weights (named "
+              "after the weights, then after the cfg); without one, bytes (Darknet's), unless the "
+              "model needs a vocabulary (then an error says where it looked).")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -110,7 +112,7 @@ def generate(cfg, weights, seed, seed_file, length, temp, srand, greedy, top_k, 
 
     CFG may be the training cfg: batch and time_steps are forced to 1.
     """
-    from . import load_network, sample
+    from . import sample
     if top_k is not None and top_k < 1:
         raise DarknetpyError(f"--top-k {top_k}: give K >= 1 (leave it out to sample among all)")
     if beam is not None and beam < 1:
@@ -121,9 +123,8 @@ def generate(cfg, weights, seed, seed_file, length, temp, srand, greedy, top_k, 
         seed, seed_name = read_bytes(seed_file, "seed file"), seed_file
     else:
         seed, seed_name = seed_bytes("\n\n" if seed is None else seed), "--seed"
-    net = load_network(cfg, weights, batch=1, time_steps=1)
+    net, vocabulary = stepping_network(cfg, weights, None if tokens else vocab_file, ids=bool(tokens))
     token_list = sample.read_tokens(tokens) if tokens else None
-    vocabulary = None if tokens else vocabmod.find(cfg, weights, vocab_file, net)
     out = sys.stdout.buffer
     pieces = generation.output(
         net, seed=seed, length=length,
@@ -133,6 +134,17 @@ def generate(cfg, weights, seed, seed_file, length, temp, srand, greedy, top_k, 
     for piece in pieces:
         out.write(piece)
         out.flush()
+
+
+def stepping_network(cfg, weights, vocab_file, ids=False):
+    """(net, vocabulary) for generate, valid and vec: the network with WEIGHTS loaded, one stream
+    one step at a time, and the vocabulary of the run that made them (vocab.find, which refuses a
+    model that needs one and has none). ids=True (--tokens names Darknet's ids): no search."""
+    from . import load_network
+    net = load_network(cfg, batch=1, time_steps=1)
+    net.load_weights(weights)
+    net.vocab = None if ids else vocabmod.find(cfg, weights, vocab_file, net)
+    return net, net.vocab
 
 
 def read_bytes(path, what):
@@ -160,9 +172,8 @@ def valid(cfg, weights, text, seed, verbose, vocab_file):
     The text is fed in order with the state carried. The last line has Darknet's form
     `N BPC: x   Perplexity: y    Word Perplexity: z`, so scripts can parse either tool.
     """
-    from . import data, load_network, sample
-    net = load_network(cfg, weights, batch=1, time_steps=1)
-    vocabulary = vocabmod.find(cfg, weights, vocab_file, net)
+    from . import data, sample
+    net, vocabulary = stepping_network(cfg, weights, vocab_file)
     if vocabulary is None or vocabulary.mode == "bytes":
         ids, seed_ids, spaces = data.load_corpus(text, net.inputs).tobytes(), seed_bytes(seed), (32, 10, 9)
     else:
@@ -197,9 +208,8 @@ def vec(cfg, weights, text, seed, keep_whitespace, vocab_file):
     depend on the lines before it. A line holding a comma, quote or carriage return is quoted as
     CSV quotes it.
     """
-    from . import load_network, sample
-    net = load_network(cfg, weights, batch=1, time_steps=1)
-    vocabulary = vocabmod.find(cfg, weights, vocab_file, net)
+    from . import sample
+    net, vocabulary = stepping_network(cfg, weights, vocab_file)
     raw = sys.stdin.buffer.read() if text == "-" else read_bytes(text, "text")
     lines = raw.split(b"\n")
     if lines[-1] == b"":  # a final newline ends the last line, it does not start one
@@ -260,7 +270,8 @@ def info(cfg, weights):
 @click.option("--vocab", default=None, metavar="bytes|chars|words|FILE",
               help="What an id is: a byte (Darknet's), a Unicode character or a word of the UTF-8 corpus "
                    "(built from all of DATA, saved as BACKUP/<cfg>.vocab), or the tokens of a .vocab FILE. "
-                   "Default: the vocabulary saved beside --weights, else bytes.")
+                   "Default: the vocabulary of --weights' run (in their .state.npz, or its .vocab beside "
+                   "them), else bytes.")
 @click.option("--max-vocab", type=click.IntRange(min=2), default=None, metavar="N",
               help="With --vocab words: at most N tokens, the N-1 most frequent and <unk> for the "
                    "rest. Default: no cap.")

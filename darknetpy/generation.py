@@ -22,18 +22,18 @@ from .errors import DarknetpyError
 from .sample import GlibcRand, NumpyRand, check_ids, sample_index
 
 SEPARATOR = "-" * 15  # the line between samples (nanoGPT's sample.py prints the same)
-_NO_TOKEN = b"\xef\xbf\xbd"  # U+FFFD for an output id the vocabulary has no token for
 
 
 def symbol_pieces(net, tokens=None, vocab=None):
-    """The bytes each output id prints as: Darknet's token plus a space with `tokens` (one string
-    per id, <NEWLINE> a newline), a vocabulary's token joined with nothing, else the byte itself."""
+    """The bytes each id prints as: Darknet's token plus a space with `tokens` (one string per id,
+    <NEWLINE> a newline), a vocabulary's token joined with nothing, else the byte itself. Only the
+    first min(len, outputs) ids are ever sampled (sampling.within)."""
     if tokens is not None:
         if len(tokens) < net.outputs:
             raise DarknetpyError(f"{len(tokens)} tokens for a network with {net.outputs} outputs")
         return [("\n" if t == "<NEWLINE>" else t).encode("utf-8", "surrogateescape") + b" " for t in tokens]
     if vocab is not None and vocab.mode != "bytes":
-        return vocab.pieces() + [_NO_TOKEN] * max(0, net.outputs - vocab.size)
+        return vocab.pieces()
     return [bytes([i & 0xFF]) for i in range(max(256, net.outputs))]  # C's %c of an id
 
 
@@ -64,7 +64,7 @@ def check_options(net, pieces, length, temperature, top_k, top_p, beam, stop, sa
     for bad, message in problems:
         if bad:
             raise DarknetpyError(message)
-    longest = max(len(pieces[i]) for i in range(net.outputs))
+    longest = max(len(piece) for piece in pieces[:net.outputs])
     if stop and len(stop) > longest * length:
         raise DarknetpyError(f"--stop: the text is {len(stop)} bytes, but --len {length} symbols print at most "
                              f"{longest * length}: raise --len or shorten the stop text")
@@ -122,8 +122,9 @@ def events(net, seed=b"\n\n", length=1000, temperature=0.7, top_k=0, top_p=1.0, 
     for c in ids[:-1]:
         step(np.full(streams, c))
     echo = b"".join(pieces[c] for c in ids)
+    n = min(len(pieces), net.outputs)  # the ids with a text: no chooser sees the others
     if beam:
-        yield from _beam(step, ids[-1], pieces, echo, beam, length, Until(stop))
+        yield from _beam(step, ids[-1], pieces, echo, beam, length, Until(stop), n)
         return
     for i in range(samples):
         yield i, echo, False
@@ -133,7 +134,7 @@ def events(net, seed=b"\n\n", length=1000, temperature=0.7, top_k=0, top_p=1.0, 
     for _ in range(length):
         if not alive:
             break
-        c = choose(step(c))
+        c = choose(sampling.within(step(c), n))
         symbols = c.tolist()  # Python ints: the per-sample loop below is most of a step's overhead
         if not stop:
             for i in alive:
@@ -152,14 +153,14 @@ def events(net, seed=b"\n\n", length=1000, temperature=0.7, top_k=0, top_p=1.0, 
         yield i, b"\n", True
 
 
-def _beam(step, last, pieces, echo, width, length, until):
-    """The beam's one sample: searched whole, then printed (cut at the stop text)."""
+def _beam(step, last, pieces, echo, width, length, until, n):
+    """The beam's one sample, among ids < n: searched whole, then printed (cut at the stop text)."""
     with np.errstate(divide="ignore"):
-        logp0 = np.log(step(np.full(width, last))[0])
+        logp0 = np.log(sampling.within(step(np.full(width, last)), n)[0])
 
         def advance(parents, symbols):
             step.select(parents)
-            return np.log(step(symbols))
+            return np.log(sampling.within(step(symbols), n))
         symbols, _ = sampling.beam_search(logp0, advance, width, length)
     out = [echo]
     for c in symbols:

@@ -350,8 +350,9 @@ def load_network(cfg, weights_path=None, batch=None, time_steps=None):
     """Build the network a .cfg describes and, if given, load a Darknet .weights file into it.
 
     `batch` overrides the streams run at once (subdivisions become 1), `time_steps` the steps per datum.
-    Unused cfg keys are reported as `cfg.CfgWarning` warnings, as Darknet prints them. A
-    vocabulary `<cfg stem>.vocab` beside the weights (as train saves it) becomes `net.vocab`.
+    Unused cfg keys are reported as `cfg.CfgWarning` warnings, as Darknet prints them. The
+    vocabulary of the run that made the weights (vocab.find: their .state.npz, else the run's
+    .vocab beside them) becomes `net.vocab`; a model that needs one and has none is refused.
     """
     net = Network(cfg, batch=batch, time_steps=time_steps)
     if weights_path is not None:

@@ -169,7 +169,14 @@ def validate_steps(net, text, seed=b"\n\n", spaces=(32, 10, 9)):
     scored bytes. `text` and `seed` may also be arrays of vocabulary ids.
     """
     seed_ids = check_ids(seed, net.inputs, "seed").tolist()
-    ids = check_ids(text, net.inputs, "text").tolist()
+    ids = check_ids(text, net.inputs, "text")
+    beyond = np.flatnonzero(ids[1:] >= net.outputs)  # every id but the first is a target
+    if beyond.size:
+        at = int(beyond[0]) + 1
+        kind = "id" if isinstance(text, np.ndarray) else "byte"
+        raise DarknetpyError(f"text: {kind} {ids[at]} at offset {at} is a target the network's {net.outputs} "
+                             "outputs cannot predict; score only text the network was trained on")
+    ids = ids.tolist()
     spaces = frozenset(spaces)
     log2 = float(np.float32(math.log(2)))
     step = net.stepper(private=True)  # from a zero state; the network's own is left alone

@@ -10,6 +10,15 @@ import numpy as np
 from . import kernels
 
 
+def within(p, n):
+    """The probabilities of ids 0..n-1 alone, renormalized per row: a cfg may have more outputs
+    than its vocabulary has tokens, and an id beyond has no text. n >= V: p itself, untouched."""
+    if n >= p.shape[-1]:
+        return p
+    q = p[..., :n]
+    return q / q.sum(axis=-1, keepdims=True)
+
+
 def temperature(p, T):
     """p^(1/T) renormalized per row, in float64; T -> 0 tends to uniform over the argmax ties."""
     with np.errstate(divide="ignore"):

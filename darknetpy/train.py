@@ -400,7 +400,7 @@ class Trainer:
         signame = signal.Signals(self.interrupt.signum).name if self.interrupt.signum else None
         return {**self.progress_fields(), "status": status, "checkpoint": self.saved_path,
                 "max_batches": self.max_batches, "record": os.path.abspath(self.paths["record"]),
-                "best": self.best, "reason": self.stop_reason, "signal": signame,
+                "best": self.best, "reason": self.stop_reason, "signal": signame, "unit": self.unit[0],
                 "exit_code": 128 + self.interrupt.signum if status == "interrupted" else 0}
 
     def step(self):
@@ -492,8 +492,9 @@ class Trainer:
         self.valid, self.valid_iteration = float(bpc), self.iteration
         loss = f"{self.loss:.4f}" if self.loss is not None else "-"
         avg = f"{self.avg:.4f}" if self.avg is not None else "-"
+        unit, what = self.unit
         self.progress.say(f"valid: iteration {self.iteration}  {time.time() - self.t0:.1f} s  loss {loss}  "
-                          f"avg {avg}  valid {bpc:.4f} bpc ({self.validator.count} chars, {time.time() - v0:.1f} s)")
+                          f"avg {avg}  valid {bpc:.4f} {unit} ({self.validator.count} {what}, {time.time() - v0:.1f} s)")
         if self.best is None or bpc < self.best["valid_bpc"]:
             self.best = {"weights": os.path.abspath(self.paths["best"]), "iteration": self.iteration,
                          "valid_bpc": float(bpc)}
@@ -502,6 +503,13 @@ class Trainer:
         else:
             self.bad_validations += 1
         return True
+
+    @property
+    def unit(self):
+        """(unit, what is counted) of a validation: bits per character, or per token for a words
+        vocabulary or --tokenized ids."""
+        per_token = self.tokenized or (self.vocabulary is not None and self.vocabulary.mode == "words")
+        return ("bits per token", "tokens") if per_token else ("bpc", "chars")
 
     def open_metrics(self):
         """The metrics log; a continuing run keeps the rows up to the checkpoint it starts from."""
@@ -586,7 +594,8 @@ class Trainer:
             raise self.diverged("non-finite weights before checkpoint")
         wbytes = weightsmod.to_bytes(net)
         extra = {"iteration": self.iteration, "avg_loss": self.avg, "corpus_sha256": self.corpus_sha,
-                 "best": self.best, "bad_validations": self.bad_validations, "seconds": self.seconds()}
+                 "best": self.best, "bad_validations": self.bad_validations, "seconds": self.seconds(),
+                 "vocab": vocabmod.state_entry(self.vocabulary)}  # the vocabulary travels with the weights
         sbytes = ckpt.state_bytes(net, self.batcher, wbytes, extra)
         with self.interrupt.saving():
             try:
@@ -601,7 +610,8 @@ class Trainer:
         last = (f"the last good checkpoint is {self.saved_path} (iteration {self.saved})"
                 if self.saved_path else "no checkpoint was written in this run")
         if self.best is not None:
-            last += f", the best {self.best['weights']} (iteration {self.best['iteration']}, {self.best['valid_bpc']:.4f} bpc)"
+            last += (f", the best {self.best['weights']} (iteration {self.best['iteration']}, "
+                     f"{self.best['valid_bpc']:.4f} {self.unit[0]})")
         return DarknetpyError(f"{what} at iteration {self.iteration}: training diverged and stopped "
                               f"without saving; {last}; lower learning_rate or set clip in [net]", self.cfg)
 
@@ -616,9 +626,10 @@ class Trainer:
 def format_summary(s):
     """The one summary line printed at the end of a run."""
     avg = f"{s['avg_loss']:.4f}" if s["avg_loss"] is not None else "-"
-    valid = f"{s['valid_bpc']:.4f} bpc" if s["valid_bpc"] is not None else "-"
+    unit = s.get("unit", "bpc")
+    valid = f"{s['valid_bpc']:.4f} {unit}" if s["valid_bpc"] is not None else "-"
     best = s.get("best")
-    best = (f", best valid {best['valid_bpc']:.4f} bpc at iteration {best['iteration']} ({best['weights']})"
+    best = (f", best valid {best['valid_bpc']:.4f} {unit} at iteration {best['iteration']} ({best['weights']})"
             if best else "")
     line = (f"{s['status']}: iteration {s['iteration']}, update {s['updates']} of max_batches "
             f"{s['max_batches']}, seen {s['seen']}, epoch {s['epoch']:.2f}, {s['seconds']:.0f} s, "

@@ -222,6 +222,10 @@ def test_tokenize_writes_darknet_files(tmp_path, mode):
     gen = ok("generate", cfg, tmp_path / "b" / "tiny_final.weights", "--tokens", prefix + ".tokens",
              "--seed", "", "--len", 5, "--srand", 1).stdout
     assert gen.count(" ") >= 6                          # Darknet's token + space, unchanged
+    # valid needs the ids' vocabulary: the state says they are tokenized, so never bytes
+    weights = tmp_path / "b" / "tiny_final.weights"
+    one_line_error(run("valid", cfg, weights, TEXT_PATH), "--tokenized ids", "--vocab FILE")
+    assert ok("valid", cfg, weights, TEXT_PATH, "--vocab", prefix + ".vocab").stdout.startswith(f"{len(ids) - 1} BPC: ")
 
 
 def test_train_takes_a_vocab_file_from_tokenize(tmp_path):
