@@ -18,19 +18,30 @@ OTHER_DARKNET = {"shortcut", "crop", "detection", "region", "yolo", "local", "co
                  "upsample", "iseg"}
 REQUIRED = object()
 
-# Keys C Darknet's parser.c reads that darknetpy may leave unasked (policy- or adam-only keys, keys
-# of image nets and Darknet's tools): a real Darknet key is never called a typo of another.
+# Keys the C Darknets' parser.c reads (pjreddie's and AlexeyAB's), some of which darknetpy leaves
+# unasked (policy- or adam-only keys, keys of image nets and of Darknet's tools): a real Darknet key
+# is never called a typo of another (AlexeyAB's `flip` is one edit from `clip`).
 DARKNET_KEYS = {
-    "net": {"batch", "learning_rate", "momentum", "decay", "subdivisions", "time_steps", "notruth",
-            "random", "adam", "B1", "B2", "eps", "height", "width", "channels", "inputs", "max_crop",
-            "min_crop", "max_ratio", "min_ratio", "center", "clip", "angle", "aspect", "saturation",
-            "exposure", "hue", "policy", "burn_in", "power", "step", "scale", "steps", "scales",
-            "gamma", "max_batches"},
+    "net": {"B1", "B2", "adam", "adversarial_lr", "angle", "aspect", "attention", "augment_speed",
+            "badlabels_rejection_percentage", "batch", "blur", "burn_in", "center", "channels", "clip",
+            "contrastive", "contrastive_color", "contrastive_jit_flip", "cutmix", "decay",
+            "dynamic_minibatch", "ema_alpha", "eps", "equidistant_point", "exposure", "flip", "gamma",
+            "gaussian_noise", "height", "hue", "inputs", "label_smooth_eps", "learning_rate",
+            "learning_rate_min", "letter_box", "loss_scale", "max_batches", "max_chart_loss",
+            "max_crop", "max_ratio", "min_crop", "min_ratio", "mixup", "momentum", "mosaic",
+            "mosaic_bound", "notruth", "num_sigmas_reject_badlabels", "optimized_memory", "policy",
+            "power", "random", "resize_step", "saturation", "scale", "scales", "seq_scales",
+            "sequential_subdivisions", "sgdr_cycle", "sgdr_mult", "step", "steps", "subdivisions",
+            "time_steps", "track", "try_fix_nan", "unsupervised", "use_cuda_graph",
+            "weights_reject_freq", "width", "workspace_size_limit_MB"},
+    "rnn": {"hidden"},
     "softmax": {"tree", "spatial"},
     "cost": {"ratio", "noobj", "thresh"},
+    "dropout": {"dropblock", "dropblock_size_abs", "dropblock_size_rel"},
 }
-EVERY_LAYER_KEYS = {"truth", "onlyforward", "stopbackward", "dontsave", "dontload", "numload",
-                    "dontloadscales", "learning_rate", "smooth"}  # parse_network_cfg, for every layer
+EVERY_LAYER_KEYS = {"burnin_update", "clip", "dont_update", "dontload", "dontloadscales", "dontsave",
+                    "learning_rate", "numload", "onlyforward", "show_receptive_field", "smooth",
+                    "stopbackward", "train_only_bn", "truth"}  # parse_network_cfg, for every layer
 
 
 class CfgWarning(UserWarning):

@@ -201,6 +201,7 @@ NOT_TYPOS = {
     "[net]\ninputs=4\nB1=.8\nB2=.9\neps=1e-8\ngamma=.9\nseen=0\n[rnn]\n": [3, 4, 5, 6, 7],
     "[net]\ninputs=4\n[rnn]\noutput=3\nhidden=1024\nlearning_rate=.5\nstopbackward=1\n": [5, 6, 7],
     "[net]\ninputs=4\n[rnn]\noutput=3\n[softmax]\ntree=t.tree\nspatial=1\n[cost]\nthresh=.5\nratio=.1\n": [6, 7, 9, 10],
+    "[net]\ninputs=4\nflip=0\nmosaic=1\n[rnn]\nhidden=8\n": [3, 4, 6],  # AlexeyAB's; flip is one from clip
     "[net]\ninputs=4\n[rnn]\notpt=3\n": [4],  # two edits from a short key
     "[net]\ninputs=4\n[rnn]\noutput=3\noutput=5\n": [5],  # a repeat of a key the section reads
 }
