@@ -22,6 +22,7 @@ from test_train import TEXT, write_cfg
 
 DELAYS = (0.0, 0.005, 0.02, 0.08, 0.3, 1.0)  # seconds after numpy starts loading
 CLOSING = {"tokenize": "(in [net]", "plot": "wrote "}  # the stderr line of a finished command
+needs_proc = pytest.mark.skipif(not os.path.isdir("/proc"), reason="times the signal from /proc/PID/maps (Linux)")
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +86,7 @@ def assert_whole(cfg, backup):
             assert isinstance(yaml.safe_load((backup / name).read_text()), dict), name
 
 
+@needs_proc
 @pytest.mark.parametrize("command", ["generate", "valid", "vec", "info", "train", "tokenize", "plot", "bench"])
 def test_ctrl_c_at_any_moment_is_one_line_and_exit_130(command, run, tmp_path):
     outcomes = [None] * len(DELAYS)
@@ -116,6 +118,7 @@ def test_ctrl_c_at_any_moment_is_one_line_and_exit_130(command, run, tmp_path):
     assert interrupted >= 2, outcomes  # the spread did reach running commands
 
 
+@needs_proc
 def test_the_console_script_is_the_quiet_entry_point(run, tmp_path):
     """The `darknetpy` script pip writes runs entry.main, as `python -m darknetpy` does."""
     script = os.path.join(os.path.dirname(sys.executable), "darknetpy")
