@@ -264,3 +264,12 @@ def test_darknets_rnn_cfg_still_loads(tmp_path):
     assert r.returncode == 0, r.stderr.decode()
     assert r.stderr.decode().splitlines() == [f"{cfg}:{n}: Unused field: 'hidden = 1024'" for n in (17, 23, 29)]
     assert b"1024" in r.stdout
+
+
+@pytest.mark.parametrize("a,b,n", [("outptu", "output", 1), ("kitten", "sitting", 3), ("", "abc", 3),
+                                   ("learning_rat", "learning_rate", 1), ("ca", "abc", 3), ("same", "same", 0)])
+def test_edit_distance(a, b, n):
+    """Optimal string alignment, by hand: a swap is one edit, but an edited swap is not ("ca" ->
+    "abc" is 3, where unrestricted Damerau-Levenshtein gives 2)."""
+    from darknetpy.cfg import edits
+    assert edits(a, b) == edits(b, a) == n
