@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import darknetpy
-from darknetpy.cfg import CfgWarning
+from darknetpy.cfg import CfgWarning, edits
 from darknetpy.errors import DarknetpyError
 from conftest import assert_one_line_error, run_cli
 
@@ -271,5 +271,4 @@ def test_darknets_rnn_cfg_still_loads(tmp_path):
 def test_edit_distance(a, b, n):
     """Optimal string alignment, by hand: a swap is one edit, but an edited swap is not ("ca" ->
     "abc" is 3, where unrestricted Damerau-Levenshtein gives 2)."""
-    from darknetpy.cfg import edits
     assert edits(a, b) == edits(b, a) == n
