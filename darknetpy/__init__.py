@@ -1,7 +1,21 @@
 """darknetpy: Darknet's recurrent networks (rnn, gru, lstm) in numpy — same .cfg, same .weights."""
+import importlib
+
 from .launcher import share_cores
 
 share_cores()  # under mpiexec: each rank's share of the cores, before numpy loads its BLAS
-from .network import Network, load_network  # noqa: E402
 
 __all__ = ["Network", "load_network"]
+
+
+def __getattr__(name):
+    """`darknetpy.Network`, `darknetpy.load_network` and the submodules load on first use, so that
+    the `darknetpy` command installs its Ctrl-C handler before numpy loads (entry.py)."""
+    if name in __all__:
+        return getattr(importlib.import_module(".network", __name__), name)
+    try:
+        return importlib.import_module(f".{name}", __name__)
+    except ModuleNotFoundError as e:
+        if e.name != f"{__name__}.{name}":
+            raise
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,4 +1,4 @@
 """`python -m darknetpy` is the `darknetpy` command."""
-from .cli import main
+from .entry import main
 
-main(prog_name="darknetpy")
+main()

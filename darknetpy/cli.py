@@ -11,6 +11,7 @@ import warnings
 import click
 
 from . import cfg as cfgmod
+from . import entry
 from . import generation
 from . import vocab as vocabmod
 from .bench import bench
@@ -25,12 +26,13 @@ def friendly(fn):
             click.echo(f"warning: {message}" if category is not cfgmod.CfgWarning else str(message), err=True)
         warnings.showwarning = show
         try:
-            return fn(*args, **kwargs)
+            with entry.running():  # Ctrl-C outside the body: entry.py's one line and exit 130
+                return fn(*args, **kwargs)
         except DarknetpyError as e:
             click.echo(f"darknetpy: {e}", err=True)
             sys.exit(2)
         except KeyboardInterrupt:
-            click.echo("darknetpy: interrupted", err=True)
+            click.echo(entry.MESSAGE, err=True)
             sys.exit(130)
         except MemoryError as e:  # numpy names the array: "Unable to allocate 12 GiB for an array with shape ..."
             click.echo(f"darknetpy: out of memory: {e}; lower batch or time_steps in the cfg, or use "

@@ -109,8 +109,7 @@ class Network:
         if self.dtype != np.float32:  # float64 serves the finite-difference gradient checks
             for layer in self.layers:
                 layer.astype(self.dtype)
-        for section in sections:
-            section.warn_unused()
+        cfgmod.check_unused(sections)
         self.loss_layer = self._find_loss_layer()
 
     def _find_loss_layer(self):

@@ -388,7 +388,13 @@ def record(vocab, data, backup_file):
 # ---- darknetpy tokenize ------------------------------------------------------------------------
 def tokenize(paths, mode, prefix, max_size=None, ids_per_line=32):
     """Write PREFIX.ids (Darknet's -tokenized input), PREFIX.tokens (Darknet's -tokens file: line i
-    is token i, a newline as <NEWLINE>) and PREFIX.vocab; returns the vocabulary."""
+    is token i, a newline as <NEWLINE>) and PREFIX.vocab, creating PREFIX's folder if missing;
+    returns the vocabulary."""
+    folder = os.path.dirname(prefix)
+    try:
+        os.makedirs(folder or ".", exist_ok=True)
+    except OSError as e:
+        raise DarknetpyError(f"cannot create the output folder ({e.strerror or e}); give another -o", folder) from None
     text = datamod.FILE_SEPARATOR.decode().join(read_text(p) for p in paths)
     vocab = Vocab.build(text, mode, max_size)
     ids = vocab.encode(text, paths[0])

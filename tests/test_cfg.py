@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 
 import darknetpy
-from darknetpy.cfg import CfgWarning
+from darknetpy.cfg import CfgWarning, edits
 from darknetpy.errors import DarknetpyError
+from conftest import assert_one_line_error, run_cli
 
 # name -> (cfg text, the line the error must point at, words the message must contain)
 BAD = {
@@ -152,3 +153,122 @@ def test_duplicate_key_first_one_wins_and_the_second_is_unused(write_cfg):
     assert net.layers[0].outputs == 3
     messages = [str(w.message) for w in record if issubclass(w.category, CfgWarning)]
     assert any(m.startswith(f"{path}:5:") and "Unused field" in m and "output = 5" in m for m in messages), messages
+
+
+
+# A near miss of a key its section reads: cfg text -> (the typo's line, "[section]", typo, key meant)
+TYPOS = {
+    "[net]\ninputs=4\n[lstm]\noutptu=32\n[softmax]\n": (4, "lstm", "outptu", "output"),
+    "[net]\ninputs=4\nlearning_rat=0.1\n[rnn]\noutput=3\n": (3, "net", "learning_rat", "learning_rate"),
+    "[net]\ninputs=4\n[gru]\noutputs=3\n": (4, "gru", "outputs", "output"),
+    "[net]\ninputs=4\n[rnn]\noutput=3\nbatch_normalise=1\n": (5, "rnn", "batch_normalise", "batch_normalize"),
+    "[net]\ninputs=4\nsubdvisons=2\nbatch=2\n[rnn]\noutput=3\n": (3, "net", "subdvisons", "subdivisions"),
+    "[net]\ninputs=4\n[connected]\nOutput=3\n": (4, "connected", "Output", "output"),
+    "[net]\ninputs=4\n[connected]\noutput=3\nactivaton=linear\n": (5, "connected", "activaton", "activation"),
+    "[net]\ninputs=4\n[rnn]\noutput=3\n[softmax]\ntemprature=2\n": (6, "softmax", "temprature", "temperature"),
+    "[net]\ninputs=4\n[rnn]\noutput=3\n[dropout]\nprobabilty=0.2\n": (6, "dropout", "probabilty", "probability"),
+    "[net]\ninputs=4\npolicy=exp\ngama=0.9\n[rnn]\n": (4, "net", "gama", "gamma"),
+    "[net]\nbatch=1\ninput=4\n[rnn]\noutput=3\n": (3, "net", "input", "inputs"),  # before 'needs inputs='
+}
+
+
+@pytest.mark.parametrize("text", TYPOS)
+def test_near_miss_is_an_error_naming_the_key_meant(text, write_cfg):
+    line, section, typo, meant = TYPOS[text]
+    path = write_cfg(text)
+    with pytest.raises(DarknetpyError) as e:
+        darknetpy.load_network(path)
+    assert str(e.value) == f"{path}:{line}: unknown key '{typo}' in [{section}]; did you mean '{meant}'?"
+
+
+def test_a_typo_is_one_line_and_exit_2_before_any_warning(tmp_path):
+    """The issue's repro: `outptu=32` trained a 256->1 LSTM with exit 0. The plain unused key on
+    line 5 is not printed: the typo stops the command first."""
+    cfg = tmp_path / "x.cfg"
+    cfg.write_text("[net]\ninputs=256\n[lstm]\noutput=32\nhidden=1\n[lstm]\noutptu=32\n[connected]\n"
+                   "output=256\n[softmax]\n")
+    for args in (("info", cfg), ("train", cfg, tmp_path / "c.txt", "--backup", tmp_path / "b")):
+        r = run_cli(*args)
+        assert_one_line_error(r, f"{cfg}:7: unknown key 'outptu' in [lstm]; did you mean 'output'?")
+    assert not (tmp_path / "b").exists()
+
+
+# Unread keys that are not typos: Darknet's own keys darknetpy does not read (even one edit from a
+# key it reads), keys for other tools, and near misses too far to be sure of.
+NOT_TYPOS = {
+    "[net]\ninputs=4\npolicy=steps\nsteps=10,20\nscales=.1,.1\nstep=5\nscale=.5\n[rnn]\n": [6, 7],
+    "[net]\ninputs=4\npolicy=step\nstep=5\nscale=.5\nsteps=10,20\nscales=.1,.1\n[rnn]\n": [6, 7],
+    "[net]\ninputs=4\nB1=.8\nB2=.9\neps=1e-8\ngamma=.9\nseen=0\n[rnn]\n": [3, 4, 5, 6, 7],
+    "[net]\ninputs=4\n[rnn]\noutput=3\nhidden=1024\nlearning_rate=.5\nstopbackward=1\n": [5, 6, 7],
+    "[net]\ninputs=4\n[rnn]\noutput=3\n[softmax]\ntree=t.tree\nspatial=1\n[cost]\nthresh=.5\nratio=.1\n": [6, 7, 9, 10],
+    "[net]\ninputs=4\nflip=0\nmosaic=1\n[rnn]\nhidden=8\n": [3, 4, 6],  # AlexeyAB's; flip is one from clip
+    "[net]\ninputs=4\n[rnn]\notpt=3\n": [4],  # two edits from a short key
+    "[net]\ninputs=4\n[rnn]\noutput=3\noutput=5\n": [5],  # a repeat of a key the section reads
+}
+
+
+@pytest.mark.parametrize("text", NOT_TYPOS)
+def test_other_unused_keys_stay_warnings(text, write_cfg):
+    path = write_cfg(text)
+    with pytest.warns(CfgWarning) as record:
+        darknetpy.load_network(path)
+    lines = [int(str(w.message).split(":")[1]) for w in record if issubclass(w.category, CfgWarning)]
+    assert lines == NOT_TYPOS[text]
+
+
+# Darknet's cfg/rnn.cfg (pjreddie/darknet), typed here: its [rnn] sections carry `hidden`, a key
+# Darknet itself never reads.
+DARKNET_RNN_CFG = """[net]
+subdivisions=1
+inputs=256
+batch = 1
+momentum=0.9
+decay=0.001
+max_batches = 2000
+time_steps=1
+learning_rate=0.1
+policy=steps
+steps=1000,1500
+scales=.1,.1
+
+[rnn]
+batch_normalize=1
+output = 1024
+hidden=1024
+activation=leaky
+
+[rnn]
+batch_normalize=1
+output = 1024
+hidden=1024
+activation=leaky
+
+[rnn]
+batch_normalize=1
+output = 1024
+hidden=1024
+activation=leaky
+
+[connected]
+output=256
+activation=leaky
+
+[softmax]
+"""
+
+
+def test_darknets_rnn_cfg_still_loads(tmp_path):
+    cfg = tmp_path / "rnn.cfg"
+    cfg.write_text(DARKNET_RNN_CFG)
+    r = run_cli("info", cfg)
+    assert r.returncode == 0, r.stderr.decode()
+    assert r.stderr.decode().splitlines() == [f"{cfg}:{n}: Unused field: 'hidden = 1024'" for n in (17, 23, 29)]
+    assert b"1024" in r.stdout
+
+
+@pytest.mark.parametrize("a,b,n", [("outptu", "output", 1), ("kitten", "sitting", 3), ("", "abc", 3),
+                                   ("learning_rat", "learning_rate", 1), ("ca", "abc", 3), ("same", "same", 0)])
+def test_edit_distance(a, b, n):
+    """Optimal string alignment, by hand: a swap is one edit, but an edited swap is not ("ca" ->
+    "abc" is 3, where unrestricted Damerau-Levenshtein gives 2)."""
+    assert edits(a, b) == edits(b, a) == n

@@ -19,6 +19,7 @@ from darknetpy.cli import main
 from darknetpy.errors import DarknetpyError
 from darknetpy.network import Network
 from darknetpy.vocab import UNK, Vocab, check_fits
+from conftest import assert_one_line_error, run_cli
 
 TEXT_PATH = os.path.join(os.path.dirname(__file__), "data", "multilingual.txt")
 TEXT = open(TEXT_PATH, encoding="utf-8").read()
@@ -237,6 +238,17 @@ def test_train_takes_a_vocab_file_from_tokenize(tmp_path):
     ok("train", cfg, held, "--vocab", prefix + ".vocab", "--backup", tmp_path / "b", "--srand", 1)
     assert (tmp_path / "b" / "tiny.vocab").read_text(encoding="utf-8") == open(prefix + ".vocab", encoding="utf-8").read()
 
+
+def test_tokenize_creates_the_output_folder(tmp_path):
+    """`-o newdir/sub/m` used to fail with "No such file or directory"; a file in the folder's place
+    is one line."""
+    prefix = tmp_path / "newdir" / "sub" / "m"
+    r = run_cli("tokenize", TEXT_PATH, "-o", prefix)
+    assert r.returncode == 0, r.stderr.decode()
+    assert Vocab.load(str(prefix) + ".vocab").tokens == sorted(set(TEXT))
+    (tmp_path / "file").write_text("")
+    assert_one_line_error(run_cli("tokenize", TEXT_PATH, "-o", tmp_path / "file" / "m"),
+                          f"{tmp_path / 'file'}: cannot create the output folder")
 
 # ---- folders ----------------------------------------------------------------------------------------
 
