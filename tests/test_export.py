@@ -17,7 +17,7 @@ from darknetpy import activations, export
 from darknetpy.errors import DarknetpyError
 from darknetpy.layers.base import Layer
 from darknetpy.network import Network
-from darknetpy.vocab import Vocab, vocab_path
+from darknetpy.vocab import Vocab
 from conftest import assert_one_line_error, run_cli
 
 onnx = pytest.importorskip("onnx", reason='the export tests need pip install ".[onnx]"')
@@ -179,7 +179,7 @@ def trained_like(tmp_path, body, vocab=None, seed=0):
     weights = tmp_path / "model.weights"
     net.save_weights(weights)
     if vocab:
-        vocab.save(vocab_path(cfg, tmp_path))
+        vocab.save(tmp_path / "model.vocab")  # where train keeps it: <cfg stem>.vocab
     return cfg, weights
 
 

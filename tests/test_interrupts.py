@@ -48,7 +48,8 @@ def arguments(command, run, out):
             "train": ["train", cfg, corpus, "--backup", out / "b", "--max-batches", 100000],
             "tokenize": ["tokenize", corpus, "-o", out / "tok" / "t"],
             "plot": ["plot", run["record"], "-o", out / "p.png"],
-            "bench": ["bench", cfg, "--iterations", 20]}[command]
+            "bench": ["bench", cfg, "--iterations", 20],
+            "export": ["export", cfg, weights, "-o", out / "m.onnx"]}[command]
 
 
 def numpy_mapped(pid):
@@ -87,7 +88,8 @@ def assert_whole(cfg, backup):
 
 
 @needs_proc
-@pytest.mark.parametrize("command", ["generate", "valid", "vec", "info", "train", "tokenize", "plot", "bench"])
+@pytest.mark.parametrize("command", ["generate", "valid", "vec", "info", "train", "tokenize", "plot", "bench",
+                                     "export"])
 def test_ctrl_c_at_any_moment_is_one_line_and_exit_130(command, run, tmp_path):
     outcomes = [None] * len(DELAYS)
 
