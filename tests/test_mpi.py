@@ -153,7 +153,7 @@ def test_signal_to_mpiexec_checkpoints_once(tmp_path, run, signum):
     assert p.returncode == 128 + signum, err  # as one process: 130 after Ctrl-C, 143 after SIGTERM
     saved = yaml.safe_load(record.read_text())
     assert saved["status"] == "interrupted" and err.count("interrupted: iteration") == 1, err
-    net = load_network(cfg, saved["checkpoints"]["latest"])
+    net = load_network(cfg, tmp_path / "b" / saved["checkpoints"]["latest"])  # named relative to the record
     assert net.seen == saved["progress"]["seen"]
 
 
