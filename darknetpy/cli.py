@@ -326,12 +326,13 @@ def train(ctx, cfg, data, weights, clear, tokenized, backup, max_batches, srand,
     or moved folder resumes its own run. One training at a time writes into a folder: a second is
     refused while the first lives. Progress goes to stderr; stdout stays empty.
 
-    Training more: --resume with a higher --max-batches or with --time-budget continues a run,
-    finished or not. When it moves the run's end, the part of the learning-rate schedule still
-    ahead is spread over the updates left, so the rate goes on from where it was without a jump
-    and reaches the schedule's end at the new end; a run that had reached the end of its schedule
-    (poly at 0) starts it again over the added updates, from learning_rate, without burn_in (a
-    warm restart; --learning-rate sets its height). A --resume that keeps the end continues exactly.
+    Training more: --resume with --time-budget (that much more) or a higher --max-batches
+    continues a run, finished or not, and the learning rate goes on without a jump. With
+    --time-budget, or on a run that had one, the part of the cfg's schedule still ahead is spread
+    over the updates left and ends at the new end; a plain run keeps the cfg's schedule by update
+    number, as Darknet does. A run that had reached the end of its schedule (poly at 0) starts
+    the schedule again over the added updates, from learning_rate and without burn_in (a warm
+    restart; --learning-rate sets its height). A --resume that keeps the end continues exactly.
     """
     from click.core import ParameterSource
 

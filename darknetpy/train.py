@@ -476,12 +476,14 @@ class Trainer:
         self.start, self.start_updates = time.time(), net.batch_num
         self.valid_seconds = 0.0  # the last validation's duration: the end of a time budget keeps it free
         self.horizon_at = None if self.time_budget is None else min(60.0, max(1.0, 0.05 * self.time_budget))
+        self.horizon_pending = self.time_budget is not None  # until set_horizon, the budget alone ends the run
         self.last_row = (self.iteration, self.start)
         status = "finished"
         try:  # overflow in a diverging run is reported as a non-finite loss, not as numpy warnings
             # MPI hook: an error of this rank alone stops the others at once
             with _Interrupt() as self.interrupt, np.errstate(all="ignore"), self.ranks.stopping():
-                while (net.batch_num < self.max_batches or self.max_batches <= 0) and self.stop_reason is None:
+                while (self.horizon_pending or net.batch_num < self.max_batches or self.max_batches <= 0) \
+                        and self.stop_reason is None:
                     self.ranks.agree_interrupt(self.interrupt)  # MPI hook: every rank stops at one iteration
                     if self.interrupt.flag:
                         status = "interrupted"
@@ -526,7 +528,7 @@ class Trainer:
                                 f"(--patience {self.patience})")
         if self.time_budget is not None:
             self.watch_time_budget()
-        ending = self.stop_reason is not None or 0 < self.max_batches <= self.net.batch_num
+        ending = self.stop_reason is not None or (not self.horizon_pending and 0 < self.max_batches <= self.net.batch_num)
         if not ending and (validated or (self.log_every > 0 and it % self.log_every == 0)):
             self.log_row()  # the last iteration's row comes from finish(), after its validation
         if self.sample_every > 0 and it % self.sample_every == 0 and self.ranks.writer:  # MPI hook: rank 0's
@@ -660,6 +662,7 @@ class Trainer:
         # MPI hook: rank 0's validation time, as its clock
         remaining = self.time_budget - elapsed - self.ranks.agreed(self.valid_seconds, "the validation's time")
         self.max_batches = self.net.batch_num + max(1, int(remaining / per_update))
+        self.horizon_pending = False
         self.net.hp = optim.stretch_policy(self.cfg_hp, self.max_batches)
         self.stretch = True
         if self.progress.bar is not None:
