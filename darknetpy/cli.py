@@ -284,6 +284,7 @@ def info(cfg, weights):
               help="Also keep BACKUP/<cfg>_<N>.weights every N iterations; 0: never.")
 @click.option("--resume", default=None, metavar="RECORD.yaml",
               help="Continue the run a record BACKUP/<cfg>.yaml describes, from its latest checkpoint "
+                   "(or from --weights W), in the record's folder, with the cfg copied there "
                    "(options given here override the record's).")
 @click.option("--overwrite", is_flag=True,
               help="Let a new run (or one from --weights outside BACKUP) replace the earlier run kept "

@@ -12,6 +12,9 @@ progress bar on stderr, prints one line per validation and a summary line, and c
     <checkpoint>.state.npz           beside each: optimizer buffers, data walk, rng and recurrent
                                      state, so a resumed run continues bit for bit
     BACKUP/<cfg>.yaml                the run record: options, hyper-parameters, progress, checkpoints
+                                     (named relative to BACKUP: the folder can be copied or moved)
+    BACKUP/<cfg>.cfg                 a copy of the cfg, which --resume reads
+    BACKUP/.darknetpy.lock           held while the run lives: one training per folder
 
 An iteration is one datum (Darknet's `i`): streams * time_steps characters; an update happens
 every `subdivisions` iterations, and `max_batches` counts updates from the weights' `seen`.
