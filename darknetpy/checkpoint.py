@@ -257,9 +257,11 @@ def read_record(path, need_latest=True):
         raise DarknetpyError(f"the run record's latest checkpoint {latest} does not exist; continue from "
                              f"another with `darknetpy train --resume {quote(path)} --weights {other}`"
                              + (f" (this folder has {', '.join(map(os.path.basename, others))})" if others else ""), path)
+    cfg = resolve(record["cfg"], folder)
+    if not os.path.exists(cfg) and os.path.exists(record.get("cfg_source") or ""):  # the copy deleted
+        cfg = record["cfg_source"]
     options = dict(record["options"])
-    options.update(cfg=resolve(record["cfg"], folder), data=record["data"], weights=latest, backup=folder,
-                   previous_end=options.get("max_batches"))
+    options.update(cfg=cfg, data=record["data"], weights=latest, backup=folder, previous_end=options.get("max_batches"))
     return options
 
 

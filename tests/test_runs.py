@@ -67,7 +67,9 @@ def test_a_copied_folder_resumes_its_own_run_and_leaves_the_original_alone(tmp_p
     shutil.copytree(a, b)
     ok("--resume", a / "tiny.yaml", "--max-batches", 60)
     kept = snapshot(a)
+    (b / "tiny.cfg").unlink()  # its copy of the cfg gone: the record names where it came from
     ok("--resume", b / "tiny.yaml", "--max-batches", 40)
+    assert (b / "tiny.cfg").read_bytes() == cfg.read_bytes()
     assert snapshot(a) == kept  # B wrote nothing into A
     assert seen(a / "tiny_final.weights") == 60 * ROWS
     assert seen(b / "tiny_final.weights") == 40 * ROWS  # from B's own checkpoint at 20, not A's at 60
