@@ -253,7 +253,7 @@ def read_record(path, need_latest=True):
         raise DarknetpyError("the run record names no checkpoint yet; start the run again instead", path)
     if need_latest and not os.path.exists(latest):
         others = [p for p in checkpoint_files(cps, folder) if p != latest]
-        other = quote(others[0]) if others else "CHECKPOINT"
+        other = quote(max(others, key=os.path.getmtime)) if others else "CHECKPOINT"  # the newest
         raise DarknetpyError(f"the run record's latest checkpoint {latest} does not exist; continue from "
                              f"another with `darknetpy train --resume {quote(path)} --weights {other}`"
                              + (f" (this folder has {', '.join(map(os.path.basename, others))})" if others else ""), path)
