@@ -5,6 +5,12 @@ A checkpoint is a pair, `<path>` (Darknet .weights) and `<path>.state.npz`, comm
 both are first written in full beside their targets and only then renamed into place, so a full
 disk or a crash leaves the previous pair whole.
 
+The run record names the files of its run (checkpoints, metrics log, vocabulary, the copy of the
+cfg) relative to its own folder, so a copied, moved or renamed folder is a run of its own; only
+the corpus is named by its absolute path. Records that name absolute paths (before this) still
+resume where their files are. One training at a time writes into a folder: it holds
+`FolderLock` (an OS lock on BACKUP/.darknetpy.lock) for its whole life.
+
 The .state.npz (version 2) holds everything besides the weights that a resumed run needs to
 continue bit for bit:
     upd{i}                  slot i's accumulated update (momentum) buffer, in Network.slots() order
@@ -22,6 +28,9 @@ import hashlib
 import io
 import json
 import os
+import shlex
+import socket
+import sys
 
 import numpy as np
 import yaml
@@ -204,8 +213,29 @@ def restore_state(net, batcher, meta, arrays, path):
 
 
 # ---- the run record ------------------------------------------------------------------------------
-def read_record(path):
-    """The options of a run record (BACKUP/<cfg>.yaml) for `--resume`."""
+def relative(path, folder):
+    """`path` as the record in `folder` names it: relative when it lies inside the folder (the
+    run's own files travel with it), else absolute."""
+    path, folder = os.path.abspath(path), os.path.abspath(folder)
+    inside = os.path.commonpath([path, folder]) == folder
+    return os.path.relpath(path, folder) if inside else path
+
+
+def resolve(name, folder):
+    """A path named in a record in `folder`: relative names are in that folder; an absolute one
+    (a record written before names were relative, or a file outside the folder) stays as it is."""
+    return name if name is None or os.path.isabs(name) else os.path.join(folder, name)
+
+
+def quote(path):
+    """A path as it can be pasted into a shell."""
+    return shlex.quote(str(path))
+
+
+def read_record(path, need_latest=True):
+    """The options of a run record (BACKUP/<cfg>.yaml) for `--resume`, its paths resolved against
+    the record's folder. `need_latest`: refuse, naming the way out, when the latest checkpoint is
+    missing (False when --weights names another one)."""
     try:
         with open(path, encoding="utf-8") as f:
             record = yaml.safe_load(f)
@@ -217,15 +247,36 @@ def read_record(path):
         raise DarknetpyError(f"not a run record: {str(e).splitlines()[0]}", path) from None
     if not isinstance(record, dict) or not {"cfg", "data", "options", "checkpoints"} <= set(record):
         raise DarknetpyError("not a darknetpy run record (needs cfg, data, options, checkpoints)", path)
-    latest = (record.get("checkpoints") or {}).get("latest")
-    if not latest:
+    folder = os.path.dirname(os.path.abspath(path))
+    cps = record.get("checkpoints") or {}
+    latest = resolve(cps.get("latest"), folder)
+    if need_latest and not latest:
         raise DarknetpyError("the run record names no checkpoint yet; start the run again instead", path)
-    if not os.path.exists(latest):
-        raise DarknetpyError(f"the run record's latest checkpoint {latest} does not exist", path)
+    if need_latest and not os.path.exists(latest):
+        others = [p for p in checkpoint_files(cps, folder) if p != latest]
+        other = quote(max(others, key=os.path.getmtime)) if others else "CHECKPOINT"  # the newest
+        raise DarknetpyError(f"the run record's latest checkpoint {latest} does not exist; continue from "
+                             f"another with `darknetpy train --resume {quote(path)} --weights {other}`"
+                             + (f" (this folder has {', '.join(map(os.path.basename, others))})" if others else ""), path)
+    cfg = resolve(record["cfg"], folder)
+    if not os.path.exists(cfg) and os.path.exists(record.get("cfg_source") or ""):  # the copy deleted
+        cfg = record["cfg_source"]
     options = dict(record["options"])
-    options.update(cfg=record["cfg"], data=record["data"], weights=latest,
-                   backup=os.path.dirname(os.path.abspath(path)))
+    options.update(cfg=cfg, data=record["data"], weights=latest, backup=folder, previous_end=options.get("max_batches"))
     return options
+
+
+def checkpoint_files(cps, folder):
+    """The checkpoints a record names that exist: where it says, or (a moved folder of a record
+    with absolute paths) under the same name in its folder."""
+    names = [cps.get(k) for k in ("latest", "backup", "final", "best")] + list(cps.get("numbered") or [])
+    found = []
+    for name in filter(None, names):
+        for path in (resolve(name, folder), os.path.join(folder, os.path.basename(name))):
+            if os.path.exists(path) and path not in found:
+                found.append(path)
+                break
+    return found
 
 
 def earlier_record(path):
@@ -248,21 +299,80 @@ def refuse_to_replace(paths, cfg):
     except (KeyError, TypeError, ValueError):
         pass
     raise DarknetpyError(f"an earlier run of {cfg} is kept here{where}; continue it with "
-                         f"`darknetpy train --resume {paths['record']}`, start from its weights with "
+                         f"`darknetpy train --resume {quote(paths['record'])}`, start from its weights with "
                          f"--weights, or start over with --backup DIR or --overwrite", paths["backup"])
 
 
+class FolderLock:
+    """One training at a time in a backup folder: an OS lock (flock) on BACKUP/.darknetpy.lock,
+    held from the start of a run to its end and released by the OS when the process dies (a
+    SIGKILL leaves no stale lock, only the file, which the next run takes over). The file holds
+    the holder's pid, host and command line, for the refusal of a second run; a run that ends
+    removes it. Reading commands never take it. Where flock does not exist (Windows), nothing is
+    locked."""
+    NAME = ".darknetpy.lock"
+
+    def __init__(self, folder):
+        self.path, self.fd = os.path.join(folder, self.NAME), None
+        try:
+            import fcntl
+        except ImportError:
+            return
+        while self.fd is None:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as e:
+                raise DarknetpyError(f"cannot create the lock file ({e.strerror or e}); fix the folder's "
+                                     "permissions or give another with --backup", self.path) from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = os.read(fd, 4096).decode("utf-8", "replace").strip() or "a process that is starting"
+                os.close(fd)
+                raise DarknetpyError(f"a training is still writing into this folder ({holder}); wait for it to "
+                                     "end or stop it, or train into another folder with --backup DIR", folder) from None
+            if _same_file(fd, self.path):
+                self.fd = fd
+            else:  # the holder removed the file as we opened it: lock the new one
+                os.close(fd)
+        os.ftruncate(fd, 0)
+        argv = " ".join(shlex.quote(a) for a in sys.argv[1:])
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}: darknetpy {argv}\n".encode())
+
+    def release(self):
+        """Remove the file, then let go of the lock (in this order, so a run that opens the file in
+        between finds it gone and takes a new one)."""
+        if self.fd is not None:
+            if _same_file(self.fd, self.path):
+                os.unlink(self.path)
+            os.close(self.fd)
+            self.fd = None
+
+
+def _same_file(fd, path):
+    try:
+        a, b = os.fstat(fd), os.stat(path)
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
 class Record:
-    """The run record BACKUP/<cfg>.yaml: options, hyper-parameters, progress, checkpoints,
-    rewritten atomically after every checkpoint and at the end."""
+    """The run record BACKUP/<cfg>.yaml: options, hyper-parameters, progress, checkpoints (named
+    relative to the record's folder), rewritten atomically after every checkpoint and at the end."""
 
     def __init__(self, path, content):
         self.path, self.content = path, content
+        self.folder = os.path.dirname(os.path.abspath(path))
+
+    def name(self, path):
+        """How the record names `path`: relative to its folder when inside it."""
+        return relative(path, self.folder)
 
     def add_checkpoint(self, path, kind):
         """Note checkpoint `path` as the latest and as `kind` ('backup', 'final', 'best' or 'numbered')."""
         cps = self.content["checkpoints"]
-        cps["latest"] = os.path.abspath(path)
+        cps["latest"] = self.name(path)
         if kind == "numbered":
             if cps["latest"] not in cps["numbered"]:
                 cps["numbered"].append(cps["latest"])

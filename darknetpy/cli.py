@@ -297,6 +297,7 @@ def info(cfg, weights):
               help="Also keep BACKUP/<cfg>_<N>.weights every N iterations; 0: never.")
 @click.option("--resume", default=None, metavar="RECORD.yaml",
               help="Continue the run a record BACKUP/<cfg>.yaml describes, from its latest checkpoint "
+                   "(or from --weights W), in the record's folder, with the cfg copied there "
                    "(options given here override the record's).")
 @click.option("--overwrite", is_flag=True,
               help="Let a new run (or one from --weights outside BACKUP) replace the earlier run kept "
@@ -316,14 +317,17 @@ def info(cfg, weights):
               help="End the run normally (final weights written, exit 0) after K validations in a row "
                    "without a new best. Default: off.")
 @click.option("--time-budget", default=None, metavar="DURATION",
-              help="Train for this long (600, 90s, 10m, 2h): max_batches is set from the speed of the "
-                   "first iterations and the cfg's learning-rate schedule stretched to end by then. "
-                   "Default: off (max_batches decides).")
+              help="Train for this long (600, 90s, 10m, 10min, 2h, 1h30m, 1.5h): max_batches is set from "
+                   "the speed of the first iterations and the cfg's learning-rate schedule stretched to end "
+                   "by then. With --resume: this much more. Default: off (max_batches decides).")
+@click.option("--learning-rate", type=float, default=None, metavar="X",
+              help="The schedule's base rate instead of the cfg's learning_rate; noted in the run record, "
+                   "which --resume keeps. Default: the cfg's.")
 @click.pass_context
 @friendly
 def train(ctx, cfg, data, weights, clear, tokenized, backup, max_batches, srand, valid_frac,
           valid_every, save_every, resume, overwrite, log_every, sample_every, sample_len, sample_temp,
-          patience, time_budget, vocab, max_vocab, valid_full):
+          patience, time_budget, vocab, max_vocab, valid_full, learning_rate):
     """Train CFG on the corpus DATA, Darknet's `rnn train` (a char-RNN over bytes, or ids with --tokenized).
 
     Each of the cfg's batch/subdivisions streams walks the corpus from its own offset with its
@@ -331,8 +335,18 @@ def train(ctx, cfg, data, weights, clear, tokenized, backup, max_batches, srand,
     every 100 iterations and on Ctrl-C, SIGTERM or SIGHUP (exit 130, 143, 129),
     BACKUP/<cfg>_<N>.weights every --save-every, BACKUP/<cfg>_best.weights at each new best
     validation, BACKUP/<cfg>_final.weights at the end, each with a .state.npz for exact resume; the
-    run record BACKUP/<cfg>.yaml and the metrics log BACKUP/<cfg>.metrics.csv (see `darknetpy plot`).
-    Progress goes to stderr; stdout stays empty.
+    run record BACKUP/<cfg>.yaml, the metrics log BACKUP/<cfg>.metrics.csv (see `darknetpy plot`)
+    and a copy of the cfg, BACKUP/<cfg>.cfg. The record names them relative to BACKUP, so a copied
+    or moved folder resumes its own run. One training at a time writes into a folder: a second is
+    refused while the first lives. Progress goes to stderr; stdout stays empty.
+
+    Training more: --resume with --time-budget (that much more) or a higher --max-batches
+    continues a run, finished or not, and the learning rate goes on without a jump. With
+    --time-budget, or on a run that had one, the part of the cfg's schedule still ahead is spread
+    over the updates left and ends at the new end; a plain run keeps the cfg's schedule by update
+    number, as Darknet does. A run that had reached the end of its schedule (poly at 0) starts
+    the schedule again over the added updates, from learning_rate and without burn_in (a warm
+    restart; --learning-rate sets its height). A --resume that keeps the end continues exactly.
     """
     from click.core import ParameterSource
 
@@ -340,19 +354,22 @@ def train(ctx, cfg, data, weights, clear, tokenized, backup, max_batches, srand,
     from .checkpoint import read_record
     given = {name for name in ("weights", "tokenized", "backup", "max_batches", "srand", "valid_frac",
                                "valid_every", "save_every", "log_every", "patience", "vocab", "max_vocab",
-                               "valid_full")
+                               "valid_full", "learning_rate")
              if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE}
     options = dict(weights=weights, clear=clear, tokenized=tokenized, backup=backup, max_batches=max_batches,
                    srand=srand, valid_frac=valid_frac, valid_every=valid_every, save_every=save_every,
                    log_every=log_every, patience=patience, stretch_schedule=False, vocab=vocab,
-                   max_vocab=max_vocab, valid_full=valid_full)
+                   max_vocab=max_vocab, valid_full=valid_full, learning_rate=learning_rate,
+                   schedule_anchor=None, previous_end=None)
     if resume is not None:
         if cfg is not None or data is not None:
             raise DarknetpyError("--resume takes CFG and DATA from the run record; give either CFG DATA or --resume")
         if clear:
             raise DarknetpyError("--clear starts a new count of updates and cannot continue a run; drop --resume or --clear")
-        recorded = read_record(resume)
+        recorded = read_record(resume, need_latest="weights" not in given)
         cfg, data = recorded.pop("cfg"), recorded.pop("data")
+        if time_budget is not None:  # the budget sets the end anew
+            given.add("max_batches")
         options.update({k: v for k, v in recorded.items() if k in options and k not in given})
     elif cfg is None or data is None:
         raise DarknetpyError("give CFG and DATA (or --resume BACKUP/<cfg>.yaml); see darknetpy train --help")

@@ -36,11 +36,42 @@ def read_policy(net):
     return hp
 
 
+def position(hp, n):
+    """Where update n is in the schedule: n itself, unless a resume moved the run's end (`anchor`,
+    see `continue_policy`): then the schedule still ahead at update n_a, the fraction u_a of it
+    done, is spread over the updates from n_a to the end H = hp["max_batches"]:
+
+        position(n) = H * (u_a + (n - n_a) / (H - n_a) * (1 - u_a))
+
+    so the rate goes on from where it was, without a jump, and reaches the schedule's end at H."""
+    anchor, end = hp.get("anchor"), hp["max_batches"]
+    if not anchor or end <= anchor[0]:
+        return n
+    n_a, u_a = anchor
+    return end * (u_a + (n - n_a) / (end - n_a) * (1 - u_a))
+
+
+def done(hp, n):
+    """The fraction of the schedule `hp` run by update n (1: at or past its end)."""
+    return min(1.0, position(hp, n) / hp["max_batches"])
+
+
+def continue_policy(hp, ran, n, max_batches):
+    """The schedule of a run resumed at update n with a new end `max_batches` (a higher
+    --max-batches, a --time-budget), after running `ran` (the hp it had): the cfg's policy `hp`
+    stretched to the new end, with the part of it still ahead spread over the updates left
+    (`position`). A run at the end of its schedule (finished: poly's rate is 0) starts it again
+    over the updates added, from learning_rate without burn_in: a warm restart."""
+    at = done(ran, n)
+    return stretch_policy(dict(hp, anchor=[int(n), 0.0 if at >= 1 else at]), max_batches)
+
+
 def learning_rate(hp, n, rng=None):
     """The rate for update number n (n = seen / (batch * time_steps), the first update has n = 1)."""
     lr = hp["learning_rate"]
     if n < hp["burn_in"]:
         return lr * (n / hp["burn_in"]) ** hp["power"]
+    n = position(hp, n)
     policy = hp["policy"]
     if policy == "step":
         return lr * hp["scale"] ** (n // hp["step"])

@@ -32,8 +32,8 @@ def run_metrics(path):
         if not {"cfg", "checkpoints"} <= set(record):
             raise DarknetpyError("neither a run record nor a metrics CSV; give BACKUP/<cfg>.yaml or "
                                  "BACKUP/<cfg>.metrics.csv", path)
-        csv_path = record.get("metrics") or os.path.join(os.path.dirname(os.path.abspath(path)),
-                                                         ckpt.cfg_base(record["cfg"]) + ".metrics.csv")
+        folder = os.path.dirname(os.path.abspath(path))  # the record names its files relative to it
+        csv_path = ckpt.resolve(record.get("metrics") or ckpt.cfg_base(record["cfg"]) + ".metrics.csv", folder)
         if not os.path.exists(csv_path):
             raise DarknetpyError(f"the run record's metrics log {csv_path} does not exist (a run "
                                  "from before metrics logs?)", path)

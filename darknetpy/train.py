@@ -12,6 +12,9 @@ progress bar on stderr, prints one line per validation and a summary line, and c
     <checkpoint>.state.npz           beside each: optimizer buffers, data walk, rng and recurrent
                                      state, so a resumed run continues bit for bit
     BACKUP/<cfg>.yaml                the run record: options, hyper-parameters, progress, checkpoints
+                                     (named relative to BACKUP: the folder can be copied or moved)
+    BACKUP/<cfg>.cfg                 a copy of the cfg, which --resume reads
+    BACKUP/.darknetpy.lock           held while the run lives: one training per folder
 
 An iteration is one datum (Darknet's `i`): streams * time_steps characters; an update happens
 every `subdivisions` iterations, and `max_batches` counts updates from the weights' `seen`.
@@ -19,6 +22,7 @@ every `subdivisions` iterations, and `max_batches` counts updates from the weigh
 import contextlib
 import math
 import os
+import re
 import signal
 import sys
 import time
@@ -210,18 +214,26 @@ def train(cfg, data, **options):
     return Trainer(cfg, data, **options).run()
 
 
+UNITS = {"s": 1, "sec": 1, "secs": 1, "second": 1, "seconds": 1, "m": 60, "min": 60, "mins": 60,
+         "minute": 60, "minutes": 60, "h": 3600, "hr": 3600, "hrs": 3600, "hour": 3600, "hours": 3600}
+DURATION_PART = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z]*)")
+
+
 def parse_duration(text):
-    """Seconds in a --time-budget: '600', '90s', '10m', '2h' or '1.5h'."""
-    units = {"s": 1, "m": 60, "h": 3600}
+    """Seconds in a --time-budget: a number of seconds (600), or numbers with units, largest first
+    (90s, 10m, 10min, 2h, 1h30m, 1.5h)."""
     value = str(text).strip().lower()
-    scale = units.get(value[-1:], None)
-    try:
-        seconds = float(value[:-1] if scale else value) * (scale or 1)
-    except ValueError:
-        seconds = math.nan
-    if not (seconds > 0 and math.isfinite(seconds)):
-        raise DarknetpyError(f"--time-budget {text}: not a duration; give seconds (600) or a number "
-                             "with s, m or h (90s, 10m, 2h)")
+    parts, at = [], 0
+    while at < len(value) and (m := DURATION_PART.match(value, at)):
+        parts.append((float(m[1]), m[2]))
+        at = m.end()
+    units = [UNITS.get(unit, 0) if unit else None for _, unit in parts]
+    bare = len(parts) == 1 and units[0] is None  # plain seconds
+    ordered = all(u and (i == 0 or u < units[i - 1]) for i, u in enumerate(units))
+    seconds = sum(number * (unit or 1) for (number, _), unit in zip(parts, units))
+    if at < len(value) or not parts or not (bare or ordered) or not (seconds > 0 and math.isfinite(seconds)):
+        raise DarknetpyError(f"--time-budget {text}: not a duration; give seconds (600) or numbers with "
+                             "units s, m (min) or h, largest first (90s, 10m, 2h, 1h30m, 1.5h)")
     return seconds
 
 
@@ -242,62 +254,94 @@ class Trainer:
                  max_batches=None, srand=None, valid_frac=None, valid_every=VALID_EVERY,
                  save_every=SAVE_EVERY, progress=True, resumed_from=None, overwrite=False, log_every=10,
                  sample_every=0, sample_len=200, sample_temp=0.7, patience=None, time_budget=None,
-                 stretch_schedule=False, vocab=None, max_vocab=None, valid_full=False):
+                 stretch_schedule=False, vocab=None, max_vocab=None, valid_full=False, learning_rate=None,
+                 schedule_anchor=None, previous_end=None):
         self.t0 = time.time()
-        self.cfg, self.data, self.weights, self.clear, self.tokenized = cfg, data, weights, clear, tokenized
-        self.max_vocab, self.valid_full = max_vocab, valid_full
-        self.backup, self.valid_every, self.save_every, self.log_every = backup, valid_every, save_every, log_every
-        self.sample_every, self.sample_len, self.sample_temp = sample_every, sample_len, sample_temp
-        self.resumed_from, self.show_progress, self.patience = resumed_from, progress, patience
         self.time_budget = None if time_budget is None else parse_duration(time_budget)
         self.ranks = parallel.start()  # MPI hook: K ranks under mpiexec, else one process (no mpi4py)
-        # MPI hook: a fresh seed is rank 0's, on every rank
-        self.srand = self.ranks.same(int(np.random.SeedSequence().entropy % 2**31)) if srand is None else srand
-        self.net = Network(cfg, seed=self.srand)
-        if self.net.loss_layer is None:
-            raise DarknetpyError("the network has no [softmax] or [cost] layer to train against", cfg)
-        self.rows = self.net.streams * self.net.time_steps  # characters per iteration
-        self.max_batches = self.net.hp["max_batches"] if max_batches is None else max_batches
-        if self.max_batches <= 0 and self.time_budget is None:
-            raise DarknetpyError("no max_batches: set max_batches=N in [net] or pass --max-batches N "
-                                 "(or --time-budget)", cfg)
-        self.cfg_hp = dict(self.net.hp)  # the cfg's schedule, which a time budget stretches
-        if stretch_schedule:  # a --time-budget run resumed: the schedule it chose
-            self.net.hp = optim.stretch_policy(self.cfg_hp, self.max_batches)
-        self.load_corpus(valid_frac, vocab)
-        self.ranks.shard(self.net, self.batcher, cfg)  # MPI hook: refuse streams % K, this rank's block, the sum
-        if patience is not None and (patience < 1 or self.valid_ids is None or valid_every <= 0):
-            raise DarknetpyError(f"--patience {patience}: give a number of validations >= 1, with held-out "
-                                 "text (--valid-frac) and --valid-every N > 0; leave it out to never stop early")
-        self.loss, self.avg, self.valid, self.valid_iteration = None, None, None, None
-        self.best, self.bad_validations, self.seconds0, self.stop_reason = None, 0, 0.0, None
-        self.start_from_weights()
-        self.iteration = self.net.seen // self.rows
-        self.saved = self.iteration if weights is not None else None  # the last good checkpoint
-        self.saved_path = os.path.abspath(weights) if weights is not None else None
-        self.base = base = os.path.join(backup, ckpt.cfg_base(cfg))
-        self.paths = {"backup": base + ".backup", "final": base + "_final.weights", "best": base + "_best.weights",
-                      "record": base + ".yaml", "metrics": base + ".metrics.csv"}
-        self.continuing = resumed_from is not None or (  # from one of this run's own checkpoints
-            weights is not None and os.path.dirname(os.path.abspath(weights)) == os.path.abspath(backup))
-        if not (self.continuing or overwrite):
-            self.ranks.on_writer(ckpt.refuse_to_replace)(self.paths, cfg)  # MPI hook: rank 0 looks
-        self.ranks.on_writer(ckpt.prepare_backup_dir)(backup)  # last of the checks (MPI hook: rank 0's)
-        if self.vocabulary is not None and self.ranks.writer:  # MPI hook: rank 0 alone writes
-            self.vocabulary.save(base + ".vocab")
-        elif not self.continuing and self.ranks.writer and os.path.exists(base + ".vocab"):
-            os.unlink(base + ".vocab")  # an earlier run's: tokenized ids are decoded with --tokens
-        self.seed_ids = vocabmod.seed_ids(self.vocabulary, self.net)
-        # periodic and end-of-run estimates score a bounded slice: their cost does not grow with the corpus
-        self.validator = (Validator(cfg, datamod.read_ids(self.valid_ids, 0, datamod.VALID_SLICE), self.seed_ids)
-                          if self.valid_ids is not None else None)
-        self.record = ckpt.Record(self.paths["record"], self.new_record(valid_frac=self.valid_frac))
-        # MPI hook: rank 0 alone writes checkpoints and the record, with the recurrent state of all
-        # streams gathered to it; the others wait for it and share its errors
-        self.checkpoint = self.ranks.saving(self.checkpoint, self.net)
-        self.write_record = self.ranks.on_writer(self.record.write)
-        if stretch_schedule:
-            self.record.content["options"]["stretch_schedule"] = True
+        # one training per folder: the lock is taken first if the folder exists, else once it is made
+        locked = self.ranks.same(os.path.isdir(backup), "the backup folder")  # MPI hook: rank 0's view
+        self.lock = self.ranks.on_writer(ckpt.FolderLock)(backup) if locked else None  # MPI hook: rank 0 holds it
+        with self.unlocked_on_error():  # the checks, in the order that refuses bad input before any write
+            self.cfg, self.data, self.weights, self.clear, self.tokenized = cfg, data, weights, clear, tokenized
+            self.max_vocab, self.valid_full = max_vocab, valid_full
+            self.backup, self.valid_every, self.save_every, self.log_every = backup, valid_every, save_every, log_every
+            self.sample_every, self.sample_len, self.sample_temp = sample_every, sample_len, sample_temp
+            self.resumed_from, self.show_progress, self.patience = resumed_from, progress, patience
+            # MPI hook: a fresh seed is rank 0's, on every rank
+            self.srand = self.ranks.same(int(np.random.SeedSequence().entropy % 2**31)) if srand is None else srand
+            self.net = Network(cfg, seed=self.srand)
+            if self.net.loss_layer is None:
+                raise DarknetpyError("the network has no [softmax] or [cost] layer to train against", cfg)
+            if learning_rate is not None:
+                if not (learning_rate > 0 and math.isfinite(learning_rate)):
+                    raise DarknetpyError(f"--learning-rate {learning_rate}: give a rate > 0 (leave it out for the cfg's)")
+                self.net.hp["learning_rate"] = float(learning_rate)
+            self.learning_rate = learning_rate
+            self.rows = self.net.streams * self.net.time_steps  # characters per iteration
+            self.max_batches = self.net.hp["max_batches"] if max_batches is None else max_batches
+            if self.max_batches <= 0 and self.time_budget is None:
+                raise DarknetpyError("no max_batches: set max_batches=N in [net] or pass --max-batches N "
+                                     "(or --time-budget)", cfg)
+            self.cfg_hp = dict(self.net.hp)  # the cfg's schedule, which a time budget stretches
+            if schedule_anchor:  # a resume moved the run's end: the schedule continues from there
+                self.cfg_hp["anchor"] = list(schedule_anchor)
+            self.stretch = stretch_schedule
+            if stretch_schedule:  # a --time-budget run (or one whose end a resume moved): its schedule
+                self.net.hp = optim.stretch_policy(self.cfg_hp, self.max_batches if previous_end is None else previous_end)
+            self.load_corpus(valid_frac, vocab)
+            self.ranks.shard(self.net, self.batcher, cfg)  # MPI hook: refuse streams % K, this rank's block, the sum
+            if patience is not None and (patience < 1 or self.valid_ids is None or valid_every <= 0):
+                raise DarknetpyError(f"--patience {patience}: give a number of validations >= 1, with held-out "
+                                     "text (--valid-frac) and --valid-every N > 0; leave it out to never stop early")
+            self.loss, self.avg, self.valid, self.valid_iteration = None, None, None, None
+            self.best, self.bad_validations, self.seconds0, self.stop_reason = None, 0, 0.0, None
+            self.start_from_weights()
+            if previous_end is not None:
+                self.continue_schedule(previous_end, max_batches is None)
+            self.iteration = self.net.seen // self.rows
+            self.saved = self.iteration if weights is not None else None  # the last good checkpoint
+            self.saved_path = os.path.abspath(weights) if weights is not None else None
+            self.base = base = os.path.join(backup, ckpt.cfg_base(cfg))
+            self.paths = {"backup": base + ".backup", "final": base + "_final.weights", "best": base + "_best.weights",
+                          "record": base + ".yaml", "metrics": base + ".metrics.csv"}
+            self.continuing = resumed_from is not None or (  # from one of this run's own checkpoints
+                weights is not None and os.path.dirname(os.path.abspath(weights)) == os.path.abspath(backup))
+            if not (self.continuing or overwrite):
+                self.ranks.on_writer(ckpt.refuse_to_replace)(self.paths, cfg)  # MPI hook: rank 0 looks
+            self.ranks.on_writer(ckpt.prepare_backup_dir)(backup)  # last of the checks (MPI hook: rank 0's)
+            if not locked:
+                self.lock = self.ranks.on_writer(ckpt.FolderLock)(backup)
+            self.record = ckpt.Record(self.paths["record"], None)
+            self.cfg_copy = self.ranks.on_writer(self.cfg_copy_path)()  # MPI hook: rank 0 alone writes it
+            self.cfg_kept = False
+            if self.vocabulary is not None and self.ranks.writer:  # MPI hook: rank 0 alone writes
+                self.vocabulary.save(base + ".vocab")
+            elif not self.continuing and self.ranks.writer and os.path.exists(base + ".vocab"):
+                os.unlink(base + ".vocab")  # an earlier run's: tokenized ids are decoded with --tokens
+            self.seed_ids = vocabmod.seed_ids(self.vocabulary, self.net)
+            # periodic and end-of-run estimates score a bounded slice: their cost does not grow with the corpus
+            self.validator = (Validator(cfg, datamod.read_ids(self.valid_ids, 0, datamod.VALID_SLICE), self.seed_ids)
+                              if self.valid_ids is not None else None)
+            self.record.content = self.new_record(valid_frac=self.valid_frac)
+            # MPI hook: rank 0 alone writes checkpoints and the record, with the recurrent state of all
+            # streams gathered to it; the others wait for it and share its errors
+            self.checkpoint = self.ranks.saving(self.checkpoint, self.net)
+            self.write_record = self.ranks.on_writer(self.record.write)
+
+    @contextlib.contextmanager
+    def unlocked_on_error(self):
+        """The folder's lock released if the run ends before it starts (its run() releases it after)."""
+        try:
+            yield
+        except BaseException:
+            self.unlock()
+            raise
+
+    def unlock(self):
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     # ---- setup -----------------------------------------------------------------------------------
     def load_corpus(self, valid_frac, vocab):
@@ -331,25 +375,78 @@ class Trainer:
         ckpt.restore_state(net, self.batcher, meta, arrays, weights + STATE_SUFFIX)
         self.ranks.restored(net)  # MPI hook: this rank's block of the state saved whole
         self.avg, self.best = meta.get("avg_loss"), meta.get("best")
+        if self.best is not None:  # named relative to the checkpoint's folder; here, to BACKUP's
+            self.best["weights"] = ckpt.relative(ckpt.resolve(self.best["weights"], os.path.dirname(
+                os.path.abspath(weights))), self.backup)
         self.bad_validations, self.seconds0 = meta.get("bad_validations", 0), meta.get("seconds", 0.0)
         if meta.get("corpus_sha256") not in (None, self.corpus_sha):
             _stderr_line(f"warning: {self.data}: the training text differs from the one "
                          f"{weights} was trained on; continuing on this one")
 
+    def continue_schedule(self, previous_end, budget_sets_end):
+        """--resume of a run that ended (or was to end) at update `previous_end`. A --time-budget
+        sets the end anew (at first from the run's speed so far). When the end moves, a run whose
+        schedule is stretched to its end (a --time-budget run) has the schedule still ahead spread
+        over the updates left, or started again if it had reached its end (optim.continue_policy);
+        a run on the cfg's schedule (Darknet's, by update number) keeps it, and only a run past
+        its end (the cfg's max_batches) starts it again."""
+        n = self.net.batch_num
+        if self.time_budget is not None and budget_sets_end:
+            per_update = self.seconds0 / n if n and self.seconds0 > 0 else None
+            self.max_batches = n + (max(1, int(self.time_budget / per_update)) if per_update else max(n, 1))
+        moved = self.time_budget is not None or self.max_batches != previous_end
+        if not moved or self.cfg_hp["max_batches"] <= 0 or self.max_batches <= n:
+            return
+        if self.stretch or self.time_budget is not None or optim.done(self.net.hp, n) >= 1:
+            self.net.hp = optim.continue_policy(self.cfg_hp, self.net.hp, n, self.max_batches)
+            self.cfg_hp["anchor"], self.stretch = self.net.hp["anchor"], True
+
+    def cfg_copy_path(self):
+        """Where the run keeps a copy of its cfg, which --resume reads, so that the folder holds all
+        of its run but the corpus: <cfg stem>.cfg in BACKUP, unless a file of another origin (not
+        an earlier run's copy) has that name; then the cfg where it is. `checkpoint` writes it."""
+        target = self.base + ".cfg"
+        if not os.path.exists(target) or os.path.samefile(self.cfg, target):
+            return target
+        with open(self.cfg, "rb") as a, open(target, "rb") as b:
+            same = a.read() == b.read()
+        ours = ckpt.earlier_record(self.paths["record"]).get("cfg") == os.path.basename(target)
+        return target if same or ours else self.cfg
+
+    def keep_cfg(self):
+        """Write the copy of the cfg (once, with the run's first checkpoint)."""
+        if os.path.exists(self.cfg_copy) and os.path.samefile(self.cfg, self.cfg_copy):
+            return
+        try:
+            with open(self.cfg, "rb") as f:
+                weightsmod.atomic_write(self.cfg_copy, f.read())
+        except OSError as e:
+            raise ckpt.write_error(self.cfg_copy, e, "copy of the cfg") from None
+
     def new_record(self, valid_frac):
         """The run record's content at the start: what was asked and what the network is."""
-        net, opt, weights = self.net, self.net.optimizer, self.weights
+        net, opt, weights, name = self.net, self.net.optimizer, self.weights, self.record.name
+        earlier = ckpt.earlier_record(self.resumed_from or self.paths["record"]) if weights is not None else {}
+        copy = self.base + ".cfg"
+        source = os.path.abspath(self.cfg)
+        if os.path.exists(copy) and os.path.samefile(self.cfg, copy):  # resumed from the copy: where it came from
+            source = earlier.get("cfg_source") or source
+        corpus = vocabmod.record(self.vocabulary, self.data, self.base + ".vocab")
+        if corpus["vocab"]:
+            corpus["vocab"]["file"] = name(corpus["vocab"]["file"])
         record = {
-            "cfg": os.path.abspath(self.cfg), "data": os.path.abspath(self.data) if self.data != "-" else self.data,
-            "backup": os.path.abspath(self.backup), "status": "running",
+            "cfg": name(self.cfg_copy or self.cfg), "cfg_source": source,  # (MPI hook: rank 0 knows the copy)
+            "data": os.path.abspath(self.data) if self.data != "-" else self.data, "status": "running",
             "options": {"tokenized": bool(self.tokenized), "vocab": self.vocabulary.mode if self.vocabulary else None,
                         "max_vocab": self.max_vocab, "valid_full": bool(self.valid_full),
                         "max_batches": int(self.max_batches),
                         "valid_frac": float(valid_frac), "valid_every": int(self.valid_every),
                         "save_every": int(self.save_every), "srand": int(self.srand),
-                        "log_every": int(self.log_every), "patience": self.patience},
-            "started_from": {"weights": os.path.abspath(weights) if weights else None,
-                             "clear": bool(self.clear), "resumed_from": self.resumed_from},
+                        "log_every": int(self.log_every), "patience": self.patience,
+                        "learning_rate": self.learning_rate, "stretch_schedule": bool(self.stretch),
+                        "schedule_anchor": self.cfg_hp.get("anchor")},
+            "started_from": {"weights": name(weights) if weights else None, "clear": bool(self.clear),
+                             "resumed_from": name(self.resumed_from) if self.resumed_from else None},
             "hyperparameters": {
                 "inputs": net.inputs, "outputs": net.outputs, "batch": net.batch,
                 "subdivisions": net.subdivisions, "streams": net.streams, "time_steps": net.time_steps,
@@ -359,16 +456,17 @@ class Trainer:
                 "train_chars": int(len(self.train_ids)),
                 "valid_chars": int(len(self.valid_ids)) if self.valid_ids is not None else 0,
             },
-            "corpus": vocabmod.record(self.vocabulary, self.data, self.base + ".vocab"),
-            "metrics": os.path.abspath(self.paths["metrics"]),
+            "corpus": corpus,
+            "metrics": name(self.paths["metrics"]),
             **self.ranks.record(net),  # MPI hook: ranks, streams_per_rank (nothing for one process)
             "progress": {}, "checkpoints": {"latest": None, "backup": None, "final": None, "numbered": []},
         }
         if self.best is not None:
             record["best"] = self.best
-        if weights is not None:  # continuing a run: keep its list of numbered checkpoints
-            cps = ckpt.earlier_record(self.resumed_from or self.paths["record"]).get("checkpoints")
-            record["checkpoints"]["numbered"] = list(cps.get("numbered") or []) if isinstance(cps, dict) else []
+        cps = earlier.get("checkpoints")
+        if isinstance(cps, dict):  # continuing a run: keep its list of numbered checkpoints
+            folder = os.path.dirname(os.path.abspath(self.resumed_from or self.paths["record"]))
+            record["checkpoints"]["numbered"] = [name(ckpt.resolve(p, folder)) for p in cps.get("numbered") or []]
         return record
 
     # ---- the loop --------------------------------------------------------------------------------
@@ -381,12 +479,14 @@ class Trainer:
         self.start, self.start_updates = time.time(), net.batch_num
         self.valid_seconds = 0.0  # the last validation's duration: the end of a time budget keeps it free
         self.horizon_at = None if self.time_budget is None else min(60.0, max(1.0, 0.05 * self.time_budget))
+        self.horizon_pending = self.time_budget is not None  # until set_horizon, the budget alone ends the run
         self.last_row = (self.iteration, self.start)
         status = "finished"
         try:  # overflow in a diverging run is reported as a non-finite loss, not as numpy warnings
             # MPI hook: an error of this rank alone stops the others at once
             with _Interrupt() as self.interrupt, np.errstate(all="ignore"), self.ranks.stopping():
-                while (net.batch_num < self.max_batches or self.max_batches <= 0) and self.stop_reason is None:
+                while (self.horizon_pending or net.batch_num < self.max_batches or self.max_batches <= 0) \
+                        and self.stop_reason is None:
                     self.ranks.agree_interrupt(self.interrupt)  # MPI hook: every rank stops at one iteration
                     if self.interrupt.flag:
                         status = "interrupted"
@@ -397,10 +497,11 @@ class Trainer:
         finally:
             self.progress.close()
             self.metrics.close()
+            self.unlock()
         signame = signal.Signals(self.interrupt.signum).name if self.interrupt.signum else None
         return {**self.progress_fields(), "status": status, "checkpoint": self.saved_path,
                 "max_batches": self.max_batches, "record": os.path.abspath(self.paths["record"]),
-                "best": self.best, "reason": self.stop_reason, "signal": signame, "unit": self.unit[0],
+                "best": self.shown_best(), "reason": self.stop_reason, "signal": signame, "unit": self.unit[0],
                 "exit_code": 128 + self.interrupt.signum if status == "interrupted" else 0}
 
     def step(self):
@@ -430,7 +531,7 @@ class Trainer:
                                 f"(--patience {self.patience})")
         if self.time_budget is not None:
             self.watch_time_budget()
-        ending = self.stop_reason is not None or 0 < self.max_batches <= self.net.batch_num
+        ending = self.stop_reason is not None or (not self.horizon_pending and 0 < self.max_batches <= self.net.batch_num)
         if not ending and (validated or (self.log_every > 0 and it % self.log_every == 0)):
             self.log_row()  # the last iteration's row comes from finish(), after its validation
         if self.sample_every > 0 and it % self.sample_every == 0 and self.ranks.writer:  # MPI hook: rank 0's
@@ -469,7 +570,7 @@ class Trainer:
             latest = self.record.content["checkpoints"]["latest"]
             # MPI hook: rank 0 alone knows what it saved, and decides for every rank
             if status == "interrupted" and self.ranks.same(self.saved != self.iteration
-                                                           or latest != os.path.abspath(self.paths["backup"])):
+                                                           or latest != self.record.name(self.paths["backup"])):
                 self.checkpoint(self.paths["backup"], "backup")
             if self.last_row[0] != self.iteration:
                 self.log_row()
@@ -496,7 +597,7 @@ class Trainer:
         self.progress.say(f"valid: iteration {self.iteration}  {time.time() - self.t0:.1f} s  loss {loss}  "
                           f"avg {avg}  valid {bpc:.4f} {unit} ({self.validator.count} {what}, {time.time() - v0:.1f} s)")
         if self.best is None or bpc < self.best["valid_bpc"]:
-            self.best = {"weights": os.path.abspath(self.paths["best"]), "iteration": self.iteration,
+            self.best = {"weights": self.record.name(self.paths["best"]), "iteration": self.iteration,
                          "valid_bpc": float(bpc)}
             self.bad_validations = 0
             self.record.content["best"] = self.best
@@ -572,7 +673,9 @@ class Trainer:
         # MPI hook: rank 0's validation time, as its clock
         remaining = self.time_budget - elapsed - self.ranks.agreed(self.valid_seconds, "the validation's time")
         self.max_batches = self.net.batch_num + max(1, int(remaining / per_update))
+        self.horizon_pending = False
         self.net.hp = optim.stretch_policy(self.cfg_hp, self.max_batches)
+        self.stretch = True
         if self.progress.bar is not None:
             self.progress.bar.total = self.max_batches * self.net.subdivisions
         options = self.record.content["options"]
@@ -603,6 +706,9 @@ class Trainer:
             except OSError as e:
                 raise ckpt.write_error(path, e) from None
             self.saved, self.saved_path = self.iteration, os.path.abspath(path)
+            if not self.cfg_kept:
+                self.keep_cfg()
+                self.cfg_kept = True
             self.record.add_checkpoint(path, kind)
             self.record.write("running", self.progress_fields())
 
@@ -610,10 +716,14 @@ class Trainer:
         last = (f"the last good checkpoint is {self.saved_path} (iteration {self.saved})"
                 if self.saved_path else "no checkpoint was written in this run")
         if self.best is not None:
-            last += (f", the best {self.best['weights']} (iteration {self.best['iteration']}, "
+            last += (f", the best {self.shown_best()['weights']} (iteration {self.best['iteration']}, "
                      f"{self.best['valid_bpc']:.4f} {self.unit[0]})")
         return DarknetpyError(f"{what} at iteration {self.iteration}: training diverged and stopped "
                               f"without saving; {last}; lower learning_rate or set clip in [net]", self.cfg)
+
+    def shown_best(self):
+        """The best validation so far, its weights as a path from here (the record names it relative)."""
+        return None if self.best is None else dict(self.best, weights=ckpt.resolve(self.best["weights"], self.record.folder))
 
     def progress_fields(self):
         net = self.net
@@ -636,7 +746,7 @@ def format_summary(s):
             f"avg loss {avg}, valid {valid}{best}; saved {s['checkpoint']}")
     if s.get("signal"):
         line += (f" (weights, .state.npz and the run record) on {s['signal']}; continue with "
-                 f"`darknetpy train --resume {s['record']}`")
+                 f"`darknetpy train --resume {ckpt.quote(s['record'])}`")
     if s.get("reason"):
         line += f"; {s['reason']}"
     return line

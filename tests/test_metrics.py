@@ -45,7 +45,7 @@ def test_metrics_rows_columns_and_values(tmp_path, corpus):
     assert float(last["loss"]) == pytest.approx(record["progress"]["train_loss"], rel=1e-5)
     assert float(last["valid_bpc"]) == pytest.approx(record["progress"]["valid_bpc"], rel=1e-5)
     assert float(last["avg_loss"]) == pytest.approx(record["progress"]["avg_loss"], rel=1e-5)
-    assert record["metrics"] == str(tmp_path / "b" / "tiny.metrics.csv")
+    assert record["metrics"] == "tiny.metrics.csv"  # relative to the record's folder
 
 
 def test_a_resumed_run_appends_and_drops_rows_past_its_checkpoint(tmp_path, corpus):
@@ -97,7 +97,6 @@ def test_samples_do_not_change_training(tmp_path, corpus):
             if key == "meta":
                 ma, mb = json.loads(str(a[key])), json.loads(str(b[key]))
                 ma.pop("seconds"), mb.pop("seconds")
-                assert ma.pop("best")["weights"] != mb.pop("best")["weights"]  # each in its BACKUP
                 assert ma == mb
             else:
                 np.testing.assert_array_equal(a[key], b[key], err_msg=key)
@@ -115,7 +114,7 @@ def test_best_checkpoint_and_record(tmp_path, corpus):
     log = [row for row in rows(tmp_path / "b" / "tiny.metrics.csv") if row["valid_bpc"]]
     best = min(log, key=lambda row: float(row["valid_bpc"]))
     record = yaml.safe_load((tmp_path / "b" / "tiny.yaml").read_text())
-    assert record["best"]["weights"] == str(tmp_path / "b" / "tiny_best.weights")
+    assert record["best"]["weights"] == "tiny_best.weights"  # relative to the record's folder
     assert record["best"]["iteration"] == int(best["iteration"])
     assert record["best"]["valid_bpc"] == pytest.approx(float(best["valid_bpc"]), rel=1e-5)
     assert header_seen(tmp_path / "b" / "tiny_best.weights") == int(best["iteration"]) * 64

@@ -153,7 +153,7 @@ def test_signal_to_mpiexec_checkpoints_once(tmp_path, run, signum):
     assert p.returncode == 128 + signum, err  # as one process: 130 after Ctrl-C, 143 after SIGTERM
     saved = yaml.safe_load(record.read_text())
     assert saved["status"] == "interrupted" and err.count("interrupted: iteration") == 1, err
-    net = load_network(cfg, saved["checkpoints"]["latest"])
+    net = load_network(cfg, tmp_path / "b" / saved["checkpoints"]["latest"])  # named relative to the record
     assert net.seen == saved["progress"]["seen"]
 
 
@@ -403,3 +403,30 @@ def test_each_rank_takes_its_share_of_the_cores(tmp_path):
     assert run(MPIEXEC, "-n", "2") == [f"{share} {share}"] * 2
     assert run(MPIEXEC, "-n", "2", OPENBLAS_NUM_THREADS="3") == ["3 3"] * 2
     assert run() == [f"None {len(os.sched_getaffinity(0))}"]
+
+
+@needs_mpi
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds rank 0's process in /proc (Linux)")
+def test_the_ranks_hold_the_folder_through_rank_0(tmp_path, run):
+    """A training on 2 ranks holds its folder: a second training, on one process or on 2 ranks,
+    is refused in one line naming rank 0's process; once the first is gone, a third is accepted."""
+    cfg = write(tmp_path)
+    backup = tmp_path / "b"
+    p = run(2, cfg, "corpus.txt", "--srand", 7, "--backup", backup, "--max-batches", 10**6, stdout=subprocess.DEVNULL)
+    try:
+        while not (backup / "tiny.yaml").exists():  # the first checkpoint (iteration 100): training is under way
+            assert p.poll() is None, p.stderr.read()
+            time.sleep(0.05)
+        holder = rank_pid(0, str(backup))
+        for k, args in ((1, ("--resume", backup / "tiny.yaml", "--max-batches", 1)),
+                        (2, (cfg, "corpus.txt", "--backup", backup, "--overwrite", "--max-batches", 3))):
+            r = run(k, *args)
+            lines = [line for line in r.stderr.splitlines() if line.strip()]
+            assert r.returncode == 2 and len(lines) == 1, r.stderr
+            assert f"pid {holder} " in lines[0] and "a training is still writing into this folder" in lines[0], lines
+    finally:
+        p.send_signal(signal.SIGINT)
+        p.communicate()
+    assert p.returncode == 130
+    r = run(2, "--resume", backup / "tiny.yaml", "--max-batches", yaml.safe_load((backup / "tiny.yaml").read_text())["progress"]["updates"] + 2)
+    assert r.returncode == 0, r.stderr

@@ -126,14 +126,16 @@ def test_checkpoints_names_sizes_and_seen(tmp_path, corpus, monkeypatch):
     assert lines[-1].startswith("finished: iteration 120, update 120 of max_batches 120")
     record = yaml.safe_load((backup / "tiny.yaml").read_text())
     assert record["status"] == "finished"
-    assert record["cfg"] == str(cfg) and record["data"] == str(corpus)
+    # the run's files are named relative to the record's folder (the cfg by its copy there); the corpus absolute
+    assert record["cfg"] == "tiny.cfg" and record["cfg_source"] == str(cfg) and record["data"] == str(corpus)
+    assert (backup / "tiny.cfg").read_bytes() == cfg.read_bytes()
     assert record["options"]["srand"] == 1 and record["options"]["valid_frac"] == 0.05
     hp = record["hyperparameters"]
     assert (hp["streams"], hp["time_steps"], hp["optimizer"], hp["learning_rate"]) == (8, 8, "sgd", 0.05)
     assert record["progress"]["seen"] == 120 * 64 and record["progress"]["iteration"] == 120
     assert record["progress"]["valid_bpc"] > 0 and record["progress"]["train_loss"] > 0
-    assert record["checkpoints"]["latest"] == str(backup / "tiny_final.weights")
-    assert record["checkpoints"]["numbered"] == [str(backup / "tiny_50.weights"), str(backup / "tiny_100.weights")]
+    assert record["checkpoints"]["latest"] == "tiny_final.weights"
+    assert record["checkpoints"]["numbered"] == ["tiny_50.weights", "tiny_100.weights"]
     load_network(cfg, backup / "tiny_final.weights")  # loads
 
 
@@ -414,7 +416,7 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path, corpus):
     net = load_network(cfg, b / "tiny.backup")
     assert net.seen > 0 and net.seen % (16 * 32) == 0
     record = yaml.safe_load((b / "tiny.yaml").read_text())
-    assert record["status"] == "interrupted" and record["checkpoints"]["latest"] == str(b / "tiny.backup")
+    assert record["status"] == "interrupted" and record["checkpoints"]["latest"] == "tiny.backup"
     assert record["progress"]["seen"] == net.seen
 
 
