@@ -237,7 +237,7 @@ class Batch:
             new = self._stepper(size)
             if self.size is not None:
                 old = self.steppers[self.size]
-                n = min(self.used, size)
+                n = min(self.used, size, self.size)
                 for a, b in zip(old[0].arrays(), new[0].arrays()):
                     b[:n] = a[:n]
                 new[1][:n] = old[1][:n]
@@ -279,13 +279,14 @@ class Batch:
             x[sample.first:sample.first + sample.streams] = sample.inputs()
         p = step(x)
         out = []
-        for sample in list(self.samples):
+        for sample in self.samples:
             rows = slice(sample.first, sample.first + sample.streams)
             out.append((sample, sample.advance(p[rows])))
             if sample.reorder is not None:
                 index = np.arange(self.size)
                 index[rows] = sample.first + sample.reorder
                 step.select(index)
+        for sample, _ in out:
             if sample.done:
                 self.remove(sample)
         return out
