@@ -263,6 +263,7 @@ def create_app(net, name, limits):
         engine.submit(job)
         try:
             while True:
+                await asyncio.sleep(0)  # a backlog must not starve the loop: it notices disconnects
                 out = await job.events.get()
                 if out is None:
                     return
@@ -292,7 +293,7 @@ def create_app(net, name, limits):
         except DarknetpyError as e:  # a range only the model knows (a byte past its inputs, a stop too long)
             flags = {"length": "--len", "temperature": "--temp", "top_k": "--top-k", "top_p": "--top-p",
                      "beam": "--beam", "samples": "--samples", "stop": "--stop", "seed": fields["seed"]}
-            param = next((fields[k] for k, flag in flags.items() if k in fields and flag in str(e)), None)
+            param = next((fields[k] for k, flag in flags.items() if k in fields and str(e).startswith(flag)), None)
             raise ApiError(400, str(e), param) from None
 
     @api.post("/v1/completions")
@@ -350,9 +351,7 @@ def create_app(net, name, limits):
 
             async def events():
                 async for out in run(sample):
-                    for i, (text, reason) in choices(out):
-                        if text or reason:
-                            yield sse(chunk(i, text, reason))
+                    yield "".join(sse(chunk(i, text, reason)) for i, (text, reason) in choices(out) if text or reason)
                 if include_usage:
                     yield sse({"id": ident, "object": "text_completion", "created": created, "model": name,
                                "choices": [], "usage": usage()})
@@ -384,8 +383,7 @@ def create_app(net, name, limits):
         if body.stream:
             async def events():
                 async for out in run(sample):
-                    for i, text in pieces_of(out):
-                        yield sse({"sample": i, "text": text})
+                    yield "".join(sse({"sample": i, "text": text}) for i, text in pieces_of(out))
                 yield "data: [DONE]\n\n"
             return StreamingResponse(guarded(events()), media_type="text/event-stream")
         parts = [[] for _ in range(body.samples)]
