@@ -299,6 +299,9 @@ def create_app(net, name, limits):
     @api.post("/v1/completions")
     async def completions(body: CompletionRequest):
         """OpenAI's completions: `prompt` continued `n` times, each choice up to `max_tokens` symbols."""
+        if body.model not in (None, name):
+            raise ApiError(404, f"model: this server serves {name!r}, not {body.model!r}", "model",
+                           kind="model_not_found")
         for field, ok in (("best_of", body.best_of in (None, body.n)), ("logprobs", body.logprobs is None),
                           ("logit_bias", not body.logit_bias), ("presence_penalty", not body.presence_penalty),
                           ("frequency_penalty", not body.frequency_penalty), ("suffix", body.suffix is None)):

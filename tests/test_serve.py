@@ -199,6 +199,7 @@ def test_generate_streams_the_pieces_of_the_same_text(server, model):
     ("/v1/generate", {"seed": "a", "top_k": -1}, 400, "top_k"),
     ("/v1/generate", {"seed": "a", "length": 3, "stop": "abcdefghijklmnop"}, 400, "stop"),
     ("/v1/generate", {"seed": "a", "greedy": "yes"}, 400, "greedy"),
+    ("/v1/completions", {"prompt": "a", "model": "gpt-4"}, 404, "model"),
     ("/v1/nothing", {}, 404, None),
 ])
 def test_bad_requests_get_one_json_error_naming_the_field(server, path, body, status, param):
