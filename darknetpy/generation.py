@@ -1,10 +1,13 @@
 """Generation: Darknet's sampler and the rules beyond it, as N streams of one network.
 
-`events` is the one loop behind `darknetpy generate`, Network.generate/stream and train's samples.
-Each sample is what Darknet's `rnn generate` prints: the seed echoed, the sampled symbols, and a
-final newline. The network runs on a private Stepper (network.Stepper): its own state arrays and
-prepared copies of the weights, at the temperature asked, so a training network it runs on is not
-disturbed.
+A request's progress is a `Sample`; a `Batch` steps Samples together as slots of one many-stream
+Stepper (continuous batching: `darknetpy serve` runs every request in one), and `events`, one
+Sample alone in a Batch, is behind `darknetpy generate`, Network.generate/stream and train's
+samples. Each sample is what Darknet's `rnn generate` prints: the seed echoed, the sampled
+symbols, and a final newline. The network runs on private Steppers (network.Stepper): their own
+state arrays and prepared copies of the weights, so a training network it runs on is not
+disturbed, and batch-invariant ones, at a temperature per stream, so a sample is the same bits
+whatever runs beside it.
 
 Which sampler draws:
 - Darknet's (sample.sample_index: the 0.0001 cut, then one glibc rand() per symbol with `srand`),
@@ -128,6 +131,7 @@ class Sample:
         stop = [s.encode("utf-8") if isinstance(s, str) else bytes(s) for s in stop]
         check_options(net, self.pieces, length, temperature, top_k, top_p, beam, stop, samples)
         self.ids = encode_seed(net, seed, vocab, seed_name)
+        self.echo = b"".join(self.pieces[c] for c in self.ids)
         self.streams, self.samples, self.length, self.width = beam or samples, samples, length, beam
         self.temperature = 1.0 if greedy or beam else temperature
         self.choose = None if beam else chooser(net, greedy, top_k, top_p, srand, samples)
@@ -147,13 +151,11 @@ class Sample:
             if self.fed < len(self.ids):
                 self.next = np.full(self.streams, self.ids[self.fed])
                 return []
-            echo = b"".join(self.pieces[c] for c in self.ids)
             if self.width:
                 with np.errstate(divide="ignore"):
                     self.search = sampling.beam_steps(np.log(p[0]), self.width, self.length)
-                self.echo = echo
                 return self._search(None)
-            out = [(i, echo, False) for i in range(self.samples)]
+            out = [(i, self.echo, False) for i in range(self.samples)]
             return out + (self._choose(p) if self.length else self._finish())
         if self.width:
             with np.errstate(divide="ignore"):

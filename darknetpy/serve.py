@@ -71,8 +71,15 @@ class Job:
         self.sample, self.loop, self.cancelled = sample, loop, False
         self.events = asyncio.Queue()
 
-    def put(self, item):
-        self.loop.call_soon_threadsafe(self.events.put_nowait, item)
+
+def deliver(pairs):
+    """Hand each (job, item) to its job's queue, from the engine thread, with one wake-up of the
+    asyncio loop (every job has the server's one loop)."""
+    def put():
+        for job, item in pairs:
+            job.events.put_nowait(item)
+    if pairs:
+        pairs[0][0].loop.call_soon_threadsafe(put)
 
 
 class Engine:
@@ -118,18 +125,19 @@ class Engine:
             except Exception as e:  # a fault of the model: every running request hears of it, once
                 log.error("darknetpy: generation failed: %s", e)
                 for job in self.running:
-                    self.batch.remove(job.sample)
-                    job.put(e)
+                    if job.sample in self.batch.samples:
+                        self.batch.remove(job.sample)
+                deliver([(job, e) for job in self.running])
                 self.running = []
                 continue
-            events = dict(stepped)
+            events, pairs = dict(stepped), []
             for job in list(self.running):
-                out = events[job.sample]
-                if out:
-                    job.put(out)
+                if events[job.sample]:
+                    pairs.append((job, events[job.sample]))
                 if job.sample.done:
-                    job.put(None)
+                    pairs.append((job, None))
                     self.running.remove(job)
+            deliver(pairs)
 
 
 # ---- text: bytes to UTF-8 pieces, the stop text held back ----------------------------------------
@@ -264,12 +272,16 @@ def create_app(net, name, limits):
         try:
             while True:
                 await asyncio.sleep(0)  # a backlog must not starve the loop: it notices disconnects
-                out = await job.events.get()
-                if out is None:
+                items = [await job.events.get()]
+                while not job.events.empty():  # a backlog goes out as one piece
+                    items.append(job.events.get_nowait())
+                out = [event for item in items if isinstance(item, list) for event in item]
+                if out:
+                    yield out
+                if isinstance(items[-1], Exception):
+                    raise ApiError(500, f"generation failed: {items[-1]}", kind="server_error")
+                if items[-1] is None:
                     return
-                if isinstance(out, Exception):
-                    raise ApiError(500, f"generation failed: {out}", kind="server_error")
-                yield out
         finally:  # done, or the client went away (the task is cancelled): free the slots
             job.cancelled = True
             with engine.wake:
