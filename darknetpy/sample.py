@@ -4,6 +4,7 @@ Matching Darknet's generated text needs its random stream (glibc's rand(), emula
 including the draws Darknet's network construction burns before sampling starts) and its float32
 sampling arithmetic. Validation needs its float32 accumulator and its printf line.
 """
+import functools
 import math
 
 import numpy as np
@@ -35,6 +36,7 @@ def _poly_times_x(a):
     return out
 
 
+@functools.lru_cache(maxsize=8)  # every seeded sample of one network skips the same count
 def _poly_xpow(n):
     """x^n mod (x^31 - x^28 - 1), by square-and-multiply."""
     result = [1] + [0] * (_DEG - 1)

@@ -37,6 +37,11 @@ from . import generation
 from .errors import DarknetpyError
 
 log = logging.getLogger("darknetpy.serve")
+# Seconds between two hand-overs of the engine's events to the responses (and at each request's
+# end): the steps in between go out together. A step of a small model takes well under a
+# millisecond, and waking the event loop and writing to a socket about as long: a hand-over and a
+# write per request per step would halve what 32 requests get.
+FLUSH = 0.01
 
 
 class Limits(BaseModel):
@@ -72,14 +77,16 @@ class Job:
         self.events = asyncio.Queue()
 
 
-def deliver(pairs):
-    """Hand each (job, item) to its job's queue, from the engine thread, with one wake-up of the
-    asyncio loop (every job has the server's one loop)."""
+def deliver(pending):
+    """Hand each job its items {job: [events list, ..., None when done]}, from the engine thread,
+    with one wake-up of the asyncio loop (every job has the server's one loop)."""
+    pending = {job: items for job, items in pending.items() if items}
+
     def put():
-        for job, item in pairs:
-            job.events.put_nowait(item)
-    if pairs:
-        pairs[0][0].loop.call_soon_threadsafe(put)
+        for job, items in pending.items():
+            job.events.put_nowait(items)
+    if pending:
+        next(iter(pending)).loop.call_soon_threadsafe(put)
 
 
 class Engine:
@@ -90,6 +97,7 @@ class Engine:
         self.batch = generation.Batch(net, limits.max_streams)
         self.max_queue, self.waiting, self.running = limits.max_queue, collections.deque(), []
         self.wake = threading.Condition()
+        self.pending, self.delivered = {}, 0.0  # items not yet handed over, and when they last were
         self.thread = threading.Thread(target=self.run, name="darknetpy-engine", daemon=True)
 
     def health(self):
@@ -118,6 +126,7 @@ class Engine:
             for job in [j for j in self.running if j.cancelled]:
                 self.batch.remove(job.sample)
                 self.running.remove(job)
+                self.pending.pop(job, None)
             if not self.running:
                 continue
             try:
@@ -127,17 +136,21 @@ class Engine:
                 for job in self.running:
                     if job.sample in self.batch.samples:
                         self.batch.remove(job.sample)
-                deliver([(job, e) for job in self.running])
+                deliver({job: self.pending.pop(job, []) + [e] for job in self.running})
                 self.running = []
                 continue
-            events, pairs = dict(stepped), []
+            events, finished = dict(stepped), False
             for job in list(self.running):
+                items = self.pending.setdefault(job, [])
                 if events[job.sample]:
-                    pairs.append((job, events[job.sample]))
+                    items.append(events[job.sample])
                 if job.sample.done:
-                    pairs.append((job, None))
+                    items.append(None)
                     self.running.remove(job)
-            deliver(pairs)
+                    finished = True
+            if finished or time.monotonic() - self.delivered >= FLUSH:
+                deliver(self.pending)
+                self.pending, self.delivered = {}, time.monotonic()
 
 
 # ---- text: bytes to UTF-8 pieces, the stop text held back ----------------------------------------
@@ -271,10 +284,9 @@ def create_app(net, name, limits):
         engine.submit(job)
         try:
             while True:
-                await asyncio.sleep(0)  # a backlog must not starve the loop: it notices disconnects
-                items = [await job.events.get()]
-                while not job.events.empty():  # a backlog goes out as one piece
-                    items.append(job.events.get_nowait())
+                items = await job.events.get()
+                while not job.events.empty():  # a backlog goes out as one piece (and so cannot keep
+                    items += job.events.get_nowait()  # the loop from noticing a disconnect)
                 out = [event for item in items if isinstance(item, list) for event in item]
                 if out:
                     yield out
