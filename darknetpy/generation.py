@@ -22,7 +22,7 @@ import numpy as np
 
 from . import sampling
 from .errors import DarknetpyError
-from .sample import GlibcRand, NumpyRand, check_ids, sample_index
+from .sample import GlibcRand, NumpyRand, check_ids, sample_rows
 
 SEPARATOR = "-" * 15  # the line between samples (nanoGPT's sample.py prints the same)
 _NO_TOKEN = b"\xef\xbf\xbd"  # U+FFFD for an output id the vocabulary has no token for
@@ -105,7 +105,7 @@ def chooser(net, greedy, top_k, top_p, srand, samples):
         else:
             rng = GlibcRand(srand)  # Darknet calls srand before building the network ...
             rng.skip(net.init_rand_draws)  # ... whose random weight init draws this many times
-        return lambda p: np.array([sample_index(p[0], rng)])
+        return DarknetDraw(rng)
     gen = np.random.default_rng(srand)
 
     def choose(p):
@@ -113,6 +113,17 @@ def chooser(net, greedy, top_k, top_p, srand, samples):
         q = sampling.top_p(q, top_p) if top_p < 1 else q
         return sampling.draw(q, gen.random(len(q)))
     return choose
+
+
+class DarknetDraw:
+    """Darknet's sampler on a sample's one stream, one draw of its random stream `rng` per symbol;
+    a Batch draws for all such samples of a step in one sample_rows call (the same bits)."""
+
+    def __init__(self, rng):
+        self.rng = rng
+
+    def __call__(self, p):
+        return sample_rows(p[:1], [self.rng.uniform()])
 
 
 class Sample:
@@ -144,7 +155,12 @@ class Sample:
     def inputs(self):
         return self.next
 
-    def advance(self, p):
+    def draws_darknet(self):
+        """Whether this step's `advance` draws with Darknet's sampler (DarknetDraw)."""
+        return isinstance(self.choose, DarknetDraw) and self.length > 0 and self.fed >= len(self.ids) - 1
+
+    def advance(self, p, chosen=None):
+        """`chosen`: the ids Darknet's sampler drew from p for this sample (a Batch's draw), if any."""
         self.reorder = None
         if self.fed < len(self.ids):  # still feeding the seed
             self.fed += 1
@@ -156,15 +172,15 @@ class Sample:
                     self.search = sampling.beam_steps(np.log(p[0]), self.width, self.length)
                 return self._search(None)
             out = [(i, self.echo, False) for i in range(self.samples)]
-            return out + (self._choose(p) if self.length else self._finish())
+            return out + (self._choose(p, chosen) if self.length else self._finish())
         if self.width:
             with np.errstate(divide="ignore"):
                 return self._search(np.log(p))
-        return self._choose(p)
+        return self._choose(p, chosen)
 
-    def _choose(self, p):
+    def _choose(self, p, chosen):
         """One symbol per sample from p (samples, V), each printed (cut at the stop text)."""
-        c = self.choose(p)
+        c = self.choose(p) if chosen is None else chosen
         self.next, self.drawn = c, self.drawn + 1
         symbols, out = c.tolist(), []  # Python ints: this loop is most of a step's overhead
         still = []
@@ -275,15 +291,19 @@ class Batch:
         self._resize()
 
     def step(self):
-        """One step of every sample: returns [(sample, its events)]; done samples leave."""
+        """One step of every sample: returns [(sample, its events)]; done samples leave. The
+        samples drawing with Darknet's sampler this step draw together, in one sample_rows."""
         step, _, x = self.steppers[self.size]
         for sample in self.samples:
             x[sample.first:sample.first + sample.streams] = sample.inputs()
         p = step(x)
+        drawing = [sample for sample in self.samples if sample.draws_darknet()]
+        chosen = dict(zip(drawing, sample_rows(p[[s.first for s in drawing]],
+                                               [s.choose.rng.uniform() for s in drawing])[:, None]))
         out = []
         for sample in self.samples:
             rows = slice(sample.first, sample.first + sample.streams)
-            out.append((sample, sample.advance(p[rows])))
+            out.append((sample, sample.advance(p[rows], chosen.get(sample))))
             if sample.reorder is not None:
                 index = np.arange(self.size)
                 index[rows] = sample.first + sample.reorder
