@@ -495,3 +495,18 @@ def test_a_seeded_sample_is_the_same_text_alone_or_in_a_batch_of_others(model):
         t += 1
     for k, ask in enumerate(asks):
         assert (got[k] if ask.get("samples", 1) > 1 else got[k][0]) == alone[k], ask
+
+
+def test_a_long_seed_joining_a_batch_does_not_hold_up_the_others(model):
+    """A request feeding a 300-byte seed takes one id a step beside the others: a running sample
+    still prints a symbol at every one of those steps."""
+    from darknetpy import generation
+    net = darknetpy.load_network(*model)
+    batch = generation.Batch(net, 4)
+    running = generation.Sample(net, seed=b"a", length=400, srand=1)
+    batch.add(running)
+    batch.step()
+    batch.add(generation.Sample(net, seed=bytes(range(32, 127)) * 3 + b"xyz", length=5, srand=2))
+    for _ in range(300):
+        events = dict(batch.step())
+        assert len(events[running]) == 1
