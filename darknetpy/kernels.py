@@ -270,12 +270,15 @@ def transpose(out, x):
 
 def softmax(x, p, groups, temperature):
     """p = softmax over each of `groups` equal slices of x's last axis, at the temperature, as
-    Darknet: exp(x/T - max/T) divided by the sum (x/1 is x exactly: no pass for it). x, p (..., n)."""
+    Darknet: exp(x/T - max/T) divided by the sum (x/1 is x exactly: no pass for it). x, p (..., n);
+    the temperature is one number, or one per row of x (..., ) (a stepper's streams, each at its
+    own: the same bits per row as that row alone at its number)."""
     z = x.reshape(*x.shape[:-1], groups, x.shape[-1] // groups)
     e = p.reshape(z.shape)
-    t = x.dtype.type(temperature)
+    t = np.asarray(temperature, x.dtype)
+    t = t.reshape(t.shape + (1, 1)) if t.ndim else t
     top = z.max(axis=-1, keepdims=True)
-    if t == 1:
+    if t.ndim == 0 and t == 1:
         np.subtract(z, top, out=e)
     else:
         np.subtract(np.divide(z, t, out=e), top / t, out=e)
