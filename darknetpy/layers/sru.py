@@ -1,0 +1,199 @@
+"""[sru]: the Simple Recurrent Unit (Lei, Zhang, Wang, Dai and Artzi, EMNLP 2018), darknetpy's
+extension: Darknet has no such layer. Per step, with x the layer's input and c the cell before:
+
+    x~ = w(x)                      f  = σ(wf(x) + vf⊙c)         r = σ(wr(x) + vr⊙c)
+    c' = f⊙c + (1 − f)⊙x~          h' = r⊙g(c') + (1 − r)⊙s     s = x if inputs == output else ws(x)
+
+w, wf, wr (and ws) are linear connected sub-layers with their own bias (or batchnorm); g is the
+layer's activation (linear by default, as in the paper); vf, vr are vectors of `output` values,
+zero at first and updated like weights. The output is h', the carried state c'.
+
+Every matrix reads only the layer's input, so the sub-layers are one stacked `Dense` and all
+their products over all steps are one matmul (and one per weight gradient backward): the large,
+fast kind. What is sequential is elementwise: f, r and c' over the steps, one call of
+`sru_step` (its C form loops over the steps; the numpy reference below is what it must equal),
+and back, `sru_back`. h' does not feed back, so it is computed for all steps at once after.
+The arrays are rows, (T, S, ·), as the matmul makes them: no transposes.
+
+`.weights` order: w, wf, wr, [ws], then vf, vr (`output` float32 each).
+"""
+from typing import NamedTuple
+
+import numpy as np
+
+from .. import activations, kernels
+from .base import Recurrent, output_units, projector, rows
+from .connected import Dense, is_ids
+
+
+def sigmoid(z):
+    return 1 / (1 + np.exp(-z))
+
+
+def sru_step(Z, v, C):
+    """The recurrence of T steps. Z (T, S, k n), k = 3 or 4: per step and stream the sub-layers'
+    outputs x~ | wf(x) | wr(x) [| ws(x)], n each; v (2n,) = vf | vr; C (T+1, S, n), C[0] the cell
+    before the first step. Writes C[t+1] = c' and turns the wf, wr blocks of Z into the gates:
+    f = σ(wf(x) + vf⊙c), r = σ(wr(x) + vr⊙c), c' = f⊙c + (1 − f)⊙x~."""
+    n = C.shape[2]
+    vf, vr = v[:n], v[n:]
+    for t in range(Z.shape[0]):
+        z, c = Z[t], C[t]
+        x, f, r = z[:, :n], z[:, n:2 * n], z[:, 2 * n:3 * n]
+        f[...] = sigmoid(f + vf * c)
+        r[...] = sigmoid(r + vr * c)
+        C[t + 1] = f * c + (1 - f) * x
+
+
+def sru_back(dZ, Z, C, v, dv):
+    """sru_step back, Z and C as sru_step left them. dZ (T, S, k n): in, its x~ block holds the
+    delta reaching c' from h' and its wr block the delta of r; out, the deltas of x~, wf(x) and
+    wr(x) (the ws block is left alone). The delta of c' is completed step by step, last first:
+    δc = δc'⊙f + δwf⊙vf + δwr⊙vr reaches the step before's c' (none reaches the cell before the
+    datum: truncated BPTT). dv (2n,) += Σ over steps and streams [δwf⊙c, δwr⊙c]."""
+    n = C.shape[2]
+    vf, vr = v[:n], v[n:]
+    for t in reversed(range(Z.shape[0])):
+        z, d, c = Z[t], dZ[t], C[t]
+        x, f, r = z[:, :n], z[:, n:2 * n], z[:, 2 * n:3 * n]
+        dc1 = d[:, :n].copy()
+        df = dc1 * (c - x) * f * (1 - f)
+        dr = d[:, 2 * n:3 * n] * r * (1 - r)
+        d[:, :n] = dc1 * (1 - f)
+        d[:, n:2 * n] = df
+        d[:, 2 * n:3 * n] = dr
+        dv[:n] += (df * c).sum(0)
+        dv[n:] += (dr * c).sum(0)
+        if t:
+            dZ[t - 1, :, :n] += dc1 * f + df * vf + dr * vr
+
+
+kernels.register(sru_step, sru_back)
+
+
+class SRU(Recurrent):
+    kind = "sru"
+    state_names = ("c",)
+
+    class Tape(NamedTuple):
+        """What forward keeps for backward; all rows, (steps, streams, ·)."""
+        x: np.ndarray    # the input rows (T*S, inputs), or ids (T*S,)
+        Z: np.ndarray    # (T, S, k n) x~ | f | r [| ws(x)], the gates activated by sru_step
+        C: np.ndarray    # (T+1, S, n) C[t] the cell before step t
+        G: np.ndarray    # (T, S, n) g(c')
+        s: np.ndarray    # (T, S, n) the highway's s: ws(x), or x
+
+    def __init__(self, section, inputs, rng):
+        self.inputs = inputs
+        self.outputs = n = output_units(section)
+        self.activation = section.str("activation", "linear")
+        activations.get(self.activation, section)  # an unknown name is an error here
+        self.f_ = activations.in_place(self.activation)
+        self.delta_through = activations.delta_through(self.activation)
+        self.ws = inputs != n
+        names = ["w", "wf", "wr"] + (["ws"] if self.ws else [])
+        self.dense = Dense(inputs, n, names, section.int("batch_normalize", 0), rng)
+        self.denses = [self.dense]
+        self.v = np.zeros(2 * n, np.float32)  # vf | vr, saved after the sub-layers
+        self.dv = np.zeros_like(self.v)
+
+    def describe(self):
+        return self.activation
+
+    def note(self):
+        return ("[sru] is darknetpy's extension, not Darknet's: the C Darknet has no such layer, "
+                "and this weights file is darknetpy's")
+
+    def products(self):
+        return [(self.inputs, len(self.dense.names) * self.outputs, False, True)]
+
+    def slots(self):
+        return super().slots() + [(self.v, self.dv, "weights")]  # updated like weights
+
+    def astype(self, dtype):
+        super().astype(dtype)
+        self.v, self.dv = self.v.astype(dtype), self.dv.astype(dtype)
+
+    def params(self, updates=False):
+        out, v, n = super().params(updates), (self.dv if updates else self.v), self.outputs
+        out.update(vf=v[:n], vr=v[n:])
+        return out
+
+    def highway(self, x, Z):
+        """s for every step, (T, S, n): the ws block of Z, or x itself (one-hot rows for ids)."""
+        n = self.outputs
+        if self.ws:
+            return Z[..., 3 * n:]
+        if is_ids(x):
+            return np.eye(n, dtype=self.dtype)[x]
+        return x
+
+    def forward(self, x, train):
+        T, S = x.shape[:2]
+        n, d = self.outputs, self.dense
+        (c0,) = self.state(S)
+        # All sub-layers, all steps: one matmul into rows (T*S, k n); batchnorm per step over the streams.
+        Z = d.matmul(rows(x), out=self.buffer("Z", (T * S, len(d.names) * n))).reshape(T, S, -1)
+        Z = d.normalize(Z, train)
+        C = self.buffer("C", (T + 1, S, n))
+        C[0] = c0
+        kernels.get("sru_step", Z, self.v, C)(Z, self.v, C)
+        c0[...] = C[T]
+        G = C[1:]
+        if self.activation != "linear":
+            G = self.buffer("G", (T, S, n))
+            np.copyto(G, C[1:])
+            G = self.f_(G, self.buffer("scratch", (T, S, n)))
+        s, r = self.highway(x, Z), Z[..., 2 * n:3 * n]
+        H = np.subtract(G, s, out=self.buffer("H", (T, S, n)))  # h' = s + r⊙(g(c') − s)
+        H *= r
+        H += s
+        if train:
+            self.tape = self.Tape(x=rows(x), Z=Z, C=C, G=G, s=s)
+        return H
+
+    def backward(self, dh, need_dx):
+        T, S = dh.shape[:2]
+        n, d = self.outputs, self.dense
+        x, Z, C, G, s = self.tape
+        r = Z[..., 2 * n:3 * n]
+        dZ = self.buffer("dZ", Z.shape)
+        dc1, dr = dZ[..., :n], dZ[..., 2 * n:3 * n]
+        np.multiply(np.subtract(G, s, out=dr), dh, out=dr)      # δr = δh⊙(g(c') − s)
+        np.multiply(dh, r, out=dc1)                              # δg(c') = δh⊙r ...
+        ds = np.subtract(dh, dc1, out=dZ[..., 3 * n:] if self.ws else self.buffer("ds", (T, S, n)))  # δs = δh⊙(1 − r)
+        if self.activation != "linear":                          # ... δc' = δg(c')⊙g'(c')
+            np.copyto(dc1, self.delta_through(dc1, G, self.buffer("dG", (T, S, n))))
+        kernels.get("sru_back", dZ, Z, C, self.v, self.dv)(dZ, Z, C, self.v, self.dv)
+        dz = rows(d.backward_norm(dZ))
+        d.accumulate(x, dz)
+        if not need_dx:
+            return None
+        dx = d.back(dz, out=self.buffer("dX", (T * S, self.inputs))).reshape(T, S, self.inputs)
+        if not self.ws:
+            dx += ds
+        return dx
+
+    def stepper(self, streams, ids_input, state):
+        """One step with the sub-layers' weights prepared once (batchnorm folded in; a one-hot input
+        is a row of a table holding the bias), sru_step for T = 1, `state` updated in place."""
+        n, (c,) = self.outputs, state
+        W, b = self.dense.folded()
+        z = np.empty((streams, W.shape[1]), W.dtype)
+        project = projector(W, b, ids_input, z)
+        Z, C, v = z[None], np.empty((2, streams, n), W.dtype), self.v.copy()
+        recur = kernels.get("sru_step", Z, v, C)
+        h, scratch, r = np.empty((streams, n), W.dtype), np.empty((streams, n), W.dtype), z[:, 2 * n:3 * n]
+        eye = np.eye(n, dtype=W.dtype) if ids_input and not self.ws else None
+
+        def step(x):
+            project(x)
+            s = z[:, 3 * n:] if self.ws else eye[x] if eye is not None else x
+            C[0] = c
+            recur(Z, v, C)
+            c[...] = C[1]
+            g = self.f_(C[1], scratch)
+            np.subtract(g, s, out=h)
+            np.multiply(h, r, out=h)
+            return np.add(h, s, out=h)
+        return step
