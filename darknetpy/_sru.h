@@ -7,73 +7,103 @@
  *
  * Layout: rows, as the layer's one matmul makes them. Z (T, S, k n), k = 3 or 4, the blocks
  * x~ | wf(x) | wr(x) [| ws(x)] of n each per step and stream; C (T+1, S, n) the cells, C[0] the one
- * before the datum; v (2n,) = vf | vr. Each (step, stream) is a loop over the n features that the
- * compiler vectorizes; the steps run in order, since c' needs c.
+ * before the datum; v (2n,) = vf | vr. Each (step, stream) is a few loops over the n features that
+ * the compiler vectorizes (one loop per gate: GCC vectorizes the two sigmoids fused in one loop 6x
+ * slower); the steps run in order, since c' needs c.
  */
 #ifndef KIND_WRAPPERS
 
 /* Forward: f = σ(wf(x) + vf c), r = σ(wr(x) + vr c) into the wf, wr blocks of Z; C[t+1] = c' =
- * f c + (1 - f) x~. */
-static void K(sru_step)(float *restrict Z, const float *restrict v, float *restrict C,
-                        Py_ssize_t T, Py_ssize_t S, Py_ssize_t n, Py_ssize_t k)
+ * f c + (1 - f) x~. With H (T, S, n): also h' = r (c' - s) + s, the output for a linear g, s from
+ * Z's ws block (k = 4) or from `hs` (T, S, n) (k = 3). */
+static void K(sru_step)(float *restrict Z, const float *restrict v, float *restrict C, float *restrict H,
+                        const float *restrict hs, Py_ssize_t T, Py_ssize_t S, Py_ssize_t n, Py_ssize_t k)
 {
     const float *vf = v, *vr = v + n;
     for (Py_ssize_t t = 0; t < T; t++)
         for (Py_ssize_t s = 0; s < S; s++) {
-            float *x = Z + (t * S + s) * k * n, *f = x + n, *r = x + 2 * n;
-            const float *c = C + (t * S + s) * n;
-            float *c1 = C + ((t + 1) * S + s) * n;
-            EACH(j, n) {
-                float fj = K(sigmoid2)(0.5f * (f[j] + vf[j] * c[j]));
-                r[j] = K(sigmoid2)(0.5f * (r[j] + vr[j] * c[j]));
-                c1[j] = fj * c[j] + (1.0f - fj) * x[j];
-                f[j] = fj;
+            Py_ssize_t row = t * S + s;
+            float *x = Z + row * k * n, *f = x + n, *r = x + 2 * n;
+            const float *c = C + row * n;
+            float *c1 = C + (row + S) * n;
+            EACH(j, n) f[j] = K(sigmoid2)(0.5f * (f[j] + vf[j] * c[j]));
+            EACH(j, n) r[j] = K(sigmoid2)(0.5f * (r[j] + vr[j] * c[j]));
+            EACH(j, n) c1[j] = f[j] * c[j] + (1.0f - f[j]) * x[j];
+            if (H) {
+                const float *sj = k == 4 ? x + 3 * n : hs + row * n;
+                float *h = H + row * n;
+                EACH(j, n) h[j] = r[j] * (c1[j] - sj[j]) + sj[j];
             }
         }
 }
 
-/* Backward, last step first. dZ: in, the x~ block holds δc' from h' and the wr block δr; out, the
- * deltas of x~, wf(x), wr(x). δc = δc' f + δwf vf + δwr vr is added to the step before's δc' (not
- * past the first step: truncated BPTT); dv (2n,) += Σ [δwf c, δwr c]. */
+/* Backward, last step first. Without dh: dZ comes in with δc' from h' in its x~ block and δr in its
+ * wr block. With dh (T, S, n), the delta of h' for a linear g, they are made here, each row just
+ * before its step: δr = dh (c' - s), δc' = dh r, and δs = dh - dh r into dZ's ws block (k = 4) or
+ * into ds (k = 3, s from hs). Then the deltas of x~, wf(x), wr(x) replace them: δc = δc' f +
+ * δwf vf + δwr vr reaches the step before's δc' (not past the first step: truncated BPTT); dv (2n,)
+ * += Σ [δwf c, δwr c]. */
 static void K(sru_back)(float *restrict dZ, const float *restrict Z, const float *restrict C,
-                        const float *restrict v, float *restrict dv,
+                        const float *restrict v, float *restrict dv, const float *restrict dh,
+                        const float *restrict hs, float *restrict ds,
                         Py_ssize_t T, Py_ssize_t S, Py_ssize_t n, Py_ssize_t k)
 {
     const float *vf = v, *vr = v + n;
     float *dvf = dv, *dvr = dv + n;
     for (Py_ssize_t t = T - 1; t >= 0; t--)
         for (Py_ssize_t s = 0; s < S; s++) {
-            const float *x = Z + (t * S + s) * k * n, *f = x + n, *r = x + 2 * n;
-            const float *c = C + (t * S + s) * n;
-            float *dx = dZ + (t * S + s) * k * n, *df = dx + n, *dr = dx + 2 * n;
-            float *before = t ? dZ + ((t - 1) * S + s) * k * n : NULL;
+            Py_ssize_t row = t * S + s;
+            const float *x = Z + row * k * n, *f = x + n, *r = x + 2 * n;
+            const float *c = C + row * n;
+            float *dx = dZ + row * k * n, *df = dx + n, *dr = dx + 2 * n;
+            if (dh) {  /* dx holds the step after's δc (from t < T - 1) */
+                const float *d = dh + row * n, *c1 = C + (row + S) * n, *sj = k == 4 ? x + 3 * n : hs + row * n;
+                float *dsj = k == 4 ? dx + 3 * n : ds + row * n;
+                if (t == T - 1)
+                    EACH(j, n) dx[j] = d[j] * r[j];
+                else
+                    EACH(j, n) dx[j] += d[j] * r[j];
+                EACH(j, n) dr[j] = d[j] * (c1[j] - sj[j]);
+                EACH(j, n) dsj[j] = d[j] - d[j] * r[j];
+            }
             EACH(j, n) {
-                float dc1 = dx[j];
-                float dfj = dc1 * (c[j] - x[j]) * f[j] * (1.0f - f[j]);
+                float dfj = dx[j] * (c[j] - x[j]) * f[j] * (1.0f - f[j]);
                 float drj = dr[j] * r[j] * (1.0f - r[j]);
-                dx[j] = dc1 * (1.0f - f[j]);
                 df[j] = dfj;
                 dr[j] = drj;
                 dvf[j] += dfj * c[j];
                 dvr[j] += drj * c[j];
-                if (before)
-                    before[j] += dc1 * f[j] + dfj * vf[j] + drj * vr[j];
             }
+            if (t) {
+                float *before = dZ + (row - S) * k * n;
+                if (dh)
+                    EACH(j, n) before[j] = dx[j] * f[j] + df[j] * vf[j] + dr[j] * vr[j];
+                else
+                    EACH(j, n) before[j] += dx[j] * f[j] + df[j] * vf[j] + dr[j] * vr[j];
+            }
+            EACH(j, n) dx[j] *= 1.0f - f[j];
         }
 }
 
 #else
 
-/* T, S, n, k of Z (T, S, k n), C (T+1, S, n), v (2n,) [and dv like v], or -1 with a ValueError. */
+/* T, S, n, k of Z (T, S, k n), C (T+1, S, n), v (2n,); dv like v, H, hs, ds (T, S, n) where given
+ * (NULL: not given); hs (and ds) given exactly when k = 3 and H (dh) is. 0, or -1 with a ValueError. */
 static int sru_shapes(const Py_buffer *Z, const Py_buffer *C, const Py_buffer *v, const Py_buffer *dv,
-                      Py_ssize_t dims[4])
+                      const Py_buffer *H, const Py_buffer *hs, const Py_buffer *ds, Py_ssize_t dims[4])
 {
     Py_ssize_t n = C->ndim == 3 ? C->shape[2] : 0;
-    Py_ssize_t k = n ? (Z->ndim == 3 ? Z->shape[2] : 0) / n : 0;
-    if (Z->ndim != 3 || C->ndim != 3 || v->ndim != 1 || !n || (k != 3 && k != 4) || Z->shape[2] != k * n ||
-        C->shape[0] != Z->shape[0] + 1 || C->shape[1] != Z->shape[1] || v->shape[0] != 2 * n ||
-        (dv && (dv->ndim != 1 || dv->shape[0] != 2 * n))) {
-        PyErr_SetString(PyExc_ValueError, "sru: Z (T, S, k n) with k 3 or 4, C (T+1, S, n), v and dv (2n,)");
+    Py_ssize_t k = n && Z->ndim == 3 ? Z->shape[2] / n : 0;
+    int ok = Z->ndim == 3 && C->ndim == 3 && v->ndim == 1 && n && (k == 3 || k == 4) && Z->shape[2] == k * n &&
+             C->shape[0] == Z->shape[0] + 1 && C->shape[1] == Z->shape[1] && v->shape[0] == 2 * n &&
+             (!dv || (dv->ndim == 1 && dv->shape[0] == 2 * n)) && (!H || (k == 3) == (hs != NULL));
+    const Py_buffer *rows[] = {H, hs, ds};
+    for (int i = 0; i < 3; i++)
+        ok = ok && (!rows[i] || (rows[i]->ndim == 3 && rows[i]->shape[0] == Z->shape[0] &&
+                                 rows[i]->shape[1] == Z->shape[1] && rows[i]->shape[2] == n));
+    if (!ok) {
+        PyErr_SetString(PyExc_ValueError, "sru: Z (T, S, k n) with k 3 or 4, C (T+1, S, n), v and dv (2n,), "
+                                          "h' and its delta (T, S, n), with s (T, S, n) exactly when k = 3");
         return -1;
     }
     dims[0] = Z->shape[0], dims[1] = Z->shape[1], dims[2] = n, dims[3] = k;
@@ -84,13 +114,17 @@ static PyObject *sru_step(PyObject *self, PyObject *const *args, Py_ssize_t narg
 {
     Py_buffer b[MAX_ARGS];
     Py_ssize_t d[4];
-    if (typed_args(args, nargs, b, "FfF", "sru_step(Z, v, C)") < 0)
-        return NULL;
-    if (sru_shapes(&b[0], &b[2], &b[1], NULL, d) < 0) {
-        release(b, 3);
+    if (nargs < 3 || nargs > 5) {
+        PyErr_SetString(PyExc_TypeError, "sru_step(Z, v, C[, H[, s]])");
         return NULL;
     }
-    CALL(sru_step, F(0), F(1), F(2), d[0], d[1], d[2], d[3]);
+    if (get_typed(args, b, "FfFFf", (int)nargs) < 0)
+        return NULL;
+    if (sru_shapes(&b[0], &b[2], &b[1], NULL, nargs > 3 ? &b[3] : NULL, nargs > 4 ? &b[4] : NULL, NULL, d) < 0) {
+        release(b, (int)nargs);
+        return NULL;
+    }
+    CALL(sru_step, F(0), F(1), F(2), nargs > 3 ? F(3) : NULL, nargs > 4 ? F(4) : NULL, d[0], d[1], d[2], d[3]);
     return done(b, nargs);
 }
 
@@ -98,20 +132,26 @@ static PyObject *sru_back(PyObject *self, PyObject *const *args, Py_ssize_t narg
 {
     Py_buffer b[MAX_ARGS];
     Py_ssize_t d[4];
-    if (typed_args(args, nargs, b, "FfffF", "sru_back(dZ, Z, C, v, dv)") < 0)
-        return NULL;
-    if (sru_shapes(&b[1], &b[2], &b[3], &b[4], d) < 0 || b[0].len != b[1].len) {
-        if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_ValueError, "sru_back: dZ must have Z's shape");
-        release(b, 5);
+    if (nargs != 5 && nargs != 6 && nargs != 8) {
+        PyErr_SetString(PyExc_TypeError, "sru_back(dZ, Z, C, v, dv[, dh[, s, ds]])");
         return NULL;
     }
-    CALL(sru_back, F(0), F(1), F(2), F(3), F(4), d[0], d[1], d[2], d[3]);
+    if (get_typed(args, b, "FfffFffF", (int)nargs) < 0)
+        return NULL;
+    if (sru_shapes(&b[1], &b[2], &b[3], &b[4], nargs > 5 ? &b[5] : NULL, nargs > 6 ? &b[6] : NULL,
+                   nargs > 7 ? &b[7] : NULL, d) < 0 || b[0].len != b[1].len) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "sru_back: dZ must have Z's shape");
+        release(b, (int)nargs);
+        return NULL;
+    }
+    CALL(sru_back, F(0), F(1), F(2), F(3), F(4), nargs > 5 ? F(5) : NULL, nargs > 6 ? F(6) : NULL,
+         nargs > 7 ? F(7) : NULL, d[0], d[1], d[2], d[3]);
     return done(b, nargs);
 }
 
 #define SRU_METHODS \
-    METHOD(sru_step, "sru_step(Z, v, C): [sru]'s gates f, r in place in Z and the cells C[1:], over all steps"), \
-    METHOD(sru_back, "sru_back(dZ, Z, C, v, dv): back through sru_step, deltas in place in dZ; dv accumulated"),
+    METHOD(sru_step, "sru_step(Z, v, C[, H[, s]]): [sru]'s gates f, r in place in Z and the cells C[1:] over all steps; h' for a linear g into H"), \
+    METHOD(sru_back, "sru_back(dZ, Z, C, v, dv[, dh[, s, ds]]): back through sru_step, deltas in place in dZ; dv accumulated"),
 
 #endif

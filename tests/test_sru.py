@@ -124,25 +124,31 @@ def test_gradients_ids_input(n, write_cfg):
 
 needs_kernels = pytest.mark.skipif(K is None, reason="darknetpy._kernels not built (no C compiler at install)")
 SHAPES = [(64, 32, 256, 3), (7, 3, 5, 4), (3, 1, 100, 3)]  # T, S, n, k
-TOL = dict(rtol=1e-5, atol=1e-6)  # float32 rounding over T steps (values O(1)); see the broken kernels below
+# float32 rounding carried through the cell over T steps: at T = 64 the cells (up to 3 here) differ
+# by up to 1.6e-6 (7 ulp), the outputs by 1.2e-6. A kernel that is wrong, even subtly, is off by far
+# more: see r_sees_the_new_cell and the dropped carry below.
+TOL = dict(rtol=1e-6, atol=3e-6)
 
 
 def step_inputs(T, S, n, k, seed):
+    """Z, v, C, s for sru_step: C[0] the cell before, C[1:] NaN; s the highway input when k = 3."""
     rng = np.random.default_rng(seed)
     Z = rng.uniform(-3, 3, (T, S, k * n)).astype(np.float32)
     v = rng.uniform(-0.8, 0.8, 2 * n).astype(np.float32)
     C = np.full((T + 1, S, n), np.nan, np.float32)
     C[0] = rng.uniform(-1, 1, (S, n))
-    return Z, v, C
+    s = rng.uniform(-1, 1, (T, S, n)).astype(np.float32)
+    return Z, v, C, (s,) if k == 3 else ()
 
 
-def run_step(fn, Z, v, C):
-    Z, C = Z.copy(), C.copy()
-    fn(Z, v, C)
-    return Z, C
+def run_step(fn, Z, v, C, s, with_h):
+    """Z, C (and H) after fn on copies; H is NaN where it is not written."""
+    Z, C, H = Z.copy(), C.copy(), np.full(C[1:].shape, np.nan, np.float32)
+    fn(Z, v, C, *((H, *s) if with_h else ()))
+    return Z, C, H
 
 
-def r_sees_the_new_cell(Z, v, C):
+def r_sees_the_new_cell(Z, v, C, H=None, *s):
     """A plausible bug: r computed from c' instead of c."""
     n = C.shape[2]
     for t in range(Z.shape[0]):
@@ -150,55 +156,73 @@ def r_sees_the_new_cell(Z, v, C):
         r = z[:, 2 * n:3 * n].copy()
         srumod.sru_step(Z[t:t + 1], np.concatenate([v[:n], 0 * v[n:]]), C[t:t + 2])
         z[:, 2 * n:3 * n] = srumod.sigmoid(r + v[n:] * C[t + 1])
+    if H is not None:
+        s = Z[..., 3 * n:] if not s else s[0]
+        H[...] = Z[..., 2 * n:3 * n] * (C[1:] - s) + s
 
 
 @needs_kernels
+@pytest.mark.parametrize("with_h", [False, True])
 @pytest.mark.parametrize("T,S,n,k", SHAPES)
-def test_sru_step_kernel(T, S, n, k):
-    Z, v, C = step_inputs(T, S, n, k, T + S + n)
-    want, got = run_step(srumod.sru_step, Z, v, C), run_step(K.sru_step, Z, v, C)
-    for a, b, name in zip(got, want, "ZC"):
+def test_sru_step_kernel(T, S, n, k, with_h):
+    Z, v, C, s = step_inputs(T, S, n, k, T + S + n)
+    want, got = run_step(srumod.sru_step, Z, v, C, s, with_h), run_step(K.sru_step, Z, v, C, s, with_h)
+    for a, b, name in zip(got, want, "ZCH"):
         np.testing.assert_allclose(a, b, err_msg=name, **TOL)
+    assert np.isnan(got[2]).all() != with_h
     # The tolerance catches a wrong kernel: r from c' differs by far more.
-    bad = run_step(r_sees_the_new_cell, Z, v, C)
+    bad = run_step(r_sees_the_new_cell, Z, v, C, s, with_h)
     assert not np.allclose(bad[0], want[0], **TOL)
+    if with_h:
+        assert not np.allclose(bad[2], want[2], **TOL)
     np.testing.assert_array_equal(bad[1], want[1])  # (only r is wrong)
 
 
 def back_inputs(T, S, n, k, seed):
-    Z, v, C = step_inputs(T, S, n, k, seed)
+    Z, v, C, s = step_inputs(T, S, n, k, seed)
     srumod.sru_step(Z, v, C)
-    dZ = np.random.default_rng(seed + 1).uniform(-1, 1, Z.shape).astype(np.float32)
-    return dZ, Z, C, v
+    rng = np.random.default_rng(seed + 1)
+    dZ = rng.uniform(-1, 1, Z.shape).astype(np.float32)
+    dh = rng.uniform(-1, 1, C[1:].shape).astype(np.float32)
+    return dZ, Z, C, v, dh, s
 
 
-def run_back(fn, dZ, Z, C, v):
-    dZ, dv = dZ.copy(), np.full(v.shape, 0.5, np.float32)
-    fn(dZ, Z, C, v, dv)
-    return dZ, dv
+def run_back(fn, dZ, Z, C, v, dh, s, fused):
+    """dZ, dv (and ds) after fn on copies; without `fused` dZ comes prepared, with it from dh."""
+    dZ, dv, ds = dZ.copy(), np.full(v.shape, 0.5, np.float32), np.full(dh.shape, np.nan, np.float32)
+    fn(dZ, Z, C, v, dv, *((dh, *s, ds)[:3 if s else 1] if fused else ()))
+    return dZ, dv, ds
 
 
 @needs_kernels
+@pytest.mark.parametrize("fused", [False, True])
 @pytest.mark.parametrize("T,S,n,k", SHAPES)
-def test_sru_back_kernel(T, S, n, k):
-    dZ, Z, C, v = back_inputs(T, S, n, k, 2 * T + S)
-    want, got = run_back(srumod.sru_back, dZ, Z, C, v), run_back(K.sru_back, dZ, Z, C, v)
+def test_sru_back_kernel(T, S, n, k, fused):
+    args = back_inputs(T, S, n, k, 2 * T + S)
+    want, got = run_back(srumod.sru_back, *args, fused), run_back(K.sru_back, *args, fused)
     np.testing.assert_allclose(got[0], want[0], err_msg="dZ", **TOL)
-    np.testing.assert_array_equal(got[0][..., 3 * n:], dZ[..., 3 * n:])  # the ws block is left alone
+    np.testing.assert_allclose(got[2], want[2], err_msg="ds", **TOL)
+    if not fused or k == 3:
+        np.testing.assert_array_equal(got[0][..., 3 * n:], args[0][..., 3 * n:])  # the ws block is left alone
+    if fused:  # δs = dh⊙(1 − r)
+        ds = got[0][..., 3 * n:] if k == 4 else got[2]
+        np.testing.assert_allclose(ds, args[4] * (1 - args[1][..., 2 * n:3 * n]), rtol=1e-6, atol=1e-7)
     # dv sums T*S terms: the two orders of summation differ by float32 rounding of that sum
     np.testing.assert_allclose(got[1], want[1], rtol=1e-5, atol=1e-6 * T * S)
     # Not vacuous: without the carry into the step before (the recurrence's delta) dZ is far off.
-    dropped = run_back(lambda dZ, Z, C, v, dv: [srumod.sru_back(dZ[t:t + 1], Z[t:t + 1], C[t:t + 2], v, dv)
-                                                for t in reversed(range(T))], dZ, Z, C, v)
-    if T > 1:
+    if T > 1 and not fused:
+        dropped = run_back(lambda dZ, Z, C, v, dv: [srumod.sru_back(dZ[t:t + 1], Z[t:t + 1], C[t:t + 2], v, dv)
+                                                    for t in reversed(range(T))], *args, fused)
         assert not np.allclose(dropped[0], want[0], **TOL)
 
 
 @needs_kernels
 def test_kernels_check_their_shapes():
-    Z, v, C = step_inputs(3, 2, 4, 3, 0)
+    Z, v, C, (s,) = step_inputs(3, 2, 4, 3, 0)
     with pytest.raises(ValueError, match="sru"):
         K.sru_step(Z, v, C[:3])
+    with pytest.raises(ValueError, match="sru"):
+        K.sru_step(Z, v, C, C[1:].copy())  # k = 3: h' needs s
     with pytest.raises(ValueError, match="sru"):
         K.sru_step(Z[..., :8].copy(), v, C)  # k = 2
     with pytest.raises(ValueError, match="sru"):

@@ -30,11 +30,12 @@ def sigmoid(z):
     return 1 / (1 + np.exp(-z))
 
 
-def sru_step(Z, v, C):
+def sru_step(Z, v, C, H=None, s=None):
     """The recurrence of T steps. Z (T, S, k n), k = 3 or 4: per step and stream the sub-layers'
     outputs x~ | wf(x) | wr(x) [| ws(x)], n each; v (2n,) = vf | vr; C (T+1, S, n), C[0] the cell
     before the first step. Writes C[t+1] = c' and turns the wf, wr blocks of Z into the gates:
-    f = σ(wf(x) + vf⊙c), r = σ(wr(x) + vr⊙c), c' = f⊙c + (1 − f)⊙x~."""
+    f = σ(wf(x) + vf⊙c), r = σ(wr(x) + vr⊙c), c' = f⊙c + (1 − f)⊙x~. With H (T, S, n) also the
+    output for a linear g, h' = r⊙(c' − s) + s, s the ws block of Z (k = 4) or s (T, S, n) (k = 3)."""
     n = C.shape[2]
     vf, vr = v[:n], v[n:]
     for t in range(Z.shape[0]):
@@ -43,16 +44,28 @@ def sru_step(Z, v, C):
         f[...] = sigmoid(f + vf * c)
         r[...] = sigmoid(r + vr * c)
         C[t + 1] = f * c + (1 - f) * x
+    if H is not None:
+        s = Z[..., 3 * n:] if s is None else s
+        np.subtract(C[1:], s, out=H)
+        H *= Z[..., 2 * n:3 * n]
+        H += s
 
 
-def sru_back(dZ, Z, C, v, dv):
-    """sru_step back, Z and C as sru_step left them. dZ (T, S, k n): in, its x~ block holds the
-    delta reaching c' from h' and its wr block the delta of r; out, the deltas of x~, wf(x) and
-    wr(x) (the ws block is left alone). The delta of c' is completed step by step, last first:
-    δc = δc'⊙f + δwf⊙vf + δwr⊙vr reaches the step before's c' (none reaches the cell before the
-    datum: truncated BPTT). dv (2n,) += Σ over steps and streams [δwf⊙c, δwr⊙c]."""
+def sru_back(dZ, Z, C, v, dv, dh=None, s=None, ds=None):
+    """sru_step back, Z and C as sru_step left them. dZ (T, S, k n) comes in holding the delta
+    reaching c' from h' in its x~ block and the delta of r in its wr block; or, given dh (T, S, n)
+    the delta of h' for a linear g, they are made here first: δr = dh⊙(c' − s), δc' = dh⊙r, and
+    δs = dh − dh⊙r goes to dZ's ws block (k = 4, s from Z) or to ds (k = 3, s given). Then the
+    deltas of x~, wf(x) and wr(x) replace them. The delta of c' is completed step by step, last
+    first: δc = δc'⊙f + δwf⊙vf + δwr⊙vr reaches the step before's c' (none reaches the cell before
+    the datum: truncated BPTT). dv (2n,) += Σ over steps and streams [δwf⊙c, δwr⊙c]."""
     n = C.shape[2]
     vf, vr = v[:n], v[n:]
+    if dh is not None:
+        s, ds = (Z[..., 3 * n:], dZ[..., 3 * n:]) if s is None else (s, ds)
+        np.multiply(dh, C[1:] - s, out=dZ[..., 2 * n:3 * n])
+        np.multiply(dh, Z[..., 2 * n:3 * n], out=dZ[..., :n])
+        np.subtract(dh, dZ[..., :n], out=ds)  # dh − dh⊙r
     for t in reversed(range(Z.shape[0])):
         z, d, c = Z[t], dZ[t], C[t]
         x, f, r = z[:, :n], z[:, n:2 * n], z[:, 2 * n:3 * n]
@@ -125,7 +138,7 @@ class SRU(Recurrent):
         if self.ws:
             return Z[..., 3 * n:]
         if is_ids(x):
-            return np.eye(n, dtype=self.dtype)[x]
+            return np.take(np.eye(n, dtype=self.dtype), x, axis=0, out=self.buffer("onehot", (*x.shape, n)))
         return x
 
     def forward(self, x, train):
@@ -137,17 +150,18 @@ class SRU(Recurrent):
         Z = d.normalize(Z, train)
         C = self.buffer("C", (T + 1, S, n))
         C[0] = c0
-        kernels.get("sru_step", Z, self.v, C)(Z, self.v, C)
+        H = self.buffer("H", (T, S, n))
+        s = self.highway(x, Z)
+        out = (H,) + (() if self.ws else (s,)) if self.activation == "linear" else ()  # h' comes with it
+        kernels.get("sru_step", Z, self.v, C, *out)(Z, self.v, C, *out)
         c0[...] = C[T]
         G = C[1:]
-        if self.activation != "linear":
+        if not out:  # h' = s + r⊙(g(c') − s)
             G = self.buffer("G", (T, S, n))
             np.copyto(G, C[1:])
             G = self.f_(G, self.buffer("scratch", (T, S, n)))
-        s, r = self.highway(x, Z), Z[..., 2 * n:3 * n]
-        H = np.subtract(G, s, out=self.buffer("H", (T, S, n)))  # h' = s + r⊙(g(c') − s)
-        H *= r
-        H += s
+            np.multiply(np.subtract(G, s, out=H), Z[..., 2 * n:3 * n], out=H)
+            H += s
         if train:
             self.tape = self.Tape(x=rows(x), Z=Z, C=C, G=G, s=s)
         return H
@@ -156,15 +170,19 @@ class SRU(Recurrent):
         T, S = dh.shape[:2]
         n, d = self.outputs, self.dense
         x, Z, C, G, s = self.tape
-        r = Z[..., 2 * n:3 * n]
         dZ = self.buffer("dZ", Z.shape)
-        dc1, dr = dZ[..., :n], dZ[..., 2 * n:3 * n]
-        np.multiply(np.subtract(G, s, out=dr), dh, out=dr)      # δr = δh⊙(g(c') − s)
-        np.multiply(dh, r, out=dc1)                              # δg(c') = δh⊙r ...
-        ds = np.subtract(dh, dc1, out=dZ[..., 3 * n:] if self.ws else self.buffer("ds", (T, S, n)))  # δs = δh⊙(1 − r)
-        if self.activation != "linear":                          # ... δc' = δg(c')⊙g'(c')
-            np.copyto(dc1, self.delta_through(dc1, G, self.buffer("dG", (T, S, n))))
-        kernels.get("sru_back", dZ, Z, C, self.v, self.dv)(dZ, Z, C, self.v, self.dv)
+        ds = dZ[..., 3 * n:] if self.ws else self.buffer("ds", (T, S, n))  # δs = δh⊙(1 − r)
+        highway = () if self.ws else (s, ds)
+        back = kernels.get("sru_back", dZ, Z, C, self.v, self.dv, dh, *highway)
+        if self.activation == "linear":  # δr, δc' and δs come with the recurrence, in the kernel
+            back(dZ, Z, C, self.v, self.dv, dh, *highway)
+        else:
+            dc1, dr, r = dZ[..., :n], dZ[..., 2 * n:3 * n], Z[..., 2 * n:3 * n]
+            np.multiply(np.subtract(G, s, out=dr), dh, out=dr)      # δr = δh⊙(g(c') − s)
+            np.multiply(dh, r, out=dc1)                              # δg(c') = δh⊙r
+            np.subtract(dh, dc1, out=ds)
+            np.copyto(dc1, self.delta_through(dc1, G, self.buffer("dG", (T, S, n))))  # δc' = δg(c')⊙g'(c')
+            back(dZ, Z, C, self.v, self.dv)
         dz = rows(d.backward_norm(dZ))
         d.accumulate(x, dz)
         if not need_dx:
@@ -181,19 +199,21 @@ class SRU(Recurrent):
         W, b = self.dense.folded()
         z = np.empty((streams, W.shape[1]), W.dtype)
         project = projector(W, b, ids_input, z)
-        Z, C, v = z[None], np.empty((2, streams, n), W.dtype), self.v.copy()
-        recur = kernels.get("sru_step", Z, v, C)
-        h, scratch, r = np.empty((streams, n), W.dtype), np.empty((streams, n), W.dtype), z[:, 2 * n:3 * n]
+        Z, C, H, v = z[None], np.empty((2, streams, n), W.dtype), np.empty((1, streams, n), W.dtype), self.v.copy()
+        h, r, scratch = H[0], z[:, 2 * n:3 * n], np.empty((streams, n), W.dtype)
         eye = np.eye(n, dtype=W.dtype) if ids_input and not self.ws else None
+        linear = self.activation == "linear"
 
         def step(x):
             project(x)
-            s = z[:, 3 * n:] if self.ws else eye[x] if eye is not None else x
+            s = z[:, 3 * n:] if self.ws else eye[x] if eye is not None else np.ascontiguousarray(x)
             C[0] = c
-            recur(Z, v, C)
+            out = (H,) + (() if self.ws else (s[None],)) if linear else ()  # h' comes with it
+            kernels.get("sru_step", Z, v, C, *out)(Z, v, C, *out)
             c[...] = C[1]
-            g = self.f_(C[1], scratch)
-            np.subtract(g, s, out=h)
-            np.multiply(h, r, out=h)
-            return np.add(h, s, out=h)
+            if not linear:
+                np.subtract(self.f_(C[1], scratch), s, out=h)
+                np.multiply(h, r, out=h)
+                np.add(h, s, out=h)
+            return h
         return step
