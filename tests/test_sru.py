@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import darknetpy
+from darknetpy import kernels as kernelmod
 from conftest import read_weights
 from conftest import run_cli as run
 from darknetpy.layers import sru as srumod
@@ -159,6 +160,19 @@ def r_sees_the_new_cell(Z, v, C, H=None, *s):
     if H is not None:
         s = Z[..., 3 * n:] if not s else s[0]
         H[...] = Z[..., 2 * n:3 * n] * (C[1:] - s) + s
+
+
+@needs_kernels
+def test_the_layer_file_adds_its_ops_to_the_table():
+    """kernels.register put the numpy references and their C forms in the table: `get` hands the
+    C form out for float32 arrays in C order, the reference for float64 or under use("numpy")."""
+    Z, v, C, _ = step_inputs(2, 2, 4, 4, 0)
+    for name in ("sru_step", "sru_back"):
+        with kernelmod.use("c"):
+            assert kernelmod.get(name, Z, v, C) is getattr(K, name)
+            assert kernelmod.get(name, Z.astype(np.float64)) is getattr(srumod, name)
+        with kernelmod.use("numpy"):
+            assert kernelmod.get(name, Z, v, C) is getattr(srumod, name)
 
 
 @needs_kernels
