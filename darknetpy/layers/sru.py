@@ -145,9 +145,14 @@ class SRU(Recurrent):
         T, S = x.shape[:2]
         n, d = self.outputs, self.dense
         (c0,) = self.state(S)
-        # All sub-layers, all steps: one matmul into rows (T*S, k n); batchnorm per step over the streams.
-        Z = d.matmul(rows(x), out=self.buffer("Z", (T * S, len(d.names) * n))).reshape(T, S, -1)
-        Z = d.normalize(Z, train)
+        # All sub-layers, all steps: one matmul into rows (T*S, k n); batchnorm per step over the
+        # streams. One-hot ids gather rows of a table that holds the bias already.
+        Z = self.buffer("Z", (T * S, len(d.names) * n))
+        if is_ids(x) and not d.bn:
+            np.take(np.add(d.W, d.b, out=self.buffer("table", d.W.shape)), rows(x), axis=0, out=Z, mode="wrap")
+            Z = Z.reshape(T, S, -1)
+        else:
+            Z = d.normalize(d.matmul(rows(x), out=Z).reshape(T, S, -1), train)
         C = self.buffer("C", (T + 1, S, n))
         C[0] = c0
         H = self.buffer("H", (T, S, n))
