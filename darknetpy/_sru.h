@@ -43,15 +43,15 @@ static void K(sru_step)(float *restrict Z, const float *restrict v, float *restr
  * wr block. With dh (T, S, n), the delta of h' for a linear g, they are made here, each row just
  * before its step: δr = dh (c' - s), δc' = dh r, and δs = dh - dh r into dZ's ws block (k = 4) or
  * into ds (k = 3, s from hs). Then the deltas of x~, wf(x), wr(x) replace them: δc = δc' f +
- * δwf vf + δwr vr reaches the step before's δc' (not past the first step: truncated BPTT); dv (2n,)
- * += Σ [δwf c, δwr c]. */
+ * δwf vf + δwr vr reaches the step before's δc' (not past the first step: truncated BPTT). The sums
+ * of the gradients: dv (2n + k n,) += [Σ δwf c, Σ δwr c, Σ of dZ's rows (the biases' gradient)]. */
 static void K(sru_back)(float *restrict dZ, const float *restrict Z, const float *restrict C,
                         const float *restrict v, float *restrict dv, const float *restrict dh,
                         const float *restrict hs, float *restrict ds,
                         Py_ssize_t T, Py_ssize_t S, Py_ssize_t n, Py_ssize_t k, Py_ssize_t s0, Py_ssize_t s1)
 {
     const float *vf = v, *vr = v + n;
-    float *dvf = dv, *dvr = dv + n;
+    float *dvf = dv, *dvr = dv + n, *db = dv + 2 * n;
     for (Py_ssize_t t = T - 1; t >= 0; t--)
         for (Py_ssize_t s = s0; s < s1; s++) {
             Py_ssize_t row = t * S + s;
@@ -84,6 +84,7 @@ static void K(sru_back)(float *restrict dZ, const float *restrict Z, const float
                     EACH(j, n) before[j] += dx[j] * f[j] + df[j] * vf[j] + dr[j] * vr[j];
             }
             EACH(j, n) dx[j] *= 1.0f - f[j];
+            EACH(j, k * n) db[j] += dx[j];
         }
 }
 
@@ -130,7 +131,7 @@ static int sru_threads(void)
     return count;
 }
 
-/* Run `job` on `m` threads, each on its share of the streams and, backward, its own dv (summed
+/* Run `job` on `m` threads, each on its share of the streams and, backward, its own sums dv (added
  * after, in order). Small calls (a generation step) and failed thread starts run on this one. */
 static void sru_parallel(struct sru_job *job, int m)
 {
@@ -138,7 +139,8 @@ static void sru_parallel(struct sru_job *job, int m)
         m = (int)job->S;
     if (job->T * job->S * job->n < (1 << 16))
         m = 1;
-    float *partial = m > 1 && job->back ? calloc((size_t)m * 2 * job->n, sizeof(float)) : NULL;
+    Py_ssize_t sums = (2 + job->k) * job->n;
+    float *partial = m > 1 && job->back ? calloc((size_t)m * sums, sizeof(float)) : NULL;
     if (m < 2 || (job->back && !partial)) {
         sru_run(job);
         return;
@@ -151,7 +153,7 @@ static void sru_parallel(struct sru_job *job, int m)
         jobs[i] = *job;
         jobs[i].s0 = job->S * i / m, jobs[i].s1 = job->S * (i + 1) / m;
         if (partial)
-            jobs[i].dv = partial + (size_t)i * 2 * job->n;
+            jobs[i].dv = partial + (size_t)i * sums;
         if (i)
             started[i] = pthread_create(&threads[i], NULL, sru_run, &jobs[i]) == 0;
     }
@@ -164,14 +166,14 @@ static void sru_parallel(struct sru_job *job, int m)
     }
     if (partial) {
         for (int i = 0; i < m; i++)
-            for (Py_ssize_t j = 0; j < 2 * job->n; j++)
-                job->dv[j] += partial[(size_t)i * 2 * job->n + j];
+            for (Py_ssize_t j = 0; j < sums; j++)
+                job->dv[j] += partial[(size_t)i * sums + j];
         free(partial);
     }
 #endif
 }
 
-/* T, S, n, k of Z (T, S, k n), C (T+1, S, n), v (2n,); dv like v, H, hs, ds (T, S, n) where given
+/* T, S, n, k of Z (T, S, k n), C (T+1, S, n), v (2n,); dv (2n + k n,), H, hs, ds (T, S, n) where given
  * (NULL: not given); hs (and ds) given exactly when k = 3 and H (dh) is. 0, or -1 with a ValueError. */
 static int sru_shapes(const Py_buffer *Z, const Py_buffer *C, const Py_buffer *v, const Py_buffer *dv,
                       const Py_buffer *H, const Py_buffer *hs, const Py_buffer *ds, Py_ssize_t dims[4])
@@ -180,13 +182,13 @@ static int sru_shapes(const Py_buffer *Z, const Py_buffer *C, const Py_buffer *v
     Py_ssize_t k = n && Z->ndim == 3 ? Z->shape[2] / n : 0;
     int ok = Z->ndim == 3 && C->ndim == 3 && v->ndim == 1 && n && (k == 3 || k == 4) && Z->shape[2] == k * n &&
              C->shape[0] == Z->shape[0] + 1 && C->shape[1] == Z->shape[1] && v->shape[0] == 2 * n &&
-             (!dv || (dv->ndim == 1 && dv->shape[0] == 2 * n)) && (!H || (k == 3) == (hs != NULL));
+             (!dv || (dv->ndim == 1 && dv->shape[0] == (2 + k) * n)) && (!H || (k == 3) == (hs != NULL));
     const Py_buffer *rows[] = {H, hs, ds};
     for (int i = 0; i < 3; i++)
         ok = ok && (!rows[i] || (rows[i]->ndim == 3 && rows[i]->shape[0] == Z->shape[0] &&
                                  rows[i]->shape[1] == Z->shape[1] && rows[i]->shape[2] == n));
     if (!ok) {
-        PyErr_SetString(PyExc_ValueError, "sru: Z (T, S, k n) with k 3 or 4, C (T+1, S, n), v and dv (2n,), "
+        PyErr_SetString(PyExc_ValueError, "sru: Z (T, S, k n) with k 3 or 4, C (T+1, S, n), v (2n,), dv (2n + k n,), "
                                           "h' and its delta (T, S, n), with s (T, S, n) exactly when k = 3");
         return -1;
     }
@@ -245,6 +247,6 @@ static PyObject *sru_back(PyObject *self, PyObject *const *args, Py_ssize_t narg
 
 #define SRU_METHODS \
     METHOD(sru_step, "sru_step(Z, v, C[, H[, s]]): [sru]'s gates f, r in place in Z and the cells C[1:] over all steps; h' for a linear g into H"), \
-    METHOD(sru_back, "sru_back(dZ, Z, C, v, dv[, dh[, s, ds]]): back through sru_step, deltas in place in dZ; dv accumulated"),
+    METHOD(sru_back, "sru_back(dZ, Z, C, v, dv[, dh[, s, ds]]): back through sru_step, deltas in place in dZ; the gradients' sums dv accumulated"),
 
 #endif

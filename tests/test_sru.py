@@ -202,8 +202,10 @@ def back_inputs(T, S, n, k, seed):
 
 
 def run_back(fn, dZ, Z, C, v, dh, s, fused):
-    """dZ, dv (and ds) after fn on copies; without `fused` dZ comes prepared, with it from dh."""
-    dZ, dv, ds = dZ.copy(), np.full(v.shape, 0.5, np.float32), np.full(dh.shape, np.nan, np.float32)
+    """dZ, dv (and ds) after fn on copies; without `fused` dZ comes prepared, with it from dh. dv
+    holds 0.5 before: the kernels add to it."""
+    dv = np.full(v.size + Z.shape[2], 0.5, np.float32)  # vf's, vr's, the biases' gradients
+    dZ, ds = dZ.copy(), np.full(dh.shape, np.nan, np.float32)
     fn(dZ, Z, C, v, dv, *((dh, *s, ds)[:3 if s else 1] if fused else ()))
     return dZ, dv, ds
 
@@ -223,6 +225,8 @@ def test_sru_back_kernel(T, S, n, k, fused):
         np.testing.assert_allclose(ds, args[4] * (1 - args[1][..., 2 * n:3 * n]), rtol=1e-6, atol=1e-7)
     # dv sums T*S terms: the two orders of summation differ by float32 rounding of that sum
     np.testing.assert_allclose(got[1], want[1], rtol=1e-5, atol=1e-6 * T * S)
+    np.testing.assert_allclose(got[1][2 * n:], 0.5 + want[0].sum(axis=(0, 1), dtype=np.float64), rtol=1e-5,
+                               atol=1e-6 * T * S)  # the biases' gradients: the sums of the deltas
     # Not vacuous: without the carry into the step before (the recurrence's delta) dZ is far off.
     if T > 1 and not fused:
         dropped = run_back(lambda dZ, Z, C, v, dv: [srumod.sru_back(dZ[t:t + 1], Z[t:t + 1], C[t:t + 2], v, dv)

@@ -58,7 +58,8 @@ def sru_back(dZ, Z, C, v, dv, dh=None, s=None, ds=None):
     δs = dh − dh⊙r goes to dZ's ws block (k = 4, s from Z) or to ds (k = 3, s given). Then the
     deltas of x~, wf(x) and wr(x) replace them. The delta of c' is completed step by step, last
     first: δc = δc'⊙f + δwf⊙vf + δwr⊙vr reaches the step before's c' (none reaches the cell before
-    the datum: truncated BPTT). dv (2n,) += Σ over steps and streams [δwf⊙c, δwr⊙c]."""
+    the datum: truncated BPTT). dv (2n + k n,) += the sums over steps and streams [δwf⊙c, δwr⊙c,
+    dZ] (vf's, vr's and the sub-layers' biases' gradients)."""
     n = C.shape[2]
     vf, vr = v[:n], v[n:]
     if dh is not None:
@@ -76,9 +77,10 @@ def sru_back(dZ, Z, C, v, dv, dh=None, s=None, ds=None):
         d[:, n:2 * n] = df
         d[:, 2 * n:3 * n] = dr
         dv[:n] += (df * c).sum(0)
-        dv[n:] += (dr * c).sum(0)
+        dv[n:2 * n] += (dr * c).sum(0)
         if t:
             dZ[t - 1, :, :n] += dc1 * f + df * vf + dr * vr
+    dv[2 * n:] += dZ.sum(axis=(0, 1))
 
 
 kernels.register(sru_step, sru_back)
@@ -178,17 +180,24 @@ class SRU(Recurrent):
         dZ = self.buffer("dZ", Z.shape)
         ds = dZ[..., 3 * n:] if self.ws else self.buffer("ds", (T, S, n))  # δs = δh⊙(1 − r)
         highway = () if self.ws else (s, ds)
-        back = kernels.get("sru_back", dZ, Z, C, self.v, self.dv, dh, *highway)
+        sums = self.buffer("sums", (2 * n + Z.shape[2],))  # the gradients of vf, vr and the biases
+        sums[...] = 0
+        back = kernels.get("sru_back", dZ, Z, C, self.v, sums, dh, *highway)
         if self.activation == "linear":  # δr, δc' and δs come with the recurrence, in the kernel
-            back(dZ, Z, C, self.v, self.dv, dh, *highway)
+            back(dZ, Z, C, self.v, sums, dh, *highway)
         else:
             dc1, dr, r = dZ[..., :n], dZ[..., 2 * n:3 * n], Z[..., 2 * n:3 * n]
             np.multiply(np.subtract(G, s, out=dr), dh, out=dr)      # δr = δh⊙(g(c') − s)
             np.multiply(dh, r, out=dc1)                              # δg(c') = δh⊙r
             np.subtract(dh, dc1, out=ds)
             np.copyto(dc1, self.delta_through(dc1, G, self.buffer("dG", (T, S, n))))  # δc' = δg(c')⊙g'(c')
-            back(dZ, Z, C, self.v, self.dv)
-        dz = rows(d.backward_norm(dZ))
+            back(dZ, Z, C, self.v, sums)
+        self.dv += sums[:2 * n]
+        if d.bn:
+            dz = rows(d.backward_norm(dZ))
+        else:
+            d.db += sums[2 * n:]
+            dz = rows(dZ)
         d.accumulate(x, dz)
         if not need_dx:
             return None
