@@ -9,8 +9,9 @@
  * x~ | wf(x) | wr(x) [| ws(x)] of n each per step and stream; C (T+1, S, n) the cells, C[0] the one
  * before the datum; v (2n,) = vf | vr. Each (step, stream) is a few loops over the n features that
  * the compiler vectorizes (one loop per gate: GCC vectorizes the two sigmoids fused in one loop 6x
- * slower); the steps run in order, since c' needs c. The streams are independent: each kernel runs
- * streams [s0, s1), and a call splits its streams between darknetpy.kernels.threads() threads.
+ * slower); the steps run in order, since c' needs c. One thread: the loops are memory-bound
+ * (T S n = 512K elements per array at 32 streams x 64 steps x 256), and two threads, one stream half
+ * each, ran no faster on a 2-core VM.
  */
 #ifndef KIND_WRAPPERS
 
@@ -18,12 +19,11 @@
  * f c + (1 - f) x~. With H (T, S, n): also h' = r (c' - s) + s, the output for a linear g, s from
  * Z's ws block (k = 4) or from `hs` (T, S, n) (k = 3). */
 static void K(sru_step)(float *restrict Z, const float *restrict v, float *restrict C, float *restrict H,
-                        const float *restrict hs, Py_ssize_t T, Py_ssize_t S, Py_ssize_t n, Py_ssize_t k,
-                        Py_ssize_t s0, Py_ssize_t s1)
+                        const float *restrict hs, Py_ssize_t T, Py_ssize_t S, Py_ssize_t n, Py_ssize_t k)
 {
     const float *vf = v, *vr = v + n;
     for (Py_ssize_t t = 0; t < T; t++)
-        for (Py_ssize_t s = s0; s < s1; s++) {
+        for (Py_ssize_t s = 0; s < S; s++) {
             Py_ssize_t row = t * S + s;
             float *x = Z + row * k * n, *f = x + n, *r = x + 2 * n;
             const float *c = C + row * n;
@@ -48,12 +48,12 @@ static void K(sru_step)(float *restrict Z, const float *restrict v, float *restr
 static void K(sru_back)(float *restrict dZ, const float *restrict Z, const float *restrict C,
                         const float *restrict v, float *restrict dv, const float *restrict dh,
                         const float *restrict hs, float *restrict ds,
-                        Py_ssize_t T, Py_ssize_t S, Py_ssize_t n, Py_ssize_t k, Py_ssize_t s0, Py_ssize_t s1)
+                        Py_ssize_t T, Py_ssize_t S, Py_ssize_t n, Py_ssize_t k)
 {
     const float *vf = v, *vr = v + n;
     float *dvf = dv, *dvr = dv + n, *db = dv + 2 * n;
     for (Py_ssize_t t = T - 1; t >= 0; t--)
-        for (Py_ssize_t s = s0; s < s1; s++) {
+        for (Py_ssize_t s = 0; s < S; s++) {
             Py_ssize_t row = t * S + s;
             const float *x = Z + row * k * n, *f = x + n, *r = x + 2 * n;
             const float *c = C + row * n;
@@ -89,89 +89,6 @@ static void K(sru_back)(float *restrict dZ, const float *restrict Z, const float
 }
 
 #else
-
-#if defined(__GNUC__) && !defined(_WIN32)
-#include <pthread.h>
-#define SRU_MAX_THREADS 16
-#else
-#define SRU_MAX_THREADS 1
-#endif
-
-/* One call: its arrays (NULL where not given), shapes, and the streams [s0, s1) one thread runs. */
-struct sru_job {
-    int back;
-    float *Z, *C, *H, *dZ, *dv, *ds;
-    const float *v, *hs, *dh;
-    Py_ssize_t T, S, n, k, s0, s1;
-};
-
-static void *sru_run(void *arg)
-{
-    struct sru_job *j = arg;
-    if (j->back)
-        CALL(sru_back, j->dZ, j->Z, j->C, j->v, j->dv, j->dh, j->hs, j->ds, j->T, j->S, j->n, j->k, j->s0, j->s1);
-    else
-        CALL(sru_step, j->Z, j->v, j->C, j->H, j->hs, j->T, j->S, j->n, j->k, j->s0, j->s1);
-    return NULL;
-}
-
-/* The threads a call may use: darknetpy.kernels.threads() (BLAS's thread count), asked once. */
-static int sru_threads(void)
-{
-    static int count;
-    if (!count) {
-        PyObject *mod = PyImport_ImportModule("darknetpy.kernels");
-        PyObject *n = mod ? PyObject_CallMethod(mod, "threads", NULL) : NULL;
-        long value = n ? PyLong_AsLong(n) : 1;
-        Py_XDECREF(n);
-        Py_XDECREF(mod);
-        PyErr_Clear();
-        count = value < 1 ? 1 : value > SRU_MAX_THREADS ? SRU_MAX_THREADS : (int)value;
-    }
-    return count;
-}
-
-/* Run `job` on `m` threads, each on its share of the streams and, backward, its own sums dv (added
- * after, in order). Small calls (a generation step) and failed thread starts run on this one. */
-static void sru_parallel(struct sru_job *job, int m)
-{
-    if (m > job->S)
-        m = (int)job->S;
-    if (job->T * job->S * job->n < (1 << 16))
-        m = 1;
-    Py_ssize_t sums = (2 + job->k) * job->n;
-    float *partial = m > 1 && job->back ? calloc((size_t)m * sums, sizeof(float)) : NULL;
-    if (m < 2 || (job->back && !partial)) {
-        sru_run(job);
-        return;
-    }
-#if SRU_MAX_THREADS > 1
-    struct sru_job jobs[SRU_MAX_THREADS];
-    pthread_t threads[SRU_MAX_THREADS];
-    int started[SRU_MAX_THREADS] = {0};
-    for (int i = 0; i < m; i++) {
-        jobs[i] = *job;
-        jobs[i].s0 = job->S * i / m, jobs[i].s1 = job->S * (i + 1) / m;
-        if (partial)
-            jobs[i].dv = partial + (size_t)i * sums;
-        if (i)
-            started[i] = pthread_create(&threads[i], NULL, sru_run, &jobs[i]) == 0;
-    }
-    sru_run(&jobs[0]);
-    for (int i = 1; i < m; i++) {
-        if (started[i])
-            pthread_join(threads[i], NULL);
-        else
-            sru_run(&jobs[i]);
-    }
-    if (partial) {
-        for (int i = 0; i < m; i++)
-            for (Py_ssize_t j = 0; j < sums; j++)
-                job->dv[j] += partial[(size_t)i * sums + j];
-        free(partial);
-    }
-#endif
-}
 
 /* T, S, n, k of Z (T, S, k n), C (T+1, S, n), v (2n,); dv (2n + k n,), H, hs, ds (T, S, n) where given
  * (NULL: not given); hs (and ds) given exactly when k = 3 and H (dh) is. 0, or -1 with a ValueError. */
@@ -210,12 +127,7 @@ static PyObject *sru_step(PyObject *self, PyObject *const *args, Py_ssize_t narg
         release(b, (int)nargs);
         return NULL;
     }
-    struct sru_job job = {0, F(0), F(2), nargs > 3 ? F(3) : NULL, NULL, NULL, NULL, F(1), nargs > 4 ? F(4) : NULL,
-                          NULL, d[0], d[1], d[2], d[3], 0, d[1]};
-    int m = sru_threads();
-    Py_BEGIN_ALLOW_THREADS
-    sru_parallel(&job, m);
-    Py_END_ALLOW_THREADS
+    CALL(sru_step, F(0), F(1), F(2), nargs > 3 ? F(3) : NULL, nargs > 4 ? F(4) : NULL, d[0], d[1], d[2], d[3]);
     return done(b, nargs);
 }
 
@@ -236,12 +148,8 @@ static PyObject *sru_back(PyObject *self, PyObject *const *args, Py_ssize_t narg
         release(b, (int)nargs);
         return NULL;
     }
-    struct sru_job job = {1, F(1), F(2), NULL, F(0), F(4), nargs > 7 ? F(7) : NULL, F(3), nargs > 6 ? F(6) : NULL,
-                          nargs > 5 ? F(5) : NULL, d[0], d[1], d[2], d[3], 0, d[1]};
-    int m = sru_threads();
-    Py_BEGIN_ALLOW_THREADS
-    sru_parallel(&job, m);
-    Py_END_ALLOW_THREADS
+    CALL(sru_back, F(0), F(1), F(2), F(3), F(4), nargs > 5 ? F(5) : NULL, nargs > 6 ? F(6) : NULL,
+         nargs > 7 ? F(7) : NULL, d[0], d[1], d[2], d[3]);
     return done(b, nargs);
 }
 
