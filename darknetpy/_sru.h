@@ -7,7 +7,8 @@
  *
  * Layout: rows, as the layer's one matmul makes them. Z (T, S, k n), k = 3 or 4, the blocks
  * x~ | wf(x) | wr(x) [| ws(x)] of n each per step and stream; C (T+1, S, n) the cells, C[0] the one
- * before the datum; v (2n,) = vf | vr. Each (step, stream) is a few loops over the n features that
+ * before the datum; v (2n + k n,) = vf | vr | the sub-layers' biases (zero where batchnorm or the input
+ * projection added them). Each (step, stream) is a few loops over the n features that
  * the compiler vectorizes (one loop per gate: GCC vectorizes the two sigmoids fused in one loop 6x
  * slower); the steps run in order, since c' needs c. One thread: the loops are memory-bound
  * (T S n = 512K elements per array at 32 streams x 64 steps x 256), and two threads, one stream half
@@ -15,21 +16,26 @@
  */
 #ifndef KIND_WRAPPERS
 
-/* Forward: f = σ(wf(x) + vf c), r = σ(wr(x) + vr c) into the wf, wr blocks of Z; C[t+1] = c' =
- * f c + (1 - f) x~. With H (T, S, n): also h' = r (c' - s) + s, the output for a linear g, s from
+/* Forward: the biases added to Z's blocks (in place: backward reads x~ and s from Z), then
+ * f = σ(wf(x) + vf c), r = σ(wr(x) + vr c) into the wf, wr blocks of Z; C[t+1] = c' = f c + (1 - f) x~. With H (T, S, n): also h' = r (c' - s) + s, the output for a linear g, s from
  * Z's ws block (k = 4) or from `hs` (T, S, n) (k = 3). */
 static void K(sru_step)(float *restrict Z, const float *restrict v, float *restrict C, float *restrict H,
                         const float *restrict hs, Py_ssize_t T, Py_ssize_t S, Py_ssize_t n, Py_ssize_t k)
 {
-    const float *vf = v, *vr = v + n;
+    const float *vf = v, *vr = v + n, *b = v + 2 * n;
     for (Py_ssize_t t = 0; t < T; t++)
         for (Py_ssize_t s = 0; s < S; s++) {
             Py_ssize_t row = t * S + s;
             float *x = Z + row * k * n, *f = x + n, *r = x + 2 * n;
             const float *c = C + row * n;
             float *c1 = C + (row + S) * n;
-            EACH(j, n) f[j] = K(sigmoid2)(0.5f * (f[j] + vf[j] * c[j]));
-            EACH(j, n) r[j] = K(sigmoid2)(0.5f * (r[j] + vr[j] * c[j]));
+            EACH(j, n) x[j] += b[j];
+            EACH(j, n) f[j] = K(sigmoid2)(0.5f * ((f[j] + b[n + j]) + vf[j] * c[j]));
+            EACH(j, n) r[j] = K(sigmoid2)(0.5f * ((r[j] + b[2 * n + j]) + vr[j] * c[j]));
+            if (k == 4) {
+                float *ws = x + 3 * n;
+                EACH(j, n) ws[j] += b[3 * n + j];
+            }
             EACH(j, n) c1[j] = f[j] * c[j] + (1.0f - f[j]) * x[j];
             if (H) {
                 const float *sj = k == 4 ? x + 3 * n : hs + row * n;
@@ -90,7 +96,7 @@ static void K(sru_back)(float *restrict dZ, const float *restrict Z, const float
 
 #else
 
-/* T, S, n, k of Z (T, S, k n), C (T+1, S, n), v (2n,); dv (2n + k n,), H, hs, ds (T, S, n) where given
+/* T, S, n, k of Z (T, S, k n), C (T+1, S, n), v and dv (2n + k n,), H, hs, ds (T, S, n) where given
  * (NULL: not given); hs (and ds) given exactly when k = 3 and H (dh) is. 0, or -1 with a ValueError. */
 static int sru_shapes(const Py_buffer *Z, const Py_buffer *C, const Py_buffer *v, const Py_buffer *dv,
                       const Py_buffer *H, const Py_buffer *hs, const Py_buffer *ds, Py_ssize_t dims[4])
@@ -98,14 +104,14 @@ static int sru_shapes(const Py_buffer *Z, const Py_buffer *C, const Py_buffer *v
     Py_ssize_t n = C->ndim == 3 ? C->shape[2] : 0;
     Py_ssize_t k = n && Z->ndim == 3 ? Z->shape[2] / n : 0;
     int ok = Z->ndim == 3 && C->ndim == 3 && v->ndim == 1 && n && (k == 3 || k == 4) && Z->shape[2] == k * n &&
-             C->shape[0] == Z->shape[0] + 1 && C->shape[1] == Z->shape[1] && v->shape[0] == 2 * n &&
+             C->shape[0] == Z->shape[0] + 1 && C->shape[1] == Z->shape[1] && v->shape[0] == (2 + k) * n &&
              (!dv || (dv->ndim == 1 && dv->shape[0] == (2 + k) * n)) && (!H || (k == 3) == (hs != NULL));
     const Py_buffer *rows[] = {H, hs, ds};
     for (int i = 0; i < 3; i++)
         ok = ok && (!rows[i] || (rows[i]->ndim == 3 && rows[i]->shape[0] == Z->shape[0] &&
                                  rows[i]->shape[1] == Z->shape[1] && rows[i]->shape[2] == n));
     if (!ok) {
-        PyErr_SetString(PyExc_ValueError, "sru: Z (T, S, k n) with k 3 or 4, C (T+1, S, n), v (2n,), dv (2n + k n,), "
+        PyErr_SetString(PyExc_ValueError, "sru: Z (T, S, k n) with k 3 or 4, C (T+1, S, n), v and dv (2n + k n,), "
                                           "h' and its delta (T, S, n), with s (T, S, n) exactly when k = 3");
         return -1;
     }
@@ -154,7 +160,7 @@ static PyObject *sru_back(PyObject *self, PyObject *const *args, Py_ssize_t narg
 }
 
 #define SRU_METHODS \
-    METHOD(sru_step, "sru_step(Z, v, C[, H[, s]]): [sru]'s gates f, r in place in Z and the cells C[1:] over all steps; h' for a linear g into H"), \
+    METHOD(sru_step, "sru_step(Z, v, C[, H[, s]]): [sru]'s biases added to Z, its gates f, r in place and the cells C[1:] over all steps; h' for a linear g into H"), \
     METHOD(sru_back, "sru_back(dZ, Z, C, v, dv[, dh[, s, ds]]): back through sru_step, deltas in place in dZ; the gradients' sums dv accumulated"),
 
 #endif

@@ -132,10 +132,11 @@ TOL = dict(rtol=1e-6, atol=3e-6)
 
 
 def step_inputs(T, S, n, k, seed):
-    """Z, v, C, s for sru_step: C[0] the cell before, C[1:] NaN; s the highway input when k = 3."""
+    """Z, v, C, s for sru_step: v = vf | vr | biases; C[0] the cell before, C[1:] NaN; s the highway
+    input when k = 3."""
     rng = np.random.default_rng(seed)
     Z = rng.uniform(-3, 3, (T, S, k * n)).astype(np.float32)
-    v = rng.uniform(-0.8, 0.8, 2 * n).astype(np.float32)
+    v = rng.uniform(-0.8, 0.8, (2 + k) * n).astype(np.float32)
     C = np.full((T + 1, S, n), np.nan, np.float32)
     C[0] = rng.uniform(-1, 1, (S, n))
     s = rng.uniform(-1, 1, (T, S, n)).astype(np.float32)
@@ -152,11 +153,13 @@ def run_step(fn, Z, v, C, s, with_h):
 def r_sees_the_new_cell(Z, v, C, H=None, *s):
     """A plausible bug: r computed from c' instead of c."""
     n = C.shape[2]
+    no_vr = v.copy()
+    no_vr[n:2 * n] = 0
     for t in range(Z.shape[0]):
         z = Z[t]
-        r = z[:, 2 * n:3 * n].copy()
-        srumod.sru_step(Z[t:t + 1], np.concatenate([v[:n], 0 * v[n:]]), C[t:t + 2])
-        z[:, 2 * n:3 * n] = srumod.sigmoid(r + v[n:] * C[t + 1])
+        wr = z[:, 2 * n:3 * n] + v[4 * n:5 * n]  # with its bias
+        srumod.sru_step(Z[t:t + 1], no_vr, C[t:t + 2])
+        z[:, 2 * n:3 * n] = srumod.sigmoid(wr + v[n:2 * n] * C[t + 1])
     if H is not None:
         s = Z[..., 3 * n:] if not s else s[0]
         H[...] = Z[..., 2 * n:3 * n] * (C[1:] - s) + s
@@ -204,7 +207,7 @@ def back_inputs(T, S, n, k, seed):
 def run_back(fn, dZ, Z, C, v, dh, s, fused):
     """dZ, dv (and ds) after fn on copies; without `fused` dZ comes prepared, with it from dh. dv
     holds 0.5 before: the kernels add to it."""
-    dv = np.full(v.size + Z.shape[2], 0.5, np.float32)  # vf's, vr's, the biases' gradients
+    dv = np.full(v.size, 0.5, np.float32)  # vf's, vr's, the biases' gradients
     dZ, ds = dZ.copy(), np.full(dh.shape, np.nan, np.float32)
     fn(dZ, Z, C, v, dv, *((dh, *s, ds)[:3 if s else 1] if fused else ()))
     return dZ, dv, ds

@@ -32,12 +32,15 @@ def sigmoid(z):
 
 def sru_step(Z, v, C, H=None, s=None):
     """The recurrence of T steps. Z (T, S, k n), k = 3 or 4: per step and stream the sub-layers'
-    outputs x~ | wf(x) | wr(x) [| ws(x)], n each; v (2n,) = vf | vr; C (T+1, S, n), C[0] the cell
-    before the first step. Writes C[t+1] = c' and turns the wf, wr blocks of Z into the gates:
-    f = σ(wf(x) + vf⊙c), r = σ(wr(x) + vr⊙c), c' = f⊙c + (1 − f)⊙x~. With H (T, S, n) also the
-    output for a linear g, h' = r⊙(c' − s) + s, s the ws block of Z (k = 4) or s (T, S, n) (k = 3)."""
+    products x~ | wf(x) | wr(x) [| ws(x)], n each, without their biases; v (2n + k n,) = vf | vr |
+    the biases (zero where batchnorm or the input's table added them); C (T+1, S, n), C[0] the cell
+    before the first step. Adds the biases to Z, writes C[t+1] = c' and turns the wf, wr blocks
+    into the gates: f = σ(wf(x) + vf⊙c), r = σ(wr(x) + vr⊙c), c' = f⊙c + (1 − f)⊙x~. With H
+    (T, S, n) also the output for a linear g, h' = r⊙(c' − s) + s, s the ws block of Z (k = 4) or
+    s (T, S, n) (k = 3)."""
     n = C.shape[2]
-    vf, vr = v[:n], v[n:]
+    vf, vr = v[:n], v[n:2 * n]
+    Z += v[2 * n:]
     for t in range(Z.shape[0]):
         z, c = Z[t], C[t]
         x, f, r = z[:, :n], z[:, n:2 * n], z[:, 2 * n:3 * n]
@@ -52,7 +55,7 @@ def sru_step(Z, v, C, H=None, s=None):
 
 
 def sru_back(dZ, Z, C, v, dv, dh=None, s=None, ds=None):
-    """sru_step back, Z and C as sru_step left them. dZ (T, S, k n) comes in holding the delta
+    """sru_step back, Z and C as sru_step left them, v as it took it. dZ (T, S, k n) comes in holding the delta
     reaching c' from h' in its x~ block and the delta of r in its wr block; or, given dh (T, S, n)
     the delta of h' for a linear g, they are made here first: δr = dh⊙(c' − s), δc' = dh⊙r, and
     δs = dh − dh⊙r goes to dZ's ws block (k = 4, s from Z) or to ds (k = 3, s given). Then the
@@ -61,7 +64,7 @@ def sru_back(dZ, Z, C, v, dv, dh=None, s=None, ds=None):
     the datum: truncated BPTT). dv (2n + k n,) += the sums over steps and streams [δwf⊙c, δwr⊙c,
     dZ] (vf's, vr's and the sub-layers' biases' gradients)."""
     n = C.shape[2]
-    vf, vr = v[:n], v[n:]
+    vf, vr = v[:n], v[n:2 * n]
     if dh is not None:
         s, ds = (Z[..., 3 * n:], dZ[..., 3 * n:]) if s is None else (s, ds)
         np.multiply(dh, C[1:] - s, out=dZ[..., 2 * n:3 * n])
@@ -97,6 +100,7 @@ class SRU(Recurrent):
         C: np.ndarray    # (T+1, S, n) C[t] the cell before step t
         G: np.ndarray    # (T, S, n) g(c')
         s: np.ndarray    # (T, S, n) the highway's s: ws(x), or x
+        v: np.ndarray    # (2n + k n,) vf | vr | the biases sru_step added
 
     def __init__(self, section, inputs, rng):
         self.inputs = inputs
@@ -134,6 +138,13 @@ class SRU(Recurrent):
         out.update(vf=v[:n], vr=v[n:])
         return out
 
+    def vectors(self, biases):
+        """sru_step's v: vf | vr | `biases` (the sub-layers' biases, or 0)."""
+        n = self.outputs
+        v = self.buffer("v", (2 * n + len(self.dense.names) * n,))
+        v[:2 * n], v[2 * n:] = self.v, biases
+        return v
+
     def highway(self, x, Z):
         """s for every step, (T, S, n): the ws block of Z, or x itself (one-hot rows for ids)."""
         n = self.outputs
@@ -147,20 +158,18 @@ class SRU(Recurrent):
         T, S = x.shape[:2]
         n, d = self.outputs, self.dense
         (c0,) = self.state(S)
-        # All sub-layers, all steps: one matmul into rows (T*S, k n); batchnorm per step over the
-        # streams. One-hot ids gather rows of a table that holds the bias already.
-        Z = self.buffer("Z", (T * S, len(d.names) * n))
-        if is_ids(x) and not d.bn:
-            np.take(np.add(d.W, d.b, out=self.buffer("table", d.W.shape)), rows(x), axis=0, out=Z, mode="wrap")
-            Z = Z.reshape(T, S, -1)
-        else:
-            Z = d.normalize(d.matmul(rows(x), out=Z).reshape(T, S, -1), train)
+        # All sub-layers, all steps: one matmul into rows (T*S, k n) (a row gather for one-hot ids);
+        # batchnorm per step over the streams. Without it the biases come with sru_step.
+        Z = d.matmul(rows(x), out=self.buffer("Z", (T * S, len(d.names) * n))).reshape(T, S, -1)
+        if d.bn:
+            Z = d.normalize(Z, train)
+        v = self.vectors(0 if d.bn else d.b)
         C = self.buffer("C", (T + 1, S, n))
         C[0] = c0
         H = self.buffer("H", (T, S, n))
         s = self.highway(x, Z)
         out = (H,) + (() if self.ws else (s,)) if self.activation == "linear" else ()  # h' comes with it
-        kernels.get("sru_step", Z, self.v, C, *out)(Z, self.v, C, *out)
+        kernels.get("sru_step", Z, v, C, *out)(Z, v, C, *out)
         c0[...] = C[T]
         G = C[1:]
         if not out:  # h' = s + r⊙(g(c') − s)
@@ -170,28 +179,28 @@ class SRU(Recurrent):
             np.multiply(np.subtract(G, s, out=H), Z[..., 2 * n:3 * n], out=H)
             H += s
         if train:
-            self.tape = self.Tape(x=rows(x), Z=Z, C=C, G=G, s=s)
+            self.tape = self.Tape(x=rows(x), Z=Z, C=C, G=G, s=s, v=v)
         return H
 
     def backward(self, dh, need_dx):
         T, S = dh.shape[:2]
         n, d = self.outputs, self.dense
-        x, Z, C, G, s = self.tape
+        x, Z, C, G, s, v = self.tape
         dZ = self.buffer("dZ", Z.shape)
         ds = dZ[..., 3 * n:] if self.ws else self.buffer("ds", (T, S, n))  # δs = δh⊙(1 − r)
         highway = () if self.ws else (s, ds)
         sums = self.buffer("sums", (2 * n + Z.shape[2],))  # the gradients of vf, vr and the biases
         sums[...] = 0
-        back = kernels.get("sru_back", dZ, Z, C, self.v, sums, dh, *highway)
+        back = kernels.get("sru_back", dZ, Z, C, v, sums, dh, *highway)
         if self.activation == "linear":  # δr, δc' and δs come with the recurrence, in the kernel
-            back(dZ, Z, C, self.v, sums, dh, *highway)
+            back(dZ, Z, C, v, sums, dh, *highway)
         else:
             dc1, dr, r = dZ[..., :n], dZ[..., 2 * n:3 * n], Z[..., 2 * n:3 * n]
             np.multiply(np.subtract(G, s, out=dr), dh, out=dr)      # δr = δh⊙(g(c') − s)
             np.multiply(dh, r, out=dc1)                              # δg(c') = δh⊙r
             np.subtract(dh, dc1, out=ds)
             np.copyto(dc1, self.delta_through(dc1, G, self.buffer("dG", (T, S, n))))  # δc' = δg(c')⊙g'(c')
-            back(dZ, Z, C, self.v, sums)
+            back(dZ, Z, C, v, sums)
         self.dv += sums[:2 * n]
         if d.bn:
             dz = rows(d.backward_norm(dZ))
@@ -213,7 +222,8 @@ class SRU(Recurrent):
         W, b = self.dense.folded()
         z = np.empty((streams, W.shape[1]), W.dtype)
         project = projector(W, b, ids_input, z)
-        Z, C, H, v = z[None], np.empty((2, streams, n), W.dtype), np.empty((1, streams, n), W.dtype), self.v.copy()
+        Z, C, H = z[None], np.empty((2, streams, n), W.dtype), np.empty((1, streams, n), W.dtype)
+        v = np.concatenate([self.v, np.zeros_like(b)])  # (the projection added the biases)
         h, r, scratch = H[0], z[:, 2 * n:3 * n], np.empty((streams, n), W.dtype)
         eye = np.eye(n, dtype=W.dtype) if ids_input and not self.ws else None
         linear = self.activation == "linear"
