@@ -12,8 +12,9 @@ Every matrix reads only the layer's input, so the sub-layers are one stacked `De
 their products over all steps are one matmul (and one per weight gradient backward): the large,
 fast kind. What is sequential is elementwise: f, r and c' over the steps, one call of
 `sru_step` (its C form loops over the steps; the numpy reference below is what it must equal),
-and back, `sru_back`. h' does not feed back, so it is computed for all steps at once after.
-The arrays are rows, (T, S, ·), as the matmul makes them: no transposes.
+and back, `sru_back`. h' does not feed back: for a linear g the same loop writes it (and its
+delta back), for any other g the layer computes it for all steps at once after. The arrays are
+rows, (T, S, ·), as the matmul makes them: no transposes.
 
 `.weights` order: w, wf, wr, [ws], then vf, vr (`output` float32 each).
 """
