@@ -405,6 +405,15 @@ BACKENDS = [b for b in (C, NUMPY) if b is not None]   # in order of preference
 _active = [C, NUMPY] if C is not None and os.environ.get("DARKNETPY_KERNELS") != "0" else [NUMPY]
 
 
+def register(*references):
+    """Add ops a layer kind brings in its own file: each a numpy reference, named as its op. Its C
+    form joins the C column when the compiled module has one (a kind's own header, _kinds.h)."""
+    for fn in references:
+        NUMPY.ops[fn.__name__] = fn
+        if C is not None and hasattr(_c, fn.__name__):
+            C.ops[fn.__name__] = getattr(_c, fn.__name__)
+
+
 def get(name, *arrays):
     """The implementation of op `name` for these arrays (the ones it reads or writes): the first
     backend in use that takes them, else numpy's reference."""

@@ -421,6 +421,13 @@ output=20
 output=16
 activation=leaky
 
+[sru]
+output=16
+activation=tanh
+
+[sru]
+output=14
+
 [lstm]
 output=12
 peephole=1
@@ -436,8 +443,8 @@ activation=linear
 @pytest.mark.parametrize("backend", ["c", "numpy"])
 @pytest.mark.parametrize("streams", [1, 9, 32])
 def test_a_streams_probabilities_are_the_same_bits_alone_or_beside_any_others(write_cfg, backend, streams):
-    """Every layer kind's step (ids into an LSTM; float rows into GRU, RNN, a peephole LSTM,
-    connected; softmax at a temperature per stream): one stream's probabilities, run alone, equal
+    """Every layer kind's step (ids into an LSTM; float rows into GRU, RNN, SRU (with s = x and
+    with ws), a peephole LSTM, connected; softmax at a temperature per stream): one stream's probabilities, run alone, equal
     bit for bit that stream's row among `streams` streams fed random others at random temperatures,
     wherever it sits. With the C kernels (the panel kernel) and with numpy's per-row products."""
     from darknetpy import kernels
