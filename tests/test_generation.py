@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import darknetpy
-from conftest import assert_one_line_error
+from conftest import assert_one_line_error, peaked_model
 from conftest import run_cli as run
 from darknetpy.errors import DarknetpyError
 from darknetpy.generation import SEPARATOR
@@ -45,16 +45,7 @@ SEED = b"To be"
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     """(cfg, weights) of a small 2 x LSTM byte model whose distributions are peaked, not uniform."""
-    folder = tmp_path_factory.mktemp("gen")
-    cfg = folder / "net.cfg"
-    cfg.write_text(CFG)
-    net = darknetpy.load_network(cfg)
-    rng = np.random.default_rng(5)
-    for key, value in net.params().items():
-        value[...] = rng.normal(0, 0.6 if "layer2" in key else 0.4, value.shape)
-    weights = folder / "net.weights"
-    net.save_weights(weights)
-    return cfg, weights
+    return peaked_model(tmp_path_factory.mktemp("gen"), CFG)
 
 
 def replay(model, seed, produced):

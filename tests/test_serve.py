@@ -17,11 +17,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
-import numpy as np
 import pytest
 
 import darknetpy
-from conftest import run_cli
+from conftest import peaked_model, run_cli
 
 CFG = """[net]
 inputs=256
@@ -42,15 +41,7 @@ activation=linear
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     """(cfg, weights, net) of a small random LSTM byte model with peaked distributions."""
-    folder = tmp_path_factory.mktemp("serve")
-    cfg = folder / "tiny.cfg"
-    cfg.write_text(CFG)
-    net = darknetpy.load_network(cfg)
-    rng = np.random.default_rng(11)
-    for key, value in net.params().items():
-        value[...] = rng.normal(0, 0.9 if "layer1" in key else 0.4, value.shape)
-    weights = folder / "tiny.weights"
-    net.save_weights(weights)
+    cfg, weights = peaked_model(tmp_path_factory.mktemp("serve"), CFG, "tiny", seed=11, wide="layer1", scale=0.9)
     return cfg, weights, darknetpy.load_network(cfg, weights, batch=1, time_steps=1)
 
 

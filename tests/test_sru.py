@@ -7,18 +7,17 @@ valid, vec, train with resume, MPI and --vocab chars) on small nets.
 """
 import csv
 import io
-import types
 
 import numpy as np
 import pytest
 
 import darknetpy
 from darknetpy import kernels as kernelmod
-from conftest import read_weights
+from conftest import peaked_model, read_weights
 from conftest import run_cli as run
 from darknetpy.layers import sru as srumod
 from darknetpy.network import Network
-from test_gradients import check_gradients, data, head, randomize
+from test_gradients import check_gradients, data, head, randomize, randomize_vectors
 from test_generation import at_temperature, generated, replay
 from test_kernels import K, check_training_step_with_and_without_kernels
 import test_mpi
@@ -37,12 +36,7 @@ def is_v(key):
 def build(write_cfg, text, seed=0, dtype=np.float64):
     """A net with every parameter random, vf and vr ±0.8 (they start at 0)."""
     net = Network(write_cfg(text), seed=seed, dtype=dtype)
-    rng = np.random.default_rng(seed + 1000)
-    params = net.params()
-    randomize(types.SimpleNamespace(params=lambda: {k: v for k, v in params.items() if not is_v(k)}), rng)
-    for key, v in params.items():
-        if is_v(key):
-            v[...] = rng.uniform(-0.8, 0.8, v.shape)
+    randomize(net, np.random.default_rng(seed + 1000), vectors=V)
     return net
 
 
@@ -257,13 +251,8 @@ def test_training_step_with_and_without_kernels(body, write_cfg):
     cfg = write_cfg("[net]\nbatch=3\ntime_steps=4\ninputs=9\n" + body + "[connected]\noutput=9\nactivation=linear\n[softmax]\n")
     rng = np.random.default_rng(3)
     batches = [(rng.integers(0, 9, (4, 3)), rng.integers(0, 9, (4, 3))) for _ in range(2)]
-
-    def random_v(net):
-        vrng = np.random.default_rng(5)
-        for key, v in net.params().items():
-            if is_v(key):
-                v[...] = vrng.uniform(-0.8, 0.8, v.shape)
-    check_training_step_with_and_without_kernels(cfg, batches, "batch_normalize=1" in body, random_v)
+    check_training_step_with_and_without_kernels(cfg, batches, "batch_normalize=1" in body,
+                                                 lambda net: randomize_vectors(net, V))
 
 
 # ---- the stepper ----------------------------------------------------------------------------------
@@ -337,16 +326,7 @@ SEED = b"To be"
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     """(cfg, weights) of a small 2 x [sru] byte model whose distributions are peaked, not uniform."""
-    folder = tmp_path_factory.mktemp("sru")
-    cfg = folder / "net.cfg"
-    cfg.write_text(CFG)
-    net = darknetpy.load_network(cfg)
-    rng = np.random.default_rng(5)
-    for key, value in net.params().items():
-        value[...] = rng.normal(0, 0.6 if "layer2" in key else 0.4, value.shape)
-    weights = folder / "net.weights"
-    net.save_weights(weights)
-    return cfg, weights
+    return peaked_model(tmp_path_factory.mktemp("sru"), CFG)
 
 
 def test_generate_darknet_sampler_with_srand(model):
