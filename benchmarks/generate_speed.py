@@ -11,8 +11,8 @@ the machine's noise falls on every figure alike:
   model with torch's own nn.LSTM, one character at a time under inference_mode, logits then
   softmax, on as many threads as numpy's BLAS.
 
-    python benchmarks/generation.py                        # 2 x LSTM 256 and Darknet's cfg/rnn.cfg
-    python benchmarks/generation.py benchmarks/gru2x256.cfg --samples 64
+    python benchmarks/generate_speed.py                        # 2 x LSTM 256 and Darknet's cfg/rnn.cfg
+    python benchmarks/generate_speed.py benchmarks/gru2x256.cfg --samples 64
 
 Prints chars/s (median of the rounds). OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE are unset by re-running
 itself without them (blas_env.py). A benchmark, not a test.
