@@ -293,7 +293,7 @@ def info(cfg, weights):
                    "for bit. Default: a fresh seed, noted in the run record.")
 @click.option("--valid-frac", type=float, default=TRAIN.valid_frac,
               help="Fraction of the corpus held out at its END for validation, never trained on. "
-                   "Default: 0.05 when the corpus is big enough, else 0.")
+                   f"Default: {datamod.VALID_FRAC} when the corpus is big enough, else 0.")
 @click.option("--valid-every", type=int, default=TRAIN.valid_every, show_default=True, metavar="N",
               help="Print held-out bits per character every N iterations (and at the end); 0: only at the end.")
 @click.option("--save-every", type=int, default=TRAIN.save_every, show_default=True, metavar="N",
