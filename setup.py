@@ -4,9 +4,10 @@ optional=True: without a working C compiler the build goes on and darknetpy runs
 -fno-trapping-math and -fno-math-errno let GCC vectorize the selects and sqrtf; they change no result.
 """
 import sys
+from glob import glob
 
 from setuptools import Extension, setup
 
 flags = [] if sys.platform == "win32" else ["-O3", "-fno-trapping-math", "-fno-math-errno"]
-setup(ext_modules=[Extension("darknetpy._kernels", ["darknetpy/_kernels.c"], depends=["darknetpy/_steps.h", "darknetpy/_panel.h"],
+setup(ext_modules=[Extension("darknetpy._kernels", ["darknetpy/_kernels.c"], depends=glob("darknetpy/_*.h"),
                              extra_compile_args=flags, optional=True)])

@@ -18,6 +18,7 @@
 
 #define K(name) name##_base
 #include "_steps.h"
+#include "_kinds.h"
 #undef K
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
@@ -26,6 +27,7 @@
 #pragma GCC target("avx2,fma")
 #define K(name) name##_avx2
 #include "_steps.h"
+#include "_kinds.h"
 #undef K
 #pragma GCC pop_options
 #endif
@@ -916,7 +918,11 @@ static PyMethodDef panel_methods[] = {
 };
 #endif
 
+#define KIND_WRAPPERS
+#include "_kinds.h"
+
 static PyMethodDef methods[] = {
+    KIND_METHODS
     METHOD(lstm_step, "lstm_step(g, xu, c, c1, tc, h1): one LSTM step's gates, cell and output in place"),
     METHOD(lstm_back, "lstm_back(dh, dc, DH, g, c, tc, d): one LSTM step's gate deltas d; dh, dc updated"),
     METHOD(lstm_step_peephole, "lstm_step_peephole(g, xu, c, c1, tc, h1, P): lstm_step with peepholes P = [pi pf po]/2 tiled"),

@@ -437,5 +437,49 @@ def tokenize(text, mode, prefix, max_vocab):
     click.echo(f"(in [net]; and output={vocabulary.size} or more in the last layer before [softmax])", err=True)
 
 
+@main.command()
+@click.argument("cfg", type=PATH)
+@click.argument("weights", type=PATH)
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; 0.0.0.0 serves other machines too (then set --api-key).")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535),
+              help="Port to listen on; 0 takes a free one (the `serving on` line names it).")
+@click.option("--max-streams", default=64, show_default=True, type=click.IntRange(min=1),
+              help="Streams stepped together at most: the requests running at once (a request takes n "
+                   "streams, a beam its width).")
+@click.option("--max-queue", default=256, show_default=True, type=click.IntRange(min=0),
+              help="Requests waiting for streams at most; past it a request gets 503 with Retry-After.")
+@click.option("--max-prompt", default=16384, show_default=True, type=click.IntRange(min=1), metavar="BYTES",
+              help="The longest prompt a request may give (413 past it).")
+@click.option("--max-length", default=4096, show_default=True, type=click.IntRange(min=1), metavar="N",
+              help="The most symbols a request may ask for (max_tokens, length).")
+@click.option("--max-samples", default=16, show_default=True, type=click.IntRange(min=1), metavar="N",
+              help="The most samples (n) or beam width a request may ask for (at most --max-streams).")
+@click.option("--api-key", envvar="DARKNETPY_API_KEY", default=None, metavar="KEY",
+              help="Require 'Authorization: Bearer KEY' on every endpoint but /health. Default: the "
+                   "environment variable DARKNETPY_API_KEY, else no key.")
+@click.option("--vocab", "vocab_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help=VOCAB_HELP)
+@friendly
+def serve(cfg, weights, host, port, max_streams, max_queue, max_prompt, max_length, max_samples, api_key,
+          vocab_file):
+    """Serve generation over HTTP: OpenAI's completions API (/v1/completions, /v1/models), every
+    `generate` option (/v1/generate), /health, and a playground page at /. Concurrent requests run
+    as streams of one step (continuous batching); a request with a seed gets the text it gets alone.
+    Stops on SIGTERM or Ctrl-C, letting running requests finish for a few seconds. Needs the serve
+    extra: pip install "darknetpy[serve]".
+    """
+    try:
+        from . import serve as serving
+    except ImportError as e:
+        raise DarknetpyError(f'serve needs the [serve] extra ({e.name} is missing): pip install "darknetpy[serve]"')
+    from . import load_network
+    net = load_network(cfg, weights, batch=1, time_steps=1)
+    net.vocab = vocabmod.find(cfg, weights, vocab_file, net)
+    limits = serving.Limits(max_streams=max_streams, max_queue=max_queue, max_prompt=max_prompt,
+                            max_length=max_length, max_samples=min(max_samples, max_streams), api_key=api_key)
+    serving.serve(net, os.path.splitext(os.path.basename(cfg))[0], host, port, limits)
+
+
 bench.callback = friendly(bench.callback)  # one-line errors, exit 2, like every other command
 main.add_command(bench)

@@ -1,10 +1,13 @@
 """Generation: Darknet's sampler and the rules beyond it, as N streams of one network.
 
-`events` is the one loop behind `darknetpy generate`, Network.generate/stream and train's samples.
-Each sample is what Darknet's `rnn generate` prints: the seed echoed, the sampled symbols, and a
-final newline. The network runs on a private Stepper (network.Stepper): its own state arrays and
-prepared copies of the weights, at the temperature asked, so a training network it runs on is not
-disturbed.
+A request's progress is a `Sample`; a `Batch` steps Samples together as slots of one many-stream
+Stepper (continuous batching: `darknetpy serve` runs every request in one), and `events`, one
+Sample alone in a Batch, is behind `darknetpy generate`, Network.generate/stream and train's
+samples. Each sample is what Darknet's `rnn generate` prints: the seed echoed, the sampled
+symbols, and a final newline. The network runs on private Steppers (network.Stepper): their own
+state arrays and prepared copies of the weights, so a training network it runs on is not
+disturbed, and batch-invariant ones, at a temperature per stream, so a sample is the same bits
+whatever runs beside it.
 
 Which sampler draws:
 - Darknet's (sample.sample_index: the 0.0001 cut, then one glibc rand() per symbol with `srand`),
@@ -19,7 +22,7 @@ import numpy as np
 
 from . import sampling
 from .errors import DarknetpyError
-from .sample import GlibcRand, NumpyRand, check_ids, sample_index
+from .sample import GlibcRand, NumpyRand, check_ids, sample_rows
 
 SEPARATOR = "-" * 15  # the line between samples (nanoGPT's sample.py prints the same)
 
@@ -47,7 +50,7 @@ def encode_seed(net, seed, vocab=None, name="seed"):
 
 
 def check_options(net, pieces, length, temperature, top_k, top_p, beam, stop, samples):
-    """One line for each option outside its range, before any work."""
+    """One line for each option outside its range, before any work (`stop`: a list of bytes)."""
     if net.outputs > net.inputs:
         raise DarknetpyError(f"generate feeds each sample back: {net.outputs} outputs but only {net.inputs} inputs")
     problems = [
@@ -59,32 +62,36 @@ def check_options(net, pieces, length, temperature, top_k, top_p, beam, stop, sa
         (samples < 1, f"--samples {samples}: give N >= 1"),
         (beam and samples > 1, f"--beam finds one continuation: leave out --samples {samples}"),
         (beam and (top_k or top_p < 1), "--beam searches, it does not sample: leave out --top-k and --top-p"),
-        (stop is not None and not stop, "--stop: give a non-empty text"),
+        (not all(stop), "--stop: give a non-empty text"),
     ]
     for bad, message in problems:
         if bad:
             raise DarknetpyError(message)
     longest = max(len(piece) for piece in pieces[:net.outputs])
-    if stop and len(stop) > longest * length:
-        raise DarknetpyError(f"--stop: the text is {len(stop)} bytes, but --len {length} symbols print at most "
-                             f"{longest * length}: raise --len or shorten the stop text")
+    for text in stop:
+        if len(text) > longest * length:
+            raise DarknetpyError(f"--stop: the text is {len(text)} bytes, but --len {length} symbols print at "
+                                 f"most {longest * length}: raise --len or shorten the stop text")
 
 
 class Until:
-    """One sample's end: right after the first `stop` it produces (never inside the seed)."""
+    """One sample's end: right after the first of the `stops` (bytes each) it produces (never
+    inside the seed); `matched` is then that stop."""
 
-    def __init__(self, stop):
-        self.stop, self.tail = stop, b""  # tail: the last len(stop) - 1 bytes produced
+    def __init__(self, stops):
+        self.stops, self.tail, self.matched = stops, b"", None  # tail: the last bytes a stop could span
+        self.keep = max(map(len, stops), default=1) - 1
 
     def cut(self, piece):
-        """(piece up to and including the first stop, whether the stop came)."""
-        if not self.stop:
+        """(piece up to and including the first stop, whether a stop came)."""
+        if not self.stops:
             return piece, False
         text = self.tail + piece
-        at = text.find(self.stop)
-        if at >= 0:
-            return piece[:at + len(self.stop) - len(self.tail)], True
-        self.tail = text[len(text) - len(self.stop) + 1:]
+        found = [(at + len(stop), stop) for stop in self.stops for at in [text.find(stop)] if at >= 0]
+        if found:
+            end, self.matched = min(found)
+            return piece[:end - len(self.tail)], True
+        self.tail = text[max(0, len(text) - self.keep):]
         return piece, False
 
 
@@ -98,7 +105,7 @@ def chooser(net, greedy, top_k, top_p, srand, samples):
         else:
             rng = GlibcRand(srand)  # Darknet calls srand before building the network ...
             rng.skip(net.init_rand_draws)  # ... whose random weight init draws this many times
-        return lambda p: np.array([sample_index(p[0], rng)])
+        return DarknetDraw(rng)
     gen = np.random.default_rng(srand)
 
     def choose(p):
@@ -108,67 +115,220 @@ def chooser(net, greedy, top_k, top_p, srand, samples):
     return choose
 
 
-def events(net, seed=b"\n\n", length=1000, temperature=0.7, top_k=0, top_p=1.0, greedy=False, beam=0,
-           stop=None, srand=None, samples=1, tokens=None, vocab=None, seed_name="seed"):
-    """Generate, yielding (sample, piece, last) as each sample's bytes come: the seed echo first,
-    then each symbol's bytes; `last` marks a sample's final newline. `stop` (str or bytes) ends a
-    sample right after it first produces that text; `length` symbols is the upper bound."""
-    pieces = symbol_pieces(net, tokens, vocab)
-    stop = stop.encode("utf-8") if isinstance(stop, str) else stop
-    check_options(net, pieces, length, temperature, top_k, top_p, beam, stop, samples)
-    ids = encode_seed(net, seed, vocab, seed_name)
-    streams = beam or samples
-    step = net.stepper(streams, private=True, temperature=1.0 if greedy or beam else temperature)
-    for c in ids[:-1]:
-        step(np.full(streams, c))
-    echo = b"".join(pieces[c] for c in ids)
-    n = min(len(pieces), net.outputs)  # the ids with a text: no chooser sees the others
-    if beam:
-        yield from _beam(step, ids[-1], pieces, echo, beam, length, Until(stop), n)
-        return
-    for i in range(samples):
-        yield i, echo, False
-    choose = chooser(net, greedy, top_k, top_p, srand, samples)
-    ends = [Until(stop) for _ in range(samples)]
-    alive, c = list(range(samples)), np.full(samples, ids[-1])
-    for _ in range(length):
-        if not alive:
-            break
-        c = choose(sampling.within(step(c), n))
-        symbols = c.tolist()  # Python ints: the per-sample loop below is most of a step's overhead
-        if not stop:
-            for i in alive:
-                yield i, pieces[symbols[i]], False
-            continue
+class DarknetDraw:
+    """Darknet's sampler on a sample's one stream, one draw of its random stream `rng` per symbol;
+    a Batch draws for all such samples of a step in one sample_rows call (the same bits)."""
+
+    def __init__(self, rng):
+        self.rng = rng
+
+    def __call__(self, p):
+        return sample_rows(p[:1], [self.rng.uniform()])
+
+
+class Sample:
+    """One request's progress, as `streams` consecutive slots of a Batch (one slot per sample, or
+    the beam's width): its seed fed one id per step, its sampler and random stream, each sample's
+    stop text, its length, the bytes each id prints as. A Batch steps it: `inputs()` are the ids
+    its slots read next; `advance(p)` takes the probabilities (streams, V) that step gave them and
+    returns the (sample, piece, last) events that came of it, as `events` yields them. `done` once
+    every sample has printed its final newline; `reorder` (the beam's parents) asks the Batch to
+    move its slots' states before the next step."""
+
+    def __init__(self, net, seed=b"\n\n", length=1000, temperature=0.7, top_k=0, top_p=1.0, greedy=False,
+                 beam=0, stop=None, srand=None, samples=1, tokens=None, vocab=None, seed_name="seed"):
+        self.pieces = symbol_pieces(net, tokens, vocab)
+        self.n = min(len(self.pieces), net.outputs)  # the ids with a text: no sampler sees the others
+        stop = [] if stop is None else [stop] if isinstance(stop, (str, bytes)) else list(stop)
+        stop = [s.encode("utf-8") if isinstance(s, str) else bytes(s) for s in stop]
+        check_options(net, self.pieces, length, temperature, top_k, top_p, beam, stop, samples)
+        self.ids = encode_seed(net, seed, vocab, seed_name)
+        self.echo = b"".join(self.pieces[c] for c in self.ids)
+        self.streams, self.samples, self.length, self.width = beam or samples, samples, length, beam
+        self.temperature = 1.0 if greedy or beam else temperature
+        self.choose = None if beam else chooser(net, greedy, top_k, top_p, srand, samples)
+        self.ends = [Until(stop) for _ in range(samples)]
+        self.alive, self.fed, self.drawn = list(range(samples)), 0, 0
+        self.next = np.full(self.streams, self.ids[0])
+        self.done, self.reorder, self.search = False, None, None
+        self.symbols = 0  # the symbols this request printed (the usage count)
+
+    def inputs(self):
+        return self.next
+
+    def draws_darknet(self):
+        """Whether this step's `advance` draws with Darknet's sampler (DarknetDraw)."""
+        return isinstance(self.choose, DarknetDraw) and self.length > 0 and self.fed >= len(self.ids) - 1
+
+    def advance(self, p, chosen=None):
+        """`chosen`: the ids Darknet's sampler drew from p for this sample (a Batch's draw), if any."""
+        self.reorder = None
+        if self.fed < len(self.ids):  # still feeding the seed
+            self.fed += 1
+            if self.fed < len(self.ids):
+                self.next = np.full(self.streams, self.ids[self.fed])
+                return []
+            if self.width:
+                with np.errstate(divide="ignore"):
+                    self.search = sampling.beam_steps(np.log(p[0]), self.width, self.length)
+                return self._search(None)
+            out = [(i, self.echo, False) for i in range(self.samples)]
+            return out + (self._choose(p, chosen) if self.length else self._finish())
+        if self.width:
+            with np.errstate(divide="ignore"):
+                return self._search(np.log(p))
+        return self._choose(p, chosen)
+
+    def _choose(self, p, chosen):
+        """One symbol per sample from p (samples, V), each printed (cut at the stop text)."""
+        c = self.choose(p) if chosen is None else chosen
+        self.next, self.drawn = c, self.drawn + 1
+        symbols, out = c.tolist(), []  # Python ints: this loop is most of a step's overhead
         still = []
-        for i in alive:
-            piece, ended = ends[i].cut(pieces[symbols[i]])
-            yield i, piece, False
+        for i in self.alive:
+            piece, ended = self.ends[i].cut(self.pieces[symbols[i]])
+            out.append((i, piece, False))
+            self.symbols += 1
             if ended:
-                yield i, b"\n", True
+                out.append((i, b"\n", True))
             else:
                 still.append(i)
-        alive = still
-    for i in alive:
-        yield i, b"\n", True
+        self.alive = still
+        return out + (self._finish() if not still or self.drawn == self.length else [])
+
+    def _finish(self):
+        self.done = True
+        out, self.alive = [(i, b"\n", True) for i in self.alive], []
+        return out
+
+    def _search(self, logp):
+        """The beam: the search's next (parents, symbols), or its end, the one sample printed whole."""
+        try:
+            parents, self.next = self.search.send(logp)
+            self.reorder = parents
+            return []
+        except StopIteration as found:
+            symbols = found.value[0]
+        out = [self.echo]
+        for c in symbols:
+            piece, ended = self.ends[0].cut(self.pieces[c])
+            out.append(piece)
+            self.symbols += 1
+            if ended:
+                break
+        self.done = True
+        return [(0, b"".join(out) + b"\n", True)]
 
 
-def _beam(step, last, pieces, echo, width, length, until, n):
-    """The beam's one sample, among ids < n: searched whole, then printed (cut at the stop text)."""
-    with np.errstate(divide="ignore"):
-        logp0 = np.log(sampling.within(step(np.full(width, last)), n)[0])
+def _sizes(capacity):
+    """The stream counts a Batch keeps steppers for: powers of two below `capacity`, and it."""
+    return [1 << k for k in range(capacity.bit_length()) if 1 << k < capacity] + [capacity]
 
-        def advance(parents, symbols):
-            step.select(parents)
-            return np.log(sampling.within(step(symbols), n))
-        symbols, _ = sampling.beam_search(logp0, advance, width, length)
-    out = [echo]
-    for c in symbols:
-        piece, ended = until.cut(pieces[c])
-        out.append(piece)
-        if ended:
-            break
-    yield 0, b"".join(out) + b"\n", True
+
+class Batch:
+    """Continuous batching: Samples on slots of one many-stream Stepper, stepped together. A Sample
+    joins at the next step (`add`) and leaves as soon as it is done or `remove`d, whatever the
+    others do. Slots stay packed in 0..used-1; the step runs on the smallest of the steppers (one
+    per size in `_sizes`, made when first needed, the state rows copied across) that holds them,
+    the rows past `used` stepped too and unread. Every stepper is batch-invariant (Network.stepper
+    invariant=True) with one softmax temperature per stream, so a sample's probabilities, and with
+    its own sampler and random stream its text, are the same bits alone or beside any others."""
+
+    def __init__(self, net, capacity):
+        self.net, self.capacity, self.sizes = net, capacity, _sizes(capacity)
+        self.steppers, self.samples, self.used = {}, [], 0
+        self.size = None
+
+    def free(self):
+        return self.capacity - self.used
+
+    def _stepper(self, size):
+        if size not in self.steppers:
+            temperatures = np.ones(size, np.float32)
+            step = self.net.stepper(size, private=True, temperature=temperatures, invariant=True)
+            self.steppers[size] = (step, temperatures, np.zeros(size, np.int64))
+        return self.steppers[size]
+
+    def _resize(self):
+        """Run on the smallest stepper that holds the used slots, their state copied over."""
+        size = next(s for s in self.sizes if s >= max(self.used, 1))
+        if size != self.size:
+            new = self._stepper(size)
+            if self.size is not None:
+                old = self.steppers[self.size]
+                n = min(self.used, size, self.size)
+                for a, b in zip(old[0].arrays(), new[0].arrays()):
+                    b[:n] = a[:n]
+                new[1][:n] = old[1][:n]
+            self.size = size
+
+    def add(self, sample):
+        """Give `sample` the next sample.streams slots, from a zero state (raises if none are free)."""
+        if sample.streams > self.free():
+            raise DarknetpyError(f"{sample.streams} streams asked, {self.free()} free")
+        sample.first = self.used
+        self.used += sample.streams
+        self.samples.append(sample)
+        self._resize()
+        step, temperatures, _ = self.steppers[self.size]
+        rows = slice(sample.first, self.used)
+        for a in step.arrays():
+            a[rows] = 0
+        temperatures[rows] = sample.temperature
+
+    def remove(self, sample):
+        """Free `sample`'s slots now: the samples after it move down (their state with them)."""
+        self.samples.remove(sample)
+        k, first = sample.streams, sample.first
+        step, temperatures, _ = self.steppers[self.size]
+        if first + k < self.used:
+            for a in step.arrays():
+                a[first:self.used - k] = a[first + k:self.used].copy()
+            temperatures[first:self.used - k] = temperatures[first + k:self.used].copy()
+        for other in self.samples:
+            if other.first > first:
+                other.first -= k
+        self.used -= k
+        self._resize()
+
+    def step(self):
+        """One step of every sample: returns [(sample, its events)]; done samples leave. The
+        samples drawing with Darknet's sampler this step draw together, in one sample_rows."""
+        step, _, x = self.steppers[self.size]
+        for sample in self.samples:
+            x[sample.first:sample.first + sample.streams] = sample.inputs()
+        p = step(x)
+        drawing, chosen = [sample for sample in self.samples if sample.draws_darknet()], {}
+        for n in {sample.n for sample in drawing}:  # one sample_rows per vocabulary size (one, in practice)
+            group = [sample for sample in drawing if sample.n == n]
+            chosen.update(zip(group, sample_rows(sampling.within(p[[s.first for s in group]], n),
+                                                 [s.choose.rng.uniform() for s in group])[:, None]))
+        out = []
+        for sample in self.samples:
+            rows = slice(sample.first, sample.first + sample.streams)
+            out.append((sample, sample.advance(sampling.within(p[rows], sample.n), chosen.get(sample))))
+            if sample.reorder is not None:
+                index = np.arange(self.size)
+                index[rows] = sample.first + sample.reorder
+                step.select(index)
+        for sample, _ in out:
+            if sample.done:
+                self.remove(sample)
+        return out
+
+
+def events(net, **options):
+    """Generate, yielding (sample, piece, last) as each sample's bytes come: the seed echo first,
+    then each symbol's bytes; `last` marks a sample's final newline. `stop` (str or bytes, or a
+    list of them: whichever comes first) ends a sample right after it first produces that text;
+    `length` symbols is the upper bound. Options as Sample's; the request runs alone in a Batch of
+    its own streams."""
+    sample = Sample(net, **options)
+    batch = Batch(net, sample.streams)
+    batch.add(sample)
+    while not sample.done:
+        for _, out in batch.step():
+            yield from out
 
 
 def generate(net, samples=1, **options):

@@ -270,12 +270,15 @@ def transpose(out, x):
 
 def softmax(x, p, groups, temperature):
     """p = softmax over each of `groups` equal slices of x's last axis, at the temperature, as
-    Darknet: exp(x/T - max/T) divided by the sum (x/1 is x exactly: no pass for it). x, p (..., n)."""
+    Darknet: exp(x/T - max/T) divided by the sum (x/1 is x exactly: no pass for it). x, p (..., n);
+    the temperature is one number, or one per row of x (..., ) (a stepper's streams, each at its
+    own: the same bits per row as that row alone at its number)."""
     z = x.reshape(*x.shape[:-1], groups, x.shape[-1] // groups)
     e = p.reshape(z.shape)
-    t = x.dtype.type(temperature)
+    t = np.asarray(temperature, x.dtype)
+    t = t.reshape(t.shape + (1, 1)) if t.ndim else t
     top = z.max(axis=-1, keepdims=True)
-    if t == 1:
+    if t.ndim == 0 and t == 1:
         np.subtract(z, top, out=e)
     else:
         np.subtract(np.divide(z, t, out=e), top / t, out=e)
@@ -400,6 +403,15 @@ if C is not None and "panel_matmul" in C.ops:
     _c.panel_threads(threads())
 BACKENDS = [b for b in (C, NUMPY) if b is not None]   # in order of preference
 _active = [C, NUMPY] if C is not None and os.environ.get("DARKNETPY_KERNELS") != "0" else [NUMPY]
+
+
+def register(*references):
+    """Add ops a layer kind brings in its own file: each a numpy reference, named as its op. Its C
+    form joins the C column when the compiled module has one (a kind's own header, _kinds.h)."""
+    for fn in references:
+        NUMPY.ops[fn.__name__] = fn
+        if C is not None and hasattr(_c, fn.__name__):
+            C.ops[fn.__name__] = getattr(_c, fn.__name__)
 
 
 def get(name, *arrays):

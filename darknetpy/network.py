@@ -177,12 +177,17 @@ class Network:
         ids = np.asarray(ids)
         return self.forward(ids.reshape(1, -1), train=False)[0]
 
-    def stepper(self, streams=1, ids=True, private=False, temperature=None, layers=None):
+    def stepper(self, streams=1, ids=True, private=False, temperature=None, layers=None, invariant=False):
         """A Stepper over the first `layers` layers (default: all), for `streams` streams of ids
         (or float rows: ids=False). It runs on the network's own carried state, or with
         private=True on new zero state, which leaves the network's state and its training alone
         (generation and scoring from a training network). `temperature` sets the softmax
-        temperature of this stepper only (default: the layers' own)."""
+        temperature of this stepper only (default: the layers' own): a number, or an array
+        (streams,) float32 of one per stream, read at every step (write into it to change a
+        stream's). invariant=True (with private) makes each stream's output the same bits whatever
+        the other streams are and however many: the new state is row-major, so that every layer
+        runs its batch-invariant row step (layers.base.times, numpy's softmax per row); generation
+        runs on such steppers, so a sample is the same alone or batched beside others."""
         layers = self.layers[:layers]
         before = [getattr(layer, "temperature", None) for layer in layers]
         steps, states, first = [], [], ids
@@ -190,7 +195,13 @@ class Network:
             for layer in layers:
                 if temperature is not None:
                     layer.set_temperature(temperature)
-                states.append(layer.fresh_state(streams) if private else layer.state(streams))
+                if not private:
+                    state = layer.state(streams)
+                elif invariant:
+                    state = [np.zeros(a.shape, a.dtype) for a in layer.fresh_state(streams)]
+                else:
+                    state = layer.fresh_state(streams)
+                states.append(state)
                 steps.append(layer.stepper(streams, first, states[-1]))
                 first = first and not layer.denses
         finally:

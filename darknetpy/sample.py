@@ -4,6 +4,7 @@ Matching Darknet's generated text needs its random stream (glibc's rand(), emula
 including the draws Darknet's network construction burns before sampling starts) and its float32
 sampling arithmetic. `rnn valid` and `rnn vec` are in evaluate.py.
 """
+import functools
 
 import numpy as np
 
@@ -34,6 +35,7 @@ def _poly_times_x(a):
     return out
 
 
+@functools.lru_cache(maxsize=8)  # every seeded sample of one network skips the same count
 def _poly_xpow(n):
     """x^n mod (x^31 - x^28 - 1), by square-and-multiply."""
     result = [1] + [0] * (_DEG - 1)
@@ -117,22 +119,27 @@ assert float(_CUT) < 0.0001 < float(np.nextafter(_CUT, np.float32(1)))
 
 
 def sample_index(p, rng):
-    """Darknet's sampling step in its exact float32 arithmetic: returns the chosen index.
+    """Darknet's sampling step in its exact float32 arithmetic: returns the chosen index (one draw
+    of rng, as Darknet's one rand() per symbol)."""
+    return int(sample_rows(np.asarray(p, dtype=np.float32)[None], [rng.uniform()])[0])
 
-    Probabilities below 0.0001 are zeroed, the rest renormalized; one uniform draw r then walks
-    r -= p[i] and stops at the first r <= 0 (the last index if it never does).
-    """
+
+def sample_rows(p, u):
+    """Darknet's sampling step for each row of p (R, V) with its own uniform u (R,), each row as
+    Darknet computes it alone: probabilities below 0.0001 are zeroed, the rest renormalized; r = u
+    then walks r -= p[i] and stops at the first r <= 0 (the last index if it never does)."""
     p = np.asarray(p, dtype=np.float32)
     p = np.where(p <= _CUT, np.float32(0), p)
-    total = np.add.accumulate(p)[-1]  # C's sequential float sum (np.sum is pairwise)
-    if not 0 < total < np.inf:  # all cut (or NaN): Darknet's NaNs pick the last index
-        return p.size - 1
-    walk = np.empty(p.size + 1, dtype=np.float32)
-    walk[0] = rng.uniform()
-    np.multiply(p, np.float32(1.0 / np.float64(total)), out=walk[1:])  # scale_array(a, n, 1./sum): double 1/s as float
-    walk = np.subtract.accumulate(walk)[1:]  # r - p0 - p1 - ..., one float32 rounding per step, in order
-    hit = int(np.argmax(walk <= 0))
-    return hit if walk[hit] <= 0 else p.size - 1
+    total = np.add.accumulate(p, axis=-1)[:, -1]  # C's sequential float sum (np.sum is pairwise)
+    walk = np.empty((p.shape[0], p.shape[1] + 1), dtype=np.float32)
+    walk[:, 0] = u
+    with np.errstate(divide="ignore", invalid="ignore"):  # scale_array(a, n, 1./sum): double 1/s as float
+        np.multiply(p, (1.0 / total.astype(np.float64)).astype(np.float32)[:, None], out=walk[:, 1:])
+    walk = np.subtract.accumulate(walk, axis=-1)[:, 1:]  # r - p0 - p1 - ..., one rounding per step
+    hit = np.argmax(walk <= 0, axis=-1)
+    found = np.take_along_axis(walk, hit[:, None], -1)[:, 0] <= 0
+    ok = (total > 0) & (total < np.inf)  # all cut (or NaN): Darknet's NaNs pick the last index
+    return np.where(found & ok, hit, p.shape[1] - 1)
 
 
 def check_ids(data, inputs, what):

@@ -81,6 +81,19 @@ def beam_search(logp0, advance, width, length):
     kept in the beam (it replaces the last pick when it would drop out), so the result is never
     less likely than greedy; width 1 is greedy. Returns (symbols, total log-probability).
     """
+    search = beam_steps(logp0, width, length)
+    try:
+        parents, symbols = next(search)
+        while True:
+            parents, symbols = search.send(advance(parents, symbols))
+    except StopIteration as done:
+        return done.value
+
+
+def beam_steps(logp0, width, length):
+    """beam_search as a generator, for a caller that runs the network itself (a batch of streams):
+    it yields (parents, symbols) where beam_search would call advance, is sent the next
+    log-probabilities (width, V), and returns (symbols, total log-probability)."""
     V = logp0.shape[-1]
     scores = np.full(width, -np.inf)
     scores[0] = 0.0
@@ -98,7 +111,7 @@ def beam_search(logp0, advance, width, length):
         scores = flat[order]
         history.append((parents, symbols))
         if t < length - 1:
-            logp = np.asarray(advance(parents, symbols), np.float64)
+            logp = np.asarray((yield parents, symbols), np.float64)
     best = int(np.argmax(scores)) if length else 0
     out = []
     for parents, symbols in reversed(history):

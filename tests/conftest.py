@@ -60,6 +60,22 @@ def flat_params(net):
     return np.concatenate([np.asarray(v, np.float64).ravel() for v in net.params().values()])
 
 
+def peaked_model(folder, text, name="net", seed=5, wide="layer2", scale=0.6):
+    """(cfg, weights) of a random byte model saved in `folder`: every parameter normal(0, 0.4),
+    those of the layer `wide` (its output layer) normal(0, scale), so that its distributions are
+    peaked, not uniform, and sampling rules differ visibly."""
+    import darknetpy
+    cfg = folder / f"{name}.cfg"
+    cfg.write_text(text)
+    net = darknetpy.load_network(cfg)
+    rng = np.random.default_rng(seed)
+    for key, value in net.params().items():
+        value[...] = rng.normal(0, scale if key.startswith(wide + ".") else 0.4, value.shape)
+    weights = folder / f"{name}.weights"
+    net.save_weights(weights)
+    return cfg, weights
+
+
 def run_cli(*args, stdin=None):
     """`python -m darknetpy ARGS...` in a subprocess, as a user runs it: the CompletedProcess."""
     return subprocess.run([sys.executable, "-m", "darknetpy", *map(str, args)], input=stdin,

@@ -113,6 +113,10 @@ KINDS = {  # each the first layer (reading ids), before HEAD
     "lstm-peephole": "[lstm]\noutput=20\npeephole=1\nbatch_normalize={bn}\n",
     "connected": "[connected]\noutput=20\nactivation=relu\nbatch_normalize={bn}\n",
     "dropout": "[dropout]\nprobability=0.3\n\n[gru]\noutput=16\ntanh=1\nbatch_normalize={bn}\n\n[dropout]\n",
+    "sru": "[sru]\noutput=20\nactivation=tanh\nbatch_normalize={bn}\n",       # ws: inputs != output
+    "sru-highway": f"[sru]\noutput={V}\nbatch_normalize={{bn}}\n",          # s = x, the one-hot input
+    "gru-sru-sru": ("[gru]\noutput=16\nbatch_normalize={bn}\n\n[sru]\noutput=16\nactivation=leaky\n"
+                    "batch_normalize={bn}\n\n[sru]\noutput=12\nbatch_normalize={bn}\n"),
 }
 
 

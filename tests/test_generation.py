@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import darknetpy
-from conftest import assert_one_line_error
+from conftest import assert_one_line_error, peaked_model
 from conftest import run_cli as run
 from darknetpy.errors import DarknetpyError
 from darknetpy.generation import SEPARATOR
@@ -45,16 +45,7 @@ SEED = b"To be"
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     """(cfg, weights) of a small 2 x LSTM byte model whose distributions are peaked, not uniform."""
-    folder = tmp_path_factory.mktemp("gen")
-    cfg = folder / "net.cfg"
-    cfg.write_text(CFG)
-    net = darknetpy.load_network(cfg)
-    rng = np.random.default_rng(5)
-    for key, value in net.params().items():
-        value[...] = rng.normal(0, 0.6 if "layer2" in key else 0.4, value.shape)
-    weights = folder / "net.weights"
-    net.save_weights(weights)
-    return cfg, weights
+    return peaked_model(tmp_path_factory.mktemp("gen"), CFG)
 
 
 def replay(model, seed, produced):
@@ -402,3 +393,118 @@ def test_vec_rows_are_the_first_layers_output_from_a_zero_state(model, tmp_path)
     assert row[0] == "hello world"
     np.testing.assert_allclose(np.array(row[1:], float), layer0_reference(cfg, weights, b"\n\nhello world "),
                                rtol=1e-5, atol=2e-6)
+
+
+# ---------------------------------------------------------------- batch invariance (serve, --samples)
+
+MIXED = """[net]
+inputs=40
+batch=1
+time_steps=1
+
+[lstm]
+output=24
+
+[gru]
+output=20
+
+[rnn]
+output=16
+activation=leaky
+
+[sru]
+output=16
+activation=tanh
+
+[sru]
+output=14
+
+[lstm]
+output=12
+peephole=1
+
+[connected]
+output=40
+activation=linear
+
+[softmax]
+"""
+
+
+@pytest.mark.parametrize("backend", ["c", "numpy"])
+@pytest.mark.parametrize("streams", [1, 9, 32])
+def test_a_streams_probabilities_are_the_same_bits_alone_or_beside_any_others(write_cfg, backend, streams):
+    """Every layer kind's step (ids into an LSTM; float rows into GRU, RNN, SRU (with s = x and
+    with ws), a peephole LSTM, connected; softmax at a temperature per stream): one stream's probabilities, run alone, equal
+    bit for bit that stream's row among `streams` streams fed random others at random temperatures,
+    wherever it sits. With the C kernels (the panel kernel) and with numpy's per-row products."""
+    from darknetpy import kernels
+    try:
+        backends = kernels.use(backend)
+    except LookupError as e:
+        pytest.skip(str(e))
+    net = darknetpy.load_network(write_cfg(MIXED))
+    rng = np.random.default_rng(streams)
+    for value in net.params().values():
+        value[...] = rng.normal(0, 0.5, value.shape)
+    ids = rng.integers(0, 40, 25)
+    with backends:
+        alone = net.stepper(1, private=True, temperature=np.array([0.6], np.float32), invariant=True)
+        expected = [alone(ids[t:t + 1])[0].copy() for t in range(len(ids))]
+        temperatures = rng.uniform(0.3, 2.0, streams).astype(np.float32)
+        for slot in sorted({0, streams // 2, streams - 1}):
+            temperatures[slot] = 0.6
+            batch = net.stepper(streams, private=True, temperature=temperatures, invariant=True)
+            for t in range(len(ids)):
+                x = rng.integers(0, 40, streams)
+                x[slot] = ids[t]
+                got = batch(x)[slot]
+                assert np.array_equal(got.view(np.uint32), expected[t].view(np.uint32)), (slot, t)
+            temperatures[slot] = rng.uniform(0.3, 2.0)
+
+
+def test_a_seeded_sample_is_the_same_text_alone_or_in_a_batch_of_others(model):
+    """generation.Batch, the continuous batching serve runs: requests joining at different steps,
+    leaving as they end (the slots after them moving down, the stepper changing size), each with
+    its own options, give byte for byte what each gives alone (generation.generate)."""
+    from darknetpy import generation
+    net = darknetpy.load_network(*model)
+    asks = [dict(seed=b"To be", length=30, temperature=0.8, srand=1),
+            dict(seed=b"or not", length=12, temperature=1.3, top_k=5, srand=2),
+            dict(seed=b"\n", length=40, top_p=0.7, samples=3, srand=3),
+            dict(seed=b"ab", length=9, beam=3),
+            dict(seed=b"xyzzy", length=25, greedy=True),
+            dict(seed=b"To", length=20, temperature=0.5, srand=4, stop=b"e")]
+    alone = [generation.generate(net, **ask) for ask in asks]
+    batch, got, joins = generation.Batch(net, 10), [None] * len(asks), {0: [0, 1], 3: [2], 5: [3, 4], 9: [5]}
+    texts, pending, t = [[[] for _ in range(ask.get("samples", 1))] for ask in asks], set(range(len(asks))), 0
+    samples = {}
+    while pending:
+        for k in joins.get(t, []):
+            samples[k] = generation.Sample(net, **asks[k])
+            batch.add(samples[k])
+        for sample, out in batch.step():
+            k = next(k for k, s in samples.items() if s is sample)
+            for i, piece, _ in out:
+                texts[k][i].append(piece)
+            if sample.done:
+                pending.discard(k)
+                got[k] = [b"".join(parts) for parts in texts[k]]
+        t += 1
+    for k, ask in enumerate(asks):
+        assert (got[k] if ask.get("samples", 1) > 1 else got[k][0]) == alone[k], ask
+
+
+def test_a_long_seed_joining_a_batch_does_not_hold_up_the_others(model):
+    """A request feeding a 300-byte seed takes one id a step beside the others: a running sample
+    still prints a symbol at every one of those steps."""
+    from darknetpy import generation
+    net = darknetpy.load_network(*model)
+    batch = generation.Batch(net, 4)
+    running = generation.Sample(net, seed=b"a", length=400, srand=1)
+    batch.add(running)
+    batch.step()
+    batch.add(generation.Sample(net, seed=bytes(range(32, 127)) * 3 + b"xyz", length=5, srand=2))
+    for _ in range(300):
+        events = dict(batch.step())
+        assert len(events[running]) == 1

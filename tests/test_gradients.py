@@ -30,10 +30,20 @@ def build(write_cfg, text, seed=0):
     return net
 
 
-def randomize(net, rng):
+def randomize_vectors(net, vectors, seed=5):
+    """Only darknetpy's per-unit vectors named in `vectors` (the peepholes, [sru]'s vf, vr), uniform in ±0.8."""
+    rng = np.random.default_rng(seed)
+    for key, v in net.params().items():
+        if key.rsplit(".", 1)[1] in vectors:
+            v[...] = rng.uniform(-0.8, 0.8, v.shape)
+
+
+def randomize(net, rng, vectors=()):
+    """Every parameter random; the `vectors` (names of darknetpy's per-unit vectors, such as the
+    peepholes, which start at 0) uniform in ±0.8."""
     for key, v in net.params().items():
         kind = key.rsplit(".", 1)[1]
-        if kind == "weights":
+        if kind == "weights" or kind in vectors:
             v[...] = rng.uniform(-0.8, 0.8, v.shape)
         elif kind == "biases":
             v[...] = rng.uniform(-0.5, 0.5, v.shape)

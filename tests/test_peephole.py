@@ -4,7 +4,6 @@ helpers and tolerances of test_gradients.py: |num − ana| <= 1e-7 + 1e-5·|num|
 against their numpy references (3e-7 absolute + relative, as test_kernels.py), the stepper, the
 weights layout and the updates.
 """
-import types
 
 import numpy as np
 import pytest
@@ -13,7 +12,7 @@ from darknetpy import kernels as kernelmod
 from darknetpy.errors import DarknetpyError
 from darknetpy.network import Network
 from conftest import read_weights
-from test_gradients import check_gradients, data, head, randomize
+from test_gradients import check_gradients, data, head, randomize, randomize_vectors
 from test_kernels import K, SHAPES, arrays, assert_same_as_numpy, check_training_step_with_and_without_kernels
 
 PEEP = ("pi", "pf", "po")
@@ -26,12 +25,7 @@ def is_peep(key):
 def build(write_cfg, text, seed=0, dtype=np.float64):
     """A net with every parameter random, the peepholes ±0.8 (they start at 0)."""
     net = Network(write_cfg(text), seed=seed, dtype=dtype)
-    rng = np.random.default_rng(seed + 1000)
-    params = net.params()
-    randomize(types.SimpleNamespace(params=lambda: {k: v for k, v in params.items() if not is_peep(k)}), rng)
-    for key, v in params.items():
-        if is_peep(key):
-            v[...] = rng.uniform(-0.8, 0.8, v.shape)
+    randomize(net, np.random.default_rng(seed + 1000), vectors=PEEP)
     return net
 
 
@@ -167,13 +161,8 @@ def test_training_step_with_and_without_kernels(body, write_cfg):
     cfg = write_cfg("[net]\nbatch=3\ntime_steps=4\ninputs=9\n" + body + "[connected]\noutput=9\nactivation=linear\n[softmax]\n")
     rng = np.random.default_rng(3)
     batches = [(rng.integers(0, 9, (4, 3)), rng.integers(0, 9, (4, 3))) for _ in range(2)]
-
-    def random_peepholes(net):
-        prng = np.random.default_rng(5)
-        for key, v in net.params().items():
-            if is_peep(key):
-                v[...] = prng.uniform(-0.8, 0.8, v.shape)
-    check_training_step_with_and_without_kernels(cfg, batches, "batch_normalize" in body, random_peepholes)
+    check_training_step_with_and_without_kernels(cfg, batches, "batch_normalize" in body,
+                                                 lambda net: randomize_vectors(net, PEEP))
 
 
 # ---- inference stepper --------------------------------------------------------------------------

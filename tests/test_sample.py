@@ -195,21 +195,32 @@ class FakeNet:
         gen = np.random.default_rng(0)
         self.table = gen.dirichlet(np.ones(n), size=n).astype(np.float32)
 
-    def stepper(self, streams=1, private=False, temperature=None):
-        assert streams == 1 and private  # generation never runs on the network's own state
-        self.temps.append(temperature)
+    def stepper(self, streams=1, private=False, temperature=None, invariant=False):
+        # generation never runs on the network's own state, and runs batch-invariant
+        assert streams == 1 and private and invariant
+        return FakeStepper(self, temperature)
 
-        def step(ids):
-            assert len(ids) == 1
-            self.fed.append(int(ids[0]))
-            return self.table[ids[0]][None].copy()
-        return step
+
+class FakeStepper:
+    """FakeNet's stepper: records each id fed and the temperature in force at that step."""
+
+    def __init__(self, net, temperature):
+        self.net, self.temperature = net, temperature
+
+    def __call__(self, ids):
+        assert len(ids) == 1
+        self.net.fed.append(int(ids[0]))
+        self.net.temps.append(float(self.temperature[0]))
+        return self.net.table[ids[0]][None].copy()
+
+    def arrays(self):
+        return []
 
 
 def test_generate_echoes_seed_then_samples():
     net = FakeNet(n=128, init_rand_draws=1000)
     out = generate(net, seed=b"ab", length=5, temperature=0.5, srand=7)
-    assert net.temps == [0.5]
+    assert set(net.temps) == {0.5}
     rng = GlibcRand(7)
     rng.skip(1000)
     c, expected = ord("b"), [ord("b")]

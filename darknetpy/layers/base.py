@@ -185,14 +185,41 @@ def transpose_into(out, x):
     return out
 
 
-def times(W, streams):
-    """(x, out) -> x W written into out, for x of `streams` rows. With one stream (generate, valid)
-    and a large W, as W's transpose in rows times x as a column: OpenBLAS's GEMV runs that form
-    1.1-1.4x faster for 256x1024 and larger (measured here), the plain one faster below."""
-    if streams == 1 and W.size >= 256 * 1024:
-        WT = np.ascontiguousarray(W.T)
-        return lambda x, out: np.matmul(WT, x.T, out=out.T).T
-    return lambda x, out: np.matmul(x, W, out=out)
+def times(W, b=None):
+    """(x, out) -> x W (+ b) written into out, for x (S, K) of any S rows: the steppers' product,
+    batch-invariant, so that a stream's result is the same bits alone or beside any others, however
+    many (serve's continuous batching and `generate` then agree byte for byte). Each element is
+    b + Σ_k x[r, k] W[k, c] summed in one fixed order: the panel kernel on W packed once when it is
+    compiled (one FMA per k, in k order, whatever the rows), else one GEMV per row through fixed
+    buffers (a wide W as its transpose in rows: OpenBLAS's GEMV runs that form faster from
+    256 x 1024). x may also be a feature-major state (x.T contiguous)."""
+    bias = np.zeros(W.shape[1], W.dtype) if b is None else np.asarray(b, W.dtype)
+    if kernels.compiled("panel_matmul"):
+        Wp = kernels.pack_panels(W)
+
+        def panel(x, out):
+            if x.flags.c_contiguous:
+                kernels.get("panel_matmul", out, x, Wp, bias)(out, x, Wp, bias)
+            else:
+                kernels.get("panel_matmul_t", out, x.T, Wp, bias)(out, x.T, Wp, bias)
+            return out
+        return panel
+    xr, yr = np.empty(W.shape[0], W.dtype), np.empty(W.shape[1], W.dtype)
+    WT = np.ascontiguousarray(W.T) if W.size >= 256 * 1024 else None
+
+    def per_row(x, out):
+        for r in range(x.shape[0]):
+            np.copyto(xr, x[r])
+            if WT is None:
+                np.matmul(xr, W, out=yr)
+            else:
+                np.matmul(WT, xr, out=yr)
+            if b is None:
+                out[r] = yr
+            else:
+                np.add(yr, bias, out=out[r])
+        return out
+    return per_row
 
 
 def packed_product(A, S):
@@ -253,23 +280,12 @@ def step_product(A, S):
 
 def projector(W, b, ids_input, out):
     """x -> x W + b written into `out`, for the step functions: a row gather from a table that
-    already holds b when x is one-hot ids; for many streams, kernels.panel_matmul on W packed once
-    when it is compiled; else one matmul and an add."""
+    already holds b when x is one-hot ids, else `times` with the bias (batch-invariant either way)."""
     if ids_input:
         table = W + b
         return lambda x: np.take(table, x, axis=0, out=out)
-    if out.shape[0] > 1 and kernels.compiled("panel_matmul"):
-        Wp = kernels.pack_panels(W)
-
-        def panel(x):  # x is rows, or a feature-major state (x.T contiguous)
-            if x.flags.c_contiguous:
-                kernels.get("panel_matmul", out, x, Wp, b)(out, x, Wp, b)
-            else:
-                kernels.get("panel_matmul_t", out, x.T, Wp, b)(out, x.T, Wp, b)
-            return out
-        return panel
-    product = times(W, out.shape[0])
-    return lambda x: np.add(product(x, out), b, out=out)
+    product = times(W, b)
+    return lambda x: product(x, out)
 
 
 def id_columns(table, out):

@@ -108,7 +108,7 @@ class GRU(Recurrent):
                                               Wzr * half[:2 * n], Wh * half[2 * n:], ids_input, h)
         xu, zr, c, rh, a = (np.empty((streams, m), self.dtype) for m in (3 * n, 2 * n, n, n, n))
         project = projector(U * half, (bu + np.concatenate([bzr, bh])) * half, ids_input, xu)
-        recur_zr, recur_h = times(Wzr * half[:2 * n], streams), times(Wh * half[2 * n:], streams)
+        recur_zr, recur_h = times(Wzr * half[:2 * n]), times(Wh * half[2 * n:])
         z, r = zr[:, :n], zr[:, n:]
 
         def step(x):

@@ -125,13 +125,13 @@ class LSTM(Recurrent):
         G, ig, tc = (np.empty((streams, m), self.dtype) for m in (4 * n, n, n))
         i, f, o, g, ifo = G[:, :n], G[:, n:2 * n], G[:, 2 * n:3 * n], G[:, 3 * n:], G[:, :3 * n]
         if ids_input:
-            table, recur = (U + (bu + bw)) * half, times(W * half, streams)
+            table, recur = (U + (bu + bw)) * half, times(W * half)
 
             def gates(x):
                 recur(h, G)
                 np.add(G, table[x], out=G)
         else:
-            both, b = times(np.concatenate([U, W]) * half, streams), (bu + bw) * half
+            both, b = times(np.concatenate([U, W]) * half), (bu + bw) * half
             xh = np.empty((streams, k + n), self.dtype)
 
             def gates(x):

@@ -24,7 +24,9 @@ class Softmax(Layer):
         section.int("noloss", 0)
 
     def set_temperature(self, t):
-        self.temperature = float(t)
+        """One temperature, or an array of one per stream that a stepper made now reads at each
+        step (serve sets each request's streams in it)."""
+        self.temperature = t if isinstance(t, np.ndarray) else float(t)
 
     def forward(self, x, train):
         # Training reuses one array and runs the C kernel when built (its exp is within 2 ulp of
@@ -41,16 +43,16 @@ class Softmax(Layer):
         return p
 
     def stepper(self, streams, ids_input, state):
-        """One step at the temperature of the moment it is prepared: a later set_temperature
-        (generation's --temp on another stepper) does not reach it. Each call returns a new array.
-        One stream keeps numpy's softmax (Darknet's sampler draws from it, checked byte for byte);
-        many streams, which only numpy's samplers draw from, take the C kernel when built (its exp
-        is within 2 ulp of numpy's; 10 us against 32 for 32 x 256)."""
+        """One step at the temperature of the moment it is prepared (one number, or the array of
+        one per stream it was given, read at each step): a later set_temperature does not reach
+        it. Each call returns a new array. numpy's softmax for every stream count: each row's
+        probabilities are then the same bits alone or beside others (Darknet's sampler draws from
+        them, checked byte for byte against Darknet with one stream)."""
         T = self.temperature
 
         def step(x):
             p = np.empty_like(x)
-            (kernels.softmax if streams == 1 else kernels.get("softmax", x, p))(x, p, self.groups, T)
+            kernels.softmax(x, p, self.groups, T)
             return p
         return step
 

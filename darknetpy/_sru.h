@@ -1,0 +1,166 @@
+/* [sru]'s recurrence (layers/sru.py), over all T steps in one call: the numpy references
+ * sru_step and sru_back there are what these must equal (tests/test_sru.py), to float32 rounding.
+ *
+ * Included by _kinds.h three times: twice for the kernels, K()-named (baseline and AVX2+FMA, after
+ * _steps.h, whose K(sigmoid2) they use), and once with KIND_WRAPPERS defined for the Python
+ * functions and SRU_METHODS, their method-table entries.
+ *
+ * Layout: rows, as the layer's one matmul makes them. Z (T, S, k n), k = 3 or 4, the blocks
+ * x~ | wf(x) | wr(x) [| ws(x)] of n each per step and stream; C (T+1, S, n) the cells, C[0] the one
+ * before the datum; v (2n + k n,) = vf | vr | the sub-layers' biases (zero where batchnorm or the input
+ * projection added them). Each (step, stream) is a few loops over the n features that
+ * the compiler vectorizes (one loop per gate: GCC vectorizes the two sigmoids fused in one loop 6x
+ * slower); the steps run in order, since c' needs c. One thread: the loops are memory-bound
+ * (T S n = 512K elements per array at 32 streams x 64 steps x 256), and two threads, one stream half
+ * each, ran no faster on a 2-core VM.
+ */
+#ifndef KIND_WRAPPERS
+
+/* Forward: the biases added to Z's blocks (in place: backward reads x~ and s from Z), then
+ * f = σ(wf(x) + vf c), r = σ(wr(x) + vr c) into the wf, wr blocks of Z; C[t+1] = c' = f c + (1 - f) x~. With H (T, S, n): also h' = r (c' - s) + s, the output for a linear g, s from
+ * Z's ws block (k = 4) or from `hs` (T, S, n) (k = 3). */
+static void K(sru_step)(float *restrict Z, const float *restrict v, float *restrict C, float *restrict H,
+                        const float *restrict hs, Py_ssize_t T, Py_ssize_t S, Py_ssize_t n, Py_ssize_t k)
+{
+    const float *vf = v, *vr = v + n, *b = v + 2 * n;
+    for (Py_ssize_t t = 0; t < T; t++)
+        for (Py_ssize_t s = 0; s < S; s++) {
+            Py_ssize_t row = t * S + s;
+            float *x = Z + row * k * n, *f = x + n, *r = x + 2 * n;
+            const float *c = C + row * n;
+            float *c1 = C + (row + S) * n;
+            EACH(j, n) x[j] += b[j];
+            EACH(j, n) f[j] = K(sigmoid2)(0.5f * ((f[j] + b[n + j]) + vf[j] * c[j]));
+            EACH(j, n) r[j] = K(sigmoid2)(0.5f * ((r[j] + b[2 * n + j]) + vr[j] * c[j]));
+            if (k == 4) {
+                float *ws = x + 3 * n;
+                EACH(j, n) ws[j] += b[3 * n + j];
+            }
+            EACH(j, n) c1[j] = f[j] * c[j] + (1.0f - f[j]) * x[j];
+            if (H) {
+                const float *sj = k == 4 ? x + 3 * n : hs + row * n;
+                float *h = H + row * n;
+                EACH(j, n) h[j] = r[j] * (c1[j] - sj[j]) + sj[j];
+            }
+        }
+}
+
+/* Backward, last step first. Without dh: dZ comes in with δc' from h' in its x~ block and δr in its
+ * wr block. With dh (T, S, n), the delta of h' for a linear g, they are made here, each row just
+ * before its step: δr = dh (c' - s), δc' = dh r, and δs = dh - dh r into dZ's ws block (k = 4) or
+ * into ds (k = 3, s from hs). Then the deltas of x~, wf(x), wr(x) replace them: δc = δc' f +
+ * δwf vf + δwr vr reaches the step before's δc' (not past the first step: truncated BPTT). The sums
+ * of the gradients: dv (2n + k n,) += [Σ δwf c, Σ δwr c, Σ of dZ's rows (the biases' gradient)]. */
+static void K(sru_back)(float *restrict dZ, const float *restrict Z, const float *restrict C,
+                        const float *restrict v, float *restrict dv, const float *restrict dh,
+                        const float *restrict hs, float *restrict ds,
+                        Py_ssize_t T, Py_ssize_t S, Py_ssize_t n, Py_ssize_t k)
+{
+    const float *vf = v, *vr = v + n;
+    float *dvf = dv, *dvr = dv + n, *db = dv + 2 * n;
+    for (Py_ssize_t t = T - 1; t >= 0; t--)
+        for (Py_ssize_t s = 0; s < S; s++) {
+            Py_ssize_t row = t * S + s;
+            const float *x = Z + row * k * n, *f = x + n, *r = x + 2 * n;
+            const float *c = C + row * n;
+            float *dx = dZ + row * k * n, *df = dx + n, *dr = dx + 2 * n;
+            if (dh) {  /* dx holds the step after's δc (from t < T - 1) */
+                const float *d = dh + row * n, *c1 = C + (row + S) * n, *sj = k == 4 ? x + 3 * n : hs + row * n;
+                float *dsj = k == 4 ? dx + 3 * n : ds + row * n;
+                if (t == T - 1)
+                    EACH(j, n) dx[j] = d[j] * r[j];
+                else
+                    EACH(j, n) dx[j] += d[j] * r[j];
+                EACH(j, n) dr[j] = d[j] * (c1[j] - sj[j]);
+                EACH(j, n) dsj[j] = d[j] - d[j] * r[j];
+            }
+            EACH(j, n) {
+                float dfj = dx[j] * (c[j] - x[j]) * f[j] * (1.0f - f[j]);
+                float drj = dr[j] * r[j] * (1.0f - r[j]);
+                df[j] = dfj;
+                dr[j] = drj;
+                dvf[j] += dfj * c[j];
+                dvr[j] += drj * c[j];
+            }
+            if (t) {
+                float *before = dZ + (row - S) * k * n;
+                if (dh)
+                    EACH(j, n) before[j] = dx[j] * f[j] + df[j] * vf[j] + dr[j] * vr[j];
+                else
+                    EACH(j, n) before[j] += dx[j] * f[j] + df[j] * vf[j] + dr[j] * vr[j];
+            }
+            EACH(j, n) dx[j] *= 1.0f - f[j];
+            EACH(j, k * n) db[j] += dx[j];
+        }
+}
+
+#else
+
+/* T, S, n, k of Z (T, S, k n), C (T+1, S, n), v and dv (2n + k n,), H, hs, ds (T, S, n) where given
+ * (NULL: not given); hs (and ds) given exactly when k = 3 and H (dh) is. 0, or -1 with a ValueError. */
+static int sru_shapes(const Py_buffer *Z, const Py_buffer *C, const Py_buffer *v, const Py_buffer *dv,
+                      const Py_buffer *H, const Py_buffer *hs, const Py_buffer *ds, Py_ssize_t dims[4])
+{
+    Py_ssize_t n = C->ndim == 3 ? C->shape[2] : 0;
+    Py_ssize_t k = n && Z->ndim == 3 ? Z->shape[2] / n : 0;
+    int ok = Z->ndim == 3 && C->ndim == 3 && v->ndim == 1 && n && (k == 3 || k == 4) && Z->shape[2] == k * n &&
+             C->shape[0] == Z->shape[0] + 1 && C->shape[1] == Z->shape[1] && v->shape[0] == (2 + k) * n &&
+             (!dv || (dv->ndim == 1 && dv->shape[0] == (2 + k) * n)) && (!H || (k == 3) == (hs != NULL));
+    const Py_buffer *rows[] = {H, hs, ds};
+    for (int i = 0; i < 3; i++)
+        ok = ok && (!rows[i] || (rows[i]->ndim == 3 && rows[i]->shape[0] == Z->shape[0] &&
+                                 rows[i]->shape[1] == Z->shape[1] && rows[i]->shape[2] == n));
+    if (!ok) {
+        PyErr_SetString(PyExc_ValueError, "sru: Z (T, S, k n) with k 3 or 4, C (T+1, S, n), v and dv (2n + k n,), "
+                                          "h' and its delta (T, S, n), with s (T, S, n) exactly when k = 3");
+        return -1;
+    }
+    dims[0] = Z->shape[0], dims[1] = Z->shape[1], dims[2] = n, dims[3] = k;
+    return 0;
+}
+
+static PyObject *sru_step(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer b[MAX_ARGS];
+    Py_ssize_t d[4];
+    if (nargs < 3 || nargs > 5) {
+        PyErr_SetString(PyExc_TypeError, "sru_step(Z, v, C[, H[, s]])");
+        return NULL;
+    }
+    if (get_typed(args, b, "FfFFf", (int)nargs) < 0)
+        return NULL;
+    if (sru_shapes(&b[0], &b[2], &b[1], NULL, nargs > 3 ? &b[3] : NULL, nargs > 4 ? &b[4] : NULL, NULL, d) < 0) {
+        release(b, (int)nargs);
+        return NULL;
+    }
+    CALL(sru_step, F(0), F(1), F(2), nargs > 3 ? F(3) : NULL, nargs > 4 ? F(4) : NULL, d[0], d[1], d[2], d[3]);
+    return done(b, nargs);
+}
+
+static PyObject *sru_back(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer b[MAX_ARGS];
+    Py_ssize_t d[4];
+    if (nargs != 5 && nargs != 6 && nargs != 8) {
+        PyErr_SetString(PyExc_TypeError, "sru_back(dZ, Z, C, v, dv[, dh[, s, ds]])");
+        return NULL;
+    }
+    if (get_typed(args, b, "FfffFffF", (int)nargs) < 0)
+        return NULL;
+    if (sru_shapes(&b[1], &b[2], &b[3], &b[4], nargs > 5 ? &b[5] : NULL, nargs > 6 ? &b[6] : NULL,
+                   nargs > 7 ? &b[7] : NULL, d) < 0 || b[0].len != b[1].len) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "sru_back: dZ must have Z's shape");
+        release(b, (int)nargs);
+        return NULL;
+    }
+    CALL(sru_back, F(0), F(1), F(2), F(3), F(4), nargs > 5 ? F(5) : NULL, nargs > 6 ? F(6) : NULL,
+         nargs > 7 ? F(7) : NULL, d[0], d[1], d[2], d[3]);
+    return done(b, nargs);
+}
+
+#define SRU_METHODS \
+    METHOD(sru_step, "sru_step(Z, v, C[, H[, s]]): [sru]'s biases added to Z, its gates f, r in place and the cells C[1:] over all steps; h' for a linear g into H"), \
+    METHOD(sru_back, "sru_back(dZ, Z, C, v, dv[, dh[, s, ds]]): back through sru_step, deltas in place in dZ; the gradients' sums dv accumulated"),
+
+#endif
