@@ -42,11 +42,15 @@ ranks = parallel.start()
 net = Network(cfg, seed=1)
 batcher = data.StreamBatcher(data.load_corpus(corpus, net.inputs), net.streams, net.time_steps,
                              np.random.default_rng(1))
-ranks.shard(net, batcher, cfg)
+ranks.shard(net, cfg)
 
 def datum():
-    x, y = batcher.next_batch()
-    return ranks.sum(float(net.train_step(x, y)))
+    x, y = batcher.next_batch(ranks.part)
+    updates = net.batch_num
+    cost = ranks.sum(float(net.train_step(x, y, ranks.part, ranks.before_update)))
+    if net.batch_num != updates:
+        ranks.after_update(net)
+    return cost
 datum()
 t0 = time.perf_counter()
 for _ in range(datums):

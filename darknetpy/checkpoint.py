@@ -35,7 +35,7 @@ import sys
 import numpy as np
 import yaml
 
-from . import weights as weightsmod
+from . import atomic
 from .errors import DarknetpyError
 
 STATE_VERSION = 2
@@ -45,14 +45,14 @@ STATE_SUFFIX = ".state.npz"
 # ---- files ---------------------------------------------------------------------------------------
 def commit(files):
     """Replace several files together: each (path, bytes) is first written in full and fsynced
-    beside its target (weights.atomic_write to `<path>.pending`), and only when all are down are they
+    beside its target (atomic.write to `<path>.pending`), and only when all are down are they
     renamed into place, in order. A failure in the writing phase (a full disk) leaves every
     previous file untouched."""
     pending = []
     try:
         for path, data in files:
             tmp = path + ".pending"
-            weightsmod.atomic_write(tmp, data)
+            atomic.write(tmp, data)
             pending.append((tmp, path))
         for tmp, path in pending:
             os.replace(tmp, path)
@@ -99,7 +99,7 @@ def prepare_backup_dir(path):
         raise DarknetpyError("the backup directory is not readable and writable; fix its permissions "
                              "or give another with --backup", path)
     try:  # the real test (root passes os.access; read-only mounts and full disks do not)
-        weightsmod.atomic_write(os.path.join(path, ".darknetpy-write-test"), b"ok")
+        atomic.write(os.path.join(path, ".darknetpy-write-test"), b"ok")
         os.unlink(os.path.join(path, ".darknetpy-write-test"))
     except OSError as e:
         raise DarknetpyError(f"cannot write in the backup directory ({e.strerror or e}); fix it or "
@@ -384,6 +384,6 @@ class Record:
         self.content["progress"] = progress
         text = yaml.safe_dump(plain(self.content), sort_keys=False, default_flow_style=False)
         try:
-            weightsmod.atomic_write(self.path, text.encode())
+            atomic.write(self.path, text.encode())
         except OSError as e:
             raise write_error(self.path, e, "run record") from None

@@ -11,8 +11,10 @@ import warnings
 import click
 
 from . import cfg as cfgmod
+from . import data as datamod
 from . import entry
 from . import generation
+from . import options
 from . import vocab as vocabmod
 from .bench import bench
 from .errors import DarknetpyError
@@ -50,6 +52,7 @@ def seed_bytes(text):
 
 
 PATH = click.Path(dir_okay=False)
+TRAIN = options.TrainOptions()  # the training options' defaults, which --help shows
 VOCAB_HELP = ("Vocabulary file (darknetpy-vocab). Default: the vocabulary of the run that made the "
               "weights: the one in WEIGHTS.state.npz, else the run's .vocab beside the weights (named "
               "after the weights, then after the cfg); without one, bytes (Darknet's), unless the "
@@ -174,20 +177,20 @@ def valid(cfg, weights, text, seed, verbose, vocab_file):
     The text is fed in order with the state carried. The last line has Darknet's form
     `N BPC: x   Perplexity: y    Word Perplexity: z`, so scripts can parse either tool.
     """
-    from . import data, sample
+    from . import evaluate
     net, vocabulary = stepping_network(cfg, weights, vocab_file)
     if vocabulary is None or vocabulary.mode == "bytes":
-        ids, seed_ids, spaces = data.load_corpus(text, net.inputs).tobytes(), seed_bytes(seed), (32, 10, 9)
+        ids, seed_ids, spaces = datamod.load_corpus(text, net.inputs).tobytes(), seed_bytes(seed), (32, 10, 9)
     else:
         ids, seed_ids, spaces = vocabmod.encode_for_valid(vocabulary, text, seed_bytes(seed))
         if vocabulary.mode == "words":
             click.echo("note: words vocabulary: BPC here is bits per token and N counts tokens", err=True)
     last = None
-    for last in sample.validate_steps(net, ids, seed=seed_ids, spaces=spaces):
+    for last in evaluate.valid_steps(net, ids, seed=seed_ids, spaces=spaces):
         if verbose:
-            click.echo(sample.format_valid_line(*last))
+            click.echo(evaluate.format_valid_line(*last))
     if not verbose:
-        click.echo(sample.format_valid_line(*last))
+        click.echo(evaluate.format_valid_line(*last))
 
 
 @main.command()
@@ -210,14 +213,14 @@ def vec(cfg, weights, text, seed, keep_whitespace, vocab_file):
     depend on the lines before it. A line holding a comma, quote or carriage return is quoted as
     CSV quotes it.
     """
-    from . import sample
+    from . import evaluate
     net, vocabulary = stepping_network(cfg, weights, vocab_file)
     raw = sys.stdin.buffer.read() if text == "-" else read_bytes(text, "text")
     lines = raw.split(b"\n")
     if lines[-1] == b"":  # a final newline ends the last line, it does not start one
         lines.pop()
     out = sys.stdout.buffer
-    rows = sample.vec_rows(net, lines, seed=seed_bytes(seed), vocab=vocabulary, strip=not keep_whitespace,
+    rows = evaluate.vec_rows(net, lines, seed=seed_bytes(seed), vocab=vocabulary, strip=not keep_whitespace,
                            name="stdin" if text == "-" else text)
     for line, vector in rows:
         out.write(csv_field(line) + b"".join(b",%g" % v for v in vector.tolist()) + b"\n")
@@ -264,36 +267,36 @@ def info(cfg, weights):
 @main.command()
 @click.argument("cfg", required=False)  # plain strings: the library names a bad path in one line
 @click.argument("data", required=False)
-@click.option("--weights", default=None, metavar="WEIGHTS",
+@click.option("--weights", default=TRAIN.weights, metavar="WEIGHTS",
               help="Start from these weights (and continue from their `seen`); a .state.npz beside "
                    "them, as every checkpoint has, restores the optimizer and data walk exactly.")
 @click.option("--clear", is_flag=True, help="Set seen to 0 (Darknet's -clear): a new run from --weights.")
 @click.option("--tokenized", is_flag=True, help="DATA holds whitespace-separated integer ids, not bytes.")
-@click.option("--vocab", default=None, metavar="bytes|chars|words|FILE",
+@click.option("--vocab", default=TRAIN.vocab, metavar="bytes|chars|words|FILE",
               help="What an id is: a byte (Darknet's), a Unicode character or a word of the UTF-8 corpus "
                    "(built from all of DATA, saved as BACKUP/<cfg>.vocab), or the tokens of a .vocab FILE. "
                    "Default: the vocabulary of --weights' run (in their .state.npz, or its .vocab beside "
                    "them), else bytes.")
-@click.option("--max-vocab", type=click.IntRange(min=2), default=None, metavar="N",
+@click.option("--max-vocab", type=int, default=TRAIN.max_vocab, metavar="N",
               help="With --vocab words: at most N tokens, the N-1 most frequent and <unk> for the "
                    "rest. Default: no cap.")
 @click.option("--valid-full", is_flag=True,
               help="At the end, score the whole held-out part (slow on big corpora). Default: the "
-                   "periodic and final estimates score its first 65536 ids.")
-@click.option("--backup", "backup", default="backup", show_default=True, metavar="DIR",
+                   f"periodic and final estimates score its first {datamod.VALID_SLICE} ids.")
+@click.option("--backup", "backup", default=TRAIN.backup, show_default=True, metavar="DIR",
               help="Directory for checkpoints and the run record; created if missing.")
-@click.option("--max-batches", type=int, default=None, metavar="N",
+@click.option("--max-batches", type=int, default=TRAIN.max_batches, metavar="N",
               help="Stop when this many updates in total (counted from seen) are done. "
                    "Default: max_batches in the cfg.")
-@click.option("--srand", type=int, default=None,
+@click.option("--srand", type=int, default=TRAIN.srand,
               help="Seed for weight init and the data walk; the same seed gives the same run, bit "
                    "for bit. Default: a fresh seed, noted in the run record.")
-@click.option("--valid-frac", type=float, default=None,
+@click.option("--valid-frac", type=float, default=TRAIN.valid_frac,
               help="Fraction of the corpus held out at its END for validation, never trained on. "
-                   "Default: 0.05 when the corpus is big enough, else 0.")
-@click.option("--valid-every", type=click.IntRange(min=0), default=500, show_default=True, metavar="N",
+                   f"Default: {datamod.VALID_FRAC} when the corpus is big enough, else 0.")
+@click.option("--valid-every", type=int, default=TRAIN.valid_every, show_default=True, metavar="N",
               help="Print held-out bits per character every N iterations (and at the end); 0: only at the end.")
-@click.option("--save-every", type=click.IntRange(min=0), default=2000, show_default=True, metavar="N",
+@click.option("--save-every", type=int, default=TRAIN.save_every, show_default=True, metavar="N",
               help="Also keep BACKUP/<cfg>_<N>.weights every N iterations; 0: never.")
 @click.option("--resume", default=None, metavar="RECORD.yaml",
               help="Continue the run a record BACKUP/<cfg>.yaml describes, from its latest checkpoint "
@@ -303,31 +306,29 @@ def info(cfg, weights):
               help="Let a new run (or one from --weights outside BACKUP) replace the earlier run kept "
                    "in BACKUP/<cfg>.backup, from its first checkpoint on. Without it such a run refuses, "
                    "so that running the same command twice cannot lose a run.")
-@click.option("--log-every", type=click.IntRange(min=0), default=10, show_default=True, metavar="N",
+@click.option("--log-every", type=int, default=TRAIN.log_every, show_default=True, metavar="N",
               help="Append a row to BACKUP/<cfg>.metrics.csv every N iterations (and at every "
                    "validation); 0: only at validations and the end.")
-@click.option("--sample-every", type=click.IntRange(min=0), default=0, show_default=True, metavar="N",
+@click.option("--sample-every", type=int, default=TRAIN.sample_every, show_default=True, metavar="N",
               help="Print a sample to stderr every N iterations, from a copy of the weights (training "
                    "is not disturbed: the same weights come out with or without); 0: never.")
-@click.option("--sample-len", type=click.IntRange(min=1), default=200, show_default=True, metavar="N",
+@click.option("--sample-len", type=int, default=TRAIN.sample_len, show_default=True, metavar="N",
               help="Characters (tokens) per --sample-every sample, after a seed of one newline (id 0 for tokenized corpora).")
-@click.option("--sample-temp", type=click.FloatRange(min=0, min_open=True), default=0.7, show_default=True,
+@click.option("--sample-temp", type=float, default=TRAIN.sample_temp, show_default=True,
               help="Softmax temperature of the --sample-every samples (generate's default).")
-@click.option("--patience", type=int, default=None, metavar="K",
+@click.option("--patience", type=int, default=TRAIN.patience, metavar="K",
               help="End the run normally (final weights written, exit 0) after K validations in a row "
                    "without a new best. Default: off.")
-@click.option("--time-budget", default=None, metavar="DURATION",
+@click.option("--time-budget", default=TRAIN.time_budget, metavar="DURATION",
               help="Train for this long (600, 90s, 10m, 10min, 2h, 1h30m, 1.5h): max_batches is set from "
                    "the speed of the first iterations and the cfg's learning-rate schedule stretched to end "
                    "by then. With --resume: this much more. Default: off (max_batches decides).")
-@click.option("--learning-rate", type=float, default=None, metavar="X",
+@click.option("--learning-rate", type=float, default=TRAIN.learning_rate, metavar="X",
               help="The schedule's base rate instead of the cfg's learning_rate; noted in the run record, "
                    "which --resume keeps. Default: the cfg's.")
 @click.pass_context
 @friendly
-def train(ctx, cfg, data, weights, clear, tokenized, backup, max_batches, srand, valid_frac,
-          valid_every, save_every, resume, overwrite, log_every, sample_every, sample_len, sample_temp,
-          patience, time_budget, vocab, max_vocab, valid_full, learning_rate):
+def train(ctx, cfg, data, resume, **fields):
     """Train CFG on the corpus DATA, Darknet's `rnn train` (a char-RNN over bytes, or ids with --tokenized).
 
     Each of the cfg's batch/subdivisions streams walks the corpus from its own offset with its
@@ -352,29 +353,20 @@ def train(ctx, cfg, data, weights, clear, tokenized, backup, max_batches, srand,
 
     from . import train as trainmod
     from .checkpoint import read_record
-    given = {name for name in ("weights", "tokenized", "backup", "max_batches", "srand", "valid_frac",
-                               "valid_every", "save_every", "log_every", "patience", "vocab", "max_vocab",
-                               "valid_full", "learning_rate")
-             if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE}
-    options = dict(weights=weights, clear=clear, tokenized=tokenized, backup=backup, max_batches=max_batches,
-                   srand=srand, valid_frac=valid_frac, valid_every=valid_every, save_every=save_every,
-                   log_every=log_every, patience=patience, stretch_schedule=False, vocab=vocab,
-                   max_vocab=max_vocab, valid_full=valid_full, learning_rate=learning_rate,
-                   schedule_anchor=None, previous_end=None)
+    given = {name for name in fields if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE}
     if resume is not None:
         if cfg is not None or data is not None:
             raise DarknetpyError("--resume takes CFG and DATA from the run record; give either CFG DATA or --resume")
-        if clear:
+        if fields["clear"]:
             raise DarknetpyError("--clear starts a new count of updates and cannot continue a run; drop --resume or --clear")
         recorded = read_record(resume, need_latest="weights" not in given)
         cfg, data = recorded.pop("cfg"), recorded.pop("data")
-        if time_budget is not None:  # the budget sets the end anew
+        if fields["time_budget"] is not None:  # the budget sets the end anew
             given.add("max_batches")
-        options.update({k: v for k, v in recorded.items() if k in options and k not in given})
+        fields.update({k: v for k, v in recorded.items() if k in options.TrainOptions.resumed() and k not in given})
     elif cfg is None or data is None:
         raise DarknetpyError("give CFG and DATA (or --resume BACKUP/<cfg>.yaml); see darknetpy train --help")
-    summary = trainmod.train(cfg, data, resumed_from=resume, overwrite=overwrite, sample_every=sample_every,
-                             sample_len=sample_len, sample_temp=sample_temp, time_budget=time_budget, **options)
+    summary = trainmod.train(cfg, data, options.TrainOptions(**fields, resumed_from=resume))
     click.echo(trainmod.format_summary(summary), err=True)
     if summary["exit_code"]:
         sys.exit(summary["exit_code"])  # 130 after Ctrl-C, 143 after SIGTERM, 129 after SIGHUP

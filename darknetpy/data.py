@@ -23,8 +23,7 @@ from .errors import DarknetpyError
 VALID_FRAC = 0.05
 # The held-out estimate during (and at the end of) training scores at most the first VALID_SLICE
 # ids of the held-out part: 2^16 characters put its standard error near 0.01 bpc (the per-character
-# loss has a spread of about 2-3 bits), as close as the estimate comes to `darknetpy valid` anyway,
-# and keep each estimate about a second for a small model whatever the corpus size.
+# loss has a spread of about 2-3 bits), and keep each estimate's cost bounded whatever the corpus size.
 VALID_SLICE = 1 << 16
 RESEAT_ODDS = 64  # Darknet: `if (rand() % 64 == 0)` re-seats a stream after each datum
 
@@ -306,13 +305,13 @@ class StreamBatcher:
             raise DarknetpyError(f"the training text has {n} ids (bytes or tokens) but time_steps={time_steps} "
                                  f"needs at least {time_steps + 1}; use a longer corpus or fewer time_steps", path)
         self.offsets = rng.integers(0, n, size=streams)
-        self.part = slice(None)  # MPI hook (parallel.py): the block of streams this rank runs
         self._walk = np.arange(time_steps + 1)[:, None]
 
-    def next_batch(self):
-        """(x, y), int64 arrays of shape (time_steps, streams in `part`); y is x shifted one id ahead."""
+    def next_batch(self, part=slice(None)):
+        """(x, y), int64 arrays of shape (time_steps, streams in `part`); y is x shifted one id ahead.
+        Every stream advances; only those in `part` (a slice of the streams) are read."""
         n = len(self.ids)
-        offsets = self.offsets[self.part]  # MPI hook: this rank's streams
+        offsets = self.offsets[part]
         if _mapped_file(self.ids) is None:
             seq = self.ids[(offsets + self._walk) % n].astype(np.int64)
         else:
@@ -320,16 +319,16 @@ class StreamBatcher:
         self.offsets = (self.offsets + self.time_steps) % n
         return seq[:-1], seq[1:]
 
-    def reseat(self):
+    def reseat(self, part=slice(None)):
         """Move each stream to a random offset with probability 1/64; returns the moved streams'
-        indices within `part`.
+        indices within `part` (a slice of the streams), counted from its start.
 
         The trainer resets those streams' recurrent state (Darknet's reset_network_state, which is a
         no-op on its CPU path).
         """
         moved = np.flatnonzero(self.rng.integers(0, RESEAT_ODDS, size=self.streams) == 0)
         self.offsets[moved] = self.rng.integers(0, len(self.ids), size=moved.size)
-        lo, hi, _ = self.part.indices(self.streams)  # MPI hook: this rank's streams, renumbered from 0
+        lo, hi, _ = part.indices(self.streams)
         return moved[(moved >= lo) & (moved < hi)] - lo
 
     def state(self):

@@ -13,8 +13,8 @@ only module that imports onnx, and only when an export runs, so darknetpy works 
 """
 import numpy as np
 
+from . import atomic
 from . import vocab as vocabmod
-from . import weights as weightsmod
 from .errors import DarknetpyError
 
 OPSET = 17        # ONNX's opset: LSTM, GRU, Scan, Softmax(axis=-1); onnxruntime supports it since 1.11
@@ -264,7 +264,7 @@ def export(cfg_path, weights_path, output, sequence=False, vocab=None):
     model = build(net, sequence, metadata)
     onnx.checker.check_model(model, full_check=True)
     try:
-        weightsmod.atomic_write(output, model.SerializeToString())
+        atomic.write(output, model.SerializeToString())
     except OSError as e:
         raise DarknetpyError(f"cannot write the model ({e.strerror or e}); check the folder exists and is "
                              "writable", output) from None

@@ -21,8 +21,7 @@ def share_cores():
     """Under a launcher that started several ranks, with no BLAS thread count set, give each rank
     its share of this machine's cores in OPENBLAS_NUM_THREADS and MKL_NUM_THREADS. It must run
     before numpy loads its BLAS, which reads them once: K ranks of one BLAS thread per core each
-    would oversubscribe the machine (2 ranks of 2 threads on 2 cores train 4x slower here than 2
-    ranks of 1). SLURM's SLURM_CPUS_PER_TASK is the share when set; else the cores this process
+    would oversubscribe the machine (benchmarks/README.md, "Design measurements"). SLURM's SLURM_CPUS_PER_TASK is the share when set; else the cores this process
     may run on divided by the ranks on this machine (MPICH's MPI_LOCALNRANKS, Open MPI's
     OMPI_COMM_WORLD_LOCAL_SIZE), or all of them for a launcher that names neither and binds each
     rank to its own cores."""

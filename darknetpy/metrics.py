@@ -17,7 +17,7 @@ import os
 
 import numpy as np
 
-from . import weights as weightsmod
+from . import atomic
 from .errors import DarknetpyError
 
 COLUMNS = ("iteration", "seconds", "epoch", "loss", "avg_loss", "learning_rate", "chars_per_s", "valid_bpc")
@@ -44,7 +44,7 @@ class MetricsLog:
             except (OSError, ValueError, KeyError, TypeError, csv.Error):
                 kept = []  # not a log we wrote: start afresh
         lines = [",".join(COLUMNS)] + [",".join(r.get(c) or "" for c in COLUMNS) for r in kept]
-        weightsmod.atomic_write(path, ("\n".join(lines) + "\n").encode())
+        atomic.write(path, ("\n".join(lines) + "\n").encode())
         self.file = open(path, "a", encoding="utf-8", newline="")
 
     def row(self, **values):

@@ -8,7 +8,7 @@ train_network_datum: seen += streams*steps, forward, backward, and an update onc
 import numpy as np
 
 from . import cfg as cfgmod
-from . import generation, optim, sample, weights
+from . import evaluate, generation, optim, weights
 from . import vocab as vocabmod
 from .errors import DarknetpyError
 from .layers import KINDS
@@ -87,9 +87,6 @@ class Network:
         self.rng = np.random.default_rng(seed)
         self.seen = 0
         self.last_rate = None  # the rate of the most recent update
-        # MPI hook (darknetpy/parallel.py): K ranks each run streams/K of the streams, and
-        # `reduce(slots)` sums the gradients over the ranks before each update.
-        self.ranks, self.reduce = 1, None
         self.vocab = None  # what an id is, for generate/score/vec (vocab.Vocab); None: bytes
         self.version = 0   # bumped by every change of the weights through the API (see predict)
         self._predictor = None
@@ -237,7 +234,7 @@ class Network:
         out = cached[1](x)
         return np.array(out[0] if single else out)
 
-    # ---- text: generation and scoring (generation.py, sample.py) -------------------------------
+    # ---- text: generation and scoring (generation.py, evaluate.py) -----------------------------
     def generate(self, seed=b"\n\n", length=1000, temperature=0.7, top_k=0, top_p=1.0, greedy=False, beam=0,
                  stop=None, srand=None, samples=1, vocab=None):
         """The bytes `darknetpy generate` prints for the same options (top_k=0: all symbols,
@@ -268,7 +265,7 @@ class Network:
         def ids(raw, what):
             raw = raw.encode("utf-8") if isinstance(raw, str) else bytes(raw)
             return vocab.encode_bytes(raw, what, what) if words else raw
-        return sample.validate(self, ids(text, "text"), seed=ids(seed, "seed"))[1]
+        return evaluate.validate(self, ids(text, "text"), seed=ids(seed, "seed"))[1]
 
     def _vocab(self, vocab):
         """A Vocab from a Vocab, a .vocab path or None (then the network's own)."""
@@ -278,56 +275,62 @@ class Network:
         vocabmod.check_fits(found, self, self.cfg_path)
         return found
 
-    def train_step(self, x, y):
+    def train_step(self, x, y, streams=None, before_update=None):
         """One datum (Darknet's train_network_datum): x, y are (time_steps, streams, inputs) float32
-        (or (time_steps, streams) integer ids). Returns Darknet's cost: Σ -ln p over the datum."""
+        (or (time_steps, streams) integer ids). Returns Darknet's cost: Σ -ln p over the datum.
+
+        `streams` (a slice of range(self.streams), default all) is the block of the datum's streams
+        x and y hold: a data-parallel run gives each process its block (parallel.py), and `seen`
+        still counts every stream. `before_update(slots)` runs on the accumulated gradients just
+        before an update (where a data-parallel run sums them)."""
         if self.loss_layer is None:
             raise DarknetpyError(f"{self.cfg_path}: the network has no [softmax] or [cost] layer to train against")
         x = self._as_input(x)
         y = y if is_ids(y) else np.asarray(y, self.dtype)
-        streams = self.streams // self.ranks  # MPI hook: this rank's block of the streams
-        if x.shape[:2] != (self.time_steps, streams) or y.shape[:2] != x.shape[:2]:
-            raise DarknetpyError(f"train_step takes (time_steps, streams) = ({self.time_steps}, {streams}) "
+        block = range(self.streams)[streams or slice(None)]
+        if x.shape[:2] != (self.time_steps, len(block)) or y.shape[:2] != x.shape[:2]:
+            raise DarknetpyError(f"train_step takes (time_steps, streams) = ({self.time_steps}, {len(block)}) "
                                  f"rows, got x {x.shape[:2]} and y {y.shape[:2]}")
-        self.check_batchnorm(streams)
+        self.check_batchnorm(len(block))
         self.seen += self.streams * self.time_steps
-        cost = self.accumulate(x, y)
+        cost = self.accumulate(x, y, (block.start, self.streams))
         if (self.seen // (self.streams * self.time_steps)) % self.subdivisions == 0:
-            self.update()
+            self.update(before_update)
         return cost
 
-    def check_batchnorm(self, streams):
+    def check_batchnorm(self, streams, where="", fix="raise batch (or lower subdivisions)"):
         """Refuse to train batchnorm on fewer than 2 rows (its variance has an n-1 divisor): a
-        recurrent layer normalizes each step over the `streams` of a datum (of this rank's)."""
+        recurrent layer normalizes each step over the `streams` of a datum (`where` and `fix`
+        word the error for a caller that splits the streams)."""
         for layer, section in zip(self.layers, self.sections):
             rows = streams if layer.bn_over == "streams" else streams * self.time_steps
             if rows < 2 and any(d.bn for d in layer.denses):
-                fix = "run fewer ranks, or raise batch" if self.ranks > 1 else "raise batch (or lower subdivisions)"
                 raise DarknetpyError(f"training [{section.type}] with batch_normalize needs at least 2 "
-                                     f"{layer.bn_over} per datum{' on each rank' if self.ranks > 1 else ''}; {fix}",
-                                     section.path, section.line)
+                                     f"{layer.bn_over} per datum{where}; {fix}", section.path, section.line)
 
-    def accumulate(self, x, y):
+    def accumulate(self, x, y, block=None):
         """Forward and backward one datum in training mode, adding its negative gradients to the
-        update buffers (see `updates()`); no update, `seen` untouched. Returns the cost."""
+        update buffers (see `updates()`); no update, `seen` untouched. Returns the cost. `block`:
+        (offset, total), the datum's streams are those from `offset` of `total` (layers that draw
+        random masks draw them for all `total` and keep these); default all of them."""
         out = x
+        block = block or (0, np.shape(x)[1])
         for layer in self.layers[:self.loss_layer + 1]:
-            out = layer.forward(out, True)
+            out = layer.forward(out, True, block) if layer.draws_masks else layer.forward(out, True)
         self.version += 1  # batchnorm's rolling statistics move even before the update
         cost, delta = self.layers[self.loss_layer].loss(out, y)
         for i in range(self.loss_layer, -1, -1):
             delta = self.layers[i].backward(delta, need_dx=i > 0)
         return cost
 
-    def update(self):
+    def update(self, before_step=None):
+        """The optimizer's step on the accumulated gradients; `before_step(slots)` runs on them first."""
         n = self.batch_num
         lr = optim.learning_rate(self.hp, n, self.rng)
         slots = self.slots()
-        if self.reduce is not None:  # MPI hook: sum the ranks' gradients, then the same update on each
-            self.reduce(slots)
+        if before_step is not None:
+            before_step(slots)
         self.optimizer.step(slots, lr, self.batch * self.time_steps)
-        if self.reduce is not None:
-            self.reduce.after_step(self, slots)
         self.last_rate = lr
         self.version += 1
 

@@ -188,9 +188,10 @@ class Ranks:
             buf[:] = np.frombuffer(text, np.uint8)
         return json.loads(bytes(self.bcast(buf, what, timeout)))
 
-    def shard(self, net, batcher, path):
-        """Give this rank its block of the streams, or refuse (on every rank, rank 0 prints) a
-        stream count that does not divide by K; hook the gradient sum into net.update."""
+    def shard(self, net, path):
+        """Give this rank its block of the streams (`part`, which the trainer hands to the batcher
+        and to net.train_step), or refuse (on every rank, rank 0 prints) a stream count that does
+        not divide by K, or batchnorm with too few streams per rank."""
         if self.comm is None:
             return
         if net.streams % self.size:
@@ -198,11 +199,8 @@ class Ranks:
                                  f"over {self.size} ranks; run with a rank count that divides "
                                  f"{net.streams}, or change batch", path)
         n = net.streams // self.size
-        self.part = batcher.part = slice(self.rank * n, (self.rank + 1) * n)
-        net.ranks, net.reduce = self.size, self
-        net.check_batchnorm(n)  # before any work, on every rank alike (rank 0 prints it)
-        for layer in net.layers:
-            layer.block = (self.rank, self.size)
+        self.part = slice(self.rank * n, (self.rank + 1) * n)
+        net.check_batchnorm(n, " on each rank", "run fewer ranks, or raise batch")  # before any work, on every rank
 
     def record(self, net):
         """The run record's note of the split (nothing for one process)."""
@@ -210,8 +208,14 @@ class Ranks:
             return {}
         return {"ranks": self.size, "streams_per_rank": net.streams // self.size}
 
-    # ---- the gradient sum and the drift check (net.update calls these) ---------------------------
-    def __call__(self, slots):
+    # ---- the gradient sum and the drift check (around net.update) ---------------------------------
+    @property
+    def before_update(self):
+        """The hook net.train_step runs on the gradients before an update: their sum over the
+        ranks (None for one process)."""
+        return None if self.comm is None else self.sum_gradients
+
+    def sum_gradients(self, slots):
         """Sum every slot's update buffer over the ranks, in one flat Allreduce."""
         from mpi4py import MPI
         if self.flat is None or self.flat.dtype != slots[0][1].dtype:
@@ -226,8 +230,11 @@ class Ranks:
         for (_, u, _), v in zip(slots, views):
             u[...] = v
 
-    def after_step(self, net, slots):
+    def after_update(self, net):
         """Momentum's leftover stays on rank 0 alone; every CHECK_EVERY updates compare the weights."""
+        if self.comm is None:
+            return
+        slots = net.slots()
         if self.rank and net.optimizer.name == "sgd":
             for _, u, _ in slots:
                 u[...] = 0
@@ -313,7 +320,7 @@ class Ranks:
         of its block, and the update buffers summed over the ranks (between two updates each rank
         holds its own streams' gradients so far); each rank's own are put back afterwards."""
         own = [(u, u.copy()) for _, u, _ in net.slots()]
-        self(net.slots())
+        self.sum_gradients(net.slots())
         saved = []
         for layer in net.layers:
             for name in getattr(layer, "state_names", ()):

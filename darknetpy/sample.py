@@ -1,11 +1,10 @@
-"""Darknet's sampler, `rnn valid` and `rnn vec`, byte for byte (generation.py runs the sampler).
+"""Darknet's sampler, byte for byte (generation.py runs it), and the checks and files of ids.
 
 Matching Darknet's generated text needs its random stream (glibc's rand(), emulated exactly here,
 including the draws Darknet's network construction burns before sampling starts) and its float32
-sampling arithmetic. Validation needs its float32 accumulator and its printf line.
+sampling arithmetic. `rnn valid` and `rnn vec` are in evaluate.py.
 """
 import functools
-import math
 
 import numpy as np
 
@@ -154,71 +153,6 @@ def check_ids(data, inputs, what):
     return ids
 
 
-# Darknet's -Ofast build turns pow(2, x) into glibc's exp2(x), which differs from pow in the last
-# bit now and then; math.exp2 (Python 3.11+) is that exp2.
-_exp2 = getattr(math, "exp2", lambda x: 2.0**x)
-
-
-def _pow2(x):
-    """Darknet's pow(2, x) (see _exp2): inf on overflow where Python raises."""
-    try:
-        return _exp2(x)
-    except OverflowError:
-        return math.inf
-
-
-def validate_steps(net, text, seed=b"\n\n", spaces=(32, 10, 9)):
-    """Darknet's `rnn valid`, one scored byte at a time: yields (count, bpc, perplexity, word_perplexity).
-
-    The seed is fed unscored, then each byte predicts the next. The running sum of log2 p is
-    Darknet's float32 accumulator: the log and the division by (float)ln 2 in double, then rounded
-    to float32 on every addition. Words start at 1 and count ' ', '\\n', '\\t' (the ids `spaces`) among
-    scored bytes. `text` and `seed` may also be arrays of vocabulary ids.
-    """
-    seed_ids = check_ids(seed, net.inputs, "seed").tolist()
-    ids = check_ids(text, net.inputs, "text")
-    beyond = np.flatnonzero(ids[1:] >= net.outputs)  # every id but the first is a target
-    if beyond.size:
-        at = int(beyond[0]) + 1
-        kind = "id" if isinstance(text, np.ndarray) else "byte"
-        raise DarknetpyError(f"text: {kind} {ids[at]} at offset {at} is a target the network's {net.outputs} "
-                             "outputs cannot predict; score only text the network was trained on")
-    ids = ids.tolist()
-    spaces = frozenset(spaces)
-    log2 = float(np.float32(math.log(2)))
-    step = net.stepper(private=True)  # from a zero state; the network's own is left alone
-    for c in seed_ids:
-        step([c])
-    total, words = 0.0, 1
-    for count, (c, nxt) in enumerate(zip(ids[:-1], ids[1:]), start=1):
-        words += nxt in spaces
-        p = float(step([c])[0, nxt])
-        log_p = math.log(p) if p > 0 else -math.inf  # C's log(0) is -inf (Python raises)
-        total = float(np.float32(total + log_p / log2))
-        # -sum/count and -sum/words are float32 divisions in C; pow and printf then see doubles
-        bpc = float(np.float32(-total) / np.float32(count))
-        yield count, bpc, _pow2(bpc), _pow2(float(np.float32(-total) / np.float32(words)))
-
-
-def validate(net, text, seed=b"\n\n"):
-    """Darknet's `rnn valid` on `text` (bytes): the final (count, bpc, perplexity, word_perplexity)."""
-    result = None
-    for result in validate_steps(net, text, seed):
-        pass
-    if result is None:
-        raise DarknetpyError("validation text needs at least 2 bytes: each scored byte is predicted from the one before")
-    return result
-
-
-def format_valid_line(count, bpc, perplexity, word_perplexity):
-    """Darknet's per-character line, `%d BPC: %4.4f   Perplexity: %4.4f    Word Perplexity: %4.4f`.
-
-    Python's %.4f prints the exact binary value correctly rounded, as glibc's printf does, so even
-    the huge word perplexities agree digit for digit.
-    """
-    return f"{count} BPC: {bpc:.4f}   Perplexity: {perplexity:.4f}    Word Perplexity: {word_perplexity:.4f}"
-
-
 def read_tokens(path):
     """A --tokens file: line i is the text of token id i (Darknet's read_tokens)."""
     try:
@@ -226,30 +160,3 @@ def read_tokens(path):
             return [line.decode("utf-8", "surrogateescape") for line in f.read().splitlines()]
     except OSError as e:
         raise DarknetpyError(f"cannot read tokens: {e.strerror}", path) from None
-
-
-DARKNET_STRIP = b" \t\n"  # what Darknet's strip() drops, anywhere in a line
-
-
-def vec_rows(net, lines, seed=b"\n\n", vocab=None, strip=True, name="text"):
-    """Darknet's `rnn vec`: for each line (bytes, without its newline), the first layer's output
-    (n,) once it has read the seed, the line and a space from a zero state. Yields (line, vector).
-
-    strip=True is Darknet's strip(): every space, tab and newline in the line is dropped, also
-    from the line yielded. Darknet resets the state before each line only on its GPU path; here
-    every line starts from zero, so a row does not depend on the lines before it.
-    """
-    words = vocab is not None and vocab.mode != "bytes"
-
-    def encode(raw, what):
-        return check_ids(vocab.encode_bytes(raw, name, what) if words else raw, net.inputs, f"{name}: {what}")
-    head = encode(seed, "the seed").tolist()
-    space = encode(b" ", "the space fed after each line").tolist()
-    step = net.stepper(private=True, layers=1)
-    for n, line in enumerate(lines, start=1):
-        if strip:
-            line = line.translate(None, DARKNET_STRIP)
-        step.reset()
-        for c in head + encode(line, f"line {n}").tolist() + space:
-            out = step([c])
-        yield line, out[0].copy()

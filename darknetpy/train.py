@@ -20,18 +20,19 @@ An iteration is one datum (Darknet's `i`): streams * time_steps characters; an u
 every `subdivisions` iterations, and `max_batches` counts updates from the weights' `seen`.
 """
 import contextlib
+import dataclasses
 import math
 import os
-import re
 import signal
 import sys
 import time
-import warnings
 
 import numpy as np
 
+from . import atomic
 from . import checkpoint as ckpt
 from . import data as datamod
+from . import evaluate
 from . import generation
 from . import vocab as vocabmod
 from . import metrics as metricsmod
@@ -41,73 +42,9 @@ from . import weights as weightsmod
 from .checkpoint import STATE_SUFFIX
 from .errors import DarknetpyError
 from .network import Network
+from .options import TrainOptions, parse_duration
 
 BACKUP_EVERY = 100        # Darknet's char-RNN trainer saves <cfg>.backup every 100 iterations
-VALID_EVERY = 500
-SAVE_EVERY = 2000
-
-
-# ---- held-out validation ------------------------------------------------------------------------
-class Validator:
-    """A fast estimate of the held-out bits per character, run every `valid_every` iterations.
-
-    `darknetpy valid` feeds the whole held-out text through ONE stream in order, one character at
-    a time, with the state carried from the first character to the last (after the seed "\\n\\n").
-    That takes minutes for a 56 KB slice; this estimate takes about a second. It splits the scored
-    characters into K contiguous chunks, one per stream of a second network built from the same
-    cfg (batch=K), and runs them in parallel with the state carried within each chunk, `block` steps
-    per forward call. Each chunk is first warmed up, unscored, on the `warmup` characters that
-    precede it (chunk 0 on the seed "\\n\\n", as `valid` does), so every character is scored exactly
-    once, with the same target set as `valid`. The only differences from `valid`: a chunk's state
-    has seen `warmup` characters of history instead of the whole text before it, and the sum is
-    accumulated in float64 rather than Darknet's float32 — the two agree to about 0.01 bpc.
-    """
-
-    def __init__(self, cfg_path, ids, seed_ids=(), max_streams=128, warmup=128, block=64):
-        ids = np.asarray(ids, dtype=np.int64)
-        self.count = len(ids) - 1                        # scored characters, as `valid` counts them
-        k = max(1, min(max_streams, self.count // (2 * warmup)))
-        bounds = np.linspace(1, len(ids), k + 1).round().astype(np.int64)  # targets [b_j, b_j+1)
-        seqs = []
-        for j in range(k):
-            lo, hi = int(bounds[j]), int(bounds[j + 1])
-            if j == 0:
-                seed = np.asarray(seed_ids, dtype=np.int64)
-                x = np.concatenate([seed, ids[:hi - 1]])
-                y = np.concatenate([seed[1:], ids[:hi]]) if len(seed) else ids[1:hi]
-                scored = np.arange(len(x)) >= len(seed)
-            else:
-                start = max(0, lo - 1 - warmup)
-                x, y = ids[start:hi - 1], ids[start + 1:hi]
-                scored = np.arange(start + 1, hi) >= lo
-            seqs.append((x, y, scored))
-        length = max(len(x) for x, _, _ in seqs)
-        self.x = np.zeros((length, k), np.int64)
-        self.y = np.zeros((length, k), np.int64)
-        self.mask = np.zeros((length, k), bool)
-        for j, (x, y, scored) in enumerate(seqs):
-            self.x[:len(x), j], self.y[:len(y), j], self.mask[:len(scored), j] = x, y, scored
-        assert self.mask.sum() == self.count
-        self.block = block
-        with warnings.catch_warnings():  # the training network already reported unused cfg keys
-            warnings.simplefilter("ignore")
-            self.net = Network(cfg_path, batch=k, time_steps=block)
-
-    def __call__(self, net, stop=lambda: False):
-        """Bits per character of the held-out text under `net`'s current weights (None if stopped)."""
-        dst = self.net.params()
-        for key, value in net.params().items():
-            dst[key][...] = value
-        self.net.reset_state()
-        total = 0.0
-        for s in range(0, len(self.x), self.block):
-            if stop():
-                return None
-            probs = self.net.forward(self.x[s:s + self.block], train=False)
-            p = np.take_along_axis(probs, self.y[s:s + self.block, :, None], 2)[..., 0]
-            with np.errstate(divide="ignore"):
-                total -= np.log2(p[self.mask[s:s + self.block]].astype(np.float64)).sum()
-        return total / self.count
 
 
 # ---- the loop ------------------------------------------------------------------------------------
@@ -209,40 +146,19 @@ def _stderr_line(text):
     print(text, file=sys.stderr, flush=True)
 
 
-def train(cfg, data, **options):
-    """Train CFG on DATA; returns a summary dict (status 'finished' or 'interrupted'). See Trainer."""
-    return Trainer(cfg, data, **options).run()
-
-
-UNITS = {"s": 1, "sec": 1, "secs": 1, "second": 1, "seconds": 1, "m": 60, "min": 60, "mins": 60,
-         "minute": 60, "minutes": 60, "h": 3600, "hr": 3600, "hrs": 3600, "hour": 3600, "hours": 3600}
-DURATION_PART = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z]*)")
-
-
-def parse_duration(text):
-    """Seconds in a --time-budget: a number of seconds (600), or numbers with units, largest first
-    (90s, 10m, 10min, 2h, 1h30m, 1.5h)."""
-    value = str(text).strip().lower()
-    parts, at = [], 0
-    while at < len(value) and (m := DURATION_PART.match(value, at)):
-        parts.append((float(m[1]), m[2]))
-        at = m.end()
-    units = [UNITS.get(unit, 0) if unit else None for _, unit in parts]
-    bare = len(parts) == 1 and units[0] is None  # plain seconds
-    ordered = all(u and (i == 0 or u < units[i - 1]) for i, u in enumerate(units))
-    seconds = sum(number * (unit or 1) for (number, _), unit in zip(parts, units))
-    if at < len(value) or not parts or not (bare or ordered) or not (seconds > 0 and math.isfinite(seconds)):
-        raise DarknetpyError(f"--time-budget {text}: not a duration; give seconds (600) or numbers with "
-                             "units s, m (min) or h, largest first (90s, 10m, 2h, 1h30m, 1.5h)")
-    return seconds
+def train(cfg, data, options=None, **fields):
+    """Train CFG on DATA; returns a summary dict (status 'finished' or 'interrupted'). `options`: a
+    TrainOptions, its `fields` replaced by the keywords (train(cfg, data, srand=1, backup="b"))."""
+    return Trainer(cfg, data, dataclasses.replace(options or TrainOptions(), **fields)).run()
 
 
 class Trainer:
     """One training run, from its checks to its summary: `run()` = setup (in __init__), then
     `step()` per iteration with `validate()`, `sample()` and `checkpoint()` when due, then `finish()`.
 
-    A run that does not continue from `backup`'s own checkpoints refuses to replace an earlier
-    run's there unless `overwrite`. Raises DarknetpyError for bad input, a diverged loss (nothing
+    `options` (a TrainOptions) holds everything asked besides the cfg and the corpus. A run that
+    does not continue from `backup`'s own checkpoints refuses to replace an earlier run's there
+    unless `overwrite`. Raises DarknetpyError for bad input, a diverged loss (nothing
     poisoned is saved) or a failed checkpoint write (the previous checkpoint stays whole).
     `patience` ends the run after that many validations in a row without a new best; `time_budget`
     (seconds) sets max_batches from the speed so far, re-estimated as the run goes (`set_horizon`).
@@ -250,81 +166,71 @@ class Trainer:
     record), `finish()` (the record) and `open_metrics()`/`log_row()` (the metrics log).
     """
 
-    def __init__(self, cfg, data, weights=None, clear=False, tokenized=False, backup="backup",
-                 max_batches=None, srand=None, valid_frac=None, valid_every=VALID_EVERY,
-                 save_every=SAVE_EVERY, progress=True, resumed_from=None, overwrite=False, log_every=10,
-                 sample_every=0, sample_len=200, sample_temp=0.7, patience=None, time_budget=None,
-                 stretch_schedule=False, vocab=None, max_vocab=None, valid_full=False, learning_rate=None,
-                 schedule_anchor=None, previous_end=None):
+    def __init__(self, cfg, data, options=None):
         self.t0 = time.time()
-        self.time_budget = None if time_budget is None else parse_duration(time_budget)
-        self.ranks = parallel.start()  # MPI hook: K ranks under mpiexec, else one process (no mpi4py)
+        self.options = o = options or TrainOptions()
+        self.time_budget = None if o.time_budget is None else parse_duration(o.time_budget)
+        self.ranks = parallel.start()  # K ranks under mpiexec, else one process (no mpi4py)
         # one training per folder: the lock is taken first if the folder exists, else once it is made
-        locked = self.ranks.same(os.path.isdir(backup), "the backup folder")  # MPI hook: rank 0's view
-        self.lock = self.ranks.on_writer(ckpt.FolderLock)(backup) if locked else None  # MPI hook: rank 0 holds it
+        locked = self.ranks.same(os.path.isdir(o.backup), "the backup folder")  # rank 0's view
+        self.lock = self.ranks.on_writer(ckpt.FolderLock)(o.backup) if locked else None  # rank 0 holds it
         with self.unlocked_on_error():  # the checks, in the order that refuses bad input before any write
-            self.cfg, self.data, self.weights, self.clear, self.tokenized = cfg, data, weights, clear, tokenized
-            self.max_vocab, self.valid_full = max_vocab, valid_full
-            self.backup, self.valid_every, self.save_every, self.log_every = backup, valid_every, save_every, log_every
-            self.sample_every, self.sample_len, self.sample_temp = sample_every, sample_len, sample_temp
-            self.resumed_from, self.show_progress, self.patience = resumed_from, progress, patience
-            # MPI hook: a fresh seed is rank 0's, on every rank
-            self.srand = self.ranks.same(int(np.random.SeedSequence().entropy % 2**31)) if srand is None else srand
+            self.cfg, self.data = cfg, data
+            # a fresh seed is rank 0's, on every rank
+            self.srand = self.ranks.same(int(np.random.SeedSequence().entropy % 2**31)) if o.srand is None else o.srand
             self.net = Network(cfg, seed=self.srand)
             if self.net.loss_layer is None:
                 raise DarknetpyError("the network has no [softmax] or [cost] layer to train against", cfg)
-            if learning_rate is not None:
-                if not (learning_rate > 0 and math.isfinite(learning_rate)):
-                    raise DarknetpyError(f"--learning-rate {learning_rate}: give a rate > 0 (leave it out for the cfg's)")
-                self.net.hp["learning_rate"] = float(learning_rate)
-            self.learning_rate = learning_rate
+            if o.learning_rate is not None:
+                self.net.hp["learning_rate"] = float(o.learning_rate)
             self.rows = self.net.streams * self.net.time_steps  # characters per iteration
-            self.max_batches = self.net.hp["max_batches"] if max_batches is None else max_batches
+            self.max_batches = self.net.hp["max_batches"] if o.max_batches is None else o.max_batches
             if self.max_batches <= 0 and self.time_budget is None:
                 raise DarknetpyError("no max_batches: set max_batches=N in [net] or pass --max-batches N "
                                      "(or --time-budget)", cfg)
             self.cfg_hp = dict(self.net.hp)  # the cfg's schedule, which a time budget stretches
-            if schedule_anchor:  # a resume moved the run's end: the schedule continues from there
-                self.cfg_hp["anchor"] = list(schedule_anchor)
-            self.stretch = stretch_schedule
-            if stretch_schedule:  # a --time-budget run (or one whose end a resume moved): its schedule
-                self.net.hp = optim.stretch_policy(self.cfg_hp, self.max_batches if previous_end is None else previous_end)
-            self.load_corpus(valid_frac, vocab)
-            self.ranks.shard(self.net, self.batcher, cfg)  # MPI hook: refuse streams % K, this rank's block, the sum
-            if patience is not None and (patience < 1 or self.valid_ids is None or valid_every <= 0):
-                raise DarknetpyError(f"--patience {patience}: give a number of validations >= 1, with held-out "
-                                     "text (--valid-frac) and --valid-every N > 0; leave it out to never stop early")
+            if o.schedule_anchor:  # a resume moved the run's end: the schedule continues from there
+                self.cfg_hp["anchor"] = list(o.schedule_anchor)
+            self.stretch = o.stretch_schedule
+            if o.stretch_schedule:  # a --time-budget run (or one whose end a resume moved): its schedule
+                end = self.max_batches if o.previous_end is None else o.previous_end
+                self.net.hp = optim.stretch_policy(self.cfg_hp, end)
+            self.load_corpus()
+            self.ranks.shard(self.net, cfg)  # refuse streams % K; this rank's block of the streams
+            if o.patience is not None and (self.valid_ids is None or o.valid_every <= 0):
+                raise DarknetpyError(f"--patience {o.patience}: needs held-out text (--valid-frac) and --valid-every "
+                                     "N > 0; leave it out to never stop early")
             self.loss, self.avg, self.valid, self.valid_iteration = None, None, None, None
             self.best, self.bad_validations, self.seconds0, self.stop_reason = None, 0, 0.0, None
             self.start_from_weights()
-            if previous_end is not None:
-                self.continue_schedule(previous_end, max_batches is None)
+            if o.previous_end is not None:
+                self.continue_schedule(o.previous_end, o.max_batches is None)
             self.iteration = self.net.seen // self.rows
-            self.saved = self.iteration if weights is not None else None  # the last good checkpoint
-            self.saved_path = os.path.abspath(weights) if weights is not None else None
-            self.base = base = os.path.join(backup, ckpt.cfg_base(cfg))
+            self.saved = self.iteration if o.weights is not None else None  # the last good checkpoint
+            self.saved_path = os.path.abspath(o.weights) if o.weights is not None else None
+            self.base = base = os.path.join(o.backup, ckpt.cfg_base(cfg))
             self.paths = {"backup": base + ".backup", "final": base + "_final.weights", "best": base + "_best.weights",
                           "record": base + ".yaml", "metrics": base + ".metrics.csv"}
-            self.continuing = resumed_from is not None or (  # from one of this run's own checkpoints
-                weights is not None and os.path.dirname(os.path.abspath(weights)) == os.path.abspath(backup))
-            if not (self.continuing or overwrite):
-                self.ranks.on_writer(ckpt.refuse_to_replace)(self.paths, cfg)  # MPI hook: rank 0 looks
-            self.ranks.on_writer(ckpt.prepare_backup_dir)(backup)  # last of the checks (MPI hook: rank 0's)
+            self.continuing = o.resumed_from is not None or (  # from one of this run's own checkpoints
+                o.weights is not None and os.path.dirname(os.path.abspath(o.weights)) == os.path.abspath(o.backup))
+            if not (self.continuing or o.overwrite):
+                self.ranks.on_writer(ckpt.refuse_to_replace)(self.paths, cfg)  # rank 0 looks
+            self.ranks.on_writer(ckpt.prepare_backup_dir)(o.backup)  # last of the checks (rank 0's)
             if not locked:
-                self.lock = self.ranks.on_writer(ckpt.FolderLock)(backup)
+                self.lock = self.ranks.on_writer(ckpt.FolderLock)(o.backup)
             self.record = ckpt.Record(self.paths["record"], None)
-            self.cfg_copy = self.ranks.on_writer(self.cfg_copy_path)()  # MPI hook: rank 0 alone writes it
+            self.cfg_copy = self.ranks.on_writer(self.cfg_copy_path)()  # rank 0 alone writes it
             self.cfg_kept = False
-            if self.vocabulary is not None and self.ranks.writer:  # MPI hook: rank 0 alone writes
+            if self.vocabulary is not None and self.ranks.writer:  # rank 0 alone writes
                 self.vocabulary.save(base + ".vocab")
             elif not self.continuing and self.ranks.writer and os.path.exists(base + ".vocab"):
                 os.unlink(base + ".vocab")  # an earlier run's: tokenized ids are decoded with --tokens
             self.seed_ids = vocabmod.seed_ids(self.vocabulary, self.net)
             # periodic and end-of-run estimates score a bounded slice: their cost does not grow with the corpus
-            self.validator = (Validator(cfg, datamod.read_ids(self.valid_ids, 0, datamod.VALID_SLICE), self.seed_ids)
+            self.validator = (evaluate.Estimate(datamod.read_ids(self.valid_ids, 0, datamod.VALID_SLICE), self.seed_ids)
                               if self.valid_ids is not None else None)
-            self.record.content = self.new_record(valid_frac=self.valid_frac)
-            # MPI hook: rank 0 alone writes checkpoints and the record, with the recurrent state of all
+            self.record.content = self.new_record()
+            # rank 0 alone writes checkpoints and the record, with the recurrent state of all
             # streams gathered to it; the others wait for it and share its errors
             self.checkpoint = self.ranks.saving(self.checkpoint, self.net)
             self.write_record = self.ranks.on_writer(self.record.write)
@@ -344,26 +250,27 @@ class Trainer:
             self.lock = None
 
     # ---- setup -----------------------------------------------------------------------------------
-    def load_corpus(self, valid_frac, vocab):
+    def load_corpus(self):
         """The corpus as ids (through its vocabulary: vocab.prepare_corpus), split into train_ids and
         valid_ids (None: nothing held out), and the batcher that walks the streams through train_ids."""
-        net, data = self.net, self.data
-        ids, self.vocabulary = vocabmod.prepare_corpus(self.cfg, net, data, vocab, self.tokenized, self.weights,
-                                                       self.max_vocab)
-        self.valid_frac = datamod.default_valid_frac(len(ids), net.time_steps) if valid_frac is None else valid_frac
+        net, data, o = self.net, self.data, self.options
+        ids, self.vocabulary = vocabmod.prepare_corpus(self.cfg, net, data, o.vocab, o.tokenized, o.weights,
+                                                       o.max_vocab)
+        self.valid_frac = datamod.default_valid_frac(len(ids), net.time_steps) if o.valid_frac is None else o.valid_frac
         self.train_ids, self.valid_ids = datamod.split_corpus(ids, self.valid_frac, data)
-        self.corpus_sha = datamod.sha256(ids, len(self.train_ids), as_int32=self.tokenized)  # in chunks: no copy
+        self.corpus_sha = datamod.sha256(ids, len(self.train_ids), as_int32=o.tokenized)  # in chunks: no copy
         self.batcher = datamod.StreamBatcher(self.train_ids, net.streams, net.time_steps,
                                              np.random.default_rng([self.srand, 1]), data)
 
     def start_from_weights(self):
         """Load --weights and, unless --clear, the .state.npz beside them (optimizer, data walk,
         the best validation so far)."""
-        if self.weights is None:
+        weights = self.options.weights
+        if weights is None:
             return
-        net, weights = self.net, self.weights
+        net = self.net
         net.load_weights(weights)
-        if self.clear:
+        if self.options.clear:
             net.seen = 0
             return
         with open(weights, "rb") as f:
@@ -373,11 +280,11 @@ class Trainer:
                 _stderr_line(f"warning: {weights}{STATE_SUFFIX}: ignored, {arrays}; the optimizer starts afresh")
             return
         ckpt.restore_state(net, self.batcher, meta, arrays, weights + STATE_SUFFIX)
-        self.ranks.restored(net)  # MPI hook: this rank's block of the state saved whole
+        self.ranks.restored(net)  # this rank's block of the state saved whole
         self.avg, self.best = meta.get("avg_loss"), meta.get("best")
         if self.best is not None:  # named relative to the checkpoint's folder; here, to BACKUP's
             self.best["weights"] = ckpt.relative(ckpt.resolve(self.best["weights"], os.path.dirname(
-                os.path.abspath(weights))), self.backup)
+                os.path.abspath(weights))), self.options.backup)
         self.bad_validations, self.seconds0 = meta.get("bad_validations", 0), meta.get("seconds", 0.0)
         if meta.get("corpus_sha256") not in (None, self.corpus_sha):
             _stderr_line(f"warning: {self.data}: the training text differs from the one "
@@ -419,14 +326,15 @@ class Trainer:
             return
         try:
             with open(self.cfg, "rb") as f:
-                weightsmod.atomic_write(self.cfg_copy, f.read())
+                atomic.write(self.cfg_copy, f.read())
         except OSError as e:
             raise ckpt.write_error(self.cfg_copy, e, "copy of the cfg") from None
 
-    def new_record(self, valid_frac):
+    def new_record(self):
         """The run record's content at the start: what was asked and what the network is."""
-        net, opt, weights, name = self.net, self.net.optimizer, self.weights, self.record.name
-        earlier = ckpt.earlier_record(self.resumed_from or self.paths["record"]) if weights is not None else {}
+        net, opt, o, name = self.net, self.net.optimizer, self.options, self.record.name
+        weights = o.weights
+        earlier = ckpt.earlier_record(o.resumed_from or self.paths["record"]) if weights is not None else {}
         copy = self.base + ".cfg"
         source = os.path.abspath(self.cfg)
         if os.path.exists(copy) and os.path.samefile(self.cfg, copy):  # resumed from the copy: where it came from
@@ -435,18 +343,14 @@ class Trainer:
         if corpus["vocab"]:
             corpus["vocab"]["file"] = name(corpus["vocab"]["file"])
         record = {
-            "cfg": name(self.cfg_copy or self.cfg), "cfg_source": source,  # (MPI hook: rank 0 knows the copy)
+            "cfg": name(self.cfg_copy or self.cfg), "cfg_source": source,  # (rank 0 knows the copy)
             "data": os.path.abspath(self.data) if self.data != "-" else self.data, "status": "running",
-            "options": {"tokenized": bool(self.tokenized), "vocab": self.vocabulary.mode if self.vocabulary else None,
-                        "max_vocab": self.max_vocab, "valid_full": bool(self.valid_full),
-                        "max_batches": int(self.max_batches),
-                        "valid_frac": float(valid_frac), "valid_every": int(self.valid_every),
-                        "save_every": int(self.save_every), "srand": int(self.srand),
-                        "log_every": int(self.log_every), "patience": self.patience,
-                        "learning_rate": self.learning_rate, "stretch_schedule": bool(self.stretch),
-                        "schedule_anchor": self.cfg_hp.get("anchor")},
-            "started_from": {"weights": name(weights) if weights else None, "clear": bool(self.clear),
-                             "resumed_from": name(self.resumed_from) if self.resumed_from else None},
+            "options": dataclasses.replace(  # as asked, with what the run chose where they were left out
+                o, vocab=self.vocabulary.mode if self.vocabulary else None, max_batches=int(self.max_batches),
+                valid_frac=float(self.valid_frac), srand=int(self.srand), stretch_schedule=bool(self.stretch),
+                schedule_anchor=self.cfg_hp.get("anchor")).record(),
+            "started_from": {"weights": name(weights) if weights else None, "clear": bool(o.clear),
+                             "resumed_from": name(o.resumed_from) if o.resumed_from else None},
             "hyperparameters": {
                 "inputs": net.inputs, "outputs": net.outputs, "batch": net.batch,
                 "subdivisions": net.subdivisions, "streams": net.streams, "time_steps": net.time_steps,
@@ -458,14 +362,14 @@ class Trainer:
             },
             "corpus": corpus,
             "metrics": name(self.paths["metrics"]),
-            **self.ranks.record(net),  # MPI hook: ranks, streams_per_rank (nothing for one process)
+            **self.ranks.record(net),  # ranks, streams_per_rank (nothing for one process)
             "progress": {}, "checkpoints": {"latest": None, "backup": None, "final": None, "numbered": []},
         }
         if self.best is not None:
             record["best"] = self.best
         cps = earlier.get("checkpoints")
         if isinstance(cps, dict):  # continuing a run: keep its list of numbered checkpoints
-            folder = os.path.dirname(os.path.abspath(self.resumed_from or self.paths["record"]))
+            folder = os.path.dirname(os.path.abspath(o.resumed_from or self.paths["record"]))
             record["checkpoints"]["numbered"] = [name(ckpt.resolve(p, folder)) for p in cps.get("numbered") or []]
         return record
 
@@ -474,8 +378,8 @@ class Trainer:
         """Train until max_batches updates, a stop (patience, time budget) or a signal; returns the
         summary dict."""
         net = self.net
-        self.progress = _Progress(self.show_progress and self.ranks.writer, self.max_batches * net.subdivisions, self.iteration)
-        self.metrics = self.ranks.metrics(self.open_metrics)  # MPI hook: rank 0 alone writes the rows
+        self.progress = _Progress(self.options.progress and self.ranks.writer, self.max_batches * net.subdivisions, self.iteration)
+        self.metrics = self.ranks.metrics(self.open_metrics)  # rank 0 alone writes the rows
         self.start, self.start_updates = time.time(), net.batch_num
         self.valid_seconds = 0.0  # the last validation's duration: the end of a time budget keeps it free
         self.horizon_at = None if self.time_budget is None else min(60.0, max(1.0, 0.05 * self.time_budget))
@@ -483,11 +387,11 @@ class Trainer:
         self.last_row = (self.iteration, self.start)
         status = "finished"
         try:  # overflow in a diverging run is reported as a non-finite loss, not as numpy warnings
-            # MPI hook: an error of this rank alone stops the others at once
+            # an error of one rank alone stops the others at once
             with _Interrupt() as self.interrupt, np.errstate(all="ignore"), self.ranks.stopping():
                 while (self.horizon_pending or net.batch_num < self.max_batches or self.max_batches <= 0) \
                         and self.stop_reason is None:
-                    self.ranks.agree_interrupt(self.interrupt)  # MPI hook: every rank stops at one iteration
+                    self.ranks.agree_interrupt(self.interrupt)  # every rank stops at one iteration
                     if self.interrupt.flag:
                         status = "interrupted"
                         break
@@ -506,39 +410,42 @@ class Trainer:
 
     def step(self):
         """One training iteration: a datum through forward, backward and (when due) the update."""
-        net = self.net
-        x, y = self.batcher.next_batch()
-        cost = self.ranks.sum(float(net.train_step(x, y)))  # MPI hook: the cost of all streams
+        net, ranks = self.net, self.ranks
+        x, y = self.batcher.next_batch(ranks.part)  # this rank's block of the streams (all of them alone)
+        updates = net.batch_num
+        cost = ranks.sum(float(net.train_step(x, y, ranks.part, ranks.before_update)))  # the cost of all streams
+        if net.batch_num != updates:
+            ranks.after_update(net)
         self.iteration = net.seen // self.rows
         loss = cost / self.rows
         if not math.isfinite(loss):
             raise self.diverged(f"non-finite loss ({loss})")
         self.loss = loss
         self.avg = loss if self.avg is None else 0.9 * self.avg + 0.1 * loss
-        for s in self.batcher.reseat():
+        for s in self.batcher.reseat(ranks.part):
             net.reset_state(int(s))
 
     def after_step(self):
         """Progress, then what is due at this iteration: validation, the stops (patience, time
         budget), the metrics row, a sample, checkpoints."""
-        it = self.iteration
+        it, o = self.iteration, self.options
         self.progress.update(self.postfix)
-        validated = self.valid_every > 0 and it % self.valid_every == 0 and self.validate()
+        validated = o.valid_every > 0 and it % o.valid_every == 0 and self.validate()
         if validated and self.best["iteration"] == it:
             self.checkpoint(self.paths["best"], "best")
-        if self.patience is not None and self.bad_validations >= self.patience:
-            self.stop_reason = (f"stopped early: no better validation in {self.patience} in a row "
-                                f"(--patience {self.patience})")
+        if o.patience is not None and self.bad_validations >= o.patience:
+            self.stop_reason = (f"stopped early: no better validation in {o.patience} in a row "
+                                f"(--patience {o.patience})")
         if self.time_budget is not None:
             self.watch_time_budget()
         ending = self.stop_reason is not None or (not self.horizon_pending and 0 < self.max_batches <= self.net.batch_num)
-        if not ending and (validated or (self.log_every > 0 and it % self.log_every == 0)):
+        if not ending and (validated or (o.log_every > 0 and it % o.log_every == 0)):
             self.log_row()  # the last iteration's row comes from finish(), after its validation
-        if self.sample_every > 0 and it % self.sample_every == 0 and self.ranks.writer:  # MPI hook: rank 0's
+        if o.sample_every > 0 and it % o.sample_every == 0 and self.ranks.writer:  # rank 0's
             self.sample()
         if it % BACKUP_EVERY == 0:
             self.checkpoint(self.paths["backup"], "backup")
-        if self.save_every > 0 and it % self.save_every == 0:
+        if o.save_every > 0 and it % o.save_every == 0:
             self.checkpoint(f"{self.base}_{it}.weights", "numbered")
 
     def postfix(self):
@@ -558,8 +465,8 @@ class Trainer:
         """The last checkpoints, metrics row and record: after a signal the backup; else the backup,
         a validation (and the best checkpoint if it is the best) and the final weights."""
         if status == "finished":
-            if self.valid_full and self.valid_ids is not None and len(self.valid_ids) > datamod.VALID_SLICE:
-                self.validator = Validator(self.cfg, self.valid_ids, self.seed_ids)  # --valid-full: all of it
+            if self.options.valid_full and self.valid_ids is not None and len(self.valid_ids) > datamod.VALID_SLICE:
+                self.validator = evaluate.Estimate(self.valid_ids, self.seed_ids)  # --valid-full: all of it
                 self.valid_iteration = None
             validated = self.valid_iteration != self.iteration and self.validate()
             self.checkpoint(self.paths["backup"], "backup")
@@ -568,7 +475,7 @@ class Trainer:
             self.checkpoint(self.paths["final"], "final")
         with self.interrupt.saving(then_interrupt=False):  # after a signal, more wait for the record to say so
             latest = self.record.content["checkpoints"]["latest"]
-            # MPI hook: rank 0 alone knows what it saved, and decides for every rank
+            # rank 0 alone knows what it saved, and decides for every rank
             if status == "interrupted" and self.ranks.same(self.saved != self.iteration
                                                            or latest != self.record.name(self.paths["backup"])):
                 self.checkpoint(self.paths["backup"], "backup")
@@ -585,7 +492,7 @@ class Trainer:
         if self.validator is None:
             return False
         v0 = time.time()
-        bpc = self.ranks.on_writer(self.validator)(self.net, lambda: self.interrupt.flag)  # MPI hook: on rank 0,
+        bpc = self.ranks.on_writer(self.validator)(self.net, lambda: self.interrupt.flag)  # on rank 0,
         bpc = self.ranks.agreed(bpc, "the validation's result")  # and its result on every rank
         if bpc is None:
             return False
@@ -609,12 +516,13 @@ class Trainer:
     def unit(self):
         """(unit, what is counted) of a validation: bits per character, or per token for a words
         vocabulary or --tokenized ids."""
-        per_token = self.tokenized or (self.vocabulary is not None and self.vocabulary.mode == "words")
+        per_token = self.options.tokenized or (self.vocabulary is not None and self.vocabulary.mode == "words")
         return ("bits per token", "tokens") if per_token else ("bpc", "chars")
 
     def open_metrics(self):
         """The metrics log; a continuing run keeps the rows up to the checkpoint it starts from."""
-        keep = self.iteration if self.continuing and self.weights is not None and not self.clear else None
+        o = self.options
+        keep = self.iteration if self.continuing and o.weights is not None and not o.clear else None
         try:
             return metricsmod.MetricsLog(self.paths["metrics"], keep_until=keep)
         except OSError as e:
@@ -639,14 +547,15 @@ class Trainer:
         return self.seconds0 + time.time() - self.t0
 
     def sample(self):
-        """`sample_len` characters at `sample_temp` to stderr, from a private stepper (prepared copies
+        """--sample-len characters at --sample-temp to stderr, from a private stepper (prepared copies
         of the weights, its own state): the training network, its state and its random streams are
         not touched."""
         vocab = self.vocabulary
-        tokens = [str(i) for i in range(self.net.outputs)] if self.tokenized else None
-        newline = b"\n" in vocab.pieces() if vocab is not None else not self.tokenized and self.net.inputs > 10
+        o = self.options
+        tokens = [str(i) for i in range(self.net.outputs)] if o.tokenized else None
+        newline = b"\n" in vocab.pieces() if vocab is not None else not o.tokenized and self.net.inputs > 10
         pieces = [piece for _, piece, _ in generation.events(
-            self.net, seed=b"\n" if newline else b"", length=self.sample_len, temperature=self.sample_temp,
+            self.net, seed=b"\n" if newline else b"", length=o.sample_len, temperature=o.sample_temp,
             srand=self.srand + self.iteration, tokens=tokens, vocab=vocab)]
         # the first piece is the seed's symbol, echoed (an empty seed is id 0, as in `generate`)
         self.progress.say(f"sample at iteration {self.iteration}:\n"
@@ -657,7 +566,7 @@ class Trainer:
         then again after every further tenth of it: the speed drifts, and validations, samples and
         checkpoints take their share, which a rate over the whole run so far includes. Stop at the
         deadline in any case."""
-        # MPI hook: rank 0's clock decides the stop and the horizon for every rank
+        # rank 0's clock decides the stop and the horizon for every rank
         elapsed = self.ranks.agreed(time.time() - self.start, "the time budget")
         done = self.net.batch_num - self.start_updates
         if elapsed >= self.time_budget:
@@ -670,7 +579,7 @@ class Trainer:
         """max_batches = the updates done + as many as the rest of the budget (after `elapsed` s)
         allows at `per_update` seconds each, less the time of a final validation; the cfg's
         schedule is stretched to it (optim.stretch_policy)."""
-        # MPI hook: rank 0's validation time, as its clock
+        # rank 0's validation time, as its clock
         remaining = self.time_budget - elapsed - self.ranks.agreed(self.valid_seconds, "the validation's time")
         self.max_batches = self.net.batch_num + max(1, int(remaining / per_update))
         self.horizon_pending = False

@@ -26,6 +26,7 @@ from collections import Counter
 
 import numpy as np
 
+from . import atomic
 from . import data as datamod
 from .checkpoint import STATE_SUFFIX, cfg_base, earlier_record, sha256
 from .errors import DarknetpyError
@@ -122,9 +123,8 @@ class Vocab:
         return "\n".join(lines) + "\n"
 
     def save(self, path):
-        from .weights import atomic_write
         try:
-            atomic_write(path, self.to_text().encode("utf-8"))
+            atomic.write(path, self.to_text().encode("utf-8"))
         except OSError as e:
             raise DarknetpyError(f"cannot write the vocabulary ({e.strerror or e})", path) from None
 

@@ -5,12 +5,11 @@ else int32; then every layer's sub-layers in cfg order, each as biases[out], wei
 (stored [in][out] when major or minor > 1000), and with batchnorm scales, rolling_mean,
 rolling_variance. The whole size is checked before any parameter is touched.
 """
-import os
 import struct
-import tempfile
 
 import numpy as np
 
+from . import atomic
 from .errors import DarknetpyError
 
 def _segments(net, alexeyab=False):
@@ -97,27 +96,4 @@ def to_bytes(net):
 
 def save(net, path):
     """Write pjreddie's layout, header 0, 2, 0, uint64 seen; atomically (temp file, fsync, rename)."""
-    atomic_write(path, to_bytes(net))
-
-
-def atomic_write(path, data):
-    """Replace `path` with `data` so that a crash leaves either the old file or the new one."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), 0o666 & ~_umask())  # mkstemp makes 0600; give what open() would
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    atomic.write(path, to_bytes(net))

@@ -140,7 +140,7 @@ def test_generate_help_shows_defaults():
 def test_train_help_shows_the_watching_options_defaults():
     out = run("train", "--help").stdout.decode()
     blocks = {b.split()[0]: " ".join(b.split()) for b in re.split(r"\n  (?=-)", out) if b.startswith("-")}
-    for flag, default in [("--log-every", "[default: 10;"), ("--sample-every", "[default: 0;"),
-                          ("--sample-len", "[default: 200;"), ("--sample-temp", "[default: 0.7;"),
+    for flag, default in [("--log-every", "[default: 10]"), ("--sample-every", "[default: 0]"),
+                          ("--sample-len", "[default: 200]"), ("--sample-temp", "[default: 0.7]"),
                           ("--patience", "Default: off"), ("--time-budget", "Default: off")]:
         assert default in blocks[flag], blocks[flag]

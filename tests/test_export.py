@@ -240,7 +240,7 @@ def test_bad_input_is_one_line_and_keeps_the_old_file(tmp_path):
                           "cannot export to ONNX", "temperature")
     assert_one_line_error(run_cli("export", cfg, weights, "-o", tmp_path / "no" / "m.onnx"), "cannot write the model")
     assert out.read_bytes() == b"an earlier model"
-    assert run_cli("export", cfg, weights, "-o", out).returncode == 0  # replaced (atomically: weights.atomic_write)
+    assert run_cli("export", cfg, weights, "-o", out).returncode == 0  # replaced (atomically: atomic.write)
     onnx.checker.check_model(onnx.load(str(out)), full_check=True)
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import yaml
 
-from darknetpy import load_network
+from darknetpy import evaluate, load_network
 from darknetpy import optim
 from darknetpy import train as trainmod
 from darknetpy.network import Network
@@ -74,10 +74,10 @@ def test_the_log_is_written_while_training(tmp_path, corpus, monkeypatch):
     seen_rows = []
     real = Network.train_step
 
-    def spy(self, x, y):
+    def spy(self, *args):
         if self.seen == 26 * 64 - 64:
             seen_rows.append([int(r["iteration"]) for r in rows(tmp_path / "b" / "tiny.metrics.csv")])
-        return real(self, x, y)
+        return real(self, *args)
     monkeypatch.setattr(Network, "train_step", spy)
     trainmod.train(cfg, corpus, backup=tmp_path / "b", srand=1, progress=False, log_every=5)
     assert seen_rows == [[5, 10, 15, 20, 25]]
@@ -121,7 +121,7 @@ def test_best_checkpoint_and_record(tmp_path, corpus):
     assert (tmp_path / "b" / "tiny_best.weights.state.npz").exists()
     ids = np.frombuffer(corpus.read_bytes(), np.uint8)
     held = ids[len(ids) - int(len(ids) * record["options"]["valid_frac"]):]
-    again = trainmod.Validator(cfg, held, list(b"\n\n"))(load_network(cfg, tmp_path / "b" / "tiny_best.weights"))
+    again = evaluate.Estimate(held, list(b"\n\n"))(load_network(cfg, tmp_path / "b" / "tiny_best.weights"))
     assert again == pytest.approx(record["best"]["valid_bpc"], rel=1e-9)
     assert f"best valid {record['best']['valid_bpc']:.4f} bpc at iteration {best['iteration']}" in r.stderr.splitlines()[-1]
 

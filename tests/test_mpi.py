@@ -350,8 +350,8 @@ DRIFT_ON_RANK_ONE = """if True:
     from darknetpy.network import Network
     real, updates = Network.update, [0]
 
-    def update(self):  # one weight of rank 1 moves by one float32 step after its 20th update
-        real(self)
+    def update(self, *args):  # one weight of rank 1 moves by one float32 step after its 20th update
+        real(self, *args)
         updates[0] += 1
         if updates[0] == 20:
             W = self.layers[0].denses[0].W

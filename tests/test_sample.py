@@ -12,7 +12,8 @@ import darknetpy
 from darknetpy import kernels
 from darknetpy.errors import DarknetpyError
 from darknetpy.generation import events, generate
-from darknetpy.sample import GlibcRand, NumpyRand, format_valid_line, sample_index, validate, validate_steps
+from darknetpy.evaluate import format_valid_line, valid_steps, validate
+from darknetpy.sample import GlibcRand, NumpyRand, sample_index
 
 ORACLE = Path(__file__).resolve().parents[2] / "shared" / "oracle"
 INFER_CASES = sorted(p.name for p in ORACLE.glob("infer_*")) if ORACLE.is_dir() else []
@@ -267,8 +268,8 @@ class ReplayNet:
     def __init__(self, probs, inputs=256):
         self.probs, self.inputs, self.outputs, self.t = probs, inputs, probs.shape[1], 0
 
-    def stepper(self, private=False):
-        assert private  # scoring starts from a zero state and leaves the network's own alone
+    def stepper(self, streams=1, private=False):
+        assert private and streams == 1  # valid: one stream from a zero state, the network's own left alone
         self.t = 0
 
         def step(ids):
@@ -325,7 +326,7 @@ def test_valid_lines_exact_from_darknet_probs(case):
     """Fed Darknet's own probabilities, every printed line matches `darknet rnn valid -seed ""`."""
     folder, _ = _case(case)
     text = (folder / "input.txt").read_bytes()
-    lines = [format_valid_line(*step) for step in validate_steps(ReplayNet(np.load(folder / "probs.npy")), text, b"")]
+    lines = [format_valid_line(*step) for step in valid_steps(ReplayNet(np.load(folder / "probs.npy")), text, b"")]
     assert lines == (folder / "valid_stdout.txt").read_text().splitlines()
 
 

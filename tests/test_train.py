@@ -17,8 +17,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from darknetpy import load_network, sample
-from darknetpy import train as trainmod
+from darknetpy import atomic, evaluate, load_network
 from darknetpy import weights as weightsmod
 from darknetpy.cli import main
 from darknetpy.network import Network
@@ -287,11 +286,11 @@ def test_backup_write_check_happens_before_training(tmp_path, corpus, monkeypatc
     cfg = write_cfg(tmp_path)
     steps = []
     real_train_step = Network.train_step
-    monkeypatch.setattr(Network, "train_step", lambda self, x, y: steps.append(1) or real_train_step(self, x, y))
+    monkeypatch.setattr(Network, "train_step", lambda self, *args: steps.append(1) or real_train_step(self, *args))
 
     def refuse(path, data):
         raise OSError(errno.EROFS, os.strerror(errno.EROFS), path)
-    monkeypatch.setattr(weightsmod, "atomic_write", refuse)
+    monkeypatch.setattr(atomic, "write", refuse)
     line = one_line_error(cli(cfg, corpus, "--backup", tmp_path / "ro"), str(tmp_path / "ro"), "Read-only")
     assert steps == [], line
 
@@ -338,13 +337,13 @@ def test_disk_full_during_checkpoint(tmp_path, corpus, monkeypatch, fail_on):
     cfg = write_cfg(tmp_path)
     ok(cfg, corpus, "--srand", 1, "--max-batches", 5, "--backup", b)
     saved = {p.name: p.read_bytes() for p in b.iterdir()}
-    real = weightsmod.atomic_write
+    real = atomic.write
 
     def full(path, data):
         if FAIL_ON[fail_on](str(path)):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
         return real(path, data)
-    monkeypatch.setattr(weightsmod, "atomic_write", full)
+    monkeypatch.setattr(atomic, "write", full)
     r = cli(cfg, corpus, "--weights", b / "tiny_final.weights", "--max-batches", 9, "--backup", b)
     one_line_error(r, "No space left on device", "previous", during=True)
     after = {p.name: p.read_bytes() for p in b.iterdir()}
@@ -363,11 +362,11 @@ def test_running_out_of_memory_is_one_line_and_leaves_the_checkpoint(tmp_path, c
     saved = {p.name: p.read_bytes() for p in b.iterdir() if p.suffix != ".csv"}
     real, calls = Network.train_step, []
 
-    def starved(self, x, y):
+    def starved(self, *args):
         calls.append(1)
         if len(calls) == 3:
             np.empty(2 ** 62, np.uint8)  # numpy's own MemoryError, as a too-large batch gets
-        return real(self, x, y)
+        return real(self, *args)
     monkeypatch.setattr(Network, "train_step", starved)
     r = cli(cfg, corpus, "--weights", b / "tiny_final.weights", "--max-batches", 9, "--backup", b)
     one_line_error(r, "out of memory: Unable to allocate 4.00 EiB", "lower batch or time_steps", during=True)
@@ -427,8 +426,8 @@ def test_fast_validation_matches_sequential_valid(tmp_path, corpus):
     ids = np.frombuffer(corpus.read_bytes(), np.uint8)
     held = ids[len(ids) - int(len(ids) * 0.25):]
     net = load_network(cfg, tmp_path / "b" / "tiny_final.weights", batch=1, time_steps=1)
-    count, slow, _, _ = sample.validate(net, held.tobytes())
-    v = trainmod.Validator(cfg, held, list(b"\n\n"), warmup=64)
+    count, slow, _, _ = evaluate.validate(net, held.tobytes())
+    v = evaluate.Estimate(held, list(b"\n\n"), warmup=64)
     assert v.count == count and v.x.shape[1] > 1  # several chunks in parallel
     fast = v(load_network(cfg, tmp_path / "b" / "tiny_final.weights"))
     assert abs(fast - slow) < 0.02, (fast, slow)

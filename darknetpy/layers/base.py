@@ -36,7 +36,7 @@ class Layer(Buffers):
     bn_over = "rows"         # batchnorm statistics in training: over all steps*streams rows of a datum
     denses = ()
     state_names = ()         # the attributes holding carried per-stream state, (streams, outputs) each
-    block = (0, 1)           # MPI hook (parallel.py): (r, K), this rank runs block r of K equal blocks of streams
+    draws_masks = False      # forward(x, train, block) draws random masks for the whole datum (Dropout)
     dtype = np.float32
 
     def __init__(self, section, inputs, rng):
@@ -116,10 +116,7 @@ class Recurrent(Layer):
     bn_over = "streams"      # each step is normalized over the streams
 
     def state(self, streams):
-        """The carried state arrays, (re)made as zeros when the number of streams changes; also
-        starts a forward pass by dropping batchnorm statistics a previous pass left unused."""
-        for d in self.denses:
-            d.cache.clear()
+        """The carried state arrays, (re)made as zeros when the number of streams changes."""
         for name in self.state_names:
             s = getattr(self, name, None)
             if s is None or s.shape[0] != streams:
@@ -145,18 +142,19 @@ class Recurrent(Layer):
             out *= scale[:, None]
         return out
 
-    def project_steps(self, dense, x, bias, scale, train):
+    def project_steps(self, dense, x, bias, scale, train, keep=None):
         """The input projections of all steps, (x U + bias) scaled per column by `scale` (powers of
         two, so the scaling is exact and may apply to the sum or to its terms), laid out for a
         feature-major step loop: (T, k, S). One-hot ids gather rows of U (with the bias added)
         straight into that layout (kernels.onehot_project). Float rows take one matmul into
         (k, T*S), then a copy of S-long blocks (4x faster than transposing element by element).
-        With batchnorm `normalize` applies the sub-layer's bias and `bias` is not used."""
+        With batchnorm `normalize` applies the sub-layer's bias and `bias` is not used (and in
+        training appends what its backward needs to `keep`)."""
         T, S = x.shape[:2]
         k = scale.size
         out = self.buffer("XU", (T, k, S))
         if dense.bn:
-            z = dense.normalize(dense.matmul(rows(x)).reshape(T, S, k), train) * scale
+            z = dense.normalize(dense.matmul(rows(x)).reshape(T, S, k), train, keep) * scale
             transpose_into(out, z)
         elif x.dtype.kind in "iu":
             V = dense.W.shape[0]  # rows padded by 16 floats: see _kernels.c

@@ -21,8 +21,8 @@ BN_EPS = np.float32(1e-6)  # Darknet adds it after the square root: (x - mean) /
 
 def row_sum(dz):
     """Σ of dz (..., k) over all but its last axis: a bias gradient. As a product with ones: BLAS
-    reads the transposed views the step loops hand over at full speed, numpy's sum does not (6x
-    faster here)."""
+    reads the transposed views the step loops hand over at full speed, numpy's sum does not
+    (benchmarks/README.md, "Design measurements")."""
     return np.matmul(np.ones(dz.size // dz.shape[-1], dz.dtype), dz.reshape(-1, dz.shape[-1]))
 
 
@@ -47,7 +47,6 @@ class Dense(Buffers):
             self.rolling_mean = np.zeros(n, np.float32)
             self.rolling_variance = np.ones(n, np.float32)
             self.dscales = np.zeros_like(self.scales)
-        self.cache = []  # batchnorm (x̂, σ, σ+ε) per forward call, popped by backward (LIFO)
 
     def params(self, updates=False):
         """Darknet-named views in save order: biases, weights (out, in), [scales, rolling_mean,
@@ -88,11 +87,12 @@ class Dense(Buffers):
             return np.take(self.W, x, axis=0, out=out, mode="wrap")
         return np.matmul(x, self.W, out=out)
 
-    def normalize(self, z, train):
+    def normalize(self, z, train, keep=None):
         """Add the bias, or batchnorm then scale and bias. z is (groups, rows, n); statistics per group.
 
         In training the statistics are the group's own (variance with the n-1 divisor, as Darknet)
-        and each group moves the rolling statistics by 1%, in order.
+        and each group moves the rolling statistics by 1%, in order; what backward_norm needs,
+        (x̂, σ, σ+ε), is appended to the list `keep`, which the layer keeps in its Tape.
         """
         if not self.bn:
             z += self.b
@@ -107,7 +107,7 @@ class Dense(Buffers):
                 self.rolling_mean += np.float32(0.01) * mean[g]
                 self.rolling_variance *= np.float32(0.99)
                 self.rolling_variance += np.float32(0.01) * var[g]
-            self.cache.append((xhat, sigma, d))
+            keep.append((xhat, sigma, d))
             return out
         xhat = (z - self.rolling_mean) / (np.sqrt(self.rolling_variance) + BN_EPS)
         return xhat * self.scales + self.b
@@ -120,8 +120,9 @@ class Dense(Buffers):
         a = self.scales / (np.sqrt(self.rolling_variance) + BN_EPS)
         return self.W * a, self.b - self.rolling_mean * a
 
-    def backward_norm(self, dz):
+    def backward_norm(self, dz, kept=None):
         """Back through `normalize`: accumulate bias (and scale) updates; return the delta of x W.
+        With batchnorm, `kept` is what that normalize call kept.
 
         The batchnorm gradient is the exact derivative of the forward above (Darknet's own uses
         sqrt(var + 1e-5) and is not). With d = σ + ε and R rows:
@@ -130,7 +131,7 @@ class Dense(Buffers):
         self.db += row_sum(dz)
         if not self.bn:
             return dz
-        xhat, sigma, d = self.cache.pop()
+        xhat, sigma, d = kept
         dx = np.empty_like(dz)
         kernels.get("bn_backward", dz, xhat, dx)(dz, xhat, sigma, d, self.scales, dx, self.dscales)
         return dx
@@ -156,6 +157,7 @@ class Connected(Layer):
         """What forward keeps for backward."""
         x: np.ndarray   # the input rows (T*S, inputs), or ids (T*S,)
         y: np.ndarray   # the activated outputs (T, S, outputs)
+        bn: list        # batchnorm's (x̂, σ, σ+ε) (Dense.normalize), or nothing without batchnorm
 
     def __init__(self, section, inputs, rng):
         self.inputs = inputs
@@ -176,20 +178,20 @@ class Connected(Layer):
     def forward(self, x, train):
         T, S = x.shape[:2]
         rows = x.reshape(T * S) if is_ids(x) else x.reshape(T * S, self.inputs)
-        self.dense.cache.clear()
         if not train:  # a new array: it may be what the caller gets back
             return self.f(self.dense.normalize(self.dense.matmul(rows)[None], False)).reshape(T, S, self.outputs)
         z = self.dense.matmul(rows, out=self.buffer("Z", (T * S, self.outputs)))
-        z = self.dense.normalize(z[None], True)
+        bn = []
+        z = self.dense.normalize(z[None], True, bn)
         y = self.f_(z, self.buffer("scratch", z.shape)).reshape(T, S, self.outputs)
-        self.tape = self.Tape(x=rows, y=y)
+        self.tape = self.Tape(x=rows, y=y, bn=bn)
         return y
 
     def backward(self, dy, need_dx):
         T, S = dy.shape[:2]
-        x, y = self.tape
+        x, y, bn = self.tape
         dz = self.delta_through(dy, y, self.buffer("dZ", dy.shape)).reshape(1, T * S, self.outputs)
-        dz = self.dense.backward_norm(dz).reshape(T * S, self.outputs)
+        dz = self.dense.backward_norm(dz, *bn).reshape(T * S, self.outputs)
         self.dense.accumulate(x, dz)
         if not need_dx:
             return None

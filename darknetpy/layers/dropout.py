@@ -6,6 +6,7 @@ from .base import Layer
 
 class Dropout(Layer):
     kind = "dropout"
+    draws_masks = True
     def __init__(self, section, inputs, rng):
         self.inputs = self.outputs = inputs
         self.probability = section.float("probability", 0.5)
@@ -13,16 +14,17 @@ class Dropout(Layer):
             raise section.error("probability must be in [0, 1)", "probability")
         self.rng = rng
 
-    def forward(self, x, train):
+    def forward(self, x, train, block=None):
+        """x (T, S, n). In training, `block` = (offset, total): x holds streams offset..offset+S of
+        a datum of `total`; the masks of all `total` streams are drawn and x's kept, so the masks,
+        and the rng's state after them, do not depend on how the streams are split."""
         if not train or self.probability == 0:
             self.mask = None
             return x
-        # Under MPI every rank draws the masks of all K*S streams, as one process does, and keeps
-        # its own block: the masks, and the rng's state after them, are one process's.
         T, S = x.shape[:2]
-        r, K = self.block
-        draw = self.rng.random((T, K * S) + x.shape[2:], dtype=np.float32)
-        keep = draw[:, r * S:(r + 1) * S] >= self.probability
+        offset, total = block or (0, S)
+        draw = self.rng.random((T, total) + x.shape[2:], dtype=np.float32)
+        keep = draw[:, offset:offset + S] >= self.probability
         self.mask = keep * x.dtype.type(1 / (1 - self.probability))
         return x * self.mask
 

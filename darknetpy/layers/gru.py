@@ -30,6 +30,7 @@ class GRU(Recurrent):
         P: np.ndarray        # (T, 3n, S) the factors of the deltas (kernels.gru_step)
         RHrows: np.ndarray   # (T, S, n) r⊙h as rows, the input of wh
         Y: np.ndarray        # (T+1, S, n) Y[t] the output h before step t, as rows
+        bn: dict             # batchnorm's (x̂, σ, σ+ε) (Dense.normalize): "u": [one], "wzr", "wh": [one per step]
 
     def __init__(self, section, inputs, rng):
         self.inputs = inputs
@@ -57,7 +58,8 @@ class GRU(Recurrent):
         # The elementwise math around the two matmuls: kernels.gru_zr and kernels.gru_step.
         half = halves(3 * n, 2 * n if self.tanh else 3 * n)
         hc = half[2 * n]                         # the candidate's factor: 0.5 logistic, 1 tanh
-        XU = self.project_steps(u, x, u.b + np.concatenate([wzr.b, wh.b]), half, train)  # with the recurrent biases
+        bn = {"u": [], "wzr": [], "wh": []}
+        XU = self.project_steps(u, x, u.b + np.concatenate([wzr.b, wh.b]), half, train, bn["u"])  # with the recurrent biases
         WzrT, WhT = self.transposed("WzrT", wzr.W, half[:2 * n]), self.transposed("WhT", wh.W, half[2 * n:])
         ZR = self.buffer("ZR", (T, 2 * n, S))    # σ gates z, r
         HC = self.buffer("HC", (T, n, S))        # candidate c
@@ -73,12 +75,12 @@ class GRU(Recurrent):
         for t in range(T):
             zr, c, h = ZR[t], HC[t], H[t]
             if self.bn:
-                np.multiply(wzr.normalize((h.T @ wzr.W)[None], train)[0].T, np.float32(0.5), out=zr)
+                np.multiply(wzr.normalize((h.T @ wzr.W)[None], train, bn["wzr"])[0].T, np.float32(0.5), out=zr)
             else:
                 recur_zr(h, zr)
             gates(zr, XU[t, :2 * n], h, RH[t])
             if self.bn:
-                np.multiply(wh.normalize((RH[t].T @ wh.W)[None], train)[0].T, hc, out=c)
+                np.multiply(wh.normalize((RH[t].T @ wh.W)[None], train, bn["wh"])[0].T, hc, out=c)
             else:
                 recur_h(RH[t], c)
             if train:
@@ -91,7 +93,7 @@ class GRU(Recurrent):
         transpose_into(Y[1:], H[1:])
         h0[...] = Y[T]
         if train:
-            self.tape = self.Tape(x=rows(x), XU=XU, ZR=ZR, P=P, RHrows=RHrows, Y=Y)
+            self.tape = self.Tape(x=rows(x), XU=XU, ZR=ZR, P=P, RHrows=RHrows, Y=Y, bn=bn)
         return Y[1:]
 
     def stepper(self, streams, ids_input, state):
@@ -152,7 +154,7 @@ class GRU(Recurrent):
     def backward(self, dh_out, need_dx):
         T, S = dh_out.shape[:2]
         n, wzr, wh, u = self.outputs, self.wzr, self.wh, self.u
-        x, XU, ZR, P, RHrows, Y = self.tape
+        x, XU, ZR, P, RHrows, Y, bn = self.tape
         DH = self.buffer("DH", (T, n, S))
         transpose_into(DH, dh_out)
         d = self.buffer("d", (3 * n, S))         # this step's deltas of the pre-activations z r c
@@ -168,20 +170,20 @@ class GRU(Recurrent):
             dh += DH[t]
             dc = np.multiply(P[t, 2 * n:], dh, out=d[2 * n:])
             if self.bn:
-                dPh[t] = wh.backward_norm(dc.T[None])[0]
+                dPh[t] = wh.backward_norm(dc.T[None], bn["wh"][t])[0]
                 dc = dPh[t].T
             recur_h(dc, drh)                                    # delta of r ⊙ h
             back(dh, drh, ZR[t], P[t], d)                       # dz dr; dh = dh ⊙ z + drh ⊙ r
             dzr = d[:2 * n]
             if self.bn:
-                dPzr[t] = wzr.backward_norm(dzr.T[None])[0]
+                dPzr[t] = wzr.backward_norm(dzr.T[None], bn["wzr"][t])[0]
                 dzr = dPzr[t].T
             transpose_into(dP[t], d)                            # while d is in cache
             if t:  # truncated BPTT: nothing flows into the previous datum's state
                 dh += recur_zr(dzr, a)                          # dh_prev = dh ⊙ z + drh ⊙ r + Wzr [dz dr]
         if self.bn:  # (the w sub-layers' bias gradients came with each step's backward_norm)
             dPzr, dPh = rows(dPzr), rows(dPh)
-            du = rows(u.backward_norm(dP))
+            du = rows(u.backward_norm(dP, *bn["u"]))
         else:  # wz wr wh's biases add to the same pre-activations as uz ur uh's: one sum serves both
             db = row_sum(dP)
             wzr.db += db[:2 * n]

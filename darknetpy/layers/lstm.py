@@ -36,6 +36,7 @@ class LSTM(Recurrent):
         C: np.ndarray    # (T+1, n, S) C[t] the cell before step t
         TC: np.ndarray   # (T, n, S) tanh(c') per step
         Y: np.ndarray    # (T+1, S, n) Y[t] the output h before step t, as rows
+        bn: dict         # batchnorm's (x̂, σ, σ+ε) (Dense.normalize): "u": [one], "w": [one per step]
 
     def __init__(self, section, inputs, rng):
         self.inputs = inputs
@@ -81,12 +82,13 @@ class LSTM(Recurrent):
         n, w, u = self.outputs, self.w, self.u
         h0, c0 = self.state(S)
         # The step loop runs feature-major: gates (4n, S), states (n, S). Each gate is then one
-        # contiguous block (numpy's ops on column slices of (S, 4n) rows are 2-3x slower), and BLAS
+        # contiguous block (numpy's ops on column slices of (S, 4n) rows are slower), and BLAS
         # runs W (4n x n) @ h (n x S), its fast shape for few streams. The i f o rows are
         # pre-halved (exact) so one tanh serves all four gates in numpy: σ(z) = (1 + tanh(z/2)) / 2.
         # Each step's elementwise math is one call: kernels.lstm_step.
         half = halves(4 * n, 3 * n)
-        XU = self.project_steps(u, x, u.b + w.b, half, train)  # the recurrent bias comes with it
+        bn = {"u": [], "w": []}
+        XU = self.project_steps(u, x, u.b + w.b, half, train, bn["u"])  # the recurrent bias comes with it
         WT = self.transposed("WT", w.W, half)
         G = self.buffer("G", (T, 4 * n, S))      # activated gates i f o g
         H = self.buffer("H", (T + 1, n, S))      # H[t] is h before step t
@@ -98,7 +100,7 @@ class LSTM(Recurrent):
         for t in range(T):
             g = G[t]
             if self.bn:
-                np.multiply(w.normalize((H[t].T @ w.W)[None], train)[0].T, half[:, None], out=g)
+                np.multiply(w.normalize((H[t].T @ w.W)[None], train, bn["w"])[0].T, half[:, None], out=g)
             else:
                 recur(H[t], g)
             step(g, XU[t], C[t], C[t + 1], TC[t], H[t + 1])
@@ -107,7 +109,7 @@ class LSTM(Recurrent):
         transpose_into(Y[1:], H[1:])
         h0[...], c0[...] = Y[T], C[T].T
         if train:
-            self.tape = self.Tape(x=rows(x), XU=XU, G=G, C=C, TC=TC, Y=Y)
+            self.tape = self.Tape(x=rows(x), XU=XU, G=G, C=C, TC=TC, Y=Y, bn=bn)
         return Y[1:]
 
     def stepper(self, streams, ids_input, state):
@@ -185,13 +187,13 @@ class LSTM(Recurrent):
     def backward(self, dh_out, need_dx):
         T, S = dh_out.shape[:2]
         n, w, u = self.outputs, self.w, self.u
-        x, XU, G, C, TC, Y = self.tape
+        x, XU, G, C, TC, Y, bn = self.tape
         # Feature-major like the forward loop. Everything in the gate deltas but dh and dc comes
         # from the forward pass's gates, cells and tanh(c'):
         #   di = dc ⊙ g⊙σ'(i)   df = dc ⊙ c⊙σ'(f)   do = dh ⊙ tanh(c')⊙σ'(o)   dg = dc ⊙ i⊙tanh'(g)
         #   dc += dh ⊙ o⊙tanh'(c'),  and dc reaches the step before through f.
         # (Deriving these factors here rather than storing them in the forward pass costs nothing
-        # measurable and saves memory: 870 -> 703 MB peak for benchmarks/lstm2x512-mem.cfg.)
+        # measurable and saves memory: benchmarks/lstm2x512-mem.cfg, benchmarks/README.md.)
         # Each step's deltas are also copied into rows (steps, streams, 4n) while in cache, in the
         # memory of the spent input projections: the weight gradients' matmuls and the one-hot
         # gradient read rows at full speed.
@@ -208,14 +210,14 @@ class LSTM(Recurrent):
             back(dh, dc, DH[t], G[t], C[t], TC[t], d)
             transpose_into(dG[t], d)
             if self.bn:
-                dGw[t] = w.backward_norm(dG[t][None])[0]
+                dGw[t] = w.backward_norm(dG[t][None], bn["w"][t])[0]
             if t:  # the gradient into the previous datum's state is not propagated (truncated BPTT)
                 recur(dGw[t].T if self.bn else d, dh)
         w.accumulate(rows(Y[:T]), rows(dGw))
         if self.peep:
             self.peep.accumulate()
         if self.bn:  # (w's bias gradient came with each step's backward_norm)
-            du = rows(u.backward_norm(dG))
+            du = rows(u.backward_norm(dG, *bn["u"]))
         else:  # w's and u's biases add to the same pre-activations: one sum serves both
             db = row_sum(dG)
             w.db += db

@@ -25,6 +25,7 @@ class RNN(Recurrent):
         B: np.ndarray    # (T, n, S) the self sub-layer's outputs, feature-major
         St: np.ndarray   # (T+1, S, n) St[t] the state before step t, as rows
         Y: np.ndarray    # (T, S, n) the output sub-layer's outputs
+        bn: dict         # batchnorm's (x̂, σ, σ+ε) (Dense.normalize): "U", "V": [one], "W": [one per step]
 
     def __init__(self, section, inputs, rng):
         self.inputs = inputs
@@ -48,13 +49,13 @@ class RNN(Recurrent):
         n = self.outputs
         return [(self.inputs, n, False, True), (n, n, True, False), (n, n, False, False)]
 
-    def sublayer(self, dense, x, name, train):
+    def sublayer(self, dense, x, name, train, keep):
         """act(normalize(x W)) for all steps at once, (T, S, n), in the buffer `name` (a new array
-        with batchnorm); each step's rows are normalized together."""
+        with batchnorm); each step's rows are normalized together (what backward needs: to `keep`)."""
         T, S = x.shape[:2]
         z = self.buffer(name, (T, S, self.outputs))
         dense.matmul(rows(x), out=rows(z))
-        z = dense.normalize(z, train)  # in place without batchnorm
+        z = dense.normalize(z, train, keep)  # in place without batchnorm
         return self.f_(z, self.buffer("scratch", z.shape))
 
     def shortcut_to(self, s):
@@ -90,9 +91,10 @@ class RNN(Recurrent):
         T, S = x.shape[:2]
         n, U, W, V = self.outputs, self.input_layer, self.self_layer, self.output_layer
         (h0,) = self.state(S)
-        A = self.sublayer(U, x, "A", train)      # input sub-layer, all steps
+        bn = {"U": [], "W": [], "V": []}         # batchnorm's arrays for backward: U's, W's per step, V's
+        A = self.sublayer(U, x, "A", train, bn["U"])  # input sub-layer, all steps
         # The step loop runs feature-major, states (n, S) as in lstm.py: BLAS runs Wᵀ (n x n) @
-        # s (n x S) 1.4x faster than s (S x n) @ W for few streams. Rows go in and come out.
+        # s (n x S) faster than s (S x n) @ W for few streams. Rows go in and come out.
         Af = self.buffer("Af", (T, n, S))
         transpose_into(Af, A)
         WT = self.transposed("WT", W.W)
@@ -107,14 +109,14 @@ class RNN(Recurrent):
             b = B[t]
             recur(Sf[t], b)
             if W.bn:  # statistics over the streams, on rows in C order (what the batchnorm kernel takes)
-                b[...] = W.normalize(np.ascontiguousarray(b.T)[None], train)[0].T
+                b[...] = W.normalize(np.ascontiguousarray(b.T)[None], train, bn["W"])[0].T
             step(b, bias, Af[t], Sf[t + 1], *self.shortcut_to(Sf[t]))
         St = self.buffer("S", (T + 1, S, n))     # the states as rows
         transpose_into(St, Sf)
         h0[...] = St[T]
-        Y = self.sublayer(V, St[1:], "Y", train)
+        Y = self.sublayer(V, St[1:], "Y", train, bn["V"])
         if train:
-            self.tape = self.Tape(x=rows(x), A=A, B=B, St=St, Y=Y)
+            self.tape = self.Tape(x=rows(x), A=A, B=B, St=St, Y=Y, bn=bn)
         return Y
 
     def stepper(self, streams, ids_input, state):
@@ -139,9 +141,9 @@ class RNN(Recurrent):
     def backward(self, dy, need_dx):
         T, S = dy.shape[:2]
         n, U, W, V = self.outputs, self.input_layer, self.self_layer, self.output_layer
-        x, A, B, St, Y = self.tape
+        x, A, B, St, Y, bn = self.tape
         dZ = self.buffer("dZ", (T, S, n))
-        dzv = V.backward_norm(self.delta_through(dy, Y, dZ))
+        dzv = V.backward_norm(self.delta_through(dy, Y, dZ), *bn["V"])
         V.accumulate(rows(St[1:]), rows(dzv))
         dS = self.buffer("dS", (T, S, n))        # delta of every s_t, from the output sub-layer first
         V.back(rows(dzv), out=rows(dS))
@@ -155,7 +157,7 @@ class RNN(Recurrent):
         for t in reversed(range(T)):
             db = dBf[t]                          # complete: dSf[t] had every contribution
             if W.bn:
-                db[...] = W.backward_norm(np.ascontiguousarray(db.T)[None])[0].T
+                db[...] = W.backward_norm(np.ascontiguousarray(db.T)[None], bn["W"][t])[0].T
             if t:  # truncated BPTT: nothing flows into the previous datum's state
                 back(dSf[t - 1], recur(db, a), B[t - 1], dBf[t - 1], *self.shortcut_to(dSf[t]))
         transpose_into(dS, dSf)                  # back to rows
@@ -163,7 +165,7 @@ class RNN(Recurrent):
         if not W.bn:
             W.backward_norm(dB)
         W.accumulate(rows(St[:T]), rows(dB))
-        du = rows(U.backward_norm(self.delta_through(dS, A, dZ)))  # dZ is spent: reuse
+        du = rows(U.backward_norm(self.delta_through(dS, A, dZ), *bn["U"]))  # dZ is spent: reuse
         U.accumulate(x, du)
         if not need_dx:
             return None

@@ -103,6 +103,7 @@ class SRU(Recurrent):
         G: np.ndarray    # (T, S, n) g(c')
         s: np.ndarray    # (T, S, n) the highway's s: ws(x), or x
         v: np.ndarray    # (2n + k n,) vf | vr | the biases sru_step added
+        bn: list         # batchnorm's (x̂, σ, σ+ε) (Dense.normalize), or nothing without batchnorm
 
     def __init__(self, section, inputs, rng):
         self.inputs = inputs
@@ -163,8 +164,9 @@ class SRU(Recurrent):
         # All sub-layers, all steps: one matmul into rows (T*S, k n) (a row gather for one-hot ids);
         # batchnorm per step over the streams. Without it the biases come with sru_step.
         Z = d.matmul(rows(x), out=self.buffer("Z", (T * S, len(d.names) * n))).reshape(T, S, -1)
+        bn = []
         if d.bn:
-            Z = d.normalize(Z, train)
+            Z = d.normalize(Z, train, bn)
         v = self.vectors(0 if d.bn else d.b)
         C = self.buffer("C", (T + 1, S, n))
         C[0] = c0
@@ -181,13 +183,13 @@ class SRU(Recurrent):
             np.multiply(np.subtract(G, s, out=H), Z[..., 2 * n:3 * n], out=H)
             H += s
         if train:
-            self.tape = self.Tape(x=rows(x), Z=Z, C=C, G=G, s=s, v=v)
+            self.tape = self.Tape(x=rows(x), Z=Z, C=C, G=G, s=s, v=v, bn=bn)
         return H
 
     def backward(self, dh, need_dx):
         T, S = dh.shape[:2]
         n, d = self.outputs, self.dense
-        x, Z, C, G, s, v = self.tape
+        x, Z, C, G, s, v, bn = self.tape
         dZ = self.buffer("dZ", Z.shape)
         ds = dZ[..., 3 * n:] if self.ws else self.buffer("ds", (T, S, n))  # δs = δh⊙(1 − r)
         highway = () if self.ws else (s, ds)
@@ -205,7 +207,7 @@ class SRU(Recurrent):
             back(dZ, Z, C, v, sums)
         self.dv += sums[:2 * n]
         if d.bn:
-            dz = rows(d.backward_norm(dZ))
+            dz = rows(d.backward_norm(dZ, *bn))
         else:
             d.db += sums[2 * n:]
             dz = rows(dZ)
