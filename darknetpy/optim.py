@@ -1,4 +1,5 @@
-"""Learning-rate policies and Darknet's update rules (SGD with momentum and decay, Adam).
+"""Learning-rate policies and Darknet's update rules (SGD with momentum and decay, Adam), and
+darknetpy's AdamW (Adam with decoupled weight decay).
 
 The accumulated updates (`upd`, Darknet's *_updates) hold NEGATIVE gradients summed over the
 B = batch * time_steps rows of one update; SGD keeps what momentum leaves in them, Adam zeroes them.
@@ -189,3 +190,26 @@ class Adam(Optimizer):
         for (p, u, _), m, v in zip(slots, self.m, self.v):  # Darknet's Adam decays biases and scales too
             kernels.get("adam", p, u, m, v)(p, u, m, v, f(-self.decay * B), f(self.B1), f(1 - self.B1), f(self.B2), f(1 - self.B2),
                  c1, c2, f(lr), f(self.eps))
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (Loshchilov & Hutter, ICLR 2019), darknetpy's `[net]
+    weight_decay=W` with adam=1: before each Adam step the weights shrink, p -= lr·W·p, outside the
+    moments. Darknet's Adam adds `decay` into the gradient instead (L2), which the division by
+    sqrt(v) then rescales per parameter, so weights with large gradients are barely decayed.
+    Only "weights" slots decay (as SGD's decay), not biases or scales."""
+    name = "adamw"
+
+    def __init__(self, weight_decay, **adam):
+        super().__init__(**adam)
+        self.weight_decay = weight_decay
+
+    def hyperparameters(self):
+        return {**super().hyperparameters(), "optimizer": self.name, "weight_decay": self.weight_decay}
+
+    def update(self, slots, lr, B):
+        shrink = np.float32(1 - lr * self.weight_decay)
+        for p, _, kind in slots:
+            if kind == "weights":
+                p *= shrink
+        super().update(slots, lr, B)

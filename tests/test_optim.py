@@ -327,3 +327,46 @@ def test_adam_through_the_network(write_cfg):
         theta = params_of(net)
         for k in trainable:
             assert np.all(net.params(updates=True)[k] == 0), k
+
+
+def test_adamw_decays_the_weights_outside_the_moments(write_cfg):
+    """weight_decay=W with adam=1 (AdamW): weights shrink by lr·W before Adam's step, which sees
+    the gradient alone (decay defaults to 0); biases are not decayed. Written out in float64."""
+    text = TRAIN.replace("decay=0.01\n", "")
+    net = Network(write_cfg(text.format(batch=2, subdivisions=1, extra="adam=1\nB1=0.8\nB2=0.9\neps=1e-6\nweight_decay=0.3"), "a.cfg"),
+                  seed=3, dtype=np.float64)
+    twin = Network(write_cfg(text.format(batch=2, subdivisions=1, extra="adam=1"), "b.cfg"), seed=4, dtype=np.float64)
+    assert net.optimizer.name == "adamw" and net.optimizer.decay == 0 and net.optimizer.weight_decay == 0.3
+    rng = np.random.default_rng(8)
+    for key, v in net.params().items():
+        v[...] = rng.uniform(-0.8, 0.8, v.shape)
+    theta = params_of(net)
+    trainable = list(net.params(updates=True))
+    m = {k: 0.0 for k in trainable}
+    v = {k: 0.0 for k in trainable}
+    for t, lr in ((1, 0.25), (2, 0.125), (3, 0.0625)):
+        x, y = datum(net, 30 + t)
+        for key, p in twin.params().items():
+            p[...] = theta[key]
+        _, g = gradient(twin, x, y)
+        net.train_step(x, y)
+        for k in trainable:
+            decayed = theta[k] * (1 - lr * 0.3) if k.endswith("weights") else theta[k]
+            m[k] = 0.8 * m[k] + 0.2 * g[k]
+            v[k] = 0.9 * v[k] + 0.1 * g[k] * g[k]
+            theta[k] = decayed + lr * (m[k] / (1 - 0.8 ** t)) / (np.sqrt(v[k] / (1 - 0.9 ** t)) + 1e-6)
+        assert_dicts(params_of(net), theta, rtol=1e-6, atol=1e-9, what=f"after AdamW update {t}:")
+        theta = params_of(net)
+
+
+@pytest.mark.parametrize("extra, key, says", [
+    ("weight_decay=0.1", "weight_decay", "needs adam=1"),
+    ("adam=1\nweight_decay=-0.1", "weight_decay", "must be >= 0"),
+    ("adam=1\nweight_decay=0.1\ndecay=0.0005", "decay", "set decay=0"),
+])
+def test_weight_decay_refused_where_it_means_nothing(write_cfg, extra, key, says):
+    path = write_cfg(NET.format(lr=0.1, extra=extra))
+    with pytest.raises(DarknetpyError) as err:
+        Network(path)
+    line = 6 + extra.split("\n").index(next(e for e in extra.split("\n") if e.startswith(key + "=")))
+    assert str(err.value).startswith(f"{path}:{line}: ") and says in str(err.value)

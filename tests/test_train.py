@@ -148,6 +148,7 @@ def test_subdivisions_count_updates(tmp_path, corpus):
 RESUME_CASES = {
     "sgd_momentum": dict(),
     "adam_clip": dict(opt="adam=1\nlearning_rate=0.01\ndecay=0.0001\nclip=1"),
+    "adamw": dict(opt="adam=1\nlearning_rate=0.01\nweight_decay=0.1"),
     "sgd_subdivisions_dropout": dict(subdivisions=2, layers_extra="[dropout]\nprobability=0.2\n"),
     "gru_steps_policy": dict(layer="gru", opt="learning_rate=0.1\nmomentum=0.5\npolicy=steps\nsteps=8,14\nscales=.5,.5"),
 }
