@@ -418,6 +418,37 @@ def plot(runs, output):
 
 
 @main.command()
+@click.argument("sample", type=click.Path(dir_okay=False, allow_dash=True))
+@click.argument("corpus", type=PATH)
+@click.option("--window", type=click.IntRange(min=1), default=20, show_default=True, metavar="N",
+              help="Window length in bytes for the share of the sample's windows found in CORPUS.")
+@click.option("--valid-frac", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
+              help="Leave out the last F of CORPUS first, as `darknetpy train --valid-frac F` held it out "
+                   "(by default it holds out 0.05 when the corpus is large enough), to compare with the trained part only. 0: all of it.")
+@friendly
+def overlap(sample, corpus, window, valid_frac):
+    """How much of SAMPLE (a generated text; - for stdin) is copied from CORPUS (the training
+    text): did the model only memorise? Compares bytes, exactly.
+
+    Prints two lines: the longest substring SAMPLE shares with CORPUS (its length in bytes, where it
+    starts in SAMPLE, and the text on one line in double quotes: backslash, quote, newline, tab and
+    CR escaped as in C, other control characters as \\uNNNN, bytes that are not UTF-8 as \\xNN), and
+    how many of SAMPLE's N-byte windows occur anywhere in CORPUS (torch-rnn's novel_substrings: a
+    high share means copied text).
+    """
+    from . import data
+    from . import overlap as overlapmod
+    text = sys.stdin.buffer.read() if sample == "-" else read_bytes(sample, "sample")
+    reference = data.split_corpus(read_bytes(corpus, "corpus"), valid_frac, corpus)[0]
+    r = overlapmod.measure(text, reference, window)
+    click.echo(f"longest shared substring: {r.longest} bytes at sample byte {r.at}: {overlapmod.one_line(r.text)}")
+    if r.windows:
+        click.echo(f"{window}-byte windows found in the corpus: {r.found} of {r.windows} ({100 * r.share:.1f}%)")
+    else:
+        click.echo(f"{window}-byte windows found in the corpus: none to check (the sample has {len(text)} bytes)")
+
+
+@main.command()
 @click.argument("text", nargs=-1, required=True)
 @click.option("--vocab", "mode", type=click.Choice(["chars", "words"]), default="chars", show_default=True,
               help="Token kind: Unicode characters, or words/whitespace/punctuation.")
