@@ -86,7 +86,7 @@ def run_seed(cfg, data, budget, seed, backup_root, dev):
     if (hyper["valid_chars"], hyper["train_chars"]) != (len(tail), len(head)):
         sys.exit(f"quality: {record_path}: the trainer held out {hyper['valid_chars']} of "
                  f"{hyper['valid_chars'] + hyper['train_chars']} bytes, not the {len(tail)} scored here")
-    final = record["checkpoints"]["final"]
+    final = os.path.join(run_dir, record["checkpoints"]["final"])  # the record names it relative to its folder
 
     out = darknetpy("valid", cfg, final, tail_path, stdout=subprocess.PIPE).stdout
     bpc = float(BPC_LINE.findall(out)[-1])
