@@ -49,7 +49,8 @@ def arguments(command, run, out):
             "tokenize": ["tokenize", corpus, "-o", out / "tok" / "t"],
             "plot": ["plot", run["record"], "-o", out / "p.png"],
             "bench": ["bench", cfg, "--iterations", 20],
-            "export": ["export", cfg, weights, "-o", out / "m.onnx"]}[command]
+            "export": ["export", cfg, weights, "-o", out / "m.onnx"],
+            "overlap": ["overlap", cfg, corpus]}[command]
 
 
 def numpy_mapped(pid):
@@ -89,7 +90,7 @@ def assert_whole(cfg, backup):
 
 @needs_proc
 @pytest.mark.parametrize("command", ["generate", "valid", "vec", "info", "train", "tokenize", "plot", "bench",
-                                     "export"])
+                                     "export", "overlap"])
 def test_ctrl_c_at_any_moment_is_one_line_and_exit_130(command, run, tmp_path):
     outcomes = [None] * len(DELAYS)
 
