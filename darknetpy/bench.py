@@ -36,7 +36,7 @@ import time
 import click
 import numpy as np
 
-from . import kernels
+from . import kernels, launcher
 
 __all__ = ["flops_per_char", "fastest", "matmul_peak", "blas_info", "blas_threads", "measure_train",
            "measure_generate", "peak_rss_bytes", "run_config", "bench"]
@@ -116,20 +116,8 @@ def blas_info():
             name = ",".join(info.get("libraries", []))
         except Exception:  # noqa: BLE001 - best effort, only a label
             pass
-    return {"name": name or "unknown", "version": version, "threads": _env_threads(), "detail": detail,
+    return {"name": name or "unknown", "version": version, "threads": launcher.blas_threads(), "detail": detail,
             "source": "numpy build config"}
-
-
-def _env_threads():
-    """BLAS threads as OpenBLAS/MKL pick them without threadpoolctl: the env vars, else the CPUs."""
-    for var in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_NUM_THREADS"):
-        value = os.environ.get(var, "")
-        if value.split(",")[0].strip().isdigit():
-            return int(value.split(",")[0])
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 def blas_threads():

@@ -17,6 +17,22 @@ def launched():
     return 0, 1
 
 
+def cores():
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def blas_threads():
+    """The threads numpy's BLAS runs, as OpenBLAS and MKL read them at load: the first of
+    THREAD_VARS holding a count > 0 (of a list such as "4,2", its first), else every core this
+    process may run on. The one count the compiled kernels' pool and bench's report use."""
+    for var in THREAD_VARS:
+        value = os.environ.get(var, "").split(",")[0].strip()
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return cores()
+
+
 def share_cores():
     """Under a launcher that started several ranks, with no BLAS thread count set, give each rank
     its share of this machine's cores in OPENBLAS_NUM_THREADS and MKL_NUM_THREADS. It must run
@@ -27,7 +43,6 @@ def share_cores():
     rank to its own cores."""
     if launched()[1] == 1 or any(os.environ.get(var) for var in THREAD_VARS):
         return
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     local = os.environ.get("MPI_LOCALNRANKS") or os.environ.get("OMPI_COMM_WORLD_LOCAL_SIZE") or "1"
-    threads = os.environ.get("SLURM_CPUS_PER_TASK") or str(max(1, cores // max(1, int(local))))
+    threads = os.environ.get("SLURM_CPUS_PER_TASK") or str(max(1, cores() // max(1, int(local))))
     os.environ["OPENBLAS_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = threads

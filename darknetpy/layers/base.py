@@ -6,10 +6,15 @@ import numpy as np
 from .. import kernels
 
 
+# Where the products change form (each measured: benchmarks/README.md, "Design measurements").
+ROW_PAD = 16                   # floats after each row of a one-hot table: rows off 4 KB strides (_kernels.c)
+GEMV_TRANSPOSED_FROM = 256 * 1024  # entries of W from which OpenBLAS's GEMV runs Wᵀ x faster than x W
+BIG_STEP_MATRIX = 1 << 20      # entries of a step's A from which the panel kernel wins at 2 streams
+PANEL_FROM_STREAMS = {False: 3, True: 2}  # on one thread, the fewest streams the panel kernel wins at
 class Buffers:
     """Work arrays kept between calls. A training step reuses them rather than allocating: a fresh
     array of a megabyte or more is new memory from the OS, and its first touch costs a page fault
-    per 4 KB (about 2 µs each here: more than the arithmetic done in it). What a forward pass keeps
+    per 4 KB (more than the arithmetic done in it). What a forward pass keeps
     for the backward pass is not found here by name but handed over in the layer's `Tape`."""
 
     def buffer(self, name, shape):
@@ -147,7 +152,7 @@ class Recurrent(Layer):
         two, so the scaling is exact and may apply to the sum or to its terms), laid out for a
         feature-major step loop: (T, k, S). One-hot ids gather rows of U (with the bias added)
         straight into that layout (kernels.onehot_project). Float rows take one matmul into
-        (k, T*S), then a copy of S-long blocks (4x faster than transposing element by element).
+        (k, T*S), then a copy of S-long blocks (faster than transposing element by element).
         With batchnorm `normalize` applies the sub-layer's bias and `bias` is not used (and in
         training appends what its backward needs to `keep`)."""
         T, S = x.shape[:2]
@@ -157,8 +162,8 @@ class Recurrent(Layer):
             z = dense.normalize(dense.matmul(rows(x)).reshape(T, S, k), train, keep) * scale
             transpose_into(out, z)
         elif x.dtype.kind in "iu":
-            V = dense.W.shape[0]  # rows padded by 16 floats: see _kernels.c
-            table = self.buffer("table", (V, k + 16))
+            V = dense.W.shape[0]
+            table = self.buffer("table", (V, k + ROW_PAD))
             np.multiply(dense.W, scale, out=table[:, :k])
             table[:, :k] += bias * scale
             kernels.get("onehot_project", out, table)(out, table, x.astype(np.int64, copy=False))
@@ -191,8 +196,8 @@ def times(W, b=None):
     many (serve's continuous batching and `generate` then agree byte for byte). Each element is
     b + Σ_k x[r, k] W[k, c] summed in one fixed order: the panel kernel on W packed once when it is
     compiled (one FMA per k, in k order, whatever the rows), else one GEMV per row through fixed
-    buffers (a wide W as its transpose in rows: OpenBLAS's GEMV runs that form faster from
-    256 x 1024). x may also be a feature-major state (x.T contiguous)."""
+    buffers (a W of GEMV_TRANSPOSED_FROM entries or more as its transpose in rows: OpenBLAS's GEMV
+    runs that form faster). x may also be a feature-major state (x.T contiguous)."""
     bias = np.zeros(W.shape[1], W.dtype) if b is None else np.asarray(b, W.dtype)
     if kernels.compiled("panel_matmul"):
         Wp = kernels.pack_panels(W)
@@ -205,7 +210,7 @@ def times(W, b=None):
             return out
         return panel
     xr, yr = np.empty(W.shape[0], W.dtype), np.empty(W.shape[1], W.dtype)
-    WT = np.ascontiguousarray(W.T) if W.size >= 256 * 1024 else None
+    WT = np.ascontiguousarray(W.T) if W.size >= GEMV_TRANSPOSED_FROM else None
 
     def per_row(x, out):
         for r in range(x.shape[0]):
@@ -226,7 +231,7 @@ def packed_product(A, S):
     """(x, out) -> out = A x for few streams, A (m, K) float32, x (K, S), out (m, S): Aᵀ packed once
     into kernels.pack_panels's panels, x's S columns through kernels.panel_matmul_t as rows, then
     transposed into out. sgemm repacks A on every call at these shapes; the panels stream the
-    packed copy (1.2-4.5x faster below 32 streams, benchmarks/README.md). An x or out that is not
+    packed copy (faster below 32 streams). An x or out that is not
     C-contiguous (batchnorm's transposed deltas) takes np.matmul."""
     m = A.shape[0]
     Ap, zeros, xrows = kernels.pack_panels(A.T), np.zeros(m, A.dtype), np.empty((S, m), A.dtype)
@@ -265,11 +270,11 @@ def feature_major_times(WT, out):
 
 def step_product(A, S):
     """(x, out) -> out = A x: a feature-major training loop's per-step product, A (m, K) fixed for
-    the loop, x (K, S), out (m, S). On one thread (an MPI rank's) for 3-32 streams with the panel
-    kernel compiled, packed_product: on one thread sgemm runs 1.1-3.5x slower at these shapes. So
-    does it at 2 streams for a million entries of A or more; below that it is as fast at 1-2
-    streams. With more threads OpenBLAS shares the work and this is np.matmul, as for float64."""
-    fewest = 2 if A.size >= 1 << 20 else 3  # streams from which the panel kernel is the faster
+    the loop, x (K, S), out (m, S). On one thread for PANEL_FROM_STREAMS to 32 streams with the
+    panel kernel compiled, packed_product: on one thread sgemm runs slower at these shapes. So does
+    it from 2 streams for a large A (BIG_STEP_MATRIX entries or more). With more threads OpenBLAS
+    shares the work and this is np.matmul, as for float64."""
+    fewest = PANEL_FROM_STREAMS[A.size >= BIG_STEP_MATRIX]
     if A.dtype != np.float32 or kernels.threads() != 1 or not fewest <= S <= kernels.PANEL \
             or not kernels.compiled("panel_matmul"):
         def matmul(x, out):
@@ -291,9 +296,9 @@ def projector(W, b, ids_input, out):
 def id_columns(table, out):
     """ids (S,) -> out (k, S) = table[ids].T: a one-hot input's projection for one feature-major
     step, from the rows of table (V, k), through kernels.onehot_project on a copy of the rows
-    padded off 4 KB strides (32 streams x 1024: 4 us, where np.take along axis 1 takes 45)."""
+    padded off 4 KB strides (much faster than np.take along axis 1)."""
     V, k = table.shape
-    padded = np.zeros((V, k + 16), table.dtype)
+    padded = np.zeros((V, k + ROW_PAD), table.dtype)
     padded[:, :k] = table
     out3 = out[None]
     project = kernels.get("onehot_project", out3, padded)
@@ -303,7 +308,7 @@ def id_columns(table, out):
 def halves(n, count):
     """Column factors 0.5 for the first `count` of n columns, 1 for the rest. A logistic gate whose
     weights and bias are pre-halved is (1 + tanh(z)) / 2 with no z/2 at run time (halving is exact);
-    numpy's float32 tanh is about twice as fast as its exp, and this form cannot overflow."""
+    numpy's float32 tanh is faster than its exp, and this form cannot overflow."""
     return np.where(np.arange(n) < count, 0.5, 1.0).astype(np.float32)
 
 
