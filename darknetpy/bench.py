@@ -179,7 +179,7 @@ def measure_generate(cfg, chars=500, warmup=20, seed=0, temp=0.7):
     does: batch=1, time_steps=1, Network.stepper + sample_index with the sample fed back.
 
     Returns a dict: chars_per_s, chars, flops_per_char (forward), gflops."""
-    from .sample import NumpyRand, sample_index
+    from .darknet_sampler import NumpyRand, sample_index
     net = _quiet_network(cfg, batch=1, time_steps=1, seed=seed)
     if net.outputs > net.inputs:
         raise click.UsageError(f"{cfg}: generation feeds each sample back, but the net has "

@@ -117,7 +117,6 @@ def generate(cfg, weights, seed, seed_file, length, temp, srand, greedy, top_k, 
 
     CFG may be the training cfg: batch and time_steps are forced to 1.
     """
-    from . import sample
     if top_k is not None and top_k < 1:
         raise DarknetpyError(f"--top-k {top_k}: give K >= 1 (leave it out to sample among all)")
     if beam is not None and beam < 1:
@@ -129,7 +128,7 @@ def generate(cfg, weights, seed, seed_file, length, temp, srand, greedy, top_k, 
     else:
         seed, seed_name = seed_bytes("\n\n" if seed is None else seed), "--seed"
     net, vocabulary = stepping_network(cfg, weights, None if tokens else vocab_file, ids=bool(tokens))
-    token_list = sample.read_tokens(tokens) if tokens else None
+    token_list = datamod.read_tokens(tokens) if tokens else None
     out = sys.stdout.buffer
     pieces = generation.output(
         net, seed=seed, length=length,
@@ -436,10 +435,9 @@ def overlap(sample, corpus, window, valid_frac):
     how many of SAMPLE's N-byte windows occur anywhere in CORPUS (torch-rnn's novel_substrings: a
     high share means copied text).
     """
-    from . import data
     from . import overlap as overlapmod
     text = sys.stdin.buffer.read() if sample == "-" else read_bytes(sample, "sample")
-    reference = data.split_corpus(read_bytes(corpus, "corpus"), valid_frac, corpus)[0]
+    reference = datamod.split_corpus(read_bytes(corpus, "corpus"), valid_frac, corpus)[0]
     r = overlapmod.measure(text, reference, window)
     click.echo(f"longest shared substring: {r.longest} bytes at sample byte {r.at}: {overlapmod.one_line(r.text)}")
     if r.windows:

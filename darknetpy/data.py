@@ -354,3 +354,23 @@ def ids_to_onehot(ids, inputs):
     out = np.zeros(ids.shape + (inputs,), np.float32)
     out.reshape(-1, inputs)[np.arange(ids.size), ids.ravel()] = 1
     return out
+
+
+def check_ids(data, inputs, what):
+    """Refuse a byte (or an id, for an array of vocabulary ids) the network has no input for
+    (Darknet would index out of bounds)."""
+    kind = "id" if isinstance(data, np.ndarray) else "byte"
+    ids = data if kind == "id" else np.frombuffer(bytes(data), dtype=np.uint8)
+    bad = np.flatnonzero(ids >= inputs)
+    if bad.size:
+        raise DarknetpyError(f"{what}: {kind} {ids[bad[0]]} at offset {bad[0]} is outside the network's {inputs} inputs")
+    return ids
+
+
+def read_tokens(path):
+    """A --tokens file: line i is the text of token id i (Darknet's read_tokens)."""
+    try:
+        with open(path, "rb") as f:
+            return [line.decode("utf-8", "surrogateescape") for line in f.read().splitlines()]
+    except OSError as e:
+        raise DarknetpyError(f"cannot read tokens: {e.strerror}", path) from None

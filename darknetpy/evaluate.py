@@ -23,7 +23,7 @@ import math
 import numpy as np
 
 from .errors import DarknetpyError
-from .sample import check_ids
+from .data import check_ids
 
 
 def layout(ids, seed_ids=(), chunks=1, warmup=128):

@@ -22,7 +22,8 @@ import numpy as np
 
 from . import sampling
 from .errors import DarknetpyError
-from .sample import GlibcRand, NumpyRand, check_ids, sample_rows
+from .darknet_sampler import GlibcRand, NumpyRand, sample_rows
+from .data import check_ids
 
 SEPARATOR = "-" * 15  # the line between samples (nanoGPT's sample.py prints the same)
 

@@ -3,7 +3,7 @@
 Every rule is defined on p_T, the network's probabilities at temperature T: p_T ∝ p_1^(1/T), which
 is softmax(logits / T) — `--temp` replaces the softmax temperature, as in Darknet. Ties are kept
 together (a rule keeps every symbol as likely as the last one it keeps), so no rule depends on the
-order of the vocabulary. Darknet's 0.0001 cut belongs to its own sampler (sample.py) only.
+order of the vocabulary. Darknet's 0.0001 cut belongs to its own sampler (darknet_sampler.py) only.
 """
 import numpy as np
 
@@ -17,15 +17,6 @@ def within(p, n):
         return p
     q = p[..., :n]
     return q / q.sum(axis=-1, keepdims=True)
-
-
-def temperature(p, T):
-    """p^(1/T) renormalized per row, in float64; T -> 0 tends to uniform over the argmax ties."""
-    with np.errstate(divide="ignore"):
-        logp = np.log(np.asarray(p, np.float64))
-    z = (logp - logp.max(axis=-1, keepdims=True)) / T  # the max is exactly 0: no overflow for tiny T
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
 
 
 def top_k(p, k):

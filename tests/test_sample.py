@@ -13,7 +13,7 @@ from darknetpy import kernels
 from darknetpy.errors import DarknetpyError
 from darknetpy.generation import events, generate
 from darknetpy.evaluate import format_valid_line, valid_steps, validate
-from darknetpy.sample import GlibcRand, NumpyRand, sample_index
+from darknetpy.darknet_sampler import GlibcRand, NumpyRand, sample_index
 
 ORACLE = Path(__file__).resolve().parents[2] / "shared" / "oracle"
 INFER_CASES = sorted(p.name for p in ORACLE.glob("infer_*")) if ORACLE.is_dir() else []

@@ -7,14 +7,6 @@ import pytest
 from darknetpy import sampling
 
 
-def test_temperature_hand_values_and_limit():
-    p = np.array([0.5, 0.25, 0.25])
-    np.testing.assert_allclose(sampling.temperature(p, 0.5), [0.25 / 0.375, 0.0625 / 0.375, 0.0625 / 0.375])
-    np.testing.assert_allclose(sampling.temperature(p, 1.0), p)
-    np.testing.assert_allclose(sampling.temperature(p, 1e-300), [1, 0, 0])
-    np.testing.assert_allclose(sampling.temperature([0.4, 0.4, 0.2], 1e-6), [0.5, 0.5, 0])
-
-
 def test_top_k_edges_and_ties():
     p = np.array([0.1, 0.4, 0.2, 0.3])
     np.testing.assert_allclose(sampling.top_k(p, 2), [0, 4 / 7, 0, 3 / 7])

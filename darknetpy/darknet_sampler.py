@@ -1,4 +1,4 @@
-"""Darknet's sampler, byte for byte (generation.py runs it), and the checks and files of ids.
+"""Darknet's sampler, byte for byte (generation.py runs it).
 
 Matching Darknet's generated text needs its random stream (glibc's rand(), emulated exactly here,
 including the draws Darknet's network construction burns before sampling starts) and its float32
@@ -8,7 +8,6 @@ import functools
 
 import numpy as np
 
-from .errors import DarknetpyError
 
 _MASK = 0xFFFFFFFF  # glibc's state words are 32 bits; the generator is linear over Z/2^32
 _DEG, _SEP = 31, 3  # TYPE_3: r[i] = r[i-3] + r[i-31]
@@ -141,22 +140,3 @@ def sample_rows(p, u):
     ok = (total > 0) & (total < np.inf)  # all cut (or NaN): Darknet's NaNs pick the last index
     return np.where(found & ok, hit, p.shape[1] - 1)
 
-
-def check_ids(data, inputs, what):
-    """Refuse a byte (or an id, for an array of vocabulary ids) the network has no input for
-    (Darknet would index out of bounds)."""
-    kind = "id" if isinstance(data, np.ndarray) else "byte"
-    ids = data if kind == "id" else np.frombuffer(bytes(data), dtype=np.uint8)
-    bad = np.flatnonzero(ids >= inputs)
-    if bad.size:
-        raise DarknetpyError(f"{what}: {kind} {ids[bad[0]]} at offset {bad[0]} is outside the network's {inputs} inputs")
-    return ids
-
-
-def read_tokens(path):
-    """A --tokens file: line i is the text of token id i (Darknet's read_tokens)."""
-    try:
-        with open(path, "rb") as f:
-            return [line.decode("utf-8", "surrogateescape") for line in f.read().splitlines()]
-    except OSError as e:
-        raise DarknetpyError(f"cannot read tokens: {e.strerror}", path) from None
