@@ -76,15 +76,20 @@ class Network:
         self.streams = cfg_batch // subdivisions
 
         self.hp = optim.read_policy(net)
+        adam = net.int("adam", 0)
         weight_decay = net.float("weight_decay", 0.0)  # darknetpy's decoupled decay (optim.AdamW)
-        momentum, decay, clip = net.float("momentum", 0.9), net.float("decay", 0.0 if weight_decay else 0.0001), net.float("clip", 0.0)
-        if weight_decay < 0 or (weight_decay and not net.int("adam", 0)):
-            raise net.error("weight_decay (decoupled decay) must be >= 0 and needs adam=1; SGD has Darknet's decay", "weight_decay")
+        momentum, clip = net.float("momentum", 0.9), net.float("clip", 0.0)
+        decay = net.float("decay", 0.0 if weight_decay else 0.0001)
+        if weight_decay < 0 or (weight_decay and not adam):
+            raise net.error("weight_decay (decoupled decay) must be >= 0 and needs adam=1; SGD has Darknet's decay",
+                            "weight_decay")
         if weight_decay and decay:
-            raise net.error("weight_decay (decoupled) and decay (Darknet's L2 in the gradient) are both set; set decay=0", "decay")
-        if net.int("adam", 0):
-            adam = dict(B1=net.float("B1", 0.9), B2=net.float("B2", 0.999), eps=net.float("eps", 1e-7), decay=decay, clip=clip)
-            self.optimizer = optim.AdamW(weight_decay, **adam) if weight_decay else optim.Adam(**adam)
+            raise net.error("weight_decay (decoupled) and decay (Darknet's L2 in the gradient) are both set; "
+                            "set decay=0", "decay")
+        if adam:
+            moments = dict(B1=net.float("B1", 0.9), B2=net.float("B2", 0.999), eps=net.float("eps", 1e-7),
+                           decay=decay, clip=clip)
+            self.optimizer = optim.AdamW(weight_decay, **moments) if weight_decay else optim.Adam(**moments)
         else:
             self.optimizer = optim.SGD(momentum=momentum, decay=decay, clip=clip)
         if self.optimizer.clip < 0:
