@@ -53,6 +53,8 @@ def seed_bytes(text):
 
 PATH = click.Path(dir_okay=False)
 TRAIN = options.TrainOptions()  # the training options' defaults, which --help shows
+GENERATE = options.GenerationOptions()  # generate's
+SERVE = options.ServeLimits()  # serve's
 VOCAB_HELP = ("Vocabulary file (darknetpy-vocab). Default: the vocabulary of the run that made the "
               "weights: the one in WEIGHTS.state.npz, else the run's .vocab beside the weights (named "
               "after the weights, then after the cfg); without one, bytes (Darknet's), unless the "
@@ -79,30 +81,31 @@ def main():
               help="Text fed to the network first and echoed; an empty seed feeds a NUL byte. "
                    "Default: two newlines.")
 @click.option("--seed-file", default=None, metavar="FILE", help="Read the seed from FILE, as bytes (instead of --seed).")
-@click.option("--len", "length", default=1000, show_default=True, type=click.IntRange(min=0),
-              help="Number of characters (tokens) to sample after the seed; with --stop, the most.")
-@click.option("--temp", default=0.7, show_default=True, type=click.FloatRange(min=0, min_open=True),
-              help="Softmax temperature: lower is more conservative, higher more random. Applied before "
+@click.option("--len", "length", default=GENERATE.length, show_default=True, type=int, metavar="N",
+              help="Number of characters (tokens) to sample after the seed, >= 0; with --stop, the most.")
+@click.option("--temp", "temperature", default=GENERATE.temperature, show_default=True, type=float,
+              help="Softmax temperature, > 0: lower is more conservative, higher more random. Applied before "
                    "--top-k and --top-p; no effect with --greedy or --beam.")
-@click.option("--srand", type=int, default=None,
+@click.option("--srand", type=int, default=GENERATE.srand,
               help="Random seed. With only Darknet's options (--seed --len --temp --tokens) it seeds "
                    "Darknet's glibc rand(), and the text is byte-identical to `darknet rnn generate "
                    "-srand N`; with --top-k, --top-p or --samples, numpy's generator, reproducible run to "
                    "run. Default: a fresh random seed each run.")
-@click.option("--greedy", is_flag=True, help="Take the most likely symbol at every step (char-rnn's -sample 0).")
-@click.option("--top-k", type=int, default=None, metavar="K",
-              help="Sample only among the K most likely symbols (and any tied with the K-th). Default: all.")
-@click.option("--top-p", type=float, default=None, metavar="P",
+@click.option("--greedy", is_flag=True, default=GENERATE.greedy,
+              help="Take the most likely symbol at every step (char-rnn's -sample 0).")
+@click.option("--top-k", type=int, default=GENERATE.top_k, show_default=True, metavar="K",
+              help="Sample only among the K most likely symbols (and any tied with the K-th); 0: all.")
+@click.option("--top-p", type=float, default=GENERATE.top_p, show_default=True, metavar="P",
               help="Nucleus sampling: only among the smallest set of most likely symbols whose probability "
-                   "reaches P, in (0, 1]. Default: 1, every symbol.")
-@click.option("--beam", type=int, default=None, metavar="K",
+                   "reaches P, in (0, 1]; 1: every symbol.")
+@click.option("--beam", type=int, default=GENERATE.beam, show_default=True, metavar="K",
               help="Beam search of width K: the --len continuation of highest total log-probability the "
-                   "beam finds, never less likely than greedy's (--beam 1 is --greedy). Default: no search.")
-@click.option("--samples", type=int, default=1, show_default=True, metavar="N",
-              help="N independent samples, run together as N streams of the network.")
+                   "beam finds, never less likely than greedy's (--beam 1 is --greedy); 0: no search.")
+@click.option("--samples", type=int, default=GENERATE.samples, show_default=True, metavar="N",
+              help="N >= 1 independent samples, run together as N streams of the network.")
 @click.option("--separator", default=generation.SEPARATOR, show_default=True, metavar="TEXT",
               help="The line printed between two samples.")
-@click.option("--stop", default=None, metavar="TEXT",
+@click.option("--stop", default=GENERATE.stop, metavar="TEXT",
               help="End a sample right after it first produces TEXT (printed, then the final newline). "
                    "In bash, $'\\n\\n' stops at a blank line. Default: run --len symbols.")
 @click.option("--tokens", type=click.Path(exists=True, dir_okay=False), default=None,
@@ -110,31 +113,24 @@ def main():
 @click.option("--vocab", "vocab_file", type=click.Path(exists=True, dir_okay=False), default=None,
               help=VOCAB_HELP)
 @friendly
-def generate(cfg, weights, seed, seed_file, length, temp, srand, greedy, top_k, top_p, beam, samples, separator,
-             stop, tokens, vocab_file):
+def generate(cfg, weights, seed, seed_file, separator, stop, tokens, vocab_file, **fields):
     """Sample text from a trained network, streaming it to stdout (Darknet's `rnn generate`, and
     greedy, top-k, top-p, beam search, many samples at once and a stop text).
 
     CFG may be the training cfg: batch and time_steps are forced to 1.
     """
-    if top_k is not None and top_k < 1:
-        raise DarknetpyError(f"--top-k {top_k}: give K >= 1 (leave it out to sample among all)")
-    if beam is not None and beam < 1:
-        raise DarknetpyError(f"--beam {beam}: give a width K >= 1 (leave it out for no search)")
     if seed is not None and seed_file is not None:
         raise DarknetpyError("give the seed as --seed TEXT or --seed-file FILE, not both")
     if seed_file is not None:
         seed, seed_name = read_bytes(seed_file, "seed file"), seed_file
     else:
-        seed, seed_name = seed_bytes("\n\n" if seed is None else seed), "--seed"
+        seed, seed_name = seed_bytes(GENERATE.seed if seed is None else seed), "--seed"
+    asked = options.GenerationOptions(seed=seed, stop=None if stop is None else seed_bytes(stop), **fields)
     net, vocabulary = stepping_network(cfg, weights, None if tokens else vocab_file, ids=bool(tokens))
     token_list = datamod.read_tokens(tokens) if tokens else None
     out = sys.stdout.buffer
-    pieces = generation.output(
-        net, seed=seed, length=length,
-        temperature=temp, top_k=top_k or 0, top_p=1.0 if top_p is None else top_p, greedy=greedy, beam=beam or 0,
-        stop=None if stop is None else seed_bytes(stop), srand=srand, samples=samples, tokens=token_list,
-        vocab=vocabulary, seed_name=seed_name, separator=seed_bytes(separator))
+    pieces = generation.output(net, asked, seed_bytes(separator), tokens=token_list, vocab=vocabulary,
+                               seed_name=seed_name)
     for piece in pieces:
         out.write(piece)
         out.flush()
@@ -164,7 +160,7 @@ def read_bytes(path, what):
 @click.argument("cfg", type=PATH)
 @click.argument("weights", type=PATH)
 @click.argument("text", type=click.Path(dir_okay=False, allow_dash=True), default="-")
-@click.option("--seed", default="\n\n", show_default="two newlines",
+@click.option("--seed", default=options.SEED.decode(), show_default="two newlines",
               help="Text fed first, unscored, to warm up the state.")
 @click.option("--verbose", is_flag=True, help="Print Darknet's running line after every character.")
 @click.option("--vocab", "vocab_file", type=click.Path(exists=True, dir_okay=False), default=None,
@@ -196,7 +192,7 @@ def valid(cfg, weights, text, seed, verbose, vocab_file):
 @click.argument("cfg", type=PATH)
 @click.argument("weights", type=PATH)
 @click.argument("text", type=click.Path(dir_okay=False, allow_dash=True), default="-")
-@click.option("--seed", default="\n\n", show_default="two newlines",
+@click.option("--seed", default=options.SEED.decode(), show_default="two newlines",
               help="Text fed before every line, from a zero state.")
 @click.option("--keep-whitespace", is_flag=True,
               help="Feed each line as it is. Default: as Darknet's strip(), drop every space and tab in it "
@@ -473,16 +469,16 @@ def tokenize(text, mode, prefix, max_vocab):
               help="Address to listen on; 0.0.0.0 serves other machines too (then set --api-key).")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535),
               help="Port to listen on; 0 takes a free one (the `serving on` line names it).")
-@click.option("--max-streams", default=64, show_default=True, type=click.IntRange(min=1),
+@click.option("--max-streams", default=SERVE.max_streams, show_default=True, type=click.IntRange(min=1),
               help="Streams stepped together at most: the requests running at once (a request takes n "
                    "streams, a beam its width).")
-@click.option("--max-queue", default=256, show_default=True, type=click.IntRange(min=0),
+@click.option("--max-queue", default=SERVE.max_queue, show_default=True, type=click.IntRange(min=0),
               help="Requests waiting for streams at most; past it a request gets 503 with Retry-After.")
-@click.option("--max-prompt", default=16384, show_default=True, type=click.IntRange(min=1), metavar="BYTES",
+@click.option("--max-prompt", default=SERVE.max_prompt, show_default=True, type=click.IntRange(min=1), metavar="BYTES",
               help="The longest prompt a request may give (413 past it).")
-@click.option("--max-length", default=4096, show_default=True, type=click.IntRange(min=1), metavar="N",
+@click.option("--max-length", default=SERVE.max_length, show_default=True, type=click.IntRange(min=1), metavar="N",
               help="The most symbols a request may ask for (max_tokens, length).")
-@click.option("--max-samples", default=16, show_default=True, type=click.IntRange(min=1), metavar="N",
+@click.option("--max-samples", default=SERVE.max_samples, show_default=True, type=click.IntRange(min=1), metavar="N",
               help="The most samples (n) or beam width a request may ask for (at most --max-streams).")
 @click.option("--api-key", envvar="DARKNETPY_API_KEY", default=None, metavar="KEY",
               help="Require 'Authorization: Bearer KEY' on every endpoint but /health. Default: the "
@@ -505,7 +501,7 @@ def serve(cfg, weights, host, port, max_streams, max_queue, max_prompt, max_leng
     from . import load_network
     net = load_network(cfg, weights, batch=1, time_steps=1)
     net.vocab = vocabmod.find(cfg, weights, vocab_file, net)
-    limits = serving.Limits(max_streams=max_streams, max_queue=max_queue, max_prompt=max_prompt,
+    limits = options.ServeLimits(max_streams=max_streams, max_queue=max_queue, max_prompt=max_prompt,
                             max_length=max_length, max_samples=min(max_samples, max_streams), api_key=api_key)
     serving.serve(net, os.path.splitext(os.path.basename(cfg))[0], host, port, limits)
 

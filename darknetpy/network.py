@@ -13,6 +13,7 @@ from . import vocab as vocabmod
 from .errors import DarknetpyError
 from .layers import KINDS
 from .layers.connected import is_ids
+from .options import SEED, GenerationOptions
 
 # [net] keys Darknet reads for image networks; accepted quietly so Darknet cfgs load without noise.
 IMAGE_KEYS = ("height", "width", "channels", "max_crop", "min_crop", "max_ratio", "min_ratio",
@@ -245,27 +246,23 @@ class Network:
         return np.array(out[0] if single else out)
 
     # ---- text: generation and scoring (generation.py, evaluate.py) -----------------------------
-    def generate(self, seed=b"\n\n", length=1000, temperature=0.7, top_k=0, top_p=1.0, greedy=False, beam=0,
-                 stop=None, srand=None, samples=1, vocab=None):
-        """The bytes `darknetpy generate` prints for the same options (top_k=0: all symbols,
-        top_p=1: no nucleus, beam=0: no search): bytes, or a list of `samples` of them. `seed`
-        and `stop` may be str (UTF-8) or bytes; `vocab` (a vocab.Vocab or a .vocab path) defaults
-        to the one `load_network` found beside the weights. Runs on a private stepper: the
-        network's state, training and random streams are left as they were."""
-        return generation.generate(self, seed=seed, length=length, temperature=temperature, top_k=top_k,
-                                   top_p=top_p, greedy=greedy, beam=beam, stop=stop, srand=srand,
-                                   samples=samples, vocab=self._vocab(vocab))
+    def generate(self, seed=GenerationOptions.seed, *, vocab=None, **options):
+        """The bytes `darknetpy generate` prints for the same options: bytes, or a list of
+        `samples` of them. `options` are options.GenerationOptions' fields, with its defaults:
+        seed, length, temperature, top_k (0: all symbols), top_p (1: no nucleus), greedy, beam
+        (0: no search), stop, srand, samples. `seed` and `stop` may be str (UTF-8) or bytes;
+        `vocab` (a vocab.Vocab or a .vocab path) defaults to the one `load_network` found beside
+        the weights. Runs on a private stepper: the network's state, training and random streams
+        are left as they were."""
+        return generation.generate(self, GenerationOptions(seed, **options), vocab=self._vocab(vocab))
 
-    def stream(self, seed=b"\n\n", length=1000, temperature=0.7, top_k=0, top_p=1.0, greedy=False, beam=0,
-               stop=None, srand=None, samples=1, vocab=None, separator=None):
+    def stream(self, seed=GenerationOptions.seed, *, vocab=None, separator=generation.SEPARATOR, **options):
         """`generate` as an iterator of bytes pieces as they are produced, for notebooks and
         servers: joined, the pieces are `darknetpy generate`'s output (with samples > 1, the first
-        sample live and each later one after a `separator` line, default generation.SEPARATOR)."""
-        return generation.output(self, seed=seed, length=length, temperature=temperature, top_k=top_k,
-                                 top_p=top_p, greedy=greedy, beam=beam, stop=stop, srand=srand, samples=samples,
-                                 vocab=self._vocab(vocab), separator=separator or generation.SEPARATOR)
+        sample live and each later one after a `separator` line)."""
+        return generation.output(self, GenerationOptions(seed, **options), separator, vocab=self._vocab(vocab))
 
-    def score(self, text, seed=b"\n\n", vocab=None):
+    def score(self, text, seed=SEED, vocab=None):
         """Bits per character of `text` (str as UTF-8, or bytes) after `seed`, fed in order with
         the state carried: the BPC `darknetpy valid` prints (per token for a words vocabulary).
         The network's own state is left alone."""

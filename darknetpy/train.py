@@ -42,7 +42,7 @@ from . import weights as weightsmod
 from .checkpoint import STATE_SUFFIX
 from .errors import DarknetpyError
 from .network import Network
-from .options import TrainOptions, parse_duration
+from .options import GenerationOptions, TrainOptions, parse_duration
 
 BACKUP_EVERY = 100        # Darknet's char-RNN trainer saves <cfg>.backup every 100 iterations
 
@@ -554,9 +554,9 @@ class Trainer:
         o = self.options
         tokens = [str(i) for i in range(self.net.outputs)] if o.tokenized else None
         newline = b"\n" in vocab.pieces() if vocab is not None else not o.tokenized and self.net.inputs > 10
-        pieces = [piece for _, piece, _ in generation.events(
-            self.net, seed=b"\n" if newline else b"", length=o.sample_len, temperature=o.sample_temp,
-            srand=self.srand + self.iteration, tokens=tokens, vocab=vocab)]
+        asked = GenerationOptions(seed=b"\n" if newline else b"", length=o.sample_len, temperature=o.sample_temp,
+                                  srand=self.srand + self.iteration)
+        pieces = [piece for _, piece, _ in generation.events(self.net, asked, tokens=tokens, vocab=vocab)]
         # the first piece is the seed's symbol, echoed (an empty seed is id 0, as in `generate`)
         self.progress.say(f"sample at iteration {self.iteration}:\n"
                           + b"".join(pieces[1:]).decode("utf-8", "replace").rstrip("\n"))
