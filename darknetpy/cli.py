@@ -14,9 +14,9 @@ from . import cfg as cfgmod
 from . import data as datamod
 from . import entry
 from . import generation
+from . import measure
 from . import options
 from . import vocab as vocabmod
-from .bench import bench
 from .errors import DarknetpyError
 
 
@@ -506,5 +506,26 @@ def serve(cfg, weights, host, port, max_streams, max_queue, max_prompt, max_leng
     serving.serve(net, os.path.splitext(os.path.basename(cfg))[0], host, port, limits)
 
 
-bench.callback = friendly(bench.callback)  # one-line errors, exit 2, like every other command
-main.add_command(bench)
+@main.command()
+@click.argument("cfg", type=PATH)
+@click.option("--iterations", default=measure.ITERATIONS, show_default=True, type=click.IntRange(min=1),
+              help="Timed training steps (full datums of time_steps x streams random chars); the median is reported.")
+@click.option("--warmup", default=measure.WARMUP, show_default=True, type=click.IntRange(min=0),
+              help="Untimed training steps before timing; generation likewise discards its first 10 x N chars.")
+@click.option("--gen-chars", default=measure.GEN_CHARS, show_default=True, type=click.IntRange(min=1),
+              help="Characters to generate (one stream, one char at a time, as `darknetpy generate`).")
+@click.option("--no-train", is_flag=True, help="Skip the training measurement.")
+@click.option("--no-generate", is_flag=True, help="Skip the generation measurement.")
+@friendly
+def bench(cfg, iterations, warmup, gen_chars, no_train, no_generate):
+    """Measure training and generation speed of the network CFG describes, with random weights
+    and random characters: chars/s, the matmul GFLOP/s achieved (against numpy's own large-matmul
+    peak on this machine), and peak memory.
+
+    Training uses CFG's batch and time_steps (one update per step); generation forces batch=1,
+    time_steps=1. The FLOP model is in `darknetpy.measure`'s docstring. For a table of the standard
+    configs, with PyTorch for comparison, see benchmarks/throughput.py.
+    """
+    r = measure.run_config(cfg, iterations=iterations, warmup=warmup, gen_chars=gen_chars,
+                           train=not no_train, generate=not no_generate, peak=True)
+    click.echo(measure.report(cfg, r))
