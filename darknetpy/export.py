@@ -30,10 +30,6 @@ def _onnx():
     return onnx
 
 
-def _f32(x):
-    return np.asarray(x, np.float32)
-
-
 # Darknet's activations (activations.py) in ONNX ops: name -> (g, x) -> y.
 ACTIVATIONS = {
     "logistic": lambda g, x: g.op("Sigmoid", x),
