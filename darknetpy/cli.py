@@ -17,6 +17,7 @@ from . import generation
 from . import measure
 from . import options
 from . import vocab as vocabmod
+from .checkpoint import find_vocab, load_network
 from .errors import DarknetpyError
 
 
@@ -138,12 +139,11 @@ def generate(cfg, weights, seed, seed_file, separator, stop, tokens, vocab_file,
 
 def stepping_network(cfg, weights, vocab_file, ids=False):
     """(net, vocabulary) for generate, valid and vec: the network with WEIGHTS loaded, one stream
-    one step at a time, and the vocabulary of the run that made them (vocab.find, which refuses a
+    one step at a time, and the vocabulary of the run that made them (checkpoint.find_vocab, which refuses a
     model that needs one and has none). ids=True (--tokens names Darknet's ids): no search."""
-    from . import load_network
     net = load_network(cfg, batch=1, time_steps=1)
     net.load_weights(weights)
-    net.vocab = None if ids else vocabmod.find(cfg, weights, vocab_file, net)
+    net.vocab = None if ids else find_vocab(cfg, weights, vocab_file, net)
     return net, net.vocab
 
 
@@ -498,9 +498,8 @@ def serve(cfg, weights, host, port, max_streams, max_queue, max_prompt, max_leng
         from . import serve as serving
     except ImportError as e:
         raise DarknetpyError(f'serve needs the [serve] extra ({e.name} is missing): pip install "darknetpy[serve]"')
-    from . import load_network
     net = load_network(cfg, weights, batch=1, time_steps=1)
-    net.vocab = vocabmod.find(cfg, weights, vocab_file, net)
+    net.vocab = find_vocab(cfg, weights, vocab_file, net)
     limits = options.ServeLimits(max_streams=max_streams, max_queue=max_queue, max_prompt=max_prompt,
                             max_length=max_length, max_samples=min(max_samples, max_streams), api_key=api_key)
     serving.serve(net, os.path.splitext(os.path.basename(cfg))[0], host, port, limits)

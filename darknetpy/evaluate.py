@@ -23,6 +23,7 @@ import math
 import numpy as np
 
 from .errors import DarknetpyError
+from . import vocab as vocabmod
 from .data import check_ids
 from .options import SEED
 
@@ -139,6 +140,18 @@ def validate(net, text, seed=SEED):
     if result is None:
         raise DarknetpyError("validation text needs at least 2 bytes: each scored byte is predicted from the one before")
     return result
+
+
+def score(net, text, seed=SEED, vocab=None):
+    """Network.score: the bits per character `validate` gives `text` (str as UTF-8, or bytes)
+    after `seed`, each encoded with `vocab` (vocab.resolve: a Vocab, a path, or the network's)."""
+    vocab = vocabmod.resolve(vocab, net)
+    words = vocab is not None and vocab.mode != "bytes"
+
+    def ids(raw, what):
+        raw = raw.encode("utf-8") if isinstance(raw, str) else bytes(raw)
+        return vocab.encode_bytes(raw, what, what) if words else raw
+    return validate(net, ids(text, "text"), seed=ids(seed, "seed"))[1]
 
 
 def format_valid_line(count, bpc, perplexity, word_perplexity):

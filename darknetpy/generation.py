@@ -24,6 +24,7 @@ Which sampler draws:
 import numpy as np
 
 from . import sampling
+from . import vocab as vocabmod
 from .errors import DarknetpyError
 from .darknet_sampler import GlibcRand, NumpyRand, sample_rows
 from .data import check_ids
@@ -313,14 +314,15 @@ class Batch:
         return out
 
 
-def events(net, options=None, **symbols):
+def events(net, options=None, tokens=None, vocab=None, seed_name="seed"):
     """Generate, yielding (sample, piece, last) as each sample's bytes come: the seed echo first,
     then each symbol's bytes; `last` marks a sample's final newline. `stop` (str or bytes, or a
     list of them: whichever comes first) ends a sample right after it first produces that text;
     `length` symbols is the upper bound. `options`: a GenerationOptions (default: its defaults);
-    `symbols`: Sample's tokens, vocab, seed_name. The request runs alone in a Batch of its own
-    streams."""
-    sample = Sample(net, options or GenerationOptions(), **symbols)
+    `tokens` as Sample's, `vocab` a Vocab, a .vocab path or None for the network's own
+    (vocab.resolve). The request runs alone in a Batch of its own streams."""
+    vocab = None if tokens is not None else vocabmod.resolve(vocab, net)
+    sample = Sample(net, options or GenerationOptions(), tokens, vocab, seed_name)
     batch = Batch(net, sample.streams)
     batch.add(sample)
     while not sample.done:

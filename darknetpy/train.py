@@ -255,7 +255,7 @@ class Trainer:
         valid_ids (None: nothing held out), and the batcher that walks the streams through train_ids."""
         net, data, o = self.net, self.data, self.options
         ids, self.vocabulary = vocabmod.prepare_corpus(self.cfg, net, data, o.vocab, o.tokenized, o.weights,
-                                                       o.max_vocab)
+                                                       o.max_vocab, find=ckpt.find_vocab)
         self.valid_frac = datamod.default_valid_frac(len(ids), net.time_steps) if o.valid_frac is None else o.valid_frac
         self.train_ids, self.valid_ids = datamod.split_corpus(ids, self.valid_frac, data)
         self.corpus_sha = datamod.sha256(ids, len(self.train_ids), as_int32=o.tokenized)  # in chunks: no copy
@@ -607,7 +607,7 @@ class Trainer:
         wbytes = weightsmod.to_bytes(net)
         extra = {"iteration": self.iteration, "avg_loss": self.avg, "corpus_sha256": self.corpus_sha,
                  "best": self.best, "bad_validations": self.bad_validations, "seconds": self.seconds(),
-                 "vocab": vocabmod.state_entry(self.vocabulary)}  # the vocabulary travels with the weights
+                 "vocab": ckpt.vocab_entry(self.vocabulary)}  # the vocabulary travels with the weights
         sbytes = ckpt.state_bytes(net, self.batcher, wbytes, extra)
         with self.interrupt.saving():
             try:
