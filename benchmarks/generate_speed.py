@@ -18,8 +18,9 @@ the machine's noise falls on every figure alike:
 Prints chars/s (median of the rounds). With --against, OLD_TREE's darknetpy (its C extension
 built in place) is imported beside this one as `darknetpy_old`, both run the same weights, each
 measure of each round runs once per tree, which goes first alternating, and NEW/OLD is printed as
-the ratio of the medians and the median of the paired ratios (no torch then). OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE are unset by re-running
-itself without them (blas_env.py). A benchmark, not a test.
+the ratio of the medians and the median of the paired ratios (no torch then).
+OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE are unset by re-running itself without them (blas_env.py). A
+benchmark, not a test.
 """
 import argparse
 import os
@@ -71,7 +72,8 @@ def ab(cfg, old, samples, rounds):
     """NEW / OLD of every measure on the same weights, the trees taking turns within each round."""
     weights = os.path.join(tempfile.mkdtemp(), "ab.weights")
     network(cfg).save_weights(weights)
-    trees = {"old": measures(network(cfg, old, weights), samples), "new": measures(network(cfg, None, weights), samples)}
+    trees = {"old": measures(network(cfg, old, weights), samples),
+             "new": measures(network(cfg, None, weights), samples)}
     for tree in trees.values():  # warm-up
         for measure in tree.values():
             measure()

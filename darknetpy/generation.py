@@ -88,23 +88,26 @@ class Until:
         return piece, False
 
 
-def chooser(net, greedy, top_k, top_p, srand, samples):
-    """probabilities (streams, V) -> the next ids (streams,), by the rule the options name."""
-    if greedy:
+def chooser(net, options):
+    """probabilities (streams, V) -> the next ids (streams,), by the rule the options name: the
+    filters of sampling.FILTERS that are given (off at their defaults), in order, then a draw."""
+    o = options
+    if o.greedy:
         return sampling.greedy
-    if samples == 1 and not top_k and top_p >= 1:  # Darknet's sampler, its random stream
-        if srand is None:
+    filters = [(rule, getattr(o, name)) for name, rule in sampling.FILTERS.items() if name in o.filtering()]
+    if o.samples == 1 and not filters:  # Darknet's sampler, its random stream
+        if o.srand is None:
             rng = NumpyRand()
         else:
-            rng = GlibcRand(srand)  # Darknet calls srand before building the network ...
+            rng = GlibcRand(o.srand)  # Darknet calls srand before building the network ...
             rng.skip(net.init_rand_draws)  # ... whose random weight init draws this many times
         return DarknetDraw(rng)
-    gen = np.random.default_rng(srand)
+    gen = np.random.default_rng(o.srand)
 
     def choose(p):
-        q = sampling.top_k(p, top_k) if top_k else p
-        q = sampling.top_p(q, top_p) if top_p < 1 else q
-        return sampling.draw(q, gen.random(len(q)))
+        for rule, value in filters:
+            p = rule(p, value)
+        return sampling.draw(p, gen.random(len(p)))
     return choose
 
 
@@ -143,7 +146,7 @@ class Sample:
         self.echo = b"".join(self.pieces[c] for c in self.ids)
         self.streams, self.samples, self.length, self.width = o.beam or o.samples, o.samples, o.length, o.beam
         self.temperature = 1.0 if o.greedy or o.beam else o.temperature
-        self.choose = None if o.beam else chooser(net, o.greedy, o.top_k, o.top_p, o.srand, o.samples)
+        self.choose = None if o.beam else chooser(net, o)
         self.ends = [Until(o.stop) for _ in range(o.samples)]
         self.alive, self.fed, self.drawn = list(range(o.samples)), 0, 0
         self.next = np.full(self.streams, self.ids[0])

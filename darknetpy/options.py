@@ -36,13 +36,14 @@ class OptionError(DarknetpyError):
         self.field = field
 
 
-def option(default, kind=RUN, least=None, above=None, most=None, resumed=None, rule=None, flag=None):
+def option(default, kind=RUN, least=None, above=None, most=None, resumed=None, rule=None, flag=None, filter=False):
     """A field: its default, its kind, its bound (>= least or > above, and <= most), whether
     --resume reads it back (the run's options do), the words of its error after the value
-    ("give N >= 0"), and its command-line flag when it is not the name's (--len for length)."""
+    ("give N >= 0"), its command-line flag when it is not the name's (--len for length), and
+    whether it is a sampling filter (sampling.FILTERS), which keeps every symbol at its default."""
     return dataclasses.field(default=default, metadata={
         "kind": kind, "least": least, "above": above, "most": most,
-        "resumed": kind == RUN if resumed is None else resumed, "rule": rule, "flag": flag})
+        "resumed": kind == RUN if resumed is None else resumed, "rule": rule, "flag": flag, "filter": filter})
 
 
 def check_bounds(options):
@@ -51,8 +52,9 @@ def check_bounds(options):
         value, meta = getattr(options, f.name), f.metadata
         if value is None or meta["rule"] is None:
             continue
-        bad = not math.isfinite(value) or (meta["least"] is not None and value < meta["least"]) \
-            or (meta["above"] is not None and value <= meta["above"]) or (meta["most"] is not None and value > meta["most"])
+        least, above, most = meta["least"], meta["above"], meta["most"]
+        bad = not math.isfinite(value) or (least is not None and value < least) \
+            or (above is not None and value <= above) or (most is not None and value > most)
         if bad:
             shown = repr(value).removesuffix(".0")  # 0 and 0.0 alike: a JSON 0 and the API's 0 read the same
             raise OptionError(f.name, f"{flag(f)} {shown}: {meta['rule']}")
@@ -64,8 +66,8 @@ class GenerationOptions:
     seed: Union[str, bytes] = option(SEED)  # fed first and echoed (str: UTF-8); empty: id 0
     length: int = option(1000, least=0, rule="give a number of symbols >= 0", flag="--len")
     temperature: float = option(0.7, above=0, rule="give a temperature > 0", flag="--temp")
-    top_k: int = option(0, least=0, rule="give K >= 1, or 0 for every symbol")
-    top_p: float = option(1.0, above=0, most=1, rule="give P in (0, 1] (1 keeps every symbol)")
+    top_k: int = option(0, least=0, rule="give K >= 1, or 0 for every symbol", filter=True)
+    top_p: float = option(1.0, above=0, most=1, rule="give P in (0, 1] (1 keeps every symbol)", filter=True)
     greedy: bool = option(False)
     beam: int = option(0, least=0, rule="give a width K >= 1, or 0 for no search")
     samples: int = option(1, least=1, rule="give N >= 1")
@@ -76,15 +78,21 @@ class GenerationOptions:
         check_bounds(self)
         stop = [] if self.stop is None else [self.stop] if isinstance(self.stop, (str, bytes)) else list(self.stop)
         self.stop = [s.encode("utf-8") if isinstance(s, str) else bytes(s) for s in stop]
+        filtering = [flag(f) for f in dataclasses.fields(self) if f.name in self.filtering()]
         problems = [
-            (self.beam and self.samples > 1, "beam", f"--beam finds one continuation: leave out --samples {self.samples}"),
-            (self.beam and (self.top_k or self.top_p < 1), "beam",
-             "--beam searches, it does not sample: leave out --top-k and --top-p"),
+            (self.beam and self.samples > 1, "beam",
+             f"--beam finds one continuation: leave out --samples {self.samples}"),
+            (self.beam and filtering, "beam",
+             f"--beam searches, it does not sample: leave out {' and '.join(filtering)}"),
             (not all(self.stop), "stop", "--stop: give a non-empty text"),
         ]
         for bad, field, message in problems:
             if bad:
                 raise OptionError(field, message)
+
+    def filtering(self):
+        """The names of the sampling filters given (each keeps every symbol at its default)."""
+        return [f.name for f in dataclasses.fields(self) if f.metadata["filter"] and getattr(self, f.name) != f.default]
 
 
 @dataclasses.dataclass

@@ -109,3 +109,18 @@ def test_beam_keeps_the_greedy_path():
         return np.array([logp(h) for h in hist])
     seq, score = beam_search(logp([]), advance, 2, 3)
     assert score >= np.log(0.4 * 0.34 * 1.0) - 1e-12 and seq == [0, 0, 0]
+
+
+def test_every_filter_is_a_generation_option_that_keeps_every_symbol_at_its_default():
+    """sampling.FILTERS and GenerationOptions' `filter` fields name the same rules, and each rule at
+    the field's default leaves p as it is: generation.chooser applies only the filters given, and
+    takes Darknet's sampler when none is."""
+    import dataclasses
+
+    from darknetpy.options import GenerationOptions
+    fields = {f.name: f.default for f in dataclasses.fields(GenerationOptions) if f.metadata["filter"]}
+    assert set(fields) == set(sampling.FILTERS) and list(fields) == list(sampling.FILTERS)
+    p = np.random.default_rng(0).dirichlet(np.ones(7), size=3)
+    for name, rule in sampling.FILTERS.items():
+        np.testing.assert_allclose(rule(p, fields[name]), p, rtol=1e-12, err_msg=name)
+    assert GenerationOptions().filtering() == [] and GenerationOptions(top_p=0.5).filtering() == ["top_p"]
