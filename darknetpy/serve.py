@@ -201,6 +201,11 @@ class CompletionRequest(Body):
     suffix: Optional[str] = None
     user: Optional[str] = None
 
+    def given(self, name):
+        """A field's value, or its default where the client sent null (OpenAI's clients may)."""
+        value = getattr(self, name)
+        return type(self).model_fields[name].default if value is None else value
+
 
 GenerateRequest = create_model(  # every field of options.GenerationOptions, its type and default; and `stream`
     "GenerateRequest", __base__=Body, __doc__="Every option of `darknetpy generate` (options.GenerationOptions); "
@@ -322,13 +327,13 @@ def create_app(net, name, limits):
             raise ApiError(400, f"stop: {len(stops)} texts, at most 4", "stop")
         if not all(stops):
             raise ApiError(400, "stop: give non-empty texts", "stop")
-        n, greedy = body.n or 1, body.temperature == 0
+        n, greedy = body.given("n"), body.temperature == 0
         sample = make_sample(
             {"seed": "prompt", "length": "max_tokens", "samples": "n", "temperature": "temperature",
              "top_p": "top_p", "stop": "stop"},
-            seed=body.prompt, length=16 if body.max_tokens is None else body.max_tokens,
-            temperature=1.0 if greedy or body.temperature is None else body.temperature, greedy=greedy,
-            top_p=1.0 if body.top_p is None else body.top_p, samples=n, stop=stops or None, srand=body.seed)
+            seed=body.prompt, length=body.given("max_tokens"),
+            temperature=body.given("temperature") or GenerationOptions.temperature,  # 0: greedy, any will do
+            greedy=greedy, top_p=body.given("top_p"), samples=n, stop=stops or None, srand=body.seed)
         ident, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
         hold = max(map(len, (s.encode("utf-8") for s in stops)), default=1) - 1
         texts, started = [Text(hold) for _ in range(n)], [False] * n
