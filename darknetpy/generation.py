@@ -13,9 +13,9 @@ The options of a request are one options.GenerationOptions (its defaults and ran
 `check_fits` adds the checks only the network can answer.
 
 Which sampler draws:
-- Darknet's (darknet_sampler.sample_index: the 0.0001 cut, then one glibc rand() per symbol with `srand`),
-  for one sample at a temperature and nothing more, so that output stays byte-identical to
-  `darknet rnn generate` (`stop` only ends it early);
+- Darknet's (darknet_sampler.sample_index: the 0.0001 cut, then one glibc rand() per symbol with
+  `srand`), for one sample at a temperature and nothing more, so that output stays byte-identical
+  to `darknet rnn generate` (`stop` only ends it early);
 - otherwise the rules of sampling.py on p_T = softmax(logits / T): top-k, then top-p, then one
   inverse-CDF draw per stream from numpy's generator seeded with `srand`. `greedy` takes the
   argmax and `beam` the most likely continuation its search finds, both on the model's own
@@ -335,7 +335,7 @@ def events(net, options=None, tokens=None, vocab=None, seed_name="seed"):
 
 def generate(net, options=None, **symbols):
     """The bytes of each sample, exactly as `darknetpy generate` prints them: one bytes object, or
-    a list of `options.samples` of them."""
+    a list of `options.samples` of them. `symbols`: events' tokens, vocab, seed_name."""
     options = options or GenerationOptions()
     out = [[] for _ in range(options.samples)]
     for i, piece, _ in events(net, options, **symbols):
@@ -346,7 +346,7 @@ def generate(net, options=None, **symbols):
 
 def output(net, options=None, separator=SEPARATOR, **symbols):
     """`darknetpy generate`'s stdout, piece by piece as it is produced: the first sample live, each
-    later one (kept until its turn) after a line holding `separator`."""
+    later one (kept until its turn) after a line holding `separator`. `symbols` as generate's."""
     options = options or GenerationOptions()
     samples = options.samples
     sep = (separator.encode("utf-8") if isinstance(separator, str) else separator) + b"\n"
