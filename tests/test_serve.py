@@ -361,6 +361,7 @@ def test_the_playground_streams_text_in_headless_chromium(server, model, tmp_pat
     browser = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     try:
         browser.get(server.url + "/")
+        starts = {key: browser.find_element("id", key).get_attribute("value") for key in ("temperature", "top_p")}
         for key, value in (("seed", "To be"), ("temperature", "0.8"), ("top_p", "1"), ("length", "300"),
                            ("srand", "42")):
             field = browser.find_element("id", key)
@@ -374,3 +375,5 @@ def test_the_playground_streams_text_in_headless_chromium(server, model, tmp_pat
         browser.quit()
     want = model[2].generate(seed="To be", length=300, temperature=0.8, srand=42).decode("utf-8", "replace")
     assert shown == want
+    from darknetpy.options import GenerationOptions  # the form starts at generate's defaults
+    assert starts == {"temperature": str(GenerationOptions.temperature), "top_p": str(GenerationOptions.top_p)}
