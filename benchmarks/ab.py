@@ -6,7 +6,7 @@
 Each tree is a checkout with its C extension built in place (`python setup.py build_ext --inplace`).
 Every round runs one fresh process per tree and config, alternating which tree goes first, so
 both meet the same drift of this noisy machine; the table gives each tree's best and median
-chars/s (darknetpy.bench.measure_train) and NEW / OLD of the medians and of the bests.
+chars/s (darknetpy.measure.measure_train) and NEW / OLD of the medians and of the bests.
 Configs are the standard names of throughput.py or .cfg paths; default: all standard training configs.
 """
 import argparse
@@ -21,8 +21,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from throughput import CONFIGS  # noqa: E402
 
-CODE = ("import json, sys; from darknetpy import bench; "
-        "print(json.dumps(bench.measure_train(sys.argv[1], iterations=int(sys.argv[2]), warmup=2)['chars_per_s']))")
+CODE = ("import json, sys; from darknetpy import measure; "
+        "print(json.dumps(measure.measure_train(sys.argv[1], iterations=int(sys.argv[2]), warmup=2)['chars_per_s']))")
 
 
 def measure(tree, cfg, iterations):

@@ -13,16 +13,23 @@ the machine's noise falls on every figure alike:
 
     python benchmarks/generate_speed.py                        # 2 x LSTM 256 and Darknet's cfg/rnn.cfg
     python benchmarks/generate_speed.py benchmarks/gru2x256.cfg --samples 64
+    python benchmarks/generate_speed.py --against OLD_TREE     # A/B: NEW (this darknetpy) / OLD
 
-Prints chars/s (median of the rounds). OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE are unset by re-running
-itself without them (blas_env.py). A benchmark, not a test.
+Prints chars/s (median of the rounds). With --against, OLD_TREE's darknetpy (its C extension
+built in place) is imported beside this one as `darknetpy_old`, both run the same weights, each
+measure of each round runs once per tree, which goes first alternating, and NEW/OLD is printed as
+the ratio of the medians and the median of the paired ratios (no torch then).
+OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE are unset by re-running itself without them (blas_env.py). A
+benchmark, not a test.
 """
 import argparse
 import os
 import statistics
 import sys
+import tempfile
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 
@@ -33,12 +40,55 @@ ROOT = os.path.dirname(HERE)
 DEFAULT_CFGS = [os.path.join(HERE, "lstm2x256.cfg"), os.path.join(ROOT, "cfg", "rnn.cfg")]
 
 
-def network(cfg):
+def network(cfg, package=None, weights=None):
+    """`package` (default darknetpy)'s network of `cfg` at batch 1, with `weights` if given."""
     import darknetpy
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        net = darknetpy.load_network(cfg, batch=1, time_steps=1)
+        net = (package or darknetpy).load_network(cfg, weights, batch=1, time_steps=1)
     return net
+
+
+def measures(net, samples):
+    """name -> a function returning chars/s, for the generation figures of `net`."""
+    return {
+        "generate, 1 sample": lambda: generate_rate(net, 1),
+        f"generate, {samples} samples": lambda: generate_rate(net, samples),
+        "predict, ids": lambda: predict_rate(net, one_hot=False),
+        "predict, one-hot": lambda: predict_rate(net, one_hot=True),
+    }
+
+
+def old_package(tree):
+    """The darknetpy of the source tree `tree`, imported as `darknetpy_old`."""
+    link = Path(tempfile.mkdtemp()) / "darknetpy_old"
+    os.symlink(Path(tree).resolve() / "darknetpy", link)
+    sys.path.insert(0, str(link.parent))
+    import darknetpy_old
+    return darknetpy_old
+
+
+def ab(cfg, old, samples, rounds):
+    """NEW / OLD of every measure on the same weights, the trees taking turns within each round."""
+    weights = os.path.join(tempfile.mkdtemp(), "ab.weights")
+    network(cfg).save_weights(weights)
+    trees = {"old": measures(network(cfg, old, weights), samples),
+             "new": measures(network(cfg, None, weights), samples)}
+    for tree in trees.values():  # warm-up
+        for measure in tree.values():
+            measure()
+    rates = {tree: {name: [] for name in trees[tree]} for tree in trees}
+    for k in range(rounds):
+        for name in trees["new"]:
+            for tree in (("old", "new") if k % 2 == 0 else ("new", "old")):
+                rates[tree][name].append(trees[tree][name]())
+    print(f"{os.path.relpath(cfg, ROOT)}  (chars/s, median of {rounds} rounds; load {os.getloadavg()[0]:.1f})")
+    for name in trees["new"]:
+        old_rate, new_rate = (statistics.median(rates[tree][name]) for tree in ("old", "new"))
+        paired = statistics.median(n / o for n, o in zip(rates["new"][name], rates["old"][name]))
+        print(f"  {name:<26} old {old_rate:>10,.0f}   new {new_rate:>10,.0f}   new/old {new_rate / old_rate:.3f} "
+              f"(medians) {paired:.3f} (paired)")
+    sys.stdout.flush()
 
 
 def generate_rate(net, samples, short=50, long=550):
@@ -92,25 +142,25 @@ def main():
     ap.add_argument("cfgs", nargs="*", default=DEFAULT_CFGS, help="default: 2 x LSTM 256 and cfg/rnn.cfg")
     ap.add_argument("--samples", type=int, default=32, help="streams of the many-samples figure (default: 32)")
     ap.add_argument("--rounds", type=int, default=5, help="rounds of every measure, taking turns (default: 5)")
+    ap.add_argument("--against", metavar="OLD_TREE", help="A/B in this process against OLD_TREE's darknetpy")
     args = ap.parse_args()
     if any(k in os.environ for k in MACHINE_VARS):
         os.execve(sys.executable, [sys.executable, *sys.argv], timed_env())
+    old = old_package(args.against) if args.against else None
     for cfg in args.cfgs:
+        if old is not None:
+            ab(cfg, old, args.samples, args.rounds)
+            continue
         net = network(cfg)
-        measures = {
-            "generate, 1 sample": lambda: generate_rate(net, 1),
-            f"generate, {args.samples} samples": lambda: generate_rate(net, args.samples),
-            "predict, ids": lambda: predict_rate(net, one_hot=False),
-            "predict, one-hot": lambda: predict_rate(net, one_hot=True),
-        }
+        timed = measures(net, args.samples)
         torch_rate = torch_stepper(cfg)
         if torch_rate is not None:
-            measures["torch nn.LSTM, stepped"] = torch_rate
-        for measure in measures.values():  # warm-up: caches, BLAS threads, torch's first calls
+            timed["torch nn.LSTM, stepped"] = torch_rate
+        for measure in timed.values():  # warm-up: caches, BLAS threads, torch's first calls
             measure()
-        rates = {name: [] for name in measures}
+        rates = {name: [] for name in timed}
         for _ in range(args.rounds):
-            for name, measure in measures.items():
+            for name, measure in timed.items():
                 rates[name].append(measure())
         print(f"{os.path.relpath(cfg, ROOT)}  (chars/s, median of {args.rounds} rounds)")
         one = statistics.median(rates["generate, 1 sample"])

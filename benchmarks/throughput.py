@@ -10,7 +10,7 @@ large-matmul peak, and peak RSS.
 
 Each measurement runs in a fresh subprocess, so peak RSS belongs to one config and one
 implementation, and one implementation's threads or caches do not disturb the other's.
-What is timed and the FLOP model: see darknetpy/bench.py; the PyTorch models: torch_reference.py.
+What is timed and the FLOP model: see darknetpy/measure.py; the PyTorch models: torch_reference.py.
 PyTorch is optional (never a dependency of darknetpy): without it the PyTorch columns are skipped.
 For a fair comparison torch gets as many threads as numpy's BLAS (torch.set_num_threads), and for
 [lstm] nets both a hand-written loop and torch.nn.LSTM are timed and the faster one is reported.
@@ -50,22 +50,22 @@ WORKER_ENV = timed_env()  # without OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE (blas_env
 
 # ---- workers (one measurement per process) --------------------------------------------------------
 def worker(kind, cfg, iterations, warmup, gen_chars, train, generate, darknet=None):
-    from darknetpy import bench
+    from darknetpy import measure
     if kind == "darknet":
         return darknet_generate(darknet, cfg)
     if kind == "darknetpy":  # with numpy's matmul peak measured right after, in the same process
-        out = bench.run_config(cfg, iterations=iterations, warmup=warmup, gen_chars=gen_chars,
+        out = measure.run_config(cfg, iterations=iterations, warmup=warmup, gen_chars=gen_chars,
                                train=train, generate=generate, peak=train)
         if train:
             out["train"]["matmul_gflops"] = out.pop("matmul_gflops")
         return out
     if kind == "numpy-peak":
         from darknetpy import kernels
-        return {"gflops": bench.matmul_peak(), "blas": bench.blas_info(), "kernels": kernels.label()}
+        return {"gflops": measure.matmul_peak(), "blas": measure.blas_info(), "kernels": kernels.label()}
     import torch
     sys.path.insert(0, str(HERE))
     import torch_reference as ref
-    threads = bench.blas_threads()
+    threads = measure.blas_threads()
     torch.set_num_threads(threads)
     if kind == "torch-peak":
         return {"gflops": ref.matmul_peak(), "blas": ref.blas_label(), "version": torch.__version__}
@@ -78,7 +78,7 @@ def worker(kind, cfg, iterations, warmup, gen_chars, train, generate, darknet=No
         out["train"] = ref.measure_train(cfg, impl, iterations=iterations, warmup=warmup)
     if generate:
         out["generate"] = ref.measure_generate(cfg, impl, chars=gen_chars, warmup=10 * warmup)
-    out["peak_rss"] = bench.peak_rss_bytes()
+    out["peak_rss"] = measure.peak_rss_bytes()
     return out
 
 
@@ -86,7 +86,7 @@ def darknet_generate(darknet, cfg):
     """The C Darknet's `rnn generate` chars/s on cfg with random weights written by darknetpy:
     the chars between a short and a long run over the seconds between them (loading cancels out)."""
     import resource
-    from darknetpy import bench, load_network
+    from darknetpy import load_network, measure
     with tempfile.TemporaryDirectory() as tmp:
         weights = os.path.join(tmp, "random.weights")
         load_network(cfg, None, batch=1, time_steps=1).save_weights(weights)
@@ -105,7 +105,7 @@ def darknet_generate(darknet, cfg):
     chars = DARKNET_LENS[1] - DARKNET_LENS[0]
     return {"train": None, "generate": {"chars_per_s": chars / (seconds[1] - seconds[0]), "chars": chars,
                                         "lens": DARKNET_LENS, "seconds": seconds},
-            "peak_rss": bench.peak_rss_bytes(resource.RUSAGE_CHILDREN), "path": darknet}
+            "peak_rss": measure.peak_rss_bytes(resource.RUSAGE_CHILDREN), "path": darknet}
 
 
 def _busy_seconds():
@@ -351,7 +351,7 @@ def main(argv=None):
         row += (f"{max(others):.2f}" if others else "?",)
         rows.append(row)
 
-    from darknetpy.bench import format_table
+    from darknetpy.measure import format_table
     print()
     print(format_table(rows))
     print()
@@ -366,7 +366,7 @@ def main(argv=None):
           "Target: training >= 60%.")
     print(f"Each figure: the fastest of {args.repeats} fresh process(es), each reporting its median training step.")
     print("train c/s: full datums (forward + backward + update), median step; gen c/s: one stream, one char at a time "
-          "with sampling. GFLOP/s counts matmul FLOPs only (model in darknetpy/bench.py).")
+          "with sampling. GFLOP/s counts matmul FLOPs only (model in darknetpy/measure.py).")
     if torch_ok:
         print("torch columns: the faster of a hand-written per-step loop with fused gate matmuls ('hand') and "
               "torch.nn.LSTM ('nn', [lstm] nets only); 'vs torch' = darknetpy / PyTorch.")
@@ -407,7 +407,7 @@ def c_darknet(cps, measured):
 
 
 def _blas_label(info):
-    from darknetpy.bench import blas_label
+    from darknetpy.measure import blas_label
     return blas_label(info)
 
 

@@ -37,7 +37,7 @@ from torch import nn
 
 from darknetpy import cfg as cfgmod
 from darknetpy.layers import KINDS as LAYER_KINDS
-from darknetpy.bench import fastest
+from darknetpy.measure import fastest
 
 ACTIVATIONS = {
     "linear": lambda x: x,

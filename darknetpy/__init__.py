@@ -12,7 +12,7 @@ def __getattr__(name):
     """`darknetpy.Network`, `darknetpy.load_network` and the submodules load on first use, so that
     the `darknetpy` command installs its Ctrl-C handler before numpy loads (entry.py)."""
     if name in __all__:
-        return getattr(importlib.import_module(".network", __name__), name)
+        return getattr(importlib.import_module(".network" if name == "Network" else ".checkpoint", __name__), name)
     try:
         return importlib.import_module(f".{name}", __name__)
     except ModuleNotFoundError as e:

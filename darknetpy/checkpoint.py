@@ -1,5 +1,6 @@
 """What makes a checkpoint: the atomic commit of several files, the `.state.npz` beside each
-weights file, and the run record `BACKUP/<cfg>.yaml`.
+weights file, and the run record `BACKUP/<cfg>.yaml`; and reading one back: `find_vocab`, the
+vocabulary of the run that made a weights file, and `load_network` (darknetpy.load_network).
 
 A checkpoint is a pair, `<path>` (Darknet .weights) and `<path>.state.npz`, committed together:
 both are first written in full beside their targets and only then renamed into place, so a full
@@ -20,7 +21,7 @@ continue bit for bit:
     meta                    json: version, seen, weights_sha256, slots, optimizer {name, scalars
                             (t), buffers {name: count}}, batcher (data walk), net_rng, and what the
                             trainer adds (iteration, avg_loss, corpus_sha256, vocab: the run's
-                            vocabulary, see vocab.state_entry, ...)
+                            vocabulary, see vocab_entry, ...)
 Version 1 (before optimizers were classes) stored Adam's moments as m{i}, v{i} and the step
 count as meta t, moments; it is still read.
 """
@@ -28,6 +29,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shlex
 import socket
 import sys
@@ -37,6 +39,8 @@ import yaml
 
 from . import atomic
 from .errors import DarknetpyError
+from .network import Network
+from .vocab import MODES, Vocab, check_fits
 
 STATE_VERSION = 2
 STATE_SUFFIX = ".state.npz"
@@ -387,3 +391,117 @@ class Record:
             atomic.write(self.path, text.encode())
         except OSError as e:
             raise write_error(self.path, e, "run record") from None
+
+
+# ---- the vocabulary travels with the weights ----------------------------------------------------
+_CHECKPOINT = re.compile(r"(.+?)(?:\.backup|_final\.weights|_best\.weights|_\d+\.weights)")
+
+
+def vocab_entry(vocab):
+    """A checkpoint's .state.npz meta `vocab`: mode, size, the sha256 and the text of its .vocab
+    file (small beside the weights), so the weights and their state alone carry the vocabulary.
+    None for --tokenized ids."""
+    if vocab is None:
+        return None
+    text = vocab.to_text()
+    return {"mode": vocab.mode, "size": vocab.size, "sha256": sha256(text.encode("utf-8")), "text": text}
+
+
+def _run_stem(weights_path):
+    """The cfg stem of the run a checkpoint's file name comes from, or None for another name."""
+    stem = _CHECKPOINT.fullmatch(os.path.basename(weights_path))
+    return stem.group(1) if stem else None
+
+
+def _vocab_named(weights_path):
+    """(entry, where): what the weights' own .state.npz, else their run record, says of the
+    vocabulary ({mode, size[, sha256, text]}, or None: nothing said), and that file's name."""
+    state = weights_path + STATE_SUFFIX
+    try:
+        with np.load(state, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+    except Exception:  # noqa: BLE001 — missing or unreadable: the weights may still be found by name
+        meta = {}
+    if "vocab" in meta:
+        return meta["vocab"] or {"mode": "tokenized"}, state
+    stem = _run_stem(weights_path)
+    if stem:
+        path = os.path.join(os.path.dirname(os.path.abspath(weights_path)), stem + ".yaml")
+        entry = (earlier_record(path).get("corpus") or {}).get("vocab")
+        if isinstance(entry, dict) and entry.get("mode") in MODES:
+            return {"mode": entry["mode"], "size": entry.get("size")}, path
+    return None, None
+
+
+def _vocab_mismatch(vocab, entry, where):
+    """Why a vocabulary file is not the one `entry` (from `where`) names, or None if it is."""
+    if entry is None or entry["mode"] == "tokenized":  # Darknet's ids: a tokenize .vocab may name them
+        return None
+    if (vocab.mode, vocab.size) != (entry["mode"], entry.get("size", vocab.size)) or \
+            entry.get("sha256") not in (None, sha256(vocab.to_text().encode("utf-8"))):
+        return (f"is a {vocab.mode} vocabulary of {vocab.size} tokens, not the {entry['mode']} one of "
+                f"{entry.get('size')} tokens {where} names")
+    return None
+
+
+def find_vocab(cfg_path, weights_path, given, net, building=False):
+    """The vocabulary of the run that made `weights_path`: --vocab FILE (`given`), else the one in
+    the weights' own .state.npz, else `<stem>.vocab` beside the weights, the stem from the weights'
+    name (<stem>.backup, <stem>_final.weights, <stem>_best.weights, <stem>_<N>.weights) and then
+    the cfg's; a file must match what the state or run record beside the weights names, and fit
+    the network. None: bytes (Darknet's). When the model needs a vocabulary (its state or run
+    record names chars or words, or it has more than 256 inputs or outputs; not when `building`
+    one for train) and none is found, one error line says where it looked; never bytes then."""
+    weights_path = os.fspath(weights_path)
+    entry, where = _vocab_named(weights_path)
+    if given:
+        vocab = Vocab.load(given)
+        why = _vocab_mismatch(vocab, entry, where)
+        if why:
+            raise DarknetpyError(f"{why}, which the weights were trained with; drop --vocab", given)
+        check_fits(vocab, net, cfg_path)
+        return vocab
+    if entry and entry.get("text"):
+        vocab = Vocab.from_text(entry["text"], where)
+        check_fits(vocab, net, cfg_path)
+        return vocab
+    looked = [f"no --vocab FILE, no vocabulary in {weights_path + STATE_SUFFIX}"]
+    folder = os.path.dirname(os.path.abspath(weights_path))
+    for name in dict.fromkeys([stem for stem in (_run_stem(weights_path), cfg_base(cfg_path)) if stem]):
+        path = os.path.join(folder, name + ".vocab")
+        if not os.path.exists(path):
+            looked.append(f"no {path}")
+            continue
+        vocab = Vocab.load(path)
+        why = _vocab_mismatch(vocab, entry, where)
+        if why is None:
+            check_fits(vocab, net, cfg_path)
+            return vocab
+        looked.append(f"{path} {why}")
+    if entry and entry["mode"] in ("chars", "words", "tokenized"):
+        need = (f"these weights need their {entry['mode']} vocabulary" if entry["mode"] != "tokenized" else
+                "these weights were trained on --tokenized ids (generate reads --tokens FILE) and need "
+                "a vocabulary")
+    elif max(net.inputs, net.outputs) > 256 and not building:
+        need = (f"a network of {net.inputs} inputs and {net.outputs} outputs is not a byte model and "
+                "needs its vocabulary")
+    else:
+        return None
+    raise DarknetpyError(f"{need}, and none was found ({'; '.join(looked)}); put the run's .vocab "
+                         "beside the weights or give it with --vocab FILE", weights_path)
+
+
+# ---- a network from its cfg and a checkpoint -------------------------------------------------------
+def load_network(cfg, weights_path=None, batch=None, time_steps=None):
+    """Build the network a .cfg describes and, if given, load a Darknet .weights file into it.
+
+    `batch` overrides the streams run at once (subdivisions become 1), `time_steps` the steps per datum.
+    Unused cfg keys are reported as `cfg.CfgWarning` warnings, as Darknet prints them. The
+    vocabulary of the run that made the weights (find_vocab: their .state.npz, else the run's
+    .vocab beside them) becomes `net.vocab`; a model that needs one and has none is refused.
+    """
+    net = Network(cfg, batch=batch, time_steps=time_steps)
+    if weights_path is not None:
+        net.load_weights(weights_path)
+        net.vocab = find_vocab(cfg, weights_path, None, net)
+    return net

@@ -14,9 +14,10 @@ from . import cfg as cfgmod
 from . import data as datamod
 from . import entry
 from . import generation
+from . import measure
 from . import options
 from . import vocab as vocabmod
-from .bench import bench
+from .checkpoint import find_vocab, load_network
 from .errors import DarknetpyError
 
 
@@ -53,6 +54,8 @@ def seed_bytes(text):
 
 PATH = click.Path(dir_okay=False)
 TRAIN = options.TrainOptions()  # the training options' defaults, which --help shows
+GENERATE = options.GenerationOptions()  # generate's
+SERVE = options.ServeLimits()  # serve's
 VOCAB_HELP = ("Vocabulary file (darknetpy-vocab). Default: the vocabulary of the run that made the "
               "weights: the one in WEIGHTS.state.npz, else the run's .vocab beside the weights (named "
               "after the weights, then after the cfg); without one, bytes (Darknet's), unless the "
@@ -79,30 +82,31 @@ def main():
               help="Text fed to the network first and echoed; an empty seed feeds a NUL byte. "
                    "Default: two newlines.")
 @click.option("--seed-file", default=None, metavar="FILE", help="Read the seed from FILE, as bytes (instead of --seed).")
-@click.option("--len", "length", default=1000, show_default=True, type=click.IntRange(min=0),
-              help="Number of characters (tokens) to sample after the seed; with --stop, the most.")
-@click.option("--temp", default=0.7, show_default=True, type=click.FloatRange(min=0, min_open=True),
-              help="Softmax temperature: lower is more conservative, higher more random. Applied before "
+@click.option("--len", "length", default=GENERATE.length, show_default=True, type=int, metavar="N",
+              help="Number of characters (tokens) to sample after the seed, >= 0; with --stop, the most.")
+@click.option("--temp", "temperature", default=GENERATE.temperature, show_default=True, type=float,
+              help="Softmax temperature, > 0: lower is more conservative, higher more random. Applied before "
                    "--top-k and --top-p; no effect with --greedy or --beam.")
-@click.option("--srand", type=int, default=None,
+@click.option("--srand", type=int, default=GENERATE.srand,
               help="Random seed. With only Darknet's options (--seed --len --temp --tokens) it seeds "
                    "Darknet's glibc rand(), and the text is byte-identical to `darknet rnn generate "
                    "-srand N`; with --top-k, --top-p or --samples, numpy's generator, reproducible run to "
                    "run. Default: a fresh random seed each run.")
-@click.option("--greedy", is_flag=True, help="Take the most likely symbol at every step (char-rnn's -sample 0).")
-@click.option("--top-k", type=int, default=None, metavar="K",
-              help="Sample only among the K most likely symbols (and any tied with the K-th). Default: all.")
-@click.option("--top-p", type=float, default=None, metavar="P",
+@click.option("--greedy", is_flag=True, default=GENERATE.greedy,
+              help="Take the most likely symbol at every step (char-rnn's -sample 0).")
+@click.option("--top-k", type=int, default=GENERATE.top_k, show_default=True, metavar="K",
+              help="Sample only among the K most likely symbols (and any tied with the K-th); 0: all.")
+@click.option("--top-p", type=float, default=GENERATE.top_p, show_default=True, metavar="P",
               help="Nucleus sampling: only among the smallest set of most likely symbols whose probability "
-                   "reaches P, in (0, 1]. Default: 1, every symbol.")
-@click.option("--beam", type=int, default=None, metavar="K",
+                   "reaches P, in (0, 1]; 1: every symbol.")
+@click.option("--beam", type=int, default=GENERATE.beam, show_default=True, metavar="K",
               help="Beam search of width K: the --len continuation of highest total log-probability the "
-                   "beam finds, never less likely than greedy's (--beam 1 is --greedy). Default: no search.")
-@click.option("--samples", type=int, default=1, show_default=True, metavar="N",
-              help="N independent samples, run together as N streams of the network.")
+                   "beam finds, never less likely than greedy's (--beam 1 is --greedy); 0: no search.")
+@click.option("--samples", type=int, default=GENERATE.samples, show_default=True, metavar="N",
+              help="N >= 1 independent samples, run together as N streams of the network.")
 @click.option("--separator", default=generation.SEPARATOR, show_default=True, metavar="TEXT",
               help="The line printed between two samples.")
-@click.option("--stop", default=None, metavar="TEXT",
+@click.option("--stop", default=GENERATE.stop, metavar="TEXT",
               help="End a sample right after it first produces TEXT (printed, then the final newline). "
                    "In bash, $'\\n\\n' stops at a blank line. Default: run --len symbols.")
 @click.option("--tokens", type=click.Path(exists=True, dir_okay=False), default=None,
@@ -110,31 +114,24 @@ def main():
 @click.option("--vocab", "vocab_file", type=click.Path(exists=True, dir_okay=False), default=None,
               help=VOCAB_HELP)
 @friendly
-def generate(cfg, weights, seed, seed_file, length, temp, srand, greedy, top_k, top_p, beam, samples, separator,
-             stop, tokens, vocab_file):
+def generate(cfg, weights, seed, seed_file, separator, stop, tokens, vocab_file, **fields):
     """Sample text from a trained network, streaming it to stdout (Darknet's `rnn generate`, and
     greedy, top-k, top-p, beam search, many samples at once and a stop text).
 
     CFG may be the training cfg: batch and time_steps are forced to 1.
     """
-    if top_k is not None and top_k < 1:
-        raise DarknetpyError(f"--top-k {top_k}: give K >= 1 (leave it out to sample among all)")
-    if beam is not None and beam < 1:
-        raise DarknetpyError(f"--beam {beam}: give a width K >= 1 (leave it out for no search)")
     if seed is not None and seed_file is not None:
         raise DarknetpyError("give the seed as --seed TEXT or --seed-file FILE, not both")
     if seed_file is not None:
         seed, seed_name = read_bytes(seed_file, "seed file"), seed_file
     else:
-        seed, seed_name = seed_bytes("\n\n" if seed is None else seed), "--seed"
+        seed, seed_name = seed_bytes(GENERATE.seed if seed is None else seed), "--seed"
+    asked = options.GenerationOptions(seed=seed, stop=None if stop is None else seed_bytes(stop), **fields)
     net, vocabulary = stepping_network(cfg, weights, None if tokens else vocab_file, ids=bool(tokens))
     token_list = datamod.read_tokens(tokens) if tokens else None
     out = sys.stdout.buffer
-    pieces = generation.output(
-        net, seed=seed, length=length,
-        temperature=temp, top_k=top_k or 0, top_p=1.0 if top_p is None else top_p, greedy=greedy, beam=beam or 0,
-        stop=None if stop is None else seed_bytes(stop), srand=srand, samples=samples, tokens=token_list,
-        vocab=vocabulary, seed_name=seed_name, separator=seed_bytes(separator))
+    pieces = generation.output(net, asked, seed_bytes(separator), tokens=token_list, vocab=vocabulary,
+                               seed_name=seed_name)
     for piece in pieces:
         out.write(piece)
         out.flush()
@@ -142,12 +139,11 @@ def generate(cfg, weights, seed, seed_file, length, temp, srand, greedy, top_k, 
 
 def stepping_network(cfg, weights, vocab_file, ids=False):
     """(net, vocabulary) for generate, valid and vec: the network with WEIGHTS loaded, one stream
-    one step at a time, and the vocabulary of the run that made them (vocab.find, which refuses a
+    one step at a time, and the vocabulary of the run that made them (checkpoint.find_vocab, which refuses a
     model that needs one and has none). ids=True (--tokens names Darknet's ids): no search."""
-    from . import load_network
     net = load_network(cfg, batch=1, time_steps=1)
     net.load_weights(weights)
-    net.vocab = None if ids else vocabmod.find(cfg, weights, vocab_file, net)
+    net.vocab = None if ids else find_vocab(cfg, weights, vocab_file, net)
     return net, net.vocab
 
 
@@ -164,7 +160,7 @@ def read_bytes(path, what):
 @click.argument("cfg", type=PATH)
 @click.argument("weights", type=PATH)
 @click.argument("text", type=click.Path(dir_okay=False, allow_dash=True), default="-")
-@click.option("--seed", default="\n\n", show_default="two newlines",
+@click.option("--seed", default=options.SEED.decode(), show_default="two newlines",
               help="Text fed first, unscored, to warm up the state.")
 @click.option("--verbose", is_flag=True, help="Print Darknet's running line after every character.")
 @click.option("--vocab", "vocab_file", type=click.Path(exists=True, dir_okay=False), default=None,
@@ -196,7 +192,7 @@ def valid(cfg, weights, text, seed, verbose, vocab_file):
 @click.argument("cfg", type=PATH)
 @click.argument("weights", type=PATH)
 @click.argument("text", type=click.Path(dir_okay=False, allow_dash=True), default="-")
-@click.option("--seed", default="\n\n", show_default="two newlines",
+@click.option("--seed", default=options.SEED.decode(), show_default="two newlines",
               help="Text fed before every line, from a zero state.")
 @click.option("--keep-whitespace", is_flag=True,
               help="Feed each line as it is. Default: as Darknet's strip(), drop every space and tab in it "
@@ -473,16 +469,16 @@ def tokenize(text, mode, prefix, max_vocab):
               help="Address to listen on; 0.0.0.0 serves other machines too (then set --api-key).")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535),
               help="Port to listen on; 0 takes a free one (the `serving on` line names it).")
-@click.option("--max-streams", default=64, show_default=True, type=click.IntRange(min=1),
+@click.option("--max-streams", default=SERVE.max_streams, show_default=True, type=click.IntRange(min=1),
               help="Streams stepped together at most: the requests running at once (a request takes n "
                    "streams, a beam its width).")
-@click.option("--max-queue", default=256, show_default=True, type=click.IntRange(min=0),
+@click.option("--max-queue", default=SERVE.max_queue, show_default=True, type=click.IntRange(min=0),
               help="Requests waiting for streams at most; past it a request gets 503 with Retry-After.")
-@click.option("--max-prompt", default=16384, show_default=True, type=click.IntRange(min=1), metavar="BYTES",
+@click.option("--max-prompt", default=SERVE.max_prompt, show_default=True, type=click.IntRange(min=1), metavar="BYTES",
               help="The longest prompt a request may give (413 past it).")
-@click.option("--max-length", default=4096, show_default=True, type=click.IntRange(min=1), metavar="N",
+@click.option("--max-length", default=SERVE.max_length, show_default=True, type=click.IntRange(min=1), metavar="N",
               help="The most symbols a request may ask for (max_tokens, length).")
-@click.option("--max-samples", default=16, show_default=True, type=click.IntRange(min=1), metavar="N",
+@click.option("--max-samples", default=SERVE.max_samples, show_default=True, type=click.IntRange(min=1), metavar="N",
               help="The most samples (n) or beam width a request may ask for (at most --max-streams).")
 @click.option("--api-key", envvar="DARKNETPY_API_KEY", default=None, metavar="KEY",
               help="Require 'Authorization: Bearer KEY' on every endpoint but /health. Default: the "
@@ -502,13 +498,33 @@ def serve(cfg, weights, host, port, max_streams, max_queue, max_prompt, max_leng
         from . import serve as serving
     except ImportError as e:
         raise DarknetpyError(f'serve needs the [serve] extra ({e.name} is missing): pip install "darknetpy[serve]"')
-    from . import load_network
     net = load_network(cfg, weights, batch=1, time_steps=1)
-    net.vocab = vocabmod.find(cfg, weights, vocab_file, net)
-    limits = serving.Limits(max_streams=max_streams, max_queue=max_queue, max_prompt=max_prompt,
+    net.vocab = find_vocab(cfg, weights, vocab_file, net)
+    limits = options.ServeLimits(max_streams=max_streams, max_queue=max_queue, max_prompt=max_prompt,
                             max_length=max_length, max_samples=min(max_samples, max_streams), api_key=api_key)
     serving.serve(net, os.path.splitext(os.path.basename(cfg))[0], host, port, limits)
 
 
-bench.callback = friendly(bench.callback)  # one-line errors, exit 2, like every other command
-main.add_command(bench)
+@main.command()
+@click.argument("cfg", type=PATH)
+@click.option("--iterations", default=measure.ITERATIONS, show_default=True, type=click.IntRange(min=1),
+              help="Timed training steps (full datums of time_steps x streams random chars); the median is reported.")
+@click.option("--warmup", default=measure.WARMUP, show_default=True, type=click.IntRange(min=0),
+              help="Untimed training steps before timing; generation likewise discards its first 10 x N chars.")
+@click.option("--gen-chars", default=measure.GEN_CHARS, show_default=True, type=click.IntRange(min=1),
+              help="Characters to generate (one stream, one char at a time, as `darknetpy generate`).")
+@click.option("--no-train", is_flag=True, help="Skip the training measurement.")
+@click.option("--no-generate", is_flag=True, help="Skip the generation measurement.")
+@friendly
+def bench(cfg, iterations, warmup, gen_chars, no_train, no_generate):
+    """Measure training and generation speed of the network CFG describes, with random weights
+    and random characters: chars/s, the matmul GFLOP/s achieved (against numpy's own large-matmul
+    peak on this machine), and peak memory.
+
+    Training uses CFG's batch and time_steps (one update per step); generation forces batch=1,
+    time_steps=1. The FLOP model is in `darknetpy.measure`'s docstring. For a table of the standard
+    configs, with PyTorch for comparison, see benchmarks/throughput.py.
+    """
+    r = measure.run_config(cfg, iterations=iterations, warmup=warmup, gen_chars=gen_chars,
+                           train=not no_train, generate=not no_generate, peak=True)
+    click.echo(measure.report(cfg, r))

@@ -348,14 +348,6 @@ class StreamBatcher:
         self.rng.bit_generator.state = state["rng"]
 
 
-def ids_to_onehot(ids, inputs):
-    """float32 one-hot of shape ids.shape + (inputs,)."""
-    ids = np.asarray(ids)
-    out = np.zeros(ids.shape + (inputs,), np.float32)
-    out.reshape(-1, inputs)[np.arange(ids.size), ids.ravel()] = 1
-    return out
-
-
 def check_ids(data, inputs, what):
     """Refuse a byte (or an id, for an array of vocabulary ids) the network has no input for
     (Darknet would index out of bounds)."""

@@ -23,7 +23,9 @@ import math
 import numpy as np
 
 from .errors import DarknetpyError
+from . import vocab as vocabmod
 from .data import check_ids
+from .options import SEED
 
 
 def layout(ids, seed_ids=(), chunks=1, warmup=128):
@@ -95,7 +97,7 @@ def _pow2(x):
         return math.inf
 
 
-def valid_steps(net, text, seed=b"\n\n", spaces=(32, 10, 9)):
+def valid_steps(net, text, seed=SEED, spaces=(32, 10, 9)):
     """Darknet's `rnn valid`, one scored byte at a time: yields (count, bpc, perplexity, word_perplexity).
 
     The seed is fed unscored, then each byte predicts the next (`layout` with one chunk). The
@@ -130,7 +132,7 @@ def valid_steps(net, text, seed=b"\n\n", spaces=(32, 10, 9)):
         yield count, bpc, _pow2(bpc), _pow2(float(np.float32(-total) / np.float32(words)))
 
 
-def validate(net, text, seed=b"\n\n"):
+def validate(net, text, seed=SEED):
     """Darknet's `rnn valid` on `text` (bytes): the final (count, bpc, perplexity, word_perplexity)."""
     result = None
     for result in valid_steps(net, text, seed):
@@ -138,6 +140,18 @@ def validate(net, text, seed=b"\n\n"):
     if result is None:
         raise DarknetpyError("validation text needs at least 2 bytes: each scored byte is predicted from the one before")
     return result
+
+
+def score(net, text, seed=SEED, vocab=None):
+    """Network.score: the bits per character `validate` gives `text` (str as UTF-8, or bytes)
+    after `seed`, each encoded with `vocab` (vocab.resolve: a Vocab, a path, or the network's)."""
+    vocab = vocabmod.resolve(vocab, net)
+    words = vocab is not None and vocab.mode != "bytes"
+
+    def ids(raw, what):
+        raw = raw.encode("utf-8") if isinstance(raw, str) else bytes(raw)
+        return vocab.encode_bytes(raw, what, what) if words else raw
+    return validate(net, ids(text, "text"), seed=ids(seed, "seed"))[1]
 
 
 def format_valid_line(count, bpc, perplexity, word_perplexity):
@@ -152,7 +166,7 @@ def format_valid_line(count, bpc, perplexity, word_perplexity):
 DARKNET_STRIP = b" \t\n"  # what Darknet's strip() drops, anywhere in a line
 
 
-def vec_rows(net, lines, seed=b"\n\n", vocab=None, strip=True, name="text"):
+def vec_rows(net, lines, seed=SEED, vocab=None, strip=True, name="text"):
     """Darknet's `rnn vec`: for each line (bytes, without its newline), the first layer's output
     (n,) once it has read the seed, the line and a space from a zero state. Yields (line, vector).
 

@@ -14,7 +14,7 @@ only module that imports onnx, and only when an export runs, so darknetpy works 
 import numpy as np
 
 from . import atomic
-from . import vocab as vocabmod
+from .checkpoint import find_vocab
 from .errors import DarknetpyError
 
 OPSET = 17        # ONNX's opset: LSTM, GRU, Scan, Softmax(axis=-1); onnxruntime supports it since 1.11
@@ -28,10 +28,6 @@ def _onnx():
     except ImportError:
         raise DarknetpyError('export needs the onnx package: pip install "darknetpy[onnx]"') from None
     return onnx
-
-
-def _f32(x):
-    return np.asarray(x, np.float32)
 
 
 # Darknet's activations (activations.py) in ONNX ops: name -> (g, x) -> y.
@@ -249,10 +245,10 @@ def export(cfg_path, weights_path, output, sequence=False, vocab=None):
     """Write `output`, the ONNX model of CFG with WEIGHTS (batch and time_steps forced to 1), the
     vocabulary (`vocab`, else the one beside the weights, as generate finds it) in its metadata.
     Returns the ModelProto."""
-    from . import load_network
+    from .checkpoint import load_network
     onnx = _onnx()
     net = load_network(cfg_path, weights_path, batch=1, time_steps=1)
-    vocabulary = vocabmod.find(cfg_path, weights_path, vocab, net)
+    vocabulary = find_vocab(cfg_path, weights_path, vocab, net)
     with open(cfg_path, encoding="utf-8") as f:  # the cfg was read as UTF-8 already
         metadata = {"darknetpy.cfg": f.read()}
     if vocabulary is not None:

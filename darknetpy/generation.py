@@ -9,10 +9,13 @@ state arrays and prepared copies of the weights, so a training network it runs o
 disturbed, and batch-invariant ones, at a temperature per stream, so a sample is the same bits
 whatever runs beside it.
 
+The options of a request are one options.GenerationOptions (its defaults and range checks);
+`check_fits` adds the checks only the network can answer.
+
 Which sampler draws:
-- Darknet's (sample.sample_index: the 0.0001 cut, then one glibc rand() per symbol with `srand`),
-  for one sample at a temperature and nothing more, so that output stays byte-identical to
-  `darknet rnn generate` (`stop` only ends it early);
+- Darknet's (darknet_sampler.sample_index: the 0.0001 cut, then one glibc rand() per symbol with
+  `srand`), for one sample at a temperature and nothing more, so that output stays byte-identical
+  to `darknet rnn generate` (`stop` only ends it early);
 - otherwise the rules of sampling.py on p_T = softmax(logits / T): top-k, then top-p, then one
   inverse-CDF draw per stream from numpy's generator seeded with `srand`. `greedy` takes the
   argmax and `beam` the most likely continuation its search finds, both on the model's own
@@ -21,9 +24,11 @@ Which sampler draws:
 import numpy as np
 
 from . import sampling
+from . import vocab as vocabmod
 from .errors import DarknetpyError
 from .darknet_sampler import GlibcRand, NumpyRand, sample_rows
 from .data import check_ids
+from .options import GenerationOptions, OptionError
 
 SEPARATOR = "-" * 15  # the line between samples (nanoGPT's sample.py prints the same)
 
@@ -50,29 +55,16 @@ def encode_seed(net, seed, vocab=None, name="seed"):
     return check_ids(raw, net.inputs, name).tolist() or [0]
 
 
-def check_options(net, pieces, length, temperature, top_k, top_p, beam, stop, samples):
-    """One line for each option outside its range, before any work (`stop`: a list of bytes)."""
+def check_fits(net, pieces, options):
+    """One line if the network cannot generate with these options (their ranges are checked by
+    GenerationOptions itself): its samples must fit its inputs, the stop texts `length` symbols."""
     if net.outputs > net.inputs:
         raise DarknetpyError(f"generate feeds each sample back: {net.outputs} outputs but only {net.inputs} inputs")
-    problems = [
-        (length < 0, f"--len {length}: give a number of symbols >= 0"),
-        (not temperature > 0, f"--temp {temperature}: the temperature must be > 0"),
-        (top_k < 0, f"--top-k {top_k}: give K >= 1 (leave it out to sample among all)"),
-        (not 0 < top_p <= 1, f"--top-p {top_p}: give P in (0, 1] (1 keeps every symbol)"),
-        (beam < 0, f"--beam {beam}: give a width K >= 1"),
-        (samples < 1, f"--samples {samples}: give N >= 1"),
-        (beam and samples > 1, f"--beam finds one continuation: leave out --samples {samples}"),
-        (beam and (top_k or top_p < 1), "--beam searches, it does not sample: leave out --top-k and --top-p"),
-        (not all(stop), "--stop: give a non-empty text"),
-    ]
-    for bad, message in problems:
-        if bad:
-            raise DarknetpyError(message)
     longest = max(len(piece) for piece in pieces[:net.outputs])
-    for text in stop:
-        if len(text) > longest * length:
-            raise DarknetpyError(f"--stop: the text is {len(text)} bytes, but --len {length} symbols print at "
-                                 f"most {longest * length}: raise --len or shorten the stop text")
+    for text in options.stop:
+        if len(text) > longest * options.length:
+            raise OptionError("stop", f"--stop: the text is {len(text)} bytes, but --len {options.length} symbols "
+                                      f"print at most {longest * options.length}: raise --len or shorten the stop text")
 
 
 class Until:
@@ -96,23 +88,26 @@ class Until:
         return piece, False
 
 
-def chooser(net, greedy, top_k, top_p, srand, samples):
-    """probabilities (streams, V) -> the next ids (streams,), by the rule the options name."""
-    if greedy:
+def chooser(net, options):
+    """probabilities (streams, V) -> the next ids (streams,), by the rule the options name: the
+    filters of sampling.FILTERS that are given (off at their defaults), in order, then a draw."""
+    o = options
+    if o.greedy:
         return sampling.greedy
-    if samples == 1 and not top_k and top_p >= 1:  # Darknet's sampler, its random stream
-        if srand is None:
+    filters = [(rule, getattr(o, name)) for name, rule in sampling.FILTERS.items() if name in o.filtering()]
+    if o.samples == 1 and not filters:  # Darknet's sampler, its random stream
+        if o.srand is None:
             rng = NumpyRand()
         else:
-            rng = GlibcRand(srand)  # Darknet calls srand before building the network ...
+            rng = GlibcRand(o.srand)  # Darknet calls srand before building the network ...
             rng.skip(net.init_rand_draws)  # ... whose random weight init draws this many times
         return DarknetDraw(rng)
-    gen = np.random.default_rng(srand)
+    gen = np.random.default_rng(o.srand)
 
     def choose(p):
-        q = sampling.top_k(p, top_k) if top_k else p
-        q = sampling.top_p(q, top_p) if top_p < 1 else q
-        return sampling.draw(q, gen.random(len(q)))
+        for rule, value in filters:
+            p = rule(p, value)
+        return sampling.draw(p, gen.random(len(p)))
     return choose
 
 
@@ -134,22 +129,26 @@ class Sample:
     its slots read next; `advance(p)` takes the probabilities (streams, V) that step gave them and
     returns the (sample, piece, last) events that came of it, as `events` yields them. `done` once
     every sample has printed its final newline; `reorder` (the beam's parents) asks the Batch to
-    move its slots' states before the next step."""
+    move its slots' states before the next step.
 
-    def __init__(self, net, seed=b"\n\n", length=1000, temperature=0.7, top_k=0, top_p=1.0, greedy=False,
-                 beam=0, stop=None, srand=None, samples=1, tokens=None, vocab=None, seed_name="seed"):
+    `options`: a GenerationOptions; `tokens` or `vocab` say what an id prints as (symbol_pieces),
+    `seed_name` how an error about the seed names it."""
+
+    def __init__(self, net, options, tokens=None, vocab=None, seed_name="seed"):
+        o = options
         self.pieces = symbol_pieces(net, tokens, vocab)
         self.n = min(len(self.pieces), net.outputs)  # the ids with a text: no sampler sees the others
-        stop = [] if stop is None else [stop] if isinstance(stop, (str, bytes)) else list(stop)
-        stop = [s.encode("utf-8") if isinstance(s, str) else bytes(s) for s in stop]
-        check_options(net, self.pieces, length, temperature, top_k, top_p, beam, stop, samples)
-        self.ids = encode_seed(net, seed, vocab, seed_name)
+        check_fits(net, self.pieces, o)
+        try:
+            self.ids = encode_seed(net, o.seed, vocab, seed_name)
+        except DarknetpyError as e:
+            raise OptionError("seed", str(e)) from None
         self.echo = b"".join(self.pieces[c] for c in self.ids)
-        self.streams, self.samples, self.length, self.width = beam or samples, samples, length, beam
-        self.temperature = 1.0 if greedy or beam else temperature
-        self.choose = None if beam else chooser(net, greedy, top_k, top_p, srand, samples)
-        self.ends = [Until(stop) for _ in range(samples)]
-        self.alive, self.fed, self.drawn = list(range(samples)), 0, 0
+        self.streams, self.samples, self.length, self.width = o.beam or o.samples, o.samples, o.length, o.beam
+        self.temperature = 1.0 if o.greedy or o.beam else o.temperature
+        self.choose = None if o.beam else chooser(net, o)
+        self.ends = [Until(o.stop) for _ in range(o.samples)]
+        self.alive, self.fed, self.drawn = list(range(o.samples)), 0, 0
         self.next = np.full(self.streams, self.ids[0])
         self.done, self.reorder, self.search = False, None, None
         self.symbols = 0  # the symbols this request printed (the usage count)
@@ -318,13 +317,15 @@ class Batch:
         return out
 
 
-def events(net, **options):
+def events(net, options=None, tokens=None, vocab=None, seed_name="seed"):
     """Generate, yielding (sample, piece, last) as each sample's bytes come: the seed echo first,
     then each symbol's bytes; `last` marks a sample's final newline. `stop` (str or bytes, or a
     list of them: whichever comes first) ends a sample right after it first produces that text;
-    `length` symbols is the upper bound. Options as Sample's; the request runs alone in a Batch of
-    its own streams."""
-    sample = Sample(net, **options)
+    `length` symbols is the upper bound. `options`: a GenerationOptions (default: its defaults);
+    `tokens` as Sample's, `vocab` a Vocab, a .vocab path or None for the network's own
+    (vocab.resolve). The request runs alone in a Batch of its own streams."""
+    vocab = None if tokens is not None else vocabmod.resolve(vocab, net)
+    sample = Sample(net, options or GenerationOptions(), tokens, vocab, seed_name)
     batch = Batch(net, sample.streams)
     batch.add(sample)
     while not sample.done:
@@ -332,22 +333,25 @@ def events(net, **options):
             yield from out
 
 
-def generate(net, samples=1, **options):
+def generate(net, options=None, **symbols):
     """The bytes of each sample, exactly as `darknetpy generate` prints them: one bytes object, or
-    a list of `samples` of them."""
-    out = [[] for _ in range(samples)]
-    for i, piece, _ in events(net, samples=samples, **options):
+    a list of `options.samples` of them. `symbols`: events' tokens, vocab, seed_name."""
+    options = options or GenerationOptions()
+    out = [[] for _ in range(options.samples)]
+    for i, piece, _ in events(net, options, **symbols):
         out[i].append(piece)
     texts = [b"".join(parts) for parts in out]
-    return texts[0] if samples == 1 else texts
+    return texts[0] if options.samples == 1 else texts
 
 
-def output(net, samples=1, separator=SEPARATOR, **options):
+def output(net, options=None, separator=SEPARATOR, **symbols):
     """`darknetpy generate`'s stdout, piece by piece as it is produced: the first sample live, each
-    later one (kept until its turn) after a line holding `separator`."""
+    later one (kept until its turn) after a line holding `separator`. `symbols` as generate's."""
+    options = options or GenerationOptions()
+    samples = options.samples
     sep = (separator.encode("utf-8") if isinstance(separator, str) else separator) + b"\n"
     held, done, turn = {}, set(), 0
-    for i, piece, last in events(net, samples=samples, **options):
+    for i, piece, last in events(net, options, **symbols):
         if i == turn:
             yield piece
         else:

@@ -9,10 +9,10 @@ import numpy as np
 
 from . import cfg as cfgmod
 from . import evaluate, generation, optim, weights
-from . import vocab as vocabmod
 from .errors import DarknetpyError
 from .layers import KINDS
 from .layers.connected import is_ids
+from .options import SEED, GenerationOptions
 
 # [net] keys Darknet reads for image networks; accepted quietly so Darknet cfgs load without noise.
 IMAGE_KEYS = ("height", "width", "channels", "max_crop", "min_crop", "max_ratio", "min_ratio",
@@ -245,45 +245,27 @@ class Network:
         return np.array(out[0] if single else out)
 
     # ---- text: generation and scoring (generation.py, evaluate.py) -----------------------------
-    def generate(self, seed=b"\n\n", length=1000, temperature=0.7, top_k=0, top_p=1.0, greedy=False, beam=0,
-                 stop=None, srand=None, samples=1, vocab=None):
-        """The bytes `darknetpy generate` prints for the same options (top_k=0: all symbols,
-        top_p=1: no nucleus, beam=0: no search): bytes, or a list of `samples` of them. `seed`
-        and `stop` may be str (UTF-8) or bytes; `vocab` (a vocab.Vocab or a .vocab path) defaults
-        to the one `load_network` found beside the weights. Runs on a private stepper: the
-        network's state, training and random streams are left as they were."""
-        return generation.generate(self, seed=seed, length=length, temperature=temperature, top_k=top_k,
-                                   top_p=top_p, greedy=greedy, beam=beam, stop=stop, srand=srand,
-                                   samples=samples, vocab=self._vocab(vocab))
+    def generate(self, seed=GenerationOptions.seed, *, vocab=None, **options):
+        """The bytes `darknetpy generate` prints for the same options: bytes, or a list of
+        `samples` of them. `options` are options.GenerationOptions' fields, with its defaults:
+        seed, length, temperature, top_k (0: all symbols), top_p (1: no nucleus), greedy, beam
+        (0: no search), stop, srand, samples. `seed` and `stop` may be str (UTF-8) or bytes;
+        `vocab` (a vocab.Vocab or a .vocab path) defaults to the one `load_network` found beside
+        the weights. Runs on a private stepper: the network's state, training and random streams
+        are left as they were."""
+        return generation.generate(self, GenerationOptions(seed, **options), vocab=vocab)
 
-    def stream(self, seed=b"\n\n", length=1000, temperature=0.7, top_k=0, top_p=1.0, greedy=False, beam=0,
-               stop=None, srand=None, samples=1, vocab=None, separator=None):
+    def stream(self, seed=GenerationOptions.seed, *, vocab=None, separator=generation.SEPARATOR, **options):
         """`generate` as an iterator of bytes pieces as they are produced, for notebooks and
         servers: joined, the pieces are `darknetpy generate`'s output (with samples > 1, the first
-        sample live and each later one after a `separator` line, default generation.SEPARATOR)."""
-        return generation.output(self, seed=seed, length=length, temperature=temperature, top_k=top_k,
-                                 top_p=top_p, greedy=greedy, beam=beam, stop=stop, srand=srand, samples=samples,
-                                 vocab=self._vocab(vocab), separator=separator or generation.SEPARATOR)
+        sample live and each later one after a `separator` line)."""
+        return generation.output(self, GenerationOptions(seed, **options), separator, vocab=vocab)
 
-    def score(self, text, seed=b"\n\n", vocab=None):
+    def score(self, text, seed=SEED, vocab=None):
         """Bits per character of `text` (str as UTF-8, or bytes) after `seed`, fed in order with
         the state carried: the BPC `darknetpy valid` prints (per token for a words vocabulary).
-        The network's own state is left alone."""
-        vocab = self._vocab(vocab)
-        words = vocab is not None and vocab.mode != "bytes"
-
-        def ids(raw, what):
-            raw = raw.encode("utf-8") if isinstance(raw, str) else bytes(raw)
-            return vocab.encode_bytes(raw, what, what) if words else raw
-        return evaluate.validate(self, ids(text, "text"), seed=ids(seed, "seed"))[1]
-
-    def _vocab(self, vocab):
-        """A Vocab from a Vocab, a .vocab path or None (then the network's own)."""
-        if vocab is None or isinstance(vocab, vocabmod.Vocab):
-            return vocab or self.vocab
-        found = vocabmod.Vocab.load(vocab)
-        vocabmod.check_fits(found, self, self.cfg_path)
-        return found
+        `vocab` as generate's. The network's own state is left alone."""
+        return evaluate.score(self, text, seed, vocab)
 
     def train_step(self, x, y, streams=None, before_update=None):
         """One datum (Darknet's train_network_datum): x, y are (time_steps, streams, inputs) float32
@@ -367,20 +349,3 @@ class Network:
     def load_weights(self, path):
         weights.load(self, path)
         self.version += 1
-
-
-def load_network(cfg, weights_path=None, batch=None, time_steps=None):
-    """Build the network a .cfg describes and, if given, load a Darknet .weights file into it.
-
-    `batch` overrides the streams run at once (subdivisions become 1), `time_steps` the steps per datum.
-    Unused cfg keys are reported as `cfg.CfgWarning` warnings, as Darknet prints them. The
-    vocabulary of the run that made the weights (vocab.find: their .state.npz, else the run's
-    .vocab beside them) becomes `net.vocab`; a model that needs one and has none is refused.
-    """
-    net = Network(cfg, batch=batch, time_steps=time_steps)
-    if weights_path is not None:
-        net.load_weights(weights_path)
-        net.vocab = vocabmod.find(cfg, weights_path, None, net)
-    return net
-
-

@@ -49,6 +49,11 @@ def top_p(p, P):
     return q / q.sum(axis=-1, keepdims=True)
 
 
+# The rules that keep some symbols of p_T and renormalize, in the order they apply: the name of the
+# options.GenerationOptions field (marked `filter`: its default keeps every symbol) -> rule(p, value).
+FILTERS = {"top_k": top_k, "top_p": top_p}
+
+
 def greedy(p):
     """The most likely symbol per row (the first of ties)."""
     return np.argmax(p, axis=-1)
@@ -64,27 +69,15 @@ def draw(p, u):
     return out.reshape(p.shape[:-1])
 
 
-def beam_search(logp0, advance, width, length):
-    """The `length`-symbol continuation of highest total log-probability a beam of `width` finds.
-
-    logp0 (V,) scores the first symbol; advance(parents, symbols) makes beam j the state of beam
-    parents[j] fed symbols[j] and returns the next log-probabilities (width, V). The greedy path is
-    kept in the beam (it replaces the last pick when it would drop out), so the result is never
-    less likely than greedy; width 1 is greedy. Returns (symbols, total log-probability).
-    """
-    search = beam_steps(logp0, width, length)
-    try:
-        parents, symbols = next(search)
-        while True:
-            parents, symbols = search.send(advance(parents, symbols))
-    except StopIteration as done:
-        return done.value
-
-
 def beam_steps(logp0, width, length):
-    """beam_search as a generator, for a caller that runs the network itself (a batch of streams):
-    it yields (parents, symbols) where beam_search would call advance, is sent the next
-    log-probabilities (width, V), and returns (symbols, total log-probability)."""
+    """Beam search, the `length`-symbol continuation of highest total log-probability a beam of
+    `width` finds, as a generator for a caller that runs the network itself (a batch of streams).
+
+    logp0 (V,) scores the first symbol. It yields (parents, symbols): beam j is to become the state
+    of beam parents[j] fed symbols[j]; it is then sent the next log-probabilities (width, V). The
+    greedy path is kept in the beam (it replaces the last pick when it would drop out), so the
+    result is never less likely than greedy; width 1 is greedy. Returns (symbols, total
+    log-probability)."""
     V = logp0.shape[-1]
     scores = np.full(width, -np.inf)
     scores[0] = 0.0

@@ -16,6 +16,7 @@ text, `stream_options.include_usage` adds a last chunk with the usage.
 import asyncio
 import codecs
 import collections
+import dataclasses
 import hmac
 import json
 import logging
@@ -30,11 +31,12 @@ import uvicorn
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 from starlette.exceptions import HTTPException
 
 from . import generation
 from .errors import DarknetpyError
+from .options import GenerationOptions, ServeLimits
 
 log = logging.getLogger("darknetpy.serve")
 # Seconds between two hand-overs of the engine's events to the responses (and at each request's
@@ -42,16 +44,6 @@ log = logging.getLogger("darknetpy.serve")
 # millisecond, and waking the event loop and writing to a socket about as long: a hand-over and a
 # write per request per step would halve what 32 requests get.
 FLUSH = 0.01
-
-
-class Limits(BaseModel):
-    """What one request may ask, from the command line."""
-    max_streams: int = 64
-    max_queue: int = 256
-    max_prompt: int = 16384    # bytes of prompt
-    max_length: int = 4096     # symbols generated per sample
-    max_samples: int = 16      # n / samples / beam width
-    api_key: Optional[str] = None
 
 
 class ApiError(Exception):
@@ -209,20 +201,17 @@ class CompletionRequest(Body):
     suffix: Optional[str] = None
     user: Optional[str] = None
 
+    def given(self, name):
+        """A field's value, or its default where the client sent null (OpenAI's clients may)."""
+        value = getattr(self, name)
+        return type(self).model_fields[name].default if value is None else value
 
-class GenerateRequest(Body):
-    """Every option of `darknetpy generate`; with `srand` the text equals its output byte for byte."""
-    seed: str = Field("\n\n", description="the prompt, echoed at the start of each text")
-    length: int = Field(1000, ge=0)
-    temperature: float = Field(0.7, gt=0)
-    top_k: int = Field(0, ge=0, description="0: every symbol")
-    top_p: float = Field(1.0, gt=0, le=1)
-    greedy: bool = False
-    beam: int = Field(0, ge=0, description="0: no beam search")
-    samples: int = Field(1, ge=1)
-    stop: Optional[str] = None
-    srand: Optional[int] = None
-    stream: bool = False
+
+GenerateRequest = create_model(  # every field of options.GenerationOptions, its type and default; and `stream`
+    "GenerateRequest", __base__=Body, __doc__="Every option of `darknetpy generate` (options.GenerationOptions); "
+    "with `srand` the text equals its output byte for byte. Ranges are checked by GenerationOptions, so a bad "
+    "value gets the line `darknetpy generate` prints.",
+    stream=(bool, False), **{f.name: (f.type, f.default) for f in dataclasses.fields(GenerationOptions)})
 
 
 # ---- the app -------------------------------------------------------------------------------------
@@ -274,9 +263,13 @@ def create_app(net, name, limits):
     async def models():
         return {"object": "list", "data": [{"id": name, "object": "model", "created": 0, "owned_by": "darknetpy"}]}
 
+    page = resources.files("darknetpy").joinpath("playground.html").read_text("utf-8")
+    for f in dataclasses.fields(GenerationOptions):  # the form starts at generate's defaults
+        page = page.replace("{{%s}}" % f.name, str(f.default))
+
     @api.get("/", response_class=HTMLResponse)
     async def playground():
-        return resources.files("darknetpy").joinpath("playground.html").read_text("utf-8")
+        return page
 
     async def run(sample):
         """Submit a Sample; yields its lists of (sample, piece, last) events as they come."""
@@ -302,7 +295,7 @@ def create_app(net, name, limits):
     def make_sample(fields, **options):
         """The request's Sample, after this server's limits; `fields` names the request field of
         each option, for the error."""
-        prompt = options["seed"].encode("utf-8")
+        prompt = options["seed"] if isinstance(options["seed"], bytes) else options["seed"].encode("utf-8")
         if len(prompt) > limits.max_prompt:
             raise ApiError(413, f"{fields['seed']}: {len(prompt)} bytes, over this server's limit of "
                                 f"{limits.max_prompt} (--max-prompt)", fields["seed"])
@@ -313,12 +306,10 @@ def create_app(net, name, limits):
                 raise ApiError(400, f"{fields[key]}: {options[key]} is over this server's limit of {limit} "
                                     f"({flag})", fields[key])
         try:
-            return generation.Sample(net, vocab=net.vocab, seed_name=fields["seed"], **options)
-        except DarknetpyError as e:  # a range only the model knows (a byte past its inputs, a stop too long)
-            flags = {"length": "--len", "temperature": "--temp", "top_k": "--top-k", "top_p": "--top-p",
-                     "beam": "--beam", "samples": "--samples", "stop": "--stop", "seed": fields["seed"]}
-            param = next((fields[k] for k, flag in flags.items() if k in fields and str(e).startswith(flag)), None)
-            raise ApiError(400, str(e), param) from None
+            return generation.Sample(net, GenerationOptions(**options), vocab=net.vocab, seed_name=fields["seed"])
+        except DarknetpyError as e:  # a value out of its range, or one only the model refuses (a stop too long)
+            field = getattr(e, "field", None)
+            raise ApiError(400, str(e), fields.get(field, field)) from None
 
     @api.post("/v1/completions")
     async def completions(body: CompletionRequest):
@@ -336,13 +327,13 @@ def create_app(net, name, limits):
             raise ApiError(400, f"stop: {len(stops)} texts, at most 4", "stop")
         if not all(stops):
             raise ApiError(400, "stop: give non-empty texts", "stop")
-        n, greedy = body.n or 1, body.temperature == 0
+        n, greedy = body.given("n"), body.temperature == 0
         sample = make_sample(
             {"seed": "prompt", "length": "max_tokens", "samples": "n", "temperature": "temperature",
              "top_p": "top_p", "stop": "stop"},
-            seed=body.prompt, length=16 if body.max_tokens is None else body.max_tokens,
-            temperature=1.0 if greedy or body.temperature is None else body.temperature, greedy=greedy,
-            top_p=1.0 if body.top_p is None else body.top_p, samples=n, stop=stops or None, srand=body.seed)
+            seed=body.prompt, length=body.given("max_tokens"),
+            temperature=body.given("temperature") or GenerationOptions.temperature,  # 0: greedy, any will do
+            greedy=greedy, top_p=body.given("top_p"), samples=n, stop=stops or None, srand=body.seed)
         ident, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
         hold = max(map(len, (s.encode("utf-8") for s in stops)), default=1) - 1
         texts, started = [Text(hold) for _ in range(n)], [False] * n
@@ -469,11 +460,11 @@ class Server(uvicorn.Server):
             print(f"serving on http://{host}:{port}", file=sys.stderr, flush=True)
 
 
-def serve(net, name, host="127.0.0.1", port=8000, limits=None, grace=5.0):
+def serve(net, name, host, port, limits=None, grace=5.0):
     """Serve `net` until SIGTERM or Ctrl-C: then stop accepting, let running requests finish for
     up to `grace` seconds, and return."""
     logging.basicConfig(format="%(message)s", level=logging.WARNING)
-    app = Guard(create_app(net, name, limits or Limits()))
+    app = Guard(create_app(net, name, limits or ServeLimits()))
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
                             timeout_graceful_shutdown=grace, lifespan="off")
     Server(config).run()

@@ -42,7 +42,7 @@ from . import weights as weightsmod
 from .checkpoint import STATE_SUFFIX
 from .errors import DarknetpyError
 from .network import Network
-from .options import TrainOptions, parse_duration
+from .options import GenerationOptions, TrainOptions, parse_duration
 
 BACKUP_EVERY = 100        # Darknet's char-RNN trainer saves <cfg>.backup every 100 iterations
 
@@ -255,7 +255,7 @@ class Trainer:
         valid_ids (None: nothing held out), and the batcher that walks the streams through train_ids."""
         net, data, o = self.net, self.data, self.options
         ids, self.vocabulary = vocabmod.prepare_corpus(self.cfg, net, data, o.vocab, o.tokenized, o.weights,
-                                                       o.max_vocab)
+                                                       o.max_vocab, find=ckpt.find_vocab)
         self.valid_frac = datamod.default_valid_frac(len(ids), net.time_steps) if o.valid_frac is None else o.valid_frac
         self.train_ids, self.valid_ids = datamod.split_corpus(ids, self.valid_frac, data)
         self.corpus_sha = datamod.sha256(ids, len(self.train_ids), as_int32=o.tokenized)  # in chunks: no copy
@@ -554,9 +554,9 @@ class Trainer:
         o = self.options
         tokens = [str(i) for i in range(self.net.outputs)] if o.tokenized else None
         newline = b"\n" in vocab.pieces() if vocab is not None else not o.tokenized and self.net.inputs > 10
-        pieces = [piece for _, piece, _ in generation.events(
-            self.net, seed=b"\n" if newline else b"", length=o.sample_len, temperature=o.sample_temp,
-            srand=self.srand + self.iteration, tokens=tokens, vocab=vocab)]
+        asked = GenerationOptions(seed=b"\n" if newline else b"", length=o.sample_len, temperature=o.sample_temp,
+                                  srand=self.srand + self.iteration)
+        pieces = [piece for _, piece, _ in generation.events(self.net, asked, tokens=tokens, vocab=vocab)]
         # the first piece is the seed's symbol, echoed (an empty seed is id 0, as in `generate`)
         self.progress.say(f"sample at iteration {self.iteration}:\n"
                           + b"".join(pieces[1:]).decode("utf-8", "replace").rstrip("\n"))
@@ -607,7 +607,7 @@ class Trainer:
         wbytes = weightsmod.to_bytes(net)
         extra = {"iteration": self.iteration, "avg_loss": self.avg, "corpus_sha256": self.corpus_sha,
                  "best": self.best, "bad_validations": self.bad_validations, "seconds": self.seconds(),
-                 "vocab": vocabmod.state_entry(self.vocabulary)}  # the vocabulary travels with the weights
+                 "vocab": ckpt.vocab_entry(self.vocabulary)}  # the vocabulary travels with the weights
         sbytes = ckpt.state_bytes(net, self.batcher, wbytes, extra)
         with self.interrupt.saving():
             try:

@@ -15,11 +15,9 @@ The vocabulary file (BACKUP/<cfg>.vocab, `darknetpy tokenize`'s PREFIX.vocab) is
 A `bytes` file has no token lines. The model's ids mean nothing without the file: train writes it
 once, and resume, --weights, generate and valid read it back, never rebuild it.
 
-The vocabulary travels with the weights: every checkpoint's .state.npz meta holds it (`state_entry`:
-mode, size, sha256 and the file's text), and `find` looks for it by the weights, never only by the
-cfg's name (see `find`).
+The vocabulary travels with the weights: every checkpoint's .state.npz meta holds it, and
+checkpoint.find_vocab looks for it by the weights, never only by the cfg's name.
 """
-import json
 import os
 import re
 from collections import Counter
@@ -28,8 +26,8 @@ import numpy as np
 
 from . import atomic
 from . import data as datamod
-from .checkpoint import STATE_SUFFIX, cfg_base, earlier_record, sha256
 from .errors import DarknetpyError
+from .options import SEED
 
 MODES = ("bytes", "chars", "words")
 MAGIC, VERSION = "darknetpy-vocab", 1
@@ -213,102 +211,13 @@ def check_fits(vocab, net, cfg_path):
                              cfg_path, sized[-1].line)
 
 
-# ---- the vocabulary travels with the weights ----------------------------------------------------
-_CHECKPOINT = re.compile(r"(.+?)(?:\.backup|_final\.weights|_best\.weights|_\d+\.weights)")
-
-
-def state_entry(vocab):
-    """A checkpoint's .state.npz meta `vocab`: mode, size, the sha256 and the text of its .vocab
-    file (small beside the weights), so the weights and their state alone carry the vocabulary.
-    None for --tokenized ids."""
-    if vocab is None:
-        return None
-    text = vocab.to_text()
-    return {"mode": vocab.mode, "size": vocab.size, "sha256": sha256(text.encode("utf-8")), "text": text}
-
-
-def _run_stem(weights_path):
-    """The cfg stem of the run a checkpoint's file name comes from, or None for another name."""
-    stem = _CHECKPOINT.fullmatch(os.path.basename(weights_path))
-    return stem.group(1) if stem else None
-
-
-def _named(weights_path):
-    """(entry, where): what the weights' own .state.npz, else their run record, says of the
-    vocabulary ({mode, size[, sha256, text]}, or None: nothing said), and that file's name."""
-    state = weights_path + STATE_SUFFIX
-    try:
-        with np.load(state, allow_pickle=False) as z:
-            meta = json.loads(str(z["meta"]))
-    except Exception:  # noqa: BLE001 — missing or unreadable: the weights may still be found by name
-        meta = {}
-    if "vocab" in meta:
-        return meta["vocab"] or {"mode": "tokenized"}, state
-    stem = _run_stem(weights_path)
-    if stem:
-        path = os.path.join(os.path.dirname(os.path.abspath(weights_path)), stem + ".yaml")
-        entry = (earlier_record(path).get("corpus") or {}).get("vocab")
-        if isinstance(entry, dict) and entry.get("mode") in MODES:
-            return {"mode": entry["mode"], "size": entry.get("size")}, path
-    return None, None
-
-
-def _mismatch(vocab, entry, where):
-    """Why a vocabulary file is not the one `entry` (from `where`) names, or None if it is."""
-    if entry is None or entry["mode"] == "tokenized":  # Darknet's ids: a tokenize .vocab may name them
-        return None
-    if (vocab.mode, vocab.size) != (entry["mode"], entry.get("size", vocab.size)) or \
-            entry.get("sha256") not in (None, sha256(vocab.to_text().encode("utf-8"))):
-        return (f"is a {vocab.mode} vocabulary of {vocab.size} tokens, not the {entry['mode']} one of "
-                f"{entry.get('size')} tokens {where} names")
-    return None
-
-
-def find(cfg_path, weights_path, given, net, building=False):
-    """The vocabulary of the run that made `weights_path`: --vocab FILE (`given`), else the one in
-    the weights' own .state.npz, else `<stem>.vocab` beside the weights, the stem from the weights'
-    name (<stem>.backup, <stem>_final.weights, <stem>_best.weights, <stem>_<N>.weights) and then
-    the cfg's; a file must match what the state or run record beside the weights names, and fit
-    the network. None: bytes (Darknet's). When the model needs a vocabulary (its state or run
-    record names chars or words, or it has more than 256 inputs or outputs; not when `building`
-    one for train) and none is found, one error line says where it looked; never bytes then."""
-    weights_path = os.fspath(weights_path)
-    entry, where = _named(weights_path)
-    if given:
-        vocab = Vocab.load(given)
-        why = _mismatch(vocab, entry, where)
-        if why:
-            raise DarknetpyError(f"{why}, which the weights were trained with; drop --vocab", given)
-        check_fits(vocab, net, cfg_path)
-        return vocab
-    if entry and entry.get("text"):
-        vocab = Vocab.from_text(entry["text"], where)
-        check_fits(vocab, net, cfg_path)
-        return vocab
-    looked = [f"no --vocab FILE, no vocabulary in {weights_path + STATE_SUFFIX}"]
-    folder = os.path.dirname(os.path.abspath(weights_path))
-    for name in dict.fromkeys([stem for stem in (_run_stem(weights_path), cfg_base(cfg_path)) if stem]):
-        path = os.path.join(folder, name + ".vocab")
-        if not os.path.exists(path):
-            looked.append(f"no {path}")
-            continue
-        vocab = Vocab.load(path)
-        why = _mismatch(vocab, entry, where)
-        if why is None:
-            check_fits(vocab, net, cfg_path)
-            return vocab
-        looked.append(f"{path} {why}")
-    if entry and entry["mode"] in ("chars", "words", "tokenized"):
-        need = (f"these weights need their {entry['mode']} vocabulary" if entry["mode"] != "tokenized" else
-                "these weights were trained on --tokenized ids (generate reads --tokens FILE) and need "
-                "a vocabulary")
-    elif max(net.inputs, net.outputs) > 256 and not building:
-        need = (f"a network of {net.inputs} inputs and {net.outputs} outputs is not a byte model and "
-                "needs its vocabulary")
-    else:
-        return None
-    raise DarknetpyError(f"{need}, and none was found ({'; '.join(looked)}); put the run's .vocab "
-                         "beside the weights or give it with --vocab FILE", weights_path)
+def resolve(vocab, net):
+    """A Vocab from a Vocab, a .vocab path or None (then the network's own, `net.vocab`)."""
+    if vocab is None or isinstance(vocab, Vocab):
+        return vocab or net.vocab
+    found = Vocab.load(vocab)
+    check_fits(found, net, net.cfg_path)
+    return found
 
 
 def encode_for_valid(vocab, text_path, seed):
@@ -330,10 +239,11 @@ def held_out(path, mode="bytes", frac=datamod.VALID_FRAC):
 
 
 # ---- training's corpus -------------------------------------------------------------------------
-def prepare_corpus(cfg_path, net, data, mode=None, tokenized=False, weights=None, max_size=None):
-    """(ids, vocab) for train: the vocabulary of --weights' run if they have one (`find`; never
-    rebuilt), else --vocab FILE, else one built from the whole corpus (chars/words), else bytes.
-    vocab is None for --tokenized corpora. Refuses ids the cfg's inputs or outputs cannot hold."""
+def prepare_corpus(cfg_path, net, data, mode=None, tokenized=False, weights=None, max_size=None, find=None):
+    """(ids, vocab) for train: the vocabulary of --weights' run if they have one (never rebuilt),
+    else --vocab FILE, else one built from the whole corpus (chars/words), else bytes. vocab is
+    None for --tokenized corpora. Refuses ids the cfg's inputs or outputs cannot hold. `find`
+    is checkpoint.find_vocab, which looks for the vocabulary of the run that made `weights`."""
     if tokenized:
         if mode not in (None, "bytes"):
             raise DarknetpyError("--tokenized corpora are already ids (their .vocab came from `darknetpy "
@@ -369,12 +279,12 @@ def prepare_corpus(cfg_path, net, data, mode=None, tokenized=False, weights=None
 
 
 def seed_ids(vocab, net):
-    """The ids of the validation seed "\\n\\n" (none when it cannot be encoded, or for tokenized ids)."""
+    """The ids of the validation seed, options.SEED (none when it cannot be encoded, or for tokenized ids)."""
     if vocab is None:
         return []
     if vocab.mode == "bytes":
-        return list(b"\n\n") if net.inputs > 10 else []
-    return [vocab.index["\n"]] * 2 if "\n" in vocab.index else []
+        return list(SEED) if net.inputs > 10 else []
+    return [vocab.index[c] for c in SEED.decode()] if all(c in vocab.index for c in SEED.decode()) else []
 
 
 def record(vocab, data, backup_file):

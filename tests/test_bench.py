@@ -1,10 +1,11 @@
-"""`darknetpy bench`: it runs on a tiny cfg and prints the chars/s figures (no timing asserted)."""
+"""`darknetpy bench` (a subprocess): it runs on a tiny cfg and prints the chars/s figures (no timing
+asserted); measure.py's FLOP model against a count by hand."""
 import re
 
 import pytest
-from click.testing import CliRunner
 
-from darknetpy.bench import bench, flops_per_char
+from conftest import assert_one_line_error, run_cli
+from darknetpy.measure import flops_per_char
 from darknetpy.network import Network
 
 LAYERS = {
@@ -21,45 +22,40 @@ def tiny_cfg(tmp_path, kind):
     return path
 
 
-def command():
-    """`darknetpy bench` as registered in the CLI group, or the command object until it is."""
-    from darknetpy.cli import main
-    return (main, ["bench"]) if "bench" in getattr(main, "commands", {}) else (bench, [])
+def bench(*args):
+    """`darknetpy bench ARGS` in a subprocess: (exit code, stdout as text)."""
+    r = run_cli("bench", *args)
+    return r.returncode, r.stdout.decode() + r.stderr.decode()
 
 
 @pytest.mark.parametrize("kind", sorted(LAYERS))
 def test_bench_prints_chars_per_second(tmp_path, kind):
-    cmd, prefix = command()
-    cfg = tiny_cfg(tmp_path, kind)
-    result = CliRunner().invoke(cmd, [*prefix, str(cfg), "--iterations", "1", "--warmup", "0", "--gen-chars", "5"])
-    assert result.exit_code == 0, result.output
-    out = result.output
+    code, out = bench(tiny_cfg(tmp_path, kind), "--iterations", "1", "--warmup", "0", "--gen-chars", "5")
+    assert code == 0, out
     for label in ("train chars/s", "train GFLOP/s", "generate chars/s", "peak RSS", "matmul peak GFLOP/s"):
         assert re.search(rf"^{re.escape(label)}\s+[\d,.]+", out, re.M), out
     assert "BLAS:" in out
 
 
 def test_bench_skips_parts(tmp_path):
-    cmd, prefix = command()
     cfg = tiny_cfg(tmp_path, "lstm")
-    result = CliRunner().invoke(cmd, [*prefix, str(cfg), "--iterations", "1", "--no-generate"])
-    assert result.exit_code == 0, result.output
-    assert "train chars/s" in result.output and "generate chars/s" not in result.output
-    result = CliRunner().invoke(cmd, [*prefix, str(cfg), "--gen-chars", "5", "--no-train"])
-    assert result.exit_code == 0, result.output
-    assert "generate chars/s" in result.output and "train chars/s" not in result.output
+    code, out = bench(cfg, "--iterations", "1", "--no-generate")
+    assert code == 0, out
+    assert "train chars/s" in out and "generate chars/s" not in out
+    code, out = bench(cfg, "--gen-chars", "5", "--no-train")
+    assert code == 0, out
+    assert "generate chars/s" in out and "train chars/s" not in out
 
 
 @pytest.mark.parametrize("coretype", ["Haswell", None])
 def test_bench_says_when_openblas_kernels_are_forced(tmp_path, monkeypatch, coretype):
-    cmd, prefix = command()
     if coretype:
         monkeypatch.setenv("OPENBLAS_CORETYPE", coretype)
     else:
         monkeypatch.delenv("OPENBLAS_CORETYPE", raising=False)
-    result = CliRunner().invoke(cmd, [*prefix, str(tiny_cfg(tmp_path, "gru")), "--no-train", "--gen-chars", "5"])
-    assert result.exit_code == 0, result.output
-    assert ("OPENBLAS_CORETYPE=Haswell is set" in result.output) == bool(coretype)
+    code, out = bench(tiny_cfg(tmp_path, "gru"), "--no-train", "--gen-chars", "5")
+    assert code == 0, out
+    assert ("OPENBLAS_CORETYPE=Haswell is set" in out) == bool(coretype)
 
 
 def test_flop_model_counts_by_hand(tmp_path):
@@ -74,13 +70,16 @@ def test_flop_model_counts_by_hand(tmp_path):
 
 
 def test_bench_refuses_a_missing_cfg(tmp_path):
-    result = CliRunner().invoke(bench, [str(tmp_path / "nope.cfg")])
-    assert result.exit_code == 2
+    assert_one_line_error(run_cli("bench", tmp_path / "nope.cfg"), "nope.cfg")
 
 
 def test_bench_reports_a_bad_cfg_in_one_line(tmp_path):
     cfg = tmp_path / "bad.cfg"
     cfg.write_text("[net]\ninputs=16\n\n[lstm]\noutput=zero\n")
-    result = CliRunner().invoke(bench, [str(cfg)])
-    assert result.exit_code == 2
-    assert f"{cfg}:5:" in result.output and "Traceback" not in result.output
+    assert_one_line_error(run_cli("bench", cfg), f"{cfg}:5:")
+
+
+def test_bench_reports_a_net_that_cannot_generate_in_one_line(tmp_path):
+    cfg = tmp_path / "wide.cfg"
+    cfg.write_text("[net]\ninputs=16\nbatch=2\ntime_steps=3\n\n[connected]\noutput=32\nactivation=linear\n\n[softmax]\n")
+    assert_one_line_error(run_cli("bench", cfg, "--no-train"), str(cfg), "32 outputs and 16 inputs")

@@ -133,7 +133,7 @@ def test_help_documents_options(command):
 def test_generate_help_shows_defaults():
     out = run("generate", "--help").stdout.decode()
     blocks = {b.split()[0]: " ".join(b.split()) for b in re.split(r"\n  (?=-)", out) if b.startswith("-")}
-    for flag, default in [("--len", "[default: 1000;"), ("--temp", "[default: 0.7;"), ("--seed", "Default: two newlines")]:
+    for flag, default in [("--len", "[default: 1000]"), ("--temp", "[default: 0.7]"), ("--seed", "Default: two newlines")]:
         assert default in blocks[flag], blocks[flag]
 
 

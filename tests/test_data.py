@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from darknetpy.data import (StreamBatcher, default_valid_frac, ids_to_onehot, load_corpus,
+from darknetpy.data import (StreamBatcher, default_valid_frac, load_corpus,
                             split_corpus)
 from darknetpy.errors import DarknetpyError
 
@@ -260,13 +260,3 @@ def test_short_corpus_is_refused():
     message = error_of(StreamBatcher, np.arange(8), 2, 8, np.random.default_rng(0), path="tiny.txt")
     assert message.startswith("tiny.txt: ") and "time_steps=8" in message and "9" in message
     StreamBatcher(np.arange(9), 2, 8, np.random.default_rng(0))  # exactly time_steps + 1 is enough
-
-
-# --- one-hot -------------------------------------------------------------------------------------
-
-def test_onehot():
-    ids = np.array([[1, 0], [3, 3]], np.uint8)
-    out = ids_to_onehot(ids, 4)
-    assert out.shape == (2, 2, 4) and out.dtype == np.float32
-    np.testing.assert_array_equal(out.argmax(-1), ids)
-    assert out.sum() == 4

@@ -17,6 +17,7 @@ from conftest import assert_one_line_error, peaked_model
 from conftest import run_cli as run
 from darknetpy.errors import DarknetpyError
 from darknetpy.generation import SEPARATOR
+from darknetpy.options import GenerationOptions
 
 CFG = """[net]
 inputs=256
@@ -211,13 +212,14 @@ def test_seed_file_is_read_as_bytes(model, tmp_path):
 
 
 @pytest.mark.parametrize("args, fragment", [
-    (["--top-k", "0"], "--top-k 0"),
     (["--top-k", "-3"], "--top-k -3"),
     (["--top-p", "0"], "--top-p 0"),
     (["--top-p", "1.5"], "--top-p 1.5"),
     (["--beam", "3", "--samples", "2"], "--samples 2"),
-    (["--beam", "0"], "--beam 0"),
+    (["--beam", "-1"], "--beam -1"),
     (["--samples", "0"], "--samples 0"),
+    (["--len", "-1"], "--len -1"),
+    (["--temp", "nan"], "--temp nan"),
     (["--len", "3", "--stop", "abcd"], "--stop"),
     (["--seed-file", "/nonexistent/seed.txt"], "/nonexistent/seed.txt"),
     (["--seed", "x", "--seed-file", "/nonexistent/seed.txt"], "not both"),
@@ -244,7 +246,7 @@ def test_help_lists_every_option_with_its_default():
     for option in ("--greedy", "--top-k K", "--top-p P", "--samples N", "--separator TEXT", "--beam K",
                    "--stop TEXT", "--seed-file FILE", "--srand"):
         assert option in text, option
-    assert "[default: 1]" in text and f"[default: {SEPARATOR}]" in text and "Default: all" in text
+    assert "[default: 1]" in text and f"[default: {SEPARATOR}]" in text and "0: all. [default: 0]" in text
 
 
 # ---------------------------------------------------------------- the library on a training network
@@ -466,7 +468,7 @@ def test_a_streams_probabilities_are_the_same_bits_alone_or_beside_any_others(wr
 def test_a_seeded_sample_is_the_same_text_alone_or_in_a_batch_of_others(model):
     """generation.Batch, the continuous batching serve runs: requests joining at different steps,
     leaving as they end (the slots after them moving down, the stepper changing size), each with
-    its own options, give byte for byte what each gives alone (generation.generate)."""
+    its own options, give byte for byte what each gives alone (Network.generate)."""
     from darknetpy import generation
     net = darknetpy.load_network(*model)
     asks = [dict(seed=b"To be", length=30, temperature=0.8, srand=1),
@@ -475,13 +477,13 @@ def test_a_seeded_sample_is_the_same_text_alone_or_in_a_batch_of_others(model):
             dict(seed=b"ab", length=9, beam=3),
             dict(seed=b"xyzzy", length=25, greedy=True),
             dict(seed=b"To", length=20, temperature=0.5, srand=4, stop=b"e")]
-    alone = [generation.generate(net, **ask) for ask in asks]
+    alone = [net.generate(**ask) for ask in asks]
     batch, got, joins = generation.Batch(net, 10), [None] * len(asks), {0: [0, 1], 3: [2], 5: [3, 4], 9: [5]}
     texts, pending, t = [[[] for _ in range(ask.get("samples", 1))] for ask in asks], set(range(len(asks))), 0
     samples = {}
     while pending:
         for k in joins.get(t, []):
-            samples[k] = generation.Sample(net, **asks[k])
+            samples[k] = generation.Sample(net, GenerationOptions(**asks[k]))
             batch.add(samples[k])
         for sample, out in batch.step():
             k = next(k for k, s in samples.items() if s is sample)
@@ -501,10 +503,10 @@ def test_a_long_seed_joining_a_batch_does_not_hold_up_the_others(model):
     from darknetpy import generation
     net = darknetpy.load_network(*model)
     batch = generation.Batch(net, 4)
-    running = generation.Sample(net, seed=b"a", length=400, srand=1)
+    running = generation.Sample(net, GenerationOptions(seed=b"a", length=400, srand=1))
     batch.add(running)
     batch.step()
-    batch.add(generation.Sample(net, seed=bytes(range(32, 127)) * 3 + b"xyz", length=5, srand=2))
+    batch.add(generation.Sample(net, GenerationOptions(seed=bytes(range(32, 127)) * 3 + b"xyz", length=5, srand=2)))
     for _ in range(300):
         events = dict(batch.step())
         assert len(events[running]) == 1

@@ -14,6 +14,7 @@ from darknetpy.errors import DarknetpyError
 from darknetpy.generation import events, generate
 from darknetpy.evaluate import format_valid_line, valid_steps, validate
 from darknetpy.darknet_sampler import GlibcRand, NumpyRand, sample_index
+from darknetpy.options import GenerationOptions
 
 ORACLE = Path(__file__).resolve().parents[2] / "shared" / "oracle"
 INFER_CASES = sorted(p.name for p in ORACLE.glob("infer_*")) if ORACLE.is_dir() else []
@@ -190,7 +191,7 @@ class FakeNet:
 
     def __init__(self, n=8, init_rand_draws=0):
         self.inputs = self.outputs = n
-        self.init_rand_draws = init_rand_draws
+        self.init_rand_draws, self.vocab = init_rand_draws, None
         self.fed, self.temps = [], []
         gen = np.random.default_rng(0)
         self.table = gen.dirichlet(np.ones(n), size=n).astype(np.float32)
@@ -219,7 +220,7 @@ class FakeStepper:
 
 def test_generate_echoes_seed_then_samples():
     net = FakeNet(n=128, init_rand_draws=1000)
-    out = generate(net, seed=b"ab", length=5, temperature=0.5, srand=7)
+    out = generate(net, GenerationOptions(seed=b"ab", length=5, temperature=0.5, srand=7))
     assert set(net.temps) == {0.5}
     rng = GlibcRand(7)
     rng.skip(1000)
@@ -233,7 +234,7 @@ def test_generate_echoes_seed_then_samples():
 
 def test_generate_empty_seed_prints_and_feeds_nul():
     net = FakeNet()
-    out = generate(net, seed=b"", length=3, srand=1)
+    out = generate(net, GenerationOptions(seed=b"", length=3, srand=1))
     assert out[:1] == b"\x00" and len(out) == 5 and out[-1:] == b"\n"
     assert net.fed[0] == 0 and len(net.fed) == 3
 
@@ -241,23 +242,23 @@ def test_generate_empty_seed_prints_and_feeds_nul():
 def test_generate_streams_pieces_and_prints_tokens():
     net = FakeNet(n=4)
     tokens = ["zero", "<NEWLINE>", "two", "three"]
-    pieces = [piece for _, piece, _ in events(net, seed=bytes([2]), length=20, srand=3, tokens=tokens)]
-    out = generate(FakeNet(n=4), seed=bytes([2]), length=20, srand=3, tokens=tokens)
+    pieces = [piece for _, piece, _ in events(net, GenerationOptions(seed=bytes([2]), length=20, srand=3), tokens=tokens)]
+    out = generate(FakeNet(n=4), GenerationOptions(seed=bytes([2]), length=20, srand=3), tokens=tokens)
     assert b"".join(pieces) == out and len(pieces) == 22
     assert pieces[0] == b"two " and pieces[-1] == b"\n"
     assert set(pieces[1:-1]) <= {b"zero ", b"\n ", b"two ", b"three "}
 
 
 def test_generate_without_srand_uses_numpy_stream():
-    out = generate(FakeNet(), seed=b"\x01", length=50)
+    out = generate(FakeNet(), GenerationOptions(seed=b"\x01", length=50))
     assert len(out) == 52 and max(out[:-1]) < 8
 
 
 def test_generate_refuses_out_of_range_seed_and_short_token_list():
     with pytest.raises(DarknetpyError, match="offset 1"):
-        generate(FakeNet(n=8), seed=b"\x01\x09", length=1, srand=1)
+        generate(FakeNet(n=8), GenerationOptions(seed=b"\x01\x09", length=1, srand=1))
     with pytest.raises(DarknetpyError, match="3 tokens"):
-        generate(FakeNet(n=4), seed=b"\x01", length=1, srand=1, tokens=["a", "b", "c"])
+        generate(FakeNet(n=4), GenerationOptions(seed=b"\x01", length=1, srand=1), tokens=["a", "b", "c"])
 
 
 # ---------------------------------------------------------------- validate
@@ -343,7 +344,7 @@ def test_generate_matches_darknet(case):
     for name, cmd in info["expected"]["generate"].items():
         net = _load(folder)
         assert net.init_rand_draws == info["expected"]["rand_calls_consumed_by_network_construction"]
-        out = generate(net, seed=cmd["seed"].encode(), length=cmd["len"], temperature=cmd["temp"], srand=cmd["srand"])
+        out = net.generate(seed=cmd["seed"].encode(), length=cmd["len"], temperature=cmd["temp"], srand=cmd["srand"])
         assert out == (folder / name).read_bytes(), name
 
 

@@ -35,6 +35,24 @@ def test_greedy_and_draw():
     assert sampling.draw(p, np.array(0.25)) == 3 and sampling.draw(p, np.array(0.999999)) == 3
 
 
+def beam_search(logp0, advance, width, length):
+    """sampling.beam_steps driven to its end, as generation.Sample drives it: the `length`-symbol
+    continuation of highest total log-probability a beam of `width` finds.
+
+    logp0 (V,) scores the first symbol; advance(parents, symbols) makes beam j the state of beam
+    parents[j] fed symbols[j] and returns the next log-probabilities (width, V). The greedy path is
+    kept in the beam (it replaces the last pick when it would drop out), so the result is never
+    less likely than greedy; width 1 is greedy. Returns (symbols, total log-probability).
+    """
+    search = sampling.beam_steps(logp0, width, length)
+    try:
+        parents, symbols = next(search)
+        while True:
+            parents, symbols = search.send(advance(parents, symbols))
+    except StopIteration as done:
+        return done.value
+
+
 class Toy:
     """A model over 3 symbols whose next distribution depends on the last two symbols."""
 
@@ -52,7 +70,7 @@ class Toy:
         def advance(parents, symbols):
             self.hist = [self.hist[j] + [int(s)] for j, s in zip(parents, symbols)]
             return np.array([self.logp(h) for h in self.hist])
-        return sampling.beam_search(self.logp([]), advance, width, length)
+        return beam_search(self.logp([]), advance, width, length)
 
     def total(self, seq):
         return sum(self.logp(list(seq[:i]))[s] for i, s in enumerate(seq))
@@ -89,5 +107,20 @@ def test_beam_keeps_the_greedy_path():
     def advance(parents, symbols):
         hist[:] = [hist[j] + [int(s)] for j, s in zip(parents, symbols)]
         return np.array([logp(h) for h in hist])
-    seq, score = sampling.beam_search(logp([]), advance, 2, 3)
+    seq, score = beam_search(logp([]), advance, 2, 3)
     assert score >= np.log(0.4 * 0.34 * 1.0) - 1e-12 and seq == [0, 0, 0]
+
+
+def test_every_filter_is_a_generation_option_that_keeps_every_symbol_at_its_default():
+    """sampling.FILTERS and GenerationOptions' `filter` fields name the same rules, and each rule at
+    the field's default leaves p as it is: generation.chooser applies only the filters given, and
+    takes Darknet's sampler when none is."""
+    import dataclasses
+
+    from darknetpy.options import GenerationOptions
+    fields = {f.name: f.default for f in dataclasses.fields(GenerationOptions) if f.metadata["filter"]}
+    assert set(fields) == set(sampling.FILTERS) and list(fields) == list(sampling.FILTERS)
+    p = np.random.default_rng(0).dirichlet(np.ones(7), size=3)
+    for name, rule in sampling.FILTERS.items():
+        np.testing.assert_allclose(rule(p, fields[name]), p, rtol=1e-12, err_msg=name)
+    assert GenerationOptions().filtering() == [] and GenerationOptions(top_p=0.5).filtering() == ["top_p"]

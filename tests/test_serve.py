@@ -201,6 +201,41 @@ def test_bad_requests_get_one_json_error_naming_the_field(server, path, body, st
     assert error["param"] == param and error["message"] and error["type"]
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--len", "-1"], "--len -1: give a number of symbols >= 0"),
+    (["--temp", "0"], "--temp 0: give a temperature > 0"),
+    (["--top-k", "-3"], "--top-k -3: give K >= 1, or 0 for every symbol"),
+    (["--top-p", "1.5"], "--top-p 1.5: give P in (0, 1] (1 keeps every symbol)"),
+    (["--beam", "-1"], "--beam -1: give a width K >= 1, or 0 for no search"),
+    (["--samples", "0"], "--samples 0: give N >= 1"),
+    (["--beam", "2", "--samples", "2"], "--beam finds one continuation: leave out --samples 2"),
+    (["--beam", "2", "--top-k", "5"], "--beam searches, it does not sample: leave out --top-k"),
+    (["--beam", "2", "--top-k", "5", "--top-p", "0.5"],
+     "--beam searches, it does not sample: leave out --top-k and --top-p"),
+    (["--stop", ""], "--stop: give a non-empty text"),
+    (["--len", "3", "--stop", "abcdefghijklmnop"],
+     "--stop: the text is 16 bytes, but --len 3 symbols print at most 3: raise --len or shorten the stop text"),
+])
+def test_the_command_the_library_and_the_server_refuse_the_same_options_with_the_same_line(server, model, args,
+                                                                                          message):
+    """options.GenerationOptions is the one check: `darknetpy generate` prints its line, Network.generate
+    raises it, /v1/generate answers it as a 400 whose param is the option the line begins with."""
+    cfg, weights, net = model
+    flags = {"--len": "length", "--temp": "temperature"}
+    field = lambda flag: flags.get(flag, flag[2:].replace("-", "_"))  # noqa: E731
+    asked = {field(flag): value for flag, value in zip(args[::2], args[1::2])}
+    asked = {k: v if k == "stop" else float(v) if "." in v or k == "temperature" else int(v) for k, v in asked.items()}
+    r = run_cli("generate", cfg, weights, *args)
+    assert (r.returncode, r.stderr.decode(), r.stdout) == (2, f"darknetpy: {message}\n", b"")
+    with pytest.raises(darknetpy.errors.DarknetpyError) as e:
+        net.generate(**asked)
+    assert str(e.value) == message
+    r = httpx.post(server.url + "/v1/generate", json=asked)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"] == {"message": message, "type": "invalid_request_error",
+                                 "param": field(message.split()[0].rstrip(":"))}
+
+
 # ---- faults: disconnects, byte models, keys, a full queue, SIGTERM -------------------------------------
 
 def test_a_client_that_goes_away_frees_its_stream(server):
@@ -326,6 +361,7 @@ def test_the_playground_streams_text_in_headless_chromium(server, model, tmp_pat
     browser = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     try:
         browser.get(server.url + "/")
+        starts = {key: browser.find_element("id", key).get_attribute("value") for key in ("temperature", "top_p")}
         for key, value in (("seed", "To be"), ("temperature", "0.8"), ("top_p", "1"), ("length", "300"),
                            ("srand", "42")):
             field = browser.find_element("id", key)
@@ -339,3 +375,5 @@ def test_the_playground_streams_text_in_headless_chromium(server, model, tmp_pat
         browser.quit()
     want = model[2].generate(seed="To be", length=300, temperature=0.8, srand=42).decode("utf-8", "replace")
     assert shown == want
+    from darknetpy.options import GenerationOptions  # the form starts at generate's defaults
+    assert starts == {"temperature": str(GenerationOptions.temperature), "top_p": str(GenerationOptions.top_p)}

@@ -1,12 +1,15 @@
-"""Throughput of a network described by a .cfg: training and generation characters per second,
-the matmul GFLOP/s they achieve, peak memory, and the machine's own matmul peak to compare with.
+"""Measuring a network's speed: training and generation characters per second, the matmul GFLOP/s
+they achieve, peak memory, and the machine's own matmul peak to compare with. `darknetpy bench`
+(cli.py) prints them for one cfg; benchmarks/ (throughput.py, ab.py, torch_reference.py) build
+their tables from the same functions.
 
 What is timed
   training    `Network.train_step` on a full datum of random class ids, (time_steps, streams):
               forward, backward and the update (subdivisions=1). Median over `iterations` steps
               after `warmup` untimed ones. chars/s = time_steps * streams / step time.
   generation  what `darknetpy generate` does: the net loaded with batch=1, time_steps=1, one char at
-              a time, `Network.stepper` then `sample.sample_index` (temperature 0.7), the sample fed back.
+              a time, `Network.stepper` then `darknet_sampler.sample_index` (at generate's default
+              temperature), the sample fed back.
 
 FLOP model (matmul FLOPs only; activations, gates, softmax, batchnorm and the update are not
 counted). Every connected (sub)layer product of an `in -> out` matrix costs, per row (one row = one
@@ -33,13 +36,13 @@ import statistics
 import sys
 import time
 
-import click
 import numpy as np
 
 from . import kernels, launcher
+from .errors import DarknetpyError
+from .options import GenerationOptions
 
-__all__ = ["flops_per_char", "fastest", "matmul_peak", "blas_info", "blas_threads", "measure_train",
-           "measure_generate", "peak_rss_bytes", "run_config", "bench"]
+ITERATIONS, WARMUP, GEN_CHARS = 5, 1, 500  # timed training steps, untimed ones before, characters generated
 
 
 # ---- FLOP model ---------------------------------------------------------------------------------
@@ -150,7 +153,7 @@ def _quiet_network(cfg, **kwargs):
         return Network(cfg, **kwargs)
 
 
-def measure_train(cfg, iterations=5, warmup=1, seed=0):
+def measure_train(cfg, iterations=ITERATIONS, warmup=WARMUP, seed=0):
     """Time `iterations` full training steps (after `warmup` untimed ones) on random ids.
 
     Returns a dict: chars_per_s (median step), step_s (all timed steps), chars_per_step,
@@ -174,7 +177,7 @@ def measure_train(cfg, iterations=5, warmup=1, seed=0):
             "streams": S, "time_steps": T}
 
 
-def measure_generate(cfg, chars=500, warmup=20, seed=0, temp=0.7):
+def measure_generate(cfg, chars=GEN_CHARS, warmup=20, seed=0, temp=GenerationOptions.temperature):
     """Time `chars` generated characters (after `warmup` untimed ones), as `darknetpy generate`
     does: batch=1, time_steps=1, Network.stepper + sample_index with the sample fed back.
 
@@ -182,8 +185,8 @@ def measure_generate(cfg, chars=500, warmup=20, seed=0, temp=0.7):
     from .darknet_sampler import NumpyRand, sample_index
     net = _quiet_network(cfg, batch=1, time_steps=1, seed=seed)
     if net.outputs > net.inputs:
-        raise click.UsageError(f"{cfg}: generation feeds each sample back, but the net has "
-                               f"{net.outputs} outputs and {net.inputs} inputs")
+        raise DarknetpyError(f"generation feeds each sample back, but the net has {net.outputs} outputs and "
+                             f"{net.inputs} inputs", cfg)
     net.set_temperature(temp)
     rng = NumpyRand(seed)
     step = net.stepper(private=True)
@@ -199,7 +202,7 @@ def measure_generate(cfg, chars=500, warmup=20, seed=0, temp=0.7):
             "gflops": fwd * chars / elapsed / 1e9}
 
 
-def run_config(cfg, iterations=5, warmup=1, gen_chars=500, train=True, generate=True, peak=False):
+def run_config(cfg, iterations=ITERATIONS, warmup=WARMUP, gen_chars=GEN_CHARS, train=True, generate=True, peak=False):
     """Everything for one cfg, in this process: {'train': ..., 'generate': ..., 'peak_rss': bytes,
     'blas': ..., 'matmul_gflops': ...}. The matmul peak (optional) is measured after the RSS is read."""
     out = {"cfg": str(cfg), "train": None, "generate": None}
@@ -238,28 +241,8 @@ def format_table(rows, align=None):
     return "\n".join(lines)
 
 
-# ---- the command --------------------------------------------------------------------------------
-@click.command()
-@click.argument("cfg", type=click.Path(exists=True, dir_okay=False))
-@click.option("--iterations", default=5, show_default=True, type=click.IntRange(min=1),
-              help="Timed training steps (full datums of time_steps x streams random chars); the median is reported.")
-@click.option("--warmup", default=1, show_default=True, type=click.IntRange(min=0),
-              help="Untimed training steps before timing; generation likewise discards its first 10 x N chars.")
-@click.option("--gen-chars", default=500, show_default=True, type=click.IntRange(min=1),
-              help="Characters to generate (one stream, one char at a time, as `darknetpy generate`).")
-@click.option("--no-train", is_flag=True, help="Skip the training measurement.")
-@click.option("--no-generate", is_flag=True, help="Skip the generation measurement.")
-def bench(cfg, iterations, warmup, gen_chars, no_train, no_generate):
-    """Measure training and generation speed of the network CFG describes, with random weights
-    and random characters: chars/s, the matmul GFLOP/s achieved (against numpy's own large-matmul
-    peak on this machine), and peak memory.
-
-    Training uses CFG's batch and time_steps (one update per step); generation forces batch=1,
-    time_steps=1. The FLOP model is in `darknetpy.bench`'s docstring. For a table of the standard
-    configs, with PyTorch for comparison, see benchmarks/throughput.py.
-    """
-    r = run_config(cfg, iterations=iterations, warmup=warmup, gen_chars=gen_chars,
-                   train=not no_train, generate=not no_generate, peak=True)
+def report(cfg, r):
+    """`darknetpy bench`'s output for run_config's result `r` (measured with peak=True)."""
     peak = r["matmul_gflops"]
     rows = [("measure", "value", "note")]
     tr, gen = r["train"], r["generate"]
@@ -275,9 +258,10 @@ def bench(cfg, iterations, warmup, gen_chars, no_train, no_generate):
                      f"{100 * gen['gflops'] / peak:.1f}% of the matmul peak; {gen['flops_per_char'] / 1e6:.2f} MFLOP/char"))
     rows.append(("peak RSS", fmt_mb(r["peak_rss"]), "this process, before the matmul peak"))
     rows.append(("matmul peak GFLOP/s", f"{peak:.1f}", "numpy float32 2048x2048 @ 2048x2048, best of 5"))
-    click.echo(f"{cfg}")
-    click.echo(format_table(rows, align="lrl"))
-    click.echo(f"BLAS: {blas_label(r['blas'])}; training kernels: {r['kernels']}")
+    lines = [str(cfg), format_table(rows, align="lrl"),
+             f"BLAS: {blas_label(r['blas'])}; training kernels: {r['kernels']}"]
     if os.environ.get("OPENBLAS_CORETYPE"):
-        click.echo(f"note: OPENBLAS_CORETYPE={os.environ['OPENBLAS_CORETYPE']} is set, so OpenBLAS runs those kernels; "
-                   "without it (env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE) a current OpenBLAS picks its own.")
+        lines.append(f"note: OPENBLAS_CORETYPE={os.environ['OPENBLAS_CORETYPE']} is set, so OpenBLAS runs those "
+                     "kernels; without it (env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE) a current OpenBLAS picks "
+                     "its own.")
+    return "\n".join(lines)
