@@ -1,6 +1,7 @@
 """What every layer kind shares. `Layer` is the stateless default and the interface every kind
-fills in; `Recurrent` holds what rnn, gru and lstm share: per-stream state that carries over between
-calls. Also the small array helpers the layers use."""
+fills in; `Recurrent` holds what the recurrent kinds share: the names and zero arrays of the
+per-stream state their steps carry (which the caller owns and hands them), the input projection
+of all steps. Also the small array helpers the layers use."""
 import numpy as np
 
 from .. import kernels
