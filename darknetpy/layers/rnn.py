@@ -5,9 +5,9 @@
 where each sub-layer is act(W · + b) (or act(batchnorm)). The recurrence carries s, not y.
 input and output need no recurrence, so each is one matmul over all steps; only self runs per step.
 
-What one step computes after self's product is `step_functions`' step: `rnn_step` below for the
-slope activations (leaky, relie; its C form in _steps.h), numpy with the layer's activation for the
-others; in the training loop and in the stepper alike. `rnn_back` and its twin are their way back.
+What one step computes after self's product is `rnn_step` below, for any activation (its C form in
+_steps.h for the slope activations leaky and relie), in the training loop and in the stepper alike
+(`step_functions`); `rnn_back` is its way back.
 """
 from functools import partial
 from typing import NamedTuple
@@ -20,23 +20,31 @@ from .base import Recurrent, output_units, projector, rows, step_product, transp
 from .connected import Dense
 
 
-def rnn_step(a, b, bias, x, s1, s=None):
-    """One [rnn] step with a slope activation f (x above zero, a·x below: leaky, relie), arrays of
-    one shape (either layout): b = f(b + bias) in place, s1 = x + b (+ s with shortcut)."""
+def rnn_step(f, b, bias, x, s1, s=None):
+    """One [rnn] step, arrays of one shape (either layout): b = f(b + bias) in place, s1 = x + b
+    (+ s with shortcut). f is the layer's activation in place, f(b); or, for a slope activation
+    (x above zero, a·x below: leaky, relie), its slope a, what the C form takes."""
     b += bias
-    slope_act(b, a)
+    if callable(f):
+        f(b)
+    else:
+        slope_act(b, f)
     np.add(x, b, out=s1)
     if s is not None:
         s1 += s
 
 
-def rnn_back(a, ds1, w, y, d, ds=None):
-    """One [rnn] step back, blocks (n, S): ds1 += w (+ ds with shortcut), then d = ds1 ⊙ f'(y) for
-    the slope activation f of slope a."""
+def rnn_back(f, ds1, w, y, d, ds=None):
+    """One [rnn] step back, blocks (n, S): ds1 += w (+ ds with shortcut), then d = ds1 ⊙ f'(y) from
+    the step's output y; f is the activation's gradient g(y, out) -> out, or a slope activation's
+    slope a (the C form's)."""
     ds1 += w
     if ds is not None:
         ds1 += ds
-    slope_grad(y, d, a, ds1)
+    if callable(f):
+        np.multiply(f(y, d), ds1, out=d)
+    else:
+        slope_grad(y, d, f, ds1)
 
 
 kernels.register(rnn_step, rnn_back)
@@ -90,29 +98,16 @@ class RNN(Recurrent):
         return (s,) if self.shortcut else ()
 
     def step_functions(self, scratch):
-        """(step, back): the elementwise math of one step forward and back, on arrays shaped like
-        `scratch` (feature-major (n, streams) in training, rows (streams, n) in the stepper):
-        rnn_step and rnn_back for the slope activations (leaky, relie), else numpy with the layer's
-        activation (scratch its work array):
+        """(step, back): rnn_step and rnn_back for this layer's activation, on arrays shaped like
+        `scratch` (feature-major (n, streams) in training, rows (streams, n) in the stepper; its
+        work array): the compiled ops for the slope activations (leaky, relie), else the numpy
+        references with the activation and its gradient:
           step(b, bias, x, s1[, s]):  b = f(b + bias) in place, s1 = x + b (+ s)
           back(ds1, w, y, d[, ds]):   ds1 += w (+ ds), then d = ds1 ⊙ f'(y)"""
         slope = activations.SLOPES.get(self.activation)
         if slope is not None:
             return partial(kernels.get("rnn_step", scratch), slope), partial(kernels.get("rnn_back", scratch), slope)
-
-        def step(b, bias, x, s1, s=None):
-            b += bias
-            self.f_(b, scratch)
-            np.add(x, b, out=s1)
-            if s is not None:
-                s1 += s
-
-        def back(ds1, w, y, d, ds=None):
-            ds1 += w
-            if ds is not None:
-                ds1 += ds
-            np.multiply(self.gradient(y, d), ds1, out=d)
-        return step, back
+        return partial(rnn_step, lambda b: self.f_(b, scratch)), partial(rnn_back, self.gradient)
 
     def forward(self, x, train, state):
         T, S = x.shape[:2]
