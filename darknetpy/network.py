@@ -211,8 +211,8 @@ class Network:
         state it is handed. Each stream's output is the same bits whatever the other streams are and
         however many (its products are layers.base.times, numpy's softmax per row): generation runs
         on such steppers, so a sample is the same alone or batched beside others. Only a private
-        stepper of several streams without invariant=True (scoring's chunks) runs plain BLAS
-        products instead, faster at many streams."""
+        stepper of several streams without invariant=True (scoring's chunks) may run plain BLAS
+        products instead (layers.base.row_product: where the panel kernel is not compiled)."""
         layers = self.layers[:layers]
         before = [getattr(layer, "temperature", None) for layer in layers]
         exact = invariant or not private or streams == 1

@@ -255,9 +255,10 @@ def projector(W, b, ids_input, out):
 
 
 def row_product(W, exact):
-    """(x, out) -> out = x W, for a stepper's rows x (S, K): `times` (batch-invariant) when exact,
-    else one matmul (BLAS, faster for many streams)."""
-    if exact:
+    """(x, out) -> out = x W, for a stepper's rows x (S, K): `times` (batch-invariant) when exact or
+    when the panel kernel is compiled (then as fast as sgemm or faster at any rows), else one
+    matmul (BLAS, much faster for many streams than `times`' GEMV per row)."""
+    if exact or kernels.compiled("panel_matmul"):
         return times(W)
     return lambda x, out: np.matmul(x, W, out=out)
 
