@@ -247,9 +247,9 @@ class Network:
         x = self._as_input(x)
         ids = is_ids(x)  # one-hot float rows became ids
         key = (self.version, x.shape[0], ids)
-        live = [a for i in range(len(self.layers)) for a in self.carried(i, x.shape[0])]
-        cached = self._predictor
-        if cached is None or cached[0] != key or any(a is not b for a, b in zip(cached[1].arrays(), live)):
+        cached, live = self._predictor, list(self.states.values())
+        if cached is None or cached[0] != key or len(live) != len(cached[1].arrays()) \
+                or any(a is not b for a, b in zip(cached[1].arrays(), live)):
             cached = self._predictor = (key, self.stepper(x.shape[0], ids=ids))
         out = cached[1](x)
         return np.array(out[0] if single else out)
