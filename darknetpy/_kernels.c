@@ -142,6 +142,17 @@ static Py_ssize_t start(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t fewe
     return get_buffers(args, bufs, sizes, (int)nargs);
 }
 
+/* The rows R of a step kernel's layout (_steps.h): the streams when every one of the `count`
+ * arrays is 2-D with the same first axis (rows (streams, blocks * n)), else 1 (feature-major
+ * (blocks * n, streams), or any flat arrays). */
+static Py_ssize_t layout_rows(const Py_buffer *bufs, int count)
+{
+    for (int i = 0; i < count; i++)
+        if (bufs[i].ndim != 2 || bufs[i].shape[0] != bufs[0].shape[0])
+            return 1;
+    return bufs[0].shape[0];
+}
+
 static PyObject *done(Py_buffer *bufs, Py_ssize_t count)
 {
     release(bufs, (int)count);
@@ -150,65 +161,49 @@ static PyObject *done(Py_buffer *bufs, Py_ssize_t count)
 
 #define F(i) ((float *)b[i].buf)
 
+/* lstm_step(g, xu, c, c1, tc, h1[, P]) in either layout (layout_rows). */
 static PyObject *lstm_step(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
-{
-    static const int sizes[] = {4, 4, 1, 1, 1, 1};
-    Py_buffer b[MAX_ARGS];
-    Py_ssize_t m = start(args, nargs, 6, 6, "lstm_step(g, xu, c, c1, tc, h1)", b, sizes);
-    if (m < 0)
-        return NULL;
-    CALL(lstm_step, F(0), F(1), F(2), F(3), F(4), F(5), m);
-    return done(b, nargs);
-}
-
-static PyObject *lstm_back(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
-{
-    static const int sizes[] = {1, 1, 1, 4, 1, 1, 4};
-    Py_buffer b[MAX_ARGS];
-    Py_ssize_t m = start(args, nargs, 7, 7, "lstm_back(dh, dc, DH, g, c, tc, d)", b, sizes);
-    if (m < 0)
-        return NULL;
-    CALL(lstm_back, F(0), F(1), F(2), F(3), F(4), F(5), F(6), m);
-    return done(b, nargs);
-}
-
-static PyObject *lstm_step_peephole(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     static const int sizes[] = {4, 4, 1, 1, 1, 1, 3};
     Py_buffer b[MAX_ARGS];
-    Py_ssize_t m = start(args, nargs, 7, 7, "lstm_step_peephole(g, xu, c, c1, tc, h1, P)", b, sizes);
+    Py_ssize_t m = start(args, nargs, 6, 7, "lstm_step(g, xu, c, c1, tc, h1[, P])", b, sizes);
     if (m < 0)
         return NULL;
-    CALL(lstm_step_peephole, F(0), F(1), F(2), F(3), F(4), F(5), F(6), m);
+    CALL(lstm_step, F(0), F(1), F(2), F(3), F(4), F(5), nargs == 7 ? F(6) : NULL, m, layout_rows(b, (int)nargs));
     return done(b, nargs);
 }
 
-static PyObject *lstm_back_peephole(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+/* lstm_back(dh, dc, DH, g, c, tc, d[, P, dP]), feature-major. */
+static PyObject *lstm_back(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     static const int sizes[] = {1, 1, 1, 4, 1, 1, 4, 3, 3};
     Py_buffer b[MAX_ARGS];
-    Py_ssize_t m = start(args, nargs, 9, 9, "lstm_back_peephole(dh, dc, DH, g, c, tc, d, P, dP)", b, sizes);
+    if (nargs == 8) {
+        PyErr_SetString(PyExc_TypeError, "lstm_back(dh, dc, DH, g, c, tc, d[, P, dP])");
+        return NULL;
+    }
+    Py_ssize_t m = start(args, nargs, 7, 9, "lstm_back(dh, dc, DH, g, c, tc, d[, P, dP])", b, sizes);
     if (m < 0)
         return NULL;
-    CALL(lstm_back_peephole, F(0), F(1), F(2), F(3), F(4), F(5), F(6), F(7), F(8), m);
+    CALL(lstm_back, F(0), F(1), F(2), F(3), F(4), F(5), F(6), nargs == 9 ? F(7) : NULL, nargs == 9 ? F(8) : NULL, m);
     return done(b, nargs);
 }
 
 static PyObject *gru_zr(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    static const int sizes[] = {2, 2, 1, 1};
+    static const int sizes[] = {2, 3, 1, 1};
     Py_buffer b[MAX_ARGS];
     Py_ssize_t m = start(args, nargs, 4, 4, "gru_zr(zr, xu, h, rh)", b, sizes);
     if (m < 0)
         return NULL;
-    CALL(gru_zr, F(0), F(1), F(2), F(3), m);
+    CALL(gru_zr, F(0), F(1), F(2), F(3), m, layout_rows(b, 4));
     return done(b, nargs);
 }
 
 /* gru_step(tanh, ...): the flag first, then the arrays. */
 static PyObject *gru_step(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    static const int sizes[] = {1, 1, 2, 1, 1, 3};
+    static const int sizes[] = {1, 3, 2, 1, 1, 3};
     Py_buffer b[MAX_ARGS];
     int tanh_act = nargs > 0 ? PyObject_IsTrue(args[0]) : 0;
     if (tanh_act < 0)
@@ -216,7 +211,8 @@ static PyObject *gru_step(PyObject *self, PyObject *const *args, Py_ssize_t narg
     Py_ssize_t m = start(args + 1, nargs - 1, 5, 6, "gru_step(tanh, c, xu, zr, h, h1[, P])", b, sizes);
     if (m < 0)
         return NULL;
-    CALL(gru_step, F(0), F(1), F(2), F(3), F(4), nargs == 7 ? F(5) : NULL, m, tanh_act);
+    CALL(gru_step, F(0), F(1), F(2), F(3), F(4), nargs == 7 ? F(5) : NULL, m, layout_rows(b, (int)nargs - 1),
+         tanh_act);
     return done(b, nargs - 1);
 }
 
@@ -923,12 +919,10 @@ static PyMethodDef panel_methods[] = {
 
 static PyMethodDef methods[] = {
     KIND_METHODS
-    METHOD(lstm_step, "lstm_step(g, xu, c, c1, tc, h1): one LSTM step's gates, cell and output in place"),
-    METHOD(lstm_back, "lstm_back(dh, dc, DH, g, c, tc, d): one LSTM step's gate deltas d; dh, dc updated"),
-    METHOD(lstm_step_peephole, "lstm_step_peephole(g, xu, c, c1, tc, h1, P): lstm_step with peepholes P = [pi pf po]/2 tiled"),
-    METHOD(lstm_back_peephole, "lstm_back_peephole(dh, dc, DH, g, c, tc, d, P, dP): lstm_back with peepholes P tiled; dP += their deltas"),
-    METHOD(gru_zr, "gru_zr(zr, xu, h, rh): the z and r gates in place and r*h"),
-    METHOD(gru_step, "gru_step(tanh, c, xu, zr, h, h1[, P]): the candidate in place and the new h"),
+    METHOD(lstm_step, "lstm_step(g, xu, c, c1, tc, h1[, P]): one LSTM step's gates, cell and output in place (peepholes P = [pi pf po]/2)"),
+    METHOD(lstm_back, "lstm_back(dh, dc, DH, g, c, tc, d[, P, dP]): one LSTM step's gate deltas d; dh, dc updated (peepholes P; dP += their deltas)"),
+    METHOD(gru_zr, "gru_zr(zr, xu, h, rh): the z and r gates in place (xu: z r c) and r*h"),
+    METHOD(gru_step, "gru_step(tanh, c, xu, zr, h, h1[, P]): the candidate in place (xu: z r c) and the new h"),
     METHOD(gru_back, "gru_back(dh, drh, zr, P, d): dz and dr into d; dh becomes dh*z + drh*r"),
     METHOD(adam, "adam(p, u, m, v, decay, B1, 1-B1, B2, 1-B2, c1, c2, lr, eps): one Adam update of p in place"),
     METHOD(draw, "draw(p, u, out): out[r] = an inverse-CDF draw from row r of p at u[r]"),

@@ -57,81 +57,71 @@ static inline __attribute__((always_inline)) float K(sigmoid2)(float zh)
     return 1.0f / (1.0f + K(exp1)(-2.0f * zh));
 }
 
-/* LSTM: the gates from their pre-activations, the new cell and output.
- *   g[0..4m): in: the recurrent part of the pre-activations i f o g (i f o halved); out: the gates
+/* The layouts every step kernel takes (layers/lstm.py's `blocks`): `R` rows of `L` = m / R floats
+ * per block. Feature-major (the training loops): R = 1, a gate block is L = n*streams contiguous
+ * floats and block k starts at k L. Rows (the steppers): R = streams, row r of an array of B blocks
+ * starts at r B L and its block k at r B L + k L, L = n. The wrappers in _kernels.c find R from the
+ * arrays' shapes. */
+
+/* LSTM, one step, one row: the gates from their pre-activations, the new cell and output.
+ *   g (4 blocks): in: the recurrent part of the pre-activations i f o g (i f o halved); out: the gates
  *   c' = f c + i g,  tc = tanh(c'),  h' = o tc
- * Backward needs nothing more: it derives the gate deltas' factors from g, c and tc (lstm_back). */
-static void K(lstm_step)(float *restrict g, const float *restrict xu, const float *restrict c,
-                         float *restrict c1, float *restrict tc, float *restrict h1, Py_ssize_t m)
+ * With peepholes (peep, P = [pi pf po] / 2, halved like the i f o rows) i and f also see the cell
+ * before the step, o the cell after it. Backward needs nothing more: it derives the gate deltas'
+ * factors from g, c and tc (lstm_back). */
+static inline __attribute__((always_inline)) void
+K(lstm_row)(float *restrict g, const float *restrict xu, const float *restrict c, float *restrict c1,
+            float *restrict tc, float *restrict h1, const float *restrict P, Py_ssize_t L, const int peep)
 {
-    CHUNKS(e0, len, m) {
-        float i[CHUNK], f[CHUNK], o[CHUNK], gg[CHUNK], t[CHUNK];
-        float *gi = g + e0, *gf = g + m + e0, *go = g + 2 * m + e0, *gg_ = g + 3 * m + e0;
-        const float *xi = xu + e0, *xf = xu + m + e0, *xo = xu + 2 * m + e0, *xg = xu + 3 * m + e0;
-        EACH(j, len) gi[j] = i[j] = K(sigmoid2)(gi[j] + xi[j]);
-        EACH(j, len) gf[j] = f[j] = K(sigmoid2)(gf[j] + xf[j]);
-        EACH(j, len) go[j] = o[j] = K(sigmoid2)(go[j] + xo[j]);
-        EACH(j, len) gg_[j] = gg[j] = K(tanh1)(gg_[j] + xg[j]);
-        EACH(j, len) {
-            float cn = f[j] * c[e0 + j] + i[j] * gg[j];
-            c1[e0 + j] = cn;
-            tc[e0 + j] = t[j] = K(tanh1)(cn);
-        }
-        EACH(j, len) h1[e0 + j] = o[j] * t[j];
-    }
-}
-
-/* LSTM backward, one step, from what the forward step left: the gates g = [i f o gg], the cell c
- * before the step and tc = tanh(c'). dh += DH; dc += dh o tanh'(c'); the gate deltas
- * d = [dc gg σ'(i), dc c σ'(f), dh tc σ'(o), dc i tanh'(gg)]; then dc *= f, the cell delta for
- * the step before. */
-static void K(lstm_back)(float *restrict dh, float *restrict dc, const float *restrict DH,
-                         const float *restrict g, const float *restrict c,
-                         const float *restrict tc, float *restrict d, Py_ssize_t m)
-{
-    CHUNKS(e0, len, m) {
-        float h[CHUNK], cc[CHUNK];
-        const float *i = g + e0, *f = g + m + e0, *o = g + 2 * m + e0, *gg = g + 3 * m + e0;
-        const float *cp = c + e0, *t = tc + e0;
-        EACH(j, len) dh[e0 + j] = h[j] = dh[e0 + j] + DH[e0 + j];
-        EACH(j, len) cc[j] = dc[e0 + j] + h[j] * ((1.0f - t[j] * t[j]) * o[j]);
-        EACH(j, len) d[e0 + j] = (i[j] - i[j] * i[j]) * gg[j] * cc[j];
-        EACH(j, len) d[m + e0 + j] = (f[j] - f[j] * f[j]) * cp[j] * cc[j];
-        EACH(j, len) d[2 * m + e0 + j] = (o[j] - o[j] * o[j]) * t[j] * h[j];
-        EACH(j, len) d[3 * m + e0 + j] = (1.0f - gg[j] * gg[j]) * i[j] * cc[j];
-        EACH(j, len) dc[e0 + j] = cc[j] * f[j];
-    }
-}
-
-/* lstm_step with peepholes P = [pi pf po] / 2 tiled over the streams (3m, halved like the i f o
- * rows): i and f see the cell before the step, o the cell after it (layers/lstm.py's
- * lstm_step_peephole). */
-static void K(lstm_step_peephole)(float *restrict g, const float *restrict xu, const float *restrict c,
-                                  float *restrict c1, float *restrict tc, float *restrict h1,
-                                  const float *restrict P, Py_ssize_t m)
-{
-    CHUNKS(e0, len, m) {
+    CHUNKS(e0, len, L) {
         float i[CHUNK], f[CHUNK], gg[CHUNK], cn[CHUNK];
-        float *gi = g + e0, *gf = g + m + e0, *go = g + 2 * m + e0, *gg_ = g + 3 * m + e0;
-        const float *xi = xu + e0, *xf = xu + m + e0, *xo = xu + 2 * m + e0, *xg = xu + 3 * m + e0;
-        const float *pi = P + e0, *pf = P + m + e0, *po = P + 2 * m + e0, *cp = c + e0;
-        EACH(j, len) gi[j] = i[j] = K(sigmoid2)(gi[j] + xi[j] + pi[j] * cp[j]);
-        EACH(j, len) gf[j] = f[j] = K(sigmoid2)(gf[j] + xf[j] + pf[j] * cp[j]);
+        float *gi = g + e0, *gf = g + L + e0, *go = g + 2 * L + e0, *gg_ = g + 3 * L + e0;
+        const float *xi = xu + e0, *xf = xu + L + e0, *xo = xu + 2 * L + e0, *xg = xu + 3 * L + e0;
+        const float *pi = P + e0, *pf = P + L + e0, *po = P + 2 * L + e0, *cp = c + e0;
+        if (peep) {
+            EACH(j, len) gi[j] = i[j] = K(sigmoid2)(gi[j] + xi[j] + pi[j] * cp[j]);
+            EACH(j, len) gf[j] = f[j] = K(sigmoid2)(gf[j] + xf[j] + pf[j] * cp[j]);
+        } else {
+            EACH(j, len) gi[j] = i[j] = K(sigmoid2)(gi[j] + xi[j]);
+            EACH(j, len) gf[j] = f[j] = K(sigmoid2)(gf[j] + xf[j]);
+        }
         EACH(j, len) gg_[j] = gg[j] = K(tanh1)(gg_[j] + xg[j]);
         EACH(j, len) c1[e0 + j] = cn[j] = f[j] * cp[j] + i[j] * gg[j];
-        EACH(j, len) go[j] = K(sigmoid2)(go[j] + xo[j] + po[j] * cn[j]);
+        if (peep) {
+            EACH(j, len) go[j] = K(sigmoid2)(go[j] + xo[j] + po[j] * cn[j]);
+        } else {
+            EACH(j, len) go[j] = K(sigmoid2)(go[j] + xo[j]);
+        }
         EACH(j, len) tc[e0 + j] = K(tanh1)(cn[j]);
         EACH(j, len) h1[e0 + j] = go[j] * tc[e0 + j];
     }
 }
 
-/* lstm_back with peepholes P = [pi pf po] tiled (3m, not halved): do reaches the cell after the
- * step, dc += do po, and the cell before gets di pi + df pf besides dc f; dP += [di c, df c, do c']
- * per stream, c' = f c + i gg recomputed (layers/lstm.py's lstm_back_peephole). */
-static void K(lstm_back_peephole)(float *restrict dh, float *restrict dc, const float *restrict DH,
-                                  const float *restrict g, const float *restrict c,
-                                  const float *restrict tc, float *restrict d,
-                                  const float *restrict P, float *restrict dP, Py_ssize_t m)
+/* lstm_step over R rows (P NULL: no peepholes). */
+static void K(lstm_step)(float *g, const float *xu, const float *c, float *c1, float *tc, float *h1,
+                         const float *P, Py_ssize_t m, Py_ssize_t R)
+{
+    Py_ssize_t L = m / R;
+    for (Py_ssize_t r = 0; r < R; r++) {
+        Py_ssize_t a = 4 * L * r, s = L * r;
+        if (P)
+            K(lstm_row)(g + a, xu + a, c + s, c1 + s, tc + s, h1 + s, P + 3 * L * r, L, 1);
+        else
+            K(lstm_row)(g + a, xu + a, c + s, c1 + s, tc + s, h1 + s, NULL, L, 0);
+    }
+}
+
+/* LSTM backward, one step (feature-major), from what the forward step left: the gates
+ * g = [i f o gg], the cell c before the step and tc = tanh(c'). dh += DH; dc += dh o tanh'(c');
+ * the gate deltas d = [dc gg σ'(i), dc c σ'(f), dh tc σ'(o), dc i tanh'(gg)]; then dc *= f, the
+ * cell delta for the step before. With peepholes (peep, P = [pi pf po] not halved): do also
+ * reaches the cell after the step, dc += do po, the cell before gets di pi + df pf besides dc f,
+ * and dP += [di c, df c, do c'] per stream, c' = f c + i gg recomputed. */
+static inline __attribute__((always_inline)) void
+K(lstm_back_body)(float *restrict dh, float *restrict dc, const float *restrict DH,
+                  const float *restrict g, const float *restrict c, const float *restrict tc,
+                  float *restrict d, const float *restrict P, float *restrict dP, Py_ssize_t m,
+                  const int peep)
 {
     CHUNKS(e0, len, m) {
         float h[CHUNK], cc[CHUNK], dd[CHUNK];
@@ -140,34 +130,60 @@ static void K(lstm_back_peephole)(float *restrict dh, float *restrict dc, const 
         float *di = d + e0, *df = d + m + e0, *dg = d + 3 * m + e0;
         EACH(j, len) dh[e0 + j] = h[j] = dh[e0 + j] + DH[e0 + j];
         EACH(j, len) d[2 * m + e0 + j] = dd[j] = (o[j] - o[j] * o[j]) * t[j] * h[j];
-        EACH(j, len) cc[j] = dc[e0 + j] + h[j] * ((1.0f - t[j] * t[j]) * o[j]) + dd[j] * po[j];
-        EACH(j, len) dP[2 * m + e0 + j] += dd[j] * (f[j] * cp[j] + i[j] * gg[j]);
+        if (peep) {
+            EACH(j, len) cc[j] = dc[e0 + j] + h[j] * ((1.0f - t[j] * t[j]) * o[j]) + dd[j] * po[j];
+            EACH(j, len) dP[2 * m + e0 + j] += dd[j] * (f[j] * cp[j] + i[j] * gg[j]);
+        } else {
+            EACH(j, len) cc[j] = dc[e0 + j] + h[j] * ((1.0f - t[j] * t[j]) * o[j]);
+        }
         EACH(j, len) di[j] = (i[j] - i[j] * i[j]) * gg[j] * cc[j];
         EACH(j, len) df[j] = (f[j] - f[j] * f[j]) * cp[j] * cc[j];
         EACH(j, len) dg[j] = (1.0f - gg[j] * gg[j]) * i[j] * cc[j];
-        EACH(j, len) dP[e0 + j] += di[j] * cp[j];
-        EACH(j, len) dP[m + e0 + j] += df[j] * cp[j];
-        EACH(j, len) dc[e0 + j] = cc[j] * f[j] + di[j] * pi[j] + df[j] * pf[j];
+        if (peep) {
+            EACH(j, len) dP[e0 + j] += di[j] * cp[j];
+            EACH(j, len) dP[m + e0 + j] += df[j] * cp[j];
+            EACH(j, len) dc[e0 + j] = cc[j] * f[j] + di[j] * pi[j] + df[j] * pf[j];
+        } else {
+            EACH(j, len) dc[e0 + j] = cc[j] * f[j];
+        }
     }
 }
 
-/* GRU, first half of a step: zr[0..2m) holds the recurrent part of the halved pre-activations of
- * z and r; out: the gates σ(z), σ(r), and rh = r h, the input of wh. */
-static void K(gru_zr)(float *restrict zr, const float *restrict xu, const float *restrict h,
-                      float *restrict rh, Py_ssize_t m)
+static void K(lstm_back)(float *dh, float *dc, const float *DH, const float *g, const float *c,
+                         const float *tc, float *d, const float *P, float *dP, Py_ssize_t m)
 {
-    CHUNKS(e0, len, m) {
-        float *z = zr + e0, *r = zr + m + e0;
-        const float *xz = xu + e0, *xr = xu + m + e0;
+    if (P)
+        K(lstm_back_body)(dh, dc, DH, g, c, tc, d, P, dP, m, 1);
+    else
+        K(lstm_back_body)(dh, dc, DH, g, c, tc, d, NULL, NULL, m, 0);
+}
+
+/* GRU, first half of a step, one row: zr (2 blocks) holds the recurrent part of the halved
+ * pre-activations of z and r, xu (3 blocks) the input part of z r c; out: the gates σ(z), σ(r),
+ * and rh = r h, the input of wh. */
+static inline __attribute__((always_inline)) void
+K(gru_zr_row)(float *restrict zr, const float *restrict xu, const float *restrict h, float *restrict rh,
+              Py_ssize_t L)
+{
+    CHUNKS(e0, len, L) {
+        float *z = zr + e0, *r = zr + L + e0;
+        const float *xz = xu + e0, *xr = xu + L + e0;
         EACH(j, len) z[j] = K(sigmoid2)(z[j] + xz[j]);
         EACH(j, len) r[j] = K(sigmoid2)(r[j] + xr[j]);
         EACH(j, len) rh[e0 + j] = r[j] * h[e0 + j];
     }
 }
 
-/* GRU, second half: c holds wh(r h) (halved unless the candidate is tanh); out: the candidate
- * c = act(wh(r h) + uh(x)) and h' = c + z (h - c); in training P = [(h - c) σ'(z), h σ'(r),
- * (1 - z) act'(c)] (see gru.py). */
+static void K(gru_zr)(float *zr, const float *xu, const float *h, float *rh, Py_ssize_t m, Py_ssize_t R)
+{
+    Py_ssize_t L = m / R;
+    for (Py_ssize_t r = 0; r < R; r++)
+        K(gru_zr_row)(zr + 2 * L * r, xu + 3 * L * r, h + L * r, rh + L * r, L);
+}
+
+/* GRU, second half, one row: c holds wh(r h) (halved unless the candidate is tanh), xu's third
+ * block uh(x); out: the candidate c = act(wh(r h) + uh(x)) and h' = c + z (h - c); in training
+ * P = [(h - c) σ'(z), h σ'(r), (1 - z) act'(c)] (see gru.py). */
 static inline __attribute__((always_inline)) void
 K(gru_body)(float *restrict c, const float *restrict xu, const float *restrict zr,
             const float *restrict h, float *restrict h1, float *restrict P, Py_ssize_t m,
@@ -175,9 +191,9 @@ K(gru_body)(float *restrict c, const float *restrict xu, const float *restrict z
 {
     CHUNKS(e0, len, m) {
         float a[CHUNK], hc[CHUNK];
-        const float *z = zr + e0, *r = zr + m + e0, *hp = h + e0;
+        const float *z = zr + e0, *r = zr + m + e0, *hp = h + e0, *xh = xu + 2 * m + e0;
         float *cp = c + e0;
-        EACH(j, len) cp[j] = a[j] = tanh_act ? K(tanh1)(cp[j] + xu[e0 + j]) : K(sigmoid2)(cp[j] + xu[e0 + j]);
+        EACH(j, len) cp[j] = a[j] = tanh_act ? K(tanh1)(cp[j] + xh[j]) : K(sigmoid2)(cp[j] + xh[j]);
         EACH(j, len) hc[j] = hp[j] - a[j];
         EACH(j, len) h1[e0 + j] = a[j] + z[j] * hc[j];
         if (train) {
@@ -189,16 +205,21 @@ K(gru_body)(float *restrict c, const float *restrict xu, const float *restrict z
 }
 
 static void K(gru_step)(float *c, const float *xu, const float *zr, const float *h, float *h1,
-                        float *P, Py_ssize_t m, int tanh_act)
+                        float *P, Py_ssize_t m, Py_ssize_t R, int tanh_act)
 {
-    if (P && tanh_act)
-        K(gru_body)(c, xu, zr, h, h1, P, m, 1, 1);
-    else if (P)
-        K(gru_body)(c, xu, zr, h, h1, P, m, 0, 1);
-    else if (tanh_act)
-        K(gru_body)(c, xu, zr, h, h1, NULL, m, 1, 0);
-    else
-        K(gru_body)(c, xu, zr, h, h1, NULL, m, 0, 0);
+    Py_ssize_t L = m / R;
+    for (Py_ssize_t r = 0; r < R; r++) {
+        float *cr = c + L * r, *h1r = h1 + L * r, *Pr = P ? P + 3 * L * r : NULL;
+        const float *xr = xu + 3 * L * r, *zrr = zr + 2 * L * r, *hr = h + L * r;
+        if (P && tanh_act)
+            K(gru_body)(cr, xr, zrr, hr, h1r, Pr, L, 1, 1);
+        else if (P)
+            K(gru_body)(cr, xr, zrr, hr, h1r, Pr, L, 0, 1);
+        else if (tanh_act)
+            K(gru_body)(cr, xr, zrr, hr, h1r, NULL, L, 1, 0);
+        else
+            K(gru_body)(cr, xr, zrr, hr, h1r, NULL, L, 0, 0);
+    }
 }
 
 /* GRU backward, after the candidate's delta went through wh into drh: dz = dh P[z],

@@ -144,11 +144,7 @@ def state_bytes(net, batcher, weights_bytes, extra):
             arrays.update({f"optimizer.{name}.{i}": a for i, a in enumerate(value)})
         else:
             scalars[name] = value
-    for li, layer in enumerate(net.layers):
-        for name in getattr(layer, "state_names", ()):
-            value = getattr(layer, name, None)
-            if value is not None:
-                arrays[f"layer{li}.{name}"] = value
+    arrays.update(net.states)
     meta = {"version": STATE_VERSION, "seen": net.seen, "weights_sha256": sha256(weights_bytes),
             "slots": len(net.slots()), "optimizer": {"name": opt.name, "scalars": scalars, "buffers": buffers},
             "batcher": batcher.state(), "net_rng": net.rng.bit_generator.state, **extra}
@@ -208,7 +204,7 @@ def restore_state(net, batcher, meta, arrays, path):
                     raise DarknetpyError(f"the saved recurrent state is for {arrays[key].shape[0]} "
                                          f"streams, this run has {net.streams}; resume with the same "
                                          "batch and subdivisions", path)
-                setattr(layer, name, arrays[key].astype(layer.dtype, copy=True))
+                net.states[key] = arrays[key].astype(layer.dtype, copy=True)
     try:
         batcher.set_state(meta["batcher"])
     except DarknetpyError as e:

@@ -2,12 +2,13 @@
 picks an implementation: `get(name, *arrays)`.
 
 An op is a plain function that writes into arrays it is given (shapes in each docstring). Its
-numpy form below is the reference: the C kernels in `_kernels.c` compute the same float32
+numpy form (below, or a recurrent kind's step in its layer file) is the reference: the C kernels in `_kernels.c` compute the same float32
 operations (the tests hold them to these functions, bit for bit where the order of operations is
 the same). The implementations form a table with one column per backend:
 
-    op            numpy (below)     c (_kernels.c, optional)
-    lstm_step     lstm_step         _kernels.lstm_step
+    op            numpy             c (_kernels.c, optional)
+    lstm_step     layers/lstm.py    _kernels.lstm_step (_steps.h)
+    transpose     transpose below   _kernels.transpose
     ...
 
 `get` walks the backends in use, in order, and returns the first implementation whose backend
@@ -34,151 +35,20 @@ except ImportError:
 f32 = np.float32
 
 
-# ---- the numpy references -----------------------------------------------------------------------
-# Recurrent step loops run feature-major: a gate block is (n, S), n features by S streams.
+# ---- the numpy references ----------------------------------------------------------------------
+# Each recurrent kind's step ops (lstm_step, gru_zr, rnn_step, sru_step, ...) live in its layer
+# file, beside the layer that runs them, and join this table through `register`. They take either
+# layout of `blocks`.
 
-def lstm_step(g, xu, c, c1, tc, h1):
-    """One LSTM step, g (4n, S) the recurrent part of the gates i f o g, xu (4n, S) the input part,
-    c (n, S) the cell before, c1, tc, h1 (n, S) written: g += xu, then i f o = (1 + tanh) / 2 (their
-    rows are pre-halved: σ(z) = (1 + tanh(z/2)) / 2) and g = tanh; c1 = f⊙c + i⊙g, tc = tanh(c1),
-    h1 = o⊙tc."""
-    n = c.shape[0]
-    g += xu
-    np.tanh(g, out=g)
-    ifo = g[:3 * n]
-    ifo *= 0.5
-    ifo += 0.5
-    i, f, o, gg = g[:n], g[n:2 * n], g[2 * n:3 * n], g[3 * n:]
-    np.multiply(f, c, out=c1)
-    c1 += np.multiply(i, gg, out=h1)  # h1 as scratch until its turn
-    np.tanh(c1, out=tc)
-    np.multiply(o, tc, out=h1)
-
-
-def lstm_back(dh, dc, DH, g, c, tc, d):
-    """One LSTM step back, from the step's activated gates g (4n, S), the cell c (n, S) before it and
-    tc = tanh(c'): dh += DH, dc += dh⊙o⊙tanh'(c'), the gate deltas d (4n, S) = [dc⊙g⊙σ'(i),
-    dc⊙c⊙σ'(f), dh⊙tc⊙σ'(o), dc⊙i⊙tanh'(g)], then dc *= f (the cell's delta for the step before)."""
-    n = dh.shape[0]
-    i, f, o, gg = g[:n], g[n:2 * n], g[2 * n:3 * n], g[3 * n:]
-    di, df, do, dg = d[:n], d[n:2 * n], d[2 * n:3 * n], d[3 * n:]
-    dh += DH
-    dc += np.multiply(np.multiply(tanh_grad(tc, out=di), o, out=di), dh, out=di)  # di as scratch
-    np.multiply(np.multiply(sigmoid_grad(i, out=di), gg, out=di), dc, out=di)
-    np.multiply(np.multiply(sigmoid_grad(f, out=df), c, out=df), dc, out=df)
-    np.multiply(np.multiply(sigmoid_grad(o, out=do), tc, out=do), dh, out=do)
-    np.multiply(np.multiply(tanh_grad(gg, out=dg), i, out=dg), dc, out=dg)
-    dc *= f
-
-
-def lstm_step_peephole(g, xu, c, c1, tc, h1, P):
-    """lstm_step with peepholes P (3n, S) = [pi pf po]/2 tiled over the streams (halved as the i f o
-    rows are): i and f see the cell c before the step, o the cell c1 after it."""
-    n = c.shape[0]
-    g += xu
-    i, f, o, gg, i_f = g[:n], g[n:2 * n], g[2 * n:3 * n], g[3 * n:], g[:2 * n]
-    i += np.multiply(P[:n], c, out=h1)  # h1 as scratch until its turn
-    f += np.multiply(P[n:2 * n], c, out=h1)
-    np.tanh(i_f, out=i_f)
-    np.tanh(gg, out=gg)
-    i_f *= 0.5
-    i_f += 0.5
-    np.multiply(f, c, out=c1)
-    c1 += np.multiply(i, gg, out=h1)
-    o += np.multiply(P[2 * n:], c1, out=h1)
-    np.tanh(o, out=o)
-    o *= 0.5
-    o += 0.5
-    np.tanh(c1, out=tc)
-    np.multiply(o, tc, out=h1)
-
-
-def lstm_back_peephole(dh, dc, DH, g, c, tc, d, P, dP):
-    """lstm_back with peepholes P (3n, S) = [pi pf po] tiled: o's delta also reaches the cell after
-    the step, dc += do⊙po, and the cell before gets di⊙pi + df⊙pf besides dc⊙f. The peepholes'
-    deltas add to dP (3n, S) += [di⊙c, df⊙c, do⊙c'], c' = f⊙c + i⊙g recomputed from the gates."""
-    n = dh.shape[0]
-    scratch = np.empty_like(dh)
-    i, f, o, gg = g[:n], g[n:2 * n], g[2 * n:3 * n], g[3 * n:]
-    di, df, do, dg = d[:n], d[n:2 * n], d[2 * n:3 * n], d[3 * n:]
-    dh += DH
-    np.multiply(np.multiply(sigmoid_grad(o, out=do), tc, out=do), dh, out=do)
-    dc += np.multiply(np.multiply(tanh_grad(tc, out=di), o, out=di), dh, out=di)  # di, df, dg as scratch
-    dc += np.multiply(do, P[2 * n:], out=di)
-    np.multiply(f, c, out=di)
-    di += np.multiply(i, gg, out=df)
-    dP[2 * n:] += np.multiply(do, di, out=di)
-    np.multiply(np.multiply(sigmoid_grad(i, out=di), gg, out=di), dc, out=di)
-    np.multiply(np.multiply(sigmoid_grad(f, out=df), c, out=df), dc, out=df)
-    np.multiply(np.multiply(tanh_grad(gg, out=dg), i, out=dg), dc, out=dg)
-    dP[:n] += np.multiply(di, c, out=scratch)
-    dP[n:2 * n] += np.multiply(df, c, out=scratch)
-    dc *= f
-    dc += np.multiply(di, P[:n], out=scratch)
-    dc += np.multiply(df, P[n:2 * n], out=scratch)
-
-
-def gru_zr(zr, xu, h, rh):
-    """The GRU's gates zr (2n, S) in place, zr += xu then (1 + tanh) / 2 (pre-halved rows);
-    rh (n, S) = r⊙h."""
-    n = h.shape[0]
-    zr += xu
-    np.tanh(zr, out=zr)
-    zr *= 0.5
-    zr += 0.5
-    np.multiply(zr[n:], h, out=rh)
-
-
-def gru_step(tanh, c, xu, zr, h, h1, P=None):
-    """The candidate c (n, S) in place, c = act(c + xu) (tanh, or logistic from pre-halved rows), and
-    h1 = z⊙h + (1-z)⊙c = c + z⊙(h - c); in training the factors of the deltas,
-    P (3n, S) = [(h - c)⊙σ'(z), h⊙σ'(r), (1 - z)⊙act'(c)]."""
-    n = h.shape[0]
-    z = zr[:n]
-    c += xu
-    np.tanh(c, out=c)
-    if not tanh:
-        c *= 0.5
-        c += 0.5
-    if P is not None:
-        (tanh_grad if tanh else sigmoid_grad)(c, out=P[2 * n:])
-        P[2 * n:] *= np.subtract(1, z, out=h1)  # h1 as scratch until its turn
-    np.subtract(h, c, out=h1)
-    if P is not None:
-        sigmoid_grad(zr, out=P[:2 * n])
-        P[:n] *= h1
-        P[n:2 * n] *= h
-    h1 *= z
-    h1 += c
-
-
-def gru_back(dh, drh, zr, P, d):
-    """dz = dh⊙P[z] and dr = drh⊙P[r] into d (3n, S); then dh = dh⊙z + drh⊙r (n, S) (wzr's share
-    of dh comes after, from the deltas)."""
-    n = dh.shape[0]
-    np.multiply(P[:n], dh, out=d[:n])
-    np.multiply(P[n:2 * n], drh, out=d[n:2 * n])
-    dh *= zr[:n]
-    dh += drh * zr[n:]
-
-
-def rnn_step(a, b, bias, x, s1, s=None):
-    """One [rnn] step with a slope activation f (x above zero, a·x below: leaky, relie), blocks
-    (n, S): b = f(b + bias) in place, s1 = x + b (+ s with shortcut)."""
-    b += bias
-    slope_act(b, a)
-    np.add(x, b, out=s1)
-    if s is not None:
-        s1 += s
-
-
-def rnn_back(a, ds1, w, y, d, ds=None):
-    """One [rnn] step back, blocks (n, S): ds1 += w (+ ds with shortcut), then d = ds1 ⊙ f'(y) for
-    the slope activation f of slope a."""
-    ds1 += w
-    if ds is not None:
-        ds1 += ds
-    slope_grad(y, d, a, ds1)
+def blocks(a, k, like):
+    """The k gate blocks of a step op's array a, each shaped like the state `like`. Feature-major
+    (the training loops): a (k n, S), like (n, S), the blocks one after the other, each (n, S)
+    contiguous. Rows (the steppers): a (S, k n), like (S, n), the blocks side by side in each row."""
+    if a.ndim == 2 and a.shape[0] == like.shape[0] and k > 1:
+        n = like.shape[1]
+        return [a[:, j * n:(j + 1) * n] for j in range(k)]
+    n = like.shape[0]
+    return [a[j * n:(j + 1) * n] for j in range(k)]
 
 
 def slope_act(x, a):
@@ -364,8 +234,7 @@ def sgd(p, u, decay, rate, momentum):
     u *= momentum
 
 
-OPS = ("lstm_step", "lstm_back", "lstm_step_peephole", "lstm_back_peephole", "gru_zr", "gru_step",
-       "gru_back", "rnn_step", "rnn_back", "slope_act", "slope_grad", "bn_forward", "bn_backward", "onehot_grad", "onehot_project",
+OPS = ("slope_act", "slope_grad", "bn_forward", "bn_backward", "onehot_grad", "onehot_project",
        "transpose", "softmax", "draw", "xent", "adam", "sgd", "panel_matmul",
        "panel_matmul_t")
 

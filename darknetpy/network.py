@@ -1,4 +1,4 @@
-"""A Darknet network built from a .cfg: the layer stack, its state, forward, backward and updates.
+"""A Darknet network built from a .cfg: the layer stack, its carried state, forward, backward and updates.
 
 Arrays are time-major (steps, streams, features), float32. One `train_step` is Darknet's
 train_network_datum: seen += streams*steps, forward, backward, and an update once every
@@ -100,6 +100,10 @@ class Network:
         self.vocab = None  # what an id is, for generate/score/vec (vocab.Vocab); None: bytes
         self.version = 0   # bumped by every change of the weights through the API (see predict)
         self._predictor = None
+        # The recurrent state carried from datum to datum (and from predict to predict), owned here
+        # and handed to each layer's forward: "layer{i}.{name}" -> (streams, outputs), made by
+        # `carried` (the .state.npz's keys).
+        self.states = {}
 
         self.layers, self.sections = [], sections[1:]
         inputs = self.inputs
@@ -173,12 +177,21 @@ class Network:
             raise DarknetpyError(f"input id out of range [0, {self.inputs})")
         return ids
 
+    def carried(self, i, streams):
+        """Layer i's carried state arrays for `streams` streams, in `states`; (re)made as zeros
+        when missing or for another number of streams."""
+        layer = self.layers[i]
+        keys = [f"layer{i}.{name}" for name in layer.state_names]
+        if any(k not in self.states or self.states[k].shape[0] != streams for k in keys):
+            self.states.update(zip(keys, layer.fresh_state(streams)))
+        return [self.states[k] for k in keys]
+
     def forward(self, x, train=False):
         """Run (steps, streams[, inputs]) through every layer; the state carries over. Returns the last output."""
         if is_ids(x):
             self._checked(x)
-        for layer in self.layers:
-            x = layer.forward(x, train)
+        for i, layer in enumerate(self.layers):
+            x = layer.forward(x, train, self.carried(i, x.shape[1]))
         return x
 
     def predict_ids(self, ids):
@@ -194,25 +207,22 @@ class Network:
         (generation and scoring from a training network). `temperature` sets the softmax
         temperature of this stepper only (default: the layers' own): a number, or an array
         (streams,) float32 of one per stream, read at every step (write into it to change a
-        stream's). invariant=True (with private) makes each stream's output the same bits whatever
-        the other streams are and however many: the new state is row-major, so that every layer
-        runs its batch-invariant row step (layers.base.times, numpy's softmax per row); generation
-        runs on such steppers, so a sample is the same alone or batched beside others."""
+        stream's). Every layer runs its row step (the same step op as its training loop) on the
+        state it is handed. Each stream's output is the same bits whatever the other streams are and
+        however many (its products are layers.base.times, numpy's softmax per row): generation runs
+        on such steppers, so a sample is the same alone or batched beside others. Only a private
+        stepper of several streams without invariant=True (scoring's chunks) may run plain BLAS
+        products instead (layers.base.row_product: where the panel kernel is not compiled)."""
         layers = self.layers[:layers]
         before = [getattr(layer, "temperature", None) for layer in layers]
+        exact = invariant or not private or streams == 1
         steps, states, first = [], [], ids
         try:
-            for layer in layers:
+            for i, layer in enumerate(layers):
                 if temperature is not None:
                     layer.set_temperature(temperature)
-                if not private:
-                    state = layer.state(streams)
-                elif invariant:
-                    state = [np.zeros(a.shape, a.dtype) for a in layer.fresh_state(streams)]
-                else:
-                    state = layer.fresh_state(streams)
-                states.append(state)
-                steps.append(layer.stepper(streams, first, states[-1]))
+                states.append(layer.fresh_state(streams) if private else self.carried(i, streams))
+                steps.append(layer.stepper(streams, first, states[-1], exact))
                 first = first and not layer.denses
         finally:
             for layer, t in zip(layers, before):
@@ -237,9 +247,9 @@ class Network:
         x = self._as_input(x)
         ids = is_ids(x)  # one-hot float rows became ids
         key = (self.version, x.shape[0], ids)
-        live = [getattr(layer, name, None) for layer in self.layers for name in layer.state_names]
-        cached = self._predictor
-        if cached is None or cached[0] != key or any(a is not b for a, b in zip(cached[1].arrays(), live)):
+        cached, live = self._predictor, list(self.states.values())
+        if cached is None or cached[0] != key or len(live) != len(cached[1].arrays()) \
+                or any(a is not b for a, b in zip(cached[1].arrays(), live)):
             cached = self._predictor = (key, self.stepper(x.shape[0], ids=ids))
         out = cached[1](x)
         return np.array(out[0] if single else out)
@@ -307,8 +317,9 @@ class Network:
         random masks draw them for all `total` and keep these); default all of them."""
         out = x
         block = block or (0, np.shape(x)[1])
-        for layer in self.layers[:self.loss_layer + 1]:
-            out = layer.forward(out, True, block) if layer.draws_masks else layer.forward(out, True)
+        for i, layer in enumerate(self.layers[:self.loss_layer + 1]):
+            state = self.carried(i, np.shape(out)[1])
+            out = layer.forward(out, True, state, block) if layer.draws_masks else layer.forward(out, True, state)
         self.version += 1  # batchnorm's rolling statistics move even before the update
         cost, delta = self.layers[self.loss_layer].loss(out, y)
         for i in range(self.loss_layer, -1, -1):
@@ -334,8 +345,9 @@ class Network:
         return [s for layer in self.layers for s in layer.slots()]
 
     def reset_state(self, stream=None):
-        for layer in self.layers:
-            layer.reset_state(stream)
+        """Zero the carried state of every stream, or of one."""
+        for a in self.states.values():
+            a[slice(None) if stream is None else stream] = 0
 
     # ---- parameters ----------------------------------------------------------------------------
     def params(self, updates=False):

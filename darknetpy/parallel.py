@@ -321,22 +321,16 @@ class Ranks:
         holds its own streams' gradients so far); each rank's own are put back afterwards."""
         own = [(u, u.copy()) for _, u, _ in net.slots()]
         self.sum_gradients(net.slots())
-        saved = []
-        for layer in net.layers:
-            for name in getattr(layer, "state_names", ()):
-                block = getattr(layer, name, None)
-                if block is None:
-                    continue
-                whole = np.empty((self.size * block.shape[0],) + block.shape[1:], block.dtype) if self.writer else None
-                self.wait(self.comm.Igather(np.ascontiguousarray(block), whole, root=0), "gathering the state")
-                saved.append((layer, name, block))
-                if self.writer:
-                    setattr(layer, name, whole)
+        saved = dict(net.states)
+        for key, block in saved.items():
+            whole = np.empty((self.size * block.shape[0],) + block.shape[1:], block.dtype) if self.writer else None
+            self.wait(self.comm.Igather(np.ascontiguousarray(block), whole, root=0), "gathering the state")
+            if self.writer:
+                net.states[key] = whole
         try:
             yield
         finally:
-            for layer, name, block in saved:
-                setattr(layer, name, block)
+            net.states.update(saved)
             for u, mine in own:
                 u[...] = mine
 
@@ -346,11 +340,8 @@ class Ranks:
         rank 0 alone, so the next sum counts them once."""
         if self.comm is None:
             return
-        for layer in net.layers:
-            for name in getattr(layer, "state_names", ()):
-                whole = getattr(layer, name, None)
-                if whole is not None:
-                    setattr(layer, name, whole[self.part].copy())
+        for key, whole in net.states.items():
+            net.states[key] = whole[self.part].copy()
         if self.rank:
             for _, u, _ in net.slots():
                 u[...] = 0

@@ -91,7 +91,8 @@ def test_the_estimate_leaves_the_network_alone(trained, monkeypatch):
     net, held, _ = trained
     estimate = evaluate.Estimate(held[:2000], list(SEED))
     net.forward(np.zeros((1, net.streams), np.int64))  # a carried state that is not zero
-    state = [a.copy() for layer in net.layers for a in layer.state(net.streams)]
+    state = {k: a.copy() for k, a in net.states.items()}
+    assert state and all(a.any() for a in state.values())
     params = {k: v.copy() for k, v in net.params().items()}
 
     def refuse(*args, **kwargs):
@@ -101,8 +102,9 @@ def test_the_estimate_leaves_the_network_alone(trained, monkeypatch):
     first = estimate(net)
     assert estimate(net) == first
     monkeypatch.undo()
-    for a, b in zip(state, (a for layer in net.layers for a in layer.state(net.streams))):
-        np.testing.assert_array_equal(a, b)
+    assert net.states.keys() == state.keys()
+    for k, a in state.items():
+        np.testing.assert_array_equal(net.states[k], a)
     for k, v in net.params().items():
         np.testing.assert_array_equal(v, params[k])
 

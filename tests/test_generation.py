@@ -268,9 +268,9 @@ def test_generate_and_score_leave_a_training_network_alone(model, tmp_path):
         assert a.train_step(x, y) == b.train_step(x, y)
     for key, value in a.params().items():
         np.testing.assert_array_equal(value, b.params()[key])
-    for la, lb in zip(a.layers, b.layers):
-        for name in la.state_names:
-            np.testing.assert_array_equal(getattr(la, name), getattr(lb, name))
+    assert a.states.keys() == b.states.keys() and a.states
+    for key, value in a.states.items():
+        np.testing.assert_array_equal(value, b.states[key])
 
 
 def test_score_is_what_valid_prints(model, tmp_path):
@@ -372,8 +372,8 @@ def test_predict_sees_every_weight_change_through_the_api(model, tmp_path):
 def layer0_reference(cfg, weights, data):
     """The first layer's output after `data`, from a zero state, through its training forward."""
     net = darknetpy.load_network(cfg, weights, batch=1, time_steps=1)
-    net.reset_state()
-    out = net.layers[0].forward(np.frombuffer(data, np.uint8).astype(np.int64).reshape(-1, 1), False)
+    out = net.layers[0].forward(np.frombuffer(data, np.uint8).astype(np.int64).reshape(-1, 1), False,
+                                net.layers[0].fresh_state(1))
     return out[-1, 0]
 
 

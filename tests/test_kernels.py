@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from darknetpy import kernels
-from darknetpy.layers import base
+from darknetpy.layers import base, gru, lstm
 from darknetpy.layers.base import transpose_into
 from darknetpy.network import Network
 
@@ -56,41 +56,75 @@ def assert_same_as_numpy(fn_numpy, fn_kernel, inputs, outputs, names):
 SHAPES = [(8, 32), (5, 3), (256, 1)]  # n, streams: a whole number of 64-float chunks and ragged ones
 
 
-@pytest.mark.parametrize("n,S", SHAPES)
-def test_lstm_step(n, S):
-    rng = np.random.default_rng(n * S)
-    g, xu, c = arrays(rng, (4 * n, S), (4 * n, S), (n, S))
-    outs = [np.empty((n, S), np.float32) for _ in range(3)]
-    assert_same_as_numpy(kernels.lstm_step, K.lstm_step, [g, xu, c], outs, "g xu c c1 tc h1")
+def blocked(layout, rng, k, n, S, **bounds):
+    """An array of k gate blocks for n features and S streams in a step op's `layout`:
+    "feature-major" (k n, S) as the training loops run, "rows" (S, k n) as the steppers do."""
+    (a,) = arrays(rng, (k * n, S), **bounds)
+    return a if layout == "feature-major" else np.ascontiguousarray(a.T)
 
 
+LAYOUTS = ["feature-major", "rows"]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("peephole", [False, True])
 @pytest.mark.parametrize("n,S", SHAPES)
-def test_lstm_back(n, S):
-    rng = np.random.default_rng(n + S)
+def test_lstm_step(n, S, peephole, layout):
+    """lstm_step's C form against layers/lstm.py's reference, in both layouts, with and without
+    peepholes."""
+    rng = np.random.default_rng(n * S + peephole)
+    g, xu, c = (blocked(layout, rng, k, n, S) for k in (4, 4, 1))
+    P = (blocked(layout, rng, 3, n, S),) if peephole else ()
+    outs = [np.empty_like(c) for _ in range(3)]
+    assert_same_as_numpy(lambda *a: lstm.lstm_step(*a, *P), lambda *a: K.lstm_step(*a, *P), [g, xu, c], outs,
+                         "g xu c c1 tc h1")
+
+
+@pytest.mark.parametrize("peephole", [False, True])
+@pytest.mark.parametrize("n,S", SHAPES)
+def test_lstm_back(n, S, peephole):
+    rng = np.random.default_rng(n + S + peephole)
     dh, dc, DH, c = arrays(rng, (n, S), (n, S), (n, S), (n, S), low=-1, high=1)
     ifo, gg, tc = arrays(rng, (3 * n, S), (n, S), (n, S), low=-0.99, high=0.99)
     g = np.concatenate([np.abs(ifo), gg])  # gates as the forward step leaves them: σ in (0, 1), tanh in (-1, 1)
-    assert_same_as_numpy(kernels.lstm_back, K.lstm_back, [dh, dc, DH, g, c, tc], [np.empty((4 * n, S), np.float32)],
-                         "dh dc DH g c tc d")
+    peep = arrays(rng, (3 * n, S), (3 * n, S), low=-1, high=1) if peephole else []  # P, dP
+    assert_same_as_numpy(lstm.lstm_back, K.lstm_back, [dh, dc, DH, g, c, tc], [np.empty((4 * n, S), np.float32)] + peep,
+                         "dh dc DH g c tc d P dP")
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("n,S", SHAPES)
-def test_gru_zr(n, S):
+def test_gru_zr(n, S, layout):
     rng = np.random.default_rng(n * 7 + S)
-    zr, xu, h = arrays(rng, (2 * n, S), (2 * n, S), (n, S))
-    assert_same_as_numpy(kernels.gru_zr, K.gru_zr, [zr, xu, h], [np.empty((n, S), np.float32)], "zr xu h rh")
+    zr, xu, h = (blocked(layout, rng, k, n, S) for k in (2, 3, 1))
+    assert_same_as_numpy(gru.gru_zr, K.gru_zr, [zr, xu, h], [np.empty_like(h)], "zr xu h rh")
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("n,S", SHAPES)
 @pytest.mark.parametrize("tanh", [0, 1])
 @pytest.mark.parametrize("train", [False, True])
-def test_gru_step(n, S, tanh, train):
+def test_gru_step(n, S, tanh, train, layout):
     rng = np.random.default_rng(n * 11 + S + tanh)
-    c, xu, h = arrays(rng, (n, S), (n, S), (n, S))
-    (zr,) = arrays(rng, (2 * n, S), low=0.01, high=0.99)  # gates
-    outs = [np.empty((n, S), np.float32)] + ([np.empty((3 * n, S), np.float32)] if train else [])
-    assert_same_as_numpy(lambda *a: kernels.gru_step(tanh, *a), lambda *a: K.gru_step(tanh, *a), [c, xu, zr, h], outs,
+    c, xu, h = (blocked(layout, rng, k, n, S) for k in (1, 3, 1))
+    zr = blocked(layout, rng, 2, n, S, low=0.01, high=0.99)  # gates
+    outs = [np.empty_like(h)] + ([np.empty_like(xu)] if train else [])
+    assert_same_as_numpy(lambda *a: gru.gru_step(tanh, *a), lambda *a: K.gru_step(tanh, *a), [c, xu, zr, h], outs,
                          "c xu zr h h1 P")
+
+
+@pytest.mark.parametrize("op", ["lstm_step", "gru_zr", "gru_step"])
+def test_a_kernel_in_the_wrong_layout_is_caught(op):
+    """Not vacuous: the comparison above fails for a C form that gets the layout wrong (rows
+    handed over flat, so the kernel reads them as feature-major blocks)."""
+    n, S, rng = 8, 3, np.random.default_rng(0)
+    ins, outs = {"lstm_step": ((4, 4, 1), 3), "gru_zr": ((2, 3, 1), 1), "gru_step": ((1, 3, 2, 1), 1)}[op]
+    inputs = [blocked("rows", rng, k, n, S, low=0.01, high=0.99) for k in ins]
+    reference = {"lstm_step": lstm.lstm_step, "gru_zr": gru.gru_zr, "gru_step": lambda *a: gru.gru_step(0, *a)}[op]
+    kernel = {"lstm_step": K.lstm_step, "gru_zr": K.gru_zr, "gru_step": lambda *a: K.gru_step(0, *a)}[op]
+    with pytest.raises(AssertionError):
+        assert_same_as_numpy(reference, lambda *a: kernel(*(x.reshape(-1) for x in a)), inputs,
+                             [np.empty((S, n), np.float32)] * outs, "a b c d e f")
 
 
 @pytest.mark.parametrize("n,S", SHAPES)
@@ -99,7 +133,7 @@ def test_gru_back(n, S):
     dh, drh, P = arrays(rng, (n, S), (n, S), (3 * n, S), low=-1, high=1)
     (zr,) = arrays(rng, (2 * n, S), low=0.01, high=0.99)
     d0 = np.zeros((3 * n, S), np.float32)
-    assert_same_as_numpy(kernels.gru_back, K.gru_back,
+    assert_same_as_numpy(gru.gru_back, K.gru_back,
                          [dh, drh, zr, P, d0], [], "dh drh zr P d")
 
 
@@ -130,6 +164,8 @@ def test_bad_arguments_raise():
         K.lstm_back(*(np.zeros((n, S)) for _ in range(3)), f32(4 * n, S), f32(n, S), f32(n, S), f32(4 * n, S))
     with pytest.raises(ValueError, match="expected"):
         K.lstm_back(f32(n, S), f32(n, S), f32(n, S), f32(4 * n, S), f32(n, S), f32(n, S), f32(3 * n, S))
+    with pytest.raises(TypeError, match="lstm_back"):  # P without dP
+        K.lstm_back(f32(n, S), f32(n, S), f32(n, S), f32(4 * n, S), f32(n, S), f32(n, S), f32(4 * n, S), f32(3 * n, S))
     with pytest.raises((ValueError, BufferError)):  # not C-contiguous
         K.gru_zr(f32(2 * n, 2 * S)[:, ::2], f32(2 * n, S), f32(n, S), f32(n, S))
     with pytest.raises(TypeError):
@@ -331,7 +367,7 @@ def test_rnn_step_kernels_give_numpys_bits(activation, shortcut, write_cfg):
     results = []
     for backend in ("numpy", "c"):
         with kernels.use(backend):
-            step, back = Network(cfg).layers[0].step_functions(32, b)
+            step, back = Network(cfg).layers[0].step_functions(np.empty_like(b))
             assert (step.func is K.rnn_step) == (backend == "c")
             out = [b.copy(), np.full_like(b, np.nan), s.copy(), np.full_like(b, np.nan)]
             step(out[0], bias, x, out[1], *extra)
@@ -365,7 +401,7 @@ def test_softmax_and_cross_entropy(groups, temperature, write_cfg):
     for backend in ("numpy", "c"):
         with kernels.use(backend):
             layer = Network(cfg).layers[0]
-            p = layer.forward(x, True).copy()
+            p = layer.forward(x, True, []).copy()
             cost, delta = layer.loss(p, y)
         results.append((p, cost, delta.copy()))
     (p0, c0, d0), (p1, c1, d1) = results
@@ -535,10 +571,10 @@ def test_switch_off_by_environment(tmp_path):
     """DARKNETPY_KERNELS=0 runs the numpy code; float64 nets always do. (The child runs in tmp_path:
     from the repository root `import darknetpy` would find the source tree, which has no build.)"""
     code = ("import numpy; from darknetpy import kernels as k; "
-            "print(k.get('lstm_step', numpy.zeros(1, numpy.float32)) is not k.lstm_step)")
+            "import darknetpy.layers.lstm as l; print(k.get('lstm_step', numpy.zeros(1, numpy.float32)) is not l.lstm_step)")
     for value, expected in (("0", "False"), ("1", "True")):
         env = dict(os.environ, DARKNETPY_KERNELS=value)
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
                              cwd=tmp_path)
         assert out.stdout.strip() == expected
-    assert kernels.get("lstm_step", np.zeros(1)) is kernels.lstm_step
+    assert kernels.get("lstm_step", np.zeros(1)) is lstm.lstm_step

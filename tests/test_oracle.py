@@ -25,8 +25,8 @@ def record_outputs(net, monkeypatch):
     for i, layer in enumerate(net.layers):
         original = layer.forward
 
-        def wrapped(x, train, _original=original, _i=i):
-            y = _original(x, train)
+        def wrapped(x, train, state, _original=original, _i=i):
+            y = _original(x, train, state)
             seen[_i].append(np.array(y, copy=True))
             return y
         monkeypatch.setattr(layer, "forward", wrapped)
@@ -63,9 +63,9 @@ def test_inference_probs_and_states_match_darknet(name, monkeypatch):
         assert p.shape == (256,)
         got_p.append(np.array(p, copy=True))
         for i in cells:
-            cells[i].append(np.array(net.layers[i].c, copy=True).reshape(-1))
+            cells[i].append(np.array(net.states[f"layer{i}.c"], copy=True).reshape(-1))
         for i in states:
-            states[i].append(np.array(net.layers[i].h, copy=True).reshape(-1))
+            states[i].append(np.array(net.states[f"layer{i}.h"], copy=True).reshape(-1))
     np.testing.assert_allclose(np.array(got_p), probs, rtol=0, atol=PROB_ATOL)
     for i, want in outputs_want.items():
         got = np.array([o.reshape(-1) for o in outputs[i]])
@@ -198,8 +198,8 @@ def test_two_batches_with_momentum_and_carried_state(tmp_path):
     state1 = np.load(d / "state1.npz")
     net = darknetpy.load_network(d / "net.cfg", d / "init.weights")
     assert net.train_step(np.load(d / "x.npy"), np.load(d / "y.npy")) == pytest.approx(c1, rel=1e-4)
-    np.testing.assert_allclose(net.layers[0].h, state1["layer0.h"], rtol=0, atol=1e-5)
-    np.testing.assert_allclose(net.layers[0].c, state1["layer0.c"], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(net.states["layer0.h"], state1["layer0.h"], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(net.states["layer0.c"], state1["layer0.c"], rtol=0, atol=1e-5)
     net.save_weights(tmp_path / "u1.weights")
     assert_weights_file(tmp_path / "u1.weights", d / "after_update1.weights")
     assert net.train_step(np.load(d / "x2.npy"), np.load(d / "y2.npy")) == pytest.approx(c2, rel=1e-4)
@@ -214,8 +214,8 @@ def test_second_batch_gradients_from_carried_state():
     state1 = np.load(d / "state1.npz")
     net = darknetpy.load_network(d / "net.cfg", d / "after_update1.weights")
     assert net.seen == 32
-    net.layers[0].h = state1["layer0.h"].astype(np.float32).copy()
-    net.layers[0].c = state1["layer0.c"].astype(np.float32).copy()
+    net.states["layer0.h"] = state1["layer0.h"].astype(np.float32).copy()
+    net.states["layer0.c"] = state1["layer0.c"].astype(np.float32).copy()
     cost = net.accumulate(np.load(d / "x2.npy"), np.load(d / "y2.npy"))
     assert cost == pytest.approx(expected_costs(d)[1], rel=1e-4)
     assert_grads(net, np.load(d / "grads2.npz"))

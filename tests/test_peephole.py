@@ -1,8 +1,8 @@
 """[lstm] peephole=1 (darknetpy's extension): the forward against an independent float64 reference
 written here from the formulas, exact BPTT by float64 finite differences on every entry (the
-helpers and tolerances of test_gradients.py: |num − ana| <= 1e-7 + 1e-5·|num|), the C kernels
-against their numpy references (3e-7 absolute + relative, as test_kernels.py), the stepper, the
-weights layout and the updates.
+helpers and tolerances of test_gradients.py: |num − ana| <= 1e-7 + 1e-5·|num|), training with the
+C kernels against their numpy references (test_kernels.py checks the ops themselves, peepholes
+included), the stepper, the weights layout and the updates.
 """
 
 import numpy as np
@@ -13,7 +13,7 @@ from darknetpy.errors import DarknetpyError
 from darknetpy.network import Network
 from conftest import read_weights
 from test_gradients import check_gradients, data, head, randomize, randomize_vectors
-from test_kernels import K, SHAPES, arrays, assert_same_as_numpy, check_training_step_with_and_without_kernels
+from test_kernels import K, check_training_step_with_and_without_kernels
 
 PEEP = ("pi", "pf", "po")
 
@@ -65,8 +65,7 @@ def test_forward_is_the_peephole_formula(bn, train, write_cfg):
     net = build(write_cfg, "[net]\ninputs=5\nbatch=3\ntime_steps=4\n" + lstm_body(4, bn) + head())
     p = {k: np.array(v, copy=True) for k, v in net.params().items()}
     x, _ = data(net)
-    net.reset_state()
-    got = net.layers[0].forward(x, train)
+    got = net.layers[0].forward(x, train, net.layers[0].fresh_state(x.shape[1]))
     np.testing.assert_allclose(got, reference_forward(p, x, 4, bn, train), rtol=1e-12, atol=1e-13)
     # Not vacuous: the peepholes change the output.
     for k in PEEP:
@@ -128,29 +127,6 @@ def test_fresh_peephole_net_trains_as_the_plain_one(bn, kernels, write_cfg):
 # ---- the C kernels ------------------------------------------------------------------------------
 
 needs_kernels = pytest.mark.skipif(K is None, reason="darknetpy._kernels not built (no C compiler at install)")
-
-
-@needs_kernels
-@pytest.mark.parametrize("n,S", SHAPES)
-def test_lstm_step_peephole_kernel(n, S):
-    rng = np.random.default_rng(n * S + 1)
-    g, xu, c, P = arrays(rng, (4 * n, S), (4 * n, S), (n, S), (3 * n, S))
-    outs = [np.empty((n, S), np.float32) for _ in range(3)]
-    assert_same_as_numpy(lambda g, xu, c, c1, tc, h1: kernelmod.lstm_step_peephole(g, xu, c, c1, tc, h1, P),
-                         lambda g, xu, c, c1, tc, h1: K.lstm_step_peephole(g, xu, c, c1, tc, h1, P),
-                         [g, xu, c], outs, "g xu c c1 tc h1")
-
-
-@needs_kernels
-@pytest.mark.parametrize("n,S", SHAPES)
-def test_lstm_back_peephole_kernel(n, S):
-    rng = np.random.default_rng(n + S + 1)
-    dh, dc, DH, c, P, dP = arrays(rng, (n, S), (n, S), (n, S), (n, S), (3 * n, S), (3 * n, S), low=-1, high=1)
-    ifo, gg, tc = arrays(rng, (3 * n, S), (n, S), (n, S), low=-0.99, high=0.99)
-    g = np.concatenate([np.abs(ifo), gg])
-    assert_same_as_numpy(kernelmod.lstm_back_peephole, K.lstm_back_peephole,
-                         [dh, dc, DH, g, c, tc], [np.empty((4 * n, S), np.float32), P, dP],
-                         "dh dc DH g c tc d P dP")
 
 
 @needs_kernels

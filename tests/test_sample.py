@@ -395,7 +395,7 @@ def test_stepper_equals_the_general_forward(name, streams, panel, private, write
     general forward, batchnorm unfolded) to float32 rounding, for every layer kind and option,
     with one stream (generate's case) and with 2, 9 and 32 (the many-stream panel kernel: 8-row
     tiles and a remainder; 32 streams are one panel in place), on the network's state (predict's
-    case) and on a private one (generation's; LSTMs and GRUs then run feature-major). panel=False:
+    case) and on a private one (generation's; private many-stream steppers run BLAS's products). panel=False:
     numpy's matmuls in its place, as on a CPU without AVX-512."""
     if not panel:
         real = kernels.compiled
@@ -413,7 +413,7 @@ def test_stepper_equals_the_general_forward(name, streams, panel, private, write
     for ids in rng.integers(0, 20, (30, streams)):
         # 512-term sums round more than 20-term ones: 5e-6 for the wide nets, 2e-6 for the rest
         np.testing.assert_allclose(step(ids), slow.predict_ids(ids), rtol=0, atol=5e-6 if "wide" in name else 2e-6)
-    want = [getattr(layer, state) for layer in slow.layers for state in layer.state_names]
+    want = list(slow.states.values())
     assert len(step.arrays()) == len(want)
     for got, ref in zip(step.arrays(), want):
         np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)  # shortcut states grow

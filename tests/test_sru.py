@@ -73,8 +73,7 @@ def test_forward_is_the_sru_formula(n, bn, train, write_cfg):
     p = {k: np.array(v, copy=True) for k, v in net.params().items()}
     assert ("layer0.ws.weights" in p) == (n != 5)
     x, _ = data(net)
-    net.reset_state()
-    got = net.layers[0].forward(x, train)
+    got = net.layers[0].forward(x, train, net.layers[0].fresh_state(x.shape[1]))
     np.testing.assert_allclose(got, reference_forward(p, x, n, bn, train, np.tanh), rtol=1e-12, atol=1e-13)
     for k in V:  # not vacuous: vf and vr change the output
         p["layer0." + k][...] = 0

@@ -1,6 +1,7 @@
 """What every layer kind shares. `Layer` is the stateless default and the interface every kind
-fills in; `Recurrent` holds what rnn, gru and lstm share: per-stream state that carries over between
-calls. Also the small array helpers the layers use."""
+fills in; `Recurrent` holds what the recurrent kinds share: the names and zero arrays of the
+per-stream state their steps carry (which the caller owns and hands them), the input projection
+of all steps. Also the small array helpers the layers use."""
 import numpy as np
 
 from .. import kernels
@@ -32,7 +33,9 @@ class Layer(Buffers):
     A kind is one class in its own file in this package, found by `kind`, the cfg section name
     (`aliases`: other names Darknet accepts). Everything about the kind lives on the class: its
     constructor reads the keys of its section, `describe` fills `info`'s table, `products` feeds
-    bench's FLOP model, `params` gives the weights file's order.
+    bench's FLOP model, `params` gives the weights file's order. `forward(x, train, state)` runs
+    x (steps, streams, inputs) on `state` (the arrays of `fresh_state`, which the network owns and
+    carries from datum to datum) and leaves in it the state after the last step.
     """
     kind = None              # the cfg section name, e.g. "lstm"
     aliases = ()
@@ -41,7 +44,7 @@ class Layer(Buffers):
     bn_over = "rows"         # batchnorm statistics in training: over all steps*streams rows of a datum
     denses = ()
     state_names = ()         # the attributes holding carried per-stream state, (streams, outputs) each
-    draws_masks = False      # forward(x, train, block) draws random masks for the whole datum (Dropout)
+    draws_masks = False      # forward(x, train, state, block) draws random masks for the whole datum (Dropout)
     dtype = np.float32
 
     def __init__(self, section, inputs, rng):
@@ -79,27 +82,22 @@ class Layer(Buffers):
         negative gradients of the trainable ones."""
         return {}
 
-    def reset_state(self, stream=None):
-        pass
-
     def backward(self, dy, need_dx):
         return dy
 
-    def state(self, streams):
-        """The layer's own carried state arrays for `streams` streams (none here)."""
-        return []
-
     def fresh_state(self, streams):
-        """New zero state arrays for `streams`, not the layer's own: a stepper running on them
-        leaves the layer's state alone (none here)."""
+        """New zero arrays of the state this layer carries from step to step, one per
+        `state_names`, (streams, outputs) each (none here). `forward` and the stepper run on the
+        state they are handed, and on nothing else."""
         return []
 
-    def stepper(self, streams, ids_input, state):
+    def stepper(self, streams, ids_input, state, exact=True):
         """An inference function for one step, x (streams, inputs) or ids (streams,) -> (streams,
-        outputs), for generation and validation, updating `state` (from `state()` or
-        `fresh_state()`) in place. Layers with weights override it to prepare copies of their
-        weights once (see Network.stepper); this default runs `forward` for a single step."""
-        return lambda x: self.forward(x[None], False)[0]
+        outputs), for generation and scoring, updating `state` (from `fresh_state()`, or the
+        network's carried state) in place and nothing else. exact=True: each stream's result is the
+        same bits whatever the other streams are (`times`); False allows plain BLAS products.
+        Every kind writes its own: a kind without one has no per-step inference."""
+        raise NotImplementedError(f"[{self.kind}] has no stepper")
 
     def to_onnx(self, g, x):
         """Write this layer at inference into the ONNX graph g (export.Graph), reading the value
@@ -116,28 +114,13 @@ def output_units(section):
 
 
 class Recurrent(Layer):
+    """A kind whose steps carry state, `state_names` arrays of (streams, outputs) each."""
     state_names = ("h",)
 
     bn_over = "streams"      # each step is normalized over the streams
 
-    def state(self, streams):
-        """The carried state arrays, (re)made as zeros when the number of streams changes."""
-        for name in self.state_names:
-            s = getattr(self, name, None)
-            if s is None or s.shape[0] != streams:
-                setattr(self, name, np.zeros((streams, self.outputs), self.dtype))
-        return [getattr(self, name) for name in self.state_names]
-
     def fresh_state(self, streams):
-        """Zero state as (streams, n) views of feature-major (n, streams) memory: the layout of the
-        training loop's step kernels, which LSTM's and GRU's many-streams steppers run."""
-        return [np.zeros((self.outputs, streams), self.dtype).T for _ in self.state_names]
-
-    def reset_state(self, stream=None):
-        for name in self.state_names:
-            s = getattr(self, name, None)
-            if s is not None:
-                s[slice(None) if stream is None else stream] = 0
+        return [np.zeros((streams, self.outputs), self.dtype) for _ in self.state_names]
 
     def transposed(self, name, W, scale=None):
         """Wᵀ with row j scaled by scale[j] (if given), in C order (BLAS's faster left operand for
@@ -246,28 +229,6 @@ def packed_product(A, S):
     return product
 
 
-def feature_major_times(WT, out):
-    """xT (K, S) -> out (m, S) = WT xT, WT (m, K): a feature-major stepper's product for S streams.
-    Many streams run it on the panel kernel's threads when that is compiled, so that every product
-    of a many-stream step runs there: its waiting workers and OpenBLAS's would take the cores from
-    each other (measured in benchmarks/README.md). Below 32 streams, packed_product (WT packed
-    once); from 32, xT as the panels (a view at 32, else packed each step) and WT as the rows.
-    Else one matmul."""
-    m, S = out.shape
-    if S == 1 or not kernels.compiled("panel_matmul"):
-        return lambda xT: np.matmul(WT, xT, out=out)
-    if S < kernels.PANEL:
-        few = packed_product(WT, S)
-        return lambda xT: few(xT, out)
-    zeros = np.zeros(S, out.dtype)
-
-    def product(xT):
-        panels = xT[None] if S == kernels.PANEL and xT.flags.c_contiguous else kernels.pack_panels(xT)
-        kernels.get("panel_matmul", out, WT, panels, zeros)(out, WT, panels, zeros)
-        return out
-    return product
-
-
 def step_product(A, S):
     """(x, out) -> out = A x: a feature-major training loop's per-step product, A (m, K) fixed for
     the loop, x (K, S), out (m, S). On one thread for PANEL_FROM_STREAMS to 32 streams with the
@@ -293,16 +254,13 @@ def projector(W, b, ids_input, out):
     return lambda x: product(x, out)
 
 
-def id_columns(table, out):
-    """ids (S,) -> out (k, S) = table[ids].T: a one-hot input's projection for one feature-major
-    step, from the rows of table (V, k), through kernels.onehot_project on a copy of the rows
-    padded off 4 KB strides (much faster than np.take along axis 1)."""
-    V, k = table.shape
-    padded = np.zeros((V, k + ROW_PAD), table.dtype)
-    padded[:, :k] = table
-    out3 = out[None]
-    project = kernels.get("onehot_project", out3, padded)
-    return lambda x: project(out3, padded, x.reshape(1, -1).astype(np.int64, copy=False))
+def row_product(W, exact):
+    """(x, out) -> out = x W, for a stepper's rows x (S, K): `times` (batch-invariant) when exact or
+    when the panel kernel is compiled (then as fast as sgemm or faster at any rows), else one
+    matmul (BLAS, much faster for many streams than `times`' GEMV per row)."""
+    if exact or kernels.compiled("panel_matmul"):
+        return times(W)
+    return lambda x, out: np.matmul(x, W, out=out)
 
 
 def halves(n, count):

@@ -175,7 +175,7 @@ class Connected(Layer):
     def products(self):
         return [(self.inputs, self.outputs, False, True)]
 
-    def forward(self, x, train):
+    def forward(self, x, train, state):
         T, S = x.shape[:2]
         rows = x.reshape(T * S) if is_ids(x) else x.reshape(T * S, self.inputs)
         if not train:  # a new array: it may be what the caller gets back
@@ -197,7 +197,7 @@ class Connected(Layer):
             return None
         return self.dense.back(dz, out=self.buffer("dX", (T * S, self.inputs))).reshape(T, S, self.inputs)
 
-    def stepper(self, streams, ids_input, state):
+    def stepper(self, streams, ids_input, state, exact=True):
         W, b = self.dense.folded()
         project = projector(W, b, ids_input, np.empty((streams, self.outputs), W.dtype))
         return lambda x: self.f(project(x))

@@ -19,8 +19,12 @@ class Cost(Layer):
             raise section.error(f"cost type '{kind}' is not supported; darknetpy implements type=sse", "type")
         self.scale = section.float("scale", 1.0)
 
-    def forward(self, x, train):
+    def forward(self, x, train, state):
         return x
+
+    def stepper(self, streams, ids_input, state, exact=True):
+        """The identity: the cost is only a loss."""
+        return lambda x: x
 
     def loss(self, x, truth):
         if truth.dtype.kind in "iu":

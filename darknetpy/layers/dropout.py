@@ -14,7 +14,7 @@ class Dropout(Layer):
             raise section.error("probability must be in [0, 1)", "probability")
         self.rng = rng
 
-    def forward(self, x, train, block=None):
+    def forward(self, x, train, state, block=None):
         """x (T, S, n). In training, `block` = (offset, total): x holds streams offset..offset+S of
         a datum of `total`; the masks of all `total` streams are drawn and x's kept, so the masks,
         and the rng's state after them, do not depend on how the streams are split."""
@@ -30,6 +30,10 @@ class Dropout(Layer):
 
     def backward(self, dy, need_dx):
         return dy if self.mask is None else dy * self.mask
+
+    def stepper(self, streams, ids_input, state, exact=True):
+        """The identity: no dropout at inference."""
+        return lambda x: x
 
     def to_onnx(self, g, x):
         return x  # the identity at inference

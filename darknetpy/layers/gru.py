@@ -7,15 +7,70 @@
 Each w*/u* is a connected sub-layer with its own bias (or batchnorm). uz, ur, uh are one stacked
 matrix applied to all steps at once; wz, wr are one stacked matrix (one matmul per step); wh reads
 r⊙h, so it needs its own matmul per step.
+
+What one step computes around those two products is `gru_zr` (the gates and r⊙h) then `gru_step`
+(the candidate and h') below (their C forms in _steps.h), in the training loop and in the stepper
+alike; `gru_back` is their way back.
 """
 from typing import NamedTuple
 
 import numpy as np
 
 from .. import kernels
-from .base import (Recurrent, feature_major_times, halves, id_columns, output_units, projector, rows,
-                   step_product, times, transpose_into)
+from ..kernels import blocks, sigmoid_grad, tanh_grad
+from .base import Recurrent, halves, output_units, projector, row_product, rows, step_product, transpose_into
 from .connected import Dense, row_sum
+from .lstm import logistic_halved
+
+
+def gru_zr(zr, xu, h, rh):
+    """The GRU's gates in either layout (kernels.blocks): zr (2 blocks) the recurrent part of the
+    pre-halved pre-activations of z and r, xu (3 blocks) the input part of z r c; zr becomes
+    the gates, zr += xu's first two blocks then (1 + tanh) / 2; rh = r⊙h (shaped like h)."""
+    z, r = blocks(zr, 2, h)
+    xz, xr, _ = blocks(xu, 3, h)
+    z += xz
+    r += xr
+    logistic_halved(z)
+    logistic_halved(r)
+    np.multiply(r, h, out=rh)
+
+
+def gru_step(tanh, c, xu, zr, h, h1, P=None):
+    """The candidate c (shaped like h) in place, c = act(c + xu's third block) (tanh, or logistic
+    from pre-halved rows), and h1 = z⊙h + (1-z)⊙c = c + z⊙(h - c); in training the factors of the
+    deltas, P (3 blocks) = [(h - c)⊙σ'(z), h⊙σ'(r), (1 - z)⊙act'(c)]."""
+    z, r = blocks(zr, 2, h)
+    c += blocks(xu, 3, h)[2]
+    if tanh:
+        np.tanh(c, out=c)
+    else:
+        logistic_halved(c)
+    if P is not None:
+        pz, pr, pc = blocks(P, 3, h)
+        (tanh_grad if tanh else sigmoid_grad)(c, out=pc)
+        pc *= np.subtract(1, z, out=h1)  # h1 as scratch until its turn
+    np.subtract(h, c, out=h1)
+    if P is not None:
+        sigmoid_grad(z, out=pz)
+        pz *= h1
+        sigmoid_grad(r, out=pr)
+        pr *= h
+    h1 *= z
+    h1 += c
+
+
+def gru_back(dh, drh, zr, P, d):
+    """Back through a step (feature-major): dz = dh⊙P[z] and dr = drh⊙P[r] into d (3n, S); then
+    dh = dh⊙z + drh⊙r (n, S) (wzr's share of dh comes after, from the deltas)."""
+    n = dh.shape[0]
+    np.multiply(P[:n], dh, out=d[:n])
+    np.multiply(P[n:2 * n], drh, out=d[n:2 * n])
+    dh *= zr[:n]
+    dh += drh * zr[n:]
+
+
+kernels.register(gru_zr, gru_step, gru_back)
 
 
 class GRU(Recurrent):
@@ -49,13 +104,13 @@ class GRU(Recurrent):
         n = self.outputs
         return [(self.inputs, 3 * n, False, True), (n, 2 * n, True, False), (n, n, True, False)]
 
-    def forward(self, x, train):
+    def forward(self, x, train, state):
         T, S = x.shape[:2]
         n, wzr, wh, u = self.outputs, self.wzr, self.wh, self.u
-        (h0,) = self.state(S)
+        (h0,) = state
         # The step loop runs feature-major, as lstm.py explains: z r (2n, S), c h (n, S). Every
         # logistic row is pre-halved so it is (1 + tanh) / 2, one tanh and two exact affine ops.
-        # The elementwise math around the two matmuls: kernels.gru_zr and kernels.gru_step.
+        # The elementwise math around the two matmuls: gru_zr and gru_step.
         half = halves(3 * n, 2 * n if self.tanh else 3 * n)
         hc = half[2 * n]                         # the candidate's factor: 0.5 logistic, 1 tanh
         bn = {"u": [], "wzr": [], "wh": []}
@@ -78,16 +133,16 @@ class GRU(Recurrent):
                 np.multiply(wzr.normalize((h.T @ wzr.W)[None], train, bn["wzr"])[0].T, np.float32(0.5), out=zr)
             else:
                 recur_zr(h, zr)
-            gates(zr, XU[t, :2 * n], h, RH[t])
+            gates(zr, XU[t], h, RH[t])
             if self.bn:
                 np.multiply(wh.normalize((RH[t].T @ wh.W)[None], train, bn["wh"])[0].T, hc, out=c)
             else:
                 recur_h(RH[t], c)
             if train:
-                step(self.tanh, c, XU[t, 2 * n:], zr, h, H[t + 1], P[t])
+                step(self.tanh, c, XU[t], zr, h, H[t + 1], P[t])
                 transpose_into(RHrows[t], RH[t])
             else:
-                step(self.tanh, c, XU[t, 2 * n:], zr, h, H[t + 1])
+                step(self.tanh, c, XU[t], zr, h, H[t + 1])
         Y = self.buffer("Y", (T + 1, S, n))      # back to (steps, streams, n); Y[t] is h before step t
         Y[0] = h0
         transpose_into(Y[1:], H[1:])
@@ -96,58 +151,25 @@ class GRU(Recurrent):
             self.tape = self.Tape(x=rows(x), XU=XU, ZR=ZR, P=P, RHrows=RHrows, Y=Y, bn=bn)
         return Y[1:]
 
-    def stepper(self, streams, ids_input, state):
-        """One step with the weights prepared once: batchnorm folded in, biases summed into the
-        input projection, and every logistic column pre-halved so it is (1 + tanh) / 2."""
+    def stepper(self, streams, ids_input, state, exact=True):
+        """One step on rows (streams, ·), gru_zr and gru_step as the training loop runs them, with
+        the weights prepared once: batchnorm folded in, biases summed into the input projection,
+        and every logistic column pre-halved so it is (1 + tanh) / 2."""
         n = self.outputs
         (h,) = state
         (U, bu), (Wzr, bzr), (Wh, bh) = self.u.folded(), self.wzr.folded(), self.wh.folded()
         half = halves(3 * n, 2 * n if self.tanh else 3 * n)
-        if streams > 1 and h.T.flags.c_contiguous:
-            return self.stepper_feature_major(U * half, (bu + np.concatenate([bzr, bh])) * half,
-                                              Wzr * half[:2 * n], Wh * half[2 * n:], ids_input, h)
-        xu, zr, c, rh, a = (np.empty((streams, m), self.dtype) for m in (3 * n, 2 * n, n, n, n))
+        xu, zr = np.empty((streams, 3 * n), self.dtype), np.empty((streams, 2 * n), self.dtype)
+        c, rh, h1 = (np.empty((streams, n), self.dtype) for _ in range(3))
         project = projector(U * half, (bu + np.concatenate([bzr, bh])) * half, ids_input, xu)
-        recur_zr, recur_h = times(Wzr * half[:2 * n]), times(Wh * half[2 * n:])
-        z, r = zr[:, :n], zr[:, n:]
+        recur_zr, recur_h = row_product(Wzr * half[:2 * n], exact), row_product(Wh * half[2 * n:], exact)
+        gates, candidate = kernels.get("gru_zr", zr, xu, h, rh), kernels.get("gru_step", c, xu, zr, h, h1)
 
         def step(x):
             project(x)
-            np.add(recur_zr(h, zr), xu[:, :2 * n], out=zr)
-            np.add(np.multiply(np.tanh(zr, out=zr), 0.5, out=zr), 0.5, out=zr)
-            np.add(recur_h(np.multiply(r, h, out=rh), c), xu[:, 2 * n:], out=c)
-            np.tanh(c, out=c)
-            if not self.tanh:
-                np.add(np.multiply(c, 0.5, out=c), 0.5, out=c)
-            np.multiply(np.subtract(h, c, out=a), z, out=a)   # h' = c + z⊙(h - c)
-            np.add(a, c, out=h)
-            return h
-        return step
-
-    def stepper_feature_major(self, U, b, Wzr, Wh, ids_input, h):
-        """The step for many streams on feature-major state (h.T contiguous (n, S)), as the training
-        loop runs it: z r = Wzrᵀ hᵀ + input part through kernels.gru_zr, then the candidate from
-        Whᵀ (r⊙h) through kernels.gru_step. U (k, 3n), b (3n,), Wzr (n, 2n), Wh (n, n), every
-        logistic column pre-halved. Returns h, (S, n), a view of the state."""
-        n, S = Wh.shape[0], h.shape[0]
-        hT = h.T
-        WzrT, WhT = np.ascontiguousarray(Wzr.T), np.ascontiguousarray(Wh.T)
-        XU, ZR, C, RH, H1 = (np.empty((m, S), self.dtype) for m in (3 * n, 2 * n, n, n, n))
-        gates, candidate = kernels.get("gru_zr", ZR, XU[:2 * n], hT, RH), kernels.get("gru_step", C, ZR, hT, H1)
-        recur_zr, recur_h = feature_major_times(WzrT, ZR), feature_major_times(WhT, C)
-        if ids_input:
-            project = id_columns(U + b, XU)  # row x of U + b is x's projection and bias
-        else:
-            inputs, bias = feature_major_times(np.ascontiguousarray(U.T), XU), b[:, None]
-
-            def project(x):
-                np.add(inputs(x.T), bias, out=XU)
-
-        def step(x):
-            project(x)
-            gates(recur_zr(hT), XU[:2 * n], hT, RH)
-            candidate(self.tanh, recur_h(RH), XU[2 * n:], ZR, hT, H1)
-            np.copyto(hT, H1)
+            gates(recur_zr(h, zr), xu, h, rh)
+            candidate(self.tanh, recur_h(rh, c), xu, zr, h, h1)
+            np.copyto(h, h1)
             return h
         return step
 

@@ -12,15 +12,84 @@ the sub-layers' batchnorm:
 Each w*/u* is a connected sub-layer with its own bias (or batchnorm). The four u's are one stacked
 matrix applied to all steps at once; the four w's are one stacked matrix, one matmul per step.
 Gate columns are ordered i, f, o, g — Darknet's save order wi, wf, wo, wg / ui, uf, uo, ug.
+
+What one step computes from the gates' pre-activations and the cell is `lstm_step` below (its C
+form in _steps.h), in the training loop and in the stepper alike; `lstm_back` is its way back.
 """
 from typing import NamedTuple
 
 import numpy as np
 
 from .. import kernels
-from .base import (Buffers, Recurrent, feature_major_times, halves, id_columns, output_units, rows, step_product,
-                   times, transpose_into)
+from ..kernels import blocks, sigmoid_grad, tanh_grad
+from .base import Buffers, Recurrent, halves, output_units, row_product, rows, step_product, transpose_into
 from .connected import Dense, row_sum
+
+
+def logistic_halved(z):
+    """σ in place from a pre-halved pre-activation: σ(z) = (1 + tanh(z/2)) / 2 (numpy's float32 tanh
+    is faster than its exp, and this form cannot overflow)."""
+    np.tanh(z, out=z)
+    z *= 0.5
+    z += 0.5
+
+
+def lstm_step(g, xu, c, c1, tc, h1, P=None):
+    """One LSTM step in either layout (kernels.blocks): g (4 blocks) the recurrent part of the gates'
+    pre-activations i f o g, i f o pre-halved, xu (4 blocks) the input part, c the cell before; g
+    becomes the gates, and c1 = f⊙c + i⊙g, tc = tanh(c1), h1 = o⊙tc (each shaped like c). With
+    peepholes P (3 blocks) = [pi pf po]/2 tiled over the streams (halved as the i f o rows are): i
+    and f see the cell c before the step, o the cell c1 after it."""
+    i, f, o, gg = blocks(g, 4, c)
+    g += xu
+    if P is not None:
+        pi, pf, po = blocks(P, 3, c)
+        i += np.multiply(pi, c, out=h1)  # h1 as scratch until its turn
+        f += np.multiply(pf, c, out=h1)
+    logistic_halved(i)
+    logistic_halved(f)
+    np.tanh(gg, out=gg)
+    np.multiply(f, c, out=c1)
+    c1 += np.multiply(i, gg, out=h1)
+    if P is not None:
+        o += np.multiply(po, c1, out=h1)
+    logistic_halved(o)
+    np.tanh(c1, out=tc)
+    np.multiply(o, tc, out=h1)
+
+
+def lstm_back(dh, dc, DH, g, c, tc, d, P=None, dP=None):
+    """One LSTM step back (feature-major), from what lstm_step left: the gates g (4n, S), the cell
+    c (n, S) before the step and tc = tanh(c'). dh += DH, dc += dh⊙o⊙tanh'(c'), the gate deltas
+    d (4n, S) = [dc⊙g⊙σ'(i), dc⊙c⊙σ'(f), dh⊙tc⊙σ'(o), dc⊙i⊙tanh'(g)], then dc *= f (the cell's delta
+    for the step before). With peepholes P (3n, S) = [pi pf po] tiled: o's delta also reaches the
+    cell after the step, dc += do⊙po, and the cell before gets di⊙pi + df⊙pf besides dc⊙f; their
+    deltas add to dP (3n, S) += [di⊙c, df⊙c, do⊙c'], c' = f⊙c + i⊙g recomputed from the gates."""
+    i, f, o, gg = blocks(g, 4, c)
+    di, df, do, dg = blocks(d, 4, c)
+    dh += DH
+    np.multiply(np.multiply(sigmoid_grad(o, out=do), tc, out=do), dh, out=do)
+    dc += np.multiply(np.multiply(tanh_grad(tc, out=di), o, out=di), dh, out=di)  # di, df as scratch
+    if P is not None:
+        pi, pf, po = blocks(P, 3, c)
+        dc += np.multiply(do, po, out=di)
+        np.multiply(f, c, out=di)
+        di += np.multiply(i, gg, out=df)
+        blocks(dP, 3, c)[2][...] += np.multiply(do, di, out=di)
+    np.multiply(np.multiply(sigmoid_grad(i, out=di), gg, out=di), dc, out=di)
+    np.multiply(np.multiply(sigmoid_grad(f, out=df), c, out=df), dc, out=df)
+    np.multiply(np.multiply(tanh_grad(gg, out=dg), i, out=dg), dc, out=dg)
+    dc *= f
+    if P is not None:
+        dPi, dPf, _ = blocks(dP, 3, c)
+        scratch = np.empty_like(dh)
+        dPi += np.multiply(di, c, out=scratch)
+        dPf += np.multiply(df, c, out=scratch)
+        dc += np.multiply(di, pi, out=scratch)
+        dc += np.multiply(df, pf, out=scratch)
+
+
+kernels.register(lstm_step, lstm_back)
 
 
 class LSTM(Recurrent):
@@ -77,15 +146,15 @@ class LSTM(Recurrent):
         n = self.outputs
         return [(self.inputs, 4 * n, False, True), (n, 4 * n, True, False)]
 
-    def forward(self, x, train):
+    def forward(self, x, train, state):
         T, S = x.shape[:2]
         n, w, u = self.outputs, self.w, self.u
-        h0, c0 = self.state(S)
+        h0, c0 = state
         # The step loop runs feature-major: gates (4n, S), states (n, S). Each gate is then one
         # contiguous block (numpy's ops on column slices of (S, 4n) rows are slower), and BLAS
         # runs W (4n x n) @ h (n x S), its fast shape for few streams. The i f o rows are
         # pre-halved (exact) so one tanh serves all four gates in numpy: σ(z) = (1 + tanh(z/2)) / 2.
-        # Each step's elementwise math is one call: kernels.lstm_step.
+        # Each step's elementwise math is one call: lstm_step.
         half = halves(4 * n, 3 * n)
         bn = {"u": [], "w": []}
         XU = self.project_steps(u, x, u.b + w.b, half, train, bn["u"])  # the recurrent bias comes with it
@@ -95,7 +164,8 @@ class LSTM(Recurrent):
         C = self.buffer("C", (T + 1, n, S))
         TC = self.buffer("TC", (T, n, S))        # tanh(c') per step
         H[0], C[0] = h0.T, c0.T
-        step = self.peep.step(S) if self.peep else kernels.get("lstm_step", G)
+        P = self.peep.tiled("Ph", S, 0.5) if self.peep else None
+        step = kernels.get("lstm_step", G, *self.peep_args(P))
         recur = step_product(WT, S)
         for t in range(T):
             g = G[t]
@@ -103,7 +173,7 @@ class LSTM(Recurrent):
                 np.multiply(w.normalize((H[t].T @ w.W)[None], train, bn["w"])[0].T, half[:, None], out=g)
             else:
                 recur(H[t], g)
-            step(g, XU[t], C[t], C[t + 1], TC[t], H[t + 1])
+            step(g, XU[t], C[t], C[t + 1], TC[t], H[t + 1], *self.peep_args(P))
         Y = self.buffer("Y", (T + 1, S, n))      # back to (steps, streams, n); Y[t] is h before step t
         Y[0] = h0
         transpose_into(Y[1:], H[1:])
@@ -112,77 +182,44 @@ class LSTM(Recurrent):
             self.tape = self.Tape(x=rows(x), XU=XU, G=G, C=C, TC=TC, Y=Y, bn=bn)
         return Y[1:]
 
-    def stepper(self, streams, ids_input, state):
-        """One step with the weights prepared once: batchnorm folded in, the two biases summed, the
-        i f o columns pre-halved so one tanh serves all four gates, and for a float input [x, h] in
-        one matmul. A one-hot input is a row of a table that already holds the bias."""
+    @staticmethod
+    def peep_args(*arrays):
+        """The peephole arguments of lstm_step / lstm_back: none without peepholes."""
+        return arrays if arrays[0] is not None else ()
+
+    def stepper(self, streams, ids_input, state, exact=True):
+        """One step on rows (streams, ·), lstm_step as the training loop runs it, with the weights
+        prepared once: batchnorm folded in, the two biases summed, the i f o columns pre-halved, and
+        for a float input [x, h] in one product (the bias then the kernel's input part). A one-hot
+        input's part is a row of a table that already holds the bias."""
         n, k = self.outputs, self.inputs
         h, c = state
         (U, bu), (W, bw) = self.u.folded(), self.w.folded()
         half = halves(4 * n, 3 * n)
-        if streams > 1 and not self.peep and h.T.flags.c_contiguous and c.T.flags.c_contiguous:
-            return self.stepper_feature_major(U * half, (bu + bw) * half, W * half, ids_input, h, c)
-        G, ig, tc = (np.empty((streams, m), self.dtype) for m in (4 * n, n, n))
-        i, f, o, g, ifo = G[:, :n], G[:, n:2 * n], G[:, 2 * n:3 * n], G[:, 3 * n:], G[:, :3 * n]
+        G, XU = np.empty((streams, 4 * n), self.dtype), np.empty((streams, 4 * n), self.dtype)
+        c1, tc = np.empty_like(c), np.empty_like(c)
+        P = np.tile(self.peep.p * 0.5, (streams, 1)) if self.peep else None  # rows (streams, 3n)
+        step = kernels.get("lstm_step", G, XU, c, c1, tc, h, *self.peep_args(P))
         if ids_input:
-            table, recur = (U + (bu + bw)) * half, times(W * half)
+            table, recur = (U + (bu + bw)) * half, row_product(W * half, exact)
 
             def gates(x):
                 recur(h, G)
-                np.add(G, table[x], out=G)
+                np.take(table, x, axis=0, out=XU)
         else:
-            both, b = times(np.concatenate([U, W]) * half), (bu + bw) * half
-            xh = np.empty((streams, k + n), self.dtype)
+            both, xh = row_product(np.concatenate([U, W]) * half, exact), np.empty((streams, k + n), self.dtype)
+            XU[...] = (bu + bw) * half
 
             def gates(x):
                 xh[:, :k], xh[:, k:] = x, h
-                np.add(both(xh, G), b, out=G)
+                both(xh, G)
 
-        if self.peep:
-            return self.peep.stepper(gates, G, h, c)
-
-        def step(x):
+        def one(x):
             gates(x)
-            np.tanh(G, out=G)
-            np.multiply(ifo, 0.5, out=ifo)
-            np.add(ifo, 0.5, out=ifo)
-            np.multiply(c, f, out=c)
-            np.add(c, np.multiply(i, g, out=ig), out=c)
-            np.multiply(o, np.tanh(c, out=tc), out=h)
+            step(G, XU, c, c1, tc, h, *self.peep_args(P))
+            np.copyto(c, c1)
             return h
-        return step
-
-    def stepper_feature_major(self, U, b, W, ids_input, h, c):
-        """The step for many streams on feature-major state (h.T, c.T contiguous (n, S)): the gates
-        as (4n, S) = Wᵀ hᵀ plus the input part, then all the elementwise maths in one
-        kernels.lstm_step call, as the training loop runs it. U (k, 4n), b (4n,), W (n, 4n), with
-        the i f o columns pre-halved. Returns h, (S, n), a view of the state."""
-        n, S = W.shape[0], h.shape[0]
-        hT, cT = h.T, c.T
-        WT = np.ascontiguousarray(W.T)
-        GT, XU, c1, tc = (np.empty((m, S), self.dtype) for m in (4 * n, 4 * n, n, n))
-        lstm_step = kernels.get("lstm_step", GT, XU, cT, c1, tc, hT)
-        if ids_input:
-            recur = feature_major_times(WT, GT)
-            project = id_columns(U + b, XU)  # row x of U + b is x's projection and bias
-
-            def step(x):
-                project(x)
-                lstm_step(recur(hT), XU, cT, c1, tc, hT)
-                np.copyto(cT, c1)
-                return h
-            return step
-        k = U.shape[0]
-        both = feature_major_times(np.ascontiguousarray(np.concatenate([U, W]).T), GT)  # (4n, k + n)
-        XU[...] = b[:, None]  # the bias, as the kernel's input part
-        xh = np.empty((k + n, S), self.dtype)
-
-        def step(x):
-            xh[:k], xh[k:] = x.T, hT
-            lstm_step(both(xh), XU, cT, c1, tc, hT)
-            np.copyto(cT, c1)
-            return h
-        return step
+        return one
 
     def backward(self, dh_out, need_dx):
         T, S = dh_out.shape[:2]
@@ -204,10 +241,11 @@ class LSTM(Recurrent):
         dGw = self.buffer("dGw", (T, S, 4 * n)) if self.bn else dG  # through w's batchnorm
         dh = self.zeros((n, S))
         dc = self.zeros((n, S))
-        back = self.peep.back(S) if self.peep else kernels.get("lstm_back", d)
+        P, dP = (self.peep.tiled("P", S, 1.0), self.peep.deltas(S)) if self.peep else (None, None)
+        back = kernels.get("lstm_back", d, *self.peep_args(P, dP))
         recur = step_product(w.W, S)
         for t in reversed(range(T)):
-            back(dh, dc, DH[t], G[t], C[t], TC[t], d)
+            back(dh, dc, DH[t], G[t], C[t], TC[t], d, *self.peep_args(P, dP))
             transpose_into(dG[t], d)
             if self.bn:
                 dGw[t] = w.backward_norm(dG[t][None], bn["w"][t])[0]
@@ -271,49 +309,14 @@ class Peepholes(Buffers):
         return [(self.p, self.dp, "weights")]  # updated like weights: momentum, decay, Adam
 
     def tiled(self, name, S, scale):
-        """p⊙scale as columns of S equal entries, in the buffer `name`."""
+        """p⊙scale as columns of S equal entries (3n, S), the training loops' P, in the buffer `name`."""
         return np.multiply(self.p[:, None], scale, out=self.buffer(name, (3 * self.n, S)))
 
-    def step(self, S):
-        """The forward step function for S streams, with lstm_step's arguments."""
-        P = self.tiled("Ph", S, 0.5)
-        kernel = kernels.get("lstm_step_peephole", P)
-        return lambda g, xu, c, c1, tc, h1: kernel(g, xu, c, c1, tc, h1, P)
-
-    def back(self, S):
-        """The backward step function for S streams, with lstm_back's arguments. Each step adds
-        its peephole deltas per stream to dP; `accumulate` sums them into dp."""
-        P, dP = self.tiled("P", S, 1.0), self.buffer("dP", (3 * self.n, S))
-        dP[...] = 0
-        self.dP = dP
-        kernel = kernels.get("lstm_back_peephole", P, dP)
-        return lambda dh, dc, DH, g, c, tc, d: kernel(dh, dc, DH, g, c, tc, d, P, dP)
+    def deltas(self, S):
+        """dP (3n, S), zeroed: a backward pass's peephole deltas per stream, until `accumulate`."""
+        self.dP = self.buffer("dP", (3 * self.n, S))
+        self.dP[...] = 0
+        return self.dP
 
     def accumulate(self):
         self.dp += self.dP.sum(axis=1)
-
-    def stepper(self, gates, G, h, c):
-        """LSTM.stepper's step with the peepholes: `gates(x)` leaves the pre-activations (streams,
-        4n) in G, i f o pre-halved; h and c are the state, updated in place."""
-        n = self.n
-        pi, pf, po = (self.p[k * n:(k + 1) * n] * 0.5 for k in range(3))
-        i, f, o, g, i_f = G[:, :n], G[:, n:2 * n], G[:, 2 * n:3 * n], G[:, 3 * n:], G[:, :2 * n]
-        s = np.empty_like(c)
-
-        def step(x):
-            gates(x)
-            np.add(i, np.multiply(c, pi, out=s), out=i)
-            np.add(f, np.multiply(c, pf, out=s), out=f)
-            np.tanh(i_f, out=i_f)
-            np.tanh(g, out=g)
-            np.multiply(i_f, 0.5, out=i_f)
-            np.add(i_f, 0.5, out=i_f)
-            np.multiply(c, f, out=c)
-            np.add(c, np.multiply(i, g, out=s), out=c)
-            np.add(o, np.multiply(c, po, out=s), out=o)
-            np.tanh(o, out=o)
-            np.multiply(o, 0.5, out=o)
-            np.add(o, 0.5, out=o)
-            np.multiply(o, np.tanh(c, out=s), out=h)
-            return h
-        return step

@@ -4,6 +4,10 @@
 
 where each sub-layer is act(W · + b) (or act(batchnorm)). The recurrence carries s, not y.
 input and output need no recurrence, so each is one matmul over all steps; only self runs per step.
+
+What one step computes after self's product is `rnn_step` below, for any activation (its C form in
+_steps.h for the slope activations leaky and relie), in the training loop and in the stepper alike
+(`step_functions`); `rnn_back` is its way back.
 """
 from functools import partial
 from typing import NamedTuple
@@ -11,8 +15,39 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import activations, kernels
+from ..kernels import slope_act, slope_grad
 from .base import Recurrent, output_units, projector, rows, step_product, transpose_into
 from .connected import Dense
+
+
+def rnn_step(f, b, bias, x, s1, s=None):
+    """One [rnn] step, arrays of one shape (either layout): b = f(b + bias) in place, s1 = x + b
+    (+ s with shortcut). f is the layer's activation in place, f(b); or, for a slope activation
+    (x above zero, a·x below: leaky, relie), its slope a, what the C form takes."""
+    b += bias
+    if callable(f):
+        f(b)
+    else:
+        slope_act(b, f)
+    np.add(x, b, out=s1)
+    if s is not None:
+        s1 += s
+
+
+def rnn_back(f, ds1, w, y, d, ds=None):
+    """One [rnn] step back, blocks (n, S): ds1 += w (+ ds with shortcut), then d = ds1 ⊙ f'(y) from
+    the step's output y; f is the activation's gradient g(y, out) -> out, or a slope activation's
+    slope a (the C form's)."""
+    ds1 += w
+    if ds is not None:
+        ds1 += ds
+    if callable(f):
+        np.multiply(f(y, d), ds1, out=d)
+    else:
+        slope_grad(y, d, f, ds1)
+
+
+kernels.register(rnn_step, rnn_back)
 
 
 class RNN(Recurrent):
@@ -62,35 +97,22 @@ class RNN(Recurrent):
         """The optional last argument of the step functions: the state s added with shortcut=1."""
         return (s,) if self.shortcut else ()
 
-    def step_functions(self, streams, like):
-        """(step, back): the elementwise math of one step forward and back, on feature-major
-        blocks (n, streams) like `like`: kernels.rnn_step and rnn_back for the slope activations
-        (leaky, relie), else numpy with the layer's activation:
+    def step_functions(self, scratch):
+        """(step, back): rnn_step and rnn_back for this layer's activation, on arrays shaped like
+        `scratch` (feature-major (n, streams) in training, rows (streams, n) in the stepper; its
+        work array): the compiled ops for the slope activations (leaky, relie), else the numpy
+        references with the activation and its gradient:
           step(b, bias, x, s1[, s]):  b = f(b + bias) in place, s1 = x + b (+ s)
           back(ds1, w, y, d[, ds]):   ds1 += w (+ ds), then d = ds1 ⊙ f'(y)"""
         slope = activations.SLOPES.get(self.activation)
         if slope is not None:
-            return partial(kernels.get("rnn_step", like), slope), partial(kernels.get("rnn_back", like), slope)
-        scratch = self.buffer("scratch_f", (self.outputs, streams))
+            return partial(kernels.get("rnn_step", scratch), slope), partial(kernels.get("rnn_back", scratch), slope)
+        return partial(rnn_step, lambda b: self.f_(b, scratch)), partial(rnn_back, self.gradient)
 
-        def step(b, bias, x, s1, s=None):
-            b += bias
-            self.f_(b, scratch)
-            np.add(x, b, out=s1)
-            if s is not None:
-                s1 += s
-
-        def back(ds1, w, y, d, ds=None):
-            ds1 += w
-            if ds is not None:
-                ds1 += ds
-            np.multiply(self.gradient(y, d), ds1, out=d)
-        return step, back
-
-    def forward(self, x, train):
+    def forward(self, x, train, state):
         T, S = x.shape[:2]
         n, U, W, V = self.outputs, self.input_layer, self.self_layer, self.output_layer
-        (h0,) = self.state(S)
+        (h0,) = state
         bn = {"U": [], "W": [], "V": []}         # batchnorm's arrays for backward: U's, W's per step, V's
         A = self.sublayer(U, x, "A", train, bn["U"])  # input sub-layer, all steps
         # The step loop runs feature-major, states (n, S) as in lstm.py: BLAS runs Wᵀ (n x n) @
@@ -101,7 +123,7 @@ class RNN(Recurrent):
         B = self.buffer("B", (T, n, S))          # self sub-layer outputs
         Sf = self.buffer("Sf", (T + 1, n, S))    # Sf[t] is the state before step t
         Sf[0] = h0.T
-        step, _ = self.step_functions(S, B)
+        step, _ = self.step_functions(self.buffer("scratch_f", (n, S)))
         bias = self.buffer("bias", (n, S))       # the self sub-layer's, added in the step (with
         bias[...] = 0 if W.bn else W.b[:, None]  # batchnorm normalize adds it)
         recur = step_product(WT, S)
@@ -119,22 +141,22 @@ class RNN(Recurrent):
             self.tape = self.Tape(x=rows(x), A=A, B=B, St=St, Y=Y, bn=bn)
         return Y
 
-    def stepper(self, streams, ids_input, state):
-        """One step with batchnorm folded into each sub-layer's weights once."""
+    def stepper(self, streams, ids_input, state, exact=True):
+        """One step on rows (streams, n), `step_functions`' step as the training loop runs it, with
+        batchnorm folded into each sub-layer's weights once (self's bias comes with its product,
+        so the step adds zeros)."""
         n, f_ = self.outputs, self.f_
         (s,) = state
         (U, bu), (W, bw), (V, bv) = self.input_layer.folded(), self.self_layer.folded(), self.output_layer.folded()
-        a, b, y, scratch = (np.empty((streams, n), self.dtype) for _ in range(4))
+        a, b, y, s1, zero, scratch = (np.zeros((streams, n), self.dtype) for _ in range(6))
         project = projector(U, bu, ids_input, a)
         recur = projector(W, bw, False, b)
         output = projector(V, bv, False, y)
+        rnn, _ = self.step_functions(scratch)
 
         def step(x):
-            new = np.add(f_(project(x), scratch), f_(recur(s), scratch), out=a)
-            if self.shortcut:
-                np.add(new, s, out=s)
-            else:
-                np.copyto(s, new)
+            rnn(recur(s), zero, f_(project(x), scratch), s1, *self.shortcut_to(s))
+            np.copyto(s, s1)
             return f_(output(s), scratch)
         return step
 
@@ -149,7 +171,7 @@ class RNN(Recurrent):
         V.back(rows(dzv), out=rows(dS))
         dSf = self.buffer("dSf", (T, n, S))      # feature-major for the step loop, as forward
         transpose_into(dSf, dS)
-        _, back = self.step_functions(S, dSf)
+        _, back = self.step_functions(self.buffer("scratch_f", (n, S)))
         dBf = self.buffer("dBf", (T, n, S))      # deltas before the self sub-layer's activation
         np.multiply(self.gradient(B[T - 1], dBf[T - 1]), dSf[T - 1], out=dBf[T - 1])
         a = self.buffer("Wdb", (n, S))

@@ -28,7 +28,7 @@ class Softmax(Layer):
         step (serve sets each request's streams in it)."""
         self.temperature = t if isinstance(t, np.ndarray) else float(t)
 
-    def forward(self, x, train):
+    def forward(self, x, train, state):
         # Training reuses one array and runs the C kernel when built (its exp is within 2 ulp of
         # numpy's); otherwise the result is new (it is what the caller gets back), and generation
         # and validation keep numpy's softmax, on whose float32 results the Darknet-exact sampling
@@ -42,7 +42,7 @@ class Softmax(Layer):
             kernels.softmax(x, p, self.groups, self.temperature)
         return p
 
-    def stepper(self, streams, ids_input, state):
+    def stepper(self, streams, ids_input, state, exact=True):
         """One step at the temperature of the moment it is prepared (one number, or the array of
         one per stream it was given, read at each step): a later set_temperature does not reach
         it. Each call returns a new array. numpy's softmax for every stream count: each row's

@@ -157,10 +157,10 @@ class SRU(Recurrent):
             return np.take(np.eye(n, dtype=self.dtype), x, axis=0, out=self.buffer("onehot", (*x.shape, n)))
         return x
 
-    def forward(self, x, train):
+    def forward(self, x, train, state):
         T, S = x.shape[:2]
         n, d = self.outputs, self.dense
-        (c0,) = self.state(S)
+        (c0,) = state
         # All sub-layers, all steps: one matmul into rows (T*S, k n) (a row gather for one-hot ids);
         # batchnorm per step over the streams. Without it the biases come with sru_step.
         Z = d.matmul(rows(x), out=self.buffer("Z", (T * S, len(d.names) * n))).reshape(T, S, -1)
@@ -219,7 +219,7 @@ class SRU(Recurrent):
             dx += ds
         return dx
 
-    def stepper(self, streams, ids_input, state):
+    def stepper(self, streams, ids_input, state, exact=True):
         """One step with the sub-layers' weights prepared once (batchnorm folded in; a one-hot input
         is a row of a table holding the bias), sru_step for T = 1, `state` updated in place."""
         n, (c,) = self.outputs, state
