@@ -17,8 +17,29 @@
 #ifndef KIND_WRAPPERS
 
 /* Forward: the biases added to Z's blocks (in place: backward reads x~ and s from Z), then
- * f = σ(wf(x) + vf c), r = σ(wr(x) + vr c) into the wf, wr blocks of Z; C[t+1] = c' = f c + (1 - f) x~. With H (T, S, n): also h' = r (c' - s) + s, the output for a linear g, s from
- * Z's ws block (k = 4) or from `hs` (T, S, n) (k = 3). */
+ * f = σ(wf(x) + vf c), r = σ(wr(x) + vr c) into the wf, wr blocks of Z; C[t+1] = c' = f c + (1 - f) x~.
+ * With H (T, S, n): also h' = r (c' - s) + s, the output for a linear g, s from Z's ws block (k = 4)
+ * or from `hs` (T, S, n) (k = 3). Per row the two gates are a loop each and the rest one loop
+ * (sru_step_row, its flags constants where it is called). */
+static inline __attribute__((always_inline)) void K(sru_step_row)(
+    float *restrict x, const float *restrict b, const float *restrict c, float *restrict c1,
+    float *restrict h, const float *restrict hs, Py_ssize_t n, int ws, int with_h)
+{
+    const float *f = x + n, *r = x + 2 * n;
+    float *wsx = x + 3 * n;
+    EACH(j, n) {
+        float xj = x[j] + b[j];
+        float c1j = f[j] * c[j] + (1.0f - f[j]) * xj;
+        x[j] = xj;
+        c1[j] = c1j;
+        float sj = ws ? wsx[j] + b[3 * n + j] : with_h ? hs[j] : 0.0f;
+        if (ws)
+            wsx[j] = sj;
+        if (with_h)
+            h[j] = r[j] * (c1j - sj) + sj;
+    }
+}
+
 static void K(sru_step)(float *restrict Z, const float *restrict v, float *restrict C, float *restrict H,
                         const float *restrict hs, Py_ssize_t T, Py_ssize_t S, Py_ssize_t n, Py_ssize_t k)
 {
@@ -28,20 +49,17 @@ static void K(sru_step)(float *restrict Z, const float *restrict v, float *restr
             Py_ssize_t row = t * S + s;
             float *x = Z + row * k * n, *f = x + n, *r = x + 2 * n;
             const float *c = C + row * n;
-            float *c1 = C + (row + S) * n;
-            EACH(j, n) x[j] += b[j];
+            float *c1 = C + (row + S) * n, *h = H ? H + row * n : NULL;
             EACH(j, n) f[j] = K(sigmoid2)(0.5f * ((f[j] + b[n + j]) + vf[j] * c[j]));
             EACH(j, n) r[j] = K(sigmoid2)(0.5f * ((r[j] + b[2 * n + j]) + vr[j] * c[j]));
-            if (k == 4) {
-                float *ws = x + 3 * n;
-                EACH(j, n) ws[j] += b[3 * n + j];
-            }
-            EACH(j, n) c1[j] = f[j] * c[j] + (1.0f - f[j]) * x[j];
-            if (H) {
-                const float *sj = k == 4 ? x + 3 * n : hs + row * n;
-                float *h = H + row * n;
-                EACH(j, n) h[j] = r[j] * (c1[j] - sj[j]) + sj[j];
-            }
+            if (k == 4 && H)
+                K(sru_step_row)(x, b, c, c1, h, NULL, n, 1, 1);
+            else if (k == 4)
+                K(sru_step_row)(x, b, c, c1, NULL, NULL, n, 1, 0);
+            else if (H)
+                K(sru_step_row)(x, b, c, c1, h, hs + row * n, n, 0, 1);
+            else
+                K(sru_step_row)(x, b, c, c1, NULL, NULL, n, 0, 0);
         }
 }
 
@@ -50,47 +68,68 @@ static void K(sru_step)(float *restrict Z, const float *restrict v, float *restr
  * before its step: δr = dh (c' - s), δc' = dh r, and δs = dh - dh r into dZ's ws block (k = 4) or
  * into ds (k = 3, s from hs). Then the deltas of x~, wf(x), wr(x) replace them: δc = δc' f +
  * δwf vf + δwr vr reaches the step before's δc' (not past the first step: truncated BPTT). The sums
- * of the gradients: dv (2n + k n,) += [Σ δwf c, Σ δwr c, Σ of dZ's rows (the biases' gradient)]. */
+ * of the gradients: dv (2n + k n,) += [Σ δwf c, Σ δwr c, Σ of dZ's rows (the biases' gradient)].
+ * One row (step, stream) is one loop over its n features (sru_back_row), so that each array is read
+ * once per row; its flags are constants where it is called, and the compiler makes one loop of each. */
+static inline __attribute__((always_inline)) void K(sru_back_row)(
+    float *restrict dx, const float *restrict x, const float *restrict c, const float *restrict c1,
+    const float *restrict v, float *restrict dv, const float *restrict d, const float *restrict sj,
+    float *restrict dsj, float *restrict before, Py_ssize_t n, Py_ssize_t k, int with_dh, int carry_in,
+    int carry_out)
+{
+    const float *f = x + n, *r = x + 2 * n, *vf = v, *vr = v + n;
+    float *df = dx + n, *dr = dx + 2 * n, *dvf = dv, *dvr = dv + n, *db = dv + 2 * n;
+    EACH(j, n) {
+        float dc = with_dh ? (carry_in ? dx[j] : 0.0f) + d[j] * r[j] : dx[j];  /* δc' */
+        float drj = (with_dh ? d[j] * (c1[j] - sj[j]) : dr[j]) * r[j] * (1.0f - r[j]);
+        float dfj = dc * (c[j] - x[j]) * f[j] * (1.0f - f[j]);
+        float dxj = dc * (1.0f - f[j]);
+        if (with_dh)
+            dsj[j] = d[j] - d[j] * r[j];
+        if (carry_out) {
+            float carry = dc * f[j] + dfj * vf[j] + drj * vr[j];
+            before[j] = with_dh ? carry : before[j] + carry;
+        }
+        dx[j] = dxj;
+        df[j] = dfj;
+        dr[j] = drj;
+        dvf[j] += dfj * c[j];
+        dvr[j] += drj * c[j];
+        db[j] += dxj;
+        db[n + j] += dfj;
+        db[2 * n + j] += drj;
+    }
+    if (k == 4)
+        EACH(j, n) db[3 * n + j] += dx[3 * n + j];
+}
+
 static void K(sru_back)(float *restrict dZ, const float *restrict Z, const float *restrict C,
                         const float *restrict v, float *restrict dv, const float *restrict dh,
                         const float *restrict hs, float *restrict ds,
                         Py_ssize_t T, Py_ssize_t S, Py_ssize_t n, Py_ssize_t k)
 {
-    const float *vf = v, *vr = v + n;
-    float *dvf = dv, *dvr = dv + n, *db = dv + 2 * n;
     for (Py_ssize_t t = T - 1; t >= 0; t--)
         for (Py_ssize_t s = 0; s < S; s++) {
             Py_ssize_t row = t * S + s;
-            const float *x = Z + row * k * n, *f = x + n, *r = x + 2 * n;
-            const float *c = C + row * n;
-            float *dx = dZ + row * k * n, *df = dx + n, *dr = dx + 2 * n;
-            if (dh) {  /* dx holds the step after's δc (from t < T - 1) */
-                const float *d = dh + row * n, *c1 = C + (row + S) * n, *sj = k == 4 ? x + 3 * n : hs + row * n;
-                float *dsj = k == 4 ? dx + 3 * n : ds + row * n;
-                if (t == T - 1)
-                    EACH(j, n) dx[j] = d[j] * r[j];
+            const float *x = Z + row * k * n, *c = C + row * n, *c1 = C + (row + S) * n;
+            float *dx = dZ + row * k * n, *before = t ? dZ + (row - S) * k * n : NULL;
+            if (!dh) {
+                if (t)
+                    K(sru_back_row)(dx, x, c, c1, v, dv, NULL, NULL, NULL, before, n, k, 0, 1, 1);
                 else
-                    EACH(j, n) dx[j] += d[j] * r[j];
-                EACH(j, n) dr[j] = d[j] * (c1[j] - sj[j]);
-                EACH(j, n) dsj[j] = d[j] - d[j] * r[j];
+                    K(sru_back_row)(dx, x, c, c1, v, dv, NULL, NULL, NULL, NULL, n, k, 0, 1, 0);
+                continue;
             }
-            EACH(j, n) {
-                float dfj = dx[j] * (c[j] - x[j]) * f[j] * (1.0f - f[j]);
-                float drj = dr[j] * r[j] * (1.0f - r[j]);
-                df[j] = dfj;
-                dr[j] = drj;
-                dvf[j] += dfj * c[j];
-                dvr[j] += drj * c[j];
-            }
-            if (t) {
-                float *before = dZ + (row - S) * k * n;
-                if (dh)
-                    EACH(j, n) before[j] = dx[j] * f[j] + df[j] * vf[j] + dr[j] * vr[j];
-                else
-                    EACH(j, n) before[j] += dx[j] * f[j] + df[j] * vf[j] + dr[j] * vr[j];
-            }
-            EACH(j, n) dx[j] *= 1.0f - f[j];
-            EACH(j, k * n) db[j] += dx[j];
+            const float *d = dh + row * n, *sj = k == 4 ? x + 3 * n : hs + row * n;
+            float *dsj = k == 4 ? dx + 3 * n : ds + row * n;
+            if (t == T - 1 && t)  /* dx holds the step after's δc from t < T - 1 on */
+                K(sru_back_row)(dx, x, c, c1, v, dv, d, sj, dsj, before, n, k, 1, 0, 1);
+            else if (t == T - 1)
+                K(sru_back_row)(dx, x, c, c1, v, dv, d, sj, dsj, NULL, n, k, 1, 0, 0);
+            else if (t)
+                K(sru_back_row)(dx, x, c, c1, v, dv, d, sj, dsj, before, n, k, 1, 1, 1);
+            else
+                K(sru_back_row)(dx, x, c, c1, v, dv, d, sj, dsj, NULL, n, k, 1, 1, 0);
         }
 }
 
