@@ -74,7 +74,8 @@ static void K(sru_step)(float *restrict Z, const float *restrict v, float *restr
  * before its step: δr = dh (c' - s), δc' = dh r, and δs = dh - dh r into dZ's ws block (k = 4) or
  * into ds (k = 3, s from hs). Then the deltas of x~, wf(x), wr(x) replace them: δc = δc' f +
  * δwf vf + δwr vr reaches the step before's δc' (not past the first step: truncated BPTT). The sums
- * of the gradients: dv (2n + k n,) += [Σ δwf c, Σ δwr c, Σ of dZ's rows (the biases' gradient)].
+ * of the gradients: dv's row s / SRU_GROUP, (2n + k n,) per share of streams, += [Σ δwf c, Σ δwr c,
+ * Σ of dZ's rows (the biases' gradient)] over stream s's rows (sru_run adds the rows up in order).
  * One row (step, stream) is one loop over its n features (sru_back_row), so that each array is read
  * once per row; its flags are constants where it is called, and the compiler makes one loop of each. */
 static inline __attribute__((always_inline)) void K(sru_back_row)(
