@@ -10,16 +10,11 @@
  * before the datum; v (2n + k n,) = vf | vr | the sub-layers' biases (zero where batchnorm or the input
  * projection added them). Each (step, stream) is a few loops over the n features that
  * the compiler vectorizes (one loop per gate: GCC vectorizes the two sigmoids fused in one loop 6x
- * slower); the steps run in order, since c' needs c. The streams are independent: with more than one
- * BLAS thread a call shares them with a helper thread (sru_run). The loops are memory-bound (T S n =
- * 512K elements per array at 32 streams x 64 steps x 256), and one core's share of the memory
- * bandwidth is what limits them: two cores, when both are free, run them faster.
+ * slower); the steps run in order, since c' needs c. One thread: the loops are memory-bound
+ * (T S n = 512K elements per array at 32 streams x 64 steps x 256), and two threads, one stream half
+ * each, ran no faster on a 2-core VM.
  */
 #ifndef KIND_WRAPPERS
-
-#ifndef SRU_GROUP
-#define SRU_GROUP 4  /* streams per share of a call (sru_run), and per row of backward's sums */
-#endif
 
 /* Forward: the biases added to Z's blocks (in place: backward reads x~ and s from Z), then
  * f = σ(wf(x) + vf c), r = σ(wr(x) + vr c) into the wf, wr blocks of Z; C[t+1] = c' = f c + (1 - f) x~.
@@ -46,12 +41,11 @@ static inline __attribute__((always_inline)) void K(sru_step_row)(
 }
 
 static void K(sru_step)(float *restrict Z, const float *restrict v, float *restrict C, float *restrict H,
-                        const float *restrict hs, Py_ssize_t T, Py_ssize_t S, Py_ssize_t n, Py_ssize_t k,
-                        Py_ssize_t s0, Py_ssize_t s1)
+                        const float *restrict hs, Py_ssize_t T, Py_ssize_t S, Py_ssize_t n, Py_ssize_t k)
 {
     const float *vf = v, *vr = v + n, *b = v + 2 * n;
     for (Py_ssize_t t = 0; t < T; t++)
-        for (Py_ssize_t s = s0; s < s1; s++) {
+        for (Py_ssize_t s = 0; s < S; s++) {
             Py_ssize_t row = t * S + s;
             float *x = Z + row * k * n, *f = x + n, *r = x + 2 * n;
             const float *c = C + row * n;
@@ -74,8 +68,7 @@ static void K(sru_step)(float *restrict Z, const float *restrict v, float *restr
  * before its step: δr = dh (c' - s), δc' = dh r, and δs = dh - dh r into dZ's ws block (k = 4) or
  * into ds (k = 3, s from hs). Then the deltas of x~, wf(x), wr(x) replace them: δc = δc' f +
  * δwf vf + δwr vr reaches the step before's δc' (not past the first step: truncated BPTT). The sums
- * of the gradients: dv's row s / SRU_GROUP, (2n + k n,) per share of streams, += [Σ δwf c, Σ δwr c,
- * Σ of dZ's rows (the biases' gradient)] over stream s's rows (sru_run adds the rows up in order).
+ * of the gradients: dv (2n + k n,) += [Σ δwf c, Σ δwr c, Σ of dZ's rows (the biases' gradient)].
  * One row (step, stream) is one loop over its n features (sru_back_row), so that each array is read
  * once per row; its flags are constants where it is called, and the compiler makes one loop of each. */
 static inline __attribute__((always_inline)) void K(sru_back_row)(
@@ -113,171 +106,34 @@ static inline __attribute__((always_inline)) void K(sru_back_row)(
 static void K(sru_back)(float *restrict dZ, const float *restrict Z, const float *restrict C,
                         const float *restrict v, float *restrict dv, const float *restrict dh,
                         const float *restrict hs, float *restrict ds,
-                        Py_ssize_t T, Py_ssize_t S, Py_ssize_t n, Py_ssize_t k, Py_ssize_t s0, Py_ssize_t s1)
+                        Py_ssize_t T, Py_ssize_t S, Py_ssize_t n, Py_ssize_t k)
 {
     for (Py_ssize_t t = T - 1; t >= 0; t--)
-        for (Py_ssize_t s = s0; s < s1; s++) {
+        for (Py_ssize_t s = 0; s < S; s++) {
             Py_ssize_t row = t * S + s;
-            float *sums = dv + s / SRU_GROUP * (2 + k) * n;
             const float *x = Z + row * k * n, *c = C + row * n, *c1 = C + (row + S) * n;
             float *dx = dZ + row * k * n, *before = t ? dZ + (row - S) * k * n : NULL;
             if (!dh) {
                 if (t)
-                    K(sru_back_row)(dx, x, c, c1, v, sums, NULL, NULL, NULL, before, n, k, 0, 1, 1);
+                    K(sru_back_row)(dx, x, c, c1, v, dv, NULL, NULL, NULL, before, n, k, 0, 1, 1);
                 else
-                    K(sru_back_row)(dx, x, c, c1, v, sums, NULL, NULL, NULL, NULL, n, k, 0, 1, 0);
+                    K(sru_back_row)(dx, x, c, c1, v, dv, NULL, NULL, NULL, NULL, n, k, 0, 1, 0);
                 continue;
             }
             const float *d = dh + row * n, *sj = k == 4 ? x + 3 * n : hs + row * n;
             float *dsj = k == 4 ? dx + 3 * n : ds + row * n;
             if (t == T - 1 && t)  /* dx holds the step after's δc from t < T - 1 on */
-                K(sru_back_row)(dx, x, c, c1, v, sums, d, sj, dsj, before, n, k, 1, 0, 1);
+                K(sru_back_row)(dx, x, c, c1, v, dv, d, sj, dsj, before, n, k, 1, 0, 1);
             else if (t == T - 1)
-                K(sru_back_row)(dx, x, c, c1, v, sums, d, sj, dsj, NULL, n, k, 1, 0, 0);
+                K(sru_back_row)(dx, x, c, c1, v, dv, d, sj, dsj, NULL, n, k, 1, 0, 0);
             else if (t)
-                K(sru_back_row)(dx, x, c, c1, v, sums, d, sj, dsj, before, n, k, 1, 1, 1);
+                K(sru_back_row)(dx, x, c, c1, v, dv, d, sj, dsj, before, n, k, 1, 1, 1);
             else
-                K(sru_back_row)(dx, x, c, c1, v, sums, d, sj, dsj, NULL, n, k, 1, 1, 0);
+                K(sru_back_row)(dx, x, c, c1, v, dv, d, sj, dsj, NULL, n, k, 1, 1, 0);
         }
 }
 
 #else
-
-#if defined(__GNUC__) && !defined(_WIN32)
-#include <pthread.h>
-#include <sched.h>
-#include <stdatomic.h>
-#define SRU_HELPER 1
-#else
-#define SRU_HELPER 0
-#endif
-
-/* One call of sru_step or sru_back. On one thread it runs every stream in one pass. With
- * darknetpy.kernels.threads() > 1 its streams go in shares of SRU_GROUP that this thread and one
- * helper started for the call claim from a counter: claimed, not fixed halves, so that on a busy
- * machine a helper that gets no core claims nothing and this thread does all the shares, waiting at
- * most for the one the helper runs. Backward sums each share's gradients into its own row of
- * `partial`, added to dv in order after: the same bits on one thread or two. Heap-allocated: the
- * helper may outlive the call (`refs`: the last of the two to let go frees it). */
-struct sru_job {
-    int back;
-    float *Z, *C, *H, *dZ, *ds, *partial;
-    const float *v, *hs, *dh;
-    Py_ssize_t T, S, n, k, groups;
-#if SRU_HELPER
-    atomic_long next, done;
-    atomic_int refs;
-#endif
-};
-
-/* Streams [s0, s1) of the job, on this thread. */
-static void sru_streams(struct sru_job *j, Py_ssize_t s0, Py_ssize_t s1)
-{
-    if (j->back)
-        CALL(sru_back, j->dZ, j->Z, j->C, j->v, j->partial, j->dh, j->hs, j->ds, j->T, j->S, j->n, j->k, s0, s1);
-    else
-        CALL(sru_step, j->Z, j->v, j->C, j->H, j->hs, j->T, j->S, j->n, j->k, s0, s1);
-}
-
-static void sru_release(struct sru_job *j)
-{
-#if SRU_HELPER
-    if (atomic_fetch_sub(&j->refs, 1) != 1)
-        return;
-#endif
-    free(j->partial);
-    free(j);
-}
-
-#if SRU_HELPER
-static void sru_claim(struct sru_job *j)
-{
-    long g;
-    while ((g = atomic_fetch_add(&j->next, 1)) < j->groups) {
-        sru_streams(j, g * SRU_GROUP, g * SRU_GROUP + SRU_GROUP < j->S ? g * SRU_GROUP + SRU_GROUP : j->S);
-        atomic_fetch_add(&j->done, 1);
-    }
-}
-
-static void *sru_helper(void *arg)
-{
-    sru_claim(arg);
-    sru_release(arg);
-    return NULL;
-}
-#endif
-
-/* The threads a call may use: darknetpy.kernels.threads() (BLAS's thread count), asked once. */
-static int sru_threads(void)
-{
-    static int count;
-    if (!count) {
-        PyObject *mod = PyImport_ImportModule("darknetpy.kernels");
-        PyObject *n = mod ? PyObject_CallMethod(mod, "threads", NULL) : NULL;
-        long value = n ? PyLong_AsLong(n) : 1;
-        Py_XDECREF(n);
-        Py_XDECREF(mod);
-        PyErr_Clear();
-        count = value < 1 ? 1 : (int)value;
-    }
-    return count;
-}
-
-/* Run `job` (from sru_job_new) on up to `threads` threads and free it; backward, dv (2n + k n,) +=
- * its shares' sums in order. Runs without the GIL. Small calls (a generation step) and a helper that
- * fails to start leave it all to this thread. */
-static void sru_run(struct sru_job *j, float *dv, int threads)
-{
-    int helped = 0;
-#if SRU_HELPER
-    pthread_t helper;
-    pthread_attr_t attr;
-    if (threads > 1 && j->groups > 1 && j->T * j->S * j->n >= (1 << 16) && pthread_attr_init(&attr) == 0) {
-        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-        atomic_fetch_add(&j->refs, 1);
-        helped = pthread_create(&helper, &attr, sru_helper, j) == 0;
-        if (!helped)
-            atomic_fetch_sub(&j->refs, 1);
-        pthread_attr_destroy(&attr);
-    }
-    if (helped) {
-        sru_claim(j);
-        while (atomic_load(&j->done) < j->groups)
-            sched_yield();
-    }
-#endif
-    if (!helped)
-        sru_streams(j, 0, j->S);
-    if (j->back) {
-        Py_ssize_t sums = (2 + j->k) * j->n;
-        for (Py_ssize_t g = 0; g < j->groups; g++)
-            for (Py_ssize_t i = 0; i < sums; i++)
-                dv[i] += j->partial[g * sums + i];
-    }
-    sru_release(j);
-}
-
-/* A job for T, S, n, k (dims), its sums zeroed; NULL with a MemoryError. */
-static struct sru_job *sru_job_new(int back, const Py_ssize_t dims[4])
-{
-    struct sru_job *j = calloc(1, sizeof *j);
-    Py_ssize_t groups = (dims[1] + SRU_GROUP - 1) / SRU_GROUP;
-    float *partial = back ? calloc((size_t)(groups * (2 + dims[3]) * dims[2]), sizeof(float)) : NULL;
-    if (!j || (back && !partial)) {
-        free(j);
-        free(partial);
-        PyErr_NoMemory();
-        return NULL;
-    }
-    j->back = back, j->partial = partial, j->groups = groups;
-    j->T = dims[0], j->S = dims[1], j->n = dims[2], j->k = dims[3];
-#if SRU_HELPER
-    atomic_init(&j->next, 0);
-    atomic_init(&j->done, 0);
-    atomic_init(&j->refs, 1);
-#endif
-    return j;
-}
 
 /* T, S, n, k of Z (T, S, k n), C (T+1, S, n), v and dv (2n + k n,), H, hs, ds (T, S, n) where given
  * (NULL: not given); hs (and ds) given exactly when k = 3 and H (dh) is. 0, or -1 with a ValueError. */
@@ -316,16 +172,7 @@ static PyObject *sru_step(PyObject *self, PyObject *const *args, Py_ssize_t narg
         release(b, (int)nargs);
         return NULL;
     }
-    struct sru_job *j = sru_job_new(0, d);
-    if (!j) {
-        release(b, (int)nargs);
-        return NULL;
-    }
-    j->Z = F(0), j->v = F(1), j->C = F(2), j->H = nargs > 3 ? F(3) : NULL, j->hs = nargs > 4 ? F(4) : NULL;
-    int threads = sru_threads();
-    Py_BEGIN_ALLOW_THREADS
-    sru_run(j, NULL, threads);
-    Py_END_ALLOW_THREADS
+    CALL(sru_step, F(0), F(1), F(2), nargs > 3 ? F(3) : NULL, nargs > 4 ? F(4) : NULL, d[0], d[1], d[2], d[3]);
     return done(b, nargs);
 }
 
@@ -346,18 +193,8 @@ static PyObject *sru_back(PyObject *self, PyObject *const *args, Py_ssize_t narg
         release(b, (int)nargs);
         return NULL;
     }
-    struct sru_job *j = sru_job_new(1, d);
-    if (!j) {
-        release(b, (int)nargs);
-        return NULL;
-    }
-    j->dZ = F(0), j->Z = F(1), j->C = F(2), j->v = F(3), j->dh = nargs > 5 ? F(5) : NULL;
-    j->hs = nargs > 6 ? F(6) : NULL, j->ds = nargs > 7 ? F(7) : NULL;
-    float *dv = F(4);
-    int threads = sru_threads();
-    Py_BEGIN_ALLOW_THREADS
-    sru_run(j, dv, threads);
-    Py_END_ALLOW_THREADS
+    CALL(sru_back, F(0), F(1), F(2), F(3), F(4), nargs > 5 ? F(5) : NULL, nargs > 6 ? F(6) : NULL,
+         nargs > 7 ? F(7) : NULL, d[0], d[1], d[2], d[3]);
     return done(b, nargs);
 }
 
