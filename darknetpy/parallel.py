@@ -269,10 +269,12 @@ class Ranks:
         return int(self.allreduce(np.array([int(value)], np.int64), MPI.MAX, what)[0])
 
     def agree_interrupt(self, interrupt):
-        """Every rank stops at the same iteration, on the signal any rank got (train._Interrupt)."""
+        """Every rank stops at the same iteration, on the signal any rank got (train._Interrupt). A
+        signal that lands while the ranks agree is not lost: it is in `received` at the next one."""
         if self.comm is not None:
-            interrupt.signum = self.any(interrupt.signum or 0) or None
-            interrupt.flag = interrupt.signum is not None
+            signum = self.any(interrupt.received or 0)
+            if signum:
+                interrupt.signum, interrupt.flag = signum, True
 
     def on_writer(self, fn):
         """`fn` run by rank 0 alone; the others wait for it and raise the same error if it fails."""

@@ -55,9 +55,14 @@ class _Interrupt:
     scheduler that insists) only lets the save finish."""
     SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 
-    def __init__(self):
-        self.signum = None  # the first signal received
-        self.flag = False
+    def __init__(self, agreed=False):
+        self.signum = None  # the signal the run stops on
+        self.flag = False   # stop before the next iteration
+        self.received = None  # the first signal received, never cleared
+        # agreed: several ranks, whose agreement (parallel.Ranks.agree_interrupt) sets flag and
+        # signum from `received`, so that a signal landing on one rank while they agree (or just
+        # after) waits for the next agreement rather than stopping that rank alone or being lost
+        self.agreed = agreed
         self.previous = {}
         self.in_save, self.deferred = False, False
 
@@ -70,8 +75,11 @@ class _Interrupt:
         return self
 
     def _handle(self, signum, frame):
+        if self.received is None:
+            self.received = signum
         if not self.flag:
-            self.flag, self.signum = True, signum
+            if not self.agreed:
+                self.flag, self.signum = True, signum
         elif signum != signal.SIGINT:
             pass
         elif self.in_save:
@@ -388,7 +396,7 @@ class Trainer:
         status = "finished"
         try:  # overflow in a diverging run is reported as a non-finite loss, not as numpy warnings
             # an error of one rank alone stops the others at once
-            with _Interrupt() as self.interrupt, np.errstate(all="ignore"), self.ranks.stopping():
+            with _Interrupt(agreed=self.ranks.comm is not None) as self.interrupt, np.errstate(all="ignore"), self.ranks.stopping():
                 while (self.horizon_pending or net.batch_num < self.max_batches or self.max_batches <= 0) \
                         and self.stop_reason is None:
                     self.ranks.agree_interrupt(self.interrupt)  # every rank stops at one iteration

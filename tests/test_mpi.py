@@ -430,3 +430,30 @@ def test_the_ranks_hold_the_folder_through_rank_0(tmp_path, run):
     assert p.returncode == 130
     r = run(2, "--resume", backup / "tiny.yaml", "--max-batches", yaml.safe_load((backup / "tiny.yaml").read_text())["progress"]["updates"] + 2)
     assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.skipif(not HAVE_MPI, reason="mpi4py is not installed (pip install '.[mpi]')")
+def test_a_signal_landing_while_the_ranks_agree_is_kept_for_the_next_agreement():
+    """The ranks agree on a stop every iteration (an allreduce whose wait runs Python, so a signal's
+    handler can run inside it, after this rank's value went out). Such a signal must neither be
+    lost (the agreement answering 0 after it) nor stop this rank alone: it is agreed on next time.
+    A lost one left a 2-rank training running after mpiexec's Ctrl-C."""
+    from darknetpy.parallel import Ranks
+    from darknetpy.train import _Interrupt
+    ranks = Ranks(None)
+    ranks.comm = object()  # several ranks, as far as agree_interrupt asks
+    sent = []
+
+    def allreduce(buf, op, what, timeout=None):  # one rank's view: the others sent 0
+        sent.append(int(buf[0]))
+        if len(sent) == 1:
+            os.kill(os.getpid(), signal.SIGINT)  # lands inside the first agreement's wait
+        return buf
+
+    ranks.allreduce = allreduce
+    with _Interrupt(agreed=True) as interrupt:
+        ranks.agree_interrupt(interrupt)
+        assert not interrupt.flag  # the others did not see it: no rank stops alone
+        ranks.agree_interrupt(interrupt)
+    assert sent == [0, signal.SIGINT]
+    assert interrupt.flag and interrupt.signum == signal.SIGINT
