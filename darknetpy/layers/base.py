@@ -43,7 +43,7 @@ class Layer(Buffers):
     alexeyab_order = None    # its sub-layers' order in AlexeyAB's weights files, where that differs
     bn_over = "rows"         # batchnorm statistics in training: over all steps*streams rows of a datum
     denses = ()
-    state_names = ()         # the attributes holding carried per-stream state, (streams, outputs) each
+    state_names = ()         # the names of the per-stream state its steps carry, (streams, outputs) each
     draws_masks = False      # forward(x, train, state, block) draws random masks for the whole datum (Dropout)
     dtype = np.float32
 
