@@ -38,6 +38,13 @@ def randomize_vectors(net, vectors, seed=5):
             v[...] = rng.uniform(-0.8, 0.8, v.shape)
 
 
+def random_net(write_cfg, text, vectors=(), seed=0, dtype=np.float64):
+    """A net from cfg `text` with every parameter random (`randomize`), the `vectors` included."""
+    net = Network(write_cfg(text), seed=seed, dtype=dtype)
+    randomize(net, np.random.default_rng(seed + 1000), vectors=vectors)
+    return net
+
+
 def randomize(net, rng, vectors=()):
     """Every parameter random; the `vectors` (names of darknetpy's per-unit vectors, such as the
     peepholes, which start at 0) uniform in ±0.8."""

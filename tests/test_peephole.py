@@ -5,6 +5,8 @@ C kernels against their numpy references (test_kernels.py checks the ops themsel
 included), the stepper, the weights layout and the updates.
 """
 
+import functools
+
 import numpy as np
 import pytest
 
@@ -12,7 +14,7 @@ from darknetpy import kernels as kernelmod
 from darknetpy.errors import DarknetpyError
 from darknetpy.network import Network
 from conftest import read_weights
-from test_gradients import check_gradients, data, head, randomize, randomize_vectors
+from test_gradients import check_gradients, data, head, random_net, randomize_vectors
 from test_kernels import K, check_training_step_with_and_without_kernels
 
 PEEP = ("pi", "pf", "po")
@@ -22,11 +24,7 @@ def is_peep(key):
     return key.rsplit(".", 1)[1] in PEEP
 
 
-def build(write_cfg, text, seed=0, dtype=np.float64):
-    """A net with every parameter random, the peepholes ±0.8 (they start at 0)."""
-    net = Network(write_cfg(text), seed=seed, dtype=dtype)
-    randomize(net, np.random.default_rng(seed + 1000), vectors=PEEP)
-    return net
+build = functools.partial(random_net, vectors=PEEP)  # the peepholes ±0.8 too (they start at 0)
 
 
 def lstm_body(n=4, bn=0):

@@ -6,6 +6,7 @@ reference; the stepper, the weights file and `info`; and the commands (generate 
 valid, vec, train with resume, MPI and --vocab chars) on small nets.
 """
 import csv
+import functools
 import io
 
 import numpy as np
@@ -17,7 +18,7 @@ from conftest import peaked_model, read_weights
 from conftest import run_cli as run
 from darknetpy.layers import sru as srumod
 from darknetpy.network import Network
-from test_gradients import check_gradients, data, head, randomize, randomize_vectors
+from test_gradients import check_gradients, data, head, random_net, randomize_vectors
 from test_generation import at_temperature, generated, replay
 from test_kernels import K, check_training_step_with_and_without_kernels
 import test_mpi
@@ -33,11 +34,7 @@ def is_v(key):
     return key.rsplit(".", 1)[1] in V
 
 
-def build(write_cfg, text, seed=0, dtype=np.float64):
-    """A net with every parameter random, vf and vr ±0.8 (they start at 0)."""
-    net = Network(write_cfg(text), seed=seed, dtype=dtype)
-    randomize(net, np.random.default_rng(seed + 1000), vectors=V)
-    return net
+build = functools.partial(random_net, vectors=V)  # vf and vr ±0.8 too (they start at 0)
 
 
 def sru(n, bn=0, activation="linear"):
