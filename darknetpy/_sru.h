@@ -8,22 +8,23 @@
  * Layout: rows, as the layer's one matmul makes them. Z (T, S, k n), k = 3 or 4, the blocks
  * x~ | wf(x) | wr(x) [| ws(x)] of n each per step and stream; C (T+1, S, n) the cells, C[0] the one
  * before the datum; v (2n + k n,) = vf | vr | the sub-layers' biases (zero where batchnorm or the input
- * projection added them). Each (step, stream) is a few loops over the n features that
- * the compiler vectorizes (one loop per gate: GCC vectorizes the two sigmoids fused in one loop 6x
- * slower); the steps run in order, since c' needs c. One thread: the loops are memory-bound
- * (T S n = 512K elements per array at 32 streams x 64 steps x 256), and two threads, one stream half
- * each, ran no faster on a 2-core VM.
+ * projection added them). With k = 3 the highway s is the layer's input: rows (T, S, n), or for
+ * one-hot input the ids (T, S) int64 of its rows, s_j = [j == id] made in the loop (no rows read).
+ * Each (step, stream) is a few loops over the n features that the compiler vectorizes (one loop
+ * per gate: GCC vectorizes the two sigmoids fused in one loop 6x slower); the steps run in order,
+ * since c' needs c. One thread: the loops are memory-bound (T S n = 512K elements per array at 32
+ * streams x 64 steps x 256), and two threads, one stream half each, ran no faster on a 2-core VM.
  */
 #ifndef KIND_WRAPPERS
 
 /* Forward: the biases added to Z's blocks (in place: backward reads x~ and s from Z), then
  * f = σ(wf(x) + vf c), r = σ(wr(x) + vr c) into the wf, wr blocks of Z; C[t+1] = c' = f c + (1 - f) x~.
- * With H (T, S, n): also h' = r (c' - s) + s, the output for a linear g, s from Z's ws block (k = 4)
- * or from `hs` (T, S, n) (k = 3). Per row the two gates are a loop each and the rest one loop
- * (sru_step_row, its flags constants where it is called). */
+ * With H (T, S, n): also h' = r (c' - s) + s, the output for a linear g, s from Z's ws block (k = 4),
+ * from `hs` (T, S, n) or the one-hot `ids` (T, S) (k = 3). Per row the two gates are a loop each and
+ * the rest one loop (sru_step_row, its flags and NULLs constants where it is called). */
 static inline __attribute__((always_inline)) void K(sru_step_row)(
     float *restrict x, const float *restrict b, const float *restrict c, float *restrict c1,
-    float *restrict h, const float *restrict hs, Py_ssize_t n, int ws, int with_h)
+    float *restrict h, const float *restrict hs, Py_ssize_t id, Py_ssize_t n, int ws, int with_h)
 {
     const float *f = x + n, *r = x + 2 * n;
     float *wsx = x + 3 * n;
@@ -32,7 +33,7 @@ static inline __attribute__((always_inline)) void K(sru_step_row)(
         float c1j = f[j] * c[j] + (1.0f - f[j]) * xj;
         x[j] = xj;
         c1[j] = c1j;
-        float sj = ws ? wsx[j] + b[3 * n + j] : with_h ? hs[j] : 0.0f;
+        float sj = ws ? wsx[j] + b[3 * n + j] : !with_h ? 0.0f : hs ? hs[j] : j == id ? 1.0f : 0.0f;
         if (ws)
             wsx[j] = sj;
         if (with_h)
@@ -41,7 +42,8 @@ static inline __attribute__((always_inline)) void K(sru_step_row)(
 }
 
 static void K(sru_step)(float *restrict Z, const float *restrict v, float *restrict C, float *restrict H,
-                        const float *restrict hs, Py_ssize_t T, Py_ssize_t S, Py_ssize_t n, Py_ssize_t k)
+                        const float *restrict hs, const int64_t *restrict ids, Py_ssize_t T, Py_ssize_t S,
+                        Py_ssize_t n, Py_ssize_t k)
 {
     const float *vf = v, *vr = v + n, *b = v + 2 * n;
     for (Py_ssize_t t = 0; t < T; t++)
@@ -53,38 +55,42 @@ static void K(sru_step)(float *restrict Z, const float *restrict v, float *restr
             EACH(j, n) f[j] = K(sigmoid2)(0.5f * ((f[j] + b[n + j]) + vf[j] * c[j]));
             EACH(j, n) r[j] = K(sigmoid2)(0.5f * ((r[j] + b[2 * n + j]) + vr[j] * c[j]));
             if (k == 4 && H)
-                K(sru_step_row)(x, b, c, c1, h, NULL, n, 1, 1);
+                K(sru_step_row)(x, b, c, c1, h, NULL, -1, n, 1, 1);
             else if (k == 4)
-                K(sru_step_row)(x, b, c, c1, NULL, NULL, n, 1, 0);
+                K(sru_step_row)(x, b, c, c1, NULL, NULL, -1, n, 1, 0);
+            else if (H && ids)
+                K(sru_step_row)(x, b, c, c1, h, NULL, ids[row], n, 0, 1);
             else if (H)
-                K(sru_step_row)(x, b, c, c1, h, hs + row * n, n, 0, 1);
+                K(sru_step_row)(x, b, c, c1, h, hs + row * n, -1, n, 0, 1);
             else
-                K(sru_step_row)(x, b, c, c1, NULL, NULL, n, 0, 0);
+                K(sru_step_row)(x, b, c, c1, NULL, NULL, -1, n, 0, 0);
         }
 }
 
 /* Backward, last step first. Without dh: dZ comes in with δc' from h' in its x~ block and δr in its
  * wr block. With dh (T, S, n), the delta of h' for a linear g, they are made here, each row just
  * before its step: δr = dh (c' - s), δc' = dh r, and δs = dh - dh r into dZ's ws block (k = 4) or
- * into ds (k = 3, s from hs). Then the deltas of x~, wf(x), wr(x) replace them: δc = δc' f +
- * δwf vf + δwr vr reaches the step before's δc' (not past the first step: truncated BPTT). The sums
- * of the gradients: dv (2n + k n,) += [Σ δwf c, Σ δwr c, Σ of dZ's rows (the biases' gradient)].
- * One row (step, stream) is one loop over its n features (sru_back_row), so that each array is read
- * once per row; its flags are constants where it is called, and the compiler makes one loop of each. */
+ * into ds (k = 3, s from hs; none for one-hot `ids`, whose delta goes nowhere). Then the deltas of
+ * x~, wf(x), wr(x) replace them: δc = δc' f + δwf vf + δwr vr reaches the step before's δc' (not
+ * past the first step: truncated BPTT). The sums of the gradients: dv (2n + k n,) += [Σ δwf c,
+ * Σ δwr c, Σ of dZ's rows (the biases' gradient)]. One row (step, stream) is one loop over its n
+ * features (sru_back_row), so that each array is read once per row; its flags and NULLs are
+ * constants where it is called, and the compiler makes one loop of each. */
 static inline __attribute__((always_inline)) void K(sru_back_row)(
     float *restrict dx, const float *restrict x, const float *restrict c, const float *restrict c1,
     const float *restrict v, float *restrict dv, const float *restrict d, const float *restrict sj,
-    float *restrict dsj, float *restrict before, Py_ssize_t n, Py_ssize_t k, int with_dh, int carry_in,
-    int carry_out)
+    Py_ssize_t id, float *restrict dsj, float *restrict before, Py_ssize_t n, Py_ssize_t k, int with_dh,
+    int carry_in, int carry_out)
 {
     const float *f = x + n, *r = x + 2 * n, *vf = v, *vr = v + n;
     float *df = dx + n, *dr = dx + 2 * n, *dvf = dv, *dvr = dv + n, *db = dv + 2 * n;
     EACH(j, n) {
         float dc = with_dh ? (carry_in ? dx[j] : 0.0f) + d[j] * r[j] : dx[j];  /* δc' */
-        float drj = (with_dh ? d[j] * (c1[j] - sj[j]) : dr[j]) * r[j] * (1.0f - r[j]);
+        float s = sj ? sj[j] : j == id ? 1.0f : 0.0f;
+        float drj = (with_dh ? d[j] * (c1[j] - s) : dr[j]) * r[j] * (1.0f - r[j]);
         float dfj = dc * (c[j] - x[j]) * f[j] * (1.0f - f[j]);
         float dxj = dc * (1.0f - f[j]);
-        if (with_dh)
+        if (with_dh && dsj)
             dsj[j] = d[j] - d[j] * r[j];
         if (carry_out) {
             float carry = dc * f[j] + dfj * vf[j] + drj * vr[j];
@@ -103,10 +109,11 @@ static inline __attribute__((always_inline)) void K(sru_back_row)(
         EACH(j, n) db[3 * n + j] += dx[3 * n + j];
 }
 
-static void K(sru_back)(float *restrict dZ, const float *restrict Z, const float *restrict C,
-                        const float *restrict v, float *restrict dv, const float *restrict dh,
-                        const float *restrict hs, float *restrict ds,
-                        Py_ssize_t T, Py_ssize_t S, Py_ssize_t n, Py_ssize_t k)
+/* sru_back for s given as rows (one_hot 0: Z's ws block or hs) or as ids (one_hot 1). */
+static inline __attribute__((always_inline)) void K(sru_back_all)(
+    float *restrict dZ, const float *restrict Z, const float *restrict C, const float *restrict v,
+    float *restrict dv, const float *restrict dh, const float *restrict hs, const int64_t *restrict ids,
+    float *restrict ds, Py_ssize_t T, Py_ssize_t S, Py_ssize_t n, Py_ssize_t k, int one_hot)
 {
     for (Py_ssize_t t = T - 1; t >= 0; t--)
         for (Py_ssize_t s = 0; s < S; s++) {
@@ -115,47 +122,76 @@ static void K(sru_back)(float *restrict dZ, const float *restrict Z, const float
             float *dx = dZ + row * k * n, *before = t ? dZ + (row - S) * k * n : NULL;
             if (!dh) {
                 if (t)
-                    K(sru_back_row)(dx, x, c, c1, v, dv, NULL, NULL, NULL, before, n, k, 0, 1, 1);
+                    K(sru_back_row)(dx, x, c, c1, v, dv, NULL, NULL, -1, NULL, before, n, k, 0, 1, 1);
                 else
-                    K(sru_back_row)(dx, x, c, c1, v, dv, NULL, NULL, NULL, NULL, n, k, 0, 1, 0);
+                    K(sru_back_row)(dx, x, c, c1, v, dv, NULL, NULL, -1, NULL, NULL, n, k, 0, 1, 0);
                 continue;
             }
-            const float *d = dh + row * n, *sj = k == 4 ? x + 3 * n : hs + row * n;
-            float *dsj = k == 4 ? dx + 3 * n : ds + row * n;
+            const float *d = dh + row * n, *sj = one_hot ? NULL : k == 4 ? x + 3 * n : hs + row * n;
+            float *dsj = one_hot ? NULL : k == 4 ? dx + 3 * n : ds + row * n;
+            Py_ssize_t id = one_hot ? ids[row] : -1;
             if (t == T - 1 && t)  /* dx holds the step after's δc from t < T - 1 on */
-                K(sru_back_row)(dx, x, c, c1, v, dv, d, sj, dsj, before, n, k, 1, 0, 1);
+                K(sru_back_row)(dx, x, c, c1, v, dv, d, sj, id, dsj, before, n, k, 1, 0, 1);
             else if (t == T - 1)
-                K(sru_back_row)(dx, x, c, c1, v, dv, d, sj, dsj, NULL, n, k, 1, 0, 0);
+                K(sru_back_row)(dx, x, c, c1, v, dv, d, sj, id, dsj, NULL, n, k, 1, 0, 0);
             else if (t)
-                K(sru_back_row)(dx, x, c, c1, v, dv, d, sj, dsj, before, n, k, 1, 1, 1);
+                K(sru_back_row)(dx, x, c, c1, v, dv, d, sj, id, dsj, before, n, k, 1, 1, 1);
             else
-                K(sru_back_row)(dx, x, c, c1, v, dv, d, sj, dsj, NULL, n, k, 1, 1, 0);
+                K(sru_back_row)(dx, x, c, c1, v, dv, d, sj, id, dsj, NULL, n, k, 1, 1, 0);
         }
+}
+
+static void K(sru_back)(float *restrict dZ, const float *restrict Z, const float *restrict C,
+                        const float *restrict v, float *restrict dv, const float *restrict dh,
+                        const float *restrict hs, const int64_t *restrict ids, float *restrict ds,
+                        Py_ssize_t T, Py_ssize_t S, Py_ssize_t n, Py_ssize_t k)
+{
+    if (ids)
+        K(sru_back_all)(dZ, Z, C, v, dv, dh, NULL, ids, NULL, T, S, n, k, 1);
+    else
+        K(sru_back_all)(dZ, Z, C, v, dv, dh, hs, NULL, ds, T, S, n, k, 0);
 }
 
 #else
 
-/* T, S, n, k of Z (T, S, k n), C (T+1, S, n), v and dv (2n + k n,), H, hs, ds (T, S, n) where given
- * (NULL: not given); hs (and ds) given exactly when k = 3 and H (dh) is. 0, or -1 with a ValueError. */
+/* Whether the highway argument holds int64 ids (one-hot rows) rather than float32 rows. */
+static int holds_ids(PyObject *obj)
+{
+    Py_buffer b;
+    if (PyObject_GetBuffer(obj, &b, PyBUF_ND | PyBUF_FORMAT) < 0) {
+        PyErr_Clear();  /* get_typed then says what it expected */
+        return 0;
+    }
+    int ids = b.itemsize == 8 && (strcmp(b.format, "q") == 0 || strcmp(b.format, "l") == 0);
+    PyBuffer_Release(&b);
+    return ids;
+}
+
+/* T, S, n, k of Z (T, S, k n), C (T+1, S, n), v and dv (2n + k n,), H, ds (T, S, n) where given
+ * (NULL: not given) and hs, (T, S, n) rows or with `ids` (T, S) ids in [0, n); hs given exactly
+ * when k = 3 and H (dh) is, and ds exactly with rows hs in backward. 0, or -1 with a ValueError. */
 static int sru_shapes(const Py_buffer *Z, const Py_buffer *C, const Py_buffer *v, const Py_buffer *dv,
-                      const Py_buffer *H, const Py_buffer *hs, const Py_buffer *ds, Py_ssize_t dims[4])
+                      const Py_buffer *H, const Py_buffer *hs, const Py_buffer *ds, int ids, Py_ssize_t dims[4])
 {
     Py_ssize_t n = C->ndim == 3 ? C->shape[2] : 0;
     Py_ssize_t k = n && Z->ndim == 3 ? Z->shape[2] / n : 0;
     int ok = Z->ndim == 3 && C->ndim == 3 && v->ndim == 1 && n && (k == 3 || k == 4) && Z->shape[2] == k * n &&
              C->shape[0] == Z->shape[0] + 1 && C->shape[1] == Z->shape[1] && v->shape[0] == (2 + k) * n &&
-             (!dv || (dv->ndim == 1 && dv->shape[0] == (2 + k) * n)) && (!H || (k == 3) == (hs != NULL));
-    const Py_buffer *rows[] = {H, hs, ds};
+             (!dv || (dv->ndim == 1 && dv->shape[0] == (2 + k) * n)) && (!H || (k == 3) == (hs != NULL)) &&
+             (!dv || !H || (hs != NULL && !ids) == (ds != NULL));
+    const Py_buffer *rows[] = {H, ids ? NULL : hs, ds};
     for (int i = 0; i < 3; i++)
         ok = ok && (!rows[i] || (rows[i]->ndim == 3 && rows[i]->shape[0] == Z->shape[0] &&
                                  rows[i]->shape[1] == Z->shape[1] && rows[i]->shape[2] == n));
+    ok = ok && (!ids || (hs->ndim == 2 && hs->shape[0] == Z->shape[0] && hs->shape[1] == Z->shape[1]));
     if (!ok) {
         PyErr_SetString(PyExc_ValueError, "sru: Z (T, S, k n) with k 3 or 4, C (T+1, S, n), v and dv (2n + k n,), "
-                                          "h' and its delta (T, S, n), with s (T, S, n) exactly when k = 3");
+                                          "h' and its delta (T, S, n), with s exactly when k = 3: rows (T, S, n) "
+                                          "and their delta, or ids (T, S)");
         return -1;
     }
     dims[0] = Z->shape[0], dims[1] = Z->shape[1], dims[2] = n, dims[3] = k;
-    return 0;
+    return ids ? check_ids(hs->buf, Z->shape[0] * Z->shape[1], n, "sru") : 0;
 }
 
 static PyObject *sru_step(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
@@ -166,13 +202,15 @@ static PyObject *sru_step(PyObject *self, PyObject *const *args, Py_ssize_t narg
         PyErr_SetString(PyExc_TypeError, "sru_step(Z, v, C[, H[, s]])");
         return NULL;
     }
-    if (get_typed(args, b, "FfFFf", (int)nargs) < 0)
+    int ids = nargs > 4 && holds_ids(args[4]);
+    if (get_typed(args, b, ids ? "FfFFq" : "FfFFf", (int)nargs) < 0)
         return NULL;
-    if (sru_shapes(&b[0], &b[2], &b[1], NULL, nargs > 3 ? &b[3] : NULL, nargs > 4 ? &b[4] : NULL, NULL, d) < 0) {
+    if (sru_shapes(&b[0], &b[2], &b[1], NULL, nargs > 3 ? &b[3] : NULL, nargs > 4 ? &b[4] : NULL, NULL, ids, d) < 0) {
         release(b, (int)nargs);
         return NULL;
     }
-    CALL(sru_step, F(0), F(1), F(2), nargs > 3 ? F(3) : NULL, nargs > 4 ? F(4) : NULL, d[0], d[1], d[2], d[3]);
+    CALL(sru_step, F(0), F(1), F(2), nargs > 3 ? F(3) : NULL, nargs > 4 && !ids ? F(4) : NULL,
+         ids ? (const int64_t *)b[4].buf : NULL, d[0], d[1], d[2], d[3]);
     return done(b, nargs);
 }
 
@@ -180,26 +218,27 @@ static PyObject *sru_back(PyObject *self, PyObject *const *args, Py_ssize_t narg
 {
     Py_buffer b[MAX_ARGS];
     Py_ssize_t d[4];
-    if (nargs != 5 && nargs != 6 && nargs != 8) {
-        PyErr_SetString(PyExc_TypeError, "sru_back(dZ, Z, C, v, dv[, dh[, s, ds]])");
+    if (nargs < 5 || nargs > 8) {
+        PyErr_SetString(PyExc_TypeError, "sru_back(dZ, Z, C, v, dv[, dh[, s[, ds]]])");
         return NULL;
     }
-    if (get_typed(args, b, "FfffFffF", (int)nargs) < 0)
+    int ids = nargs > 6 && holds_ids(args[6]);
+    if (get_typed(args, b, ids ? "FfffFfqF" : "FfffFffF", (int)nargs) < 0)
         return NULL;
     if (sru_shapes(&b[1], &b[2], &b[3], &b[4], nargs > 5 ? &b[5] : NULL, nargs > 6 ? &b[6] : NULL,
-                   nargs > 7 ? &b[7] : NULL, d) < 0 || b[0].len != b[1].len) {
+                   nargs > 7 ? &b[7] : NULL, ids, d) < 0 || b[0].len != b[1].len) {
         if (!PyErr_Occurred())
             PyErr_SetString(PyExc_ValueError, "sru_back: dZ must have Z's shape");
         release(b, (int)nargs);
         return NULL;
     }
-    CALL(sru_back, F(0), F(1), F(2), F(3), F(4), nargs > 5 ? F(5) : NULL, nargs > 6 ? F(6) : NULL,
-         nargs > 7 ? F(7) : NULL, d[0], d[1], d[2], d[3]);
+    CALL(sru_back, F(0), F(1), F(2), F(3), F(4), nargs > 5 ? F(5) : NULL, nargs > 6 && !ids ? F(6) : NULL,
+         ids ? (const int64_t *)b[6].buf : NULL, nargs > 7 ? F(7) : NULL, d[0], d[1], d[2], d[3]);
     return done(b, nargs);
 }
 
 #define SRU_METHODS \
-    METHOD(sru_step, "sru_step(Z, v, C[, H[, s]]): [sru]'s biases added to Z, its gates f, r in place and the cells C[1:] over all steps; h' for a linear g into H"), \
-    METHOD(sru_back, "sru_back(dZ, Z, C, v, dv[, dh[, s, ds]]): back through sru_step, deltas in place in dZ; the gradients' sums dv accumulated"),
+    METHOD(sru_step, "sru_step(Z, v, C[, H[, s]]): [sru]'s biases added to Z, its gates f, r in place and the cells C[1:] over all steps; h' for a linear g into H (s: rows, or one-hot ids)"), \
+    METHOD(sru_back, "sru_back(dZ, Z, C, v, dv[, dh[, s[, ds]]]): back through sru_step, deltas in place in dZ; the gradients' sums dv accumulated (ds with rows s, none with ids)"),
 
 #endif

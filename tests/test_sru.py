@@ -227,6 +227,32 @@ def test_sru_back_kernel(T, S, n, k, fused):
         assert not np.allclose(dropped[0], want[0], **TOL)
 
 
+@pytest.mark.parametrize("backend", ["numpy", "c"])
+@pytest.mark.parametrize("T,S,n", [(64, 32, 256), (3, 1, 100)])
+def test_the_highway_given_as_ids_is_their_one_hot_rows(T, S, n, backend):
+    """A one-hot input's highway s given as its ids (T, S): forward and back as with the one-hot
+    rows written out here, and backward writes no δs (the ids take none)."""
+    if backend == "c" and K is None:
+        pytest.skip("darknetpy._kernels not built (no C compiler at install)")
+    with kernelmod.use(backend):
+        step, back = kernelmod.get("sru_step", np.float32([])), kernelmod.get("sru_back", np.float32([]))
+    Z, v, C, _ = step_inputs(T, S, n, 3, 5)
+    ids = np.random.default_rng(6).integers(0, n, (T, S))
+    hot = (np.arange(n) == ids[..., None]).astype(np.float32)
+    want, got = run_step(srumod.sru_step, Z, v, C, (hot,), True), run_step(step, Z, v, C, (ids,), True)
+    for a, b, name in zip(got, want, "ZCH"):
+        np.testing.assert_allclose(a, b, err_msg=name, **TOL)
+    dZ, Z, C, v, dh, _ = back_inputs(T, S, n, 3, 7)
+    want = run_back(srumod.sru_back, dZ, Z, C, v, dh, (hot,), True)
+    dv, got = np.full(v.size, 0.5, np.float32), dZ.copy()
+    back(got, Z, C, v, dv, dh, ids)
+    np.testing.assert_allclose(got, want[0], err_msg="dZ", **TOL)
+    np.testing.assert_allclose(dv, want[1], rtol=1e-5, atol=1e-6 * T * S)
+    # Not vacuous: the ids' ones matter (all-zero rows give another δr)
+    zeros = run_back(srumod.sru_back, dZ, Z, C, v, dh, (np.zeros_like(hot),), True)
+    assert not np.allclose(zeros[0], want[0], **TOL)
+
+
 @needs_kernels
 def test_kernels_check_their_shapes():
     Z, v, C, (s,) = step_inputs(3, 2, 4, 3, 0)
@@ -238,6 +264,14 @@ def test_kernels_check_their_shapes():
         K.sru_step(Z[..., :8].copy(), v, C)  # k = 2
     with pytest.raises(ValueError, match="sru"):
         K.sru_back(Z[:2].copy(), Z, C, v, v.copy())
+    ids, dh = np.zeros((3, 2), np.int64), C[1:].copy()
+    with pytest.raises(ValueError, match="sru"):
+        K.sru_back(Z.copy(), Z, C, v, v.copy(), dh, s)  # rows s: their delta ds is missing
+    with pytest.raises(ValueError, match="sru"):
+        K.sru_back(Z.copy(), Z, C, v, v.copy(), dh, ids, dh.copy())  # ids take no delta
+    ids[1, 1] = 4  # n = 4
+    with pytest.raises(ValueError, match="out of range"):
+        K.sru_step(Z, v, C, C[1:].copy(), ids)
 
 
 @needs_kernels

@@ -32,6 +32,11 @@ def sigmoid(z):
         return 1 / (1 + np.exp(-z))
 
 
+def one_hot(s, n, dtype):
+    """The highway s as rows (T, S, n): s itself, or the one-hot rows of ids (T, S)."""
+    return (np.arange(n) == s[..., None]).astype(dtype) if is_ids(s) else s
+
+
 def sru_step(Z, v, C, H=None, s=None):
     """The recurrence of T steps. Z (T, S, k n), k = 3 or 4: per step and stream the sub-layers'
     products x~ | wf(x) | wr(x) [| ws(x)], n each, without their biases; v (2n + k n,) = vf | vr |
@@ -39,7 +44,7 @@ def sru_step(Z, v, C, H=None, s=None):
     before the first step. Adds the biases to Z, writes C[t+1] = c' and turns the wf, wr blocks
     into the gates: f = σ(wf(x) + vf⊙c), r = σ(wr(x) + vr⊙c), c' = f⊙c + (1 − f)⊙x~. With H
     (T, S, n) also the output for a linear g, h' = r⊙(c' − s) + s, s the ws block of Z (k = 4) or
-    s (T, S, n) (k = 3)."""
+    s (k = 3): rows (T, S, n), or the ids (T, S) of one-hot rows."""
     n = C.shape[2]
     vf, vr = v[:n], v[n:2 * n]
     Z += v[2 * n:]
@@ -50,7 +55,7 @@ def sru_step(Z, v, C, H=None, s=None):
         r[...] = sigmoid(r + vr * c)
         C[t + 1] = f * c + (1 - f) * x
     if H is not None:
-        s = Z[..., 3 * n:] if s is None else s
+        s = Z[..., 3 * n:] if s is None else one_hot(s, n, Z.dtype)
         np.subtract(C[1:], s, out=H)
         H *= Z[..., 2 * n:3 * n]
         H += s
@@ -60,18 +65,19 @@ def sru_back(dZ, Z, C, v, dv, dh=None, s=None, ds=None):
     """sru_step back, Z and C as sru_step left them, v as it took it. dZ (T, S, k n) comes in holding the delta
     reaching c' from h' in its x~ block and the delta of r in its wr block; or, given dh (T, S, n)
     the delta of h' for a linear g, they are made here first: δr = dh⊙(c' − s), δc' = dh⊙r, and
-    δs = dh − dh⊙r goes to dZ's ws block (k = 4, s from Z) or to ds (k = 3, s given). Then the
-    deltas of x~, wf(x) and wr(x) replace them. The delta of c' is completed step by step, last
-    first: δc = δc'⊙f + δwf⊙vf + δwr⊙vr reaches the step before's c' (none reaches the cell before
-    the datum: truncated BPTT). dv (2n + k n,) += the sums over steps and streams [δwf⊙c, δwr⊙c,
-    dZ] (vf's, vr's and the sub-layers' biases' gradients)."""
+    δs = dh − dh⊙r goes to dZ's ws block (k = 4, s from Z) or to ds (k = 3, s given as rows; ids
+    have no delta and no ds). Then the deltas of x~, wf(x) and wr(x) replace them. The delta of c'
+    is completed step by step, last first: δc = δc'⊙f + δwf⊙vf + δwr⊙vr reaches the step before's
+    c' (none reaches the cell before the datum: truncated BPTT). dv (2n + k n,) += the sums over
+    steps and streams [δwf⊙c, δwr⊙c, dZ] (vf's, vr's and the sub-layers' biases' gradients)."""
     n = C.shape[2]
     vf, vr = v[:n], v[n:2 * n]
     if dh is not None:
-        s, ds = (Z[..., 3 * n:], dZ[..., 3 * n:]) if s is None else (s, ds)
+        s, ds = (Z[..., 3 * n:], dZ[..., 3 * n:]) if s is None else (one_hot(s, n, Z.dtype), ds)
         np.multiply(dh, C[1:] - s, out=dZ[..., 2 * n:3 * n])
         np.multiply(dh, Z[..., 2 * n:3 * n], out=dZ[..., :n])
-        np.subtract(dh, dZ[..., :n], out=ds)  # dh − dh⊙r
+        if ds is not None:
+            np.subtract(dh, dZ[..., :n], out=ds)  # dh − dh⊙r
     for t in reversed(range(Z.shape[0])):
         z, d, c = Z[t], dZ[t], C[t]
         x, f, r = z[:, :n], z[:, n:2 * n], z[:, 2 * n:3 * n]
@@ -91,6 +97,11 @@ def sru_back(dZ, Z, C, v, dv, dh=None, s=None, ds=None):
 kernels.register(sru_step, sru_back)
 
 
+def floats(arrays):
+    """The float arrays of a kernel call, which pick its backend (`kernels.get`): all but ids."""
+    return [a for a in arrays if not is_ids(a)]
+
+
 class SRU(Recurrent):
     kind = "sru"
     state_names = ("c",)
@@ -101,7 +112,7 @@ class SRU(Recurrent):
         Z: np.ndarray    # (T, S, k n) x~ | f | r [| ws(x)], the gates activated by sru_step
         C: np.ndarray    # (T+1, S, n) C[t] the cell before step t
         G: np.ndarray    # (T, S, n) g(c')
-        s: np.ndarray    # (T, S, n) the highway's s: ws(x), or x
+        s: np.ndarray    # (T, S, n) the highway's s: ws(x), or x; or the ids (T, S) of one-hot x
         v: np.ndarray    # (2n + k n,) vf | vr | the biases sru_step added
         bn: list         # batchnorm's (x̂, σ, σ+ε) (Dense.normalize), or nothing without batchnorm
 
@@ -149,10 +160,14 @@ class SRU(Recurrent):
         return v
 
     def highway(self, x, Z):
-        """s for every step, (T, S, n): the ws block of Z, or x itself (one-hot rows for ids)."""
+        """s for every step, (T, S, n): the ws block of Z, or x itself. One-hot ids stay ids (T, S)
+        for a linear g, whose h' the kernels compute reading them as such; any other g gets their
+        rows, for numpy's h'."""
         n = self.outputs
         if self.ws:
             return Z[..., 3 * n:]
+        if is_ids(x) and self.activation == "linear":
+            return x.astype(np.int64, copy=False)
         if is_ids(x):  # zeros and a one per row: a gather from np.eye wrote every element twice as slowly
             s = self.buffer("onehot", (*x.shape, n))
             s.fill(0)
@@ -176,7 +191,7 @@ class SRU(Recurrent):
         H = self.buffer("H", (T, S, n))
         s = self.highway(x, Z)
         out = (H,) + (() if self.ws else (s,)) if self.activation == "linear" else ()  # h' comes with it
-        kernels.get("sru_step", Z, v, C, *out)(Z, v, C, *out)
+        kernels.get("sru_step", Z, v, C, *floats(out))(Z, v, C, *out)
         c0[...] = C[T]
         G = C[1:]
         if not out:  # h' = s + r⊙(g(c') − s)
@@ -194,11 +209,12 @@ class SRU(Recurrent):
         n, d = self.outputs, self.dense
         x, Z, C, G, s, v, bn = self.tape
         dZ = self.buffer("dZ", Z.shape)
-        ds = dZ[..., 3 * n:] if self.ws else self.buffer("ds", (T, S, n))  # δs = δh⊙(1 − r)
-        highway = () if self.ws else (s, ds)
+        # δs = δh⊙(1 − r), none for ids (nothing takes it: they are the network's input)
+        ds = dZ[..., 3 * n:] if self.ws else None if is_ids(s) else self.buffer("ds", (T, S, n))
+        highway = () if self.ws else (s,) if ds is None else (s, ds)
         sums = self.buffer("sums", (2 * n + Z.shape[2],))  # the gradients of vf, vr and the biases
         sums[...] = 0
-        back = kernels.get("sru_back", dZ, Z, C, v, sums, dh, *highway)
+        back = kernels.get("sru_back", dZ, Z, C, v, sums, dh, *floats(highway))
         if self.activation == "linear":  # δr, δc' and δs come with the recurrence, in the kernel
             back(dZ, Z, C, v, sums, dh, *highway)
         else:
