@@ -20,8 +20,10 @@
 /* Forward: the biases added to Z's blocks (in place: backward reads x~ and s from Z), then
  * f = σ(wf(x) + vf c), r = σ(wr(x) + vr c) into the wf, wr blocks of Z; C[t+1] = c' = f c + (1 - f) x~.
  * With H (T, S, n): also h' = r (c' - s) + s, the output for a linear g, s from Z's ws block (k = 4),
- * from `hs` (T, S, n) or the one-hot `ids` (T, S) (k = 3). Per row the two gates are a loop each and
- * the rest one loop (sru_step_row, its flags and NULLs constants where it is called). */
+ * from `hs` (T, S, n) or the one-hot `ids` (T, S) (k = 3). Given W (n, k n) with the ids, each row of
+ * Z is first copied from W's row at its id (the one-hot input's products, a row gather: Z is read
+ * from cache, not from memory, after). Per row the two gates are a loop each and the rest one loop
+ * (sru_step_row, its flags and NULLs constants where it is called). */
 static inline __attribute__((always_inline)) void K(sru_step_row)(
     float *restrict x, const float *restrict b, const float *restrict c, float *restrict c1,
     float *restrict h, const float *restrict hs, Py_ssize_t id, Py_ssize_t n, int ws, int with_h)
@@ -42,14 +44,16 @@ static inline __attribute__((always_inline)) void K(sru_step_row)(
 }
 
 static void K(sru_step)(float *restrict Z, const float *restrict v, float *restrict C, float *restrict H,
-                        const float *restrict hs, const int64_t *restrict ids, Py_ssize_t T, Py_ssize_t S,
-                        Py_ssize_t n, Py_ssize_t k)
+                        const float *restrict hs, const int64_t *restrict ids, const float *restrict W,
+                        Py_ssize_t T, Py_ssize_t S, Py_ssize_t n, Py_ssize_t k)
 {
     const float *vf = v, *vr = v + n, *b = v + 2 * n;
     for (Py_ssize_t t = 0; t < T; t++)
         for (Py_ssize_t s = 0; s < S; s++) {
             Py_ssize_t row = t * S + s;
             float *x = Z + row * k * n, *f = x + n, *r = x + 2 * n;
+            if (W)
+                memcpy(x, W + ids[row] * k * n, k * n * sizeof(float));
             const float *c = C + row * n;
             float *c1 = C + (row + S) * n, *h = H ? H + row * n : NULL;
             EACH(j, n) f[j] = K(sigmoid2)(0.5f * ((f[j] + b[n + j]) + vf[j] * c[j]));
@@ -70,7 +74,9 @@ static void K(sru_step)(float *restrict Z, const float *restrict v, float *restr
 /* Backward, last step first. Without dh: dZ comes in with δc' from h' in its x~ block and δr in its
  * wr block. With dh (T, S, n), the delta of h' for a linear g, they are made here, each row just
  * before its step: δr = dh (c' - s), δc' = dh r, and δs = dh - dh r into dZ's ws block (k = 4) or
- * into ds (k = 3, s from hs; none for one-hot `ids`, whose delta goes nowhere). Then the deltas of
+ * into ds (k = 3, s from hs; none for one-hot `ids`, whose delta goes nowhere: given dW (n, k n)
+ * instead, each finished row of dZ is added to dW's row at its id, the one-hot input's weight
+ * gradient, while the row is in cache). Then the deltas of
  * x~, wf(x), wr(x) replace them: δc = δc' f + δwf vf + δwr vr reaches the step before's δc' (not
  * past the first step: truncated BPTT). The sums of the gradients: dv (2n + k n,) += [Σ δwf c,
  * Σ δwr c, Σ of dZ's rows (the biases' gradient)]. One row (step, stream) is one loop over its n
@@ -113,7 +119,8 @@ static inline __attribute__((always_inline)) void K(sru_back_row)(
 static inline __attribute__((always_inline)) void K(sru_back_all)(
     float *restrict dZ, const float *restrict Z, const float *restrict C, const float *restrict v,
     float *restrict dv, const float *restrict dh, const float *restrict hs, const int64_t *restrict ids,
-    float *restrict ds, Py_ssize_t T, Py_ssize_t S, Py_ssize_t n, Py_ssize_t k, int one_hot)
+    float *restrict ds, float *restrict dW, Py_ssize_t T, Py_ssize_t S, Py_ssize_t n, Py_ssize_t k,
+    int one_hot)
 {
     for (Py_ssize_t t = T - 1; t >= 0; t--)
         for (Py_ssize_t s = 0; s < S; s++) {
@@ -138,18 +145,22 @@ static inline __attribute__((always_inline)) void K(sru_back_all)(
                 K(sru_back_row)(dx, x, c, c1, v, dv, d, sj, id, dsj, before, n, k, 1, 1, 1);
             else
                 K(sru_back_row)(dx, x, c, c1, v, dv, d, sj, id, dsj, NULL, n, k, 1, 1, 0);
+            if (one_hot && dW) {
+                float *g = dW + id * k * n;
+                EACH(j, k * n) g[j] += dx[j];
+            }
         }
 }
 
 static void K(sru_back)(float *restrict dZ, const float *restrict Z, const float *restrict C,
                         const float *restrict v, float *restrict dv, const float *restrict dh,
                         const float *restrict hs, const int64_t *restrict ids, float *restrict ds,
-                        Py_ssize_t T, Py_ssize_t S, Py_ssize_t n, Py_ssize_t k)
+                        float *restrict dW, Py_ssize_t T, Py_ssize_t S, Py_ssize_t n, Py_ssize_t k)
 {
     if (ids)
-        K(sru_back_all)(dZ, Z, C, v, dv, dh, NULL, ids, NULL, T, S, n, k, 1);
+        K(sru_back_all)(dZ, Z, C, v, dv, dh, NULL, ids, NULL, dW, T, S, n, k, 1);
     else
-        K(sru_back_all)(dZ, Z, C, v, dv, dh, hs, NULL, ds, T, S, n, k, 0);
+        K(sru_back_all)(dZ, Z, C, v, dv, dh, hs, NULL, ds, NULL, T, S, n, k, 0);
 }
 
 #else
@@ -169,9 +180,11 @@ static int holds_ids(PyObject *obj)
 
 /* T, S, n, k of Z (T, S, k n), C (T+1, S, n), v and dv (2n + k n,), H, ds (T, S, n) where given
  * (NULL: not given) and hs, (T, S, n) rows or with `ids` (T, S) ids in [0, n); hs given exactly
- * when k = 3 and H (dh) is, and ds exactly with rows hs in backward. 0, or -1 with a ValueError. */
+ * when k = 3 and H (dh) is, and ds exactly with rows hs in backward; W (or dW) (n, k n) only with
+ * ids. 0, or -1 with a ValueError. */
 static int sru_shapes(const Py_buffer *Z, const Py_buffer *C, const Py_buffer *v, const Py_buffer *dv,
-                      const Py_buffer *H, const Py_buffer *hs, const Py_buffer *ds, int ids, Py_ssize_t dims[4])
+                      const Py_buffer *H, const Py_buffer *hs, const Py_buffer *ds, const Py_buffer *W, int ids,
+                      Py_ssize_t dims[4])
 {
     Py_ssize_t n = C->ndim == 3 ? C->shape[2] : 0;
     Py_ssize_t k = n && Z->ndim == 3 ? Z->shape[2] / n : 0;
@@ -184,10 +197,11 @@ static int sru_shapes(const Py_buffer *Z, const Py_buffer *C, const Py_buffer *v
         ok = ok && (!rows[i] || (rows[i]->ndim == 3 && rows[i]->shape[0] == Z->shape[0] &&
                                  rows[i]->shape[1] == Z->shape[1] && rows[i]->shape[2] == n));
     ok = ok && (!ids || (hs->ndim == 2 && hs->shape[0] == Z->shape[0] && hs->shape[1] == Z->shape[1]));
+    ok = ok && (!W || (ids && W->ndim == 2 && W->shape[0] == n && W->shape[1] == k * n));
     if (!ok) {
         PyErr_SetString(PyExc_ValueError, "sru: Z (T, S, k n) with k 3 or 4, C (T+1, S, n), v and dv (2n + k n,), "
                                           "h' and its delta (T, S, n), with s exactly when k = 3: rows (T, S, n) "
-                                          "and their delta, or ids (T, S)");
+                                          "and their delta, or ids (T, S) and optionally W or dW (n, k n)");
         return -1;
     }
     dims[0] = Z->shape[0], dims[1] = Z->shape[1], dims[2] = n, dims[3] = k;
@@ -198,19 +212,20 @@ static PyObject *sru_step(PyObject *self, PyObject *const *args, Py_ssize_t narg
 {
     Py_buffer b[MAX_ARGS];
     Py_ssize_t d[4];
-    if (nargs < 3 || nargs > 5) {
-        PyErr_SetString(PyExc_TypeError, "sru_step(Z, v, C[, H[, s]])");
+    if (nargs < 3 || nargs > 6) {
+        PyErr_SetString(PyExc_TypeError, "sru_step(Z, v, C[, H[, s[, W]]])");
         return NULL;
     }
     int ids = nargs > 4 && holds_ids(args[4]);
-    if (get_typed(args, b, ids ? "FfFFq" : "FfFFf", (int)nargs) < 0)
+    if (get_typed(args, b, ids ? "FfFFqf" : "FfFFff", (int)nargs) < 0)
         return NULL;
-    if (sru_shapes(&b[0], &b[2], &b[1], NULL, nargs > 3 ? &b[3] : NULL, nargs > 4 ? &b[4] : NULL, NULL, ids, d) < 0) {
+    if (sru_shapes(&b[0], &b[2], &b[1], NULL, nargs > 3 ? &b[3] : NULL, nargs > 4 ? &b[4] : NULL, NULL,
+                   nargs > 5 ? &b[5] : NULL, ids, d) < 0) {
         release(b, (int)nargs);
         return NULL;
     }
     CALL(sru_step, F(0), F(1), F(2), nargs > 3 ? F(3) : NULL, nargs > 4 && !ids ? F(4) : NULL,
-         ids ? (const int64_t *)b[4].buf : NULL, d[0], d[1], d[2], d[3]);
+         ids ? (const int64_t *)b[4].buf : NULL, nargs > 5 ? F(5) : NULL, d[0], d[1], d[2], d[3]);
     return done(b, nargs);
 }
 
@@ -219,26 +234,28 @@ static PyObject *sru_back(PyObject *self, PyObject *const *args, Py_ssize_t narg
     Py_buffer b[MAX_ARGS];
     Py_ssize_t d[4];
     if (nargs < 5 || nargs > 8) {
-        PyErr_SetString(PyExc_TypeError, "sru_back(dZ, Z, C, v, dv[, dh[, s[, ds]]])");
+        PyErr_SetString(PyExc_TypeError, "sru_back(dZ, Z, C, v, dv[, dh[, s[, ds or dW]]])");
         return NULL;
     }
     int ids = nargs > 6 && holds_ids(args[6]);
     if (get_typed(args, b, ids ? "FfffFfqF" : "FfffFffF", (int)nargs) < 0)
         return NULL;
+    const Py_buffer *last = nargs > 7 ? &b[7] : NULL;  /* ds for rows s, dW for ids */
     if (sru_shapes(&b[1], &b[2], &b[3], &b[4], nargs > 5 ? &b[5] : NULL, nargs > 6 ? &b[6] : NULL,
-                   nargs > 7 ? &b[7] : NULL, ids, d) < 0 || b[0].len != b[1].len) {
+                   ids ? NULL : last, ids ? last : NULL, ids, d) < 0 || b[0].len != b[1].len) {
         if (!PyErr_Occurred())
             PyErr_SetString(PyExc_ValueError, "sru_back: dZ must have Z's shape");
         release(b, (int)nargs);
         return NULL;
     }
     CALL(sru_back, F(0), F(1), F(2), F(3), F(4), nargs > 5 ? F(5) : NULL, nargs > 6 && !ids ? F(6) : NULL,
-         ids ? (const int64_t *)b[6].buf : NULL, nargs > 7 ? F(7) : NULL, d[0], d[1], d[2], d[3]);
+         ids ? (const int64_t *)b[6].buf : NULL, last && !ids ? F(7) : NULL, last && ids ? F(7) : NULL,
+         d[0], d[1], d[2], d[3]);
     return done(b, nargs);
 }
 
 #define SRU_METHODS \
-    METHOD(sru_step, "sru_step(Z, v, C[, H[, s]]): [sru]'s biases added to Z, its gates f, r in place and the cells C[1:] over all steps; h' for a linear g into H (s: rows, or one-hot ids)"), \
-    METHOD(sru_back, "sru_back(dZ, Z, C, v, dv[, dh[, s[, ds]]]): back through sru_step, deltas in place in dZ; the gradients' sums dv accumulated (ds with rows s, none with ids)"),
+    METHOD(sru_step, "sru_step(Z, v, C[, H[, s[, W]]]): [sru]'s biases added to Z, its gates f, r in place and the cells C[1:] over all steps; h' for a linear g into H (s: rows, or one-hot ids, with which Z can be gathered from W)"), \
+    METHOD(sru_back, "sru_back(dZ, Z, C, v, dv[, dh[, s[, ds or dW]]]): back through sru_step, deltas in place in dZ; the gradients' sums dv accumulated (ds with rows s; with ids, dW += dZ's rows at their ids)"),
 
 #endif

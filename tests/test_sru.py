@@ -231,7 +231,9 @@ def test_sru_back_kernel(T, S, n, k, fused):
 @pytest.mark.parametrize("T,S,n", [(64, 32, 256), (3, 1, 100)])
 def test_the_highway_given_as_ids_is_their_one_hot_rows(T, S, n, backend):
     """A one-hot input's highway s given as its ids (T, S): forward and back as with the one-hot
-    rows written out here, and backward writes no δs (the ids take none)."""
+    rows written out here, and backward writes no δs (the ids take none). With the input's W, the
+    kernels gather Z from it forward and add the one-hot weight gradient to dW backward: as Z =
+    one-hot rows @ W before the step, and dW += their transpose @ the deltas."""
     if backend == "c" and K is None:
         pytest.skip("darknetpy._kernels not built (no C compiler at install)")
     with kernelmod.use(backend):
@@ -242,12 +244,21 @@ def test_the_highway_given_as_ids_is_their_one_hot_rows(T, S, n, backend):
     want, got = run_step(srumod.sru_step, Z, v, C, (hot,), True), run_step(step, Z, v, C, (ids,), True)
     for a, b, name in zip(got, want, "ZCH"):
         np.testing.assert_allclose(a, b, err_msg=name, **TOL)
+    W = np.random.default_rng(8).uniform(-3, 3, (n, 3 * n)).astype(np.float32)
+    want = run_step(srumod.sru_step, (hot @ W).astype(np.float32), v, C, (hot,), True)
+    got = run_step(lambda Z, *args: step(Z, *args, W), np.full_like(Z, np.nan), v, C, (ids,), True)
+    for a, b, name in zip(got, want, "ZCH"):
+        np.testing.assert_allclose(a, b, err_msg=name + " gathered from W", **TOL)
     dZ, Z, C, v, dh, _ = back_inputs(T, S, n, 3, 7)
     want = run_back(srumod.sru_back, dZ, Z, C, v, dh, (hot,), True)
-    dv, got = np.full(v.size, 0.5, np.float32), dZ.copy()
-    back(got, Z, C, v, dv, dh, ids)
-    np.testing.assert_allclose(got, want[0], err_msg="dZ", **TOL)
-    np.testing.assert_allclose(dv, want[1], rtol=1e-5, atol=1e-6 * T * S)
+    for dW in (None, np.random.default_rng(9).uniform(-1, 1, (n, 3 * n)).astype(np.float32)):
+        dv, got, before = np.full(v.size, 0.5, np.float32), dZ.copy(), None if dW is None else dW.copy()
+        back(got, Z, C, v, dv, dh, ids, *(() if dW is None else (dW,)))
+        np.testing.assert_allclose(got, want[0], err_msg="dZ", **TOL)
+        np.testing.assert_allclose(dv, want[1], rtol=1e-5, atol=1e-6 * T * S)
+        if dW is not None:  # sums of up to T S terms, in another order
+            np.testing.assert_allclose(dW, before + hot.reshape(-1, n).T.astype(np.float64) @ want[0].reshape(-1, 3 * n),
+                                       rtol=1e-5, atol=1e-6 * T * S)
     # Not vacuous: the ids' ones matter (all-zero rows give another δr)
     zeros = run_back(srumod.sru_back, dZ, Z, C, v, dh, (np.zeros_like(hot),), True)
     assert not np.allclose(zeros[0], want[0], **TOL)
@@ -275,7 +286,8 @@ def test_kernels_check_their_shapes():
 
 
 @needs_kernels
-@pytest.mark.parametrize("body", [sru(6), sru(9, 1), sru(7, 0, "tanh") + sru(7, 1, "leaky"), "adam=1\n" + sru(5)])
+@pytest.mark.parametrize("body", [sru(6), sru(9, 1), sru(9) + sru(9, 1), sru(7, 0, "tanh") + sru(7, 1, "leaky"),
+                                  "adam=1\n" + sru(5)])
 def test_training_step_with_and_without_kernels(body, write_cfg):
     """test_kernels.py's network-level check (its tolerances), with random vf, vr."""
     cfg = write_cfg("[net]\nbatch=3\ntime_steps=4\ninputs=9\n" + body + "[connected]\noutput=9\nactivation=linear\n[softmax]\n")

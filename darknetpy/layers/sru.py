@@ -37,16 +37,20 @@ def one_hot(s, n, dtype):
     return (np.arange(n) == s[..., None]).astype(dtype) if is_ids(s) else s
 
 
-def sru_step(Z, v, C, H=None, s=None):
+def sru_step(Z, v, C, H=None, s=None, W=None):
     """The recurrence of T steps. Z (T, S, k n), k = 3 or 4: per step and stream the sub-layers'
     products x~ | wf(x) | wr(x) [| ws(x)], n each, without their biases; v (2n + k n,) = vf | vr |
     the biases (zero where batchnorm or the input's table added them); C (T+1, S, n), C[0] the cell
     before the first step. Adds the biases to Z, writes C[t+1] = c' and turns the wf, wr blocks
     into the gates: f = σ(wf(x) + vf⊙c), r = σ(wr(x) + vr⊙c), c' = f⊙c + (1 − f)⊙x~. With H
     (T, S, n) also the output for a linear g, h' = r⊙(c' − s) + s, s the ws block of Z (k = 4) or
-    s (k = 3): rows (T, S, n), or the ids (T, S) of one-hot rows."""
+    s (k = 3): rows (T, S, n), or the ids (T, S) of one-hot rows, with which W (n, k n) may come:
+    the products are then W's rows at the ids, written into Z here (the C form reads each from
+    cache as it goes)."""
     n = C.shape[2]
     vf, vr = v[:n], v[n:2 * n]
+    if W is not None:
+        np.take(W, s.reshape(-1), axis=0, out=Z.reshape(-1, Z.shape[2]))
     Z += v[2 * n:]
     for t in range(Z.shape[0]):
         z, c = Z[t], C[t]
@@ -65,18 +69,21 @@ def sru_back(dZ, Z, C, v, dv, dh=None, s=None, ds=None):
     """sru_step back, Z and C as sru_step left them, v as it took it. dZ (T, S, k n) comes in holding the delta
     reaching c' from h' in its x~ block and the delta of r in its wr block; or, given dh (T, S, n)
     the delta of h' for a linear g, they are made here first: δr = dh⊙(c' − s), δc' = dh⊙r, and
-    δs = dh − dh⊙r goes to dZ's ws block (k = 4, s from Z) or to ds (k = 3, s given as rows; ids
-    have no delta and no ds). Then the deltas of x~, wf(x) and wr(x) replace them. The delta of c'
+    δs = dh − dh⊙r goes to dZ's ws block (k = 4, s from Z) or to ds (k = 3, s given as rows). Ids
+    have no delta: in ds's place then may come dW (n, k n), the one-hot input's weight gradient,
+    += dZ's rows at their ids (Dense.accumulate's; the C form adds each row while it is in cache,
+    last step first). Then the deltas of x~, wf(x) and wr(x) replace them. The delta of c'
     is completed step by step, last first: δc = δc'⊙f + δwf⊙vf + δwr⊙vr reaches the step before's
     c' (none reaches the cell before the datum: truncated BPTT). dv (2n + k n,) += the sums over
     steps and streams [δwf⊙c, δwr⊙c, dZ] (vf's, vr's and the sub-layers' biases' gradients)."""
     n = C.shape[2]
     vf, vr = v[:n], v[n:2 * n]
+    ids, dW = (s, ds) if s is not None and is_ids(s) else (None, None)
     if dh is not None:
         s, ds = (Z[..., 3 * n:], dZ[..., 3 * n:]) if s is None else (one_hot(s, n, Z.dtype), ds)
         np.multiply(dh, C[1:] - s, out=dZ[..., 2 * n:3 * n])
         np.multiply(dh, Z[..., 2 * n:3 * n], out=dZ[..., :n])
-        if ds is not None:
+        if ds is not None and ids is None:
             np.subtract(dh, dZ[..., :n], out=ds)  # dh − dh⊙r
     for t in reversed(range(Z.shape[0])):
         z, d, c = Z[t], dZ[t], C[t]
@@ -92,6 +99,8 @@ def sru_back(dZ, Z, C, v, dv, dh=None, s=None, ds=None):
         if t:
             dZ[t - 1, :, :n] += dc1 * f + df * vf + dr * vr
     dv[2 * n:] += dZ.sum(axis=(0, 1))
+    if dW is not None:
+        kernels.onehot_grad(dW, ids.reshape(-1), dZ.reshape(-1, dZ.shape[2]))
 
 
 kernels.register(sru_step, sru_back)
@@ -175,13 +184,23 @@ class SRU(Recurrent):
             return s
         return x
 
+    def fused(self, x):
+        """Whether the kernels do W's part for one-hot ids x: sru_step gathers their rows of W as it
+        goes and sru_back adds the deltas' rows to dW, each row from cache. For a linear g (the
+        kernels then read s as ids), without ws or batchnorm (which needs all of Z first)."""
+        return is_ids(x) and self.activation == "linear" and not self.ws and not self.dense.bn
+
     def forward(self, x, train, state):
         T, S = x.shape[:2]
         n, d = self.outputs, self.dense
         (c0,) = state
-        # All sub-layers, all steps: one matmul into rows (T*S, k n) (a row gather for one-hot ids);
-        # batchnorm per step over the streams. Without it the biases come with sru_step.
-        Z = d.matmul(rows(x), out=self.buffer("Z", (T * S, len(d.names) * n))).reshape(T, S, -1)
+        # All sub-layers, all steps: one matmul into rows (T*S, k n) (a row gather for one-hot ids,
+        # or sru_step's); batchnorm per step over the streams. Without it the biases come with sru_step.
+        Z = self.buffer("Z", (T * S, len(d.names) * n))
+        table = (d.W,) if self.fused(x) else ()
+        if not table:
+            d.matmul(rows(x), out=Z)
+        Z = Z.reshape(T, S, -1)
         bn = []
         if d.bn:
             Z = d.normalize(Z, train, bn)
@@ -191,7 +210,7 @@ class SRU(Recurrent):
         H = self.buffer("H", (T, S, n))
         s = self.highway(x, Z)
         out = (H,) + (() if self.ws else (s,)) if self.activation == "linear" else ()  # h' comes with it
-        kernels.get("sru_step", Z, v, C, *floats(out))(Z, v, C, *out)
+        kernels.get("sru_step", Z, v, C, *floats(out), *table)(Z, v, C, *out, *table)
         c0[...] = C[T]
         G = C[1:]
         if not out:  # h' = s + r⊙(g(c') − s)
@@ -211,7 +230,7 @@ class SRU(Recurrent):
         dZ = self.buffer("dZ", Z.shape)
         # δs = δh⊙(1 − r), none for ids (nothing takes it: they are the network's input)
         ds = dZ[..., 3 * n:] if self.ws else None if is_ids(s) else self.buffer("ds", (T, S, n))
-        highway = () if self.ws else (s,) if ds is None else (s, ds)
+        highway = () if self.ws else (s, d.dW) if self.fused(x) else (s,) if ds is None else (s, ds)
         sums = self.buffer("sums", (2 * n + Z.shape[2],))  # the gradients of vf, vr and the biases
         sums[...] = 0
         back = kernels.get("sru_back", dZ, Z, C, v, sums, dh, *floats(highway))
@@ -230,7 +249,8 @@ class SRU(Recurrent):
         else:
             d.db += sums[2 * n:]
             dz = rows(dZ)
-        d.accumulate(x, dz)
+        if not self.fused(x):
+            d.accumulate(x, dz)
         if not need_dx:
             return None
         dx = d.back(dz, out=self.buffer("dX", (T * S, self.inputs))).reshape(T, S, self.inputs)
