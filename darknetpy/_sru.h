@@ -19,14 +19,15 @@
 
 /* Forward: the biases added to Z's blocks (in place: backward reads x~ and s from Z), then
  * f = σ(wf(x) + vf c), r = σ(wr(x) + vr c) into the wf, wr blocks of Z; C[t+1] = c' = f c + (1 - f) x~.
- * With H (T, S, n): also h' = r (c' - s) + s, the output for a linear g, s from Z's ws block (k = 4),
- * from `hs` (T, S, n) or the one-hot `ids` (T, S) (k = 3). Given W (n, k n) with the ids, each row of
- * Z is first copied from W's row at its id (the one-hot input's products, a row gather: Z is read
- * from cache, not from memory, after). Per row the two gates are a loop each and the rest one loop
- * (sru_step_row, its flags and NULLs constants where it is called). */
+ * With H (T, S, n): also the output h' = r (g(c') - s) + s for g linear or tanh (`tanh_g`), s from
+ * Z's ws block (k = 4), from `hs` (T, S, n) or the one-hot `ids` (T, S) (k = 3). Given W (n, k n)
+ * with the ids, each row of Z is first copied from W's row at its id (the one-hot input's products,
+ * a row gather: Z is read from cache, not from memory, after). Per row the two gates are a loop
+ * each and the rest one loop, a tanh g two more (sru_step_row, its flags and NULLs constants where
+ * it is called). */
 static inline __attribute__((always_inline)) void K(sru_step_row)(
     float *restrict x, const float *restrict b, const float *restrict c, float *restrict c1,
-    float *restrict h, const float *restrict hs, Py_ssize_t id, Py_ssize_t n, int ws, int with_h)
+    float *restrict h, const float *restrict hs, Py_ssize_t id, Py_ssize_t n, int ws, int with_h, int tanh_g)
 {
     const float *f = x + n, *r = x + 2 * n;
     float *wsx = x + 3 * n;
@@ -39,13 +40,21 @@ static inline __attribute__((always_inline)) void K(sru_step_row)(
         if (ws)
             wsx[j] = sj;
         if (with_h)
-            h[j] = r[j] * (c1j - sj) + sj;
+            h[j] = tanh_g ? c1j : r[j] * (c1j - sj) + sj;
+    }
+    if (with_h && tanh_g) {
+        EACH(j, n) h[j] = K(tanh1)(h[j]);
+        EACH(j, n) {
+            float sj = ws ? wsx[j] : hs ? hs[j] : j == id ? 1.0f : 0.0f;
+            h[j] = r[j] * (h[j] - sj) + sj;
+        }
     }
 }
 
-static void K(sru_step)(float *restrict Z, const float *restrict v, float *restrict C, float *restrict H,
-                        const float *restrict hs, const int64_t *restrict ids, const float *restrict W,
-                        Py_ssize_t T, Py_ssize_t S, Py_ssize_t n, Py_ssize_t k)
+static inline __attribute__((always_inline)) void K(sru_step_all)(
+    float *restrict Z, const float *restrict v, float *restrict C, float *restrict H, const float *restrict hs,
+    const int64_t *restrict ids, const float *restrict W, Py_ssize_t T, Py_ssize_t S, Py_ssize_t n,
+    Py_ssize_t k, int tanh_g)
 {
     const float *vf = v, *vr = v + n, *b = v + 2 * n;
     for (Py_ssize_t t = 0; t < T; t++)
@@ -59,21 +68,32 @@ static void K(sru_step)(float *restrict Z, const float *restrict v, float *restr
             EACH(j, n) f[j] = K(sigmoid2)(0.5f * ((f[j] + b[n + j]) + vf[j] * c[j]));
             EACH(j, n) r[j] = K(sigmoid2)(0.5f * ((r[j] + b[2 * n + j]) + vr[j] * c[j]));
             if (k == 4 && H)
-                K(sru_step_row)(x, b, c, c1, h, NULL, -1, n, 1, 1);
+                K(sru_step_row)(x, b, c, c1, h, NULL, -1, n, 1, 1, tanh_g);
             else if (k == 4)
-                K(sru_step_row)(x, b, c, c1, NULL, NULL, -1, n, 1, 0);
+                K(sru_step_row)(x, b, c, c1, NULL, NULL, -1, n, 1, 0, 0);
             else if (H && ids)
-                K(sru_step_row)(x, b, c, c1, h, NULL, ids[row], n, 0, 1);
+                K(sru_step_row)(x, b, c, c1, h, NULL, ids[row], n, 0, 1, tanh_g);
             else if (H)
-                K(sru_step_row)(x, b, c, c1, h, hs + row * n, -1, n, 0, 1);
+                K(sru_step_row)(x, b, c, c1, h, hs + row * n, -1, n, 0, 1, tanh_g);
             else
-                K(sru_step_row)(x, b, c, c1, NULL, NULL, -1, n, 0, 0);
+                K(sru_step_row)(x, b, c, c1, NULL, NULL, -1, n, 0, 0, 0);
         }
 }
 
+static void K(sru_step)(float *restrict Z, const float *restrict v, float *restrict C, float *restrict H,
+                        const float *restrict hs, const int64_t *restrict ids, const float *restrict W,
+                        Py_ssize_t T, Py_ssize_t S, Py_ssize_t n, Py_ssize_t k, int tanh_g)
+{
+    if (tanh_g)
+        K(sru_step_all)(Z, v, C, H, hs, ids, W, T, S, n, k, 1);
+    else
+        K(sru_step_all)(Z, v, C, H, hs, ids, W, T, S, n, k, 0);
+}
+
 /* Backward, last step first. Without dh: dZ comes in with δc' from h' in its x~ block and δr in its
- * wr block. With dh (T, S, n), the delta of h' for a linear g, they are made here, each row just
- * before its step: δr = dh (c' - s), δc' = dh r, and δs = dh - dh r into dZ's ws block (k = 4) or
+ * wr block. With dh (T, S, n), the delta of h' for g linear or tanh (`tanh_g`), they are made here,
+ * each row just before its step: δr = dh (g(c') - s), δc' = dh r g'(c') (g(c') made again, into the
+ * wr block first), and δs = dh - dh r into dZ's ws block (k = 4) or
  * into ds (k = 3, s from hs; none for one-hot `ids`, whose delta goes nowhere: given dW (n, k n)
  * instead, each finished row of dZ is added to dW's row at its id, the one-hot input's weight
  * gradient, while the row is in cache). Then the deltas of
@@ -86,14 +106,18 @@ static inline __attribute__((always_inline)) void K(sru_back_row)(
     float *restrict dx, const float *restrict x, const float *restrict c, const float *restrict c1,
     const float *restrict v, float *restrict dv, const float *restrict d, const float *restrict sj,
     Py_ssize_t id, float *restrict dsj, float *restrict before, Py_ssize_t n, Py_ssize_t k, int with_dh,
-    int carry_in, int carry_out)
+    int carry_in, int carry_out, int tanh_g)
 {
     const float *f = x + n, *r = x + 2 * n, *vf = v, *vr = v + n;
     float *df = dx + n, *dr = dx + 2 * n, *dvf = dv, *dvr = dv + n, *db = dv + 2 * n;
+    if (with_dh && tanh_g)
+        EACH(j, n) dr[j] = K(tanh1)(c1[j]);
     EACH(j, n) {
-        float dc = with_dh ? (carry_in ? dx[j] : 0.0f) + d[j] * r[j] : dx[j];  /* δc' */
+        float g = with_dh && tanh_g ? dr[j] : c1[j];
+        float dc = with_dh ? (carry_in ? dx[j] : 0.0f) + (tanh_g ? d[j] * r[j] * (1.0f - g * g) : d[j] * r[j])
+                           : dx[j];  /* δc' */
         float s = sj ? sj[j] : j == id ? 1.0f : 0.0f;
-        float drj = (with_dh ? d[j] * (c1[j] - s) : dr[j]) * r[j] * (1.0f - r[j]);
+        float drj = (with_dh ? d[j] * (g - s) : dr[j]) * r[j] * (1.0f - r[j]);
         float dfj = dc * (c[j] - x[j]) * f[j] * (1.0f - f[j]);
         float dxj = dc * (1.0f - f[j]);
         if (with_dh && dsj)
@@ -120,7 +144,7 @@ static inline __attribute__((always_inline)) void K(sru_back_all)(
     float *restrict dZ, const float *restrict Z, const float *restrict C, const float *restrict v,
     float *restrict dv, const float *restrict dh, const float *restrict hs, const int64_t *restrict ids,
     float *restrict ds, float *restrict dW, Py_ssize_t T, Py_ssize_t S, Py_ssize_t n, Py_ssize_t k,
-    int one_hot)
+    int one_hot, int tanh_g)
 {
     for (Py_ssize_t t = T - 1; t >= 0; t--)
         for (Py_ssize_t s = 0; s < S; s++) {
@@ -129,22 +153,22 @@ static inline __attribute__((always_inline)) void K(sru_back_all)(
             float *dx = dZ + row * k * n, *before = t ? dZ + (row - S) * k * n : NULL;
             if (!dh) {
                 if (t)
-                    K(sru_back_row)(dx, x, c, c1, v, dv, NULL, NULL, -1, NULL, before, n, k, 0, 1, 1);
+                    K(sru_back_row)(dx, x, c, c1, v, dv, NULL, NULL, -1, NULL, before, n, k, 0, 1, 1, 0);
                 else
-                    K(sru_back_row)(dx, x, c, c1, v, dv, NULL, NULL, -1, NULL, NULL, n, k, 0, 1, 0);
+                    K(sru_back_row)(dx, x, c, c1, v, dv, NULL, NULL, -1, NULL, NULL, n, k, 0, 1, 0, 0);
                 continue;
             }
             const float *d = dh + row * n, *sj = one_hot ? NULL : k == 4 ? x + 3 * n : hs + row * n;
             float *dsj = one_hot ? NULL : k == 4 ? dx + 3 * n : ds + row * n;
             Py_ssize_t id = one_hot ? ids[row] : -1;
             if (t == T - 1 && t)  /* dx holds the step after's δc from t < T - 1 on */
-                K(sru_back_row)(dx, x, c, c1, v, dv, d, sj, id, dsj, before, n, k, 1, 0, 1);
+                K(sru_back_row)(dx, x, c, c1, v, dv, d, sj, id, dsj, before, n, k, 1, 0, 1, tanh_g);
             else if (t == T - 1)
-                K(sru_back_row)(dx, x, c, c1, v, dv, d, sj, id, dsj, NULL, n, k, 1, 0, 0);
+                K(sru_back_row)(dx, x, c, c1, v, dv, d, sj, id, dsj, NULL, n, k, 1, 0, 0, tanh_g);
             else if (t)
-                K(sru_back_row)(dx, x, c, c1, v, dv, d, sj, id, dsj, before, n, k, 1, 1, 1);
+                K(sru_back_row)(dx, x, c, c1, v, dv, d, sj, id, dsj, before, n, k, 1, 1, 1, tanh_g);
             else
-                K(sru_back_row)(dx, x, c, c1, v, dv, d, sj, id, dsj, NULL, n, k, 1, 1, 0);
+                K(sru_back_row)(dx, x, c, c1, v, dv, d, sj, id, dsj, NULL, n, k, 1, 1, 0, tanh_g);
             if (one_hot && dW) {
                 float *g = dW + id * k * n;
                 EACH(j, k * n) g[j] += dx[j];
@@ -155,12 +179,16 @@ static inline __attribute__((always_inline)) void K(sru_back_all)(
 static void K(sru_back)(float *restrict dZ, const float *restrict Z, const float *restrict C,
                         const float *restrict v, float *restrict dv, const float *restrict dh,
                         const float *restrict hs, const int64_t *restrict ids, float *restrict ds,
-                        float *restrict dW, Py_ssize_t T, Py_ssize_t S, Py_ssize_t n, Py_ssize_t k)
+                        float *restrict dW, Py_ssize_t T, Py_ssize_t S, Py_ssize_t n, Py_ssize_t k, int tanh_g)
 {
-    if (ids)
-        K(sru_back_all)(dZ, Z, C, v, dv, dh, NULL, ids, NULL, dW, T, S, n, k, 1);
+    if (ids && tanh_g)
+        K(sru_back_all)(dZ, Z, C, v, dv, dh, NULL, ids, NULL, dW, T, S, n, k, 1, 1);
+    else if (ids)
+        K(sru_back_all)(dZ, Z, C, v, dv, dh, NULL, ids, NULL, dW, T, S, n, k, 1, 0);
+    else if (tanh_g)
+        K(sru_back_all)(dZ, Z, C, v, dv, dh, hs, NULL, ds, NULL, T, S, n, k, 0, 1);
     else
-        K(sru_back_all)(dZ, Z, C, v, dv, dh, hs, NULL, ds, NULL, T, S, n, k, 0);
+        K(sru_back_all)(dZ, Z, C, v, dv, dh, hs, NULL, ds, NULL, T, S, n, k, 0, 0);
 }
 
 #else
@@ -208,12 +236,35 @@ static int sru_shapes(const Py_buffer *Z, const Py_buffer *C, const Py_buffer *v
     return ids ? check_ids(hs->buf, Z->shape[0] * Z->shape[1], n, "sru") : 0;
 }
 
-static PyObject *sru_step(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+/* The keyword g=: 0 (linear, the default) or 1 (tanh), the g that the kernels apply; -1 with a
+ * TypeError or ValueError for anything else. */
+static int sru_g(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    if (!kwnames || PyTuple_GET_SIZE(kwnames) == 0)
+        return 0;
+    if (PyTuple_GET_SIZE(kwnames) != 1 || PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(kwnames, 0), "g")) {
+        PyErr_SetString(PyExc_TypeError, "sru: the one keyword is g");
+        return -1;
+    }
+    long g = PyLong_AsLong(args[nargs]);
+    if (g == -1 && PyErr_Occurred())
+        return -1;
+    if (g != 0 && g != 1) {
+        PyErr_SetString(PyExc_ValueError, "sru: g is 0 (linear) or 1 (tanh)");
+        return -1;
+    }
+    return (int)g;
+}
+
+static PyObject *sru_step(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
     Py_buffer b[MAX_ARGS];
     Py_ssize_t d[4];
+    int g = sru_g(args, nargs, kwnames);
+    if (g < 0)
+        return NULL;
     if (nargs < 3 || nargs > 6) {
-        PyErr_SetString(PyExc_TypeError, "sru_step(Z, v, C[, H[, s[, W]]])");
+        PyErr_SetString(PyExc_TypeError, "sru_step(Z, v, C[, H[, s[, W]]], g=0)");
         return NULL;
     }
     int ids = nargs > 4 && holds_ids(args[4]);
@@ -225,16 +276,19 @@ static PyObject *sru_step(PyObject *self, PyObject *const *args, Py_ssize_t narg
         return NULL;
     }
     CALL(sru_step, F(0), F(1), F(2), nargs > 3 ? F(3) : NULL, nargs > 4 && !ids ? F(4) : NULL,
-         ids ? (const int64_t *)b[4].buf : NULL, nargs > 5 ? F(5) : NULL, d[0], d[1], d[2], d[3]);
+         ids ? (const int64_t *)b[4].buf : NULL, nargs > 5 ? F(5) : NULL, d[0], d[1], d[2], d[3], g);
     return done(b, nargs);
 }
 
-static PyObject *sru_back(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+static PyObject *sru_back(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
     Py_buffer b[MAX_ARGS];
     Py_ssize_t d[4];
+    int g = sru_g(args, nargs, kwnames);
+    if (g < 0)
+        return NULL;
     if (nargs < 5 || nargs > 8) {
-        PyErr_SetString(PyExc_TypeError, "sru_back(dZ, Z, C, v, dv[, dh[, s[, ds or dW]]])");
+        PyErr_SetString(PyExc_TypeError, "sru_back(dZ, Z, C, v, dv[, dh[, s[, ds or dW]]], g=0)");
         return NULL;
     }
     int ids = nargs > 6 && holds_ids(args[6]);
@@ -250,12 +304,13 @@ static PyObject *sru_back(PyObject *self, PyObject *const *args, Py_ssize_t narg
     }
     CALL(sru_back, F(0), F(1), F(2), F(3), F(4), nargs > 5 ? F(5) : NULL, nargs > 6 && !ids ? F(6) : NULL,
          ids ? (const int64_t *)b[6].buf : NULL, last && !ids ? F(7) : NULL, last && ids ? F(7) : NULL,
-         d[0], d[1], d[2], d[3]);
+         d[0], d[1], d[2], d[3], g);
     return done(b, nargs);
 }
 
+#define SRU_METHOD(name, doc) {#name, (PyCFunction)(void (*)(void))name, METH_FASTCALL | METH_KEYWORDS, doc}
 #define SRU_METHODS \
-    METHOD(sru_step, "sru_step(Z, v, C[, H[, s[, W]]]): [sru]'s biases added to Z, its gates f, r in place and the cells C[1:] over all steps; h' for a linear g into H (s: rows, or one-hot ids, with which Z can be gathered from W)"), \
-    METHOD(sru_back, "sru_back(dZ, Z, C, v, dv[, dh[, s[, ds or dW]]]): back through sru_step, deltas in place in dZ; the gradients' sums dv accumulated (ds with rows s; with ids, dW += dZ's rows at their ids)"),
+    SRU_METHOD(sru_step, "sru_step(Z, v, C[, H[, s[, W]]], g=0): [sru]'s biases added to Z, its gates f, r in place and the cells C[1:] over all steps; h' for g linear (0) or tanh (1) into H (s: rows, or one-hot ids, with which Z can be gathered from W)"), \
+    SRU_METHOD(sru_back, "sru_back(dZ, Z, C, v, dv[, dh[, s[, ds or dW]]], g=0): back through sru_step, deltas in place in dZ; the gradients' sums dv accumulated (ds with rows s; with ids, dW += dZ's rows at their ids)"),
 
 #endif

@@ -12,7 +12,7 @@ Every matrix reads only the layer's input, so the sub-layers are one stacked `De
 their products over all steps are one matmul (and one per weight gradient backward): the large,
 fast kind. What is sequential is elementwise: f, r and c' over the steps, one call of
 `sru_step` (its C form loops over the steps; the numpy reference below is what it must equal),
-and back, `sru_back`. h' does not feed back: for a linear g the same loop writes it (and its
+and back, `sru_back`. h' does not feed back: for g linear or tanh the same loop writes it (and its
 delta back), for any other g the layer computes it for all steps at once after. The arrays are
 rows, (T, S, ·), as the matmul makes them: no transposes.
 
@@ -32,18 +32,21 @@ def sigmoid(z):
         return 1 / (1 + np.exp(-z))
 
 
+KERNEL_G = ("linear", "tanh")  # the g that sru_step and sru_back apply themselves, their `g` the index
+
+
 def one_hot(s, n, dtype):
     """The highway s as rows (T, S, n): s itself, or the one-hot rows of ids (T, S)."""
     return (np.arange(n) == s[..., None]).astype(dtype) if is_ids(s) else s
 
 
-def sru_step(Z, v, C, H=None, s=None, W=None):
+def sru_step(Z, v, C, H=None, s=None, W=None, g=0):
     """The recurrence of T steps. Z (T, S, k n), k = 3 or 4: per step and stream the sub-layers'
     products x~ | wf(x) | wr(x) [| ws(x)], n each, without their biases; v (2n + k n,) = vf | vr |
     the biases (zero where batchnorm or the input's table added them); C (T+1, S, n), C[0] the cell
     before the first step. Adds the biases to Z, writes C[t+1] = c' and turns the wf, wr blocks
     into the gates: f = σ(wf(x) + vf⊙c), r = σ(wr(x) + vr⊙c), c' = f⊙c + (1 − f)⊙x~. With H
-    (T, S, n) also the output for a linear g, h' = r⊙(c' − s) + s, s the ws block of Z (k = 4) or
+    (T, S, n) also the output h' = r⊙(g(c') − s) + s for g = KERNEL_G[g], s the ws block of Z (k = 4) or
     s (k = 3): rows (T, S, n), or the ids (T, S) of one-hot rows, with which W (n, k n) may come:
     the products are then W's rows at the ids, written into Z here (the C form reads each from
     cache as it goes)."""
@@ -60,15 +63,15 @@ def sru_step(Z, v, C, H=None, s=None, W=None):
         C[t + 1] = f * c + (1 - f) * x
     if H is not None:
         s = Z[..., 3 * n:] if s is None else one_hot(s, n, Z.dtype)
-        np.subtract(C[1:], s, out=H)
+        np.subtract(np.tanh(C[1:]) if g else C[1:], s, out=H)
         H *= Z[..., 2 * n:3 * n]
         H += s
 
 
-def sru_back(dZ, Z, C, v, dv, dh=None, s=None, ds=None):
+def sru_back(dZ, Z, C, v, dv, dh=None, s=None, ds=None, g=0):
     """sru_step back, Z and C as sru_step left them, v as it took it. dZ (T, S, k n) comes in holding the delta
     reaching c' from h' in its x~ block and the delta of r in its wr block; or, given dh (T, S, n)
-    the delta of h' for a linear g, they are made here first: δr = dh⊙(c' − s), δc' = dh⊙r, and
+    the delta of h' for g = KERNEL_G[g], they are made here first: δr = dh⊙(g(c') − s), δc' = dh⊙r⊙g'(c'), and
     δs = dh − dh⊙r goes to dZ's ws block (k = 4, s from Z) or to ds (k = 3, s given as rows). Ids
     have no delta: in ds's place then may come dW (n, k n), the one-hot input's weight gradient,
     += dZ's rows at their ids (Dense.accumulate's; the C form adds each row while it is in cache,
@@ -81,10 +84,13 @@ def sru_back(dZ, Z, C, v, dv, dh=None, s=None, ds=None):
     ids, dW = (s, ds) if s is not None and is_ids(s) else (None, None)
     if dh is not None:
         s, ds = (Z[..., 3 * n:], dZ[..., 3 * n:]) if s is None else (one_hot(s, n, Z.dtype), ds)
-        np.multiply(dh, C[1:] - s, out=dZ[..., 2 * n:3 * n])
+        G = np.tanh(C[1:]) if g else C[1:]
+        np.multiply(dh, G - s, out=dZ[..., 2 * n:3 * n])
         np.multiply(dh, Z[..., 2 * n:3 * n], out=dZ[..., :n])
         if ds is not None and ids is None:
             np.subtract(dh, dZ[..., :n], out=ds)  # dh − dh⊙r
+        if g:
+            dZ[..., :n] *= 1 - G * G
     for t in reversed(range(Z.shape[0])):
         z, d, c = Z[t], dZ[t], C[t]
         x, f, r = z[:, :n], z[:, n:2 * n], z[:, 2 * n:3 * n]
@@ -120,7 +126,7 @@ class SRU(Recurrent):
         x: np.ndarray    # the input rows (T*S, inputs), or ids (T*S,)
         Z: np.ndarray    # (T, S, k n) x~ | f | r [| ws(x)], the gates activated by sru_step
         C: np.ndarray    # (T+1, S, n) C[t] the cell before step t
-        G: np.ndarray    # (T, S, n) g(c')
+        G: np.ndarray    # (T, S, n) g(c') for a g not in KERNEL_G, else None
         s: np.ndarray    # (T, S, n) the highway's s: ws(x), or x; or the ids (T, S) of one-hot x
         v: np.ndarray    # (2n + k n,) vf | vr | the biases sru_step added
         bn: list         # batchnorm's (x̂, σ, σ+ε) (Dense.normalize), or nothing without batchnorm
@@ -131,6 +137,7 @@ class SRU(Recurrent):
         self.activation = section.str("activation", "linear")
         activations.get(self.activation, section)  # an unknown name is an error here
         self.f_ = activations.in_place(self.activation)
+        self.g = KERNEL_G.index(self.activation) if self.activation in KERNEL_G else None  # None: numpy's
         self.delta_through = activations.delta_through(self.activation)
         self.ws = inputs != n
         names = ["w", "wf", "wr"] + (["ws"] if self.ws else [])
@@ -170,12 +177,12 @@ class SRU(Recurrent):
 
     def highway(self, x, Z):
         """s for every step, (T, S, n): the ws block of Z, or x itself. One-hot ids stay ids (T, S)
-        for a linear g, whose h' the kernels compute reading them as such; any other g gets their
-        rows, for numpy's h'."""
+        for a g in KERNEL_G, whose h' the kernels compute reading them as such; any other g gets
+        their rows, for numpy's h'."""
         n = self.outputs
         if self.ws:
             return Z[..., 3 * n:]
-        if is_ids(x) and self.activation == "linear":
+        if is_ids(x) and self.g is not None:
             return x.astype(np.int64, copy=False)
         if is_ids(x):  # zeros and a one per row: a gather from np.eye wrote every element twice as slowly
             s = self.buffer("onehot", (*x.shape, n))
@@ -186,9 +193,9 @@ class SRU(Recurrent):
 
     def fused(self, x):
         """Whether the kernels do W's part for one-hot ids x: sru_step gathers their rows of W as it
-        goes and sru_back adds the deltas' rows to dW, each row from cache. For a linear g (the
+        goes and sru_back adds the deltas' rows to dW, each row from cache. For a g in KERNEL_G (the
         kernels then read s as ids), without ws or batchnorm (which needs all of Z first)."""
-        return is_ids(x) and self.activation == "linear" and not self.ws and not self.dense.bn
+        return is_ids(x) and self.g is not None and not self.ws and not self.dense.bn
 
     def forward(self, x, train, state):
         T, S = x.shape[:2]
@@ -209,10 +216,10 @@ class SRU(Recurrent):
         C[0] = c0
         H = self.buffer("H", (T, S, n))
         s = self.highway(x, Z)
-        out = (H,) + (() if self.ws else (s,)) if self.activation == "linear" else ()  # h' comes with it
-        kernels.get("sru_step", Z, v, C, *floats(out), *table)(Z, v, C, *out, *table)
+        out = (H,) + (() if self.ws else (s,)) if self.g is not None else ()  # h' comes with it
+        kernels.get("sru_step", Z, v, C, *floats(out), *table)(Z, v, C, *out, *table, g=self.g or 0)
         c0[...] = C[T]
-        G = C[1:]
+        G = None
         if not out:  # h' = s + r⊙(g(c') − s)
             G = self.buffer("G", (T, S, n))
             np.copyto(G, C[1:])
@@ -234,8 +241,8 @@ class SRU(Recurrent):
         sums = self.buffer("sums", (2 * n + Z.shape[2],))  # the gradients of vf, vr and the biases
         sums[...] = 0
         back = kernels.get("sru_back", dZ, Z, C, v, sums, dh, *floats(highway))
-        if self.activation == "linear":  # δr, δc' and δs come with the recurrence, in the kernel
-            back(dZ, Z, C, v, sums, dh, *highway)
+        if self.g is not None:  # δr, δc' and δs come with the recurrence, in the kernel
+            back(dZ, Z, C, v, sums, dh, *highway, g=self.g)
         else:
             dc1, dr, r = dZ[..., :n], dZ[..., 2 * n:3 * n], Z[..., 2 * n:3 * n]
             np.multiply(np.subtract(G, s, out=dr), dh, out=dr)      # δr = δh⊙(g(c') − s)
