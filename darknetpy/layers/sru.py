@@ -46,10 +46,10 @@ def sru_step(Z, v, C, H=None, s=None, W=None, g=0):
     the biases (zero where batchnorm or the input's table added them); C (T+1, S, n), C[0] the cell
     before the first step. Adds the biases to Z, writes C[t+1] = c' and turns the wf, wr blocks
     into the gates: f = σ(wf(x) + vf⊙c), r = σ(wr(x) + vr⊙c), c' = f⊙c + (1 − f)⊙x~. With H
-    (T, S, n) also the output h' = r⊙(g(c') − s) + s for g = KERNEL_G[g], s the ws block of Z (k = 4) or
-    s (k = 3): rows (T, S, n), or the ids (T, S) of one-hot rows, with which W (n, k n) may come:
-    the products are then W's rows at the ids, written into Z here (the C form reads each from
-    cache as it goes)."""
+    (T, S, n) also the output h' = r⊙(g(c') − s) + s for g = KERNEL_G[g], s the ws block of Z
+    (k = 4) or s (k = 3): rows (T, S, n), or the ids (T, S) of one-hot rows, with which W (n, k n)
+    may come: the products are then W's rows at the ids, written into Z here (the C form reads
+    each from cache as it goes)."""
     n = C.shape[2]
     vf, vr = v[:n], v[n:2 * n]
     if W is not None:
@@ -69,16 +69,17 @@ def sru_step(Z, v, C, H=None, s=None, W=None, g=0):
 
 
 def sru_back(dZ, Z, C, v, dv, dh=None, s=None, ds=None, g=0):
-    """sru_step back, Z and C as sru_step left them, v as it took it. dZ (T, S, k n) comes in holding the delta
-    reaching c' from h' in its x~ block and the delta of r in its wr block; or, given dh (T, S, n)
-    the delta of h' for g = KERNEL_G[g], they are made here first: δr = dh⊙(g(c') − s), δc' = dh⊙r⊙g'(c'), and
-    δs = dh − dh⊙r goes to dZ's ws block (k = 4, s from Z) or to ds (k = 3, s given as rows). Ids
-    have no delta: in ds's place then may come dW (n, k n), the one-hot input's weight gradient,
-    += dZ's rows at their ids (Dense.accumulate's; the C form adds each row while it is in cache,
-    last step first). Then the deltas of x~, wf(x) and wr(x) replace them. The delta of c'
-    is completed step by step, last first: δc = δc'⊙f + δwf⊙vf + δwr⊙vr reaches the step before's
-    c' (none reaches the cell before the datum: truncated BPTT). dv (2n + k n,) += the sums over
-    steps and streams [δwf⊙c, δwr⊙c, dZ] (vf's, vr's and the sub-layers' biases' gradients)."""
+    """sru_step back, Z and C as sru_step left them, v as it took it. dZ (T, S, k n) comes in
+    holding the delta reaching c' from h' in its x~ block and the delta of r in its wr block; or,
+    given dh (T, S, n) the delta of h' for g = KERNEL_G[g], they are made here first:
+    δr = dh⊙(g(c') − s), δc' = dh⊙r⊙g'(c'), and δs = dh − dh⊙r goes to dZ's ws block (k = 4, s from
+    Z) or to ds (k = 3, s given as rows). Ids have no delta: in ds's place then may come dW
+    (n, k n), the one-hot input's weight gradient, += dZ's rows at their ids (Dense.accumulate's;
+    the C form adds each row while it is in cache, last step first). Then the deltas of x~, wf(x)
+    and wr(x) replace them. The delta of c' is completed step by step, last first: δc = δc'⊙f +
+    δwf⊙vf + δwr⊙vr reaches the step before's c' (none reaches the cell before the datum:
+    truncated BPTT). dv (2n + k n,) += the sums over steps and streams [δwf⊙c, δwr⊙c, dZ] (vf's,
+    vr's and the sub-layers' biases' gradients)."""
     n = C.shape[2]
     vf, vr = v[:n], v[n:2 * n]
     ids, dW = (s, ds) if s is not None and is_ids(s) else (None, None)
