@@ -2,7 +2,7 @@
  * sru_step and sru_back there are what these must equal (tests/test_sru.py), to float32 rounding.
  *
  * Included by _kinds.h three times: twice for the kernels, K()-named (baseline and AVX2+FMA, after
- * _steps.h, whose K(sigmoid2) they use), and once with KIND_WRAPPERS defined for the Python
+ * _steps.h, whose K(sigmoid2) and K(tanh1) they use), and once with KIND_WRAPPERS defined for the Python
  * functions and SRU_METHODS, their method-table entries.
  *
  * Layout: rows, as the layer's one matmul makes them. Z (T, S, k n), k = 3 or 4, the blocks
@@ -13,7 +13,9 @@
  * Each (step, stream) is a few loops over the n features that the compiler vectorizes (one loop
  * per gate: GCC vectorizes the two sigmoids fused in one loop 6x slower); the steps run in order,
  * since c' needs c. One thread: the loops are memory-bound (T S n = 512K elements per array at 32
- * streams x 64 steps x 256), and two threads, one stream half each, ran no faster on a 2-core VM.
+ * streams x 64 steps x 256), and a second thread, sharing the streams, ran no faster on a 2-core
+ * VM, where OpenBLAS's worker busy-waits on the other core after each matmul (benchmarks/README.md,
+ * "Third session").
  */
 #ifndef KIND_WRAPPERS
 
