@@ -98,7 +98,8 @@ static void K(sru_step)(float *restrict Z, const float *restrict v, float *restr
  * wr block first), and δs = dh - dh r into dZ's ws block (k = 4) or
  * into ds (k = 3, s from hs; none for one-hot `ids`, whose delta goes nowhere: given dW (n, k n)
  * instead, each finished row of dZ is added to dW's row at its id, the one-hot input's weight
- * gradient, while the row is in cache). Then the deltas of
+ * gradient, while the row is in cache, and dZ may then hold D = 2 steps, step t's rows at t mod 2:
+ * nothing after reads them). Then the deltas of
  * x~, wf(x), wr(x) replace them: δc = δc' f + δwf vf + δwr vr reaches the step before's δc' (not
  * past the first step: truncated BPTT). The sums of the gradients: dv (2n + k n,) += [Σ δwf c,
  * Σ δwr c, Σ of dZ's rows (the biases' gradient)]. One row (step, stream) is one loop over its n
@@ -146,13 +147,14 @@ static inline __attribute__((always_inline)) void K(sru_back_all)(
     float *restrict dZ, const float *restrict Z, const float *restrict C, const float *restrict v,
     float *restrict dv, const float *restrict dh, const float *restrict hs, const int64_t *restrict ids,
     float *restrict ds, float *restrict dW, Py_ssize_t T, Py_ssize_t S, Py_ssize_t n, Py_ssize_t k,
-    int one_hot, int tanh_g)
+    Py_ssize_t D, int one_hot, int tanh_g)
 {
     for (Py_ssize_t t = T - 1; t >= 0; t--)
         for (Py_ssize_t s = 0; s < S; s++) {
             Py_ssize_t row = t * S + s;
             const float *x = Z + row * k * n, *c = C + row * n, *c1 = C + (row + S) * n;
-            float *dx = dZ + row * k * n, *before = t ? dZ + (row - S) * k * n : NULL;
+            float *dx = dZ + (t % D * S + s) * k * n;
+            float *before = t ? dZ + ((t - 1) % D * S + s) * k * n : NULL;
             if (!dh) {
                 if (t)
                     K(sru_back_row)(dx, x, c, c1, v, dv, NULL, NULL, -1, NULL, before, n, k, 0, 1, 1, 0);
@@ -181,16 +183,17 @@ static inline __attribute__((always_inline)) void K(sru_back_all)(
 static void K(sru_back)(float *restrict dZ, const float *restrict Z, const float *restrict C,
                         const float *restrict v, float *restrict dv, const float *restrict dh,
                         const float *restrict hs, const int64_t *restrict ids, float *restrict ds,
-                        float *restrict dW, Py_ssize_t T, Py_ssize_t S, Py_ssize_t n, Py_ssize_t k, int tanh_g)
+                        float *restrict dW, Py_ssize_t T, Py_ssize_t S, Py_ssize_t n, Py_ssize_t k, Py_ssize_t D,
+                        int tanh_g)
 {
     if (ids && tanh_g)
-        K(sru_back_all)(dZ, Z, C, v, dv, dh, NULL, ids, NULL, dW, T, S, n, k, 1, 1);
+        K(sru_back_all)(dZ, Z, C, v, dv, dh, NULL, ids, NULL, dW, T, S, n, k, D, 1, 1);
     else if (ids)
-        K(sru_back_all)(dZ, Z, C, v, dv, dh, NULL, ids, NULL, dW, T, S, n, k, 1, 0);
+        K(sru_back_all)(dZ, Z, C, v, dv, dh, NULL, ids, NULL, dW, T, S, n, k, D, 1, 0);
     else if (tanh_g)
-        K(sru_back_all)(dZ, Z, C, v, dv, dh, hs, NULL, ds, NULL, T, S, n, k, 0, 1);
+        K(sru_back_all)(dZ, Z, C, v, dv, dh, hs, NULL, ds, NULL, T, S, n, k, D, 0, 1);
     else
-        K(sru_back_all)(dZ, Z, C, v, dv, dh, hs, NULL, ds, NULL, T, S, n, k, 0, 0);
+        K(sru_back_all)(dZ, Z, C, v, dv, dh, hs, NULL, ds, NULL, T, S, n, k, D, 0, 0);
 }
 
 #else
@@ -298,15 +301,19 @@ static PyObject *sru_back(PyObject *self, PyObject *const *args, Py_ssize_t narg
         return NULL;
     const Py_buffer *last = nargs > 7 ? &b[7] : NULL;  /* ds for rows s, dW for ids */
     if (sru_shapes(&b[1], &b[2], &b[3], &b[4], nargs > 5 ? &b[5] : NULL, nargs > 6 ? &b[6] : NULL,
-                   ids ? NULL : last, ids ? last : NULL, ids, d) < 0 || b[0].len != b[1].len) {
-        if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_ValueError, "sru_back: dZ must have Z's shape");
+                   ids ? NULL : last, ids ? last : NULL, ids, d) < 0) {
+        release(b, (int)nargs);
+        return NULL;
+    }
+    Py_ssize_t D = b[0].ndim == 3 && b[0].shape[1] == d[1] && b[0].shape[2] == d[2] * d[3] ? b[0].shape[0] : 0;
+    if (D != d[0] && !(D == 2 && ids && last)) {
+        PyErr_SetString(PyExc_ValueError, "sru_back: dZ must have Z's shape (or 2 steps of it, with ids and dW)");
         release(b, (int)nargs);
         return NULL;
     }
     CALL(sru_back, F(0), F(1), F(2), F(3), F(4), nargs > 5 ? F(5) : NULL, nargs > 6 && !ids ? F(6) : NULL,
          ids ? (const int64_t *)b[6].buf : NULL, last && !ids ? F(7) : NULL, last && ids ? F(7) : NULL,
-         d[0], d[1], d[2], d[3], g);
+         d[0], d[1], d[2], d[3], D, g);
     return done(b, nargs);
 }
 

@@ -233,7 +233,8 @@ def test_the_highway_given_as_ids_is_their_one_hot_rows(T, S, n, g, backend):
     """A one-hot input's highway s given as its ids (T, S): forward and back as with the one-hot
     rows written out here, and backward writes no δs (the ids take none). With the input's W, the
     kernels gather Z from it forward and add the one-hot weight gradient to dW backward: as Z =
-    one-hot rows @ W before the step, and dW += their transpose @ the deltas."""
+    one-hot rows @ W before the step, and dW += their transpose @ the deltas; then dZ may hold only
+    two steps (the first two are left in it)."""
     if backend == "c" and K is None:
         pytest.skip("darknetpy._kernels not built (no C compiler at install)")
     with kernelmod.use(backend):
@@ -251,10 +252,11 @@ def test_the_highway_given_as_ids_is_their_one_hot_rows(T, S, n, g, backend):
         np.testing.assert_allclose(a, b, err_msg=name + " gathered from W", **TOL)
     dZ, Z, C, v, dh, _ = back_inputs(T, S, n, 3, 7)
     want = run_back(srumod.sru_back, dZ, Z, C, v, dh, (hot,), True, g)
-    for dW in (None, np.random.default_rng(9).uniform(-1, 1, (n, 3 * n)).astype(np.float32)):
-        dv, got, before = np.full(v.size, 0.5, np.float32), dZ.copy(), None if dW is None else dW.copy()
+    dW0 = np.random.default_rng(9).uniform(-1, 1, (n, 3 * n)).astype(np.float32)
+    for dW, steps in ((None, T), (dW0.copy(), T), (dW0.copy(), 2)):
+        dv, got, before = np.full(v.size, 0.5, np.float32), dZ[:steps].copy(), dW0
         back(got, Z, C, v, dv, dh, ids, *(() if dW is None else (dW,)), g=g)
-        np.testing.assert_allclose(got, want[0], err_msg="dZ", **TOL)
+        np.testing.assert_allclose(got, want[0][:steps], err_msg="dZ", **TOL)
         np.testing.assert_allclose(dv, want[1], rtol=1e-5, atol=1e-6 * T * S)
         if dW is not None:  # sums of up to T S terms, in another order
             np.testing.assert_allclose(dW, before + hot.reshape(-1, n).T.astype(np.float64) @ want[0].reshape(-1, 3 * n),
@@ -280,6 +282,8 @@ def test_kernels_check_their_shapes():
         K.sru_back(Z.copy(), Z, C, v, v.copy(), dh, s)  # rows s: their delta ds is missing
     with pytest.raises(ValueError, match="sru"):
         K.sru_back(Z.copy(), Z, C, v, v.copy(), dh, ids, dh.copy())  # ids take no delta
+    with pytest.raises(ValueError, match="sru"):
+        K.sru_back(Z[:2].copy(), Z, C, v, v.copy(), dh, ids)  # two steps of dZ only with dW
     ids[1, 1] = 4  # n = 4
     with pytest.raises(ValueError, match="out of range"):
         K.sru_step(Z, v, C, C[1:].copy(), ids)

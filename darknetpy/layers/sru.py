@@ -75,11 +75,17 @@ def sru_back(dZ, Z, C, v, dv, dh=None, s=None, ds=None, g=0):
     δr = dh⊙(g(c') − s), δc' = dh⊙r⊙g'(c'), and δs = dh − dh⊙r goes to dZ's ws block (k = 4, s from
     Z) or to ds (k = 3, s given as rows). Ids have no delta: in ds's place then may come dW
     (n, k n), the one-hot input's weight gradient, += dZ's rows at their ids (Dense.accumulate's;
-    the C form adds each row while it is in cache, last step first). Then the deltas of x~, wf(x)
-    and wr(x) replace them. The delta of c' is completed step by step, last first: δc = δc'⊙f +
-    δwf⊙vf + δwr⊙vr reaches the step before's c' (none reaches the cell before the datum:
-    truncated BPTT). dv (2n + k n,) += the sums over steps and streams [δwf⊙c, δwr⊙c, dZ] (vf's,
-    vr's and the sub-layers' biases' gradients)."""
+    the C form adds each row while it is in cache, last step first), and dZ may then hold 2 steps,
+    step t's rows at t mod 2 (nothing after reads them; the first two steps are left in it). Then
+    the deltas of x~, wf(x) and wr(x) replace them. The delta of c' is completed step by step,
+    last first: δc = δc'⊙f + δwf⊙vf + δwr⊙vr reaches the step before's c' (none reaches the cell
+    before the datum: truncated BPTT). dv (2n + k n,) += the sums over steps and streams
+    [δwf⊙c, δwr⊙c, dZ] (vf's, vr's and the sub-layers' biases' gradients)."""
+    if dZ.shape[0] < Z.shape[0]:  # 2 steps with dW: all of them here, the first two kept
+        full = np.empty_like(Z)
+        sru_back(full, Z, C, v, dv, dh, s, ds, g)
+        dZ[...] = full[:2]
+        return
     n = C.shape[2]
     vf, vr = v[:n], v[n:2 * n]
     ids, dW = (s, ds) if s is not None and is_ids(s) else (None, None)
@@ -235,7 +241,8 @@ class SRU(Recurrent):
         T, S = dh.shape[:2]
         n, d = self.outputs, self.dense
         x, Z, C, G, s, v, bn = self.tape
-        dZ = self.buffer("dZ", Z.shape)
+        # dZ: all steps, but for fused ids, where nothing reads it after sru_back, its last two
+        dZ = self.buffer("dZ", (2, S, Z.shape[2]) if self.fused(x) and T > 2 else Z.shape)
         # δs = δh⊙(1 − r), none for ids (nothing takes it: they are the network's input)
         ds = dZ[..., 3 * n:] if self.ws else None if is_ids(s) else self.buffer("ds", (T, S, n))
         highway = () if self.ws else (s, d.dW) if self.fused(x) else (s,) if ds is None else (s, ds)
