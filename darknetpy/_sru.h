@@ -95,16 +95,15 @@ static void K(sru_step)(float *restrict Z, const float *restrict v, float *restr
 /* Backward, last step first. Without dh: dZ comes in with δc' from h' in its x~ block and δr in its
  * wr block. With dh (T, S, n), the delta of h' for g linear or tanh (`tanh_g`), they are made here,
  * each row just before its step: δr = dh (g(c') - s), δc' = dh r g'(c') (g(c') made again, into the
- * wr block first), and δs = dh - dh r into dZ's ws block (k = 4) or
- * into ds (k = 3, s from hs; none for one-hot `ids`, whose delta goes nowhere: given dW (n, k n)
- * instead, each finished row of dZ is added to dW's row at its id, the one-hot input's weight
- * gradient, while the row is in cache, and dZ may then hold D = 2 steps, step t's rows at t mod 2:
- * nothing after reads them). Then the deltas of
- * x~, wf(x), wr(x) replace them: δc = δc' f + δwf vf + δwr vr reaches the step before's δc' (not
- * past the first step: truncated BPTT). The sums of the gradients: dv (2n + k n,) += [Σ δwf c,
- * Σ δwr c, Σ of dZ's rows (the biases' gradient)]. One row (step, stream) is one loop over its n
- * features (sru_back_row), so that each array is read once per row; its flags and NULLs are
- * constants where it is called, and the compiler makes one loop of each. */
+ * wr block first), and δs = dh - dh r into dZ's ws block (k = 4) or into ds (k = 3, s from hs; none
+ * for one-hot `ids`, whose delta goes nowhere: given dW (n, k n) instead, each finished row of dZ is
+ * added to dW's row at its id, the one-hot input's weight gradient, while the row is in cache, and
+ * dZ may then hold D = 2 steps, step t's rows at t mod 2: nothing after reads them). Then the
+ * deltas of x~, wf(x), wr(x) replace them: δc = δc' f + δwf vf + δwr vr reaches the step before's
+ * δc' (not past the first step: truncated BPTT). The sums of the gradients: dv (2n + k n,) +=
+ * [Σ δwf c, Σ δwr c, Σ of dZ's rows (the biases' gradient)]. One row (step, stream) is one loop
+ * over its n features (sru_back_row), so that each array is read once per row; its flags and NULLs
+ * are constants where it is called, and the compiler makes one loop of each. */
 static inline __attribute__((always_inline)) void K(sru_back_row)(
     float *restrict dx, const float *restrict x, const float *restrict c, const float *restrict c1,
     const float *restrict v, float *restrict dv, const float *restrict d, const float *restrict sj,
