@@ -133,14 +133,14 @@ def step_inputs(T, S, n, k, seed):
     return Z, v, C, (s,) if k == 3 else ()
 
 
-def run_step(fn, Z, v, C, s, with_h):
-    """Z, C (and H) after fn on copies; H is NaN where it is not written."""
+def run_step(fn, Z, v, C, s, with_h, g=0):
+    """Z, C (and H, for g = sru.KERNEL_G[g]) after fn on copies; H is NaN where it is not written."""
     Z, C, H = Z.copy(), C.copy(), np.full(C[1:].shape, np.nan, np.float32)
-    fn(Z, v, C, *((H, *s) if with_h else ()))
+    fn(Z, v, C, *((H, *s) if with_h else ()), g=g)
     return Z, C, H
 
 
-def r_sees_the_new_cell(Z, v, C, H=None, *s):
+def r_sees_the_new_cell(Z, v, C, H=None, *s, g=0):
     """A plausible bug: r computed from c' instead of c."""
     n = C.shape[2]
     no_vr = v.copy()
@@ -152,7 +152,7 @@ def r_sees_the_new_cell(Z, v, C, H=None, *s):
         z[:, 2 * n:3 * n] = srumod.sigmoid(wr + v[n:2 * n] * C[t + 1])
     if H is not None:
         s = Z[..., 3 * n:] if not s else s[0]
-        H[...] = Z[..., 2 * n:3 * n] * (C[1:] - s) + s
+        H[...] = Z[..., 2 * n:3 * n] * ((np.tanh(C[1:]) if g else C[1:]) - s) + s
 
 
 @needs_kernels
@@ -169,16 +169,16 @@ def test_the_layer_file_adds_its_ops_to_the_table():
 
 
 @needs_kernels
-@pytest.mark.parametrize("with_h", [False, True])
+@pytest.mark.parametrize("with_h,g", [(False, 0), (True, 0), (True, 1)])  # g: linear, tanh
 @pytest.mark.parametrize("T,S,n,k", SHAPES)
-def test_sru_step_kernel(T, S, n, k, with_h):
+def test_sru_step_kernel(T, S, n, k, with_h, g):
     Z, v, C, s = step_inputs(T, S, n, k, T + S + n)
-    want, got = run_step(srumod.sru_step, Z, v, C, s, with_h), run_step(K.sru_step, Z, v, C, s, with_h)
+    want, got = run_step(srumod.sru_step, Z, v, C, s, with_h, g), run_step(K.sru_step, Z, v, C, s, with_h, g)
     for a, b, name in zip(got, want, "ZCH"):
         np.testing.assert_allclose(a, b, err_msg=name, **TOL)
     assert np.isnan(got[2]).all() != with_h
     # The tolerance catches a wrong kernel: r from c' differs by far more.
-    bad = run_step(r_sees_the_new_cell, Z, v, C, s, with_h)
+    bad = run_step(r_sees_the_new_cell, Z, v, C, s, with_h, g)
     assert not np.allclose(bad[0], want[0], **TOL)
     if with_h:
         assert not np.allclose(bad[2], want[2], **TOL)
@@ -194,21 +194,21 @@ def back_inputs(T, S, n, k, seed):
     return dZ, Z, C, v, dh, s
 
 
-def run_back(fn, dZ, Z, C, v, dh, s, fused):
-    """dZ, dv (and ds) after fn on copies; without `fused` dZ comes prepared, with it from dh. dv
-    holds 0.5 before: the kernels add to it."""
+def run_back(fn, dZ, Z, C, v, dh, s, fused, g=0):
+    """dZ, dv (and ds) after fn on copies; without `fused` dZ comes prepared, with it from dh (the
+    delta of h' for g = sru.KERNEL_G[g]). dv holds 0.5 before: the kernels add to it."""
     dv = np.full(v.size, 0.5, np.float32)  # vf's, vr's, the biases' gradients
     dZ, ds = dZ.copy(), np.full(dh.shape, np.nan, np.float32)
-    fn(dZ, Z, C, v, dv, *((dh, *s, ds)[:3 if s else 1] if fused else ()))
+    fn(dZ, Z, C, v, dv, *((dh, *s, ds)[:3 if s else 1] if fused else ()), g=g)
     return dZ, dv, ds
 
 
 @needs_kernels
-@pytest.mark.parametrize("fused", [False, True])
+@pytest.mark.parametrize("fused,g", [(False, 0), (True, 0), (True, 1)])  # g: linear, tanh
 @pytest.mark.parametrize("T,S,n,k", SHAPES)
-def test_sru_back_kernel(T, S, n, k, fused):
+def test_sru_back_kernel(T, S, n, k, fused, g):
     args = back_inputs(T, S, n, k, 2 * T + S)
-    want, got = run_back(srumod.sru_back, *args, fused), run_back(K.sru_back, *args, fused)
+    want, got = run_back(srumod.sru_back, *args, fused, g), run_back(K.sru_back, *args, fused, g)
     np.testing.assert_allclose(got[0], want[0], err_msg="dZ", **TOL)
     np.testing.assert_allclose(got[2], want[2], err_msg="ds", **TOL)
     if not fused or k == 3:
@@ -222,9 +222,48 @@ def test_sru_back_kernel(T, S, n, k, fused):
                                atol=1e-6 * T * S)  # the biases' gradients: the sums of the deltas
     # Not vacuous: without the carry into the step before (the recurrence's delta) dZ is far off.
     if T > 1 and not fused:
-        dropped = run_back(lambda dZ, Z, C, v, dv: [srumod.sru_back(dZ[t:t + 1], Z[t:t + 1], C[t:t + 2], v, dv)
-                                                    for t in reversed(range(T))], *args, fused)
+        dropped = run_back(lambda dZ, Z, C, v, dv, g: [srumod.sru_back(dZ[t:t + 1], Z[t:t + 1], C[t:t + 2], v, dv)
+                                                       for t in reversed(range(T))], *args, fused)
         assert not np.allclose(dropped[0], want[0], **TOL)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "c"])
+@pytest.mark.parametrize("T,S,n,g", [(64, 32, 256, 0), (3, 1, 100, 0), (7, 3, 20, 1)])
+def test_the_highway_given_as_ids_is_their_one_hot_rows(T, S, n, g, backend):
+    """A one-hot input's highway s given as its ids (T, S): forward and back as with the one-hot
+    rows written out here, and backward writes no δs (the ids take none). With the input's W, the
+    kernels gather Z from it forward and add the one-hot weight gradient to dW backward: as Z =
+    one-hot rows @ W before the step, and dW += their transpose @ the deltas; then dZ may hold only
+    two steps (the first two are left in it)."""
+    if backend == "c" and K is None:
+        pytest.skip("darknetpy._kernels not built (no C compiler at install)")
+    with kernelmod.use(backend):
+        step, back = kernelmod.get("sru_step", np.float32([])), kernelmod.get("sru_back", np.float32([]))
+    Z, v, C, _ = step_inputs(T, S, n, 3, 5)
+    ids = np.random.default_rng(6).integers(0, n, (T, S))
+    hot = (np.arange(n) == ids[..., None]).astype(np.float32)
+    want, got = run_step(srumod.sru_step, Z, v, C, (hot,), True, g), run_step(step, Z, v, C, (ids,), True, g)
+    for a, b, name in zip(got, want, "ZCH"):
+        np.testing.assert_allclose(a, b, err_msg=name, **TOL)
+    W = np.random.default_rng(8).uniform(-3, 3, (n, 3 * n)).astype(np.float32)
+    want = run_step(srumod.sru_step, (hot @ W).astype(np.float32), v, C, (hot,), True, g)
+    got = run_step(lambda Z, *args, g: step(Z, *args, W, g=g), np.full_like(Z, np.nan), v, C, (ids,), True, g)
+    for a, b, name in zip(got, want, "ZCH"):
+        np.testing.assert_allclose(a, b, err_msg=name + " gathered from W", **TOL)
+    dZ, Z, C, v, dh, _ = back_inputs(T, S, n, 3, 7)
+    want = run_back(srumod.sru_back, dZ, Z, C, v, dh, (hot,), True, g)
+    dW0 = np.random.default_rng(9).uniform(-1, 1, (n, 3 * n)).astype(np.float32)
+    for dW, steps in ((None, T), (dW0.copy(), T), (dW0.copy(), 2)):
+        dv, got, before = np.full(v.size, 0.5, np.float32), dZ[:steps].copy(), dW0
+        back(got, Z, C, v, dv, dh, ids, *(() if dW is None else (dW,)), g=g)
+        np.testing.assert_allclose(got, want[0][:steps], err_msg="dZ", **TOL)
+        np.testing.assert_allclose(dv, want[1], rtol=1e-5, atol=1e-6 * T * S)
+        if dW is not None:  # sums of up to T S terms, in another order
+            np.testing.assert_allclose(dW, before + hot.reshape(-1, n).T.astype(np.float64) @ want[0].reshape(-1, 3 * n),
+                                       rtol=1e-5, atol=1e-6 * T * S)
+    # Not vacuous: the ids' ones matter (all-zero rows give another δr)
+    zeros = run_back(srumod.sru_back, dZ, Z, C, v, dh, (np.zeros_like(hot),), True, g)
+    assert not np.allclose(zeros[0], want[0], **TOL)
 
 
 @needs_kernels
@@ -238,10 +277,21 @@ def test_kernels_check_their_shapes():
         K.sru_step(Z[..., :8].copy(), v, C)  # k = 2
     with pytest.raises(ValueError, match="sru"):
         K.sru_back(Z[:2].copy(), Z, C, v, v.copy())
+    ids, dh = np.zeros((3, 2), np.int64), C[1:].copy()
+    with pytest.raises(ValueError, match="sru"):
+        K.sru_back(Z.copy(), Z, C, v, v.copy(), dh, s)  # rows s: their delta ds is missing
+    with pytest.raises(ValueError, match="sru"):
+        K.sru_back(Z.copy(), Z, C, v, v.copy(), dh, ids, dh.copy())  # ids take no delta
+    with pytest.raises(ValueError, match="sru"):
+        K.sru_back(Z[:2].copy(), Z, C, v, v.copy(), dh, ids)  # two steps of dZ only with dW
+    ids[1, 1] = 4  # n = 4
+    with pytest.raises(ValueError, match="out of range"):
+        K.sru_step(Z, v, C, C[1:].copy(), ids)
 
 
 @needs_kernels
-@pytest.mark.parametrize("body", [sru(6), sru(9, 1), sru(7, 0, "tanh") + sru(7, 1, "leaky"), "adam=1\n" + sru(5)])
+@pytest.mark.parametrize("body", [sru(6), sru(9, 1), sru(9) + sru(9, 1), sru(7, 0, "tanh") + sru(7, 1, "leaky"),
+                                  sru(9, 0, "tanh") + sru(9, 0, "tanh"), "adam=1\n" + sru(5)])
 def test_training_step_with_and_without_kernels(body, write_cfg):
     """test_kernels.py's network-level check (its tolerances), with random vf, vr."""
     cfg = write_cfg("[net]\nbatch=3\ntime_steps=4\ninputs=9\n" + body + "[connected]\noutput=9\nactivation=linear\n[softmax]\n")

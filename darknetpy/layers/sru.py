@@ -12,7 +12,7 @@ Every matrix reads only the layer's input, so the sub-layers are one stacked `De
 their products over all steps are one matmul (and one per weight gradient backward): the large,
 fast kind. What is sequential is elementwise: f, r and c' over the steps, one call of
 `sru_step` (its C form loops over the steps; the numpy reference below is what it must equal),
-and back, `sru_back`. h' does not feed back: for a linear g the same loop writes it (and its
+and back, `sru_back`. h' does not feed back: for g linear or tanh the same loop writes it (and its
 delta back), for any other g the layer computes it for all steps at once after. The arrays are
 rows, (T, S, ·), as the matmul makes them: no transposes.
 
@@ -32,16 +32,28 @@ def sigmoid(z):
         return 1 / (1 + np.exp(-z))
 
 
-def sru_step(Z, v, C, H=None, s=None):
+KERNEL_G = ("linear", "tanh")  # the g that sru_step and sru_back apply themselves, their `g` the index
+
+
+def one_hot(s, n, dtype):
+    """The highway s as rows (T, S, n): s itself, or the one-hot rows of ids (T, S)."""
+    return (np.arange(n) == s[..., None]).astype(dtype) if is_ids(s) else s
+
+
+def sru_step(Z, v, C, H=None, s=None, W=None, g=0):
     """The recurrence of T steps. Z (T, S, k n), k = 3 or 4: per step and stream the sub-layers'
     products x~ | wf(x) | wr(x) [| ws(x)], n each, without their biases; v (2n + k n,) = vf | vr |
     the biases (zero where batchnorm or the input's table added them); C (T+1, S, n), C[0] the cell
     before the first step. Adds the biases to Z, writes C[t+1] = c' and turns the wf, wr blocks
     into the gates: f = σ(wf(x) + vf⊙c), r = σ(wr(x) + vr⊙c), c' = f⊙c + (1 − f)⊙x~. With H
-    (T, S, n) also the output for a linear g, h' = r⊙(c' − s) + s, s the ws block of Z (k = 4) or
-    s (T, S, n) (k = 3)."""
+    (T, S, n) also the output h' = r⊙(g(c') − s) + s for g = KERNEL_G[g], s the ws block of Z
+    (k = 4) or s (k = 3): rows (T, S, n), or the ids (T, S) of one-hot rows, with which W (n, k n)
+    may come: the products are then W's rows at the ids, written into Z here (the C form reads
+    each from cache as it goes)."""
     n = C.shape[2]
     vf, vr = v[:n], v[n:2 * n]
+    if W is not None:
+        np.take(W, s.reshape(-1), axis=0, out=Z.reshape(-1, Z.shape[2]))
     Z += v[2 * n:]
     for t in range(Z.shape[0]):
         z, c = Z[t], C[t]
@@ -50,28 +62,42 @@ def sru_step(Z, v, C, H=None, s=None):
         r[...] = sigmoid(r + vr * c)
         C[t + 1] = f * c + (1 - f) * x
     if H is not None:
-        s = Z[..., 3 * n:] if s is None else s
-        np.subtract(C[1:], s, out=H)
+        s = Z[..., 3 * n:] if s is None else one_hot(s, n, Z.dtype)
+        np.subtract(np.tanh(C[1:]) if g else C[1:], s, out=H)
         H *= Z[..., 2 * n:3 * n]
         H += s
 
 
-def sru_back(dZ, Z, C, v, dv, dh=None, s=None, ds=None):
-    """sru_step back, Z and C as sru_step left them, v as it took it. dZ (T, S, k n) comes in holding the delta
-    reaching c' from h' in its x~ block and the delta of r in its wr block; or, given dh (T, S, n)
-    the delta of h' for a linear g, they are made here first: δr = dh⊙(c' − s), δc' = dh⊙r, and
-    δs = dh − dh⊙r goes to dZ's ws block (k = 4, s from Z) or to ds (k = 3, s given). Then the
-    deltas of x~, wf(x) and wr(x) replace them. The delta of c' is completed step by step, last
-    first: δc = δc'⊙f + δwf⊙vf + δwr⊙vr reaches the step before's c' (none reaches the cell before
-    the datum: truncated BPTT). dv (2n + k n,) += the sums over steps and streams [δwf⊙c, δwr⊙c,
-    dZ] (vf's, vr's and the sub-layers' biases' gradients)."""
+def sru_back(dZ, Z, C, v, dv, dh=None, s=None, ds=None, g=0):
+    """sru_step back, Z and C as sru_step left them, v as it took it. dZ (T, S, k n) comes in
+    holding the delta reaching c' from h' in its x~ block and the delta of r in its wr block; or,
+    given dh (T, S, n) the delta of h' for g = KERNEL_G[g], they are made here first:
+    δr = dh⊙(g(c') − s), δc' = dh⊙r⊙g'(c'), and δs = dh − dh⊙r goes to dZ's ws block (k = 4, s from
+    Z) or to ds (k = 3, s given as rows). Ids have no delta: in ds's place then may come dW
+    (n, k n), the one-hot input's weight gradient, += dZ's rows at their ids (Dense.accumulate's;
+    the C form adds each row while it is in cache, last step first), and dZ may then hold 2 steps,
+    step t's rows at t mod 2 (nothing after reads them; the first two steps are left in it). Then
+    the deltas of x~, wf(x) and wr(x) replace them. The delta of c' is completed step by step,
+    last first: δc = δc'⊙f + δwf⊙vf + δwr⊙vr reaches the step before's c' (none reaches the cell
+    before the datum: truncated BPTT). dv (2n + k n,) += the sums over steps and streams
+    [δwf⊙c, δwr⊙c, dZ] (vf's, vr's and the sub-layers' biases' gradients)."""
+    if dZ.shape[0] < Z.shape[0]:  # 2 steps with dW: all of them here, the first two kept
+        full = np.empty_like(Z)
+        sru_back(full, Z, C, v, dv, dh, s, ds, g)
+        dZ[...] = full[:2]
+        return
     n = C.shape[2]
     vf, vr = v[:n], v[n:2 * n]
+    ids, dW = (s, ds) if s is not None and is_ids(s) else (None, None)
     if dh is not None:
-        s, ds = (Z[..., 3 * n:], dZ[..., 3 * n:]) if s is None else (s, ds)
-        np.multiply(dh, C[1:] - s, out=dZ[..., 2 * n:3 * n])
+        s, ds = (Z[..., 3 * n:], dZ[..., 3 * n:]) if s is None else (one_hot(s, n, Z.dtype), ds)
+        G = np.tanh(C[1:]) if g else C[1:]
+        np.multiply(dh, G - s, out=dZ[..., 2 * n:3 * n])
         np.multiply(dh, Z[..., 2 * n:3 * n], out=dZ[..., :n])
-        np.subtract(dh, dZ[..., :n], out=ds)  # dh − dh⊙r
+        if ds is not None and ids is None:
+            np.subtract(dh, dZ[..., :n], out=ds)  # dh − dh⊙r
+        if g:
+            dZ[..., :n] *= 1 - G * G
     for t in reversed(range(Z.shape[0])):
         z, d, c = Z[t], dZ[t], C[t]
         x, f, r = z[:, :n], z[:, n:2 * n], z[:, 2 * n:3 * n]
@@ -86,9 +112,16 @@ def sru_back(dZ, Z, C, v, dv, dh=None, s=None, ds=None):
         if t:
             dZ[t - 1, :, :n] += dc1 * f + df * vf + dr * vr
     dv[2 * n:] += dZ.sum(axis=(0, 1))
+    if dW is not None:
+        kernels.onehot_grad(dW, ids.reshape(-1), dZ.reshape(-1, dZ.shape[2]))
 
 
 kernels.register(sru_step, sru_back)
+
+
+def floats(arrays):
+    """The float arrays of a kernel call, which pick its backend (`kernels.get`): all but ids."""
+    return [a for a in arrays if not is_ids(a)]
 
 
 class SRU(Recurrent):
@@ -100,8 +133,8 @@ class SRU(Recurrent):
         x: np.ndarray    # the input rows (T*S, inputs), or ids (T*S,)
         Z: np.ndarray    # (T, S, k n) x~ | f | r [| ws(x)], the gates activated by sru_step
         C: np.ndarray    # (T+1, S, n) C[t] the cell before step t
-        G: np.ndarray    # (T, S, n) g(c')
-        s: np.ndarray    # (T, S, n) the highway's s: ws(x), or x
+        G: np.ndarray    # (T, S, n) g(c') for a g not in KERNEL_G, else None
+        s: np.ndarray    # (T, S, n) the highway's s: ws(x), or x; or the ids (T, S) of one-hot x
         v: np.ndarray    # (2n + k n,) vf | vr | the biases sru_step added
         bn: list         # batchnorm's (x̂, σ, σ+ε) (Dense.normalize), or nothing without batchnorm
 
@@ -111,6 +144,7 @@ class SRU(Recurrent):
         self.activation = section.str("activation", "linear")
         activations.get(self.activation, section)  # an unknown name is an error here
         self.f_ = activations.in_place(self.activation)
+        self.g = KERNEL_G.index(self.activation) if self.activation in KERNEL_G else None  # None: numpy's
         self.delta_through = activations.delta_through(self.activation)
         self.ws = inputs != n
         names = ["w", "wf", "wr"] + (["ws"] if self.ws else [])
@@ -149,10 +183,14 @@ class SRU(Recurrent):
         return v
 
     def highway(self, x, Z):
-        """s for every step, (T, S, n): the ws block of Z, or x itself (one-hot rows for ids)."""
+        """s for every step, (T, S, n): the ws block of Z, or x itself. One-hot ids stay ids (T, S)
+        for a g in KERNEL_G, whose h' the kernels compute reading them as such; any other g gets
+        their rows, for numpy's h'."""
         n = self.outputs
         if self.ws:
             return Z[..., 3 * n:]
+        if is_ids(x) and self.g is not None:
+            return x.astype(np.int64, copy=False)
         if is_ids(x):  # zeros and a one per row: a gather from np.eye wrote every element twice as slowly
             s = self.buffer("onehot", (*x.shape, n))
             s.fill(0)
@@ -160,13 +198,23 @@ class SRU(Recurrent):
             return s
         return x
 
+    def fused(self, x):
+        """Whether the kernels do W's part for one-hot ids x: sru_step gathers their rows of W as it
+        goes and sru_back adds the deltas' rows to dW, each row from cache. For a g in KERNEL_G (the
+        kernels then read s as ids), without ws or batchnorm (which needs all of Z first)."""
+        return is_ids(x) and self.g is not None and not self.ws and not self.dense.bn
+
     def forward(self, x, train, state):
         T, S = x.shape[:2]
         n, d = self.outputs, self.dense
         (c0,) = state
-        # All sub-layers, all steps: one matmul into rows (T*S, k n) (a row gather for one-hot ids);
-        # batchnorm per step over the streams. Without it the biases come with sru_step.
-        Z = d.matmul(rows(x), out=self.buffer("Z", (T * S, len(d.names) * n))).reshape(T, S, -1)
+        # All sub-layers, all steps: one matmul into rows (T*S, k n) (a row gather for one-hot ids,
+        # or sru_step's); batchnorm per step over the streams. Without it the biases come with sru_step.
+        Z = self.buffer("Z", (T * S, len(d.names) * n))
+        table = (d.W,) if self.fused(x) else ()
+        if not table:
+            d.matmul(rows(x), out=Z)
+        Z = Z.reshape(T, S, -1)
         bn = []
         if d.bn:
             Z = d.normalize(Z, train, bn)
@@ -175,10 +223,10 @@ class SRU(Recurrent):
         C[0] = c0
         H = self.buffer("H", (T, S, n))
         s = self.highway(x, Z)
-        out = (H,) + (() if self.ws else (s,)) if self.activation == "linear" else ()  # h' comes with it
-        kernels.get("sru_step", Z, v, C, *out)(Z, v, C, *out)
+        out = (H,) + (() if self.ws else (s,)) if self.g is not None else ()  # h' comes with it
+        kernels.get("sru_step", Z, v, C, *floats(out), *table)(Z, v, C, *out, *table, g=self.g or 0)
         c0[...] = C[T]
-        G = C[1:]
+        G = None
         if not out:  # h' = s + r⊙(g(c') − s)
             G = self.buffer("G", (T, S, n))
             np.copyto(G, C[1:])
@@ -193,14 +241,16 @@ class SRU(Recurrent):
         T, S = dh.shape[:2]
         n, d = self.outputs, self.dense
         x, Z, C, G, s, v, bn = self.tape
-        dZ = self.buffer("dZ", Z.shape)
-        ds = dZ[..., 3 * n:] if self.ws else self.buffer("ds", (T, S, n))  # δs = δh⊙(1 − r)
-        highway = () if self.ws else (s, ds)
+        # dZ: all steps, but for fused ids, where nothing reads it after sru_back, its last two
+        dZ = self.buffer("dZ", (2, S, Z.shape[2]) if self.fused(x) and T > 2 else Z.shape)
+        # δs = δh⊙(1 − r), none for ids (nothing takes it: they are the network's input)
+        ds = dZ[..., 3 * n:] if self.ws else None if is_ids(s) else self.buffer("ds", (T, S, n))
+        highway = () if self.ws else (s, d.dW) if self.fused(x) else (s,) if ds is None else (s, ds)
         sums = self.buffer("sums", (2 * n + Z.shape[2],))  # the gradients of vf, vr and the biases
         sums[...] = 0
-        back = kernels.get("sru_back", dZ, Z, C, v, sums, dh, *highway)
-        if self.activation == "linear":  # δr, δc' and δs come with the recurrence, in the kernel
-            back(dZ, Z, C, v, sums, dh, *highway)
+        back = kernels.get("sru_back", dZ, Z, C, v, sums, dh, *floats(highway))
+        if self.g is not None:  # δr, δc' and δs come with the recurrence, in the kernel
+            back(dZ, Z, C, v, sums, dh, *highway, g=self.g)
         else:
             dc1, dr, r = dZ[..., :n], dZ[..., 2 * n:3 * n], Z[..., 2 * n:3 * n]
             np.multiply(np.subtract(G, s, out=dr), dh, out=dr)      # δr = δh⊙(g(c') − s)
@@ -214,7 +264,8 @@ class SRU(Recurrent):
         else:
             d.db += sums[2 * n:]
             dz = rows(dZ)
-        d.accumulate(x, dz)
+        if not self.fused(x):
+            d.accumulate(x, dz)
         if not need_dx:
             return None
         dx = d.back(dz, out=self.buffer("dX", (T * S, self.inputs))).reshape(T, S, self.inputs)
