@@ -45,15 +45,21 @@ class Softmax(Layer):
     def stepper(self, streams, ids_input, state, exact=True):
         """One step at the temperature of the moment it is prepared (one number, or the array of
         one per stream it was given, read at each step): a later set_temperature does not reach
-        it. Each call returns a new array. numpy's softmax for every stream count: each row's
-        probabilities are then the same bits alone or beside others (Darknet's sampler draws from
-        them, checked byte for byte against Darknet with one stream)."""
+        it. Each call returns a new array. Each row by itself at its own temperature
+        (kernels.softmax_rows: the C loop's softmax too): a row's probabilities are then the same
+        bits alone or beside others, and from the C loop (Darknet's sampler draws from them,
+        checked byte for byte against Darknet with one stream). Its `loop(x)` as LSTM.stepper's,
+        into an array of its own."""
         T = self.temperature
+        t = T if isinstance(T, np.ndarray) else np.full(streams, T, np.float32)
+        probabilities = np.empty((streams, self.inputs), np.float32)
 
         def step(x):
             p = np.empty_like(x)
-            kernels.softmax(x, p, self.groups, T)
+            kernels.get("softmax_rows", x, p, t)(x, p, self.groups, t)
             return p
+        if t.dtype == np.float32:
+            step.loop = lambda x: ([("softmax", self.groups, t, x, probabilities)], probabilities)
         return step
 
     def loss(self, p, truth):
