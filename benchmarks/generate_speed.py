@@ -18,7 +18,8 @@ the machine's noise falls on every figure alike:
 Prints chars/s (median of the rounds). With --against, OLD_TREE's darknetpy (its C extension
 built in place) is imported beside this one as `darknetpy_old`, both run the same weights, each
 measure of each round runs once per tree, which goes first alternating, and NEW/OLD is printed as
-the ratio of the medians and the median of the paired ratios (no torch then).
+the ratio of the medians and the median of the paired ratios; torch's nn.LSTM (for an LSTM
+stack, when torch is installed) runs in each round too, and each tree's predict is given as x torch.
 OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE are unset by re-running itself without them (blas_env.py). A
 benchmark, not a test.
 """
@@ -74,20 +75,30 @@ def ab(cfg, old, samples, rounds):
     network(cfg).save_weights(weights)
     trees = {"old": measures(network(cfg, old, weights), samples),
              "new": measures(network(cfg, None, weights), samples)}
+    torch_rate, torch_rates = torch_stepper(cfg), []
     for tree in trees.values():  # warm-up
         for measure in tree.values():
             measure()
+    if torch_rate is not None:
+        torch_rate()
     rates = {tree: {name: [] for name in trees[tree]} for tree in trees}
     for k in range(rounds):
         for name in trees["new"]:
             for tree in (("old", "new") if k % 2 == 0 else ("new", "old")):
                 rates[tree][name].append(trees[tree][name]())
+        if torch_rate is not None:
+            torch_rates.append(torch_rate())
     print(f"{os.path.relpath(cfg, ROOT)}  (chars/s, median of {rounds} rounds; load {os.getloadavg()[0]:.1f})")
     for name in trees["new"]:
         old_rate, new_rate = (statistics.median(rates[tree][name]) for tree in ("old", "new"))
         paired = statistics.median(n / o for n, o in zip(rates["new"][name], rates["old"][name]))
         print(f"  {name:<26} old {old_rate:>10,.0f}   new {new_rate:>10,.0f}   new/old {new_rate / old_rate:.3f} "
               f"(medians) {paired:.3f} (paired)")
+    if torch_rates:
+        torch_median = statistics.median(torch_rates)
+        print(f"  {'torch nn.LSTM, stepped':<26} {torch_median:>10,.0f}   predict, ids: old "
+              f"{statistics.median(rates['old']['predict, ids']) / torch_median:.2f}x, new "
+              f"{statistics.median(rates['new']['predict, ids']) / torch_median:.2f}x torch")
     sys.stdout.flush()
 
 

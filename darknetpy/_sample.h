@@ -258,53 +258,57 @@ fail:
     return NULL;
 }
 
-/* The products of a loop run on two threads when there are two: this one and a helper, each
- * always the same half of every product's panels, so that each keeps its half of the weights in
- * its own L2 cache from step to step (lstm2x256's 3.25 MB do not fit one core's 2 MB; at one thread
- * every step reads them from L3). A product is job number `seq`: the caller publishes it, does its
- * half, then claims the other half unless the helper claimed it first (a helper the scheduler
- * has not run never holds the loop up) and waits for a claimed half to be done. While a loop runs
- * the helper waits for jobs spinning; between runs it spins yielding about a millisecond (the
- * next predict), then sleeps. One run at a time uses it (`call`); another runs alone. */
+/* The products of a loop run on two threads when there are two: this one and a helper. A product's
+ * chunks (four panels each) are claimed one at a time, this thread from the first, the helper from
+ * the last, until they meet: each thread then takes about the same chunks at every step and keeps
+ * their weights in its own L2 cache (lstm2x256's 3.25 MB do not fit one core's 2 MB: at one thread
+ * every step reads them from L3), and a helper the scheduler is not running leaves its chunks to
+ * this one, which waits only for a chunk the helper holds. `work` is the product's number (high 32
+ * bits), its next chunk from the front (16) and the end of the chunks left (16). While a loop runs
+ * the helper waits for work spinning; between runs it spins yielding about a millisecond (the next
+ * predict), then sleeps. One run at a time uses it (`call`); another runs alone. */
 #define LOOP_SPIN_TICKS 2000000ULL
+#define LOOP_CHUNK 4  /* panels per chunk */
 static struct {
     pthread_mutex_t lock, call;
     pthread_cond_t wake;
-    atomic_uint seq, claim, done;
+    atomic_ullong work;
+    atomic_uint done;       /* chunks the helper finished in this product */
     atomic_int running;
     const loop_op *job;
+    unsigned seq;
     int threads, started, sleeping;
-} helper = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0, 0, NULL, 2, 0, 0};
+} helper = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0, NULL, 0, 2, 0, 0};
 
-/* The first panel of a product's second half: half the groups of four. */
-static Py_ssize_t loop_split(Py_ssize_t P)
+/* Chunk i of product o: panels 4 i .. 4 i + 3 (fewer at the end). */
+__attribute__((target("avx512f"))) static void loop_chunk(const loop_op *o, Py_ssize_t i)
 {
-    return (P / 4 + 1) / 2 * 4 < P ? (P / 4 + 1) / 2 * 4 : P / 2;
+    Py_ssize_t N = LEN(o, 3), P = (N + PANEL - 1) / PANEL, end = (i + 1) * LOOP_CHUNK;
+    loop_matvec(A(o, 0), A(o, 1), A(o, 2), A(o, 3), LEN(o, 0), N, i * LOOP_CHUNK, end < P ? end : P);
 }
 
-__attribute__((target("avx512f"))) static void loop_half(const loop_op *o, int second)
+/* The helper's claim of the last chunk left, or -1 if none is. */
+static Py_ssize_t loop_claim_back(unsigned long long w)
 {
-    Py_ssize_t N = LEN(o, 3), P = (N + PANEL - 1) / PANEL, s = loop_split(P);
-    loop_matvec(A(o, 0), A(o, 1), A(o, 2), A(o, 3), LEN(o, 0), N, second ? s : 0, second ? P : s);
+    while ((w >> 16 & 0xFFFF) < (w & 0xFFFF))
+        if (atomic_compare_exchange_weak_explicit(&helper.work, &w, w - 1, memory_order_acq_rel, memory_order_acquire))
+            return (Py_ssize_t)(w & 0xFFFF) - 1;
+    return -1;
 }
 
 static void *loop_helper(void *arg)
 {
-    unsigned seen = atomic_load(&helper.seq);
     for (;;) {
         unsigned long long until = __rdtsc() + LOOP_SPIN_TICKS;
         for (;;) {
-            unsigned s = atomic_load_explicit(&helper.seq, memory_order_acquire);
-            if (s != seen) {
-                seen = s;
-                unsigned expected = s - 1;
-                if (atomic_compare_exchange_strong(&helper.claim, &expected, s)) {
-                    loop_half(helper.job, 1);
-                    atomic_store_explicit(&helper.done, s, memory_order_release);
-                }
+            unsigned long long w = atomic_load_explicit(&helper.work, memory_order_acquire);
+            Py_ssize_t i = loop_claim_back(w);
+            if (i >= 0) {
+                loop_chunk(helper.job, i);
+                atomic_fetch_add_explicit(&helper.done, 1, memory_order_release);
                 until = __rdtsc() + LOOP_SPIN_TICKS;
             } else if (atomic_load_explicit(&helper.running, memory_order_relaxed)) {
-                _mm_pause();
+                sched_yield();  /* not a busy pause: on a busy machine it may share this thread's core */
                 until = __rdtsc() + LOOP_SPIN_TICKS;
             } else if (__rdtsc() < until) {
                 sched_yield();
@@ -314,7 +318,7 @@ static void *loop_helper(void *arg)
         }
         pthread_mutex_lock(&helper.lock);
         helper.sleeping = 1;
-        while (!atomic_load(&helper.running) && atomic_load(&helper.seq) == seen)
+        while (!atomic_load(&helper.running))
             pthread_cond_wait(&helper.wake, &helper.lock);
         helper.sleeping = 0;
         pthread_mutex_unlock(&helper.lock);
@@ -367,25 +371,32 @@ static void loop_end(int shared)
     }
 }
 
-/* One product of a run: both halves here, or shared with the helper. */
+/* One product of a run: all of it here, or its chunks shared with the helper. */
 __attribute__((target("avx512f"))) static void loop_product(const loop_op *o, int shared)
 {
-    if (!shared) {
-        loop_matvec(A(o, 0), A(o, 1), A(o, 2), A(o, 3), LEN(o, 0), LEN(o, 3), 0, (LEN(o, 3) + PANEL - 1) / PANEL);
+    Py_ssize_t N = LEN(o, 3), P = (N + PANEL - 1) / PANEL, chunks = (P + LOOP_CHUNK - 1) / LOOP_CHUNK;
+    if (!shared || chunks < 2 || chunks > 0xFFFF) {
+        loop_matvec(A(o, 0), A(o, 1), A(o, 2), A(o, 3), LEN(o, 0), N, 0, P);
         return;
     }
     helper.job = o;
-    unsigned s = atomic_load_explicit(&helper.seq, memory_order_relaxed) + 1, expected = s - 1;
-    atomic_store_explicit(&helper.seq, s, memory_order_release);
-    loop_half(o, 0);
-    if (atomic_compare_exchange_strong(&helper.claim, &expected, s))
-        loop_half(o, 1);
-    else
-        for (int spins = 0; atomic_load_explicit(&helper.done, memory_order_acquire) != s; spins++)
-            if (spins < 1000)
-                _mm_pause();
-            else
-                sched_yield();  /* the helper was preempted inside its half: let it run */
+    atomic_store_explicit(&helper.done, 0, memory_order_relaxed);
+    unsigned long long w = (unsigned long long)++helper.seq << 32 | (unsigned long long)chunks;
+    atomic_store_explicit(&helper.work, w, memory_order_release);
+    unsigned mine = 0;
+    while ((w >> 16 & 0xFFFF) < (w & 0xFFFF)) {
+        if (atomic_compare_exchange_weak_explicit(&helper.work, &w, w + (1ULL << 16), memory_order_acq_rel,
+                                                  memory_order_acquire)) {
+            loop_chunk(o, (Py_ssize_t)(w >> 16 & 0xFFFF));
+            mine++;
+            w += 1ULL << 16;
+        }
+    }
+    for (int spins = 0; atomic_load_explicit(&helper.done, memory_order_acquire) != chunks - mine; spins++)
+        if (spins < 1000)
+            _mm_pause();
+        else
+            sched_yield();  /* the helper was preempted inside a chunk: let it run */
 }
 
 /* One step of the program for input `id` (checked by the caller against every gather's table),
