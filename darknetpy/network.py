@@ -212,7 +212,7 @@ class Network:
         (streams,) float32 of one per stream, read at every step (write into it to change a
         stream's). Every layer runs its row step (the same step op as its training loop) on the
         state it is handed. Each stream's output is the same bits whatever the other streams are and
-        however many (its products are layers.base.times, numpy's softmax per row): generation runs
+        however many (its products are layers.base.times, the softmax per row): generation runs
         on such steppers, so a sample is the same alone or batched beside others. Only a private
         stepper of several streams without invariant=True (scoring's chunks) may run plain BLAS
         products instead (layers.base.row_product: where the panel kernel is not compiled)."""

@@ -30,9 +30,8 @@ class Softmax(Layer):
 
     def forward(self, x, train, state):
         # Training reuses one array and runs the C kernel when built (its exp is within 2 ulp of
-        # numpy's); otherwise the result is new (it is what the caller gets back), and generation
-        # and validation keep numpy's softmax, on whose float32 results the Darknet-exact sampling
-        # was checked.
+        # numpy's); otherwise the result is new (it is what the caller gets back) and numpy's
+        # softmax, the reference the steppers' (generation's and validation's) is held to.
         if train:
             x = np.ascontiguousarray(x)
             p = self.buffer("P", x.shape)
