@@ -124,14 +124,18 @@ def predict_rate(net, one_hot, chars=500):
 
 
 def torch_stepper(cfg):
-    """A function timing `chars` steps of torch's nn.LSTM model, or None without torch / for non-LSTM."""
+    """A function timing `chars` steps of torch's nn.LSTM model, or None without torch / for a cfg
+    that is not an LSTM stack (or has a section torch_reference does not build)."""
     try:
         import torch
         sys.path.insert(0, HERE)
         import torch_reference as ref
     except ImportError:
         return None
-    spec = ref.read_cfg(cfg)
+    try:
+        spec = ref.read_cfg(cfg)
+    except ValueError:
+        return None
     if not ref.supports_nn(spec):
         return None
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "0")) or torch.get_num_threads())
