@@ -14,6 +14,7 @@ the machine's noise falls on every figure alike:
     python benchmarks/generate_speed.py                        # 2 x LSTM 256 and Darknet's cfg/rnn.cfg
     python benchmarks/generate_speed.py benchmarks/gru2x256.cfg --samples 64
     python benchmarks/generate_speed.py --against OLD_TREE     # A/B: NEW (this darknetpy) / OLD
+    python benchmarks/generate_speed.py --profile              # where the C loop's step goes
 
 Prints chars/s (median of the rounds). With --against, OLD_TREE's darknetpy (its C extension
 built in place) is imported beside this one as `darknetpy_old`, both run the same weights, each
@@ -123,6 +124,46 @@ def predict_rate(net, one_hot, chars=500):
     return chars / (time.perf_counter() - t)
 
 
+def profile(cfg, rounds, steps=3000):
+    """Where one symbol of the one-stream C loop (generation.Loop) goes: its program run whole
+    (drawing), its products alone and the rest alone (stepping), at one thread and at two; us per
+    symbol, median of `rounds`."""
+    from darknetpy import kernels
+    c = kernels.loop()
+    if c is None:
+        print(f"{os.path.relpath(cfg, ROOT)}: no C loop here (kernels: {kernels.label()})")
+        return
+    net = network(cfg)
+    stepper = net.stepper(1, private=True, temperature=np.ones(1, np.float32), invariant=True)
+    ops, x = [], None
+    for step in stepper.steps:
+        more, x = step.loop(x)
+        ops += more
+    programs = {"whole step": [o for o in ops], "products": [o for o in ops if o[0] == "matvec"],
+                "rest": [o for o in ops if o[0] != "matvec"]}
+    u, chosen, none = np.random.default_rng(0).random(steps).astype(np.float32), np.empty(steps, np.int64), np.empty(0)
+    times = {}
+    for _ in range(rounds):
+        for threads in (1, 2):
+            c.loop_threads(threads)
+            for name, part in programs.items():
+                program = c.loop_program(part, x)
+                t = time.perf_counter()
+                if name == "whole step":
+                    c.loop_run(program, np.array([10]), u, chosen, False)
+                else:
+                    c.loop_run(program, np.full(steps, 10, np.int64), none.astype(np.float32), none.astype(np.int64), False)
+                times.setdefault((name, threads), []).append((time.perf_counter() - t) / steps * 1e6)
+    c.loop_threads(kernels.threads())
+    weights = sum(o[2].nbytes for o in ops if o[0] == "matvec") / 1e6
+    print(f"{os.path.relpath(cfg, ROOT)}  (us per symbol, median of {rounds}; products' weights {weights:.2f} MB; "
+          f"load {os.getloadavg()[0]:.1f})")
+    for threads in (1, 2):
+        print(f"  {threads} thread{'s' if threads > 1 else ' '}  " + "   ".join(
+            f"{name} {statistics.median(times[name, threads]):7.1f}" for name in programs))
+    sys.stdout.flush()
+
+
 def torch_stepper(cfg):
     """A function timing `chars` steps of torch's nn.LSTM model, or None without torch / for a cfg
     that is not an LSTM stack (or has a section torch_reference does not build)."""
@@ -158,11 +199,15 @@ def main():
     ap.add_argument("--samples", type=int, default=32, help="streams of the many-samples figure (default: 32)")
     ap.add_argument("--rounds", type=int, default=5, help="rounds of every measure, taking turns (default: 5)")
     ap.add_argument("--against", metavar="OLD_TREE", help="A/B in this process against OLD_TREE's darknetpy")
+    ap.add_argument("--profile", action="store_true", help="where the one-stream C loop's step goes, instead")
     args = ap.parse_args()
     if any(k in os.environ for k in MACHINE_VARS):
         os.execve(sys.executable, [sys.executable, *sys.argv], timed_env())
     old = old_package(args.against) if args.against else None
     for cfg in args.cfgs:
+        if args.profile:
+            profile(cfg, args.rounds)
+            continue
         if old is not None:
             ab(cfg, old, args.samples, args.rounds)
             continue
