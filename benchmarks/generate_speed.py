@@ -14,11 +14,13 @@ the machine's noise falls on every figure alike:
     python benchmarks/generate_speed.py                        # 2 x LSTM 256 and Darknet's cfg/rnn.cfg
     python benchmarks/generate_speed.py benchmarks/gru2x256.cfg --samples 64
     python benchmarks/generate_speed.py --against OLD_TREE     # A/B: NEW (this darknetpy) / OLD
+    python benchmarks/generate_speed.py --profile              # where the C loop's step goes
 
 Prints chars/s (median of the rounds). With --against, OLD_TREE's darknetpy (its C extension
 built in place) is imported beside this one as `darknetpy_old`, both run the same weights, each
 measure of each round runs once per tree, which goes first alternating, and NEW/OLD is printed as
-the ratio of the medians and the median of the paired ratios (no torch then).
+the ratio of the medians and the median of the paired ratios; torch's nn.LSTM (for an LSTM
+stack, when torch is installed) runs in each round too, and each tree's predict is given as x torch.
 OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE are unset by re-running itself without them (blas_env.py). A
 benchmark, not a test.
 """
@@ -74,20 +76,30 @@ def ab(cfg, old, samples, rounds):
     network(cfg).save_weights(weights)
     trees = {"old": measures(network(cfg, old, weights), samples),
              "new": measures(network(cfg, None, weights), samples)}
+    torch_rate, torch_rates = torch_stepper(cfg), []
     for tree in trees.values():  # warm-up
         for measure in tree.values():
             measure()
+    if torch_rate is not None:
+        torch_rate()
     rates = {tree: {name: [] for name in trees[tree]} for tree in trees}
     for k in range(rounds):
         for name in trees["new"]:
             for tree in (("old", "new") if k % 2 == 0 else ("new", "old")):
                 rates[tree][name].append(trees[tree][name]())
+        if torch_rate is not None:
+            torch_rates.append(torch_rate())
     print(f"{os.path.relpath(cfg, ROOT)}  (chars/s, median of {rounds} rounds; load {os.getloadavg()[0]:.1f})")
     for name in trees["new"]:
         old_rate, new_rate = (statistics.median(rates[tree][name]) for tree in ("old", "new"))
         paired = statistics.median(n / o for n, o in zip(rates["new"][name], rates["old"][name]))
         print(f"  {name:<26} old {old_rate:>10,.0f}   new {new_rate:>10,.0f}   new/old {new_rate / old_rate:.3f} "
               f"(medians) {paired:.3f} (paired)")
+    if torch_rates:
+        torch_median = statistics.median(torch_rates)
+        print(f"  {'torch nn.LSTM, stepped':<26} {torch_median:>10,.0f}   predict, ids: old "
+              f"{statistics.median(rates['old']['predict, ids']) / torch_median:.2f}x, new "
+              f"{statistics.median(rates['new']['predict, ids']) / torch_median:.2f}x torch")
     sys.stdout.flush()
 
 
@@ -112,15 +124,59 @@ def predict_rate(net, one_hot, chars=500):
     return chars / (time.perf_counter() - t)
 
 
+def profile(cfg, rounds, steps=3000):
+    """Where one symbol of the one-stream C loop (generation.Loop) goes: its program run whole
+    (drawing), its products alone and the rest alone (stepping), at one thread and at two; us per
+    symbol, median of `rounds`."""
+    from darknetpy import kernels
+    c = kernels.loop()
+    if c is None:
+        print(f"{os.path.relpath(cfg, ROOT)}: no C loop here (kernels: {kernels.label()})")
+        return
+    net = network(cfg)
+    stepper = net.stepper(1, private=True, temperature=np.ones(1, np.float32), invariant=True)
+    ops, x = [], None
+    for step in stepper.steps:
+        more, x = step.loop(x)
+        ops += more
+    programs = {"whole step": [o for o in ops], "products": [o for o in ops if o[0] == "matvec"],
+                "rest": [o for o in ops if o[0] != "matvec"]}
+    u, chosen, none = np.random.default_rng(0).random(steps).astype(np.float32), np.empty(steps, np.int64), np.empty(0)
+    times = {}
+    for _ in range(rounds):
+        for threads in (1, 2):
+            c.loop_threads(threads)
+            for name, part in programs.items():
+                program = c.loop_program(part, x)
+                t = time.perf_counter()
+                if name == "whole step":
+                    c.loop_run(program, np.array([10]), u, chosen, False)
+                else:
+                    c.loop_run(program, np.full(steps, 10, np.int64), none.astype(np.float32), none.astype(np.int64), False)
+                times.setdefault((name, threads), []).append((time.perf_counter() - t) / steps * 1e6)
+    c.loop_threads(kernels.threads())
+    weights = sum(o[2].nbytes for o in ops if o[0] == "matvec") / 1e6
+    print(f"{os.path.relpath(cfg, ROOT)}  (us per symbol, median of {rounds}; products' weights {weights:.2f} MB; "
+          f"load {os.getloadavg()[0]:.1f})")
+    for threads in (1, 2):
+        print(f"  {threads} thread{'s' if threads > 1 else ' '}  " + "   ".join(
+            f"{name} {statistics.median(times[name, threads]):7.1f}" for name in programs))
+    sys.stdout.flush()
+
+
 def torch_stepper(cfg):
-    """A function timing `chars` steps of torch's nn.LSTM model, or None without torch / for non-LSTM."""
+    """A function timing `chars` steps of torch's nn.LSTM model, or None without torch / for a cfg
+    that is not an LSTM stack (or has a section torch_reference does not build)."""
     try:
         import torch
         sys.path.insert(0, HERE)
         import torch_reference as ref
     except ImportError:
         return None
-    spec = ref.read_cfg(cfg)
+    try:
+        spec = ref.read_cfg(cfg)
+    except ValueError:
+        return None
     if not ref.supports_nn(spec):
         return None
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "0")) or torch.get_num_threads())
@@ -143,11 +199,15 @@ def main():
     ap.add_argument("--samples", type=int, default=32, help="streams of the many-samples figure (default: 32)")
     ap.add_argument("--rounds", type=int, default=5, help="rounds of every measure, taking turns (default: 5)")
     ap.add_argument("--against", metavar="OLD_TREE", help="A/B in this process against OLD_TREE's darknetpy")
+    ap.add_argument("--profile", action="store_true", help="where the one-stream C loop's step goes, instead")
     args = ap.parse_args()
     if any(k in os.environ for k in MACHINE_VARS):
         os.execve(sys.executable, [sys.executable, *sys.argv], timed_env())
     old = old_package(args.against) if args.against else None
     for cfg in args.cfgs:
+        if args.profile:
+            profile(cfg, args.rounds)
+            continue
         if old is not None:
             ab(cfg, old, args.samples, args.rounds)
             continue

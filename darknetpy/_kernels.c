@@ -914,6 +914,8 @@ static PyMethodDef panel_methods[] = {
 };
 #endif
 
+#include "_sample.h"  /* softmax_rows; its loop_* functions are added only when the CPU has AVX-512 */
+
 #define KIND_WRAPPERS
 #include "_kinds.h"
 
@@ -938,6 +940,7 @@ static PyMethodDef methods[] = {
     METHOD(rnn_back, "rnn_back(a, ds1, w, y, d[, ds]): ds1 += w (+ ds), d = ds1 f'(y); f of slope a"),
     METHOD(slope_act, "slope_act(x, a): x = x > 0 ? x : a*x in place (leaky, relie)"),
     METHOD(slope_grad, "slope_grad(y, out, a[, delta]): out = (y > 0 ? 1 : a) [* delta]"),
+    SAMPLE_METHODS
     {NULL, NULL, 0, NULL},
 };
 
@@ -954,6 +957,10 @@ PyMODINIT_FUNC PyInit__kernels(void)
     __builtin_cpu_init();
     use_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     if (mod && __builtin_cpu_supports("avx512f") && PyModule_AddFunctions(mod, panel_methods) < 0) {
+        Py_DECREF(mod);
+        return NULL;
+    }
+    if (mod && __builtin_cpu_supports("avx512f") && PyModule_AddFunctions(mod, loop_methods) < 0) {
         Py_DECREF(mod);
         return NULL;
     }

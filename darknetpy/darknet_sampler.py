@@ -99,6 +99,10 @@ class GlibcRand:
         """Darknet's rand_uniform(0, 1): (float)rand() / RAND_MAX, where RAND_MAX becomes 2^31 in float."""
         return np.float32(self.rand()) / np.float32(2147483648.0)
 
+    def uniforms(self, n):
+        """The next n of `uniform`, float32 (n,)."""
+        return np.array([self.rand() for _ in range(n)], np.float32) / np.float32(2147483648.0)
+
 
 class NumpyRand:
     """The sampling stream when no srand is given (Darknet then seeds with time(0))."""
@@ -109,6 +113,10 @@ class NumpyRand:
     def uniform(self):
         """A float32 in [0, 1)."""
         return np.float32(self._gen.random(dtype=np.float32))
+
+    def uniforms(self, n):
+        """The next n of `uniform`, float32 (n,) (numpy fills them from the same stream)."""
+        return self._gen.random(n, dtype=np.float32)
 
 
 # C compares each float probability with the double 0.0001. float32(0.0001) lies just below 0.0001,

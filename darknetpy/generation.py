@@ -12,6 +12,10 @@ whatever runs beside it.
 The options of a request are one options.GenerationOptions (its defaults and range checks);
 `check_fits` adds the checks only the network can answer.
 
+One sample of one stream drawn with Darknet's sampler or greedily runs in C where it can (`Loop`,
+kernels.loop): its steps, softmax and draws with no Python per symbol, the same bits as the
+Python steps.
+
 Which sampler draws:
 - Darknet's (darknet_sampler.sample_index: the 0.0001 cut, then one glibc rand() per symbol with
   `srand`), for one sample at a temperature and nothing more, so that output stays byte-identical
@@ -23,7 +27,7 @@ Which sampler draws:
 """
 import numpy as np
 
-from . import sampling
+from . import kernels, sampling
 from . import vocab as vocabmod
 from .errors import DarknetpyError
 from .darknet_sampler import GlibcRand, NumpyRand, sample_rows
@@ -31,6 +35,47 @@ from .data import check_ids
 from .options import GenerationOptions, OptionError
 
 SEPARATOR = "-" * 15  # the line between samples (nanoGPT's sample.py prints the same)
+CHUNK = 256  # symbols a Loop draws per call: printed as they come, and --stop checked, per chunk
+
+
+class Loop:
+    """A one-stream stepper's step as a program of the C loop (kernels.loop: darknetpy/_sample.h),
+    made from its layers' step functions' `loop(x)` forms: the same ops on the same arrays (the
+    state included), so it runs the same bits as the Python steps, with no Python per step.
+    `Loop.of(steps)` is None where a layer has no such form or the loop is not compiled."""
+
+    NO_DRAWS = (np.empty(0, np.float32), np.empty(0, np.int64))
+
+    def __init__(self, c, program, out):
+        self.c, self.program, self.out = c, program, out
+
+    @classmethod
+    def of(cls, steps):
+        c = kernels.loop()
+        if c is None:
+            return None
+        ops, x = [], None  # x: the array the next layer reads (None: the step's input id)
+        for step in steps:
+            form = getattr(step, "loop", None)
+            if form is None:
+                return None
+            more, x = form(x)
+            if None in more:
+                return None
+            ops += more
+        return cls(c, c.loop_program(ops, x), x) if ops else None
+
+    def __call__(self, ids):
+        """One step for ids (1,) -> the step's result (1, outputs), a new array."""
+        self.c.loop_run(self.program, np.asarray(ids, np.int64), *self.NO_DRAWS, False)
+        return self.out.copy()
+
+    def draw(self, feed, u, greedy):
+        """Step the ids `feed`, then draw len(u) symbols, each with Darknet's sampler at u[j] (or the
+        most likely: greedy) and stepped in turn but the last: returns them (int64)."""
+        chosen = np.empty(len(u), np.int64)
+        self.c.loop_run(self.program, np.asarray(feed, np.int64), u, chosen, greedy)
+        return chosen
 
 
 def symbol_pieces(net, tokens=None, vocab=None):
@@ -155,6 +200,36 @@ class Sample:
 
     def inputs(self):
         return self.next
+
+    def loops(self, stepper):
+        """Whether `run` can step this sample on `stepper` (one stream, a Loop): one sample drawn
+        with Darknet's sampler or greedily, from all of the network's outputs (sampling.within)."""
+        loop = getattr(stepper, "loop", None)
+        return loop is not None and self.streams == 1 and self.n >= loop.out.shape[-1] \
+            and (isinstance(self.choose, DarknetDraw) or self.choose is sampling.greedy)
+
+    def run(self, loop):
+        """events' (sample, piece, last) for this sample run whole by `loop` (its stepper's Loop), in
+        chunks of CHUNK symbols: the seed echoed, then each chunk's pieces at once (cut at the stop
+        text), each chunk's uniforms drawn at once from the sample's random stream (draw for
+        draw the Python steps' own; after a stop the stream is never read again)."""
+        greedy = self.choose is sampling.greedy
+        yield 0, self.echo, False
+        feed, left, end = self.ids, self.length, self.ends[0]
+        while left:
+            u = np.zeros(min(CHUNK, left), np.float32) if greedy else self.choose.rng.uniforms(min(CHUNK, left))
+            chosen = loop.draw(feed, u, greedy)
+            feed, left = chosen[-1:], left - len(u)
+            pieces = [self.pieces[c] for c in chosen.tolist()]
+            text, ended = end.cut(b"".join(pieces))
+            if ended:  # the symbols printed: up to the one whose piece ends the stop text
+                left = 0
+                self.symbols += int(np.searchsorted(np.cumsum([len(p) for p in pieces]), len(text))) + 1
+            else:
+                self.symbols += len(pieces)
+            yield 0, text, False
+        self.done, self.alive = True, []
+        yield 0, b"\n", True
 
     def draws_darknet(self):
         """Whether this step's `advance` draws with Darknet's sampler (DarknetDraw)."""
@@ -328,6 +403,10 @@ def events(net, options=None, tokens=None, vocab=None, seed_name="seed"):
     sample = Sample(net, options or GenerationOptions(), tokens, vocab, seed_name)
     batch = Batch(net, sample.streams)
     batch.add(sample)
+    stepper = batch.steppers[batch.size][0]
+    if sample.loops(stepper):
+        yield from sample.run(stepper.loop)
+        return
     while not sample.done:
         for _, out in batch.step():
             yield from out

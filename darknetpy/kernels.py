@@ -157,6 +157,13 @@ def softmax(x, p, groups, temperature):
     e /= e.sum(axis=-1, keepdims=True)
 
 
+def softmax_rows(x, p, groups, t):
+    """softmax with one temperature per row, x, p (R, n), t (R,) float32: the steppers' (each row
+    alone, so a stream's probabilities are the same bits beside any others). Its C form runs each
+    row through the C softmax, which the one-stream loop (loop_program) runs too."""
+    softmax(x, p, groups, t)
+
+
 def draw(p, u, out):
     """One inverse-CDF draw per row: out (R,) int64 = the first symbol whose cumulative mass, summed
     in float64 in order, exceeds u (R,) times the row's total, never a zero-mass one (rounding near
@@ -235,7 +242,7 @@ def sgd(p, u, decay, rate, momentum):
 
 
 OPS = ("slope_act", "slope_grad", "bn_forward", "bn_backward", "onehot_grad", "onehot_project",
-       "transpose", "softmax", "draw", "xent", "adam", "sgd", "panel_matmul",
+       "transpose", "softmax", "softmax_rows", "draw", "xent", "adam", "sgd", "panel_matmul",
        "panel_matmul_t")
 
 
@@ -264,6 +271,8 @@ C = Backend(f"C ({_c.isa})", {name: getattr(_c, name) for name in OPS if hasattr
             _c_takes) if _c is not None else None
 if C is not None and "panel_matmul" in C.ops:
     _c.panel_threads(threads())
+if C is not None and hasattr(_c, "loop_threads"):
+    _c.loop_threads(threads())
 BACKENDS = [b for b in (C, NUMPY) if b is not None]   # in order of preference
 _active = [C, NUMPY] if C is not None and os.environ.get("DARKNETPY_KERNELS") != "0" else [NUMPY]
 
@@ -284,6 +293,12 @@ def get(name, *arrays):
         if name in backend.ops and backend.takes(arrays):
             return backend.ops[name]
     return NUMPY.ops[name]
+
+
+def loop():
+    """The compiled one-stream loop (_sample.h: `loop_program`, `loop_run`; generation.Loop) when
+    the C backend is in use and has it (AVX-512 CPUs, as the panel kernel), else None."""
+    return _c if C in _active and hasattr(_c, "loop_run") else None
 
 
 def compiled(name):

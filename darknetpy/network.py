@@ -25,12 +25,15 @@ class Stepper:
     character costs a few GEMVs and few numpy calls. `step(x)`: ids (streams,) -> (streams,
     outputs), or float rows (streams, inputs) for a stepper made with ids=False. It holds copies of
     the weights: later changes do not reach it. `states` lists each layer's carried arrays,
-    (streams, n) each, updated in place."""
+    (streams, n) each, updated in place. `loop`: for one stream of ids, the same step in C
+    (generation.Loop; None where it does not run), which `__call__` takes."""
 
-    def __init__(self, steps, states):
-        self.steps, self.states = steps, states
+    def __init__(self, steps, states, loop=None):
+        self.steps, self.states, self.loop = steps, states, loop
 
     def __call__(self, x):
+        if self.loop is not None:
+            return self.loop(x)
         for step in self.steps:
             x = step(x)
         return x
@@ -209,7 +212,7 @@ class Network:
         (streams,) float32 of one per stream, read at every step (write into it to change a
         stream's). Every layer runs its row step (the same step op as its training loop) on the
         state it is handed. Each stream's output is the same bits whatever the other streams are and
-        however many (its products are layers.base.times, numpy's softmax per row): generation runs
+        however many (its products are layers.base.times, the softmax per row): generation runs
         on such steppers, so a sample is the same alone or batched beside others. Only a private
         stepper of several streams without invariant=True (scoring's chunks) may run plain BLAS
         products instead (layers.base.row_product: where the panel kernel is not compiled)."""
@@ -228,7 +231,7 @@ class Network:
             for layer, t in zip(layers, before):
                 if t is not None:
                     layer.set_temperature(t)
-        return Stepper(steps, states)
+        return Stepper(steps, states, generation.Loop.of(steps) if streams == 1 and ids else None)
 
     def predict(self, x):
         """One time step, stateful: the network's own state carries over from call to call

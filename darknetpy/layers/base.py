@@ -191,6 +191,7 @@ def times(W, b=None):
             else:
                 kernels.get("panel_matmul_t", out, x.T, Wp, bias)(out, x.T, Wp, bias)
             return out
+        panel.packed = Wp, bias  # what the one-stream loop's product reads (`matvec`)
         return panel
     xr, yr = np.empty(W.shape[0], W.dtype), np.empty(W.shape[1], W.dtype)
     WT = np.ascontiguousarray(W.T) if W.size >= GEMV_TRANSPOSED_FROM else None
@@ -246,12 +247,28 @@ def step_product(A, S):
 
 def projector(W, b, ids_input, out):
     """x -> x W + b written into `out`, for the step functions: a row gather from a table that
-    already holds b when x is one-hot ids, else `times` with the bias (batch-invariant either way)."""
+    already holds b when x is one-hot ids, else `times` with the bias (batch-invariant either way).
+    Its `loop(x)`: the same as ops of the one-stream loop (`matvec`), x the input's array."""
     if ids_input:
         table = W + b
-        return lambda x: np.take(table, x, axis=0, out=out)
+
+        def gather(x):
+            return np.take(table, x, axis=0, out=out)
+        gather.loop = lambda x: [("gather", table, out)]
+        return gather
     product = times(W, b)
-    return lambda x: product(x, out)
+
+    def project(x):
+        return product(x, out)
+    project.loop = lambda x: [matvec(product, x, out)]
+    return project
+
+
+def matvec(product, x, out):
+    """The one-stream loop's op (darknetpy/_sample.h) for `product(x, out)`, a `times` product on
+    one row: the same sums on the same packed weights. None without them (no panel kernel)."""
+    packed = getattr(product, "packed", None)
+    return None if packed is None else ("matvec", x, *packed, out)
 
 
 def row_product(W, exact):

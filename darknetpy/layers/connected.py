@@ -198,9 +198,19 @@ class Connected(Layer):
         return self.dense.back(dz, out=self.buffer("dX", (T * S, self.inputs))).reshape(T, S, self.inputs)
 
     def stepper(self, streams, ids_input, state, exact=True):
+        """act(x W + b), batchnorm folded; for a linear or slope activation its `loop(x)` as
+        LSTM.stepper's (a slope activation in place: the same bits as self.f's)."""
         W, b = self.dense.folded()
-        project = projector(W, b, ids_input, np.empty((streams, self.outputs), W.dtype))
-        return lambda x: self.f(project(x))
+        out = np.empty((streams, self.outputs), W.dtype)
+        project = projector(W, b, ids_input, out)
+
+        def step(x):
+            return self.f(project(x))
+        if self.activation == "linear":
+            step.loop = lambda x: (project.loop(x), out)
+        elif self.activation in activations.SLOPES:
+            step.loop = lambda x: (project.loop(x) + [("slope", activations.SLOPES[self.activation], out)], out)
+        return step
 
     def params(self, updates=False):
         return self.dense.params(updates)

@@ -18,7 +18,7 @@ import numpy as np
 
 from .. import kernels
 from ..kernels import blocks, sigmoid_grad, tanh_grad
-from .base import Recurrent, halves, output_units, projector, row_product, rows, step_product, transpose_into
+from .base import Recurrent, halves, matvec, output_units, projector, row_product, rows, step_product, transpose_into
 from .connected import Dense, row_sum
 from .lstm import logistic_halved
 
@@ -154,7 +154,7 @@ class GRU(Recurrent):
     def stepper(self, streams, ids_input, state, exact=True):
         """One step on rows (streams, ·), gru_zr and gru_step as the training loop runs them, with
         the weights prepared once: batchnorm folded in, biases summed into the input projection,
-        and every logistic column pre-halved so it is (1 + tanh) / 2."""
+        and every logistic column pre-halved so it is (1 + tanh) / 2. Its `loop(x)` as LSTM.stepper's."""
         n = self.outputs
         (h,) = state
         (U, bu), (Wzr, bzr), (Wh, bh) = self.u.folded(), self.wzr.folded(), self.wh.folded()
@@ -171,6 +171,9 @@ class GRU(Recurrent):
             candidate(self.tanh, recur_h(rh, c), xu, zr, h, h1)
             np.copyto(h, h1)
             return h
+        step.loop = lambda x: (project.loop(x) + [matvec(recur_zr, h, zr), ("gru_zr", zr, xu, h, rh),
+                                                   matvec(recur_h, rh, c), ("gru_step", int(self.tanh), c, xu, zr, h, h1),
+                                                   ("copy", h1, h)], h)
         return step
 
     def backward(self, dh_out, need_dx):

@@ -22,7 +22,7 @@ import numpy as np
 
 from .. import kernels
 from ..kernels import blocks, sigmoid_grad, tanh_grad
-from .base import Buffers, Recurrent, halves, output_units, row_product, rows, step_product, transpose_into
+from .base import Buffers, Recurrent, halves, matvec, output_units, row_product, rows, step_product, transpose_into
 from .connected import Dense, row_sum
 
 
@@ -191,7 +191,8 @@ class LSTM(Recurrent):
         """One step on rows (streams, ·), lstm_step as the training loop runs it, with the weights
         prepared once: batchnorm folded in, the two biases summed, the i f o columns pre-halved, and
         for a float input [x, h] in one product (the bias then the kernel's input part). A one-hot
-        input's part is a row of a table that already holds the bias."""
+        input's part is a row of a table that already holds the bias. Its `loop(x)`: the same step as
+        ops of the one-stream C loop, and the array of its result (generation.Loop)."""
         n, k = self.outputs, self.inputs
         h, c = state
         (U, bu), (W, bw) = self.u.folded(), self.w.folded()
@@ -206,6 +207,9 @@ class LSTM(Recurrent):
             def gates(x):
                 recur(h, G)
                 np.take(table, x, axis=0, out=XU)
+
+            def gate_ops(x):
+                return [("gather", table, XU), matvec(recur, h, G)]
         else:
             both, xh = row_product(np.concatenate([U, W]) * half, exact), np.empty((streams, k + n), self.dtype)
             XU[...] = (bu + bw) * half
@@ -214,11 +218,15 @@ class LSTM(Recurrent):
                 xh[:, :k], xh[:, k:] = x, h
                 both(xh, G)
 
+            def gate_ops(x):
+                return [("copy", x, xh[:, :k]), ("copy", h, xh[:, k:]), matvec(both, xh, G)]
+
         def one(x):
             gates(x)
             step(G, XU, c, c1, tc, h, *self.peep_args(P))
             np.copyto(c, c1)
             return h
+        one.loop = lambda x: (gate_ops(x) + [("lstm", G, XU, c, c1, tc, h, *self.peep_args(P)), ("copy", c1, c)], h)
         return one
 
     def backward(self, dh_out, need_dx):

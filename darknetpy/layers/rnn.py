@@ -144,7 +144,8 @@ class RNN(Recurrent):
     def stepper(self, streams, ids_input, state, exact=True):
         """One step on rows (streams, n), `step_functions`' step as the training loop runs it, with
         batchnorm folded into each sub-layer's weights once (self's bias comes with its product,
-        so the step adds zeros)."""
+        so the step adds zeros). For the slope activations (the C step's) its `loop(x)` as
+        LSTM.stepper's."""
         n, f_ = self.outputs, self.f_
         (s,) = state
         (U, bu), (W, bw), (V, bv) = self.input_layer.folded(), self.self_layer.folded(), self.output_layer.folded()
@@ -158,6 +159,11 @@ class RNN(Recurrent):
             rnn(recur(s), zero, f_(project(x), scratch), s1, *self.shortcut_to(s))
             np.copyto(s, s1)
             return f_(output(s), scratch)
+        slope = activations.SLOPES.get(self.activation)
+        if slope is not None:
+            step.loop = lambda x: (project.loop(x) + [("slope", slope, a)] + recur.loop(s)
+                                   + [("rnn", slope, b, zero, a, s1, *self.shortcut_to(s)), ("copy", s1, s)]
+                                   + output.loop(s) + [("slope", slope, y)], y)
         return step
 
     def backward(self, dy, need_dx):

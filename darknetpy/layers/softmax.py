@@ -30,9 +30,8 @@ class Softmax(Layer):
 
     def forward(self, x, train, state):
         # Training reuses one array and runs the C kernel when built (its exp is within 2 ulp of
-        # numpy's); otherwise the result is new (it is what the caller gets back), and generation
-        # and validation keep numpy's softmax, on whose float32 results the Darknet-exact sampling
-        # was checked.
+        # numpy's); otherwise the result is new (it is what the caller gets back) and numpy's
+        # softmax, the reference the steppers' (generation's and validation's) is held to.
         if train:
             x = np.ascontiguousarray(x)
             p = self.buffer("P", x.shape)
@@ -45,15 +44,21 @@ class Softmax(Layer):
     def stepper(self, streams, ids_input, state, exact=True):
         """One step at the temperature of the moment it is prepared (one number, or the array of
         one per stream it was given, read at each step): a later set_temperature does not reach
-        it. Each call returns a new array. numpy's softmax for every stream count: each row's
-        probabilities are then the same bits alone or beside others (Darknet's sampler draws from
-        them, checked byte for byte against Darknet with one stream)."""
+        it. Each call returns a new array. Each row by itself at its own temperature
+        (kernels.softmax_rows: the C loop's softmax too): a row's probabilities are then the same
+        bits alone or beside others, and from the C loop (Darknet's sampler draws from them,
+        checked byte for byte against Darknet with one stream). Its `loop(x)` as LSTM.stepper's,
+        into an array of its own."""
         T = self.temperature
+        t = T if isinstance(T, np.ndarray) else np.full(streams, T, np.float32)
+        probabilities = np.empty((streams, self.inputs), np.float32)
 
         def step(x):
             p = np.empty_like(x)
-            kernels.softmax(x, p, self.groups, T)
+            kernels.get("softmax_rows", x, p, t)(x, p, self.groups, t)
             return p
+        if t.dtype == np.float32:
+            step.loop = lambda x: ([("softmax", self.groups, t, x, probabilities)], probabilities)
         return step
 
     def loss(self, p, truth):
