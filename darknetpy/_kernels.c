@@ -906,10 +906,131 @@ static PyObject *panel_threads(PyObject *self, PyObject *arg)
     return PyLong_FromLong(n);
 }
 
+#include "_loop.h"
+
+/* The buffers of a loop call: `kinds` the arrays it always takes, `optional` the ones it may take
+ * after them ('f' read, 'F' written, all float32). Returns the count, or -1 with an exception set. */
+static int loop_args(PyObject *const *args, Py_ssize_t nargs, Py_buffer *b, const char *kinds, const char *optional,
+                     const char *usage)
+{
+    Py_ssize_t fewest = (Py_ssize_t)strlen(kinds), most = fewest + (Py_ssize_t)strlen(optional);
+    char all[MAX_ARGS + 2];
+    if (nargs != fewest && nargs != most) {
+        PyErr_SetString(PyExc_TypeError, usage);
+        return -1;
+    }
+    snprintf(all, sizeof all, "%s%s", kinds, optional);
+    return get_typed(args, b, all, (int)nargs) < 0 ? -1 : (int)nargs;
+}
+
+/* Whether buffer b has the shape (d0, d1[, d2]) (d2 < 0: 2-D). */
+static int shaped(const Py_buffer *b, Py_ssize_t d0, Py_ssize_t d1, Py_ssize_t d2)
+{
+    return b->ndim == (d2 < 0 ? 2 : 3) && b->shape[0] == d0 && b->shape[1] == d1 && (d2 < 0 || b->shape[2] == d2);
+}
+
+/* lstm_loop(WT, XU, G, C, TC, H[, P]): the forward step loop (_loop.h). */
+static PyObject *lstm_loop(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer b[MAX_ARGS];
+    int count = loop_args(args, nargs, b, "ffFFFF", "f", "lstm_loop(WT, XU, G, C, TC, H[, P])");
+    if (count < 0)
+        return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t n = b[0].shape[1], T = b[1].ndim == 3 ? b[1].shape[0] : 0, S = b[1].ndim == 3 ? b[1].shape[2] : 0;
+    if (!shaped(&b[0], 4 * n, n, -1) || !shaped(&b[1], T, 4 * n, S) || !shaped(&b[2], T, 4 * n, S) ||
+        !shaped(&b[3], T + 1, n, S) || !shaped(&b[4], T, n, S) || !shaped(&b[5], T + 1, n, S) ||
+        (count == 7 && !shaped(&b[6], 3 * n, S, -1)) || T < 1 || S < 1 || n < 1) {
+        PyErr_SetString(PyExc_ValueError, "lstm_loop: WT (4n, n), XU and G (T, 4n, S), C and H (T+1, n, S), TC (T, n, S), P (3n, S)");
+        goto out;
+    }
+    Py_ssize_t P = (S + PANEL - 1) / PANEL, pairs = (n + 1) / 2;
+    lstm_job J = {b[0].buf, b[1].buf, NULL, count == 7 ? b[6].buf : NULL, b[2].buf, b[3].buf, b[4].buf, b[5].buf,
+                  NULL, NULL, NULL, NULL, malloc((size_t)pairs * n * LOOP_ROWS * sizeof(float)),
+                  calloc((size_t)2 * P * n * PANEL, sizeof(float)), NULL, T, S, n};
+    if (!J.A || !J.xp) {
+        free(J.A);
+        free(J.xp);
+        PyErr_NoMemory();
+        goto out;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    loop_to_panels(J.H, J.xp, n, S, 0, n);
+    loop_run(lstm_forward_body, &J, pairs > LOOP_MAX_THREADS ? LOOP_MAX_THREADS : (int)pairs);
+    Py_END_ALLOW_THREADS
+    free(J.A);
+    free(J.xp);
+    result = Py_None;
+    Py_INCREF(result);
+out:
+    release(b, count);
+    return result;
+}
+
+/* lstm_loop_back(W, DH, G, C, TC, dG, dh, dc[, P, dP]): the step loop's way back (_loop.h). */
+static PyObject *lstm_loop_back(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer b[MAX_ARGS + 1];
+    int count = loop_args(args, nargs, b, "fffffFFF", "fF", "lstm_loop_back(W, DH, G, C, TC, dG, dh, dc[, P, dP])");
+    if (count < 0)
+        return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t n = b[0].shape[0], T = b[1].ndim == 3 ? b[1].shape[0] : 0, S = b[1].ndim == 3 ? b[1].shape[2] : 0;
+    if (!shaped(&b[0], n, 4 * n, -1) || !shaped(&b[1], T, n, S) || !shaped(&b[2], T, 4 * n, S) ||
+        !shaped(&b[3], T + 1, n, S) || !shaped(&b[4], T, n, S) || !shaped(&b[5], T, S, 4 * n) ||
+        !shaped(&b[6], n, S, -1) || !shaped(&b[7], n, S, -1) || (count == 10 && (!shaped(&b[8], 3 * n, S, -1) ||
+        !shaped(&b[9], 3 * n, S, -1))) || T < 1 || S < 1 || n < 1) {
+        PyErr_SetString(PyExc_ValueError, "lstm_loop_back: W (n, 4n), DH and TC (T, n, S), G (T, 4n, S), C (T+1, n, S), "
+                                          "dG (T, S, 4n), dh and dc (n, S), P and dP (3n, S)");
+        goto out;
+    }
+    Py_ssize_t P = (S + PANEL - 1) / PANEL, eights = (n + 7) / 8;
+    lstm_job J = {b[0].buf, NULL, b[1].buf, count == 10 ? b[8].buf : NULL, b[2].buf, b[3].buf, b[4].buf, NULL,
+                  b[5].buf, b[6].buf, b[7].buf, count == 10 ? b[9].buf : NULL,
+                  malloc((size_t)eights * 4 * n * LOOP_ROWS * sizeof(float)),
+                  calloc((size_t)2 * P * 4 * n * PANEL, sizeof(float)), malloc((size_t)4 * n * S * sizeof(float)), T, S, n};
+    if (!J.A || !J.xp || !J.d) {
+        free(J.A);
+        free(J.xp);
+        free(J.d);
+        PyErr_NoMemory();
+        goto out;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    loop_run(lstm_back_loop_body, &J, eights > LOOP_MAX_THREADS ? LOOP_MAX_THREADS : (int)eights);
+    Py_END_ALLOW_THREADS
+    free(J.A);
+    free(J.xp);
+    free(J.d);
+    result = Py_None;
+    Py_INCREF(result);
+out:
+    release(b, count);
+    return result;
+}
+
+/* loop_threads(n) -> the threads the step loops run on (n >= 1; a call of its own runs on fewer
+ * when the layer has fewer units to share). */
+static PyObject *loop_threads(PyObject *self, PyObject *arg)
+{
+    long n = PyLong_AsLong(arg);
+    if (n == -1 && PyErr_Occurred())
+        return NULL;
+    pthread_mutex_lock(&team.call);
+    if (n >= 1)
+        team.wanted = n > LOOP_MAX_THREADS ? LOOP_MAX_THREADS : (int)n;
+    n = team.wanted;
+    pthread_mutex_unlock(&team.call);
+    return PyLong_FromLong(n);
+}
+
 static PyMethodDef panel_methods[] = {
     METHOD(panel_matmul, "panel_matmul(out, x, Wp, b): out = x W + b for W packed in 32-column panels Wp"),
     METHOD(panel_matmul_t, "panel_matmul_t(out, xT, Wp, b): panel_matmul of x given as its transpose xT"),
     {"panel_threads", panel_threads, METH_O, "panel_threads(n) -> the threads panel_matmul runs on (set before its first call)"},
+    METHOD(lstm_loop, "lstm_loop(WT, XU, G, C, TC, H[, P]): the LSTM's forward step loop, products and steps, feature-major"),
+    METHOD(lstm_loop_back, "lstm_loop_back(W, DH, G, C, TC, dG, dh, dc[, P, dP]): the LSTM's step loop back: gate deltas as rows dG"),
+    {"loop_threads", loop_threads, METH_O, "loop_threads(n) -> the threads the step loops run on"},
     {NULL, NULL, 0, NULL},
 };
 #endif

@@ -68,16 +68,18 @@ static inline __attribute__((always_inline)) float K(sigmoid2)(float zh)
  *   c' = f c + i g,  tc = tanh(c'),  h' = o tc
  * With peepholes (peep, P = [pi pf po] / 2, halved like the i f o rows) i and f also see the cell
  * before the step, o the cell after it. Backward needs nothing more: it derives the gate deltas'
- * factors from g, c and tc (lstm_back). */
+ * factors from g, c and tc (lstm_back). L floats of each block, block k at k B: B = L for whole
+ * blocks, larger for a slice of the units (the step loop's threads, _loop.h). */
 static inline __attribute__((always_inline)) void
 K(lstm_row)(float *restrict g, const float *restrict xu, const float *restrict c, float *restrict c1,
-            float *restrict tc, float *restrict h1, const float *restrict P, Py_ssize_t L, const int peep)
+            float *restrict tc, float *restrict h1, const float *restrict P, Py_ssize_t L, Py_ssize_t B,
+            const int peep)
 {
     CHUNKS(e0, len, L) {
         float i[CHUNK], f[CHUNK], gg[CHUNK], cn[CHUNK];
-        float *gi = g + e0, *gf = g + L + e0, *go = g + 2 * L + e0, *gg_ = g + 3 * L + e0;
-        const float *xi = xu + e0, *xf = xu + L + e0, *xo = xu + 2 * L + e0, *xg = xu + 3 * L + e0;
-        const float *pi = P + e0, *pf = P + L + e0, *po = P + 2 * L + e0, *cp = c + e0;
+        float *gi = g + e0, *gf = g + B + e0, *go = g + 2 * B + e0, *gg_ = g + 3 * B + e0;
+        const float *xi = xu + e0, *xf = xu + B + e0, *xo = xu + 2 * B + e0, *xg = xu + 3 * B + e0;
+        const float *pi = P + e0, *pf = P + B + e0, *po = P + 2 * B + e0, *cp = c + e0;
         if (peep) {
             EACH(j, len) gi[j] = i[j] = K(sigmoid2)(gi[j] + xi[j] + pi[j] * cp[j]);
             EACH(j, len) gf[j] = f[j] = K(sigmoid2)(gf[j] + xf[j] + pf[j] * cp[j]);
@@ -105,9 +107,9 @@ static void K(lstm_step)(float *g, const float *xu, const float *c, float *c1, f
     for (Py_ssize_t r = 0; r < R; r++) {
         Py_ssize_t a = 4 * L * r, s = L * r;
         if (P)
-            K(lstm_row)(g + a, xu + a, c + s, c1 + s, tc + s, h1 + s, P + 3 * L * r, L, 1);
+            K(lstm_row)(g + a, xu + a, c + s, c1 + s, tc + s, h1 + s, P + 3 * L * r, L, L, 1);
         else
-            K(lstm_row)(g + a, xu + a, c + s, c1 + s, tc + s, h1 + s, NULL, L, 0);
+            K(lstm_row)(g + a, xu + a, c + s, c1 + s, tc + s, h1 + s, NULL, L, L, 0);
     }
 }
 
@@ -116,23 +118,24 @@ static void K(lstm_step)(float *g, const float *xu, const float *c, float *c1, f
  * the gate deltas d = [dc gg σ'(i), dc c σ'(f), dh tc σ'(o), dc i tanh'(gg)]; then dc *= f, the
  * cell delta for the step before. With peepholes (peep, P = [pi pf po] not halved): do also
  * reaches the cell after the step, dc += do po, the cell before gets di pi + df pf besides dc f,
- * and dP += [di c, df c, do c'] per stream, c' = f c + i gg recomputed. */
+ * and dP += [di c, df c, do c'] per stream, c' = f c + i gg recomputed. m floats of each block, block
+ * k at k B (B as in lstm_row). */
 static inline __attribute__((always_inline)) void
 K(lstm_back_body)(float *restrict dh, float *restrict dc, const float *restrict DH,
                   const float *restrict g, const float *restrict c, const float *restrict tc,
                   float *restrict d, const float *restrict P, float *restrict dP, Py_ssize_t m,
-                  const int peep)
+                  Py_ssize_t B, const int peep)
 {
     CHUNKS(e0, len, m) {
         float h[CHUNK], cc[CHUNK], dd[CHUNK];
-        const float *i = g + e0, *f = g + m + e0, *o = g + 2 * m + e0, *gg = g + 3 * m + e0;
-        const float *cp = c + e0, *t = tc + e0, *pi = P + e0, *pf = P + m + e0, *po = P + 2 * m + e0;
-        float *di = d + e0, *df = d + m + e0, *dg = d + 3 * m + e0;
+        const float *i = g + e0, *f = g + B + e0, *o = g + 2 * B + e0, *gg = g + 3 * B + e0;
+        const float *cp = c + e0, *t = tc + e0, *pi = P + e0, *pf = P + B + e0, *po = P + 2 * B + e0;
+        float *di = d + e0, *df = d + B + e0, *dg = d + 3 * B + e0;
         EACH(j, len) dh[e0 + j] = h[j] = dh[e0 + j] + DH[e0 + j];
-        EACH(j, len) d[2 * m + e0 + j] = dd[j] = (o[j] - o[j] * o[j]) * t[j] * h[j];
+        EACH(j, len) d[2 * B + e0 + j] = dd[j] = (o[j] - o[j] * o[j]) * t[j] * h[j];
         if (peep) {
             EACH(j, len) cc[j] = dc[e0 + j] + h[j] * ((1.0f - t[j] * t[j]) * o[j]) + dd[j] * po[j];
-            EACH(j, len) dP[2 * m + e0 + j] += dd[j] * (f[j] * cp[j] + i[j] * gg[j]);
+            EACH(j, len) dP[2 * B + e0 + j] += dd[j] * (f[j] * cp[j] + i[j] * gg[j]);
         } else {
             EACH(j, len) cc[j] = dc[e0 + j] + h[j] * ((1.0f - t[j] * t[j]) * o[j]);
         }
@@ -141,7 +144,7 @@ K(lstm_back_body)(float *restrict dh, float *restrict dc, const float *restrict 
         EACH(j, len) dg[j] = (1.0f - gg[j] * gg[j]) * i[j] * cc[j];
         if (peep) {
             EACH(j, len) dP[e0 + j] += di[j] * cp[j];
-            EACH(j, len) dP[m + e0 + j] += df[j] * cp[j];
+            EACH(j, len) dP[B + e0 + j] += df[j] * cp[j];
             EACH(j, len) dc[e0 + j] = cc[j] * f[j] + di[j] * pi[j] + df[j] * pf[j];
         } else {
             EACH(j, len) dc[e0 + j] = cc[j] * f[j];
@@ -153,9 +156,9 @@ static void K(lstm_back)(float *dh, float *dc, const float *DH, const float *g, 
                          const float *tc, float *d, const float *P, float *dP, Py_ssize_t m)
 {
     if (P)
-        K(lstm_back_body)(dh, dc, DH, g, c, tc, d, P, dP, m, 1);
+        K(lstm_back_body)(dh, dc, DH, g, c, tc, d, P, dP, m, m, 1);
     else
-        K(lstm_back_body)(dh, dc, DH, g, c, tc, d, NULL, NULL, m, 0);
+        K(lstm_back_body)(dh, dc, DH, g, c, tc, d, NULL, NULL, m, m, 0);
 }
 
 /* GRU, first half of a step, one row: zr (2 blocks) holds the recurrent part of the halved

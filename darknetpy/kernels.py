@@ -264,6 +264,8 @@ C = Backend(f"C ({_c.isa})", {name: getattr(_c, name) for name in OPS if hasattr
             _c_takes) if _c is not None else None
 if C is not None and "panel_matmul" in C.ops:
     _c.panel_threads(threads())
+if C is not None and hasattr(_c, "loop_threads"):  # the step loops' team (_loop.h)
+    _c.loop_threads(threads())
 BACKENDS = [b for b in (C, NUMPY) if b is not None]   # in order of preference
 _active = [C, NUMPY] if C is not None and os.environ.get("DARKNETPY_KERNELS") != "0" else [NUMPY]
 

@@ -1,0 +1,279 @@
+/* A recurrent layer's whole training step loop, forward and back, in one call: lstm_loop and
+ * lstm_loop_back (layers/lstm.py holds their numpy references). Included by _kernels.c after
+ * _panel.h, on x86-64 GCC; its methods join the module only when the CPU has AVX-512.
+ *
+ * Why: a step's recurrent product (32 streams: (4n x n) by (n x 32)) is too small for OpenBLAS to
+ * run at its peak, and a Python round trip around every step adds to it. Here each of the `threads`
+ * threads owns a fixed slice of the hidden units for the whole loop: it packs its slice of the
+ * weights once (4 n^2 / threads floats: 512 KB at n = 256 on two threads, resident in its L2),
+ * computes its units' rows of every step's product with _panel.h's register tile, and runs the
+ * step's elementwise maths (_steps.h's lstm_row / lstm_back_body, the same code as lstm_step and
+ * lstm_back) on them while they are in cache. One barrier per step: the next product reads every
+ * unit of the state this step made.
+ *
+ * The threads: this one and threads - 1 workers (a team apart from the panel kernel's pool), which
+ * sleep on a condition variable between calls and spin only at the barriers inside one: outside a
+ * loop the cores are OpenBLAS's (the GEMMs around the loops). One call at a time.
+ *
+ * The products' operands in panels (kernels.pack_panels' layout): the state of a step as
+ * ceil(S / 32) panels (n, 32) (zeros past S), the weights of 8 output rows as (K, 8), so that a tile
+ * of 8 rows by 32 streams reads one contiguous line of each per k. */
+
+#define LOOP_ROWS 8                 /* output rows of a tile: 8 x 2 accumulators */
+#define LOOP_MAX_THREADS 64
+
+/* y[r][c] = Σ_k a[k, r] x[k, c] for r < 8, c < 32: a (K, 8), x (K, 32) one panel; rows whose y[r]
+ * is NULL are not stored, columns past the masks m0, m1 neither. Each element sums k in order, the
+ * same bits whichever thread computes it. */
+__attribute__((target("avx512f"), always_inline)) static inline void
+loop_tile(const float *a, const float *x, Py_ssize_t K, float *const *y, __mmask16 m0, __mmask16 m1)
+{
+    __m512 c[LOOP_ROWS][2];
+    for (int r = 0; r < LOOP_ROWS; r++)
+        c[r][0] = c[r][1] = _mm512_setzero_ps();
+    for (Py_ssize_t k = 0; k < K; k++) {
+        __m512 x0 = _mm512_loadu_ps(x + k * PANEL), x1 = _mm512_loadu_ps(x + k * PANEL + 16);
+        for (int r = 0; r < LOOP_ROWS; r++) {
+            __m512 w = _mm512_set1_ps(a[k * LOOP_ROWS + r]);
+            c[r][0] = _mm512_fmadd_ps(w, x0, c[r][0]);
+            c[r][1] = _mm512_fmadd_ps(w, x1, c[r][1]);
+        }
+    }
+    for (int r = 0; r < LOOP_ROWS; r++)
+        if (y[r]) {
+            _mm512_mask_storeu_ps(y[r], m0, c[r][0]);
+            _mm512_mask_storeu_ps(y[r] + 16, m1, c[r][1]);
+        }
+}
+
+/* The column masks of panel p of S streams. */
+static inline void loop_masks(Py_ssize_t S, Py_ssize_t p, __mmask16 *m0, __mmask16 *m1)
+{
+    Py_ssize_t left = S - p * PANEL;
+    *m0 = left >= 16 ? 0xFFFF : (__mmask16)((1u << left) - 1);
+    *m1 = left >= 32 ? 0xFFFF : left <= 16 ? 0 : (__mmask16)((1u << (left - 16)) - 1);
+}
+
+/* Rows [j0, j1) of a feature-major x (rows, S) into the panels xp (P, rows, 32). */
+static void loop_to_panels(const float *x, float *xp, Py_ssize_t rows, Py_ssize_t S, Py_ssize_t j0, Py_ssize_t j1)
+{
+    Py_ssize_t P = (S + PANEL - 1) / PANEL;
+    for (Py_ssize_t p = 0; p < P; p++) {
+        Py_ssize_t w = S - p * PANEL < PANEL ? S - p * PANEL : PANEL;
+        for (Py_ssize_t j = j0; j < j1; j++)
+            memcpy(xp + (p * rows + j) * PANEL, x + j * S + p * PANEL, (size_t)w * sizeof(float));
+    }
+}
+
+/* ---- the team ------------------------------------------------------------------------------- */
+typedef void (*loop_body)(void *job, int id, int threads, unsigned phase);  /* phase: the barriers passed before */
+
+static struct {
+    pthread_mutex_t lock, call;    /* lock: the sleepers and the generation; call: one loop at a time */
+    pthread_cond_t wake;
+    unsigned generation;           /* one more for each call */
+    atomic_uint phase;             /* barriers passed */
+    atomic_int arrived, finished;
+    loop_body body;
+    void *job;
+    unsigned start;                /* the phase when the call began */
+    int threads, workers, wanted;  /* wanted: loop_threads' count */
+} team = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0, 0, NULL, NULL, 0, 1, 0, 1};
+
+/* Wait until every thread of the call has arrived. *phase is this thread's count of barriers. */
+static void loop_barrier(unsigned *phase)
+{
+    unsigned next = ++*phase;
+    if (atomic_fetch_add_explicit(&team.arrived, 1, memory_order_acq_rel) == team.threads - 1) {
+        atomic_store_explicit(&team.arrived, 0, memory_order_relaxed);
+        atomic_store_explicit(&team.phase, next, memory_order_release);
+        return;
+    }
+    for (int spins = 0; atomic_load_explicit(&team.phase, memory_order_acquire) != next; spins++)
+        if (spins < 20000)
+            _mm_pause();
+        else
+            sched_yield();  /* another thread was preempted: let it run */
+}
+
+/* arg: the worker's id (1..) in the high 32 bits, the generation when it was made in the low ones (a
+ * worker that starts late must not wait for the call after the one it was made for). Sleeps until a
+ * call, runs its share, sleeps again. */
+static void *loop_worker(void *arg)
+{
+    int id = (int)((uintptr_t)arg >> 32);
+    unsigned seen = (unsigned)((uintptr_t)arg & 0xFFFFFFFFu);
+    pthread_mutex_lock(&team.lock);
+    for (;;) {
+        while (team.generation == seen)
+            pthread_cond_wait(&team.wake, &team.lock);
+        seen = team.generation;
+        int threads = team.threads;
+        pthread_mutex_unlock(&team.lock);
+        if (id < threads) {
+            team.body(team.job, id, threads, team.start);
+            atomic_fetch_add_explicit(&team.finished, 1, memory_order_release);
+        }
+        pthread_mutex_lock(&team.lock);
+    }
+    return NULL;
+}
+
+static void loop_after_fork(void)
+{
+    pthread_mutex_init(&team.lock, NULL);
+    pthread_mutex_init(&team.call, NULL);
+    pthread_cond_init(&team.wake, NULL);
+    team.workers = 0;
+}
+
+/* Run body(job, id, threads, phase) on min(wanted, most) threads, this one as id 0; `most` at most
+ * the items a body shares out, so that every thread has some (each passes every barrier). */
+static void loop_run(loop_body body, void *job, int most)
+{
+    static int registered;
+    pthread_mutex_lock(&team.call);
+    if (!registered)
+        registered = pthread_atfork(NULL, NULL, loop_after_fork) == 0;
+    int threads = team.wanted < most ? team.wanted : most;
+    while (team.workers < threads - 1) {
+        pthread_t t;
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        int failed = pthread_create(&t, &attr, loop_worker,
+                                    (void *)((uintptr_t)(team.workers + 1) << 32 | team.generation));
+        pthread_attr_destroy(&attr);
+        if (failed)
+            break;
+        team.workers++;
+    }
+    threads = threads < team.workers + 1 ? threads : team.workers + 1;
+    if (threads <= 1) {
+        team.threads = 1;
+        body(job, 0, 1, atomic_load(&team.phase));
+    } else {
+        pthread_mutex_lock(&team.lock);
+        team.body = body;
+        team.job = job;
+        team.threads = threads;
+        team.start = atomic_load(&team.phase);
+        atomic_store(&team.arrived, 0);
+        atomic_store(&team.finished, 0);
+        team.generation++;
+        pthread_cond_broadcast(&team.wake);
+        pthread_mutex_unlock(&team.lock);
+        body(job, 0, threads, team.start);
+        for (int spins = 0; atomic_load_explicit(&team.finished, memory_order_acquire) < threads - 1; spins++)
+            if (spins < 20000)
+                _mm_pause();
+            else
+                sched_yield();
+    }
+    pthread_mutex_unlock(&team.call);
+}
+
+/* The share [first, last) of `count` items of thread id of `threads`. */
+static inline void loop_share(Py_ssize_t count, int id, int threads, Py_ssize_t *first, Py_ssize_t *last)
+{
+    *first = count * id / threads;
+    *last = count * (id + 1) / threads;
+}
+
+/* ---- LSTM ---------------------------------------------------------------------------------- */
+/* Forward: for t < T, G[t] = WT H[t] (the recurrent part of the pre-activations, WT (4n, n) with the
+ * i f o rows halved), then lstm_step(G[t], XU[t], C[t], C[t+1], TC[t], H[t+1][, P]). G, XU (T, 4n, S),
+ * C, H (T+1, n, S), TC (T, n, S), P (3n, S): feature-major as layers/lstm.py's loop.
+ * Work: units in pairs, a pair's 8 gate rows (i f o g of each) one tile, its step right after.
+ * Back: for t from T-1 down, lstm_back(dh, dc, DH[t], G[t], C[t], TC[t], d[, P, dP]), dG[t] = dᵀ
+ * (rows (S, 4n)), and for t > 0 dh = W d, W (n, 4n). Work: units in eights, the tile's 8 rows. */
+typedef struct {
+    const float *W, *XU, *DH, *P;
+    float *G, *C, *TC, *H, *dG, *dh, *dc, *dP;
+    float *A;      /* the packed weights: forward (pairs, n, 8), back (eights, 4n, 8) */
+    float *xp;     /* two steps' panels: forward H (2, P, n, 32), back d (2, P, 4n, 32) */
+    float *d;      /* back: a step's gate deltas (4n, S) */
+    Py_ssize_t T, S, n;
+} lstm_job;
+
+__attribute__((target("avx512f,avx2,fma"))) static void lstm_forward_body(void *arg, int id, int threads, unsigned phase)
+{
+    lstm_job *J = arg;
+    Py_ssize_t T = J->T, S = J->S, n = J->n, P = (S + PANEL - 1) / PANEL, pairs = (n + 1) / 2, q0, q1;
+    Py_ssize_t B = n * S;  /* a gate block of a step */
+    loop_share(pairs, id, threads, &q0, &q1);
+    for (Py_ssize_t q = q0; q < q1; q++)  /* A[q, k, 2 gate + e] = WT[gate n + 2q + e, k] */
+        for (Py_ssize_t k = 0; k < n; k++)
+            for (int r = 0; r < LOOP_ROWS; r++) {
+                Py_ssize_t j = 2 * q + r % 2;
+                J->A[(q * n + k) * LOOP_ROWS + r] = j < n ? J->W[(r / 2 * n + j) * n + k] : 0.0f;
+            }
+    for (Py_ssize_t t = 0; t < T; t++) {
+        const float *hp = J->xp + (t % 2) * P * n * PANEL;
+        float *g = J->G + t * 4 * B, *h1 = J->H + (t + 1) * B;
+        for (Py_ssize_t q = q0; q < q1; q++) {
+            Py_ssize_t j = 2 * q, u = j + 1 < n ? 2 : 1;
+            for (Py_ssize_t p = 0; p < P; p++) {
+                float *y[LOOP_ROWS];
+                __mmask16 m0, m1;
+                for (int r = 0; r < LOOP_ROWS; r++)
+                    y[r] = r % 2 < u ? g + (r / 2 * n + j + r % 2) * S + p * PANEL : NULL;
+                loop_masks(S, p, &m0, &m1);
+                loop_tile(J->A + q * n * LOOP_ROWS, hp + p * n * PANEL, n, y, m0, m1);
+            }
+            Py_ssize_t o = j * S;
+            if (J->P)
+                lstm_row_avx2(g + o, J->XU + t * 4 * B + o, J->C + t * B + o, J->C + (t + 1) * B + o,
+                              J->TC + t * B + o, h1 + o, J->P + o, u * S, B, 1);
+            else
+                lstm_row_avx2(g + o, J->XU + t * 4 * B + o, J->C + t * B + o, J->C + (t + 1) * B + o,
+                              J->TC + t * B + o, h1 + o, NULL, u * S, B, 0);
+        }
+        if (t + 1 < T) {
+            loop_to_panels(h1, J->xp + ((t + 1) % 2) * P * n * PANEL, n, S, 2 * q0, 2 * q1 < n ? 2 * q1 : n);
+            loop_barrier(&phase);
+        }
+    }
+}
+
+__attribute__((target("avx512f,avx2,fma"))) static void lstm_back_loop_body(void *arg, int id, int threads, unsigned phase)
+{
+    lstm_job *J = arg;
+    Py_ssize_t T = J->T, S = J->S, n = J->n, P = (S + PANEL - 1) / PANEL, eights = (n + 7) / 8, e0, e1;
+    Py_ssize_t B = n * S, K = 4 * n;
+    loop_share(eights, id, threads, &e0, &e1);
+    Py_ssize_t j0 = 8 * e0, j1 = 8 * e1 < n ? 8 * e1 : n;
+    for (Py_ssize_t e = e0; e < e1; e++)  /* A[e, k, r] = W[8e + r, k] */
+        for (Py_ssize_t k = 0; k < K; k++)
+            for (int r = 0; r < LOOP_ROWS; r++)
+                J->A[(e * K + k) * LOOP_ROWS + r] = 8 * e + r < n ? J->W[(8 * e + r) * K + k] : 0.0f;
+    for (Py_ssize_t t = T - 1; t >= 0; t--) {
+        float *d = J->d, *dGt = J->dG + t * S * K;
+        Py_ssize_t o = j0 * S, m = (j1 - j0) * S;
+        if (J->P)
+            lstm_back_body_avx2(J->dh + o, J->dc + o, J->DH + t * B + o, J->G + t * 4 * B + o, J->C + t * B + o,
+                                J->TC + t * B + o, d + o, J->P + o, J->dP + o, m, B, 1);
+        else
+            lstm_back_body_avx2(J->dh + o, J->dc + o, J->DH + t * B + o, J->G + t * 4 * B + o, J->C + t * B + o,
+                                J->TC + t * B + o, d + o, NULL, NULL, m, B, 0);
+        for (Py_ssize_t s = 0; s < S; s++)  /* dG[t][s, gate n + j] = d[gate n + j, s] */
+            for (int gate = 0; gate < 4; gate++)
+                for (Py_ssize_t j = j0; j < j1; j++)
+                    dGt[s * K + gate * n + j] = d[(gate * n + j) * S + s];
+        if (t == 0)
+            break;
+        float *dp = J->xp + (t % 2) * P * K * PANEL;
+        for (int gate = 0; gate < 4; gate++)
+            loop_to_panels(d + gate * B, dp + gate * n * PANEL, K, S, j0, j1);
+        loop_barrier(&phase);
+        for (Py_ssize_t e = e0; e < e1; e++)
+            for (Py_ssize_t p = 0; p < P; p++) {
+                float *y[LOOP_ROWS];
+                __mmask16 m0, m1;
+                for (int r = 0; r < LOOP_ROWS; r++)
+                    y[r] = 8 * e + r < n ? J->dh + (8 * e + r) * S + p * PANEL : NULL;
+                loop_masks(S, p, &m0, &m1);
+                loop_tile(J->A + e * K * LOOP_ROWS, dp + p * K * PANEL, K, y, m0, m1);
+            }
+    }
+}
