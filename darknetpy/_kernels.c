@@ -1009,6 +1009,89 @@ out:
     return result;
 }
 
+/* gru_loop(tanh, WzrT, WhT, XU, ZR, HC, RH, H[, P, RHrows]): the GRU's forward step loop (_loop.h). */
+static PyObject *gru_loop(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer b[MAX_ARGS + 1];
+    int tanh_act = nargs > 0 ? PyObject_IsTrue(args[0]) : 0;
+    if (tanh_act < 0)
+        return NULL;
+    int count = loop_args(args + 1, nargs - 1, b, "fffFFFF", "FF", "gru_loop(tanh, WzrT, WhT, XU, ZR, HC, RH, H[, P, RHrows])");
+    if (count < 0)
+        return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t n = b[1].shape[0], T = b[2].ndim == 3 ? b[2].shape[0] : 0, S = b[2].ndim == 3 ? b[2].shape[2] : 0;
+    if (!shaped(&b[0], 2 * n, n, -1) || !shaped(&b[1], n, n, -1) || !shaped(&b[2], T, 3 * n, S) ||
+        !shaped(&b[3], T, 2 * n, S) || !shaped(&b[4], T, n, S) || !shaped(&b[5], T, n, S) || !shaped(&b[6], T + 1, n, S) ||
+        (count == 9 && (!shaped(&b[7], T, 3 * n, S) || !shaped(&b[8], T, S, n))) || T < 1 || S < 1 || n < 1) {
+        PyErr_SetString(PyExc_ValueError, "gru_loop: WzrT (2n, n), WhT (n, n), XU and P (T, 3n, S), ZR (T, 2n, S), HC and RH (T, n, S), "
+                                          "H (T+1, n, S), RHrows (T, S, n)");
+        goto out;
+    }
+    Py_ssize_t P = (S + PANEL - 1) / PANEL, eights = (n + 7) / 8;
+    gru_job J = {b[0].buf, b[1].buf, b[2].buf, NULL, b[3].buf, b[4].buf, b[5].buf, b[6].buf,
+                 count == 9 ? b[7].buf : NULL, count == 9 ? b[8].buf : NULL, NULL, NULL,
+                 malloc((size_t)2 * eights * n * LOOP_ROWS * sizeof(float)), malloc((size_t)eights * n * LOOP_ROWS * sizeof(float)),
+                 calloc((size_t)P * n * PANEL, sizeof(float)), calloc((size_t)P * n * PANEL, sizeof(float)), NULL, NULL, T, S, n, tanh_act};
+    if (!J.Azr || !J.Ah || !J.xa || !J.xb) {
+        PyErr_NoMemory();
+    } else {
+        Py_BEGIN_ALLOW_THREADS
+        loop_to_panels(J.H, J.xa, n, S, 0, n);
+        loop_run(gru_forward_body, &J, eights > LOOP_MAX_THREADS ? LOOP_MAX_THREADS : (int)eights);
+        Py_END_ALLOW_THREADS
+        result = Py_None;
+        Py_INCREF(result);
+    }
+    free(J.Azr);
+    free(J.Ah);
+    free(J.xa);
+    free(J.xb);
+out:
+    release(b, count);
+    return result;
+}
+
+/* gru_loop_back(Wzr, Wh, DH, ZR, P, dP, dh): the GRU's step loop back (_loop.h). */
+static PyObject *gru_loop_back(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer b[MAX_ARGS];
+    int count = loop_args(args, nargs, b, "fffffFF", "", "gru_loop_back(Wzr, Wh, DH, ZR, P, dP, dh)");
+    if (count < 0)
+        return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t n = b[0].shape[0], T = b[2].ndim == 3 ? b[2].shape[0] : 0, S = b[2].ndim == 3 ? b[2].shape[2] : 0;
+    if (!shaped(&b[0], n, 2 * n, -1) || !shaped(&b[1], n, n, -1) || !shaped(&b[2], T, n, S) || !shaped(&b[3], T, 2 * n, S) ||
+        !shaped(&b[4], T, 3 * n, S) || !shaped(&b[5], T, S, 3 * n) || !shaped(&b[6], n, S, -1) || T < 1 || S < 1 || n < 1) {
+        PyErr_SetString(PyExc_ValueError, "gru_loop_back: Wzr (n, 2n), Wh (n, n), DH (T, n, S), ZR (T, 2n, S), P (T, 3n, S), "
+                                          "dP (T, S, 3n), dh (n, S)");
+        goto out;
+    }
+    Py_ssize_t P = (S + PANEL - 1) / PANEL, eights = (n + 7) / 8;
+    gru_job J = {b[0].buf, b[1].buf, NULL, b[2].buf, b[3].buf, NULL, NULL, NULL, b[4].buf, NULL, b[5].buf, b[6].buf,
+                 malloc((size_t)eights * 2 * n * LOOP_ROWS * sizeof(float)), malloc((size_t)eights * n * LOOP_ROWS * sizeof(float)),
+                 calloc((size_t)P * n * PANEL, sizeof(float)), calloc((size_t)P * 2 * n * PANEL, sizeof(float)),
+                 malloc((size_t)3 * n * S * sizeof(float)), malloc((size_t)n * S * sizeof(float)), T, S, n, 0};
+    if (!J.Azr || !J.Ah || !J.xa || !J.xb || !J.d || !J.drh) {
+        PyErr_NoMemory();
+    } else {
+        Py_BEGIN_ALLOW_THREADS
+        loop_run(gru_back_loop_body, &J, eights > LOOP_MAX_THREADS ? LOOP_MAX_THREADS : (int)eights);
+        Py_END_ALLOW_THREADS
+        result = Py_None;
+        Py_INCREF(result);
+    }
+    free(J.Azr);
+    free(J.Ah);
+    free(J.xa);
+    free(J.xb);
+    free(J.d);
+    free(J.drh);
+out:
+    release(b, count);
+    return result;
+}
+
 /* loop_threads(n) -> the threads the step loops run on (n >= 1; a call of its own runs on fewer
  * when the layer has fewer units to share). */
 static PyObject *loop_threads(PyObject *self, PyObject *arg)
@@ -1030,6 +1113,8 @@ static PyMethodDef panel_methods[] = {
     {"panel_threads", panel_threads, METH_O, "panel_threads(n) -> the threads panel_matmul runs on (set before its first call)"},
     METHOD(lstm_loop, "lstm_loop(WT, XU, G, C, TC, H[, P]): the LSTM's forward step loop, products and steps, feature-major"),
     METHOD(lstm_loop_back, "lstm_loop_back(W, DH, G, C, TC, dG, dh, dc[, P, dP]): the LSTM's step loop back: gate deltas as rows dG"),
+    METHOD(gru_loop, "gru_loop(tanh, WzrT, WhT, XU, ZR, HC, RH, H[, P, RHrows]): the GRU's forward step loop, feature-major"),
+    METHOD(gru_loop_back, "gru_loop_back(Wzr, Wh, DH, ZR, P, dP, dh): the GRU's step loop back: deltas as rows dP"),
     {"loop_threads", loop_threads, METH_O, "loop_threads(n) -> the threads the step loops run on"},
     {NULL, NULL, 0, NULL},
 };

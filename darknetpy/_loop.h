@@ -22,15 +22,17 @@
 #define LOOP_ROWS 8                 /* output rows of a tile: 8 x 2 accumulators */
 #define LOOP_MAX_THREADS 64
 
-/* y[r][c] = Σ_k a[k, r] x[k, c] for r < 8, c < 32: a (K, 8), x (K, 32) one panel; rows whose y[r]
- * is NULL are not stored, columns past the masks m0, m1 neither. Each element sums k in order, the
- * same bits whichever thread computes it. */
+/* y[r][c] (+)= Σ_k a[k, r] x[k, c] for r < 8, c < 32: a (K, 8), x (K, 32) one panel; `add`: onto
+ * what y holds. Rows whose y[r] is NULL are not stored, columns past the masks m0, m1 neither. Each
+ * element sums k in order, the same bits whichever thread computes it. */
 __attribute__((target("avx512f"), always_inline)) static inline void
-loop_tile(const float *a, const float *x, Py_ssize_t K, float *const *y, __mmask16 m0, __mmask16 m1)
+loop_tile(const float *a, const float *x, Py_ssize_t K, float *const *y, __mmask16 m0, __mmask16 m1, const int add)
 {
     __m512 c[LOOP_ROWS][2];
-    for (int r = 0; r < LOOP_ROWS; r++)
-        c[r][0] = c[r][1] = _mm512_setzero_ps();
+    for (int r = 0; r < LOOP_ROWS; r++) {
+        c[r][0] = add && y[r] ? _mm512_maskz_loadu_ps(m0, y[r]) : _mm512_setzero_ps();
+        c[r][1] = add && y[r] ? _mm512_maskz_loadu_ps(m1, y[r] + 16) : _mm512_setzero_ps();
+    }
     for (Py_ssize_t k = 0; k < K; k++) {
         __m512 x0 = _mm512_loadu_ps(x + k * PANEL), x1 = _mm512_loadu_ps(x + k * PANEL + 16);
         for (int r = 0; r < LOOP_ROWS; r++) {
@@ -219,7 +221,7 @@ __attribute__((target("avx512f,avx2,fma"))) static void lstm_forward_body(void *
                 for (int r = 0; r < LOOP_ROWS; r++)
                     y[r] = r % 2 < u ? g + (r / 2 * n + j + r % 2) * S + p * PANEL : NULL;
                 loop_masks(S, p, &m0, &m1);
-                loop_tile(J->A + q * n * LOOP_ROWS, hp + p * n * PANEL, n, y, m0, m1);
+                loop_tile(J->A + q * n * LOOP_ROWS, hp + p * n * PANEL, n, y, m0, m1, 0);
             }
             Py_ssize_t o = j * S;
             if (J->P)
@@ -273,7 +275,145 @@ __attribute__((target("avx512f,avx2,fma"))) static void lstm_back_loop_body(void
                 for (int r = 0; r < LOOP_ROWS; r++)
                     y[r] = 8 * e + r < n ? J->dh + (8 * e + r) * S + p * PANEL : NULL;
                 loop_masks(S, p, &m0, &m1);
-                loop_tile(J->A + e * K * LOOP_ROWS, dp + p * K * PANEL, K, y, m0, m1);
+                loop_tile(J->A + e * K * LOOP_ROWS, dp + p * K * PANEL, K, y, m0, m1, 0);
             }
+    }
+}
+
+/* Rows [8e, 8e + 8) of the product y (rows, S) (+)= A x for the eights e in [e0, e1) of the rows:
+ * A packed by loop_pack, x in panels (P, K, 32). */
+__attribute__((target("avx512f"))) static void
+loop_rows(const float *A, const float *xp, Py_ssize_t K, float *y, Py_ssize_t rows, Py_ssize_t S,
+          Py_ssize_t e0, Py_ssize_t e1, const int add)
+{
+    Py_ssize_t P = (S + PANEL - 1) / PANEL;
+    for (Py_ssize_t e = e0; e < e1; e++)
+        for (Py_ssize_t p = 0; p < P; p++) {
+            float *out[LOOP_ROWS];
+            __mmask16 m0, m1;
+            for (int r = 0; r < LOOP_ROWS; r++)
+                out[r] = 8 * e + r < rows ? y + (8 * e + r) * S + p * PANEL : NULL;
+            loop_masks(S, p, &m0, &m1);
+            if (add)
+                loop_tile(A + e * K * LOOP_ROWS, xp + p * K * PANEL, K, out, m0, m1, 1);
+            else
+                loop_tile(A + e * K * LOOP_ROWS, xp + p * K * PANEL, K, out, m0, m1, 0);
+        }
+}
+
+/* A[e, k, r] = M[row(8e + r), k] for the eights e in [e0, e1) of rows, M (·, K): the weights of
+ * 8 output rows side by side; row(i) = i, or with `blocks` > 1 the rows of `blocks` gates of the
+ * same unit together: eight i = 8/blocks units' gates, row = gate * rows / blocks + unit. Zeros
+ * past the rows. */
+static void loop_pack(float *A, const float *M, Py_ssize_t K, Py_ssize_t rows, int blocks, Py_ssize_t e0, Py_ssize_t e1)
+{
+    Py_ssize_t units = rows / blocks, per = LOOP_ROWS / blocks;
+    for (Py_ssize_t e = e0; e < e1; e++)
+        for (int r = 0; r < LOOP_ROWS; r++) {
+            Py_ssize_t unit = e * per + r % per, row = r / per * units + unit;
+            for (Py_ssize_t k = 0; k < K; k++)
+                A[(e * K + k) * LOOP_ROWS + r] = unit < units ? M[row * K + k] : 0.0f;
+        }
+}
+
+/* Rows [j0, j1) of x (rows, S) as the rows of dst (S, width) at column offset col: dst[s, col + j]. */
+static void loop_to_rows(const float *x, float *dst, Py_ssize_t S, Py_ssize_t width, Py_ssize_t col,
+                         Py_ssize_t j0, Py_ssize_t j1)
+{
+    for (Py_ssize_t s = 0; s < S; s++)
+        for (Py_ssize_t j = j0; j < j1; j++)
+            dst[s * width + col + j] = x[j * S + s];
+}
+
+/* ---- GRU ----------------------------------------------------------------------------------- */
+/* Forward: for t < T, ZR[t] = WzrT H[t], gru_zr(ZR[t], XU[t], H[t], RH[t]), HC[t] = WhT RH[t],
+ * gru_step(tanh, HC[t], XU[t], ZR[t], H[t], H[t+1][, P[t]]), and in training RHrows[t] = RH[t]ᵀ.
+ * WzrT (2n, n), WhT (n, n); XU, P (T, 3n, S), ZR (T, 2n, S), HC, RH (T, n, S), H (T+1, n, S),
+ * RHrows (T, S, n). Two barriers a step: wh reads every unit of r h, the next step every unit of h'.
+ * Back: for t from T-1 down, dh += DH[t]; dc = P[t][c] dh (d's third block); drh = Wh dc;
+ * gru_back(dh, drh, ZR[t], P[t], d); dP[t] = dᵀ (rows (S, 3n)); for t > 0, dh += Wzr [dz dr].
+ * Wzr (n, 2n), Wh (n, n). Two barriers a step (each product reads every unit's deltas).
+ * Each thread owns eights of units: its rows of every product, their step maths. */
+typedef struct {
+    const float *Wzr, *Wh, *XU, *DH;
+    float *ZR, *HC, *RH, *H, *P, *RHrows, *dP, *dh;
+    float *Azr, *Ah;   /* packed: forward wzr's z r rows of 4 units (n/4, n, 8), wh (n/8, n, 8);
+                          back Wzr (n/8, 2n, 8), Wh (n/8, n, 8) */
+    float *xa, *xb;    /* panels: forward h and r h (P, n, 32); back dc (P, n, 32) and [dz dr] (P, 2n, 32) */
+    float *d, *drh;    /* back: a step's deltas (3n, S), r h's (n, S) */
+    Py_ssize_t T, S, n;
+    int tanh_act;
+} gru_job;
+
+__attribute__((target("avx512f,avx2,fma"))) static void gru_forward_body(void *arg, int id, int threads, unsigned phase)
+{
+    gru_job *J = arg;
+    Py_ssize_t T = J->T, S = J->S, n = J->n, B = n * S, eights = (n + 7) / 8, e0, e1;
+    loop_share(eights, id, threads, &e0, &e1);
+    Py_ssize_t j0 = 8 * e0, j1 = 8 * e1 < n ? 8 * e1 : n, o = j0 * S, m = (j1 - j0) * S;
+    loop_pack(J->Azr, J->Wzr, n, 2 * n, 2, 2 * e0, 2 * e1 < (n + 3) / 4 ? 2 * e1 : (n + 3) / 4);
+    loop_pack(J->Ah, J->Wh, n, n, 1, e0, e1);
+    for (Py_ssize_t t = 0; t < T; t++) {
+        float *zr = J->ZR + t * 2 * B, *c = J->HC + t * B, *rh = J->RH + t * B, *h = J->H + t * B;
+        const float *xu = J->XU + t * 3 * B;
+        Py_ssize_t P = (S + PANEL - 1) / PANEL;
+        for (Py_ssize_t q = 2 * e0; q < 2 * e1 && 4 * q < n; q++)  /* z r rows of units 4q.. */
+            for (Py_ssize_t p = 0; p < P; p++) {
+                float *y[LOOP_ROWS];
+                __mmask16 m0, m1;
+                for (int r = 0; r < LOOP_ROWS; r++)
+                    y[r] = 4 * q + r % 4 < n ? zr + (r / 4 * n + 4 * q + r % 4) * S + p * PANEL : NULL;
+                loop_masks(S, p, &m0, &m1);
+                loop_tile(J->Azr + q * n * LOOP_ROWS, J->xa + p * n * PANEL, n, y, m0, m1, 0);
+            }
+        gru_zr_row_avx2(zr + o, xu + o, h + o, rh + o, m, B);
+        loop_to_panels(rh, J->xb, n, S, j0, j1);
+        if (J->RHrows)
+            loop_to_rows(rh, J->RHrows + t * S * n, S, n, 0, j0, j1);
+        loop_barrier(&phase);
+        loop_rows(J->Ah, J->xb, n, c, n, S, e0, e1, 0);
+        float *h1 = J->H + (t + 1) * B, *Pt = J->P ? J->P + t * 3 * B + o : NULL;
+        if (J->P && J->tanh_act)
+            gru_body_avx2(c + o, xu + o, zr + o, h + o, h1 + o, Pt, m, B, 1, 1);
+        else if (J->P)
+            gru_body_avx2(c + o, xu + o, zr + o, h + o, h1 + o, Pt, m, B, 0, 1);
+        else if (J->tanh_act)
+            gru_body_avx2(c + o, xu + o, zr + o, h + o, h1 + o, NULL, m, B, 1, 0);
+        else
+            gru_body_avx2(c + o, xu + o, zr + o, h + o, h1 + o, NULL, m, B, 0, 0);
+        if (t + 1 < T) {
+            loop_to_panels(h1, J->xa, n, S, j0, j1);
+            loop_barrier(&phase);
+        }
+    }
+}
+
+__attribute__((target("avx512f,avx2,fma"))) static void gru_back_loop_body(void *arg, int id, int threads, unsigned phase)
+{
+    gru_job *J = arg;
+    Py_ssize_t T = J->T, S = J->S, n = J->n, B = n * S, eights = (n + 7) / 8, e0, e1;
+    loop_share(eights, id, threads, &e0, &e1);
+    Py_ssize_t j0 = 8 * e0, j1 = 8 * e1 < n ? 8 * e1 : n, o = j0 * S, m = (j1 - j0) * S;
+    loop_pack(J->Azr, J->Wzr, 2 * n, n, 1, e0, e1);
+    loop_pack(J->Ah, J->Wh, n, n, 1, e0, e1);
+    float *dh = J->dh, *d = J->d;
+    for (Py_ssize_t t = T - 1; t >= 0; t--) {
+        const float *Pt = J->P + t * 3 * B, *DH = J->DH + t * B;
+        for (Py_ssize_t e = o; e < o + m; e++) {
+            dh[e] += DH[e];
+            d[2 * B + e] = Pt[2 * B + e] * dh[e];
+        }
+        loop_to_panels(d + 2 * B, J->xa, n, S, j0, j1);
+        loop_barrier(&phase);
+        loop_rows(J->Ah, J->xa, n, J->drh, n, S, e0, e1, 0);
+        gru_back_body_avx2(dh + o, J->drh + o, J->ZR + t * 2 * B + o, Pt + o, d + o, m, B);
+        for (int gate = 0; gate < 3; gate++)
+            loop_to_rows(d + gate * B, J->dP + t * S * 3 * n, S, 3 * n, gate * n, j0, j1);
+        if (t == 0)
+            break;
+        for (int gate = 0; gate < 2; gate++)
+            loop_to_panels(d + gate * B, J->xb + gate * n * PANEL, 2 * n, S, j0, j1);
+        loop_barrier(&phase);
+        loop_rows(J->Azr, J->xb, 2 * n, dh, n, S, e0, e1, 1);
     }
 }

@@ -163,14 +163,14 @@ static void K(lstm_back)(float *dh, float *dc, const float *DH, const float *g, 
 
 /* GRU, first half of a step, one row: zr (2 blocks) holds the recurrent part of the halved
  * pre-activations of z and r, xu (3 blocks) the input part of z r c; out: the gates σ(z), σ(r),
- * and rh = r h, the input of wh. */
+ * and rh = r h, the input of wh. L floats of each block, block k at k B (as in lstm_row). */
 static inline __attribute__((always_inline)) void
 K(gru_zr_row)(float *restrict zr, const float *restrict xu, const float *restrict h, float *restrict rh,
-              Py_ssize_t L)
+              Py_ssize_t L, Py_ssize_t B)
 {
     CHUNKS(e0, len, L) {
-        float *z = zr + e0, *r = zr + L + e0;
-        const float *xz = xu + e0, *xr = xu + L + e0;
+        float *z = zr + e0, *r = zr + B + e0;
+        const float *xz = xu + e0, *xr = xu + B + e0;
         EACH(j, len) z[j] = K(sigmoid2)(z[j] + xz[j]);
         EACH(j, len) r[j] = K(sigmoid2)(r[j] + xr[j]);
         EACH(j, len) rh[e0 + j] = r[j] * h[e0 + j];
@@ -181,28 +181,28 @@ static void K(gru_zr)(float *zr, const float *xu, const float *h, float *rh, Py_
 {
     Py_ssize_t L = m / R;
     for (Py_ssize_t r = 0; r < R; r++)
-        K(gru_zr_row)(zr + 2 * L * r, xu + 3 * L * r, h + L * r, rh + L * r, L);
+        K(gru_zr_row)(zr + 2 * L * r, xu + 3 * L * r, h + L * r, rh + L * r, L, L);
 }
 
 /* GRU, second half, one row: c holds wh(r h) (halved unless the candidate is tanh), xu's third
  * block uh(x); out: the candidate c = act(wh(r h) + uh(x)) and h' = c + z (h - c); in training
- * P = [(h - c) σ'(z), h σ'(r), (1 - z) act'(c)] (see gru.py). */
+ * P = [(h - c) σ'(z), h σ'(r), (1 - z) act'(c)] (see gru.py). m floats of each block, block k at k B. */
 static inline __attribute__((always_inline)) void
 K(gru_body)(float *restrict c, const float *restrict xu, const float *restrict zr,
             const float *restrict h, float *restrict h1, float *restrict P, Py_ssize_t m,
-            const int tanh_act, const int train)
+            Py_ssize_t B, const int tanh_act, const int train)
 {
     CHUNKS(e0, len, m) {
         float a[CHUNK], hc[CHUNK];
-        const float *z = zr + e0, *r = zr + m + e0, *hp = h + e0, *xh = xu + 2 * m + e0;
+        const float *z = zr + e0, *r = zr + B + e0, *hp = h + e0, *xh = xu + 2 * B + e0;
         float *cp = c + e0;
         EACH(j, len) cp[j] = a[j] = tanh_act ? K(tanh1)(cp[j] + xh[j]) : K(sigmoid2)(cp[j] + xh[j]);
         EACH(j, len) hc[j] = hp[j] - a[j];
         EACH(j, len) h1[e0 + j] = a[j] + z[j] * hc[j];
         if (train) {
             EACH(j, len) P[e0 + j] = (z[j] - z[j] * z[j]) * hc[j];
-            EACH(j, len) P[m + e0 + j] = (r[j] - r[j] * r[j]) * hp[j];
-            EACH(j, len) P[2 * m + e0 + j] = (tanh_act ? 1.0f - a[j] * a[j] : a[j] - a[j] * a[j]) * (1.0f - z[j]);
+            EACH(j, len) P[B + e0 + j] = (r[j] - r[j] * r[j]) * hp[j];
+            EACH(j, len) P[2 * B + e0 + j] = (tanh_act ? 1.0f - a[j] * a[j] : a[j] - a[j] * a[j]) * (1.0f - z[j]);
         }
     }
 }
@@ -215,26 +215,33 @@ static void K(gru_step)(float *c, const float *xu, const float *zr, const float 
         float *cr = c + L * r, *h1r = h1 + L * r, *Pr = P ? P + 3 * L * r : NULL;
         const float *xr = xu + 3 * L * r, *zrr = zr + 2 * L * r, *hr = h + L * r;
         if (P && tanh_act)
-            K(gru_body)(cr, xr, zrr, hr, h1r, Pr, L, 1, 1);
+            K(gru_body)(cr, xr, zrr, hr, h1r, Pr, L, L, 1, 1);
         else if (P)
-            K(gru_body)(cr, xr, zrr, hr, h1r, Pr, L, 0, 1);
+            K(gru_body)(cr, xr, zrr, hr, h1r, Pr, L, L, 0, 1);
         else if (tanh_act)
-            K(gru_body)(cr, xr, zrr, hr, h1r, NULL, L, 1, 0);
+            K(gru_body)(cr, xr, zrr, hr, h1r, NULL, L, L, 1, 0);
         else
-            K(gru_body)(cr, xr, zrr, hr, h1r, NULL, L, 0, 0);
+            K(gru_body)(cr, xr, zrr, hr, h1r, NULL, L, L, 0, 0);
     }
 }
 
 /* GRU backward, after the candidate's delta went through wh into drh: dz = dh P[z],
- * dr = drh P[r], and dh = dh z + drh r (wzr's share is added by a matmul after). */
-static void K(gru_back)(float *restrict dh, const float *restrict drh, const float *restrict zr,
-                        const float *restrict P, float *restrict d, Py_ssize_t m)
+ * dr = drh P[r], and dh = dh z + drh r (wzr's share is added by a matmul after). m floats of each
+ * block, block k at k B. */
+static inline __attribute__((always_inline)) void
+K(gru_back_body)(float *restrict dh, const float *restrict drh, const float *restrict zr,
+                 const float *restrict P, float *restrict d, Py_ssize_t m, Py_ssize_t B)
 {
     CHUNKS(e0, len, m) {
         EACH(j, len) d[e0 + j] = P[e0 + j] * dh[e0 + j];
-        EACH(j, len) d[m + e0 + j] = P[m + e0 + j] * drh[e0 + j];
-        EACH(j, len) dh[e0 + j] = dh[e0 + j] * zr[e0 + j] + drh[e0 + j] * zr[m + e0 + j];
+        EACH(j, len) d[B + e0 + j] = P[B + e0 + j] * drh[e0 + j];
+        EACH(j, len) dh[e0 + j] = dh[e0 + j] * zr[e0 + j] + drh[e0 + j] * zr[B + e0 + j];
     }
+}
+
+static void K(gru_back)(float *dh, const float *drh, const float *zr, const float *P, float *d, Py_ssize_t m)
+{
+    K(gru_back_body)(dh, drh, zr, P, d, m, m);
 }
 
 /* Darknet's activations that are x above zero and a x below (leaky a = 0.1, relie 0.01), in place:
