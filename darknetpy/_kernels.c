@@ -1092,6 +1092,70 @@ out:
     return result;
 }
 
+/* rnn_loop(a, shortcut, WT, bias, Af, B, Sf) and rnn_loop_back(a, shortcut, W, B, dSf, dBf): the
+ * [rnn] step loop and its way back for a slope activation of slope a (_loop.h). */
+static PyObject *rnn_loop_call(PyObject *const *args, Py_ssize_t nargs, int back)
+{
+    Py_buffer b[MAX_ARGS];
+    const char *usage = back ? "rnn_loop_back(a, shortcut, W, B, dSf, dBf)" : "rnn_loop(a, shortcut, WT, bias, Af, B, Sf)";
+    float a = 0.0f;
+    if (nargs != (back ? 6 : 7)) {
+        PyErr_SetString(PyExc_TypeError, usage);
+        return NULL;
+    }
+    int shortcut = PyObject_IsTrue(args[1]);
+    if (slope_arg(args[0], &a) < 0 || shortcut < 0)
+        return NULL;
+    int count = loop_args(args + 2, nargs - 2, b, back ? "ffFF" : "fffFF", "", usage);
+    if (count < 0)
+        return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t n = b[0].shape[0], T = b[count - 1].ndim == 3 ? b[count - 1].shape[0] - !back : 0;
+    Py_ssize_t S = b[count - 1].ndim == 3 ? b[count - 1].shape[2] : 0;
+    int ok = shaped(&b[0], n, n, -1) && T >= 1 && S >= 1 && n >= 1;
+    if (back)
+        ok = ok && shaped(&b[1], T, n, S) && shaped(&b[2], T, n, S) && shaped(&b[3], T, n, S);
+    else
+        ok = ok && shaped(&b[1], n, S, -1) && shaped(&b[2], T, n, S) && shaped(&b[3], T, n, S) && shaped(&b[4], T + 1, n, S);
+    if (!ok) {
+        PyErr_SetString(PyExc_ValueError, back ? "rnn_loop_back: W (n, n), B, dSf and dBf (T, n, S)"
+                                               : "rnn_loop: WT (n, n), bias (n, S), Af and B (T, n, S), Sf (T+1, n, S)");
+        goto out;
+    }
+    Py_ssize_t P = (S + PANEL - 1) / PANEL, eights = (n + 7) / 8;
+    rnn_job J = {b[0].buf, back ? NULL : b[1].buf, back ? NULL : b[2].buf, b[back ? 1 : 3].buf, back ? NULL : b[4].buf,
+                 back ? b[2].buf : NULL, back ? b[3].buf : NULL, malloc((size_t)eights * n * LOOP_ROWS * sizeof(float)),
+                 calloc((size_t)2 * P * n * PANEL, sizeof(float)), back ? malloc((size_t)n * S * sizeof(float)) : NULL,
+                 T, S, n, a, shortcut};
+    if (!J.A || !J.xp || (back && !J.w)) {
+        PyErr_NoMemory();
+    } else {
+        Py_BEGIN_ALLOW_THREADS
+        if (!back)
+            loop_to_panels(J.Sf, J.xp, n, S, 0, n);
+        loop_run(back ? rnn_back_loop_body : rnn_forward_body, &J, eights > LOOP_MAX_THREADS ? LOOP_MAX_THREADS : (int)eights);
+        Py_END_ALLOW_THREADS
+        result = Py_None;
+        Py_INCREF(result);
+    }
+    free(J.A);
+    free(J.xp);
+    free(J.w);
+out:
+    release(b, count);
+    return result;
+}
+
+static PyObject *rnn_loop(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    return rnn_loop_call(args, nargs, 0);
+}
+
+static PyObject *rnn_loop_back(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    return rnn_loop_call(args, nargs, 1);
+}
+
 /* loop_threads(n) -> the threads the step loops run on (n >= 1; a call of its own runs on fewer
  * when the layer has fewer units to share). */
 static PyObject *loop_threads(PyObject *self, PyObject *arg)
@@ -1115,6 +1179,8 @@ static PyMethodDef panel_methods[] = {
     METHOD(lstm_loop_back, "lstm_loop_back(W, DH, G, C, TC, dG, dh, dc[, P, dP]): the LSTM's step loop back: gate deltas as rows dG"),
     METHOD(gru_loop, "gru_loop(tanh, WzrT, WhT, XU, ZR, HC, RH, H[, P, RHrows]): the GRU's forward step loop, feature-major"),
     METHOD(gru_loop_back, "gru_loop_back(Wzr, Wh, DH, ZR, P, dP, dh): the GRU's step loop back: deltas as rows dP"),
+    METHOD(rnn_loop, "rnn_loop(a, shortcut, WT, bias, Af, B, Sf): the [rnn] step loop for a slope activation (leaky, relie), feature-major"),
+    METHOD(rnn_loop_back, "rnn_loop_back(a, shortcut, W, B, dSf, dBf): its way back, dBf[T-1] given"),
     {"loop_threads", loop_threads, METH_O, "loop_threads(n) -> the threads the step loops run on"},
     {NULL, NULL, 0, NULL},
 };

@@ -417,3 +417,52 @@ __attribute__((target("avx512f,avx2,fma"))) static void gru_back_loop_body(void 
         loop_rows(J->Azr, J->xb, 2 * n, dh, n, S, e0, e1, 1);
     }
 }
+
+/* ---- RNN ----------------------------------------------------------------------------------- */
+/* Forward: for t < T, B[t] = WT Sf[t], then rnn_step(a, B[t], bias, Af[t], Sf[t+1][, Sf[t]]) (a
+ * slope activation of slope a). WT (n, n); bias, (n, S); Af, B (T, n, S); Sf (T+1, n, S).
+ * Back: for t from T-1 down to 1, rnn_back(a, dSf[t-1], W dBf[t], B[t-1], dBf[t-1][, dSf[t]]);
+ * W (n, n), dSf, dBf (T, n, S), dBf[T-1] given. One barrier a step; threads own eights of units. */
+typedef struct {
+    const float *W, *bias, *Af;
+    float *B, *Sf, *dSf, *dBf;
+    float *A, *xp, *w;  /* packed W (n/8, n, 8); two steps' panels (2, P, n, 32); back: W dBf[t] (n, S) */
+    Py_ssize_t T, S, n;
+    float a;
+    int shortcut;
+} rnn_job;
+
+__attribute__((target("avx512f,avx2,fma"))) static void rnn_forward_body(void *arg, int id, int threads, unsigned phase)
+{
+    rnn_job *J = arg;
+    Py_ssize_t T = J->T, S = J->S, n = J->n, N = n * S, P = (S + PANEL - 1) / PANEL, e0, e1;
+    loop_share((n + 7) / 8, id, threads, &e0, &e1);
+    Py_ssize_t j0 = 8 * e0, j1 = 8 * e1 < n ? 8 * e1 : n, o = j0 * S, m = (j1 - j0) * S;
+    loop_pack(J->A, J->W, n, n, 1, e0, e1);
+    for (Py_ssize_t t = 0; t < T; t++) {
+        float *b = J->B + t * N, *s1 = J->Sf + (t + 1) * N;
+        loop_rows(J->A, J->xp + (t % 2) * P * n * PANEL, n, b, n, S, e0, e1, 0);
+        rnn_step_avx2(b + o, J->bias + o, J->Af + t * N + o, s1 + o, J->shortcut ? J->Sf + t * N + o : NULL, m, J->a);
+        if (t + 1 < T) {
+            loop_to_panels(s1, J->xp + ((t + 1) % 2) * P * n * PANEL, n, S, j0, j1);
+            loop_barrier(&phase);
+        }
+    }
+}
+
+__attribute__((target("avx512f,avx2,fma"))) static void rnn_back_loop_body(void *arg, int id, int threads, unsigned phase)
+{
+    rnn_job *J = arg;
+    Py_ssize_t T = J->T, S = J->S, n = J->n, N = n * S, P = (S + PANEL - 1) / PANEL, e0, e1;
+    loop_share((n + 7) / 8, id, threads, &e0, &e1);
+    Py_ssize_t j0 = 8 * e0, j1 = 8 * e1 < n ? 8 * e1 : n, o = j0 * S, m = (j1 - j0) * S;
+    loop_pack(J->A, J->W, n, n, 1, e0, e1);
+    for (Py_ssize_t t = T - 1; t >= 1; t--) {
+        float *xp = J->xp + (t % 2) * P * n * PANEL;
+        loop_to_panels(J->dBf + t * N, xp, n, S, j0, j1);
+        loop_barrier(&phase);
+        loop_rows(J->A, xp, n, J->w, n, S, e0, e1, 0);
+        rnn_back_avx2(J->dSf + (t - 1) * N + o, J->w + o, J->B + (t - 1) * N + o, J->dBf + (t - 1) * N + o,
+                      J->shortcut ? J->dSf + t * N + o : NULL, m, J->a);
+    }
+}
