@@ -12,12 +12,17 @@
  * unit of the state this step made.
  *
  * The threads: this one and threads - 1 workers (a team apart from the panel kernel's pool), which
- * sleep on a condition variable between calls and spin only at the barriers inside one: outside a
- * loop the cores are OpenBLAS's (the GEMMs around the loops). One call at a time.
+ * sleep on a condition variable between calls and spin only briefly at the barriers inside one:
+ * outside a loop the cores are OpenBLAS's (the GEMMs around the loops). One call at a time.
  *
  * The products' operands in panels (kernels.pack_panels' layout): the state of a step as
  * ceil(S / 32) panels (n, 32) (zeros past S), the weights of 8 output rows as (K, 8), so that a tile
  * of 8 rows by 32 streams reads one contiguous line of each per k. */
+
+#include <limits.h>
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #define LOOP_ROWS 8                 /* output rows of a tile: 8 x 2 accumulators */
 #define LOOP_MAX_THREADS 64
@@ -67,40 +72,112 @@ static void loop_to_panels(const float *x, float *xp, Py_ssize_t rows, Py_ssize_
     }
 }
 
+/* Rows [8e, 8e + 8) of the product y (rows, S) (+)= A x for the eights e in [e0, e1) of the rows:
+ * A packed by loop_pack, x in panels (P, K, 32). K in chunks of LOOP_KC, each chunk of a panel
+ * (32 KB) read by every eight while it is in L1 (a whole panel of K = 1024 is 128 KB, and the
+ * tiles would stream it from L2); each element still sums k in order. */
+#define LOOP_KC 256
+__attribute__((target("avx512f"))) static void
+loop_rows(const float *A, const float *xp, Py_ssize_t K, float *y, Py_ssize_t rows, Py_ssize_t S,
+          Py_ssize_t e0, Py_ssize_t e1, const int add)
+{
+    Py_ssize_t P = (S + PANEL - 1) / PANEL;
+    for (Py_ssize_t p = 0; p < P; p++)
+        for (Py_ssize_t k0 = 0; k0 < K; k0 += LOOP_KC) {
+            Py_ssize_t kn = K - k0 < LOOP_KC ? K - k0 : LOOP_KC;
+            for (Py_ssize_t e = e0; e < e1; e++) {
+                float *out[LOOP_ROWS];
+                __mmask16 m0, m1;
+                for (int r = 0; r < LOOP_ROWS; r++)
+                    out[r] = 8 * e + r < rows ? y + (8 * e + r) * S + p * PANEL : NULL;
+                loop_masks(S, p, &m0, &m1);
+                const float *a = A + (e * K + k0) * LOOP_ROWS, *x = xp + (p * K + k0) * PANEL;
+                if (add || k0)
+                    loop_tile(a, x, kn, out, m0, m1, 1);
+                else
+                    loop_tile(a, x, kn, out, m0, m1, 0);
+            }
+        }
+}
+
+/* A[e, k, r] = M[row(8e + r), k] for the eights e in [e0, e1) of rows, M (·, K): the weights of
+ * 8 output rows side by side; row(i) = i, or with `blocks` > 1 the rows of `blocks` gates of the
+ * same unit together: eight i = 8/blocks units' gates, row = gate * rows / blocks + unit. Zeros
+ * past the rows. */
+static void loop_pack(float *A, const float *M, Py_ssize_t K, Py_ssize_t rows, int blocks, Py_ssize_t e0, Py_ssize_t e1)
+{
+    Py_ssize_t units = rows / blocks, per = LOOP_ROWS / blocks;
+    for (Py_ssize_t e = e0; e < e1; e++)
+        for (int r = 0; r < LOOP_ROWS; r++) {
+            Py_ssize_t unit = e * per + r % per, row = r / per * units + unit;
+            for (Py_ssize_t k = 0; k < K; k++)
+                A[(e * K + k) * LOOP_ROWS + r] = unit < units ? M[row * K + k] : 0.0f;
+        }
+}
+
+/* Rows [j0, j1) of x (rows, S) as the rows of dst (S, width) at column offset col: dst[s, col + j],
+ * whole 8 x 8 blocks through registers (_kernels.c's block8), the edges one by one. */
+__attribute__((target("avx2"))) static void loop_to_rows(const float *x, float *dst, Py_ssize_t S, Py_ssize_t width,
+                                                         Py_ssize_t col, Py_ssize_t j0, Py_ssize_t j1)
+{
+    Py_ssize_t J8 = j0 + (j1 - j0) / 8 * 8, S8 = S / 8 * 8;
+    for (Py_ssize_t j = j0; j < J8; j += 8) {
+        const float *rows[8];
+        for (int q = 0; q < 8; q++)
+            rows[q] = x + (j + q) * S;
+        for (Py_ssize_t s = 0; s < S8; s += 8)
+            block8(rows, s, dst + s * width + col + j, width);
+    }
+    for (Py_ssize_t s = 0; s < S; s++)
+        for (Py_ssize_t j = s < S8 ? J8 : j0; j < j1; j++)
+            dst[s * width + col + j] = x[j * S + s];
+}
+
 /* ---- the team ------------------------------------------------------------------------------- */
-typedef void (*loop_body)(void *job, int id, int threads, unsigned phase);  /* phase: the barriers passed before */
+typedef void (*loop_body)(void *job, int id, int threads, unsigned *phase);  /* phase: barriers passed */
 
 static struct {
     pthread_mutex_t lock, call;    /* lock: the sleepers and the generation; call: one loop at a time */
     pthread_cond_t wake;
     unsigned generation;           /* one more for each call */
-    atomic_uint phase;             /* barriers passed */
-    atomic_int arrived, finished;
+    atomic_uint phase;             /* barriers passed (a futex word) */
+    atomic_int arrived, waiting;   /* at the barrier; asleep in it */
     loop_body body;
     void *job;
     unsigned start;                /* the phase when the call began */
     int threads, workers, wanted;  /* wanted: loop_threads' count */
 } team = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0, 0, NULL, NULL, 0, 1, 0, 1};
 
-/* Wait until every thread of the call has arrived. *phase is this thread's count of barriers. */
+#define BARRIER_SPIN_TICKS 100000ULL  /* about 40 µs of spinning before sleeping in the kernel */
+
+/* Wait until every thread of the call has arrived. *phase is this thread's count of barriers. A
+ * thread that arrives early spins briefly (the others are at most a few µs behind on an idle
+ * machine), then sleeps on the futex: on a busy machine a preempted partner would otherwise cost
+ * a spinning thread its time slice. */
 static void loop_barrier(unsigned *phase)
 {
     unsigned next = ++*phase;
-    if (atomic_fetch_add_explicit(&team.arrived, 1, memory_order_acq_rel) == team.threads - 1) {
-        atomic_store_explicit(&team.arrived, 0, memory_order_relaxed);
-        atomic_store_explicit(&team.phase, next, memory_order_release);
+    if (atomic_fetch_add(&team.arrived, 1) == team.threads - 1) {
+        atomic_store(&team.arrived, 0);
+        atomic_store(&team.phase, next);
+        if (atomic_load(&team.waiting))
+            syscall(SYS_futex, &team.phase, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
         return;
     }
-    for (int spins = 0; atomic_load_explicit(&team.phase, memory_order_acquire) != next; spins++)
-        if (spins < 20000)
-            _mm_pause();
-        else
-            sched_yield();  /* another thread was preempted: let it run */
+    unsigned long long until = __rdtsc() + BARRIER_SPIN_TICKS;
+    while (atomic_load_explicit(&team.phase, memory_order_acquire) != next && __rdtsc() < until)
+        _mm_pause();
+    if (atomic_load(&team.phase) == next)
+        return;
+    atomic_fetch_add(&team.waiting, 1);
+    while (atomic_load(&team.phase) != next)
+        syscall(SYS_futex, &team.phase, FUTEX_WAIT_PRIVATE, next - 1, NULL, NULL, 0);
+    atomic_fetch_sub(&team.waiting, 1);
 }
 
 /* arg: the worker's id (1..) in the high 32 bits, the generation when it was made in the low ones (a
  * worker that starts late must not wait for the call after the one it was made for). Sleeps until a
- * call, runs its share, sleeps again. */
+ * call, runs its share and the closing barrier, sleeps again: it never spins outside a call. */
 static void *loop_worker(void *arg)
 {
     int id = (int)((uintptr_t)arg >> 32);
@@ -111,10 +188,11 @@ static void *loop_worker(void *arg)
             pthread_cond_wait(&team.wake, &team.lock);
         seen = team.generation;
         int threads = team.threads;
+        unsigned phase = team.start;
         pthread_mutex_unlock(&team.lock);
         if (id < threads) {
-            team.body(team.job, id, threads, team.start);
-            atomic_fetch_add_explicit(&team.finished, 1, memory_order_release);
+            team.body(team.job, id, threads, &phase);
+            loop_barrier(&phase);
         }
         pthread_mutex_lock(&team.lock);
     }
@@ -129,7 +207,7 @@ static void loop_after_fork(void)
     team.workers = 0;
 }
 
-/* Run body(job, id, threads, phase) on min(wanted, most) threads, this one as id 0; `most` at most
+/* Run body(job, id, threads, &phase) on min(wanted, most) threads, this one as id 0; `most` at most
  * the items a body shares out, so that every thread has some (each passes every barrier). */
 static void loop_run(loop_body body, void *job, int most)
 {
@@ -151,27 +229,20 @@ static void loop_run(loop_body body, void *job, int most)
         team.workers++;
     }
     threads = threads < team.workers + 1 ? threads : team.workers + 1;
-    if (threads <= 1) {
-        team.threads = 1;
-        body(job, 0, 1, atomic_load(&team.phase));
-    } else {
-        pthread_mutex_lock(&team.lock);
-        team.body = body;
-        team.job = job;
-        team.threads = threads;
-        team.start = atomic_load(&team.phase);
-        atomic_store(&team.arrived, 0);
-        atomic_store(&team.finished, 0);
+    pthread_mutex_lock(&team.lock);
+    team.body = body;
+    team.job = job;
+    team.threads = threads;
+    team.start = atomic_load(&team.phase);
+    atomic_store(&team.arrived, 0);
+    unsigned phase = team.start;
+    if (threads > 1) {
         team.generation++;
         pthread_cond_broadcast(&team.wake);
-        pthread_mutex_unlock(&team.lock);
-        body(job, 0, threads, team.start);
-        for (int spins = 0; atomic_load_explicit(&team.finished, memory_order_acquire) < threads - 1; spins++)
-            if (spins < 20000)
-                _mm_pause();
-            else
-                sched_yield();
     }
+    pthread_mutex_unlock(&team.lock);
+    body(job, 0, threads, &phase);
+    loop_barrier(&phase);  /* the call ends when every thread's share has */
     pthread_mutex_unlock(&team.call);
 }
 
@@ -198,7 +269,7 @@ typedef struct {
     Py_ssize_t T, S, n;
 } lstm_job;
 
-__attribute__((target("avx512f,avx2,fma"))) static void lstm_forward_body(void *arg, int id, int threads, unsigned phase)
+__attribute__((target("avx512f,avx2,fma"))) static void lstm_forward_body(void *arg, int id, int threads, unsigned *phase)
 {
     lstm_job *J = arg;
     Py_ssize_t T = J->T, S = J->S, n = J->n, P = (S + PANEL - 1) / PANEL, pairs = (n + 1) / 2, q0, q1;
@@ -233,22 +304,19 @@ __attribute__((target("avx512f,avx2,fma"))) static void lstm_forward_body(void *
         }
         if (t + 1 < T) {
             loop_to_panels(h1, J->xp + ((t + 1) % 2) * P * n * PANEL, n, S, 2 * q0, 2 * q1 < n ? 2 * q1 : n);
-            loop_barrier(&phase);
+            loop_barrier(phase);
         }
     }
 }
 
-__attribute__((target("avx512f,avx2,fma"))) static void lstm_back_loop_body(void *arg, int id, int threads, unsigned phase)
+__attribute__((target("avx512f,avx2,fma"))) static void lstm_back_loop_body(void *arg, int id, int threads, unsigned *phase)
 {
     lstm_job *J = arg;
     Py_ssize_t T = J->T, S = J->S, n = J->n, P = (S + PANEL - 1) / PANEL, eights = (n + 7) / 8, e0, e1;
     Py_ssize_t B = n * S, K = 4 * n;
     loop_share(eights, id, threads, &e0, &e1);
     Py_ssize_t j0 = 8 * e0, j1 = 8 * e1 < n ? 8 * e1 : n;
-    for (Py_ssize_t e = e0; e < e1; e++)  /* A[e, k, r] = W[8e + r, k] */
-        for (Py_ssize_t k = 0; k < K; k++)
-            for (int r = 0; r < LOOP_ROWS; r++)
-                J->A[(e * K + k) * LOOP_ROWS + r] = 8 * e + r < n ? J->W[(8 * e + r) * K + k] : 0.0f;
+    loop_pack(J->A, J->W, K, n, 1, e0, e1);
     for (Py_ssize_t t = T - 1; t >= 0; t--) {
         float *d = J->d, *dGt = J->dG + t * S * K;
         Py_ssize_t o = j0 * S, m = (j1 - j0) * S;
@@ -258,71 +326,16 @@ __attribute__((target("avx512f,avx2,fma"))) static void lstm_back_loop_body(void
         else
             lstm_back_body_avx2(J->dh + o, J->dc + o, J->DH + t * B + o, J->G + t * 4 * B + o, J->C + t * B + o,
                                 J->TC + t * B + o, d + o, NULL, NULL, m, B, 0);
-        for (Py_ssize_t s = 0; s < S; s++)  /* dG[t][s, gate n + j] = d[gate n + j, s] */
-            for (int gate = 0; gate < 4; gate++)
-                for (Py_ssize_t j = j0; j < j1; j++)
-                    dGt[s * K + gate * n + j] = d[(gate * n + j) * S + s];
+        for (int gate = 0; gate < 4; gate++)  /* dG[t][s, gate n + j] = d[gate n + j, s] */
+            loop_to_rows(d + gate * B, dGt, S, K, gate * n, j0, j1);
         if (t == 0)
             break;
         float *dp = J->xp + (t % 2) * P * K * PANEL;
         for (int gate = 0; gate < 4; gate++)
             loop_to_panels(d + gate * B, dp + gate * n * PANEL, K, S, j0, j1);
-        loop_barrier(&phase);
-        for (Py_ssize_t e = e0; e < e1; e++)
-            for (Py_ssize_t p = 0; p < P; p++) {
-                float *y[LOOP_ROWS];
-                __mmask16 m0, m1;
-                for (int r = 0; r < LOOP_ROWS; r++)
-                    y[r] = 8 * e + r < n ? J->dh + (8 * e + r) * S + p * PANEL : NULL;
-                loop_masks(S, p, &m0, &m1);
-                loop_tile(J->A + e * K * LOOP_ROWS, dp + p * K * PANEL, K, y, m0, m1, 0);
-            }
+        loop_barrier(phase);
+        loop_rows(J->A, dp, K, J->dh, n, S, e0, e1, 0);
     }
-}
-
-/* Rows [8e, 8e + 8) of the product y (rows, S) (+)= A x for the eights e in [e0, e1) of the rows:
- * A packed by loop_pack, x in panels (P, K, 32). */
-__attribute__((target("avx512f"))) static void
-loop_rows(const float *A, const float *xp, Py_ssize_t K, float *y, Py_ssize_t rows, Py_ssize_t S,
-          Py_ssize_t e0, Py_ssize_t e1, const int add)
-{
-    Py_ssize_t P = (S + PANEL - 1) / PANEL;
-    for (Py_ssize_t e = e0; e < e1; e++)
-        for (Py_ssize_t p = 0; p < P; p++) {
-            float *out[LOOP_ROWS];
-            __mmask16 m0, m1;
-            for (int r = 0; r < LOOP_ROWS; r++)
-                out[r] = 8 * e + r < rows ? y + (8 * e + r) * S + p * PANEL : NULL;
-            loop_masks(S, p, &m0, &m1);
-            if (add)
-                loop_tile(A + e * K * LOOP_ROWS, xp + p * K * PANEL, K, out, m0, m1, 1);
-            else
-                loop_tile(A + e * K * LOOP_ROWS, xp + p * K * PANEL, K, out, m0, m1, 0);
-        }
-}
-
-/* A[e, k, r] = M[row(8e + r), k] for the eights e in [e0, e1) of rows, M (·, K): the weights of
- * 8 output rows side by side; row(i) = i, or with `blocks` > 1 the rows of `blocks` gates of the
- * same unit together: eight i = 8/blocks units' gates, row = gate * rows / blocks + unit. Zeros
- * past the rows. */
-static void loop_pack(float *A, const float *M, Py_ssize_t K, Py_ssize_t rows, int blocks, Py_ssize_t e0, Py_ssize_t e1)
-{
-    Py_ssize_t units = rows / blocks, per = LOOP_ROWS / blocks;
-    for (Py_ssize_t e = e0; e < e1; e++)
-        for (int r = 0; r < LOOP_ROWS; r++) {
-            Py_ssize_t unit = e * per + r % per, row = r / per * units + unit;
-            for (Py_ssize_t k = 0; k < K; k++)
-                A[(e * K + k) * LOOP_ROWS + r] = unit < units ? M[row * K + k] : 0.0f;
-        }
-}
-
-/* Rows [j0, j1) of x (rows, S) as the rows of dst (S, width) at column offset col: dst[s, col + j]. */
-static void loop_to_rows(const float *x, float *dst, Py_ssize_t S, Py_ssize_t width, Py_ssize_t col,
-                         Py_ssize_t j0, Py_ssize_t j1)
-{
-    for (Py_ssize_t s = 0; s < S; s++)
-        for (Py_ssize_t j = j0; j < j1; j++)
-            dst[s * width + col + j] = x[j * S + s];
 }
 
 /* ---- GRU ----------------------------------------------------------------------------------- */
@@ -345,7 +358,7 @@ typedef struct {
     int tanh_act;
 } gru_job;
 
-__attribute__((target("avx512f,avx2,fma"))) static void gru_forward_body(void *arg, int id, int threads, unsigned phase)
+__attribute__((target("avx512f,avx2,fma"))) static void gru_forward_body(void *arg, int id, int threads, unsigned *phase)
 {
     gru_job *J = arg;
     Py_ssize_t T = J->T, S = J->S, n = J->n, B = n * S, eights = (n + 7) / 8, e0, e1;
@@ -370,7 +383,7 @@ __attribute__((target("avx512f,avx2,fma"))) static void gru_forward_body(void *a
         loop_to_panels(rh, J->xb, n, S, j0, j1);
         if (J->RHrows)
             loop_to_rows(rh, J->RHrows + t * S * n, S, n, 0, j0, j1);
-        loop_barrier(&phase);
+        loop_barrier(phase);
         loop_rows(J->Ah, J->xb, n, c, n, S, e0, e1, 0);
         float *h1 = J->H + (t + 1) * B, *Pt = J->P ? J->P + t * 3 * B + o : NULL;
         if (J->P && J->tanh_act)
@@ -383,12 +396,12 @@ __attribute__((target("avx512f,avx2,fma"))) static void gru_forward_body(void *a
             gru_body_avx2(c + o, xu + o, zr + o, h + o, h1 + o, NULL, m, B, 0, 0);
         if (t + 1 < T) {
             loop_to_panels(h1, J->xa, n, S, j0, j1);
-            loop_barrier(&phase);
+            loop_barrier(phase);
         }
     }
 }
 
-__attribute__((target("avx512f,avx2,fma"))) static void gru_back_loop_body(void *arg, int id, int threads, unsigned phase)
+__attribute__((target("avx512f,avx2,fma"))) static void gru_back_loop_body(void *arg, int id, int threads, unsigned *phase)
 {
     gru_job *J = arg;
     Py_ssize_t T = J->T, S = J->S, n = J->n, B = n * S, eights = (n + 7) / 8, e0, e1;
@@ -404,7 +417,7 @@ __attribute__((target("avx512f,avx2,fma"))) static void gru_back_loop_body(void 
             d[2 * B + e] = Pt[2 * B + e] * dh[e];
         }
         loop_to_panels(d + 2 * B, J->xa, n, S, j0, j1);
-        loop_barrier(&phase);
+        loop_barrier(phase);
         loop_rows(J->Ah, J->xa, n, J->drh, n, S, e0, e1, 0);
         gru_back_body_avx2(dh + o, J->drh + o, J->ZR + t * 2 * B + o, Pt + o, d + o, m, B);
         for (int gate = 0; gate < 3; gate++)
@@ -413,7 +426,7 @@ __attribute__((target("avx512f,avx2,fma"))) static void gru_back_loop_body(void 
             break;
         for (int gate = 0; gate < 2; gate++)
             loop_to_panels(d + gate * B, J->xb + gate * n * PANEL, 2 * n, S, j0, j1);
-        loop_barrier(&phase);
+        loop_barrier(phase);
         loop_rows(J->Azr, J->xb, 2 * n, dh, n, S, e0, e1, 1);
     }
 }
@@ -432,7 +445,7 @@ typedef struct {
     int shortcut;
 } rnn_job;
 
-__attribute__((target("avx512f,avx2,fma"))) static void rnn_forward_body(void *arg, int id, int threads, unsigned phase)
+__attribute__((target("avx512f,avx2,fma"))) static void rnn_forward_body(void *arg, int id, int threads, unsigned *phase)
 {
     rnn_job *J = arg;
     Py_ssize_t T = J->T, S = J->S, n = J->n, N = n * S, P = (S + PANEL - 1) / PANEL, e0, e1;
@@ -445,12 +458,12 @@ __attribute__((target("avx512f,avx2,fma"))) static void rnn_forward_body(void *a
         rnn_step_avx2(b + o, J->bias + o, J->Af + t * N + o, s1 + o, J->shortcut ? J->Sf + t * N + o : NULL, m, J->a);
         if (t + 1 < T) {
             loop_to_panels(s1, J->xp + ((t + 1) % 2) * P * n * PANEL, n, S, j0, j1);
-            loop_barrier(&phase);
+            loop_barrier(phase);
         }
     }
 }
 
-__attribute__((target("avx512f,avx2,fma"))) static void rnn_back_loop_body(void *arg, int id, int threads, unsigned phase)
+__attribute__((target("avx512f,avx2,fma"))) static void rnn_back_loop_body(void *arg, int id, int threads, unsigned *phase)
 {
     rnn_job *J = arg;
     Py_ssize_t T = J->T, S = J->S, n = J->n, N = n * S, P = (S + PANEL - 1) / PANEL, e0, e1;
@@ -460,7 +473,7 @@ __attribute__((target("avx512f,avx2,fma"))) static void rnn_back_loop_body(void 
     for (Py_ssize_t t = T - 1; t >= 1; t--) {
         float *xp = J->xp + (t % 2) * P * n * PANEL;
         loop_to_panels(J->dBf + t * N, xp, n, S, j0, j1);
-        loop_barrier(&phase);
+        loop_barrier(phase);
         loop_rows(J->A, xp, n, J->w, n, S, e0, e1, 0);
         rnn_back_avx2(J->dSf + (t - 1) * N + o, J->w + o, J->B + (t - 1) * N + o, J->dBf + (t - 1) * N + o,
                       J->shortcut ? J->dSf + t * N + o : NULL, m, J->a);
