@@ -946,20 +946,23 @@ static PyObject *lstm_loop(PyObject *self, PyObject *const *args, Py_ssize_t nar
     }
     Py_ssize_t P = (S + PANEL - 1) / PANEL, pairs = (n + 1) / 2;
     lstm_job J = {b[0].buf, b[1].buf, NULL, count == 7 ? b[6].buf : NULL, b[2].buf, b[3].buf, b[4].buf, b[5].buf,
-                  NULL, NULL, NULL, NULL, malloc((size_t)pairs * n * LOOP_ROWS * sizeof(float)),
-                  calloc((size_t)2 * P * n * PANEL, sizeof(float)), NULL, T, S, n};
-    if (!J.A || !J.xp) {
-        free(J.A);
-        free(J.xp);
+                  NULL, NULL, NULL, NULL, NULL, NULL, NULL, T, S, n};
+    float **parts[] = {&J.xp, &J.A};
+    size_t sizes[] = {(size_t)2 * P * n * PANEL, (size_t)pairs * n * LOOP_ROWS};
+    int failed;
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&team.call);
+    failed = loop_begin(parts, sizes, 2, S, 1);
+    if (!failed) {
+        loop_to_panels(J.H, J.xp, n, S, 0, n);
+        loop_run(lstm_forward_body, &J, pairs > LOOP_MAX_THREADS ? LOOP_MAX_THREADS : (int)pairs);
+    }
+    pthread_mutex_unlock(&team.call);
+    Py_END_ALLOW_THREADS
+    if (failed) {
         PyErr_NoMemory();
         goto out;
     }
-    Py_BEGIN_ALLOW_THREADS
-    loop_to_panels(J.H, J.xp, n, S, 0, n);
-    loop_run(lstm_forward_body, &J, pairs > LOOP_MAX_THREADS ? LOOP_MAX_THREADS : (int)pairs);
-    Py_END_ALLOW_THREADS
-    free(J.A);
-    free(J.xp);
     result = Py_None;
     Py_INCREF(result);
 out:
@@ -986,22 +989,21 @@ static PyObject *lstm_loop_back(PyObject *self, PyObject *const *args, Py_ssize_
     }
     Py_ssize_t P = (S + PANEL - 1) / PANEL, eights = (n + 7) / 8;
     lstm_job J = {b[0].buf, NULL, b[1].buf, count == 10 ? b[8].buf : NULL, b[2].buf, b[3].buf, b[4].buf, NULL,
-                  b[5].buf, b[6].buf, b[7].buf, count == 10 ? b[9].buf : NULL,
-                  malloc((size_t)eights * 4 * n * LOOP_ROWS * sizeof(float)),
-                  calloc((size_t)2 * P * 4 * n * PANEL, sizeof(float)), malloc((size_t)4 * n * S * sizeof(float)), T, S, n};
-    if (!J.A || !J.xp || !J.d) {
-        free(J.A);
-        free(J.xp);
-        free(J.d);
+                  b[5].buf, b[6].buf, b[7].buf, count == 10 ? b[9].buf : NULL, NULL, NULL, NULL, T, S, n};
+    float **parts[] = {&J.xp, &J.A, &J.d};
+    size_t sizes[] = {(size_t)2 * P * 4 * n * PANEL, (size_t)eights * 4 * n * LOOP_ROWS, (size_t)4 * n * S};
+    int failed;
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&team.call);
+    failed = loop_begin(parts, sizes, 3, S, 1);
+    if (!failed)
+        loop_run(lstm_back_loop_body, &J, eights > LOOP_MAX_THREADS ? LOOP_MAX_THREADS : (int)eights);
+    pthread_mutex_unlock(&team.call);
+    Py_END_ALLOW_THREADS
+    if (failed) {
         PyErr_NoMemory();
         goto out;
     }
-    Py_BEGIN_ALLOW_THREADS
-    loop_run(lstm_back_loop_body, &J, eights > LOOP_MAX_THREADS ? LOOP_MAX_THREADS : (int)eights);
-    Py_END_ALLOW_THREADS
-    free(J.A);
-    free(J.xp);
-    free(J.d);
     result = Py_None;
     Py_INCREF(result);
 out:
@@ -1031,22 +1033,26 @@ static PyObject *gru_loop(PyObject *self, PyObject *const *args, Py_ssize_t narg
     Py_ssize_t P = (S + PANEL - 1) / PANEL, eights = (n + 7) / 8;
     gru_job J = {b[0].buf, b[1].buf, b[2].buf, NULL, b[3].buf, b[4].buf, b[5].buf, b[6].buf,
                  count == 9 ? b[7].buf : NULL, count == 9 ? b[8].buf : NULL, NULL, NULL,
-                 malloc((size_t)2 * eights * n * LOOP_ROWS * sizeof(float)), malloc((size_t)eights * n * LOOP_ROWS * sizeof(float)),
-                 calloc((size_t)P * n * PANEL, sizeof(float)), calloc((size_t)P * n * PANEL, sizeof(float)), NULL, NULL, T, S, n, tanh_act};
-    if (!J.Azr || !J.Ah || !J.xa || !J.xb) {
-        PyErr_NoMemory();
-    } else {
-        Py_BEGIN_ALLOW_THREADS
+                 NULL, NULL, NULL, NULL, NULL, NULL, T, S, n, tanh_act};
+    float **parts[] = {&J.xa, &J.xb, &J.Azr, &J.Ah};
+    size_t sizes[] = {(size_t)P * n * PANEL, (size_t)P * n * PANEL, (size_t)2 * eights * n * LOOP_ROWS,
+                      (size_t)eights * n * LOOP_ROWS};
+    int failed;
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&team.call);
+    failed = loop_begin(parts, sizes, 4, S, 2);
+    if (!failed) {
         loop_to_panels(J.H, J.xa, n, S, 0, n);
         loop_run(gru_forward_body, &J, eights > LOOP_MAX_THREADS ? LOOP_MAX_THREADS : (int)eights);
-        Py_END_ALLOW_THREADS
+    }
+    pthread_mutex_unlock(&team.call);
+    Py_END_ALLOW_THREADS
+    if (failed) {
+        PyErr_NoMemory();
+    } else {
         result = Py_None;
         Py_INCREF(result);
     }
-    free(J.Azr);
-    free(J.Ah);
-    free(J.xa);
-    free(J.xb);
 out:
     release(b, count);
     return result;
@@ -1069,24 +1075,24 @@ static PyObject *gru_loop_back(PyObject *self, PyObject *const *args, Py_ssize_t
     }
     Py_ssize_t P = (S + PANEL - 1) / PANEL, eights = (n + 7) / 8;
     gru_job J = {b[0].buf, b[1].buf, NULL, b[2].buf, b[3].buf, NULL, NULL, NULL, b[4].buf, NULL, b[5].buf, b[6].buf,
-                 malloc((size_t)eights * 2 * n * LOOP_ROWS * sizeof(float)), malloc((size_t)eights * n * LOOP_ROWS * sizeof(float)),
-                 calloc((size_t)P * n * PANEL, sizeof(float)), calloc((size_t)P * 2 * n * PANEL, sizeof(float)),
-                 malloc((size_t)3 * n * S * sizeof(float)), malloc((size_t)n * S * sizeof(float)), T, S, n, 0};
-    if (!J.Azr || !J.Ah || !J.xa || !J.xb || !J.d || !J.drh) {
+                 NULL, NULL, NULL, NULL, NULL, NULL, T, S, n, 0};
+    float **parts[] = {&J.xa, &J.xb, &J.Azr, &J.Ah, &J.d, &J.drh};
+    size_t sizes[] = {(size_t)P * n * PANEL, (size_t)P * 2 * n * PANEL, (size_t)eights * 2 * n * LOOP_ROWS,
+                      (size_t)eights * n * LOOP_ROWS, (size_t)3 * n * S, (size_t)n * S};
+    int failed;
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&team.call);
+    failed = loop_begin(parts, sizes, 6, S, 2);
+    if (!failed)
+        loop_run(gru_back_loop_body, &J, eights > LOOP_MAX_THREADS ? LOOP_MAX_THREADS : (int)eights);
+    pthread_mutex_unlock(&team.call);
+    Py_END_ALLOW_THREADS
+    if (failed) {
         PyErr_NoMemory();
     } else {
-        Py_BEGIN_ALLOW_THREADS
-        loop_run(gru_back_loop_body, &J, eights > LOOP_MAX_THREADS ? LOOP_MAX_THREADS : (int)eights);
-        Py_END_ALLOW_THREADS
         result = Py_None;
         Py_INCREF(result);
     }
-    free(J.Azr);
-    free(J.Ah);
-    free(J.xa);
-    free(J.xb);
-    free(J.d);
-    free(J.drh);
 out:
     release(b, count);
     return result;
@@ -1124,23 +1130,26 @@ static PyObject *rnn_loop_call(PyObject *const *args, Py_ssize_t nargs, int back
     }
     Py_ssize_t P = (S + PANEL - 1) / PANEL, eights = (n + 7) / 8;
     rnn_job J = {b[0].buf, back ? NULL : b[1].buf, back ? NULL : b[2].buf, b[back ? 1 : 3].buf, back ? NULL : b[4].buf,
-                 back ? b[2].buf : NULL, back ? b[3].buf : NULL, malloc((size_t)eights * n * LOOP_ROWS * sizeof(float)),
-                 calloc((size_t)2 * P * n * PANEL, sizeof(float)), back ? malloc((size_t)n * S * sizeof(float)) : NULL,
-                 T, S, n, a, shortcut};
-    if (!J.A || !J.xp || (back && !J.w)) {
-        PyErr_NoMemory();
-    } else {
-        Py_BEGIN_ALLOW_THREADS
+                 back ? b[2].buf : NULL, back ? b[3].buf : NULL, NULL, NULL, NULL, T, S, n, a, shortcut};
+    float **parts[] = {&J.xp, &J.A, &J.w};
+    size_t sizes[] = {(size_t)2 * P * n * PANEL, (size_t)eights * n * LOOP_ROWS, (size_t)n * S};
+    int failed;
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&team.call);
+    failed = loop_begin(parts, sizes, 3, S, 1);
+    if (!failed) {
         if (!back)
             loop_to_panels(J.Sf, J.xp, n, S, 0, n);
         loop_run(back ? rnn_back_loop_body : rnn_forward_body, &J, eights > LOOP_MAX_THREADS ? LOOP_MAX_THREADS : (int)eights);
-        Py_END_ALLOW_THREADS
+    }
+    pthread_mutex_unlock(&team.call);
+    Py_END_ALLOW_THREADS
+    if (failed) {
+        PyErr_NoMemory();
+    } else {
         result = Py_None;
         Py_INCREF(result);
     }
-    free(J.A);
-    free(J.xp);
-    free(J.w);
 out:
     release(b, count);
     return result;

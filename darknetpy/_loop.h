@@ -137,7 +137,7 @@ __attribute__((target("avx2"))) static void loop_to_rows(const float *x, float *
 typedef void (*loop_body)(void *job, int id, int threads, unsigned *phase);  /* phase: barriers passed */
 
 static struct {
-    pthread_mutex_t lock, call;    /* lock: the sleepers and the generation; call: one loop at a time */
+    pthread_mutex_t lock, call;    /* lock: the sleepers and the generation; call: one loop (and its work arrays) at a time */
     pthread_cond_t wake;
     unsigned generation;           /* one more for each call */
     atomic_uint phase;             /* barriers passed (a futex word) */
@@ -149,6 +149,13 @@ static struct {
 } team = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0, 0, NULL, NULL, 0, 1, 0, 1};
 
 #define BARRIER_SPIN_TICKS 100000ULL  /* about 40 µs of spinning before sleeping in the kernel */
+
+/* Whether the barriers have reached `next`, or gone beyond it (modulo 2^32): the caller may pass a
+ * closing barrier and run the next call, of one thread, before a preempted worker sees it open. */
+static inline int loop_reached(unsigned phase, unsigned next)
+{
+    return (int)(phase - next) >= 0;
+}
 
 /* Wait until every thread of the call has arrived. *phase is this thread's count of barriers. A
  * thread that arrives early spins briefly (the others are at most a few µs behind on an idle
@@ -165,13 +172,13 @@ static void loop_barrier(unsigned *phase)
         return;
     }
     unsigned long long until = __rdtsc() + BARRIER_SPIN_TICKS;
-    while (atomic_load_explicit(&team.phase, memory_order_acquire) != next && __rdtsc() < until)
+    while (!loop_reached(atomic_load_explicit(&team.phase, memory_order_acquire), next) && __rdtsc() < until)
         _mm_pause();
-    if (atomic_load(&team.phase) == next)
+    if (loop_reached(atomic_load(&team.phase), next))
         return;
     atomic_fetch_add(&team.waiting, 1);
-    while (atomic_load(&team.phase) != next)
-        syscall(SYS_futex, &team.phase, FUTEX_WAIT_PRIVATE, next - 1, NULL, NULL, 0);
+    for (unsigned now; !loop_reached(now = atomic_load(&team.phase), next);)
+        syscall(SYS_futex, &team.phase, FUTEX_WAIT_PRIVATE, now, NULL, NULL, 0);
     atomic_fetch_sub(&team.waiting, 1);
 }
 
@@ -207,12 +214,50 @@ static void loop_after_fork(void)
     team.workers = 0;
 }
 
+/* The call's work arrays, carved from one buffer kept from call to call (fresh memory would cost a
+ * page fault per 4 KB on every call): parts[i] gets sizes[i] floats, 64-byte aligned. Panels with
+ * columns past the streams (S not a multiple of 32) must be zeroed by the caller. Returns 0, or -1
+ * when out of memory. With team.call held. */
+static int loop_work(float **parts, const size_t *sizes, int count)
+{
+    static float *buffer;
+    static size_t floats;
+    size_t total = 0;
+    for (int i = 0; i < count; i++)
+        total += (sizes[i] + 15) / 16 * 16;
+    if (total > floats) {
+        free(buffer);
+        buffer = aligned_alloc(64, total * sizeof(float));
+        floats = buffer ? total : 0;
+        if (!buffer)
+            return -1;
+    }
+    for (size_t i = 0, at = 0; i < (size_t)count; at += (sizes[i] + 15) / 16 * 16, i++)
+        parts[i] = buffer + at;
+    return 0;
+}
+
+/* loop_work, then the first `panels` parts (the panels) zeroed when S is not a multiple of 32: their
+ * columns past the streams are read (and their products not stored), so they must hold numbers. */
+static int loop_begin(float **const *parts, const size_t *sizes, int count, Py_ssize_t S, int panels)
+{
+    float *got[8];
+    if (loop_work(got, sizes, count) < 0)
+        return -1;
+    for (int i = 0; i < count; i++) {
+        *parts[i] = got[i];
+        if (i < panels && S % PANEL)
+            memset(got[i], 0, sizes[i] * sizeof(float));
+    }
+    return 0;
+}
+
 /* Run body(job, id, threads, &phase) on min(wanted, most) threads, this one as id 0; `most` at most
- * the items a body shares out, so that every thread has some (each passes every barrier). */
+ * the items a body shares out, so that every thread has some (each passes every barrier). With
+ * team.call held: one loop at a time. */
 static void loop_run(loop_body body, void *job, int most)
 {
     static int registered;
-    pthread_mutex_lock(&team.call);
     if (!registered)
         registered = pthread_atfork(NULL, NULL, loop_after_fork) == 0;
     int threads = team.wanted < most ? team.wanted : most;
@@ -243,7 +288,6 @@ static void loop_run(loop_body body, void *job, int most)
     pthread_mutex_unlock(&team.lock);
     body(job, 0, threads, &phase);
     loop_barrier(&phase);  /* the call ends when every thread's share has */
-    pthread_mutex_unlock(&team.call);
 }
 
 /* The share [first, last) of `count` items of thread id of `threads`. */
