@@ -53,6 +53,56 @@ loop_tile(const float *a, const float *x, Py_ssize_t K, float *const *y, __mmask
         }
 }
 
+/* loop_tile for 16 streams or fewer, two tiles' rows at once: y[r][c] (+)= Σ_k a[k, r] x[k, c] for
+ * r < 16, c < 16, rows 0-7 from a0, 8-15 from a1 (each (K, 8)). 16 accumulators of one vector each
+ * keep the FMA units busy where the 32-column tile would compute half its columns for nothing. The
+ * same sums in the same order as loop_tile. */
+__attribute__((target("avx512f"), always_inline)) static inline void
+loop_tile16(const float *a0, const float *a1, const float *x, Py_ssize_t K, float *const *y, __mmask16 m0,
+            const int add)
+{
+    __m512 c[2 * LOOP_ROWS];
+    for (int r = 0; r < 2 * LOOP_ROWS; r++)
+        c[r] = add && y[r] ? _mm512_maskz_loadu_ps(m0, y[r]) : _mm512_setzero_ps();
+    for (Py_ssize_t k = 0; k < K; k++) {
+        __m512 x0 = _mm512_loadu_ps(x + k * PANEL);
+        for (int r = 0; r < LOOP_ROWS; r++) {
+            c[r] = _mm512_fmadd_ps(_mm512_set1_ps(a0[k * LOOP_ROWS + r]), x0, c[r]);
+            c[LOOP_ROWS + r] = _mm512_fmadd_ps(_mm512_set1_ps(a1[k * LOOP_ROWS + r]), x0, c[LOOP_ROWS + r]);
+        }
+    }
+    for (int r = 0; r < 2 * LOOP_ROWS; r++)
+        if (y[r])
+            _mm512_mask_storeu_ps(y[r], m0, c[r]);
+}
+
+/* Two tiles of panel x: rows y[0..8) from a0, y[8..16) from a1 (a1 NULL: none), by loop_tile16 when
+ * the streams fit its 16 columns (narrow), else by loop_tile each. */
+__attribute__((target("avx512f"))) static inline void
+loop_tiles(const float *a0, const float *a1, const float *x, Py_ssize_t K, float *const *y, __mmask16 m0,
+           __mmask16 m1, int add, int narrow)
+{
+    if (narrow) {
+        float *both[2 * LOOP_ROWS];
+        for (int r = 0; r < 2 * LOOP_ROWS; r++)
+            both[r] = a1 || r < LOOP_ROWS ? y[r] : NULL;
+        if (add)
+            loop_tile16(a0, a1 ? a1 : a0, x, K, both, m0, 1);
+        else
+            loop_tile16(a0, a1 ? a1 : a0, x, K, both, m0, 0);
+        return;
+    }
+    for (int half = 0; half < 2; half++) {
+        const float *a = half ? a1 : a0;
+        if (!a)
+            break;
+        if (add)
+            loop_tile(a, x, K, y + half * LOOP_ROWS, m0, m1, 1);
+        else
+            loop_tile(a, x, K, y + half * LOOP_ROWS, m0, m1, 0);
+    }
+}
+
 /* The column masks of panel p of S streams. */
 static inline void loop_masks(Py_ssize_t S, Py_ssize_t p, __mmask16 *m0, __mmask16 *m1)
 {
@@ -85,17 +135,14 @@ loop_rows(const float *A, const float *xp, Py_ssize_t K, float *y, Py_ssize_t ro
     for (Py_ssize_t p = 0; p < P; p++)
         for (Py_ssize_t k0 = 0; k0 < K; k0 += LOOP_KC) {
             Py_ssize_t kn = K - k0 < LOOP_KC ? K - k0 : LOOP_KC;
-            for (Py_ssize_t e = e0; e < e1; e++) {
-                float *out[LOOP_ROWS];
+            for (Py_ssize_t e = e0; e < e1; e += 2) {  /* two eights a time */
+                float *out[2 * LOOP_ROWS];
                 __mmask16 m0, m1;
-                for (int r = 0; r < LOOP_ROWS; r++)
-                    out[r] = 8 * e + r < rows ? y + (8 * e + r) * S + p * PANEL : NULL;
+                for (int r = 0; r < 2 * LOOP_ROWS; r++)
+                    out[r] = 8 * e + r < rows && e + r / 8 < e1 ? y + (8 * e + r) * S + p * PANEL : NULL;
                 loop_masks(S, p, &m0, &m1);
                 const float *a = A + (e * K + k0) * LOOP_ROWS, *x = xp + (p * K + k0) * PANEL;
-                if (add || k0)
-                    loop_tile(a, x, kn, out, m0, m1, 1);
-                else
-                    loop_tile(a, x, kn, out, m0, m1, 0);
+                loop_tiles(a, e + 1 < e1 ? a + K * LOOP_ROWS : NULL, x, kn, out, m0, m1, add || k0, S <= 16);
             }
         }
 }
@@ -328,17 +375,19 @@ __attribute__((target("avx512f,avx2,fma"))) static void lstm_forward_body(void *
     for (Py_ssize_t t = 0; t < T; t++) {
         const float *hp = J->xp + (t % 2) * P * n * PANEL;
         float *g = J->G + t * 4 * B, *h1 = J->H + (t + 1) * B;
-        for (Py_ssize_t q = q0; q < q1; q++) {
-            Py_ssize_t j = 2 * q, u = j + 1 < n ? 2 : 1;
+        for (Py_ssize_t q = q0; q < q1; q += 2) {  /* two pairs a time, then their steps */
             for (Py_ssize_t p = 0; p < P; p++) {
-                float *y[LOOP_ROWS];
+                float *y[2 * LOOP_ROWS];
                 __mmask16 m0, m1;
-                for (int r = 0; r < LOOP_ROWS; r++)
-                    y[r] = r % 2 < u ? g + (r / 2 * n + j + r % 2) * S + p * PANEL : NULL;
+                for (int r = 0; r < 2 * LOOP_ROWS; r++) {  /* row r: gate r % 8 / 2 of unit 2q + r / 8 * 2 + r % 2 */
+                    Py_ssize_t j = 2 * q + r / 8 * 2 + r % 2;
+                    y[r] = j < n && q + r / 8 < q1 ? g + (r % 8 / 2 * n + j) * S + p * PANEL : NULL;
+                }
                 loop_masks(S, p, &m0, &m1);
-                loop_tile(J->A + q * n * LOOP_ROWS, hp + p * n * PANEL, n, y, m0, m1, 0);
+                loop_tiles(J->A + q * n * LOOP_ROWS, q + 1 < q1 ? J->A + (q + 1) * n * LOOP_ROWS : NULL,
+                           hp + p * n * PANEL, n, y, m0, m1, 0, S <= 16);
             }
-            Py_ssize_t o = j * S;
+            Py_ssize_t j = 2 * q, u = (q + 2 <= q1 ? 4 : 2) < n - j ? (q + 2 <= q1 ? 4 : 2) : n - j, o = j * S;
             if (J->P)
                 lstm_row_avx2(g + o, J->XU + t * 4 * B + o, J->C + t * B + o, J->C + (t + 1) * B + o,
                               J->TC + t * B + o, h1 + o, J->P + o, u * S, B, 1);
@@ -414,14 +463,17 @@ __attribute__((target("avx512f,avx2,fma"))) static void gru_forward_body(void *a
         float *zr = J->ZR + t * 2 * B, *c = J->HC + t * B, *rh = J->RH + t * B, *h = J->H + t * B;
         const float *xu = J->XU + t * 3 * B;
         Py_ssize_t P = (S + PANEL - 1) / PANEL;
-        for (Py_ssize_t q = 2 * e0; q < 2 * e1 && 4 * q < n; q++)  /* z r rows of units 4q.. */
+        for (Py_ssize_t q = 2 * e0; q < 2 * e1 && 4 * q < n; q += 2)  /* z r rows of units 4q.. 4q + 8 */
             for (Py_ssize_t p = 0; p < P; p++) {
-                float *y[LOOP_ROWS];
+                float *y[2 * LOOP_ROWS];
                 __mmask16 m0, m1;
-                for (int r = 0; r < LOOP_ROWS; r++)
-                    y[r] = 4 * q + r % 4 < n ? zr + (r / 4 * n + 4 * q + r % 4) * S + p * PANEL : NULL;
+                for (int r = 0; r < 2 * LOOP_ROWS; r++) {  /* row r: gate r % 8 / 4 of unit 4q + r / 8 * 4 + r % 4 */
+                    Py_ssize_t j = 4 * q + r / 8 * 4 + r % 4;
+                    y[r] = j < n ? zr + (r % 8 / 4 * n + j) * S + p * PANEL : NULL;
+                }
                 loop_masks(S, p, &m0, &m1);
-                loop_tile(J->Azr + q * n * LOOP_ROWS, J->xa + p * n * PANEL, n, y, m0, m1, 0);
+                loop_tiles(J->Azr + q * n * LOOP_ROWS, 4 * (q + 1) < n ? J->Azr + (q + 1) * n * LOOP_ROWS : NULL,
+                           J->xa + p * n * PANEL, n, y, m0, m1, 0, S <= 16);
             }
         gru_zr_row_avx2(zr + o, xu + o, h + o, rh + o, m, B);
         loop_to_panels(rh, J->xb, n, S, j0, j1);

@@ -5,9 +5,9 @@ The C loops multiply in their own order (each thread's tile sums k in order) and
 tanh with _steps.h's polynomials, so they agree with the numpy references to float32 rounding:
 every array within 1e-5 of its largest entry (values O(1); a wrong block, unit, step or stream is
 off by O(1)). Shapes around the kernel's tiles: units in pairs and eights (odd and ragged counts),
-streams in 32-column panels (1, 3, 33, 40) and one thread's share of 256 units. The C loops exist on
-AVX-512 CPUs only; elsewhere the numpy loops run (with the per-step C ops), which
-test_kernels.py's network-level comparison covers.
+streams in 32-column panels (33, 40), in the 16-column tile (1, 3, 16), and one thread's share of
+256 units. The C loops exist on AVX-512 CPUs only; elsewhere the numpy loops run (with the per-step
+C ops), which test_kernels.py's network-level comparison covers.
 """
 import os
 import subprocess
@@ -26,7 +26,7 @@ except ImportError:
     K = None
 pytestmark = pytest.mark.skipif(K is None or not hasattr(K, "lstm_loop"), reason="the C step loops need AVX-512")
 
-SHAPES = [(256, 32), (13, 40), (7, 3), (9, 1), (20, 33)]  # units, streams
+SHAPES = [(256, 32), (13, 40), (7, 3), (9, 1), (20, 33), (24, 16)]  # units, streams
 T = 5
 
 
