@@ -10,7 +10,8 @@ r⊙h, so it needs its own matmul per step.
 
 What one step computes around those two products is `gru_zr` (the gates and r⊙h) then `gru_step`
 (the candidate and h') below (their C forms in _steps.h), in the training loop and in the stepper
-alike; `gru_back` is their way back.
+alike; `gru_back` is their way back. `gru_loop` and `gru_loop_back` are the training loops around
+them, products included (one C call for all the steps on AVX-512 CPUs: _loop.h).
 """
 from typing import NamedTuple
 
@@ -178,8 +179,8 @@ class GRU(Recurrent):
                 if train:
                     transpose_into(RHrows[t], RH[t])
         else:
-            kernels.get("gru_loop", WzrT, WhT, XU, ZR, HC, RH, H, *training)(
-                self.tanh, WzrT, WhT, XU, ZR, HC, RH, H, *training)
+            arrays = (WzrT, WhT, XU, ZR, HC, RH, H, *training)
+            kernels.get("gru_loop", *arrays)(self.tanh, *arrays)
         Y = self.buffer("Y", (T + 1, S, n))      # back to (steps, streams, n); Y[t] is h before step t
         Y[0] = h0
         transpose_into(Y[1:], H[1:])
@@ -237,7 +238,8 @@ class GRU(Recurrent):
                 if t:  # truncated BPTT: nothing flows into the previous datum's state
                     dh += recur_zr(dPzr[t].T, a)                # dh_prev = dh ⊙ z + drh ⊙ r + Wzr [dz dr]
         else:
-            kernels.get("gru_loop_back", wzr.W, wh.W, DH, ZR, P, dP, dh)(wzr.W, wh.W, DH, ZR, P, dP, dh)
+            arrays = (wzr.W, wh.W, DH, ZR, P, dP, dh)
+            kernels.get("gru_loop_back", *arrays)(*arrays)
         if self.bn:  # (the w sub-layers' bias gradients came with each step's backward_norm)
             dPzr, dPh = rows(dPzr), rows(dPh)
             du = rows(u.backward_norm(dP, *bn["u"]))

@@ -15,6 +15,8 @@ Gate columns are ordered i, f, o, g — Darknet's save order wi, wf, wo, wg / ui
 
 What one step computes from the gates' pre-activations and the cell is `lstm_step` below (its C
 form in _steps.h), in the training loop and in the stepper alike; `lstm_back` is its way back.
+`lstm_loop` and `lstm_loop_back` are the training loops around them, products included (one C call
+for all the steps on AVX-512 CPUs: _loop.h).
 """
 from typing import NamedTuple
 
@@ -200,7 +202,8 @@ class LSTM(Recurrent):
                 np.multiply(w.normalize((H[t].T @ w.W)[None], train, bn["w"])[0].T, half[:, None], out=G[t])
                 step(G[t], XU[t], C[t], C[t + 1], TC[t], H[t + 1], *self.peep_args(P))
         else:
-            kernels.get("lstm_loop", WT, XU, G, C, TC, H, *self.peep_args(P))(WT, XU, G, C, TC, H, *self.peep_args(P))
+            arrays = (WT, XU, G, C, TC, H, *self.peep_args(P))
+            kernels.get("lstm_loop", *arrays)(*arrays)
         Y = self.buffer("Y", (T + 1, S, n))      # back to (steps, streams, n); Y[t] is h before step t
         Y[0] = h0
         transpose_into(Y[1:], H[1:])
@@ -279,7 +282,8 @@ class LSTM(Recurrent):
                 if t:  # the gradient into the previous datum's state is not propagated (truncated BPTT)
                     recur(dGw[t].T, dh)
         else:
-            kernels.get("lstm_loop_back", w.W, DH, G, C, TC, dG, dh, dc, *peep)(w.W, DH, G, C, TC, dG, dh, dc, *peep)
+            arrays = (w.W, DH, G, C, TC, dG, dh, dc, *peep)
+            kernels.get("lstm_loop_back", *arrays)(*arrays)
         w.accumulate(rows(Y[:T]), rows(dGw))
         if self.peep:
             self.peep.accumulate()

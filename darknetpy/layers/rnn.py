@@ -7,7 +7,9 @@ input and output need no recurrence, so each is one matmul over all steps; only 
 
 What one step computes after self's product is `rnn_step` below, for any activation (its C form in
 _steps.h for the slope activations leaky and relie), in the training loop and in the stepper alike
-(`step_functions`); `rnn_back` is its way back.
+(`step_functions`); `rnn_back` is its way back. `rnn_loop` and `rnn_loop_back` are the training
+loops around them, products included (for leaky and relie one C call for all the steps on AVX-512
+CPUs: _loop.h).
 """
 from functools import partial
 from typing import NamedTuple
