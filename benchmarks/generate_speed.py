@@ -129,7 +129,7 @@ def profile(cfg, rounds, steps=3000):
     (drawing), its products alone and the rest alone (stepping), at one thread and at two; us per
     symbol, median of `rounds`."""
     from darknetpy import kernels
-    c = kernels.loop()
+    c = kernels.sample_loop()
     if c is None:
         print(f"{os.path.relpath(cfg, ROOT)}: no C loop here (kernels: {kernels.label()})")
         return
@@ -145,16 +145,16 @@ def profile(cfg, rounds, steps=3000):
     times = {}
     for _ in range(rounds):
         for threads in (1, 2):
-            c.loop_threads(threads)
+            c.sample_threads(threads)
             for name, part in programs.items():
-                program = c.loop_program(part, x)
+                program = c.sample_program(part, x)
                 t = time.perf_counter()
                 if name == "whole step":
-                    c.loop_run(program, np.array([10]), u, chosen, False)
+                    c.sample_run(program, np.array([10]), u, chosen, False)
                 else:
-                    c.loop_run(program, np.full(steps, 10, np.int64), none.astype(np.float32), none.astype(np.int64), False)
+                    c.sample_run(program, np.full(steps, 10, np.int64), none.astype(np.float32), none.astype(np.int64), False)
                 times.setdefault((name, threads), []).append((time.perf_counter() - t) / steps * 1e6)
-    c.loop_threads(kernels.threads())
+    c.sample_threads(kernels.threads())
     weights = sum(o[2].nbytes for o in ops if o[0] == "matvec") / 1e6
     print(f"{os.path.relpath(cfg, ROOT)}  (us per symbol, median of {rounds}; products' weights {weights:.2f} MB; "
           f"load {os.getloadavg()[0]:.1f})")

@@ -906,15 +906,296 @@ static PyObject *panel_threads(PyObject *self, PyObject *arg)
     return PyLong_FromLong(n);
 }
 
+#include "_loop.h"
+
+/* The buffers of a loop call: `kinds` the arrays it always takes, `optional` the ones it may take
+ * after them ('f' read, 'F' written, all float32). Returns the count, or -1 with an exception set. */
+static int loop_args(PyObject *const *args, Py_ssize_t nargs, Py_buffer *b, const char *kinds, const char *optional,
+                     const char *usage)
+{
+    Py_ssize_t fewest = (Py_ssize_t)strlen(kinds), most = fewest + (Py_ssize_t)strlen(optional);
+    char all[MAX_ARGS + 2];
+    if (nargs != fewest && nargs != most) {
+        PyErr_SetString(PyExc_TypeError, usage);
+        return -1;
+    }
+    snprintf(all, sizeof all, "%s%s", kinds, optional);
+    return get_typed(args, b, all, (int)nargs) < 0 ? -1 : (int)nargs;
+}
+
+/* Whether buffer b has the shape (d0, d1[, d2]) (d2 < 0: 2-D). */
+static int shaped(const Py_buffer *b, Py_ssize_t d0, Py_ssize_t d1, Py_ssize_t d2)
+{
+    return b->ndim == (d2 < 0 ? 2 : 3) && b->shape[0] == d0 && b->shape[1] == d1 && (d2 < 0 || b->shape[2] == d2);
+}
+
+/* lstm_loop(WT, XU, G, C, TC, H[, P]): the forward step loop (_loop.h). */
+static PyObject *lstm_loop(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer b[MAX_ARGS];
+    int count = loop_args(args, nargs, b, "ffFFFF", "f", "lstm_loop(WT, XU, G, C, TC, H[, P])");
+    if (count < 0)
+        return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t n = b[0].shape[1], T = b[1].ndim == 3 ? b[1].shape[0] : 0, S = b[1].ndim == 3 ? b[1].shape[2] : 0;
+    if (!shaped(&b[0], 4 * n, n, -1) || !shaped(&b[1], T, 4 * n, S) || !shaped(&b[2], T, 4 * n, S) ||
+        !shaped(&b[3], T + 1, n, S) || !shaped(&b[4], T, n, S) || !shaped(&b[5], T + 1, n, S) ||
+        (count == 7 && !shaped(&b[6], 3 * n, S, -1)) || T < 1 || S < 1 || n < 1) {
+        PyErr_SetString(PyExc_ValueError, "lstm_loop: WT (4n, n), XU and G (T, 4n, S), C and H (T+1, n, S), TC (T, n, S), P (3n, S)");
+        goto out;
+    }
+    Py_ssize_t P = (S + PANEL - 1) / PANEL, pairs = (n + 1) / 2;
+    lstm_job J = {b[0].buf, b[1].buf, NULL, count == 7 ? b[6].buf : NULL, b[2].buf, b[3].buf, b[4].buf, b[5].buf,
+                  NULL, NULL, NULL, NULL, NULL, NULL, NULL, T, S, n};
+    float **parts[] = {&J.xp, &J.A};
+    size_t sizes[] = {(size_t)2 * P * n * PANEL, (size_t)pairs * n * LOOP_ROWS};
+    int failed;
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&team.call);
+    failed = loop_begin(parts, sizes, 2, S, 1);
+    if (!failed) {
+        loop_to_panels(J.H, J.xp, n, S, 0, n);
+        loop_run(lstm_forward_body, &J, pairs > LOOP_MAX_THREADS ? LOOP_MAX_THREADS : (int)pairs);
+    }
+    pthread_mutex_unlock(&team.call);
+    Py_END_ALLOW_THREADS
+    if (failed) {
+        PyErr_NoMemory();
+        goto out;
+    }
+    result = Py_None;
+    Py_INCREF(result);
+out:
+    release(b, count);
+    return result;
+}
+
+/* lstm_loop_back(W, DH, G, C, TC, dG, dh, dc[, P, dP]): the step loop's way back (_loop.h). */
+static PyObject *lstm_loop_back(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer b[MAX_ARGS + 1];
+    int count = loop_args(args, nargs, b, "fffffFFF", "fF", "lstm_loop_back(W, DH, G, C, TC, dG, dh, dc[, P, dP])");
+    if (count < 0)
+        return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t n = b[0].shape[0], T = b[1].ndim == 3 ? b[1].shape[0] : 0, S = b[1].ndim == 3 ? b[1].shape[2] : 0;
+    if (!shaped(&b[0], n, 4 * n, -1) || !shaped(&b[1], T, n, S) || !shaped(&b[2], T, 4 * n, S) ||
+        !shaped(&b[3], T + 1, n, S) || !shaped(&b[4], T, n, S) || !shaped(&b[5], T, S, 4 * n) ||
+        !shaped(&b[6], n, S, -1) || !shaped(&b[7], n, S, -1) || (count == 10 && (!shaped(&b[8], 3 * n, S, -1) ||
+        !shaped(&b[9], 3 * n, S, -1))) || T < 1 || S < 1 || n < 1) {
+        PyErr_SetString(PyExc_ValueError, "lstm_loop_back: W (n, 4n), DH and TC (T, n, S), G (T, 4n, S), C (T+1, n, S), "
+                                          "dG (T, S, 4n), dh and dc (n, S), P and dP (3n, S)");
+        goto out;
+    }
+    Py_ssize_t P = (S + PANEL - 1) / PANEL, eights = (n + 7) / 8;
+    lstm_job J = {b[0].buf, NULL, b[1].buf, count == 10 ? b[8].buf : NULL, b[2].buf, b[3].buf, b[4].buf, NULL,
+                  b[5].buf, b[6].buf, b[7].buf, count == 10 ? b[9].buf : NULL, NULL, NULL, NULL, T, S, n};
+    float **parts[] = {&J.xp, &J.A, &J.d};
+    size_t sizes[] = {(size_t)2 * P * 4 * n * PANEL, (size_t)eights * 4 * n * LOOP_ROWS, (size_t)4 * n * S};
+    int failed;
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&team.call);
+    failed = loop_begin(parts, sizes, 3, S, 1);
+    if (!failed)
+        loop_run(lstm_back_loop_body, &J, eights > LOOP_MAX_THREADS ? LOOP_MAX_THREADS : (int)eights);
+    pthread_mutex_unlock(&team.call);
+    Py_END_ALLOW_THREADS
+    if (failed) {
+        PyErr_NoMemory();
+        goto out;
+    }
+    result = Py_None;
+    Py_INCREF(result);
+out:
+    release(b, count);
+    return result;
+}
+
+/* gru_loop(tanh, WzrT, WhT, XU, ZR, HC, RH, H[, P, RHrows]): the GRU's forward step loop (_loop.h). */
+static PyObject *gru_loop(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer b[MAX_ARGS + 1];
+    int tanh_act = nargs > 0 ? PyObject_IsTrue(args[0]) : 0;
+    if (tanh_act < 0)
+        return NULL;
+    int count = loop_args(args + 1, nargs - 1, b, "fffFFFF", "FF", "gru_loop(tanh, WzrT, WhT, XU, ZR, HC, RH, H[, P, RHrows])");
+    if (count < 0)
+        return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t n = b[1].shape[0], T = b[2].ndim == 3 ? b[2].shape[0] : 0, S = b[2].ndim == 3 ? b[2].shape[2] : 0;
+    if (!shaped(&b[0], 2 * n, n, -1) || !shaped(&b[1], n, n, -1) || !shaped(&b[2], T, 3 * n, S) ||
+        !shaped(&b[3], T, 2 * n, S) || !shaped(&b[4], T, n, S) || !shaped(&b[5], T, n, S) || !shaped(&b[6], T + 1, n, S) ||
+        (count == 9 && (!shaped(&b[7], T, 3 * n, S) || !shaped(&b[8], T, S, n))) || T < 1 || S < 1 || n < 1) {
+        PyErr_SetString(PyExc_ValueError, "gru_loop: WzrT (2n, n), WhT (n, n), XU and P (T, 3n, S), ZR (T, 2n, S), HC and RH (T, n, S), "
+                                          "H (T+1, n, S), RHrows (T, S, n)");
+        goto out;
+    }
+    Py_ssize_t P = (S + PANEL - 1) / PANEL, eights = (n + 7) / 8;
+    gru_job J = {b[0].buf, b[1].buf, b[2].buf, NULL, b[3].buf, b[4].buf, b[5].buf, b[6].buf,
+                 count == 9 ? b[7].buf : NULL, count == 9 ? b[8].buf : NULL, NULL, NULL,
+                 NULL, NULL, NULL, NULL, NULL, NULL, T, S, n, tanh_act};
+    float **parts[] = {&J.xa, &J.xb, &J.Azr, &J.Ah};
+    size_t sizes[] = {(size_t)P * n * PANEL, (size_t)P * n * PANEL, (size_t)2 * eights * n * LOOP_ROWS,
+                      (size_t)eights * n * LOOP_ROWS};
+    int failed;
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&team.call);
+    failed = loop_begin(parts, sizes, 4, S, 2);
+    if (!failed) {
+        loop_to_panels(J.H, J.xa, n, S, 0, n);
+        loop_run(gru_forward_body, &J, eights > LOOP_MAX_THREADS ? LOOP_MAX_THREADS : (int)eights);
+    }
+    pthread_mutex_unlock(&team.call);
+    Py_END_ALLOW_THREADS
+    if (failed) {
+        PyErr_NoMemory();
+    } else {
+        result = Py_None;
+        Py_INCREF(result);
+    }
+out:
+    release(b, count);
+    return result;
+}
+
+/* gru_loop_back(Wzr, Wh, DH, ZR, P, dP, dh): the GRU's step loop back (_loop.h). */
+static PyObject *gru_loop_back(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer b[MAX_ARGS];
+    int count = loop_args(args, nargs, b, "fffffFF", "", "gru_loop_back(Wzr, Wh, DH, ZR, P, dP, dh)");
+    if (count < 0)
+        return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t n = b[0].shape[0], T = b[2].ndim == 3 ? b[2].shape[0] : 0, S = b[2].ndim == 3 ? b[2].shape[2] : 0;
+    if (!shaped(&b[0], n, 2 * n, -1) || !shaped(&b[1], n, n, -1) || !shaped(&b[2], T, n, S) || !shaped(&b[3], T, 2 * n, S) ||
+        !shaped(&b[4], T, 3 * n, S) || !shaped(&b[5], T, S, 3 * n) || !shaped(&b[6], n, S, -1) || T < 1 || S < 1 || n < 1) {
+        PyErr_SetString(PyExc_ValueError, "gru_loop_back: Wzr (n, 2n), Wh (n, n), DH (T, n, S), ZR (T, 2n, S), P (T, 3n, S), "
+                                          "dP (T, S, 3n), dh (n, S)");
+        goto out;
+    }
+    Py_ssize_t P = (S + PANEL - 1) / PANEL, eights = (n + 7) / 8;
+    gru_job J = {b[0].buf, b[1].buf, NULL, b[2].buf, b[3].buf, NULL, NULL, NULL, b[4].buf, NULL, b[5].buf, b[6].buf,
+                 NULL, NULL, NULL, NULL, NULL, NULL, T, S, n, 0};
+    float **parts[] = {&J.xa, &J.xb, &J.Azr, &J.Ah, &J.d, &J.drh};
+    size_t sizes[] = {(size_t)P * n * PANEL, (size_t)P * 2 * n * PANEL, (size_t)eights * 2 * n * LOOP_ROWS,
+                      (size_t)eights * n * LOOP_ROWS, (size_t)3 * n * S, (size_t)n * S};
+    int failed;
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&team.call);
+    failed = loop_begin(parts, sizes, 6, S, 2);
+    if (!failed)
+        loop_run(gru_back_loop_body, &J, eights > LOOP_MAX_THREADS ? LOOP_MAX_THREADS : (int)eights);
+    pthread_mutex_unlock(&team.call);
+    Py_END_ALLOW_THREADS
+    if (failed) {
+        PyErr_NoMemory();
+    } else {
+        result = Py_None;
+        Py_INCREF(result);
+    }
+out:
+    release(b, count);
+    return result;
+}
+
+/* rnn_loop(a, shortcut, WT, bias, Af, B, Sf) and rnn_loop_back(a, shortcut, W, B, dSf, dBf): the
+ * [rnn] step loop and its way back for a slope activation of slope a (_loop.h). */
+static PyObject *rnn_loop_call(PyObject *const *args, Py_ssize_t nargs, int back)
+{
+    Py_buffer b[MAX_ARGS];
+    const char *usage = back ? "rnn_loop_back(a, shortcut, W, B, dSf, dBf)" : "rnn_loop(a, shortcut, WT, bias, Af, B, Sf)";
+    float a = 0.0f;
+    if (nargs != (back ? 6 : 7)) {
+        PyErr_SetString(PyExc_TypeError, usage);
+        return NULL;
+    }
+    int shortcut = PyObject_IsTrue(args[1]);
+    if (slope_arg(args[0], &a) < 0 || shortcut < 0)
+        return NULL;
+    int count = loop_args(args + 2, nargs - 2, b, back ? "ffFF" : "fffFF", "", usage);
+    if (count < 0)
+        return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t n = b[0].shape[0], T = b[count - 1].ndim == 3 ? b[count - 1].shape[0] - !back : 0;
+    Py_ssize_t S = b[count - 1].ndim == 3 ? b[count - 1].shape[2] : 0;
+    int ok = shaped(&b[0], n, n, -1) && T >= 1 && S >= 1 && n >= 1;
+    if (back)
+        ok = ok && shaped(&b[1], T, n, S) && shaped(&b[2], T, n, S) && shaped(&b[3], T, n, S);
+    else
+        ok = ok && shaped(&b[1], n, S, -1) && shaped(&b[2], T, n, S) && shaped(&b[3], T, n, S) && shaped(&b[4], T + 1, n, S);
+    if (!ok) {
+        PyErr_SetString(PyExc_ValueError, back ? "rnn_loop_back: W (n, n), B, dSf and dBf (T, n, S)"
+                                               : "rnn_loop: WT (n, n), bias (n, S), Af and B (T, n, S), Sf (T+1, n, S)");
+        goto out;
+    }
+    Py_ssize_t P = (S + PANEL - 1) / PANEL, eights = (n + 7) / 8;
+    rnn_job J = {b[0].buf, back ? NULL : b[1].buf, back ? NULL : b[2].buf, b[back ? 1 : 3].buf, back ? NULL : b[4].buf,
+                 back ? b[2].buf : NULL, back ? b[3].buf : NULL, NULL, NULL, NULL, T, S, n, a, shortcut};
+    float **parts[] = {&J.xp, &J.A, &J.w};
+    size_t sizes[] = {(size_t)2 * P * n * PANEL, (size_t)eights * n * LOOP_ROWS, (size_t)n * S};
+    int failed;
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&team.call);
+    failed = loop_begin(parts, sizes, 3, S, 1);
+    if (!failed) {
+        if (!back)
+            loop_to_panels(J.Sf, J.xp, n, S, 0, n);
+        loop_run(back ? rnn_back_loop_body : rnn_forward_body, &J, eights > LOOP_MAX_THREADS ? LOOP_MAX_THREADS : (int)eights);
+    }
+    pthread_mutex_unlock(&team.call);
+    Py_END_ALLOW_THREADS
+    if (failed) {
+        PyErr_NoMemory();
+    } else {
+        result = Py_None;
+        Py_INCREF(result);
+    }
+out:
+    release(b, count);
+    return result;
+}
+
+static PyObject *rnn_loop(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    return rnn_loop_call(args, nargs, 0);
+}
+
+static PyObject *rnn_loop_back(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    return rnn_loop_call(args, nargs, 1);
+}
+
+/* loop_threads(n) -> the threads the step loops run on (n >= 1; a call of its own runs on fewer
+ * when the layer has fewer units to share). */
+static PyObject *loop_threads(PyObject *self, PyObject *arg)
+{
+    long n = PyLong_AsLong(arg);
+    if (n == -1 && PyErr_Occurred())
+        return NULL;
+    pthread_mutex_lock(&team.call);
+    if (n >= 1)
+        team.wanted = n > LOOP_MAX_THREADS ? LOOP_MAX_THREADS : (int)n;
+    n = team.wanted;
+    pthread_mutex_unlock(&team.call);
+    return PyLong_FromLong(n);
+}
+
 static PyMethodDef panel_methods[] = {
     METHOD(panel_matmul, "panel_matmul(out, x, Wp, b): out = x W + b for W packed in 32-column panels Wp"),
     METHOD(panel_matmul_t, "panel_matmul_t(out, xT, Wp, b): panel_matmul of x given as its transpose xT"),
     {"panel_threads", panel_threads, METH_O, "panel_threads(n) -> the threads panel_matmul runs on (set before its first call)"},
+    METHOD(lstm_loop, "lstm_loop(WT, XU, G, C, TC, H[, P]): the LSTM's forward step loop, products and steps, feature-major"),
+    METHOD(lstm_loop_back, "lstm_loop_back(W, DH, G, C, TC, dG, dh, dc[, P, dP]): the LSTM's step loop back: gate deltas as rows dG"),
+    METHOD(gru_loop, "gru_loop(tanh, WzrT, WhT, XU, ZR, HC, RH, H[, P, RHrows]): the GRU's forward step loop, feature-major"),
+    METHOD(gru_loop_back, "gru_loop_back(Wzr, Wh, DH, ZR, P, dP, dh): the GRU's step loop back: deltas as rows dP"),
+    METHOD(rnn_loop, "rnn_loop(a, shortcut, WT, bias, Af, B, Sf): the [rnn] step loop for a slope activation (leaky, relie), feature-major"),
+    METHOD(rnn_loop_back, "rnn_loop_back(a, shortcut, W, B, dSf, dBf): its way back, dBf[T-1] given"),
+    {"loop_threads", loop_threads, METH_O, "loop_threads(n) -> the threads the step loops run on"},
     {NULL, NULL, 0, NULL},
 };
 #endif
 
-#include "_sample.h"  /* softmax_rows; its loop_* functions are added only when the CPU has AVX-512 */
+#include "_sample.h"  /* softmax_rows; its sample_* functions are added only when the CPU has AVX-512 */
 
 #define KIND_WRAPPERS
 #include "_kinds.h"
@@ -960,7 +1241,7 @@ PyMODINIT_FUNC PyInit__kernels(void)
         Py_DECREF(mod);
         return NULL;
     }
-    if (mod && __builtin_cpu_supports("avx512f") && PyModule_AddFunctions(mod, loop_methods) < 0) {
+    if (mod && __builtin_cpu_supports("avx512f") && PyModule_AddFunctions(mod, sample_methods) < 0) {
         Py_DECREF(mod);
         return NULL;
     }

@@ -7,7 +7,7 @@
  * probabilities are the same bits from the loop, from a Python stepper alone or in a batch.
  *
  * The loop (x86-64 GCC, added to the module on AVX-512 CPUs, as the panel kernel): its products
- * are `loop_matvec`, y = b + x W for one row on W packed by kernels.pack_panels, each element
+ * are `sample_matvec`, y = b + x W for one row on W packed by kernels.pack_panels, each element
  * summed in the panel kernel's order (b, then one FMA per k in k order), so the same bits as a
  * stepper's `times`; only more columns at a time (one row leaves the panel kernel's two
  * accumulators waiting on their FMAs). */
@@ -52,7 +52,7 @@ static PyObject *softmax_rows(PyObject *self, PyObject *const *args, Py_ssize_t 
 
 /* out = b + x W, one row, panels j..P-1 of W: x (K,), W packed (P, K, 32) (kernels.pack_panels),
  * b and y (N,). Four panels at a time, eight chains of FMAs; the last panel's columns past N masked. */
-__attribute__((target("avx512f"))) static void loop_matvec(const float *x, const float *Wp, const float *b,
+__attribute__((target("avx512f"))) static void sample_matvec(const float *x, const float *Wp, const float *b,
                                                            float *y, Py_ssize_t K, Py_ssize_t N, Py_ssize_t j,
                                                            Py_ssize_t P)
 {
@@ -121,7 +121,7 @@ static Py_ssize_t first_max(const float *p, Py_ssize_t V)
  * loop ops), on the stepper's own arrays: */
 enum {
     OP_GATHER,   /* out = table[id]: a one-hot input's row (the step's input id) */
-    OP_MATVEC,   /* out = b + x W (loop_matvec) */
+    OP_MATVEC,   /* out = b + x W (sample_matvec) */
     OP_COPY,     /* dst = src */
     OP_LSTM,     /* lstm_step(g, xu, c, c1, tc, h1[, P]), one row */
     OP_GRU_ZR,   /* gru_zr(zr, xu, h, rh) */
@@ -144,16 +144,16 @@ typedef struct {
     int code, count;        /* count: the arrays held */
     double number;          /* gru_step's tanh, rnn's and slope's a, softmax's groups */
     Py_buffer b[7];
-} loop_op;
+} sample_op;
 
 typedef struct {
     Py_ssize_t ops, V;      /* V: the length of the step's result */
     float *p;               /* the step's result (the probabilities) */
     Py_buffer out;          /* ... held */
-    loop_op op[];
-} loop_program;
+    sample_op op[];
+} sample_program;
 
-static void loop_release(loop_program *pr)
+static void sample_release(sample_program *pr)
 {
     for (Py_ssize_t i = 0; i < pr->ops; i++)
         release(pr->op[i].b, pr->op[i].count);
@@ -162,16 +162,16 @@ static void loop_release(loop_program *pr)
     PyMem_Free(pr);
 }
 
-static void loop_free(PyObject *capsule)
+static void sample_free(PyObject *capsule)
 {
-    loop_release(PyCapsule_GetPointer(capsule, "darknetpy.loop"));
+    sample_release(PyCapsule_GetPointer(capsule, "darknetpy.sample"));
 }
 
 #define LEN(o, i) ((o)->b[i].len / 4)
 #define A(o, i) ((float *)(o)->b[i].buf)
 
 /* The sizes each op needs, so a wrong program raises instead of touching other memory. */
-static int loop_check(const loop_op *o)
+static int sample_check(const sample_op *o)
 {
     switch (o->code) {
     case OP_GATHER:
@@ -201,17 +201,17 @@ static int loop_check(const loop_op *o)
     return 0;
 }
 
-/* loop_program(ops, out) -> a program: ops a list of tuples (name, [number,] arrays...), run in
+/* sample_program(ops, out) -> a program: ops a list of tuples (name, [number,] arrays...), run in
  * order for each step, which leaves its result (the probabilities) in the float32 array out. */
-static PyObject *loop_new(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+static PyObject *sample_new(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     PyObject *ops = nargs == 2 ? args[0] : NULL;
     if (!ops || !PyList_Check(ops) || PyList_GET_SIZE(ops) == 0) {
-        PyErr_SetString(PyExc_TypeError, "loop_program(ops, out): a non-empty list of op tuples, the result's array");
+        PyErr_SetString(PyExc_TypeError, "sample_program(ops, out): a non-empty list of op tuples, the result's array");
         return NULL;
     }
     Py_ssize_t count = PyList_GET_SIZE(ops);
-    loop_program *pr = PyMem_Calloc(1, sizeof *pr + count * sizeof(loop_op));
+    sample_program *pr = PyMem_Calloc(1, sizeof *pr + count * sizeof(sample_op));
     if (!pr)
         return PyErr_NoMemory();
     for (Py_ssize_t i = 0; i < count; i++) {
@@ -221,14 +221,14 @@ static PyObject *loop_new(PyObject *self, PyObject *const *args, Py_ssize_t narg
         while (name && code < OP_KINDS && strcmp(name, op_spec[code].name) != 0)
             code++;
         if (!name || code == OP_KINDS) {
-            PyErr_Format(PyExc_ValueError, "loop_program: op %zd is not a known op tuple", i);
+            PyErr_Format(PyExc_ValueError, "sample_program: op %zd is not a known op tuple", i);
             goto fail;
         }
-        loop_op *o = &pr->op[i];
+        sample_op *o = &pr->op[i];
         Py_ssize_t first = 1 + op_spec[code].number, arrays = PyTuple_GET_SIZE(t) - first;
         Py_ssize_t most = (Py_ssize_t)strlen(op_spec[code].kinds);
         if (arrays != most && !(op_spec[code].optional && arrays == most - 1)) {
-            PyErr_Format(PyExc_TypeError, "loop_program: op %zd (%s) takes %zd arrays", i, name, most);
+            PyErr_Format(PyExc_TypeError, "sample_program: op %zd (%s) takes %zd arrays", i, name, most);
             goto fail;
         }
         o->code = code;
@@ -241,8 +241,8 @@ static PyObject *loop_new(PyObject *self, PyObject *const *args, Py_ssize_t narg
             goto fail;
         o->count = (int)arrays;
         pr->ops = i + 1;
-        if (!loop_check(o)) {
-            PyErr_Format(PyExc_ValueError, "loop_program: op %zd (%s): the arrays' sizes do not fit", i, name);
+        if (!sample_check(o)) {
+            PyErr_Format(PyExc_ValueError, "sample_program: op %zd (%s): the arrays' sizes do not fit", i, name);
             goto fail;
         }
     }
@@ -250,11 +250,11 @@ static PyObject *loop_new(PyObject *self, PyObject *const *args, Py_ssize_t narg
         goto fail;
     pr->p = pr->out.buf;
     pr->V = pr->out.len / 4;
-    PyObject *capsule = PyCapsule_New(pr, "darknetpy.loop", loop_free);
+    PyObject *capsule = PyCapsule_New(pr, "darknetpy.sample", sample_free);
     if (capsule)
         return capsule;
 fail:
-    loop_release(pr);
+    sample_release(pr);
     return NULL;
 }
 
@@ -275,20 +275,20 @@ static struct {
     atomic_ullong work;
     atomic_uint done;       /* chunks the helper finished in this product */
     atomic_int running;
-    const loop_op *job;
+    const sample_op *job;
     unsigned seq;
     int threads, started, sleeping;
 } helper = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0, NULL, 0, 2, 0, 0};
 
 /* Chunk i of product o: panels 4 i .. 4 i + 3 (fewer at the end). */
-__attribute__((target("avx512f"))) static void loop_chunk(const loop_op *o, Py_ssize_t i)
+__attribute__((target("avx512f"))) static void sample_chunk(const sample_op *o, Py_ssize_t i)
 {
     Py_ssize_t N = LEN(o, 3), P = (N + PANEL - 1) / PANEL, end = (i + 1) * LOOP_CHUNK;
-    loop_matvec(A(o, 0), A(o, 1), A(o, 2), A(o, 3), LEN(o, 0), N, i * LOOP_CHUNK, end < P ? end : P);
+    sample_matvec(A(o, 0), A(o, 1), A(o, 2), A(o, 3), LEN(o, 0), N, i * LOOP_CHUNK, end < P ? end : P);
 }
 
 /* The helper's claim of the last chunk left, or -1 if none is. */
-static Py_ssize_t loop_claim_back(unsigned long long w)
+static Py_ssize_t sample_claim_back(unsigned long long w)
 {
     while ((w >> 16 & 0xFFFF) < (w & 0xFFFF))
         if (atomic_compare_exchange_weak_explicit(&helper.work, &w, w - 1, memory_order_acq_rel, memory_order_acquire))
@@ -296,15 +296,15 @@ static Py_ssize_t loop_claim_back(unsigned long long w)
     return -1;
 }
 
-static void *loop_helper(void *arg)
+static void *sample_helper(void *arg)
 {
     for (;;) {
         unsigned long long until = __rdtsc() + LOOP_SPIN_TICKS;
         for (;;) {
             unsigned long long w = atomic_load_explicit(&helper.work, memory_order_acquire);
-            Py_ssize_t i = loop_claim_back(w);
+            Py_ssize_t i = sample_claim_back(w);
             if (i >= 0) {
-                loop_chunk(helper.job, i);
+                sample_chunk(helper.job, i);
                 atomic_fetch_add_explicit(&helper.done, 1, memory_order_release);
                 until = __rdtsc() + LOOP_SPIN_TICKS;
             } else if (atomic_load_explicit(&helper.running, memory_order_relaxed)) {
@@ -326,7 +326,7 @@ static void *loop_helper(void *arg)
     return arg;
 }
 
-static void loop_after_fork(void)
+static void sample_after_fork(void)
 {
     pthread_mutex_init(&helper.lock, NULL);
     pthread_mutex_init(&helper.call, NULL);
@@ -336,7 +336,7 @@ static void loop_after_fork(void)
 }
 
 /* Whether this run has the helper: started once, woken, and not in use by another run. */
-static int loop_begin(void)
+static int sample_begin(void)
 {
     static int registered;
     if (helper.threads < 2 || pthread_mutex_trylock(&helper.call) != 0)
@@ -345,10 +345,10 @@ static int loop_begin(void)
         pthread_t t;
         pthread_attr_t attr;
         if (!registered)
-            registered = pthread_atfork(NULL, NULL, loop_after_fork) == 0;
+            registered = pthread_atfork(NULL, NULL, sample_after_fork) == 0;
         pthread_attr_init(&attr);
         pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-        helper.started = pthread_create(&t, &attr, loop_helper, NULL) == 0;
+        helper.started = pthread_create(&t, &attr, sample_helper, NULL) == 0;
         pthread_attr_destroy(&attr);
         if (!helper.started) {
             pthread_mutex_unlock(&helper.call);
@@ -363,7 +363,7 @@ static int loop_begin(void)
     return 1;
 }
 
-static void loop_end(int shared)
+static void sample_end(int shared)
 {
     if (shared) {
         atomic_store(&helper.running, 0);
@@ -372,11 +372,11 @@ static void loop_end(int shared)
 }
 
 /* One product of a run: all of it here, or its chunks shared with the helper. */
-__attribute__((target("avx512f"))) static void loop_product(const loop_op *o, int shared)
+__attribute__((target("avx512f"))) static void sample_product(const sample_op *o, int shared)
 {
     Py_ssize_t N = LEN(o, 3), P = (N + PANEL - 1) / PANEL, chunks = (P + LOOP_CHUNK - 1) / LOOP_CHUNK;
     if (!shared || chunks < 2 || chunks > 0xFFFF) {
-        loop_matvec(A(o, 0), A(o, 1), A(o, 2), A(o, 3), LEN(o, 0), N, 0, P);
+        sample_matvec(A(o, 0), A(o, 1), A(o, 2), A(o, 3), LEN(o, 0), N, 0, P);
         return;
     }
     helper.job = o;
@@ -387,7 +387,7 @@ __attribute__((target("avx512f"))) static void loop_product(const loop_op *o, in
     while ((w >> 16 & 0xFFFF) < (w & 0xFFFF)) {
         if (atomic_compare_exchange_weak_explicit(&helper.work, &w, w + (1ULL << 16), memory_order_acq_rel,
                                                   memory_order_acquire)) {
-            loop_chunk(o, (Py_ssize_t)(w >> 16 & 0xFFFF));
+            sample_chunk(o, (Py_ssize_t)(w >> 16 & 0xFFFF));
             mine++;
             w += 1ULL << 16;
         }
@@ -401,16 +401,16 @@ __attribute__((target("avx512f"))) static void loop_product(const loop_op *o, in
 
 /* One step of the program for input `id` (checked by the caller against every gather's table),
  * its products shared with the helper or not. */
-static void loop_step(const loop_program *pr, int64_t id, int shared)
+static void sample_step(const sample_program *pr, int64_t id, int shared)
 {
     for (Py_ssize_t i = 0; i < pr->ops; i++) {
-        const loop_op *o = &pr->op[i];
+        const sample_op *o = &pr->op[i];
         switch (o->code) {
         case OP_GATHER:
             memcpy(A(o, 1), A(o, 0) + id * LEN(o, 1), LEN(o, 1) * sizeof(float));
             break;
         case OP_MATVEC:
-            loop_product(o, shared);
+            sample_product(o, shared);
             break;
         case OP_COPY:
             memcpy(A(o, 1), A(o, 0), LEN(o, 0) * sizeof(float));
@@ -439,19 +439,19 @@ static void loop_step(const loop_program *pr, int64_t id, int shared)
     }
 }
 
-/* loop_run(program, feed, u, out, greedy): the steps of one stream. Each id of feed (F,) int64
+/* sample_run(program, feed, u, out, greedy): the steps of one stream. Each id of feed (F,) int64
  * is stepped in turn; then for each of the L = len(out) symbols to draw, out[j] = Darknet's
  * sampler on the probabilities at u[j] (u (L,) float32; or their first largest with greedy), and
  * every drawn symbol but the last is stepped in turn. F = 0 draws from the probabilities as they
  * are. The state stays in the program's arrays. */
-static PyObject *loop_run(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+static PyObject *sample_run(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     Py_buffer b[3];
     if (nargs != 5) {
-        PyErr_SetString(PyExc_TypeError, "loop_run(program, feed, u, out, greedy)");
+        PyErr_SetString(PyExc_TypeError, "sample_run(program, feed, u, out, greedy)");
         return NULL;
     }
-    loop_program *pr = PyCapsule_GetPointer(args[0], "darknetpy.loop");
+    sample_program *pr = PyCapsule_GetPointer(args[0], "darknetpy.sample");
     int greedy = PyObject_IsTrue(args[4]);
     if (!pr || greedy < 0 || get_typed(args + 1, b, "qfQ", 3) < 0)
         return NULL;
@@ -461,29 +461,29 @@ static PyObject *loop_run(PyObject *self, PyObject *const *args, Py_ssize_t narg
     int64_t *out = b[2].buf;
     Py_ssize_t F = b[0].len / 8, L = b[2].len / 8;
     if (b[1].len / 4 != L) {
-        PyErr_SetString(PyExc_ValueError, "loop_run: u and out must have one entry per symbol drawn");
+        PyErr_SetString(PyExc_ValueError, "sample_run: u and out must have one entry per symbol drawn");
         goto out;
     }
     Py_ssize_t V = PY_SSIZE_T_MAX;  /* ids must index every gather's table and be a probability's index */
     for (Py_ssize_t i = 0; i < pr->ops; i++)
         if (pr->op[i].code == OP_GATHER && pr->op[i].b[0].shape[0] < V)
             V = pr->op[i].b[0].shape[0];
-    if (check_ids(feed, F, V, "loop_run") < 0)
+    if (check_ids(feed, F, V, "sample_run") < 0)
         goto out;
     if (L > 1 && pr->V > V) {
-        PyErr_Format(PyExc_ValueError, "loop_run: %zd outputs fed back to %zd inputs", pr->V, V);
+        PyErr_Format(PyExc_ValueError, "sample_run: %zd outputs fed back to %zd inputs", pr->V, V);
         goto out;
     }
     Py_BEGIN_ALLOW_THREADS
-    int shared = loop_begin();
+    int shared = sample_begin();
     for (Py_ssize_t i = 0; i < F; i++)
-        loop_step(pr, feed[i], shared);
+        sample_step(pr, feed[i], shared);
     for (Py_ssize_t j = 0; j < L; j++) {
         out[j] = greedy ? first_max(pr->p, pr->V) : darknet_sample(pr->p, pr->V, u[j]);
         if (j + 1 < L)
-            loop_step(pr, out[j], shared);
+            sample_step(pr, out[j], shared);
     }
-    loop_end(shared);
+    sample_end(shared);
     Py_END_ALLOW_THREADS
     result = Py_None;
     Py_INCREF(result);
@@ -492,7 +492,7 @@ out:
     return result;
 }
 
-static PyObject *loop_threads(PyObject *self, PyObject *arg)
+static PyObject *sample_threads(PyObject *self, PyObject *arg)
 {
     long n = PyLong_AsLong(arg);
     if (n == -1 && PyErr_Occurred())
@@ -505,11 +505,11 @@ static PyObject *loop_threads(PyObject *self, PyObject *arg)
     return PyLong_FromLong(n);
 }
 
-static PyMethodDef loop_methods[] = {
-    {"loop_threads", loop_threads, METH_O, "loop_threads(n) -> the threads a loop's products run on (1 or 2)"},
-    {"loop_program", (PyCFunction)(void (*)(void))loop_new, METH_FASTCALL,
-     "loop_program(ops, out) -> a one-stream step as a program of ops, its result in out (_sample.h)"},
-    METHOD(loop_run, "loop_run(program, feed, u, out, greedy): step the ids of feed, then draw len(out) symbols"),
+static PyMethodDef sample_methods[] = {
+    {"sample_threads", sample_threads, METH_O, "sample_threads(n) -> the threads a loop's products run on (1 or 2)"},
+    {"sample_program", (PyCFunction)(void (*)(void))sample_new, METH_FASTCALL,
+     "sample_program(ops, out) -> a one-stream step as a program of ops, its result in out (_sample.h)"},
+    METHOD(sample_run, "sample_run(program, feed, u, out, greedy): step the ids of feed, then draw len(out) symbols"),
     {NULL, NULL, 0, NULL},
 };
 #endif

@@ -68,16 +68,18 @@ static inline __attribute__((always_inline)) float K(sigmoid2)(float zh)
  *   c' = f c + i g,  tc = tanh(c'),  h' = o tc
  * With peepholes (peep, P = [pi pf po] / 2, halved like the i f o rows) i and f also see the cell
  * before the step, o the cell after it. Backward needs nothing more: it derives the gate deltas'
- * factors from g, c and tc (lstm_back). */
+ * factors from g, c and tc (lstm_back). L floats of each block, block k at k B: B = L for whole
+ * blocks, larger for a slice of the units (the step loop's threads, _loop.h). */
 static inline __attribute__((always_inline)) void
 K(lstm_row)(float *restrict g, const float *restrict xu, const float *restrict c, float *restrict c1,
-            float *restrict tc, float *restrict h1, const float *restrict P, Py_ssize_t L, const int peep)
+            float *restrict tc, float *restrict h1, const float *restrict P, Py_ssize_t L, Py_ssize_t B,
+            const int peep)
 {
     CHUNKS(e0, len, L) {
         float i[CHUNK], f[CHUNK], gg[CHUNK], cn[CHUNK];
-        float *gi = g + e0, *gf = g + L + e0, *go = g + 2 * L + e0, *gg_ = g + 3 * L + e0;
-        const float *xi = xu + e0, *xf = xu + L + e0, *xo = xu + 2 * L + e0, *xg = xu + 3 * L + e0;
-        const float *pi = P + e0, *pf = P + L + e0, *po = P + 2 * L + e0, *cp = c + e0;
+        float *gi = g + e0, *gf = g + B + e0, *go = g + 2 * B + e0, *gg_ = g + 3 * B + e0;
+        const float *xi = xu + e0, *xf = xu + B + e0, *xo = xu + 2 * B + e0, *xg = xu + 3 * B + e0;
+        const float *pi = P + e0, *pf = P + B + e0, *po = P + 2 * B + e0, *cp = c + e0;
         if (peep) {
             EACH(j, len) gi[j] = i[j] = K(sigmoid2)(gi[j] + xi[j] + pi[j] * cp[j]);
             EACH(j, len) gf[j] = f[j] = K(sigmoid2)(gf[j] + xf[j] + pf[j] * cp[j]);
@@ -105,9 +107,9 @@ static void K(lstm_step)(float *g, const float *xu, const float *c, float *c1, f
     for (Py_ssize_t r = 0; r < R; r++) {
         Py_ssize_t a = 4 * L * r, s = L * r;
         if (P)
-            K(lstm_row)(g + a, xu + a, c + s, c1 + s, tc + s, h1 + s, P + 3 * L * r, L, 1);
+            K(lstm_row)(g + a, xu + a, c + s, c1 + s, tc + s, h1 + s, P + 3 * L * r, L, L, 1);
         else
-            K(lstm_row)(g + a, xu + a, c + s, c1 + s, tc + s, h1 + s, NULL, L, 0);
+            K(lstm_row)(g + a, xu + a, c + s, c1 + s, tc + s, h1 + s, NULL, L, L, 0);
     }
 }
 
@@ -116,23 +118,24 @@ static void K(lstm_step)(float *g, const float *xu, const float *c, float *c1, f
  * the gate deltas d = [dc gg σ'(i), dc c σ'(f), dh tc σ'(o), dc i tanh'(gg)]; then dc *= f, the
  * cell delta for the step before. With peepholes (peep, P = [pi pf po] not halved): do also
  * reaches the cell after the step, dc += do po, the cell before gets di pi + df pf besides dc f,
- * and dP += [di c, df c, do c'] per stream, c' = f c + i gg recomputed. */
+ * and dP += [di c, df c, do c'] per stream, c' = f c + i gg recomputed. m floats of each block, block
+ * k at k B (B as in lstm_row). */
 static inline __attribute__((always_inline)) void
 K(lstm_back_body)(float *restrict dh, float *restrict dc, const float *restrict DH,
                   const float *restrict g, const float *restrict c, const float *restrict tc,
                   float *restrict d, const float *restrict P, float *restrict dP, Py_ssize_t m,
-                  const int peep)
+                  Py_ssize_t B, const int peep)
 {
     CHUNKS(e0, len, m) {
         float h[CHUNK], cc[CHUNK], dd[CHUNK];
-        const float *i = g + e0, *f = g + m + e0, *o = g + 2 * m + e0, *gg = g + 3 * m + e0;
-        const float *cp = c + e0, *t = tc + e0, *pi = P + e0, *pf = P + m + e0, *po = P + 2 * m + e0;
-        float *di = d + e0, *df = d + m + e0, *dg = d + 3 * m + e0;
+        const float *i = g + e0, *f = g + B + e0, *o = g + 2 * B + e0, *gg = g + 3 * B + e0;
+        const float *cp = c + e0, *t = tc + e0, *pi = P + e0, *pf = P + B + e0, *po = P + 2 * B + e0;
+        float *di = d + e0, *df = d + B + e0, *dg = d + 3 * B + e0;
         EACH(j, len) dh[e0 + j] = h[j] = dh[e0 + j] + DH[e0 + j];
-        EACH(j, len) d[2 * m + e0 + j] = dd[j] = (o[j] - o[j] * o[j]) * t[j] * h[j];
+        EACH(j, len) d[2 * B + e0 + j] = dd[j] = (o[j] - o[j] * o[j]) * t[j] * h[j];
         if (peep) {
             EACH(j, len) cc[j] = dc[e0 + j] + h[j] * ((1.0f - t[j] * t[j]) * o[j]) + dd[j] * po[j];
-            EACH(j, len) dP[2 * m + e0 + j] += dd[j] * (f[j] * cp[j] + i[j] * gg[j]);
+            EACH(j, len) dP[2 * B + e0 + j] += dd[j] * (f[j] * cp[j] + i[j] * gg[j]);
         } else {
             EACH(j, len) cc[j] = dc[e0 + j] + h[j] * ((1.0f - t[j] * t[j]) * o[j]);
         }
@@ -141,7 +144,7 @@ K(lstm_back_body)(float *restrict dh, float *restrict dc, const float *restrict 
         EACH(j, len) dg[j] = (1.0f - gg[j] * gg[j]) * i[j] * cc[j];
         if (peep) {
             EACH(j, len) dP[e0 + j] += di[j] * cp[j];
-            EACH(j, len) dP[m + e0 + j] += df[j] * cp[j];
+            EACH(j, len) dP[B + e0 + j] += df[j] * cp[j];
             EACH(j, len) dc[e0 + j] = cc[j] * f[j] + di[j] * pi[j] + df[j] * pf[j];
         } else {
             EACH(j, len) dc[e0 + j] = cc[j] * f[j];
@@ -153,21 +156,21 @@ static void K(lstm_back)(float *dh, float *dc, const float *DH, const float *g, 
                          const float *tc, float *d, const float *P, float *dP, Py_ssize_t m)
 {
     if (P)
-        K(lstm_back_body)(dh, dc, DH, g, c, tc, d, P, dP, m, 1);
+        K(lstm_back_body)(dh, dc, DH, g, c, tc, d, P, dP, m, m, 1);
     else
-        K(lstm_back_body)(dh, dc, DH, g, c, tc, d, NULL, NULL, m, 0);
+        K(lstm_back_body)(dh, dc, DH, g, c, tc, d, NULL, NULL, m, m, 0);
 }
 
 /* GRU, first half of a step, one row: zr (2 blocks) holds the recurrent part of the halved
  * pre-activations of z and r, xu (3 blocks) the input part of z r c; out: the gates σ(z), σ(r),
- * and rh = r h, the input of wh. */
+ * and rh = r h, the input of wh. L floats of each block, block k at k B (as in lstm_row). */
 static inline __attribute__((always_inline)) void
 K(gru_zr_row)(float *restrict zr, const float *restrict xu, const float *restrict h, float *restrict rh,
-              Py_ssize_t L)
+              Py_ssize_t L, Py_ssize_t B)
 {
     CHUNKS(e0, len, L) {
-        float *z = zr + e0, *r = zr + L + e0;
-        const float *xz = xu + e0, *xr = xu + L + e0;
+        float *z = zr + e0, *r = zr + B + e0;
+        const float *xz = xu + e0, *xr = xu + B + e0;
         EACH(j, len) z[j] = K(sigmoid2)(z[j] + xz[j]);
         EACH(j, len) r[j] = K(sigmoid2)(r[j] + xr[j]);
         EACH(j, len) rh[e0 + j] = r[j] * h[e0 + j];
@@ -178,28 +181,28 @@ static void K(gru_zr)(float *zr, const float *xu, const float *h, float *rh, Py_
 {
     Py_ssize_t L = m / R;
     for (Py_ssize_t r = 0; r < R; r++)
-        K(gru_zr_row)(zr + 2 * L * r, xu + 3 * L * r, h + L * r, rh + L * r, L);
+        K(gru_zr_row)(zr + 2 * L * r, xu + 3 * L * r, h + L * r, rh + L * r, L, L);
 }
 
 /* GRU, second half, one row: c holds wh(r h) (halved unless the candidate is tanh), xu's third
  * block uh(x); out: the candidate c = act(wh(r h) + uh(x)) and h' = c + z (h - c); in training
- * P = [(h - c) σ'(z), h σ'(r), (1 - z) act'(c)] (see gru.py). */
+ * P = [(h - c) σ'(z), h σ'(r), (1 - z) act'(c)] (see gru.py). m floats of each block, block k at k B. */
 static inline __attribute__((always_inline)) void
 K(gru_body)(float *restrict c, const float *restrict xu, const float *restrict zr,
             const float *restrict h, float *restrict h1, float *restrict P, Py_ssize_t m,
-            const int tanh_act, const int train)
+            Py_ssize_t B, const int tanh_act, const int train)
 {
     CHUNKS(e0, len, m) {
         float a[CHUNK], hc[CHUNK];
-        const float *z = zr + e0, *r = zr + m + e0, *hp = h + e0, *xh = xu + 2 * m + e0;
+        const float *z = zr + e0, *r = zr + B + e0, *hp = h + e0, *xh = xu + 2 * B + e0;
         float *cp = c + e0;
         EACH(j, len) cp[j] = a[j] = tanh_act ? K(tanh1)(cp[j] + xh[j]) : K(sigmoid2)(cp[j] + xh[j]);
         EACH(j, len) hc[j] = hp[j] - a[j];
         EACH(j, len) h1[e0 + j] = a[j] + z[j] * hc[j];
         if (train) {
             EACH(j, len) P[e0 + j] = (z[j] - z[j] * z[j]) * hc[j];
-            EACH(j, len) P[m + e0 + j] = (r[j] - r[j] * r[j]) * hp[j];
-            EACH(j, len) P[2 * m + e0 + j] = (tanh_act ? 1.0f - a[j] * a[j] : a[j] - a[j] * a[j]) * (1.0f - z[j]);
+            EACH(j, len) P[B + e0 + j] = (r[j] - r[j] * r[j]) * hp[j];
+            EACH(j, len) P[2 * B + e0 + j] = (tanh_act ? 1.0f - a[j] * a[j] : a[j] - a[j] * a[j]) * (1.0f - z[j]);
         }
     }
 }
@@ -212,26 +215,33 @@ static void K(gru_step)(float *c, const float *xu, const float *zr, const float 
         float *cr = c + L * r, *h1r = h1 + L * r, *Pr = P ? P + 3 * L * r : NULL;
         const float *xr = xu + 3 * L * r, *zrr = zr + 2 * L * r, *hr = h + L * r;
         if (P && tanh_act)
-            K(gru_body)(cr, xr, zrr, hr, h1r, Pr, L, 1, 1);
+            K(gru_body)(cr, xr, zrr, hr, h1r, Pr, L, L, 1, 1);
         else if (P)
-            K(gru_body)(cr, xr, zrr, hr, h1r, Pr, L, 0, 1);
+            K(gru_body)(cr, xr, zrr, hr, h1r, Pr, L, L, 0, 1);
         else if (tanh_act)
-            K(gru_body)(cr, xr, zrr, hr, h1r, NULL, L, 1, 0);
+            K(gru_body)(cr, xr, zrr, hr, h1r, NULL, L, L, 1, 0);
         else
-            K(gru_body)(cr, xr, zrr, hr, h1r, NULL, L, 0, 0);
+            K(gru_body)(cr, xr, zrr, hr, h1r, NULL, L, L, 0, 0);
     }
 }
 
 /* GRU backward, after the candidate's delta went through wh into drh: dz = dh P[z],
- * dr = drh P[r], and dh = dh z + drh r (wzr's share is added by a matmul after). */
-static void K(gru_back)(float *restrict dh, const float *restrict drh, const float *restrict zr,
-                        const float *restrict P, float *restrict d, Py_ssize_t m)
+ * dr = drh P[r], and dh = dh z + drh r (wzr's share is added by a matmul after). m floats of each
+ * block, block k at k B. */
+static inline __attribute__((always_inline)) void
+K(gru_back_body)(float *restrict dh, const float *restrict drh, const float *restrict zr,
+                 const float *restrict P, float *restrict d, Py_ssize_t m, Py_ssize_t B)
 {
     CHUNKS(e0, len, m) {
         EACH(j, len) d[e0 + j] = P[e0 + j] * dh[e0 + j];
-        EACH(j, len) d[m + e0 + j] = P[m + e0 + j] * drh[e0 + j];
-        EACH(j, len) dh[e0 + j] = dh[e0 + j] * zr[e0 + j] + drh[e0 + j] * zr[m + e0 + j];
+        EACH(j, len) d[B + e0 + j] = P[B + e0 + j] * drh[e0 + j];
+        EACH(j, len) dh[e0 + j] = dh[e0 + j] * zr[e0 + j] + drh[e0 + j] * zr[B + e0 + j];
     }
+}
+
+static void K(gru_back)(float *dh, const float *drh, const float *zr, const float *P, float *d, Py_ssize_t m)
+{
+    K(gru_back_body)(dh, drh, zr, P, d, m, m);
 }
 
 /* Darknet's activations that are x above zero and a x below (leaky a = 0.1, relie 0.01), in place:

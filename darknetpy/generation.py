@@ -51,7 +51,7 @@ class Loop:
 
     @classmethod
     def of(cls, steps):
-        c = kernels.loop()
+        c = kernels.sample_loop()
         if c is None:
             return None
         ops, x = [], None  # x: the array the next layer reads (None: the step's input id)
@@ -63,18 +63,18 @@ class Loop:
             if None in more:
                 return None
             ops += more
-        return cls(c, c.loop_program(ops, x), x) if ops else None
+        return cls(c, c.sample_program(ops, x), x) if ops else None
 
     def __call__(self, ids):
         """One step for ids (1,) -> the step's result (1, outputs), a new array."""
-        self.c.loop_run(self.program, np.asarray(ids, np.int64), *self.NO_DRAWS, False)
+        self.c.sample_run(self.program, np.asarray(ids, np.int64), *self.NO_DRAWS, False)
         return self.out.copy()
 
     def draw(self, feed, u, greedy):
         """Step the ids `feed`, then draw len(u) symbols, each with Darknet's sampler at u[j] (or the
         most likely: greedy) and stepped in turn but the last: returns them (int64)."""
         chosen = np.empty(len(u), np.int64)
-        self.c.loop_run(self.program, np.asarray(feed, np.int64), u, chosen, greedy)
+        self.c.sample_run(self.program, np.asarray(feed, np.int64), u, chosen, greedy)
         return chosen
 
 

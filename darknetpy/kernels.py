@@ -160,7 +160,7 @@ def softmax(x, p, groups, temperature):
 def softmax_rows(x, p, groups, t):
     """softmax with one temperature per row, x, p (R, n), t (R,) float32: the steppers' (each row
     alone, so a stream's probabilities are the same bits beside any others). Its C form runs each
-    row through the C softmax, which the one-stream loop (loop_program) runs too."""
+    row through the C softmax, which the one-stream loop (sample_program) runs too."""
     softmax(x, p, groups, t)
 
 
@@ -271,7 +271,9 @@ C = Backend(f"C ({_c.isa})", {name: getattr(_c, name) for name in OPS if hasattr
             _c_takes) if _c is not None else None
 if C is not None and "panel_matmul" in C.ops:
     _c.panel_threads(threads())
-if C is not None and hasattr(_c, "loop_threads"):
+if C is not None and hasattr(_c, "sample_threads"):  # the one-stream sampling loop's (_sample.h)
+    _c.sample_threads(threads())
+if C is not None and hasattr(_c, "loop_threads"):  # the step loops' team (_loop.h)
     _c.loop_threads(threads())
 BACKENDS = [b for b in (C, NUMPY) if b is not None]   # in order of preference
 _active = [C, NUMPY] if C is not None and os.environ.get("DARKNETPY_KERNELS") != "0" else [NUMPY]
@@ -295,10 +297,10 @@ def get(name, *arrays):
     return NUMPY.ops[name]
 
 
-def loop():
-    """The compiled one-stream loop (_sample.h: `loop_program`, `loop_run`; generation.Loop) when
+def sample_loop():
+    """The compiled one-stream loop (_sample.h: `sample_program`, `sample_run`; generation.Loop) when
     the C backend is in use and has it (AVX-512 CPUs, as the panel kernel), else None."""
-    return _c if C in _active and hasattr(_c, "loop_run") else None
+    return _c if C in _active and hasattr(_c, "sample_run") else None
 
 
 def compiled(name):

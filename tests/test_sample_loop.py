@@ -10,7 +10,7 @@ from darknetpy.darknet_sampler import sample_rows
 from darknetpy.options import GenerationOptions
 from conftest import run_cli
 
-needs_loop = pytest.mark.skipif(kernels.loop() is None, reason="the C loop is not built for this CPU (no AVX-512)")
+needs_loop = pytest.mark.skipif(kernels.sample_loop() is None, reason="the C loop is not built for this CPU (no AVX-512)")
 
 # Every layer kind and option the loop runs; the head is a linear [connected] and a [softmax] at 0.8.
 BODIES = {
@@ -42,7 +42,7 @@ def network(write_cfg, body, head=HEAD, seed=1):
 def python_steps(monkeypatch):
     """Within it, steppers have no Loop (as without the loop compiled): the Python steps run."""
     def off():
-        monkeypatch.setattr(kernels, "loop", lambda: None)
+        monkeypatch.setattr(kernels, "sample_loop", lambda: None)
     return off
 
 
@@ -101,17 +101,17 @@ def test_the_loops_sampler_is_darknets(write_cfg):
     rows += [edge, np.zeros(60, np.float32), np.full(60, np.nan, np.float32), np.eye(60, dtype=np.float32)[59]]
     p = np.empty(60, np.float32)
     t, x = np.ones(1, np.float32), np.zeros(60, np.float32)
-    program = kernels.loop().loop_program([("softmax", 1, t, x, p)], p)
+    program = kernels.sample_loop().sample_program([("softmax", 1, t, x, p)], p)
     for row in rows:
         p[...] = row
         walk = np.cumsum(np.where(row <= cut, 0, row).astype(np.float64)) / max(float(np.sum(np.where(row <= cut, 0, row))), 1e-30)
         us = np.concatenate([rng.random(20).astype(np.float32), walk[:5].astype(np.float32), [0.0, np.float32(0.99999994)]])
         for u in us.astype(np.float32):
             out = np.empty(1, np.int64)
-            kernels.loop().loop_run(program, np.empty(0, np.int64), np.array([u], np.float32), out, False)
+            kernels.sample_loop().sample_run(program, np.empty(0, np.int64), np.array([u], np.float32), out, False)
             assert out[0] == sample_rows(row[None], [u])[0]
         out = np.empty(1, np.int64)
-        kernels.loop().loop_run(program, np.empty(0, np.int64), np.zeros(1, np.float32), out, True)
+        kernels.sample_loop().sample_run(program, np.empty(0, np.int64), np.zeros(1, np.float32), out, True)
         assert out[0] == np.argmax(row)
 
 
@@ -131,11 +131,11 @@ def test_generate_prints_the_same_bytes_as_the_python_steps(name, write_cfg, pyt
     --len 0; on one thread and on two."""
     net = network(write_cfg, BODIES[name], head="[connected]\noutput=40\nactivation=linear\n[softmax]\n")
     fast = [net.generate(**ask) for ask in ASKS]
-    kernels.loop().loop_threads(1)
+    kernels.sample_loop().sample_threads(1)
     try:
         one = [net.generate(**ask) for ask in ASKS]
     finally:
-        kernels.loop().loop_threads(kernels.threads())
+        kernels.sample_loop().sample_threads(kernels.threads())
     python_steps()
     slow = [net.generate(**ask) for ask in ASKS]
     assert fast == slow and one == slow
@@ -174,7 +174,7 @@ def test_without_the_loop_generation_and_predict_still_run(write_cfg):
     Loop, and generation and predict run through the Python steps."""
     net = network(write_cfg, BODIES["gru_logistic"], head="[connected]\noutput=40\nactivation=linear\n[softmax]\n")
     with kernels.use("numpy"):
-        assert kernels.loop() is None
+        assert kernels.sample_loop() is None
         assert net.stepper(1, private=True).loop is None
         assert len(net.generate(seed=b"\x01", length=30, srand=1)) == 32
     sru = network(write_cfg, "[sru]\noutput=20\n", head="[connected]\noutput=40\nactivation=linear\n[softmax]\n")

@@ -10,7 +10,8 @@ r⊙h, so it needs its own matmul per step.
 
 What one step computes around those two products is `gru_zr` (the gates and r⊙h) then `gru_step`
 (the candidate and h') below (their C forms in _steps.h), in the training loop and in the stepper
-alike; `gru_back` is their way back.
+alike; `gru_back` is their way back. `gru_loop` and `gru_loop_back` are the training loops around
+them, products included (one C call for all the steps on AVX-512 CPUs: _loop.h).
 """
 from typing import NamedTuple
 
@@ -70,7 +71,48 @@ def gru_back(dh, drh, zr, P, d):
     dh += drh * zr[n:]
 
 
-kernels.register(gru_zr, gru_step, gru_back)
+def gru_loop(tanh, WzrT, WhT, XU, ZR, HC, RH, H, P=None, RHrows=None):
+    """The forward step loop (feature-major, T steps of S streams): for each t, ZR[t] = WzrT H[t],
+    gru_zr(ZR[t], XU[t], H[t], RH[t]), HC[t] = WhT RH[t], gru_step(tanh, HC[t], XU[t], ZR[t], H[t],
+    H[t+1][, P[t]]), and in training (P given) RHrows[t] = RH[t]ᵀ, wh's input as rows. WzrT (2n, n)
+    and WhT (n, n) with the logistic rows halved; XU, P (T, 3n, S); ZR (T, 2n, S); HC, RH (T, n, S);
+    H (T+1, n, S), H[0] the state before; RHrows (T, S, n). The C form (_loop.h, AVX-512 CPUs) runs
+    the whole loop in one call, each thread owning a slice of the units; its products add in
+    another order, so it equals this to float32 rounding."""
+    T, S = XU.shape[0], XU.shape[2]
+    gates, step = kernels.get("gru_zr", ZR), kernels.get("gru_step", ZR)
+    recur_zr, recur_h = step_product(WzrT, S), step_product(WhT, S)
+    for t in range(T):
+        recur_zr(H[t], ZR[t])
+        gates(ZR[t], XU[t], H[t], RH[t])
+        recur_h(RH[t], HC[t])
+        if P is None:
+            step(tanh, HC[t], XU[t], ZR[t], H[t], H[t + 1])
+        else:
+            step(tanh, HC[t], XU[t], ZR[t], H[t], H[t + 1], P[t])
+            transpose_into(RHrows[t], RH[t])
+
+
+def gru_loop_back(Wzr, Wh, DH, ZR, P, dP, dh):
+    """The step loop's way back, from what gru_loop left: for t from T-1 down, dh += DH[t], the
+    candidate's delta dc = P[t][c]⊙dh, drh = Wh dc, gru_back(dh, drh, ZR[t], P[t], d), the deltas
+    d = [dz dr dc] (3n, S) written as rows dP[t] (S, 3n), and for t > 0 dh += Wzr [dz dr] (truncated
+    BPTT). Wzr (n, 2n), Wh (n, n), DH (T, n, S), ZR (T, 2n, S), P (T, 3n, S), dP (T, S, 3n); dh (n, S)
+    starts at zero."""
+    T, n, S = DH.shape
+    d, drh, a = np.empty((3 * n, S), dh.dtype), np.empty((n, S), dh.dtype), np.empty((n, S), dh.dtype)
+    back = kernels.get("gru_back", d)
+    recur_zr, recur_h = step_product(Wzr, S), step_product(Wh, S)
+    for t in reversed(range(T)):
+        dh += DH[t]
+        recur_h(np.multiply(P[t, 2 * n:], dh, out=d[2 * n:]), drh)
+        back(dh, drh, ZR[t], P[t], d)
+        transpose_into(dP[t], d)
+        if t:
+            dh += recur_zr(d[:2 * n], a)
+
+
+kernels.register(gru_zr, gru_step, gru_back, gru_loop, gru_loop_back)
 
 
 class GRU(Recurrent):
@@ -125,24 +167,20 @@ class GRU(Recurrent):
         if train:  # dz = dh ⊙ P[z]   dr = drh ⊙ P[r]   dc = dh ⊙ P[c], for backward
             P = self.buffer("P", (T, 3 * n, S))
         H[0] = h0.T
-        gates, step = kernels.get("gru_zr", ZR), kernels.get("gru_step", ZR)
-        recur_zr, recur_h = step_product(WzrT, S), step_product(WhT, S)
-        for t in range(T):
-            zr, c, h = ZR[t], HC[t], H[t]
-            if self.bn:
+        training = (P, RHrows) if train else ()
+        if self.bn:  # each step's products normalized over the streams before its step ops
+            gates, step = kernels.get("gru_zr", ZR), kernels.get("gru_step", ZR)
+            for t in range(T):
+                zr, c, h = ZR[t], HC[t], H[t]
                 np.multiply(wzr.normalize((h.T @ wzr.W)[None], train, bn["wzr"])[0].T, np.float32(0.5), out=zr)
-            else:
-                recur_zr(h, zr)
-            gates(zr, XU[t], h, RH[t])
-            if self.bn:
+                gates(zr, XU[t], h, RH[t])
                 np.multiply(wh.normalize((RH[t].T @ wh.W)[None], train, bn["wh"])[0].T, hc, out=c)
-            else:
-                recur_h(RH[t], c)
-            if train:
-                step(self.tanh, c, XU[t], zr, h, H[t + 1], P[t])
-                transpose_into(RHrows[t], RH[t])
-            else:
-                step(self.tanh, c, XU[t], zr, h, H[t + 1])
+                step(self.tanh, c, XU[t], zr, h, H[t + 1], *(P[t],) if train else ())
+                if train:
+                    transpose_into(RHrows[t], RH[t])
+        else:
+            arrays = (WzrT, WhT, XU, ZR, HC, RH, H, *training)
+            kernels.get("gru_loop", *arrays)(self.tanh, *arrays)
         Y = self.buffer("Y", (T + 1, S, n))      # back to (steps, streams, n); Y[t] is h before step t
         Y[0] = h0
         transpose_into(Y[1:], H[1:])
@@ -182,30 +220,29 @@ class GRU(Recurrent):
         x, XU, ZR, P, RHrows, Y, bn = self.tape
         DH = self.buffer("DH", (T, n, S))
         transpose_into(DH, dh_out)
-        d = self.buffer("d", (3 * n, S))         # this step's deltas of the pre-activations z r c
         dP = XU.reshape(T, S, 3 * n)   # every step's as rows, for the weight gradients (in
                                                  # the memory of the spent input projections)
         if self.bn:                              # the w sub-layers' deltas through their batchnorm
             dPzr, dPh = self.buffer("dPzr", (T, S, 2 * n)), self.buffer("dPh", (T, S, n))
         dh = self.zeros((n, S))
-        a, drh = self.buffer("scratch", (n, S)), self.buffer("drh", (n, S))
-        back = kernels.get("gru_back", d)
-        recur_zr, recur_h = step_product(wzr.W, S), step_product(wh.W, S)
-        for t in reversed(range(T)):
-            dh += DH[t]
-            dc = np.multiply(P[t, 2 * n:], dh, out=d[2 * n:])
-            if self.bn:
+        if self.bn:  # each step's deltas back through the w sub-layers' batchnorm before their products
+            d = self.buffer("d", (3 * n, S))     # this step's deltas of the pre-activations z r c
+            a, drh = self.buffer("scratch", (n, S)), self.buffer("drh", (n, S))
+            back = kernels.get("gru_back", d)
+            recur_zr, recur_h = step_product(wzr.W, S), step_product(wh.W, S)
+            for t in reversed(range(T)):
+                dh += DH[t]
+                dc = np.multiply(P[t, 2 * n:], dh, out=d[2 * n:])
                 dPh[t] = wh.backward_norm(dc.T[None], bn["wh"][t])[0]
-                dc = dPh[t].T
-            recur_h(dc, drh)                                    # delta of r ⊙ h
-            back(dh, drh, ZR[t], P[t], d)                       # dz dr; dh = dh ⊙ z + drh ⊙ r
-            dzr = d[:2 * n]
-            if self.bn:
-                dPzr[t] = wzr.backward_norm(dzr.T[None], bn["wzr"][t])[0]
-                dzr = dPzr[t].T
-            transpose_into(dP[t], d)                            # while d is in cache
-            if t:  # truncated BPTT: nothing flows into the previous datum's state
-                dh += recur_zr(dzr, a)                          # dh_prev = dh ⊙ z + drh ⊙ r + Wzr [dz dr]
+                recur_h(dPh[t].T, drh)                          # delta of r ⊙ h
+                back(dh, drh, ZR[t], P[t], d)                   # dz dr; dh = dh ⊙ z + drh ⊙ r
+                dPzr[t] = wzr.backward_norm(d[:2 * n].T[None], bn["wzr"][t])[0]
+                transpose_into(dP[t], d)                        # while d is in cache
+                if t:  # truncated BPTT: nothing flows into the previous datum's state
+                    dh += recur_zr(dPzr[t].T, a)                # dh_prev = dh ⊙ z + drh ⊙ r + Wzr [dz dr]
+        else:
+            arrays = (wzr.W, wh.W, DH, ZR, P, dP, dh)
+            kernels.get("gru_loop_back", *arrays)(*arrays)
         if self.bn:  # (the w sub-layers' bias gradients came with each step's backward_norm)
             dPzr, dPh = rows(dPzr), rows(dPh)
             du = rows(u.backward_norm(dP, *bn["u"]))

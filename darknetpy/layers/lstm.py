@@ -15,6 +15,8 @@ Gate columns are ordered i, f, o, g — Darknet's save order wi, wf, wo, wg / ui
 
 What one step computes from the gates' pre-activations and the cell is `lstm_step` below (its C
 form in _steps.h), in the training loop and in the stepper alike; `lstm_back` is its way back.
+`lstm_loop` and `lstm_loop_back` are the training loops around them, products included (one C call
+for all the steps on AVX-512 CPUs: _loop.h).
 """
 from typing import NamedTuple
 
@@ -89,7 +91,36 @@ def lstm_back(dh, dc, DH, g, c, tc, d, P=None, dP=None):
         dc += np.multiply(df, pf, out=scratch)
 
 
-kernels.register(lstm_step, lstm_back)
+def lstm_loop(WT, XU, G, C, TC, H, P=None):
+    """The forward step loop (feature-major, T steps of S streams): for each t, G[t] = WT H[t] (the
+    recurrent part of the pre-activations, WT (4n, n) with the i f o rows halved), then
+    lstm_step(G[t], XU[t], C[t], C[t+1], TC[t], H[t+1][, P]). XU, G (T, 4n, S); C, H (T+1, n, S)
+    with C[0], H[0] the state before; TC (T, n, S); P (3n, S). The C form (_loop.h, AVX-512 CPUs)
+    runs the whole loop in one call on its own threads, each owning a slice of the units; its
+    products add in another order, so it equals this to float32 rounding."""
+    T, S = XU.shape[0], XU.shape[2]
+    recur, step = step_product(WT, S), kernels.get("lstm_step", G, *LSTM.peep_args(P))
+    for t in range(T):
+        recur(H[t], G[t])
+        step(G[t], XU[t], C[t], C[t + 1], TC[t], H[t + 1], *LSTM.peep_args(P))
+
+
+def lstm_loop_back(W, DH, G, C, TC, dG, dh, dc, P=None, dP=None):
+    """The step loop's way back, from what lstm_loop left: for t from T-1 down, lstm_back(dh, dc,
+    DH[t], G[t], C[t], TC[t], d[, P, dP]), the gate deltas d (4n, S) written as rows dG[t] (S, 4n),
+    and for t > 0 dh = W d (truncated BPTT: nothing flows into the state before the datum). W (n, 4n),
+    DH, TC (T, n, S), G (T, 4n, S), C (T+1, n, S), dG (T, S, 4n); dh, dc (n, S) start at zero."""
+    T, S = DH.shape[0], DH.shape[2]
+    d = np.empty(G.shape[1:], G.dtype)
+    recur, back = step_product(W, S), kernels.get("lstm_back", d, *LSTM.peep_args(P, dP))
+    for t in reversed(range(T)):
+        back(dh, dc, DH[t], G[t], C[t], TC[t], d, *LSTM.peep_args(P, dP))
+        transpose_into(dG[t], d)
+        if t:
+            recur(d, dh)
+
+
+kernels.register(lstm_step, lstm_back, lstm_loop, lstm_loop_back)
 
 
 class LSTM(Recurrent):
@@ -165,15 +196,14 @@ class LSTM(Recurrent):
         TC = self.buffer("TC", (T, n, S))        # tanh(c') per step
         H[0], C[0] = h0.T, c0.T
         P = self.peep.tiled("Ph", S, 0.5) if self.peep else None
-        step = kernels.get("lstm_step", G, *self.peep_args(P))
-        recur = step_product(WT, S)
-        for t in range(T):
-            g = G[t]
-            if self.bn:
-                np.multiply(w.normalize((H[t].T @ w.W)[None], train, bn["w"])[0].T, half[:, None], out=g)
-            else:
-                recur(H[t], g)
-            step(g, XU[t], C[t], C[t + 1], TC[t], H[t + 1], *self.peep_args(P))
+        if self.bn:  # each step's product normalized over the streams before its step
+            step = kernels.get("lstm_step", G, *self.peep_args(P))
+            for t in range(T):
+                np.multiply(w.normalize((H[t].T @ w.W)[None], train, bn["w"])[0].T, half[:, None], out=G[t])
+                step(G[t], XU[t], C[t], C[t + 1], TC[t], H[t + 1], *self.peep_args(P))
+        else:
+            arrays = (WT, XU, G, C, TC, H, *self.peep_args(P))
+            kernels.get("lstm_loop", *arrays)(*arrays)
         Y = self.buffer("Y", (T + 1, S, n))      # back to (steps, streams, n); Y[t] is h before step t
         Y[0] = h0
         transpose_into(Y[1:], H[1:])
@@ -244,21 +274,24 @@ class LSTM(Recurrent):
         # gradient read rows at full speed.
         DH = self.buffer("DH", (T, n, S))
         transpose_into(DH, dh_out)
-        d = self.buffer("d", (4 * n, S))
         dG = XU.reshape(T, S, 4 * n)
         dGw = self.buffer("dGw", (T, S, 4 * n)) if self.bn else dG  # through w's batchnorm
         dh = self.zeros((n, S))
         dc = self.zeros((n, S))
         P, dP = (self.peep.tiled("P", S, 1.0), self.peep.deltas(S)) if self.peep else (None, None)
-        back = kernels.get("lstm_back", d, *self.peep_args(P, dP))
-        recur = step_product(w.W, S)
-        for t in reversed(range(T)):
-            back(dh, dc, DH[t], G[t], C[t], TC[t], d, *self.peep_args(P, dP))
-            transpose_into(dG[t], d)
-            if self.bn:
+        peep = self.peep_args(P, dP)
+        if self.bn:  # each step's deltas back through w's batchnorm before its product
+            d = self.buffer("d", (4 * n, S))
+            back, recur = kernels.get("lstm_back", d, *peep), step_product(w.W, S)
+            for t in reversed(range(T)):
+                back(dh, dc, DH[t], G[t], C[t], TC[t], d, *peep)
+                transpose_into(dG[t], d)
                 dGw[t] = w.backward_norm(dG[t][None], bn["w"][t])[0]
-            if t:  # the gradient into the previous datum's state is not propagated (truncated BPTT)
-                recur(dGw[t].T if self.bn else d, dh)
+                if t:  # the gradient into the previous datum's state is not propagated (truncated BPTT)
+                    recur(dGw[t].T, dh)
+        else:
+            arrays = (w.W, DH, G, C, TC, dG, dh, dc, *peep)
+            kernels.get("lstm_loop_back", *arrays)(*arrays)
         w.accumulate(rows(Y[:T]), rows(dGw))
         if self.peep:
             self.peep.accumulate()

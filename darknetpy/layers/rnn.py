@@ -7,7 +7,9 @@ input and output need no recurrence, so each is one matmul over all steps; only 
 
 What one step computes after self's product is `rnn_step` below, for any activation (its C form in
 _steps.h for the slope activations leaky and relie), in the training loop and in the stepper alike
-(`step_functions`); `rnn_back` is its way back.
+(`step_functions`); `rnn_back` is its way back. `rnn_loop` and `rnn_loop_back` are the training
+loops around them, products included (for leaky and relie one C call for all the steps on AVX-512
+CPUs: _loop.h).
 """
 from functools import partial
 from typing import NamedTuple
@@ -47,7 +49,32 @@ def rnn_back(f, ds1, w, y, d, ds=None):
         slope_grad(y, d, f, ds1)
 
 
-kernels.register(rnn_step, rnn_back)
+def rnn_loop(f, shortcut, WT, bias, Af, B, Sf):
+    """The step loop (feature-major, T steps of S streams): for each t, B[t] = WT Sf[t] then
+    rnn_step(f, B[t], bias, Af[t], Sf[t+1][, Sf[t] with shortcut]). WT (n, n); bias (n, S); Af, B
+    (T, n, S); Sf (T+1, n, S), Sf[0] the state before. f as rnn_step takes it; the C form (_loop.h,
+    AVX-512 CPUs) takes a slope, runs the whole loop in one call on its threads, and equals this to
+    float32 rounding (its products add in another order)."""
+    T, S = B.shape[0], B.shape[2]
+    recur = step_product(WT, S)
+    step = partial(rnn_step, f) if callable(f) else partial(kernels.get("rnn_step", B), f)
+    for t in range(T):
+        recur(Sf[t], B[t])
+        step(B[t], bias, Af[t], Sf[t + 1], *(Sf[t],) if shortcut else ())
+
+
+def rnn_loop_back(f, shortcut, W, B, dSf, dBf):
+    """The step loop's way back: for t from T-1 down to 1, rnn_back(f, dSf[t-1], W dBf[t], B[t-1],
+    dBf[t-1][, dSf[t] with shortcut]), dBf[T-1] given (truncated BPTT: nothing flows into the state
+    before the datum). W (n, n); B, dSf, dBf (T, n, S); f as rnn_back takes it."""
+    T, n, S = B.shape
+    recur, w = step_product(W, S), np.empty((n, S), B.dtype)
+    back = partial(rnn_back, f) if callable(f) else partial(kernels.get("rnn_back", B), f)
+    for t in reversed(range(1, T)):
+        back(dSf[t - 1], recur(dBf[t], w), B[t - 1], dBf[t - 1], *(dSf[t],) if shortcut else ())
+
+
+kernels.register(rnn_step, rnn_back, rnn_loop, rnn_loop_back)
 
 
 class RNN(Recurrent):
@@ -97,6 +124,17 @@ class RNN(Recurrent):
         """The optional last argument of the step functions: the state s added with shortcut=1."""
         return (s,) if self.shortcut else ()
 
+    def loop_function(self, name, scratch, like):
+        """(f, loop): the step loop `name` (rnn_loop, rnn_loop_back) for arrays like `like` and what
+        it takes as f: the compiled loop and the slope for a slope activation, else the numpy loop
+        with the activation in place (on `scratch`; forward) or its gradient (back)."""
+        slope = activations.SLOPES.get(self.activation)
+        if slope is not None:
+            return slope, kernels.get(name, like)
+        if name == "rnn_loop":
+            return (lambda b: self.f_(b, scratch)), rnn_loop
+        return self.gradient, rnn_loop_back
+
     def step_functions(self, scratch):
         """(step, back): rnn_step and rnn_back for this layer's activation, on arrays shaped like
         `scratch` (feature-major (n, streams) in training, rows (streams, n) in the stepper; its
@@ -123,16 +161,19 @@ class RNN(Recurrent):
         B = self.buffer("B", (T, n, S))          # self sub-layer outputs
         Sf = self.buffer("Sf", (T + 1, n, S))    # Sf[t] is the state before step t
         Sf[0] = h0.T
-        step, _ = self.step_functions(self.buffer("scratch_f", (n, S)))
         bias = self.buffer("bias", (n, S))       # the self sub-layer's, added in the step (with
         bias[...] = 0 if W.bn else W.b[:, None]  # batchnorm normalize adds it)
-        recur = step_product(WT, S)
-        for t in range(T):
-            b = B[t]
-            recur(Sf[t], b)
-            if W.bn:  # statistics over the streams, on rows in C order (what the batchnorm kernel takes)
+        if W.bn:  # each step's product normalized over the streams before its step
+            step, _ = self.step_functions(self.buffer("scratch_f", (n, S)))
+            recur = step_product(WT, S)
+            for t in range(T):
+                b = B[t]
+                recur(Sf[t], b)  # statistics on rows in C order (what the batchnorm kernel takes)
                 b[...] = W.normalize(np.ascontiguousarray(b.T)[None], train, bn["W"])[0].T
-            step(b, bias, Af[t], Sf[t + 1], *self.shortcut_to(Sf[t]))
+                step(b, bias, Af[t], Sf[t + 1], *self.shortcut_to(Sf[t]))
+        else:
+            f, loop = self.loop_function("rnn_loop", self.buffer("scratch_f", (n, S)), B)
+            loop(f, self.shortcut, WT, bias, Af, B, Sf)
         St = self.buffer("S", (T + 1, S, n))     # the states as rows
         transpose_into(St, Sf)
         h0[...] = St[T]
@@ -177,17 +218,20 @@ class RNN(Recurrent):
         V.back(rows(dzv), out=rows(dS))
         dSf = self.buffer("dSf", (T, n, S))      # feature-major for the step loop, as forward
         transpose_into(dSf, dS)
-        _, back = self.step_functions(self.buffer("scratch_f", (n, S)))
         dBf = self.buffer("dBf", (T, n, S))      # deltas before the self sub-layer's activation
         np.multiply(self.gradient(B[T - 1], dBf[T - 1]), dSf[T - 1], out=dBf[T - 1])
-        a = self.buffer("Wdb", (n, S))
-        recur = step_product(W.W, S)
-        for t in reversed(range(T)):
-            db = dBf[t]                          # complete: dSf[t] had every contribution
-            if W.bn:
+        if W.bn:  # each step's deltas back through the batchnorm before their product
+            _, back = self.step_functions(self.buffer("scratch_f", (n, S)))
+            a = self.buffer("Wdb", (n, S))
+            recur = step_product(W.W, S)
+            for t in reversed(range(T)):
+                db = dBf[t]                      # complete: dSf[t] had every contribution
                 db[...] = W.backward_norm(np.ascontiguousarray(db.T)[None], bn["W"][t])[0].T
-            if t:  # truncated BPTT: nothing flows into the previous datum's state
-                back(dSf[t - 1], recur(db, a), B[t - 1], dBf[t - 1], *self.shortcut_to(dSf[t]))
+                if t:  # truncated BPTT: nothing flows into the previous datum's state
+                    back(dSf[t - 1], recur(db, a), B[t - 1], dBf[t - 1], *self.shortcut_to(dSf[t]))
+        else:
+            f, loop = self.loop_function("rnn_loop_back", None, B)
+            loop(f, self.shortcut, W.W, B, dSf, dBf)
         transpose_into(dS, dSf)                  # back to rows
         dB = transpose_into(self.buffer("dB", (T, S, n)), dBf)
         if not W.bn:

@@ -1,0 +1,271 @@
+"""The recurrent layers' whole step loops in C (_loop.h: lstm_loop, gru_loop, rnn_loop and their
+ways back) against their numpy references in the layer files, which run the loop step by step.
+
+The C loops multiply in their own order (each thread's tile sums k in order) and compute exp and
+tanh with _steps.h's polynomials, so they agree with the numpy references to float32 rounding:
+every array within 1e-5 of its largest entry (values O(1); a wrong block, unit, step or stream is
+off by O(1)). Shapes around the kernel's tiles: units in pairs and eights (odd and ragged counts),
+streams in 32-column panels (33, 40), in the 16-column tile (1, 3, 16), and one thread's share of
+256 units. The C loops exist on AVX-512 CPUs only; elsewhere the numpy loops run (with the per-step
+C ops), which test_kernels.py's network-level comparison covers.
+"""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from darknetpy import kernels
+from darknetpy.layers import gru, lstm, rnn
+from darknetpy.network import Network
+
+try:
+    from darknetpy import _kernels as K
+except ImportError:
+    K = None
+pytestmark = pytest.mark.skipif(K is None or not hasattr(K, "lstm_loop"), reason="the C step loops need AVX-512")
+
+SHAPES = [(256, 32), (13, 40), (7, 3), (9, 1), (20, 33), (24, 16)]  # units, streams
+T = 5
+
+
+def close(got, want, name):
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * max(np.abs(want).max(), 1.0), err_msg=name)
+
+
+def run_both(reference, kernel, inputs, outputs, names, prepare=lambda arrays: None):
+    """Both forms on copies of the same arrays (outputs zero, `prepare` sets more, e.g. the state
+    before the first step); every array must agree (`close`). Returns the reference's arrays."""
+    results = []
+    for fn in (reference, kernel):
+        arrays = [a.copy() for a in inputs] + [np.zeros_like(a) for a in outputs]
+        prepare(arrays)
+        with kernels.use("numpy"):
+            fn(*arrays)
+        results.append(arrays)
+    for got, want, name in zip(results[1], results[0], names.split()):
+        close(got, want, name)
+    return results[0]
+
+
+def weights(rng, rows, cols):
+    return (rng.standard_normal((rows, cols)) / np.sqrt(cols)).astype(np.float32)
+
+
+def lstm_arrays(n, S, seed):
+    """lstm_loop's inputs and outputs, and a function that sets the state before the first step."""
+    rng = np.random.default_rng(seed)
+    WT, XU = weights(rng, 4 * n, n), rng.standard_normal((T, 4 * n, S)).astype(np.float32)
+    h0, c0 = rng.uniform(-1, 1, (2, n, S)).astype(np.float32)
+    outs = [np.zeros((T, 4 * n, S), np.float32), np.zeros((T + 1, n, S), np.float32),
+            np.zeros((T, n, S), np.float32), np.zeros((T + 1, n, S), np.float32)]
+
+    def prepare(a):
+        a[3][0], a[5][0] = c0, h0
+    return [WT, XU], outs, prepare
+
+
+@pytest.mark.parametrize("peephole", [False, True])
+@pytest.mark.parametrize("n,S", SHAPES)
+def test_lstm_loop(n, S, peephole):
+    """Forward then back through T steps: the gates, cells, tanh(c'), outputs; the gate deltas as
+    rows, dh and dc at the start; the peephole deltas."""
+    ins, outs, prepare = lstm_arrays(n, S, n * S)
+    P = [np.random.default_rng(1).uniform(-0.5, 0.5, (3 * n, S)).astype(np.float32)] if peephole else []
+    WT, XU, G, C, TC, H = run_both(lambda *a: lstm.lstm_loop(*a[:6], *P), lambda *a: K.lstm_loop(*a[:6], *P),
+                                   ins, outs, "WT XU G C TC H", prepare)
+    DH = np.random.default_rng(2).standard_normal((T, n, S)).astype(np.float32)
+    W = np.ascontiguousarray(WT.T)
+    back_outs = [np.zeros((T, S, 4 * n), np.float32), np.zeros((n, S), np.float32), np.zeros((n, S), np.float32)]
+    peep = lambda a: (P[0], a[8]) if peephole else ()  # noqa: E731
+    run_both(lambda *a: lstm.lstm_loop_back(*a[:8], *peep(a)), lambda *a: K.lstm_loop_back(*a[:8], *peep(a)),
+             [W, DH, G, C, TC], back_outs + ([np.zeros((3 * n, S), np.float32)] if peephole else []),
+             "W DH G C TC dG dh dc dP")
+
+
+def gru_arrays(n, S, seed, train):
+    rng = np.random.default_rng(seed)
+    ins = [weights(rng, 2 * n, n), weights(rng, n, n), rng.standard_normal((T, 3 * n, S)).astype(np.float32)]
+    outs = [np.zeros((T, 2 * n, S), np.float32), np.zeros((T, n, S), np.float32), np.zeros((T, n, S), np.float32),
+            np.zeros((T + 1, n, S), np.float32)]
+    outs += [np.zeros((T, 3 * n, S), np.float32), np.zeros((T, S, n), np.float32)] if train else []
+    h0 = rng.uniform(-1, 1, (n, S)).astype(np.float32)
+
+    def prepare(a):
+        a[6][0] = h0
+    return ins, outs, prepare
+
+
+@pytest.mark.parametrize("tanh,train", [(False, True), (True, True), (False, False)])
+@pytest.mark.parametrize("n,S", SHAPES)
+def test_gru_loop(n, S, tanh, train):
+    """Forward (in training also the deltas' factors P and r⊙h as rows) then back: the deltas as
+    rows and dh at the start."""
+    ins, outs, prepare = gru_arrays(n, S, n * S, train)
+    WzrT, WhT, XU, ZR, HC, RH, H, *training = run_both(
+        lambda *a: gru.gru_loop(tanh, *a), lambda *a: K.gru_loop(tanh, *a), ins, outs,
+        "WzrT WhT XU ZR HC RH H P RHrows", prepare)
+    if not train:
+        return
+    DH = np.random.default_rng(2).standard_normal((T, n, S)).astype(np.float32)
+    run_both(gru.gru_loop_back, K.gru_loop_back,
+             [np.ascontiguousarray(WzrT.T), np.ascontiguousarray(WhT.T), DH, ZR, training[0]],
+             [np.zeros((T, S, 3 * n), np.float32), np.zeros((n, S), np.float32)], "Wzr Wh DH ZR P dP dh")
+
+
+@pytest.mark.parametrize("slope,shortcut", [(0.1, False), (0.01, True)])
+@pytest.mark.parametrize("n,S", SHAPES)
+def test_rnn_loop(n, S, slope, shortcut):
+    """Forward (self's outputs, the states) then back (the states' and the pre-activation deltas),
+    for leaky (0.1) and relie (0.01), with and without the shortcut."""
+    rng = np.random.default_rng(n * S)
+    ins = [weights(rng, n, n), rng.standard_normal((n, S)).astype(np.float32),
+           rng.standard_normal((T, n, S)).astype(np.float32)]
+    s0 = rng.uniform(-1, 1, (n, S)).astype(np.float32)
+
+    def prepare(a):
+        a[4][0] = s0
+    WT, bias, Af, B, Sf = run_both(lambda *a: rnn.rnn_loop(slope, shortcut, *a), lambda *a: K.rnn_loop(slope, shortcut, *a),
+                                   ins, [np.zeros((T, n, S), np.float32), np.zeros((T + 1, n, S), np.float32)],
+                                   "WT bias Af B Sf", prepare)
+    dSf, dBf = rng.standard_normal((2, T, n, S)).astype(np.float32)
+    run_both(lambda *a: rnn.rnn_loop_back(slope, shortcut, *a), lambda *a: K.rnn_loop_back(slope, shortcut, *a),
+             [np.ascontiguousarray(WT.T), B, dSf, dBf], [], "W B dSf dBf")
+
+
+def swap_first_blocks(a, n):
+    """a (T, k n, S) with its first two gate blocks swapped: what a kernel reading the wrong block sees."""
+    out = a.copy()
+    out[:, :n], out[:, n:2 * n] = a[:, n:2 * n], a[:, :n]
+    return out
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
+def test_a_loop_reading_the_wrong_block_or_step_is_caught(kind):
+    """Not vacuous: the comparisons above fail for a C loop that mixes up two gate blocks of the
+    input projections (lstm, gru) or reads the steps' inputs in the wrong order (rnn)."""
+    n, S = 20, 33
+    if kind == "lstm":
+        ins, outs, prepare = lstm_arrays(n, S, 0)
+        reference, broken = lstm.lstm_loop, lambda WT, XU, *o: K.lstm_loop(WT, swap_first_blocks(XU, n), *o)
+        names = "WT XU G C TC H"
+    elif kind == "gru":
+        ins, outs, prepare = gru_arrays(n, S, 0, True)
+        reference = lambda *a: gru.gru_loop(False, *a)  # noqa: E731
+        broken = lambda Wzr, Wh, XU, *o: K.gru_loop(False, Wzr, Wh, swap_first_blocks(XU, n), *o)  # noqa: E731
+        names = "WzrT WhT XU ZR HC RH H P RHrows"
+    else:
+        rng = np.random.default_rng(0)
+        ins = [weights(rng, n, n), rng.standard_normal((n, S)).astype(np.float32),
+               rng.standard_normal((T, n, S)).astype(np.float32)]
+        outs, prepare = [np.zeros((T, n, S), np.float32), np.zeros((T + 1, n, S), np.float32)], lambda a: None
+        reference = lambda *a: rnn.rnn_loop(0.1, False, *a)  # noqa: E731
+        broken = lambda WT, b, Af, *o: K.rnn_loop(0.1, False, WT, b, np.ascontiguousarray(Af[::-1]), *o)  # noqa: E731
+        names = "WT bias Af B Sf"
+    with pytest.raises(AssertionError):
+        run_both(reference, broken, ins, outs, names, prepare)
+
+
+def test_the_same_bits_on_any_number_of_threads():
+    """Each unit belongs to one thread, whose tiles sum in k order: the loops give the same bits on
+    1, 2 and 3 threads (a resumed run continues bit for bit whatever the threads)."""
+    ins, outs, prepare = lstm_arrays(40, 35, 5)
+    wanted = K.loop_threads(0)
+    runs = []
+    try:
+        for threads in (1, 2, 3):
+            assert K.loop_threads(threads) == threads
+            arrays = [a.copy() for a in ins] + [np.zeros_like(a) for a in outs]
+            prepare(arrays)
+            K.lstm_loop(*arrays)
+            dG, dh, dc = np.zeros((T, 35, 160), np.float32), np.zeros((40, 35), np.float32), np.zeros((40, 35), np.float32)
+            DH = np.ones((T, 40, 35), np.float32)
+            K.lstm_loop_back(np.ascontiguousarray(arrays[0].T), DH, *arrays[2:5], dG, dh, dc)
+            runs.append(arrays + [dG, dh, dc])
+    finally:
+        K.loop_threads(wanted)
+    for other in runs[1:]:
+        for a, b in zip(runs[0], other):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_bad_arguments_raise():
+    """Wrong shapes, counts and dtypes raise, naming the expected shapes, instead of touching other
+    memory."""
+    ins, outs, _ = lstm_arrays(8, 3, 0)
+    WT, XU = ins
+    G, C, TC, H = outs
+    with pytest.raises(ValueError, match="lstm_loop: WT"):
+        K.lstm_loop(WT, XU, G, C[1:], TC, H)
+    with pytest.raises(TypeError, match="lstm_loop"):
+        K.lstm_loop(WT, XU, G, C, TC)
+    with pytest.raises(TypeError, match="float32"):
+        K.lstm_loop(WT.astype(np.float64), XU, G, C, TC, H)
+    with pytest.raises(ValueError, match="gru_loop_back"):
+        K.gru_loop_back(np.zeros((8, 16), np.float32), np.zeros((8, 8), np.float32), np.zeros((T, 8, 3), np.float32),
+                        np.zeros((T, 16, 3), np.float32), np.zeros((T, 24, 3), np.float32),
+                        np.zeros((T, 3, 23), np.float32), np.zeros((8, 3), np.float32))
+    with pytest.raises(ValueError, match="slope"):
+        K.rnn_loop(1.5, False, np.zeros((8, 8), np.float32), np.zeros((8, 3), np.float32),
+                   *np.zeros((2, T, 8, 3), np.float32), np.zeros((T + 1, 8, 3), np.float32))
+
+
+def test_the_layers_run_the_c_loops_and_train_as_without_them(write_cfg, monkeypatch):
+    """A training datum of [lstm], [gru] and [rnn] (leaky) through the C loops, and with them taken
+    out of the table (a CPU without AVX-512: the numpy loops with the per-step C ops) give the same
+    cost and gradients to float32 rounding; the C loops did run."""
+    cfg = write_cfg("[net]\ninputs=20\nbatch=5\ntime_steps=6\n[lstm]\noutput=40\n[gru]\noutput=36\n"
+                    "[rnn]\noutput=24\nactivation=leaky\n[connected]\noutput=20\nactivation=linear\n[softmax]\n")
+    rng = np.random.default_rng(1)
+    x, y = rng.integers(0, 20, (6, 5)), rng.integers(0, 20, (6, 5))
+    names = [f"{k}_loop{b}" for k in ("lstm", "gru", "rnn") for b in ("", "_back")]
+    calls = []
+    for name in names:
+        monkeypatch.setitem(kernels.C.ops, name, lambda *a, _n=name, _k=kernels.C.ops[name]: calls.append(_n) or _k(*a))
+    runs = []
+    for with_loops in (True, False):
+        if not with_loops:
+            for name in names:
+                monkeypatch.delitem(kernels.C.ops, name)
+        with kernels.use("c"):  # whatever DARKNETPY_KERNELS says
+            net = Network(cfg, seed=3)
+            cost = net.accumulate(x, y)
+        runs.append((cost, [u.copy() for _, u, _ in net.slots()]))
+    assert sorted(set(calls)) == sorted(names)
+    (cost1, grads1), (cost2, grads2) = runs
+    assert cost1 == pytest.approx(cost2, rel=1e-6)
+    for g1, g2 in zip(grads1, grads2):
+        np.testing.assert_allclose(g1, g2, rtol=0, atol=1e-5 * np.abs(g2).max())
+
+
+def test_threads_and_fork(tmp_path):
+    """With 3 threads asked (OPENBLAS_NUM_THREADS) the team runs; a child forked after its workers
+    started makes its own and does not hang; 1 thread runs without workers."""
+    code = """if True:
+        import os, sys, numpy as np
+        from darknetpy import kernels, _kernels as K  # kernels gives the team its threads
+        threads = int(sys.argv[1])
+        assert K.loop_threads(0) == threads, K.loop_threads(0)
+        rng = np.random.default_rng(0)
+        n, S, T = 48, 20, 4
+        WT = rng.uniform(-0.2, 0.2, (4 * n, n)).astype(np.float32)
+        XU = rng.uniform(-1, 1, (T, 4 * n, S)).astype(np.float32)
+        def run():
+            G, C, TC, H = (np.zeros(s, np.float32) for s in ((T, 4 * n, S), (T + 1, n, S), (T, n, S), (T + 1, n, S)))
+            K.lstm_loop(WT, XU, G, C, TC, H)
+            return H
+        first = run()
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0 if np.array_equal(run(), first) else 1)
+        _, status = os.waitpid(pid, 0)
+        assert status == 0, status
+        assert np.array_equal(run(), first)
+        print("ok")
+    """
+    for threads in ("3", "1"):
+        env = dict(os.environ, OPENBLAS_NUM_THREADS=threads)
+        out = subprocess.run([sys.executable, "-c", code, threads], env=env, capture_output=True, text=True,
+                             cwd=tmp_path)
+        assert out.stdout.strip() == "ok", out.stderr
