@@ -525,6 +525,11 @@ def test_step_product_on_one_thread_is_the_panel_product(monkeypatch, S):
     """A training loop's per-step product A x on one thread runs through the packed panels (A of
     160 rows: five panels, the last one full; 70: a ragged last panel) and equals the float64
     product within float32 summation's bound; an x that is not C-contiguous takes np.matmul."""
+    with kernels.use("c"):  # whatever DARKNETPY_KERNELS says
+        one_thread_panel_product(monkeypatch, S)
+
+
+def one_thread_panel_product(monkeypatch, S):
     monkeypatch.setattr(kernels, "threads", lambda: 1)
     rng = np.random.default_rng(S)
     for m, Kdim in ((160, 40), (70, 300)):
