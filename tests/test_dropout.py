@@ -72,3 +72,11 @@ def test_a_bad_variational_value_is_one_line_naming_the_key(tmp_path):
     cfg.write_text("[net]\ninputs=256\nbatch=2\ntime_steps=4\n\n[gru]\noutput=8\n\n"
                    "[dropout]\nprobability=0.2\nvariational=2\n\n[connected]\noutput=256\n\n[softmax]\n")
     assert_one_line_error(run_cli("info", cfg), f"{cfg}:11:", "variational must be 0 or 1")
+
+
+def test_a_misspelt_variational_is_a_typo_not_darknets_unused_field(tmp_path):
+    cfg = tmp_path / "typo.cfg"
+    cfg.write_text("[net]\ninputs=4\nbatch=2\ntime_steps=2\n\n[rnn]\noutput=3\n\n"
+                   "[dropout]\nprobability=0.2\nvariatonal=1\n\n[softmax]\n")
+    assert_one_line_error(run_cli("info", cfg), f"{cfg}:11:", "unknown key 'variatonal' in [dropout]",
+                          "did you mean 'variational'?")
