@@ -1,9 +1,10 @@
 """darknetpy: Darknet's recurrent networks (rnn, gru, lstm) in numpy — same .cfg, same .weights."""
 import importlib
 
-from .launcher import share_cores
+from .launcher import quiet_blas_workers, share_cores
 
 share_cores()  # under mpiexec: each rank's share of the cores, before numpy loads its BLAS
+quiet_blas_workers()  # OpenBLAS's idle workers off the cores the step loops' threads need
 
 __all__ = ["Network", "load_network"]
 

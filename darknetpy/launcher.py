@@ -1,6 +1,7 @@
 """What an MPI launcher tells a process through its environment, read before numpy loads (this
 module imports no numpy): the process's rank, the number of ranks, and how many BLAS threads
-each rank should run. parallel.py does the rest of the MPI work."""
+each rank should run; and how long OpenBLAS's idle workers may spin. parallel.py does the rest of
+the MPI work."""
 import os
 
 THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
@@ -46,3 +47,22 @@ def share_cores():
     local = os.environ.get("MPI_LOCALNRANKS") or os.environ.get("OMPI_COMM_WORLD_LOCAL_SIZE") or "1"
     threads = os.environ.get("SLURM_CPUS_PER_TASK") or str(max(1, cores() // max(1, int(local))))
     os.environ["OPENBLAS_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = threads
+
+
+def quiet_blas_workers():
+    """Let OpenBLAS's idle workers sleep almost at once (OPENBLAS_THREAD_TIMEOUT=4: 2^4 cycles)
+    where the compiled step loops run (_loop.h, AVX-512 CPUs), unless the user chose a value or
+    turned the kernels off. OpenBLAS reads it once, when numpy loads it; by default a worker
+    busy-waits for tens of milliseconds after every call, so it holds the second core while the
+    loops' own threads need it: the loops then run slower than the per-step products they replace
+    (benchmarks/README.md, "Issue 28"). Where the loops are not built, the per-step products call
+    OpenBLAS every step and a waking worker would cost them: nothing is set. A program that loads
+    numpy before darknetpy keeps OpenBLAS's default; it can set the variable itself."""
+    if "OPENBLAS_THREAD_TIMEOUT" in os.environ or os.environ.get("DARKNETPY_KERNELS") == "0":
+        return
+    try:
+        from . import _kernels  # a C extension that loads no numpy
+    except ImportError:
+        return
+    if hasattr(_kernels, "loop_threads"):
+        os.environ["OPENBLAS_THREAD_TIMEOUT"] = "4"
