@@ -12,6 +12,7 @@ C ops), which test_kernels.py's network-level comparison covers.
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -271,16 +272,17 @@ def test_threads_and_fork(tmp_path):
         assert out.stdout.strip() == "ok", out.stderr
 
 
-def test_importing_darknetpy_lets_openblas_workers_sleep_where_the_loops_run():
+def test_importing_darknetpy_lets_openblas_workers_sleep_where_the_loops_run(tmp_path):
     """`import darknetpy`, before numpy loads OpenBLAS, sets OPENBLAS_THREAD_TIMEOUT=4 where the C
     step loops are built (their threads need the cores OpenBLAS's idle workers would spin on), and
     nothing where they are not, nor with DARKNETPY_KERNELS=0; a value the user set stays."""
     code = "import os, darknetpy, numpy; print(os.environ.get('OPENBLAS_THREAD_TIMEOUT'))"
     env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_THREAD_TIMEOUT", "DARKNETPY_KERNELS")}
+    env["PYTHONPATH"] = str(Path(kernels.__file__).parents[1])  # the darknetpy this test imported
 
     def timeout(**extra):
-        out = subprocess.run([sys.executable, "-c", code], env=dict(env, **extra), capture_output=True,
-                             text=True, check=True)
+        out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=dict(env, **extra),
+                             capture_output=True, text=True, check=True)
         return out.stdout.strip()
     assert timeout() == ("4" if K is not None and hasattr(K, "loop_threads") else "None")
     assert timeout(OPENBLAS_THREAD_TIMEOUT="20") == "20"
