@@ -14,11 +14,11 @@ import argparse
 import collections
 import time
 
-import numpy as np
-
-from darknetpy import kernels
+from darknetpy import kernels  # before numpy, as the darknetpy command: launcher.quiet_blas_workers
 from darknetpy.layers.base import Recurrent
 from darknetpy.network import Network
+
+import numpy as np  # noqa: E402
 
 LOOPS = {f"{kind}_loop{way}" for kind in ("lstm", "gru", "rnn") for way in ("", "_back")}
 

@@ -34,9 +34,9 @@ HERE = Path(__file__).resolve().parent
 # Run under mpiexec (or alone for K = 1): prints rank 0's chars/s.
 TIMED = """
 import sys, time
-import numpy as np
-from darknetpy import data, parallel
+from darknetpy import data, parallel  # before numpy, as the darknetpy command: launcher.quiet_blas_workers
 from darknetpy.network import Network
+import numpy as np
 cfg, corpus, datums = sys.argv[1], sys.argv[2], int(sys.argv[3])
 ranks = parallel.start()
 net = Network(cfg, seed=1)
@@ -62,9 +62,9 @@ if ranks.writer:
 # One thread, alone: seconds per update at `streams` streams (subdivisions datums of that many).
 COMPUTE = """
 import sys, time
-import numpy as np
-from darknetpy import data
+from darknetpy import data  # before numpy, as the darknetpy command: launcher.quiet_blas_workers
 from darknetpy.network import Network
+import numpy as np
 cfg, corpus, streams, datums = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 subdivisions = Network(cfg).subdivisions
 net = Network(cfg, seed=1, batch=streams)
