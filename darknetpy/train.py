@@ -406,6 +406,8 @@ class Trainer:
                     self.step()
                     self.after_step()
                 self.finish(status)
+                self.metrics.close()
+                self.unlock()  # while the handlers stand: a last SIGTERM cannot kill the run before it
         finally:
             self.progress.close()
             self.metrics.close()
