@@ -929,6 +929,28 @@ static int shaped(const Py_buffer *b, Py_ssize_t d0, Py_ssize_t d1, Py_ssize_t d
     return b->ndim == (d2 < 0 ? 2 : 3) && b->shape[0] == d0 && b->shape[1] == d1 && (d2 < 0 || b->shape[2] == d2);
 }
 
+/* Run `body` on the team with `job`, over `shares` shares of the units, after loop_begin has
+ * made the `count` scratch `parts` (sizes[i] floats; the first `panels` of them panels) and, when
+ * x0 is given, packed the state x0 (n, S) into the panels *xp. None, or NULL with MemoryError set. */
+static PyObject *loop_go(float **const *parts, const size_t *sizes, int count, Py_ssize_t S, int panels,
+                         const float *x0, float **xp, Py_ssize_t n, loop_body body, void *job, Py_ssize_t shares)
+{
+    int failed;
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&team.call);
+    failed = loop_begin(parts, sizes, count, S, panels);
+    if (!failed) {
+        if (x0)
+            loop_to_panels(x0, *xp, n, S, 0, n);
+        loop_run(body, job, shares > LOOP_MAX_THREADS ? LOOP_MAX_THREADS : (int)shares);
+    }
+    pthread_mutex_unlock(&team.call);
+    Py_END_ALLOW_THREADS
+    if (failed)
+        return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
 /* lstm_loop(WT, XU, G, C, TC, H[, P]): the forward step loop (_loop.h). */
 static PyObject *lstm_loop(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -949,22 +971,7 @@ static PyObject *lstm_loop(PyObject *self, PyObject *const *args, Py_ssize_t nar
                   NULL, NULL, NULL, NULL, NULL, NULL, NULL, T, S, n};
     float **parts[] = {&J.xp, &J.A};
     size_t sizes[] = {(size_t)2 * P * n * PANEL, (size_t)pairs * n * LOOP_ROWS};
-    int failed;
-    Py_BEGIN_ALLOW_THREADS
-    pthread_mutex_lock(&team.call);
-    failed = loop_begin(parts, sizes, 2, S, 1);
-    if (!failed) {
-        loop_to_panels(J.H, J.xp, n, S, 0, n);
-        loop_run(lstm_forward_body, &J, pairs > LOOP_MAX_THREADS ? LOOP_MAX_THREADS : (int)pairs);
-    }
-    pthread_mutex_unlock(&team.call);
-    Py_END_ALLOW_THREADS
-    if (failed) {
-        PyErr_NoMemory();
-        goto out;
-    }
-    result = Py_None;
-    Py_INCREF(result);
+    result = loop_go(parts, sizes, 2, S, 1, J.H, &J.xp, n, lstm_forward_body, &J, pairs);
 out:
     release(b, count);
     return result;
@@ -992,20 +999,7 @@ static PyObject *lstm_loop_back(PyObject *self, PyObject *const *args, Py_ssize_
                   b[5].buf, b[6].buf, b[7].buf, count == 10 ? b[9].buf : NULL, NULL, NULL, NULL, T, S, n};
     float **parts[] = {&J.xp, &J.A, &J.d};
     size_t sizes[] = {(size_t)2 * P * 4 * n * PANEL, (size_t)eights * 4 * n * LOOP_ROWS, (size_t)4 * n * S};
-    int failed;
-    Py_BEGIN_ALLOW_THREADS
-    pthread_mutex_lock(&team.call);
-    failed = loop_begin(parts, sizes, 3, S, 1);
-    if (!failed)
-        loop_run(lstm_back_loop_body, &J, eights > LOOP_MAX_THREADS ? LOOP_MAX_THREADS : (int)eights);
-    pthread_mutex_unlock(&team.call);
-    Py_END_ALLOW_THREADS
-    if (failed) {
-        PyErr_NoMemory();
-        goto out;
-    }
-    result = Py_None;
-    Py_INCREF(result);
+    result = loop_go(parts, sizes, 3, S, 1, NULL, NULL, n, lstm_back_loop_body, &J, eights);
 out:
     release(b, count);
     return result;
@@ -1037,22 +1031,7 @@ static PyObject *gru_loop(PyObject *self, PyObject *const *args, Py_ssize_t narg
     float **parts[] = {&J.xa, &J.xb, &J.Azr, &J.Ah};
     size_t sizes[] = {(size_t)P * n * PANEL, (size_t)P * n * PANEL, (size_t)2 * eights * n * LOOP_ROWS,
                       (size_t)eights * n * LOOP_ROWS};
-    int failed;
-    Py_BEGIN_ALLOW_THREADS
-    pthread_mutex_lock(&team.call);
-    failed = loop_begin(parts, sizes, 4, S, 2);
-    if (!failed) {
-        loop_to_panels(J.H, J.xa, n, S, 0, n);
-        loop_run(gru_forward_body, &J, eights > LOOP_MAX_THREADS ? LOOP_MAX_THREADS : (int)eights);
-    }
-    pthread_mutex_unlock(&team.call);
-    Py_END_ALLOW_THREADS
-    if (failed) {
-        PyErr_NoMemory();
-    } else {
-        result = Py_None;
-        Py_INCREF(result);
-    }
+    result = loop_go(parts, sizes, 4, S, 2, J.H, &J.xa, n, gru_forward_body, &J, eights);
 out:
     release(b, count);
     return result;
@@ -1079,20 +1058,7 @@ static PyObject *gru_loop_back(PyObject *self, PyObject *const *args, Py_ssize_t
     float **parts[] = {&J.xa, &J.xb, &J.Azr, &J.Ah, &J.d, &J.drh};
     size_t sizes[] = {(size_t)P * n * PANEL, (size_t)P * 2 * n * PANEL, (size_t)eights * 2 * n * LOOP_ROWS,
                       (size_t)eights * n * LOOP_ROWS, (size_t)3 * n * S, (size_t)n * S};
-    int failed;
-    Py_BEGIN_ALLOW_THREADS
-    pthread_mutex_lock(&team.call);
-    failed = loop_begin(parts, sizes, 6, S, 2);
-    if (!failed)
-        loop_run(gru_back_loop_body, &J, eights > LOOP_MAX_THREADS ? LOOP_MAX_THREADS : (int)eights);
-    pthread_mutex_unlock(&team.call);
-    Py_END_ALLOW_THREADS
-    if (failed) {
-        PyErr_NoMemory();
-    } else {
-        result = Py_None;
-        Py_INCREF(result);
-    }
+    result = loop_go(parts, sizes, 6, S, 2, NULL, NULL, n, gru_back_loop_body, &J, eights);
 out:
     release(b, count);
     return result;
@@ -1133,23 +1099,7 @@ static PyObject *rnn_loop_call(PyObject *const *args, Py_ssize_t nargs, int back
                  back ? b[2].buf : NULL, back ? b[3].buf : NULL, NULL, NULL, NULL, T, S, n, a, shortcut};
     float **parts[] = {&J.xp, &J.A, &J.w};
     size_t sizes[] = {(size_t)2 * P * n * PANEL, (size_t)eights * n * LOOP_ROWS, (size_t)n * S};
-    int failed;
-    Py_BEGIN_ALLOW_THREADS
-    pthread_mutex_lock(&team.call);
-    failed = loop_begin(parts, sizes, 3, S, 1);
-    if (!failed) {
-        if (!back)
-            loop_to_panels(J.Sf, J.xp, n, S, 0, n);
-        loop_run(back ? rnn_back_loop_body : rnn_forward_body, &J, eights > LOOP_MAX_THREADS ? LOOP_MAX_THREADS : (int)eights);
-    }
-    pthread_mutex_unlock(&team.call);
-    Py_END_ALLOW_THREADS
-    if (failed) {
-        PyErr_NoMemory();
-    } else {
-        result = Py_None;
-        Py_INCREF(result);
-    }
+    result = loop_go(parts, sizes, 3, S, 1, back ? NULL : J.Sf, &J.xp, n, back ? rnn_back_loop_body : rnn_forward_body, &J, eights);
 out:
     release(b, count);
     return result;
