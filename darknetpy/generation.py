@@ -13,7 +13,7 @@ The options of a request are one options.GenerationOptions (its defaults and ran
 `check_fits` adds the checks only the network can answer.
 
 One sample of one stream drawn with Darknet's sampler or greedily runs in C where it can (`Loop`,
-kernels.loop): its steps, softmax and draws with no Python per symbol, the same bits as the
+kernels.sample_loop): its steps, softmax and draws with no Python per symbol, the same bits as the
 Python steps.
 
 Which sampler draws:
@@ -39,7 +39,7 @@ CHUNK = 256  # symbols a Loop draws per call: printed as they come, and --stop c
 
 
 class Loop:
-    """A one-stream stepper's step as a program of the C loop (kernels.loop: darknetpy/_sample.h),
+    """A one-stream stepper's step as a program of the C loop (kernels.sample_loop: darknetpy/_sample.h),
     made from its layers' step functions' `loop(x)` forms: the same ops on the same arrays (the
     state included), so it runs the same bits as the Python steps, with no Python per step.
     `Loop.of(steps)` is None where a layer has no such form or the loop is not compiled."""
