@@ -908,13 +908,15 @@ static PyObject *panel_threads(PyObject *self, PyObject *arg)
 
 #include "_loop.h"
 
+#define LOOP2_MAX_ARGS 12  /* the arrays of a loop call, at most */
+
 /* The buffers of a loop call: `kinds` the arrays it always takes, `optional` the ones it may take
  * after them ('f' read, 'F' written, all float32). Returns the count, or -1 with an exception set. */
 static int loop_args(PyObject *const *args, Py_ssize_t nargs, Py_buffer *b, const char *kinds, const char *optional,
                      const char *usage)
 {
     Py_ssize_t fewest = (Py_ssize_t)strlen(kinds), most = fewest + (Py_ssize_t)strlen(optional);
-    char all[MAX_ARGS + 2];
+    char all[LOOP2_MAX_ARGS + 1];
     if (nargs != fewest && nargs != most) {
         PyErr_SetString(PyExc_TypeError, usage);
         return -1;
@@ -951,24 +953,25 @@ static PyObject *loop_go(float **const *parts, const size_t *sizes, int count, P
     Py_RETURN_NONE;
 }
 
-/* lstm_loop(WT, XU, G, C, TC, H[, P]): the forward step loop (_loop.h). */
+/* lstm_loop(WT, XU, G, C, TC, H, Y[, P]): the forward step loop (_loop.h). */
 static PyObject *lstm_loop(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    Py_buffer b[MAX_ARGS];
-    int count = loop_args(args, nargs, b, "ffFFFF", "f", "lstm_loop(WT, XU, G, C, TC, H[, P])");
+    Py_buffer b[LOOP2_MAX_ARGS];
+    int count = loop_args(args, nargs, b, "ffFFFFF", "f", "lstm_loop(WT, XU, G, C, TC, H, Y[, P])");
     if (count < 0)
         return NULL;
     PyObject *result = NULL;
     Py_ssize_t n = b[0].shape[1], T = b[1].ndim == 3 ? b[1].shape[0] : 0, S = b[1].ndim == 3 ? b[1].shape[2] : 0;
     if (!shaped(&b[0], 4 * n, n, -1) || !shaped(&b[1], T, 4 * n, S) || !shaped(&b[2], T, 4 * n, S) ||
         !shaped(&b[3], T + 1, n, S) || !shaped(&b[4], T, n, S) || !shaped(&b[5], T + 1, n, S) ||
-        (count == 7 && !shaped(&b[6], 3 * n, S, -1)) || T < 1 || S < 1 || n < 1) {
-        PyErr_SetString(PyExc_ValueError, "lstm_loop: WT (4n, n), XU and G (T, 4n, S), C and H (T+1, n, S), TC (T, n, S), P (3n, S)");
+        !shaped(&b[6], T, S, n) || (count == 8 && !shaped(&b[7], 3 * n, S, -1)) || T < 1 || S < 1 || n < 1) {
+        PyErr_SetString(PyExc_ValueError, "lstm_loop: WT (4n, n), XU and G (T, 4n, S), C and H (T+1, n, S), TC (T, n, S), "
+                                          "Y (T, S, n), P (3n, S)");
         goto out;
     }
     Py_ssize_t P = (S + PANEL - 1) / PANEL, pairs = (n + 1) / 2;
-    lstm_job J = {b[0].buf, b[1].buf, NULL, count == 7 ? b[6].buf : NULL, b[2].buf, b[3].buf, b[4].buf, b[5].buf,
-                  NULL, NULL, NULL, NULL, NULL, NULL, NULL, T, S, n};
+    lstm_job J = {b[0].buf, b[1].buf, NULL, count == 8 ? b[7].buf : NULL, b[2].buf, b[3].buf, b[4].buf, b[5].buf,
+                  NULL, NULL, NULL, NULL, NULL, NULL, NULL, T, S, n, b[6].buf, NULL, NULL};
     float **parts[] = {&J.xp, &J.A};
     size_t sizes[] = {(size_t)2 * P * n * PANEL, (size_t)pairs * n * LOOP_ROWS};
     result = loop_go(parts, sizes, 2, S, 1, J.H, &J.xp, n, lstm_forward_body, &J, pairs);
@@ -977,29 +980,31 @@ out:
     return result;
 }
 
-/* lstm_loop_back(W, DH, G, C, TC, dG, dh, dc[, P, dP]): the step loop's way back (_loop.h). */
+/* lstm_loop_back(W, DY, G, C, TC, dG, db, dh, dc[, P, dP]): the step loop's way back (_loop.h). */
 static PyObject *lstm_loop_back(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    Py_buffer b[MAX_ARGS + 1];
-    int count = loop_args(args, nargs, b, "fffffFFF", "fF", "lstm_loop_back(W, DH, G, C, TC, dG, dh, dc[, P, dP])");
+    Py_buffer b[LOOP2_MAX_ARGS];
+    int count = loop_args(args, nargs, b, "fffffFFFF", "fF", "lstm_loop_back(W, DY, G, C, TC, dG, db, dh, dc[, P, dP])");
     if (count < 0)
         return NULL;
     PyObject *result = NULL;
-    Py_ssize_t n = b[0].shape[0], T = b[1].ndim == 3 ? b[1].shape[0] : 0, S = b[1].ndim == 3 ? b[1].shape[2] : 0;
-    if (!shaped(&b[0], n, 4 * n, -1) || !shaped(&b[1], T, n, S) || !shaped(&b[2], T, 4 * n, S) ||
+    Py_ssize_t n = b[0].shape[0], T = b[1].ndim == 3 ? b[1].shape[0] : 0, S = b[1].ndim == 3 ? b[1].shape[1] : 0;
+    if (!shaped(&b[0], n, 4 * n, -1) || !shaped(&b[1], T, S, n) || !shaped(&b[2], T, 4 * n, S) ||
         !shaped(&b[3], T + 1, n, S) || !shaped(&b[4], T, n, S) || !shaped(&b[5], T, S, 4 * n) ||
-        !shaped(&b[6], n, S, -1) || !shaped(&b[7], n, S, -1) || (count == 10 && (!shaped(&b[8], 3 * n, S, -1) ||
-        !shaped(&b[9], 3 * n, S, -1))) || T < 1 || S < 1 || n < 1) {
-        PyErr_SetString(PyExc_ValueError, "lstm_loop_back: W (n, 4n), DH and TC (T, n, S), G (T, 4n, S), C (T+1, n, S), "
-                                          "dG (T, S, 4n), dh and dc (n, S), P and dP (3n, S)");
+        b[6].ndim != 1 || b[6].shape[0] != 4 * n || !shaped(&b[7], n, S, -1) || !shaped(&b[8], n, S, -1) ||
+        (count == 11 && (!shaped(&b[9], 3 * n, S, -1) || !shaped(&b[10], 3 * n, S, -1))) || T < 1 || S < 1 || n < 1) {
+        PyErr_SetString(PyExc_ValueError, "lstm_loop_back: W (n, 4n), DY (T, S, n), G (T, 4n, S), C (T+1, n, S), TC (T, n, S), "
+                                          "dG (T, S, 4n), db (4n,), dh and dc (n, S), P and dP (3n, S)");
         goto out;
     }
     Py_ssize_t P = (S + PANEL - 1) / PANEL, eights = (n + 7) / 8;
-    lstm_job J = {b[0].buf, NULL, b[1].buf, count == 10 ? b[8].buf : NULL, b[2].buf, b[3].buf, b[4].buf, NULL,
-                  b[5].buf, b[6].buf, b[7].buf, count == 10 ? b[9].buf : NULL, NULL, NULL, NULL, T, S, n};
-    float **parts[] = {&J.xp, &J.A, &J.d};
-    size_t sizes[] = {(size_t)2 * P * 4 * n * PANEL, (size_t)eights * 4 * n * LOOP_ROWS, (size_t)4 * n * S};
-    result = loop_go(parts, sizes, 3, S, 1, NULL, NULL, n, lstm_back_loop_body, &J, eights);
+    lstm_job J = {b[0].buf, NULL, b[1].buf, count == 11 ? b[9].buf : NULL, b[2].buf, b[3].buf, b[4].buf, NULL,
+                  b[5].buf, b[7].buf, b[8].buf, count == 11 ? b[10].buf : NULL, NULL, NULL, NULL, T, S, n,
+                  NULL, b[6].buf, NULL};
+    memset(J.db, 0, (size_t)4 * n * sizeof(float));
+    float **parts[] = {&J.xp, &J.A, &J.d, &J.DH};
+    size_t sizes[] = {(size_t)2 * P * 4 * n * PANEL, (size_t)eights * 4 * n * LOOP_ROWS, (size_t)4 * n * S, (size_t)n * S};
+    result = loop_go(parts, sizes, 4, S, 1, NULL, NULL, n, lstm_back_loop_body, &J, eights);
 out:
     release(b, count);
     return result;
@@ -1134,8 +1139,8 @@ static PyMethodDef panel_methods[] = {
     METHOD(panel_matmul, "panel_matmul(out, x, Wp, b): out = x W + b for W packed in 32-column panels Wp"),
     METHOD(panel_matmul_t, "panel_matmul_t(out, xT, Wp, b): panel_matmul of x given as its transpose xT"),
     {"panel_threads", panel_threads, METH_O, "panel_threads(n) -> the threads panel_matmul runs on (set before its first call)"},
-    METHOD(lstm_loop, "lstm_loop(WT, XU, G, C, TC, H[, P]): the LSTM's forward step loop, products and steps, feature-major"),
-    METHOD(lstm_loop_back, "lstm_loop_back(W, DH, G, C, TC, dG, dh, dc[, P, dP]): the LSTM's step loop back: gate deltas as rows dG"),
+    METHOD(lstm_loop, "lstm_loop(WT, XU, G, C, TC, H, Y[, P]): the LSTM's forward step loop, products and steps, feature-major, Y the outputs as rows"),
+    METHOD(lstm_loop_back, "lstm_loop_back(W, DY, G, C, TC, dG, db, dh, dc[, P, dP]): the LSTM's step loop back from rows DY: gate deltas as rows dG, their sums db"),
     METHOD(gru_loop, "gru_loop(tanh, WzrT, WhT, XU, ZR, HC, RH, H[, P, RHrows]): the GRU's forward step loop, feature-major"),
     METHOD(gru_loop_back, "gru_loop_back(Wzr, Wh, DH, ZR, P, dP, dh): the GRU's step loop back: deltas as rows dP"),
     METHOD(rnn_loop, "rnn_loop(a, shortcut, WT, bias, Af, B, Sf): the [rnn] step loop for a slope activation (leaky, relie), feature-major"),

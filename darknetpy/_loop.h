@@ -180,6 +180,41 @@ __attribute__((target("avx2"))) static void loop_to_rows(const float *x, float *
             dst[s * width + col + j] = x[j * S + s];
 }
 
+/* Columns [j0, j1) of the rows src (S, width) from column offset col, as rows [j0, j1) of the
+ * feature-major dst (rows, S): dst[j, s] = src[s, col + j], loop_to_rows' way back (a layer's
+ * output deltas, rows as the layer above leaves them, read by the thread that owns the units). */
+__attribute__((target("avx2"))) static void loop2_from_rows(const float *src, float *dst, Py_ssize_t S, Py_ssize_t width,
+                                                            Py_ssize_t col, Py_ssize_t j0, Py_ssize_t j1)
+{
+    Py_ssize_t J8 = j0 + (j1 - j0) / 8 * 8, S8 = S / 8 * 8;
+    for (Py_ssize_t s = 0; s < S8; s += 8) {
+        const float *rows[8];
+        for (int q = 0; q < 8; q++)
+            rows[q] = src + (s + q) * width + col;
+        for (Py_ssize_t j = j0; j < J8; j += 8)
+            block8(rows, j, dst + j * S + s, S);
+    }
+    for (Py_ssize_t j = j0; j < j1; j++)
+        for (Py_ssize_t s = j < J8 ? S8 : 0; s < S; s++)
+            dst[j * S + s] = src[s * width + col + j];
+}
+
+/* db[j] += Σ_s d[j, s] for the rows [j0, j1) of d (rows, S): a bias gradient, one step's share,
+ * summed while the thread has the deltas in cache. Each row in one order (16 lanes, then across
+ * them), whichever thread owns it. */
+__attribute__((target("avx512f"))) static void loop2_row_sums(const float *d, float *db, Py_ssize_t S, Py_ssize_t j0,
+                                                              Py_ssize_t j1)
+{
+    for (Py_ssize_t j = j0; j < j1; j++) {
+        __m512 acc = _mm512_setzero_ps();
+        for (Py_ssize_t s = 0; s < S; s += 16) {
+            __mmask16 m = S - s >= 16 ? 0xFFFF : (__mmask16)((1u << (S - s)) - 1);
+            acc = _mm512_add_ps(acc, _mm512_maskz_loadu_ps(m, d + j * S + s));
+        }
+        db[j] += _mm512_reduce_add_ps(acc);
+    }
+}
+
 /* ---- the team ------------------------------------------------------------------------------- */
 typedef void (*loop_body)(void *job, int id, int threads, unsigned *phase);  /* phase: barriers passed */
 
@@ -346,18 +381,22 @@ static inline void loop_share(Py_ssize_t count, int id, int threads, Py_ssize_t 
 
 /* ---- LSTM ---------------------------------------------------------------------------------- */
 /* Forward: for t < T, G[t] = WT H[t] (the recurrent part of the pre-activations, WT (4n, n) with the
- * i f o rows halved), then lstm_step(G[t], XU[t], C[t], C[t+1], TC[t], H[t+1][, P]). G, XU (T, 4n, S),
- * C, H (T+1, n, S), TC (T, n, S), P (3n, S): feature-major as layers/lstm.py's loop.
- * Work: units in pairs, a pair's 8 gate rows (i f o g of each) one tile, its step right after.
- * Back: for t from T-1 down, lstm_back(dh, dc, DH[t], G[t], C[t], TC[t], d[, P, dP]), dG[t] = dᵀ
- * (rows (S, 4n)), and for t > 0 dh = W d, W (n, 4n). Work: units in eights, the tile's 8 rows. */
+ * i f o rows halved), then lstm_step(G[t], XU[t], C[t], C[t+1], TC[t], H[t+1][, P]) and Y[t] = H[t+1]ᵀ.
+ * G, XU (T, 4n, S), C, H (T+1, n, S), TC (T, n, S), P (3n, S): feature-major as layers/lstm.py's
+ * loop; Y (T, S, n) the outputs as rows. Work: units in pairs, a pair's 8 gate rows (i f o g of
+ * each) one tile, its step right after.
+ * Back: for t from T-1 down, lstm_back(dh, dc, DY[t]ᵀ, G[t], C[t], TC[t], d[, P, dP]), dG[t] = dᵀ
+ * (rows (S, 4n)), db += d's sums over the streams, and for t > 0 dh = W d, W (n, 4n); DY (T, S, n)
+ * the output deltas as rows. Work: units in eights, the tile's 8 rows. */
 typedef struct {
-    const float *W, *XU, *DH, *P;
+    const float *W, *XU, *DY, *P;
     float *G, *C, *TC, *H, *dG, *dh, *dc, *dP;
     float *A;      /* the packed weights: forward (pairs, n, 8), back (eights, 4n, 8) */
     float *xp;     /* two steps' panels: forward H (2, P, n, 32), back d (2, P, 4n, 32) */
     float *d;      /* back: a step's gate deltas (4n, S) */
     Py_ssize_t T, S, n;
+    float *Y, *db; /* forward's outputs as rows; back's bias gradient (4n) */
+    float *DH;     /* back: a step's output deltas, feature-major (n, S) */
 } lstm_job;
 
 __attribute__((target("avx512f,avx2,fma"))) static void lstm_forward_body(void *arg, int id, int threads, unsigned *phase)
@@ -395,6 +434,7 @@ __attribute__((target("avx512f,avx2,fma"))) static void lstm_forward_body(void *
                 lstm_row_avx2(g + o, J->XU + t * 4 * B + o, J->C + t * B + o, J->C + (t + 1) * B + o,
                               J->TC + t * B + o, h1 + o, NULL, u * S, B, 0);
         }
+        loop_to_rows(h1, J->Y + t * S * n, S, n, 0, 2 * q0, 2 * q1 < n ? 2 * q1 : n);
         if (t + 1 < T) {
             loop_to_panels(h1, J->xp + ((t + 1) % 2) * P * n * PANEL, n, S, 2 * q0, 2 * q1 < n ? 2 * q1 : n);
             loop_barrier(phase);
@@ -413,14 +453,17 @@ __attribute__((target("avx512f,avx2,fma"))) static void lstm_back_loop_body(void
     for (Py_ssize_t t = T - 1; t >= 0; t--) {
         float *d = J->d, *dGt = J->dG + t * S * K;
         Py_ssize_t o = j0 * S, m = (j1 - j0) * S;
+        loop2_from_rows(J->DY + t * S * n, J->DH, S, n, 0, j0, j1);
         if (J->P)
-            lstm_back_body_avx2(J->dh + o, J->dc + o, J->DH + t * B + o, J->G + t * 4 * B + o, J->C + t * B + o,
+            lstm_back_body_avx2(J->dh + o, J->dc + o, J->DH + o, J->G + t * 4 * B + o, J->C + t * B + o,
                                 J->TC + t * B + o, d + o, J->P + o, J->dP + o, m, B, 1);
         else
-            lstm_back_body_avx2(J->dh + o, J->dc + o, J->DH + t * B + o, J->G + t * 4 * B + o, J->C + t * B + o,
+            lstm_back_body_avx2(J->dh + o, J->dc + o, J->DH + o, J->G + t * 4 * B + o, J->C + t * B + o,
                                 J->TC + t * B + o, d + o, NULL, NULL, m, B, 0);
-        for (int gate = 0; gate < 4; gate++)  /* dG[t][s, gate n + j] = d[gate n + j, s] */
+        for (int gate = 0; gate < 4; gate++) {  /* dG[t][s, gate n + j] = d[gate n + j, s] */
+            loop2_row_sums(d + gate * B, J->db + gate * n, S, j0, j1);
             loop_to_rows(d + gate * B, dGt, S, K, gate * n, j0, j1);
+        }
         if (t == 0)
             break;
         float *dp = J->xp + (t % 2) * P * K * PANEL;

@@ -60,7 +60,7 @@ def lstm_arrays(n, S, seed):
     WT, XU = weights(rng, 4 * n, n), rng.standard_normal((T, 4 * n, S)).astype(np.float32)
     h0, c0 = rng.uniform(-1, 1, (2, n, S)).astype(np.float32)
     outs = [np.zeros((T, 4 * n, S), np.float32), np.zeros((T + 1, n, S), np.float32),
-            np.zeros((T, n, S), np.float32), np.zeros((T + 1, n, S), np.float32)]
+            np.zeros((T, n, S), np.float32), np.zeros((T + 1, n, S), np.float32), np.zeros((T, S, n), np.float32)]
 
     def prepare(a):
         a[3][0], a[5][0] = c0, h0
@@ -70,19 +70,23 @@ def lstm_arrays(n, S, seed):
 @pytest.mark.parametrize("peephole", [False, True])
 @pytest.mark.parametrize("n,S", SHAPES)
 def test_lstm_loop(n, S, peephole):
-    """Forward then back through T steps: the gates, cells, tanh(c'), outputs; the gate deltas as
-    rows, dh and dc at the start; the peephole deltas."""
+    """Forward then back through T steps: the gates, cells, tanh(c'), outputs (also as rows Y); the
+    gate deltas as rows and their sums db, dh and dc at the start; the peephole deltas. The way back
+    reads the output deltas as rows DY."""
     ins, outs, prepare = lstm_arrays(n, S, n * S)
     P = [np.random.default_rng(1).uniform(-0.5, 0.5, (3 * n, S)).astype(np.float32)] if peephole else []
-    WT, XU, G, C, TC, H = run_both(lambda *a: lstm.lstm_loop(*a[:6], *P), lambda *a: K.lstm_loop(*a[:6], *P),
-                                   ins, outs, "WT XU G C TC H", prepare)
-    DH = np.random.default_rng(2).standard_normal((T, n, S)).astype(np.float32)
+    WT, XU, G, C, TC, H, Y = run_both(lambda *a: lstm.lstm_loop(*a[:7], *P), lambda *a: K.lstm_loop(*a[:7], *P),
+                                      ins, outs, "WT XU G C TC H Y", prepare)
+    np.testing.assert_array_equal(Y, H[1:].transpose(0, 2, 1))
+    DY = np.random.default_rng(2).standard_normal((T, S, n)).astype(np.float32)
     W = np.ascontiguousarray(WT.T)
-    back_outs = [np.zeros((T, S, 4 * n), np.float32), np.zeros((n, S), np.float32), np.zeros((n, S), np.float32)]
-    peep = lambda a: (P[0], a[8]) if peephole else ()  # noqa: E731
-    run_both(lambda *a: lstm.lstm_loop_back(*a[:8], *peep(a)), lambda *a: K.lstm_loop_back(*a[:8], *peep(a)),
-             [W, DH, G, C, TC], back_outs + ([np.zeros((3 * n, S), np.float32)] if peephole else []),
-             "W DH G C TC dG dh dc dP")
+    back_outs = [np.zeros((T, S, 4 * n), np.float32), np.zeros(4 * n, np.float32), np.zeros((n, S), np.float32),
+                 np.zeros((n, S), np.float32)]
+    peep = lambda a: (P[0], a[9]) if peephole else ()  # noqa: E731
+    dG, db = run_both(lambda *a: lstm.lstm_loop_back(*a[:9], *peep(a)), lambda *a: K.lstm_loop_back(*a[:9], *peep(a)),
+                      [W, DY, G, C, TC], back_outs + ([np.zeros((3 * n, S), np.float32)] if peephole else []),
+                      "W DY G C TC dG db dh dc dP")[5:7]
+    np.testing.assert_allclose(db, dG.astype(np.float64).sum(axis=(0, 1)), rtol=0, atol=1e-5 * np.abs(dG).sum(axis=(0, 1)).max())
 
 
 def gru_arrays(n, S, seed, train):
@@ -150,7 +154,7 @@ def test_a_loop_reading_the_wrong_block_or_step_is_caught(kind):
     if kind == "lstm":
         ins, outs, prepare = lstm_arrays(n, S, 0)
         reference, broken = lstm.lstm_loop, lambda WT, XU, *o: K.lstm_loop(WT, swap_first_blocks(XU, n), *o)
-        names = "WT XU G C TC H"
+        names = "WT XU G C TC H Y"
     elif kind == "gru":
         ins, outs, prepare = gru_arrays(n, S, 0, True)
         reference = lambda *a: gru.gru_loop(False, *a)  # noqa: E731
@@ -180,10 +184,11 @@ def test_the_same_bits_on_any_number_of_threads():
             arrays = [a.copy() for a in ins] + [np.zeros_like(a) for a in outs]
             prepare(arrays)
             K.lstm_loop(*arrays)
-            dG, dh, dc = np.zeros((T, 35, 160), np.float32), np.zeros((40, 35), np.float32), np.zeros((40, 35), np.float32)
-            DH = np.ones((T, 40, 35), np.float32)
-            K.lstm_loop_back(np.ascontiguousarray(arrays[0].T), DH, *arrays[2:5], dG, dh, dc)
-            runs.append(arrays + [dG, dh, dc])
+            dG, db = np.zeros((T, 35, 160), np.float32), np.zeros(160, np.float32)
+            dh, dc = np.zeros((40, 35), np.float32), np.zeros((40, 35), np.float32)
+            DY = np.ones((T, 35, 40), np.float32)
+            K.lstm_loop_back(np.ascontiguousarray(arrays[0].T), DY, *arrays[2:5], dG, db, dh, dc)
+            runs.append(arrays + [dG, db, dh, dc])
     finally:
         K.loop_threads(wanted)
     for other in runs[1:]:
@@ -196,13 +201,18 @@ def test_bad_arguments_raise():
     memory."""
     ins, outs, _ = lstm_arrays(8, 3, 0)
     WT, XU = ins
-    G, C, TC, H = outs
+    G, C, TC, H, Y = outs
     with pytest.raises(ValueError, match="lstm_loop: WT"):
-        K.lstm_loop(WT, XU, G, C[1:], TC, H)
+        K.lstm_loop(WT, XU, G, C[1:], TC, H, Y)
+    with pytest.raises(ValueError, match="lstm_loop: WT"):
+        K.lstm_loop(WT, XU, G, C, TC, H, Y.transpose(0, 2, 1).copy())
     with pytest.raises(TypeError, match="lstm_loop"):
-        K.lstm_loop(WT, XU, G, C, TC)
+        K.lstm_loop(WT, XU, G, C, TC, H)
     with pytest.raises(TypeError, match="float32"):
-        K.lstm_loop(WT.astype(np.float64), XU, G, C, TC, H)
+        K.lstm_loop(WT.astype(np.float64), XU, G, C, TC, H, Y)
+    with pytest.raises(ValueError, match="lstm_loop_back: W"):
+        K.lstm_loop_back(np.ascontiguousarray(WT.T), Y, G, C, TC, np.zeros((T, 3, 32), np.float32),
+                         np.zeros(31, np.float32), C[0], C[0].copy())
     with pytest.raises(ValueError, match="gru_loop_back"):
         K.gru_loop_back(np.zeros((8, 16), np.float32), np.zeros((8, 8), np.float32), np.zeros((T, 8, 3), np.float32),
                         np.zeros((T, 16, 3), np.float32), np.zeros((T, 24, 3), np.float32),
@@ -253,8 +263,9 @@ def test_threads_and_fork(tmp_path):
         WT = rng.uniform(-0.2, 0.2, (4 * n, n)).astype(np.float32)
         XU = rng.uniform(-1, 1, (T, 4 * n, S)).astype(np.float32)
         def run():
-            G, C, TC, H = (np.zeros(s, np.float32) for s in ((T, 4 * n, S), (T + 1, n, S), (T, n, S), (T + 1, n, S)))
-            K.lstm_loop(WT, XU, G, C, TC, H)
+            G, C, TC, H, Y = (np.zeros(s, np.float32) for s in ((T, 4 * n, S), (T + 1, n, S), (T, n, S), (T + 1, n, S),
+                                                                 (T, S, n)))
+            K.lstm_loop(WT, XU, G, C, TC, H, Y)
             return H
         first = run()
         pid = os.fork()

@@ -91,33 +91,38 @@ def lstm_back(dh, dc, DH, g, c, tc, d, P=None, dP=None):
         dc += np.multiply(df, pf, out=scratch)
 
 
-def lstm_loop(WT, XU, G, C, TC, H, P=None):
+def lstm_loop(WT, XU, G, C, TC, H, Y, P=None):
     """The forward step loop (feature-major, T steps of S streams): for each t, G[t] = WT H[t] (the
     recurrent part of the pre-activations, WT (4n, n) with the i f o rows halved), then
-    lstm_step(G[t], XU[t], C[t], C[t+1], TC[t], H[t+1][, P]). XU, G (T, 4n, S); C, H (T+1, n, S)
-    with C[0], H[0] the state before; TC (T, n, S); P (3n, S). The C form (_loop.h, AVX-512 CPUs)
-    runs the whole loop in one call on its own threads, each owning a slice of the units; its
+    lstm_step(G[t], XU[t], C[t], C[t+1], TC[t], H[t+1][, P]) and Y[t] = H[t+1]ᵀ, the output as rows
+    (the next layer's and the weight gradient's layout). XU, G (T, 4n, S); C, H (T+1, n, S) with
+    C[0], H[0] the state before; TC (T, n, S); Y (T, S, n); P (3n, S). The C form (_loop.h, AVX-512
+    CPUs) runs the whole loop in one call on its own threads, each owning a slice of the units; its
     products add in another order, so it equals this to float32 rounding."""
     T, S = XU.shape[0], XU.shape[2]
     recur, step = step_product(WT, S), kernels.get("lstm_step", G, *LSTM.peep_args(P))
     for t in range(T):
         recur(H[t], G[t])
         step(G[t], XU[t], C[t], C[t + 1], TC[t], H[t + 1], *LSTM.peep_args(P))
+        transpose_into(Y[t], H[t + 1])
 
 
-def lstm_loop_back(W, DH, G, C, TC, dG, dh, dc, P=None, dP=None):
+def lstm_loop_back(W, DY, G, C, TC, dG, db, dh, dc, P=None, dP=None):
     """The step loop's way back, from what lstm_loop left: for t from T-1 down, lstm_back(dh, dc,
-    DH[t], G[t], C[t], TC[t], d[, P, dP]), the gate deltas d (4n, S) written as rows dG[t] (S, 4n),
-    and for t > 0 dh = W d (truncated BPTT: nothing flows into the state before the datum). W (n, 4n),
-    DH, TC (T, n, S), G (T, 4n, S), C (T+1, n, S), dG (T, S, 4n); dh, dc (n, S) start at zero."""
-    T, S = DH.shape[0], DH.shape[2]
-    d = np.empty(G.shape[1:], G.dtype)
+    DY[t]ᵀ, G[t], C[t], TC[t], d[, P, dP]), the gate deltas d (4n, S) written as rows dG[t] (S, 4n),
+    and for t > 0 dh = W d (truncated BPTT: nothing flows into the state before the datum); then
+    db = Σ over steps and streams of the deltas (the gates' bias gradient). W (n, 4n), DY (T, S, n)
+    the output deltas as rows, TC (T, n, S), G (T, 4n, S), C (T+1, n, S), dG (T, S, 4n), db (4n,);
+    dh, dc (n, S) start at zero. The C form sums db on the threads that own the units, step by step."""
+    T, S = DY.shape[:2]
+    d, DH = np.empty(G.shape[1:], G.dtype), np.empty(DY.shape[:0:-1], G.dtype)
     recur, back = step_product(W, S), kernels.get("lstm_back", d, *LSTM.peep_args(P, dP))
     for t in reversed(range(T)):
-        back(dh, dc, DH[t], G[t], C[t], TC[t], d, *LSTM.peep_args(P, dP))
+        back(dh, dc, transpose_into(DH, DY[t]), G[t], C[t], TC[t], d, *LSTM.peep_args(P, dP))
         transpose_into(dG[t], d)
         if t:
             recur(d, dh)
+    db[...] = row_sum(dG)
 
 
 kernels.register(lstm_step, lstm_back, lstm_loop, lstm_loop_back)
@@ -194,19 +199,18 @@ class LSTM(Recurrent):
         H = self.buffer("H", (T + 1, n, S))      # H[t] is h before step t
         C = self.buffer("C", (T + 1, n, S))
         TC = self.buffer("TC", (T, n, S))        # tanh(c') per step
-        H[0], C[0] = h0.T, c0.T
+        Y = self.buffer("Y", (T + 1, S, n))      # the outputs as rows (steps, streams, n); Y[t] is h before step t
+        H[0], C[0], Y[0] = h0.T, c0.T, h0
         P = self.peep.tiled("Ph", S, 0.5) if self.peep else None
         if self.bn:  # each step's product normalized over the streams before its step
             step = kernels.get("lstm_step", G, *self.peep_args(P))
             for t in range(T):
                 np.multiply(w.normalize((H[t].T @ w.W)[None], train, bn["w"])[0].T, half[:, None], out=G[t])
                 step(G[t], XU[t], C[t], C[t + 1], TC[t], H[t + 1], *self.peep_args(P))
+            transpose_into(Y[1:], H[1:])
         else:
-            arrays = (WT, XU, G, C, TC, H, *self.peep_args(P))
+            arrays = (WT, XU, G, C, TC, H, Y[1:], *self.peep_args(P))
             kernels.get("lstm_loop", *arrays)(*arrays)
-        Y = self.buffer("Y", (T + 1, S, n))      # back to (steps, streams, n); Y[t] is h before step t
-        Y[0] = h0
-        transpose_into(Y[1:], H[1:])
         h0[...], c0[...] = Y[T], C[T].T
         if train:
             self.tape = self.Tape(x=rows(x), XU=XU, G=G, C=C, TC=TC, Y=Y, bn=bn)
@@ -271,9 +275,7 @@ class LSTM(Recurrent):
         # measurable and saves memory: benchmarks/lstm2x512-mem.cfg, benchmarks/README.md.)
         # Each step's deltas are also copied into rows (steps, streams, 4n) while in cache, in the
         # memory of the spent input projections: the weight gradients' matmuls and the one-hot
-        # gradient read rows at full speed.
-        DH = self.buffer("DH", (T, n, S))
-        transpose_into(DH, dh_out)
+        # gradient read rows at full speed. The loop reads dh_out as the layer above left it, rows.
         dG = XU.reshape(T, S, 4 * n)
         dGw = self.buffer("dGw", (T, S, 4 * n)) if self.bn else dG  # through w's batchnorm
         dh = self.zeros((n, S))
@@ -281,7 +283,7 @@ class LSTM(Recurrent):
         P, dP = (self.peep.tiled("P", S, 1.0), self.peep.deltas(S)) if self.peep else (None, None)
         peep = self.peep_args(P, dP)
         if self.bn:  # each step's deltas back through w's batchnorm before its product
-            d = self.buffer("d", (4 * n, S))
+            d, DH = self.buffer("d", (4 * n, S)), transpose_into(self.buffer("DH", (T, n, S)), dh_out)
             back, recur = kernels.get("lstm_back", d, *peep), step_product(w.W, S)
             for t in reversed(range(T)):
                 back(dh, dc, DH[t], G[t], C[t], TC[t], d, *peep)
@@ -289,18 +291,18 @@ class LSTM(Recurrent):
                 dGw[t] = w.backward_norm(dG[t][None], bn["w"][t])[0]
                 if t:  # the gradient into the previous datum's state is not propagated (truncated BPTT)
                     recur(dGw[t].T, dh)
-        else:
-            arrays = (w.W, DH, G, C, TC, dG, dh, dc, *peep)
+        else:  # the loop sums the bias gradient too: w's and u's biases add to the same pre-activations
+            db = self.buffer("db", (4 * n,))
+            arrays = (w.W, dh_out, G, C, TC, dG, db, dh, dc, *peep)
             kernels.get("lstm_loop_back", *arrays)(*arrays)
+            w.db += db
+            u.db += db
         w.accumulate(rows(Y[:T]), rows(dGw))
         if self.peep:
             self.peep.accumulate()
         if self.bn:  # (w's bias gradient came with each step's backward_norm)
             du = rows(u.backward_norm(dG, *bn["u"]))
-        else:  # w's and u's biases add to the same pre-activations: one sum serves both
-            db = row_sum(dG)
-            w.db += db
-            u.db += db
+        else:
             du = rows(dG)
         u.accumulate(x, du)
         if not need_dx:
