@@ -1010,29 +1010,30 @@ out:
     return result;
 }
 
-/* gru_loop(tanh, WzrT, WhT, XU, ZR, HC, RH, H[, P, RHrows]): the GRU's forward step loop (_loop.h). */
+/* gru_loop(tanh, WzrT, WhT, XU, ZR, HC, RH, H, Y[, P, RHrows]): the GRU's forward step loop (_loop.h). */
 static PyObject *gru_loop(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    Py_buffer b[MAX_ARGS + 1];
+    Py_buffer b[LOOP2_MAX_ARGS];
     int tanh_act = nargs > 0 ? PyObject_IsTrue(args[0]) : 0;
     if (tanh_act < 0)
         return NULL;
-    int count = loop_args(args + 1, nargs - 1, b, "fffFFFF", "FF", "gru_loop(tanh, WzrT, WhT, XU, ZR, HC, RH, H[, P, RHrows])");
+    int count = loop_args(args + 1, nargs - 1, b, "fffFFFFF", "FF", "gru_loop(tanh, WzrT, WhT, XU, ZR, HC, RH, H, Y[, P, RHrows])");
     if (count < 0)
         return NULL;
     PyObject *result = NULL;
     Py_ssize_t n = b[1].shape[0], T = b[2].ndim == 3 ? b[2].shape[0] : 0, S = b[2].ndim == 3 ? b[2].shape[2] : 0;
     if (!shaped(&b[0], 2 * n, n, -1) || !shaped(&b[1], n, n, -1) || !shaped(&b[2], T, 3 * n, S) ||
         !shaped(&b[3], T, 2 * n, S) || !shaped(&b[4], T, n, S) || !shaped(&b[5], T, n, S) || !shaped(&b[6], T + 1, n, S) ||
-        (count == 9 && (!shaped(&b[7], T, 3 * n, S) || !shaped(&b[8], T, S, n))) || T < 1 || S < 1 || n < 1) {
+        !shaped(&b[7], T, S, n) || (count == 10 && (!shaped(&b[8], T, 3 * n, S) || !shaped(&b[9], T, S, n))) ||
+        T < 1 || S < 1 || n < 1) {
         PyErr_SetString(PyExc_ValueError, "gru_loop: WzrT (2n, n), WhT (n, n), XU and P (T, 3n, S), ZR (T, 2n, S), HC and RH (T, n, S), "
-                                          "H (T+1, n, S), RHrows (T, S, n)");
+                                          "H (T+1, n, S), Y and RHrows (T, S, n)");
         goto out;
     }
     Py_ssize_t P = (S + PANEL - 1) / PANEL, eights = (n + 7) / 8;
     gru_job J = {b[0].buf, b[1].buf, b[2].buf, NULL, b[3].buf, b[4].buf, b[5].buf, b[6].buf,
-                 count == 9 ? b[7].buf : NULL, count == 9 ? b[8].buf : NULL, NULL, NULL,
-                 NULL, NULL, NULL, NULL, NULL, NULL, T, S, n, tanh_act};
+                 count == 10 ? b[8].buf : NULL, count == 10 ? b[9].buf : NULL, NULL, NULL,
+                 NULL, NULL, NULL, NULL, NULL, NULL, T, S, n, tanh_act, b[7].buf, NULL, NULL};
     float **parts[] = {&J.xa, &J.xb, &J.Azr, &J.Ah};
     size_t sizes[] = {(size_t)P * n * PANEL, (size_t)P * n * PANEL, (size_t)2 * eights * n * LOOP_ROWS,
                       (size_t)eights * n * LOOP_ROWS};
@@ -1042,28 +1043,30 @@ out:
     return result;
 }
 
-/* gru_loop_back(Wzr, Wh, DH, ZR, P, dP, dh): the GRU's step loop back (_loop.h). */
+/* gru_loop_back(Wzr, Wh, DY, ZR, P, dP, db, dh): the GRU's step loop back (_loop.h). */
 static PyObject *gru_loop_back(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    Py_buffer b[MAX_ARGS];
-    int count = loop_args(args, nargs, b, "fffffFF", "", "gru_loop_back(Wzr, Wh, DH, ZR, P, dP, dh)");
+    Py_buffer b[LOOP2_MAX_ARGS];
+    int count = loop_args(args, nargs, b, "fffffFFF", "", "gru_loop_back(Wzr, Wh, DY, ZR, P, dP, db, dh)");
     if (count < 0)
         return NULL;
     PyObject *result = NULL;
-    Py_ssize_t n = b[0].shape[0], T = b[2].ndim == 3 ? b[2].shape[0] : 0, S = b[2].ndim == 3 ? b[2].shape[2] : 0;
-    if (!shaped(&b[0], n, 2 * n, -1) || !shaped(&b[1], n, n, -1) || !shaped(&b[2], T, n, S) || !shaped(&b[3], T, 2 * n, S) ||
-        !shaped(&b[4], T, 3 * n, S) || !shaped(&b[5], T, S, 3 * n) || !shaped(&b[6], n, S, -1) || T < 1 || S < 1 || n < 1) {
-        PyErr_SetString(PyExc_ValueError, "gru_loop_back: Wzr (n, 2n), Wh (n, n), DH (T, n, S), ZR (T, 2n, S), P (T, 3n, S), "
-                                          "dP (T, S, 3n), dh (n, S)");
+    Py_ssize_t n = b[0].shape[0], T = b[2].ndim == 3 ? b[2].shape[0] : 0, S = b[2].ndim == 3 ? b[2].shape[1] : 0;
+    if (!shaped(&b[0], n, 2 * n, -1) || !shaped(&b[1], n, n, -1) || !shaped(&b[2], T, S, n) || !shaped(&b[3], T, 2 * n, S) ||
+        !shaped(&b[4], T, 3 * n, S) || !shaped(&b[5], T, S, 3 * n) || b[6].ndim != 1 || b[6].shape[0] != 3 * n ||
+        !shaped(&b[7], n, S, -1) || T < 1 || S < 1 || n < 1) {
+        PyErr_SetString(PyExc_ValueError, "gru_loop_back: Wzr (n, 2n), Wh (n, n), DY (T, S, n), ZR (T, 2n, S), P (T, 3n, S), "
+                                          "dP (T, S, 3n), db (3n,), dh (n, S)");
         goto out;
     }
     Py_ssize_t P = (S + PANEL - 1) / PANEL, eights = (n + 7) / 8;
-    gru_job J = {b[0].buf, b[1].buf, NULL, b[2].buf, b[3].buf, NULL, NULL, NULL, b[4].buf, NULL, b[5].buf, b[6].buf,
-                 NULL, NULL, NULL, NULL, NULL, NULL, T, S, n, 0};
-    float **parts[] = {&J.xa, &J.xb, &J.Azr, &J.Ah, &J.d, &J.drh};
+    gru_job J = {b[0].buf, b[1].buf, NULL, b[2].buf, b[3].buf, NULL, NULL, NULL, b[4].buf, NULL, b[5].buf, b[7].buf,
+                 NULL, NULL, NULL, NULL, NULL, NULL, T, S, n, 0, NULL, b[6].buf, NULL};
+    memset(J.db, 0, (size_t)3 * n * sizeof(float));
+    float **parts[] = {&J.xa, &J.xb, &J.Azr, &J.Ah, &J.d, &J.drh, &J.DH};
     size_t sizes[] = {(size_t)P * n * PANEL, (size_t)P * 2 * n * PANEL, (size_t)eights * 2 * n * LOOP_ROWS,
-                      (size_t)eights * n * LOOP_ROWS, (size_t)3 * n * S, (size_t)n * S};
-    result = loop_go(parts, sizes, 6, S, 2, NULL, NULL, n, gru_back_loop_body, &J, eights);
+                      (size_t)eights * n * LOOP_ROWS, (size_t)3 * n * S, (size_t)n * S, (size_t)n * S};
+    result = loop_go(parts, sizes, 7, S, 2, NULL, NULL, n, gru_back_loop_body, &J, eights);
 out:
     release(b, count);
     return result;
@@ -1141,8 +1144,8 @@ static PyMethodDef panel_methods[] = {
     {"panel_threads", panel_threads, METH_O, "panel_threads(n) -> the threads panel_matmul runs on (set before its first call)"},
     METHOD(lstm_loop, "lstm_loop(WT, XU, G, C, TC, H, Y[, P]): the LSTM's forward step loop, products and steps, feature-major, Y the outputs as rows"),
     METHOD(lstm_loop_back, "lstm_loop_back(W, DY, G, C, TC, dG, db, dh, dc[, P, dP]): the LSTM's step loop back from rows DY: gate deltas as rows dG, their sums db"),
-    METHOD(gru_loop, "gru_loop(tanh, WzrT, WhT, XU, ZR, HC, RH, H[, P, RHrows]): the GRU's forward step loop, feature-major"),
-    METHOD(gru_loop_back, "gru_loop_back(Wzr, Wh, DH, ZR, P, dP, dh): the GRU's step loop back: deltas as rows dP"),
+    METHOD(gru_loop, "gru_loop(tanh, WzrT, WhT, XU, ZR, HC, RH, H, Y[, P, RHrows]): the GRU's forward step loop, feature-major, Y the outputs as rows"),
+    METHOD(gru_loop_back, "gru_loop_back(Wzr, Wh, DY, ZR, P, dP, db, dh): the GRU's step loop back from rows DY: deltas as rows dP, their sums db"),
     METHOD(rnn_loop, "rnn_loop(a, shortcut, WT, bias, Af, B, Sf): the [rnn] step loop for a slope activation (leaky, relie), feature-major"),
     METHOD(rnn_loop_back, "rnn_loop_back(a, shortcut, W, B, dSf, dBf): its way back, dBf[T-1] given"),
     {"loop_threads", loop_threads, METH_O, "loop_threads(n) -> the threads the step loops run on"},

@@ -476,15 +476,17 @@ __attribute__((target("avx512f,avx2,fma"))) static void lstm_back_loop_body(void
 
 /* ---- GRU ----------------------------------------------------------------------------------- */
 /* Forward: for t < T, ZR[t] = WzrT H[t], gru_zr(ZR[t], XU[t], H[t], RH[t]), HC[t] = WhT RH[t],
- * gru_step(tanh, HC[t], XU[t], ZR[t], H[t], H[t+1][, P[t]]), and in training RHrows[t] = RH[t]ᵀ.
- * WzrT (2n, n), WhT (n, n); XU, P (T, 3n, S), ZR (T, 2n, S), HC, RH (T, n, S), H (T+1, n, S),
- * RHrows (T, S, n). Two barriers a step: wh reads every unit of r h, the next step every unit of h'.
- * Back: for t from T-1 down, dh += DH[t]; dc = P[t][c] dh (d's third block); drh = Wh dc;
- * gru_back(dh, drh, ZR[t], P[t], d); dP[t] = dᵀ (rows (S, 3n)); for t > 0, dh += Wzr [dz dr].
- * Wzr (n, 2n), Wh (n, n). Two barriers a step (each product reads every unit's deltas).
+ * gru_step(tanh, HC[t], XU[t], ZR[t], H[t], H[t+1][, P[t]]), Y[t] = H[t+1]ᵀ, and in training
+ * RHrows[t] = RH[t]ᵀ. WzrT (2n, n), WhT (n, n); XU, P (T, 3n, S), ZR (T, 2n, S), HC, RH (T, n, S),
+ * H (T+1, n, S), Y, RHrows (T, S, n). Two barriers a step: wh reads every unit of r h, the next
+ * step every unit of h'.
+ * Back: for t from T-1 down, dh += DY[t]ᵀ; dc = P[t][c] dh (d's third block); drh = Wh dc;
+ * gru_back(dh, drh, ZR[t], P[t], d); dP[t] = dᵀ (rows (S, 3n)); db += d's sums over the streams;
+ * for t > 0, dh += Wzr [dz dr]. Wzr (n, 2n), Wh (n, n), DY (T, S, n). Two barriers a step (each
+ * product reads every unit's deltas).
  * Each thread owns eights of units: its rows of every product, their step maths. */
 typedef struct {
-    const float *Wzr, *Wh, *XU, *DH;
+    const float *Wzr, *Wh, *XU, *DY;
     float *ZR, *HC, *RH, *H, *P, *RHrows, *dP, *dh;
     float *Azr, *Ah;   /* packed: forward wzr's z r rows of 4 units (n/4, n, 8), wh (n/8, n, 8);
                           back Wzr (n/8, 2n, 8), Wh (n/8, n, 8) */
@@ -492,6 +494,8 @@ typedef struct {
     float *d, *drh;    /* back: a step's deltas (3n, S), r h's (n, S) */
     Py_ssize_t T, S, n;
     int tanh_act;
+    float *Y, *db;     /* forward's outputs as rows; back's bias gradient (3n) */
+    float *DH;         /* back: a step's output deltas, feature-major (n, S) */
 } gru_job;
 
 __attribute__((target("avx512f,avx2,fma"))) static void gru_forward_body(void *arg, int id, int threads, unsigned *phase)
@@ -533,6 +537,7 @@ __attribute__((target("avx512f,avx2,fma"))) static void gru_forward_body(void *a
             gru_body_avx2(c + o, xu + o, zr + o, h + o, h1 + o, NULL, m, B, 1, 0);
         else
             gru_body_avx2(c + o, xu + o, zr + o, h + o, h1 + o, NULL, m, B, 0, 0);
+        loop_to_rows(h1, J->Y + t * S * n, S, n, 0, j0, j1);
         if (t + 1 < T) {
             loop_to_panels(h1, J->xa, n, S, j0, j1);
             loop_barrier(phase);
@@ -550,7 +555,8 @@ __attribute__((target("avx512f,avx2,fma"))) static void gru_back_loop_body(void 
     loop_pack(J->Ah, J->Wh, n, n, 1, e0, e1);
     float *dh = J->dh, *d = J->d;
     for (Py_ssize_t t = T - 1; t >= 0; t--) {
-        const float *Pt = J->P + t * 3 * B, *DH = J->DH + t * B;
+        const float *Pt = J->P + t * 3 * B, *DH = J->DH;
+        loop2_from_rows(J->DY + t * S * n, J->DH, S, n, 0, j0, j1);
         for (Py_ssize_t e = o; e < o + m; e++) {
             dh[e] += DH[e];
             d[2 * B + e] = Pt[2 * B + e] * dh[e];
@@ -559,8 +565,10 @@ __attribute__((target("avx512f,avx2,fma"))) static void gru_back_loop_body(void 
         loop_barrier(phase);
         loop_rows(J->Ah, J->xa, n, J->drh, n, S, e0, e1, 0);
         gru_back_body_avx2(dh + o, J->drh + o, J->ZR + t * 2 * B + o, Pt + o, d + o, m, B);
-        for (int gate = 0; gate < 3; gate++)
+        for (int gate = 0; gate < 3; gate++) {
+            loop2_row_sums(d + gate * B, J->db + gate * n, S, j0, j1);
             loop_to_rows(d + gate * B, J->dP + t * S * 3 * n, S, 3 * n, gate * n, j0, j1);
+        }
         if (t == 0)
             break;
         for (int gate = 0; gate < 2; gate++)

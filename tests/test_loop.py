@@ -93,7 +93,7 @@ def gru_arrays(n, S, seed, train):
     rng = np.random.default_rng(seed)
     ins = [weights(rng, 2 * n, n), weights(rng, n, n), rng.standard_normal((T, 3 * n, S)).astype(np.float32)]
     outs = [np.zeros((T, 2 * n, S), np.float32), np.zeros((T, n, S), np.float32), np.zeros((T, n, S), np.float32),
-            np.zeros((T + 1, n, S), np.float32)]
+            np.zeros((T + 1, n, S), np.float32), np.zeros((T, S, n), np.float32)]
     outs += [np.zeros((T, 3 * n, S), np.float32), np.zeros((T, S, n), np.float32)] if train else []
     h0 = rng.uniform(-1, 1, (n, S)).astype(np.float32)
 
@@ -105,18 +105,21 @@ def gru_arrays(n, S, seed, train):
 @pytest.mark.parametrize("tanh,train", [(False, True), (True, True), (False, False)])
 @pytest.mark.parametrize("n,S", SHAPES)
 def test_gru_loop(n, S, tanh, train):
-    """Forward (in training also the deltas' factors P and r⊙h as rows) then back: the deltas as
-    rows and dh at the start."""
+    """Forward (the outputs also as rows Y; in training also the deltas' factors P and r⊙h as rows)
+    then back from output deltas as rows: the deltas as rows and their sums db, dh at the start."""
     ins, outs, prepare = gru_arrays(n, S, n * S, train)
-    WzrT, WhT, XU, ZR, HC, RH, H, *training = run_both(
+    WzrT, WhT, XU, ZR, HC, RH, H, Y, *training = run_both(
         lambda *a: gru.gru_loop(tanh, *a), lambda *a: K.gru_loop(tanh, *a), ins, outs,
-        "WzrT WhT XU ZR HC RH H P RHrows", prepare)
+        "WzrT WhT XU ZR HC RH H Y P RHrows", prepare)
+    np.testing.assert_array_equal(Y, H[1:].transpose(0, 2, 1))
     if not train:
         return
-    DH = np.random.default_rng(2).standard_normal((T, n, S)).astype(np.float32)
-    run_both(gru.gru_loop_back, K.gru_loop_back,
-             [np.ascontiguousarray(WzrT.T), np.ascontiguousarray(WhT.T), DH, ZR, training[0]],
-             [np.zeros((T, S, 3 * n), np.float32), np.zeros((n, S), np.float32)], "Wzr Wh DH ZR P dP dh")
+    DY = np.random.default_rng(2).standard_normal((T, S, n)).astype(np.float32)
+    dP, db = run_both(gru.gru_loop_back, K.gru_loop_back,
+                      [np.ascontiguousarray(WzrT.T), np.ascontiguousarray(WhT.T), DY, ZR, training[0]],
+                      [np.zeros((T, S, 3 * n), np.float32), np.zeros(3 * n, np.float32), np.zeros((n, S), np.float32)],
+                      "Wzr Wh DY ZR P dP db dh")[5:7]
+    np.testing.assert_allclose(db, dP.astype(np.float64).sum(axis=(0, 1)), rtol=0, atol=1e-5 * np.abs(dP).sum(axis=(0, 1)).max())
 
 
 @pytest.mark.parametrize("slope,shortcut", [(0.1, False), (0.01, True)])
@@ -159,7 +162,7 @@ def test_a_loop_reading_the_wrong_block_or_step_is_caught(kind):
         ins, outs, prepare = gru_arrays(n, S, 0, True)
         reference = lambda *a: gru.gru_loop(False, *a)  # noqa: E731
         broken = lambda Wzr, Wh, XU, *o: K.gru_loop(False, Wzr, Wh, swap_first_blocks(XU, n), *o)  # noqa: E731
-        names = "WzrT WhT XU ZR HC RH H P RHrows"
+        names = "WzrT WhT XU ZR HC RH H Y P RHrows"
     else:
         rng = np.random.default_rng(0)
         ins = [weights(rng, n, n), rng.standard_normal((n, S)).astype(np.float32),
@@ -170,6 +173,37 @@ def test_a_loop_reading_the_wrong_block_or_step_is_caught(kind):
         names = "WT bias Af B Sf"
     with pytest.raises(AssertionError):
         run_both(reference, broken, ins, outs, names, prepare)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_a_way_back_reading_the_wrong_steps_deltas_is_caught(kind):
+    """Not vacuous: the ways back's comparisons fail for a C loop that reads the output deltas as
+    rows DY of the wrong steps (reversed), the rows it now reads itself."""
+    n, S = 20, 33
+    DY = np.random.default_rng(2).standard_normal((T, S, n)).astype(np.float32)
+    if kind == "lstm":
+        ins, outs, prepare = lstm_arrays(n, S, 0)
+        WT, _, G, C, TC, _, _ = run_both(lstm.lstm_loop, K.lstm_loop, ins, outs, "WT XU G C TC H Y", prepare)
+        ins = [np.ascontiguousarray(WT.T), DY, G, C, TC]
+        outs = [np.zeros((T, S, 4 * n), np.float32), np.zeros(4 * n, np.float32), np.zeros((n, S), np.float32),
+                np.zeros((n, S), np.float32)]
+        reference, kernel, names = lstm.lstm_loop_back, K.lstm_loop_back, "W DY G C TC dG db dh dc"
+    else:
+        ins, outs, prepare = gru_arrays(n, S, 0, True)
+        WzrT, WhT, _, ZR, _, _, _, _, P, _ = run_both(lambda *a: gru.gru_loop(False, *a), lambda *a: K.gru_loop(False, *a),
+                                                      ins, outs, "WzrT WhT XU ZR HC RH H Y P RHrows", prepare)
+        ins = [np.ascontiguousarray(WzrT.T), np.ascontiguousarray(WhT.T), DY, ZR, P]
+        outs = [np.zeros((T, S, 3 * n), np.float32), np.zeros(3 * n, np.float32), np.zeros((n, S), np.float32)]
+        reference, kernel, names = gru.gru_loop_back, K.gru_loop_back, "Wzr Wh DY ZR P dP db dh"
+    at = 1 if kind == "lstm" else 2
+
+    def broken(*a):
+        a = list(a)
+        a[at] = np.ascontiguousarray(a[at][::-1])
+        kernel(*a)
+    run_both(reference, kernel, ins, outs, names)
+    with pytest.raises(AssertionError):
+        run_both(reference, broken, ins, outs, names)
 
 
 def test_the_same_bits_on_any_number_of_threads():
@@ -214,9 +248,9 @@ def test_bad_arguments_raise():
         K.lstm_loop_back(np.ascontiguousarray(WT.T), Y, G, C, TC, np.zeros((T, 3, 32), np.float32),
                          np.zeros(31, np.float32), C[0], C[0].copy())
     with pytest.raises(ValueError, match="gru_loop_back"):
-        K.gru_loop_back(np.zeros((8, 16), np.float32), np.zeros((8, 8), np.float32), np.zeros((T, 8, 3), np.float32),
+        K.gru_loop_back(np.zeros((8, 16), np.float32), np.zeros((8, 8), np.float32), np.zeros((T, 3, 8), np.float32),
                         np.zeros((T, 16, 3), np.float32), np.zeros((T, 24, 3), np.float32),
-                        np.zeros((T, 3, 23), np.float32), np.zeros((8, 3), np.float32))
+                        np.zeros((T, 3, 23), np.float32), np.zeros(24, np.float32), np.zeros((8, 3), np.float32))
     with pytest.raises(ValueError, match="slope"):
         K.rnn_loop(1.5, False, np.zeros((8, 8), np.float32), np.zeros((8, 3), np.float32),
                    *np.zeros((2, T, 8, 3), np.float32), np.zeros((T + 1, 8, 3), np.float32))

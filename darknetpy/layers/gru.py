@@ -71,14 +71,15 @@ def gru_back(dh, drh, zr, P, d):
     dh += drh * zr[n:]
 
 
-def gru_loop(tanh, WzrT, WhT, XU, ZR, HC, RH, H, P=None, RHrows=None):
+def gru_loop(tanh, WzrT, WhT, XU, ZR, HC, RH, H, Y, P=None, RHrows=None):
     """The forward step loop (feature-major, T steps of S streams): for each t, ZR[t] = WzrT H[t],
     gru_zr(ZR[t], XU[t], H[t], RH[t]), HC[t] = WhT RH[t], gru_step(tanh, HC[t], XU[t], ZR[t], H[t],
-    H[t+1][, P[t]]), and in training (P given) RHrows[t] = RH[t]ᵀ, wh's input as rows. WzrT (2n, n)
-    and WhT (n, n) with the logistic rows halved; XU, P (T, 3n, S); ZR (T, 2n, S); HC, RH (T, n, S);
-    H (T+1, n, S), H[0] the state before; RHrows (T, S, n). The C form (_loop.h, AVX-512 CPUs) runs
-    the whole loop in one call, each thread owning a slice of the units; its products add in
-    another order, so it equals this to float32 rounding."""
+    H[t+1][, P[t]]), Y[t] = H[t+1]ᵀ (the output as rows), and in training (P given) RHrows[t] =
+    RH[t]ᵀ, wh's input as rows. WzrT (2n, n) and WhT (n, n) with the logistic rows halved; XU, P
+    (T, 3n, S); ZR (T, 2n, S); HC, RH (T, n, S); H (T+1, n, S), H[0] the state before; Y, RHrows
+    (T, S, n). The C form (_loop.h, AVX-512 CPUs) runs the whole loop in one call, each thread
+    owning a slice of the units; its products add in another order, so it equals this to float32
+    rounding."""
     T, S = XU.shape[0], XU.shape[2]
     gates, step = kernels.get("gru_zr", ZR), kernels.get("gru_step", ZR)
     recur_zr, recur_h = step_product(WzrT, S), step_product(WhT, S)
@@ -91,25 +92,28 @@ def gru_loop(tanh, WzrT, WhT, XU, ZR, HC, RH, H, P=None, RHrows=None):
         else:
             step(tanh, HC[t], XU[t], ZR[t], H[t], H[t + 1], P[t])
             transpose_into(RHrows[t], RH[t])
+        transpose_into(Y[t], H[t + 1])
 
 
-def gru_loop_back(Wzr, Wh, DH, ZR, P, dP, dh):
-    """The step loop's way back, from what gru_loop left: for t from T-1 down, dh += DH[t], the
+def gru_loop_back(Wzr, Wh, DY, ZR, P, dP, db, dh):
+    """The step loop's way back, from what gru_loop left: for t from T-1 down, dh += DY[t]ᵀ, the
     candidate's delta dc = P[t][c]⊙dh, drh = Wh dc, gru_back(dh, drh, ZR[t], P[t], d), the deltas
     d = [dz dr dc] (3n, S) written as rows dP[t] (S, 3n), and for t > 0 dh += Wzr [dz dr] (truncated
-    BPTT). Wzr (n, 2n), Wh (n, n), DH (T, n, S), ZR (T, 2n, S), P (T, 3n, S), dP (T, S, 3n); dh (n, S)
-    starts at zero."""
-    T, n, S = DH.shape
+    BPTT); then db = Σ over steps and streams of the deltas (the bias gradient). Wzr (n, 2n), Wh
+    (n, n), DY (T, S, n) the output deltas as rows, ZR (T, 2n, S), P (T, 3n, S), dP (T, S, 3n), db
+    (3n,); dh (n, S) starts at zero. The C form sums db on the threads that own the units."""
+    T, S, n = DY.shape
     d, drh, a = np.empty((3 * n, S), dh.dtype), np.empty((n, S), dh.dtype), np.empty((n, S), dh.dtype)
     back = kernels.get("gru_back", d)
     recur_zr, recur_h = step_product(Wzr, S), step_product(Wh, S)
     for t in reversed(range(T)):
-        dh += DH[t]
+        dh += DY[t].T
         recur_h(np.multiply(P[t, 2 * n:], dh, out=d[2 * n:]), drh)
         back(dh, drh, ZR[t], P[t], d)
         transpose_into(dP[t], d)
         if t:
             dh += recur_zr(d[:2 * n], a)
+    db[...] = row_sum(dP)
 
 
 kernels.register(gru_zr, gru_step, gru_back, gru_loop, gru_loop_back)
@@ -164,9 +168,10 @@ class GRU(Recurrent):
         if train:                                # ... and as rows for wh's weight gradient
             RHrows = self.buffer("RHrows", (T, S, n))
         H = self.buffer("H", (T + 1, n, S))      # H[t] is h before step t
+        Y = self.buffer("Y", (T + 1, S, n))      # the outputs as rows (steps, streams, n); Y[t] is h before step t
         if train:  # dz = dh ⊙ P[z]   dr = drh ⊙ P[r]   dc = dh ⊙ P[c], for backward
             P = self.buffer("P", (T, 3 * n, S))
-        H[0] = h0.T
+        H[0], Y[0] = h0.T, h0
         training = (P, RHrows) if train else ()
         if self.bn:  # each step's products normalized over the streams before its step ops
             gates, step = kernels.get("gru_zr", ZR), kernels.get("gru_step", ZR)
@@ -178,12 +183,10 @@ class GRU(Recurrent):
                 step(self.tanh, c, XU[t], zr, h, H[t + 1], *(P[t],) if train else ())
                 if train:
                     transpose_into(RHrows[t], RH[t])
+            transpose_into(Y[1:], H[1:])
         else:
-            arrays = (WzrT, WhT, XU, ZR, HC, RH, H, *training)
+            arrays = (WzrT, WhT, XU, ZR, HC, RH, H, Y[1:], *training)
             kernels.get("gru_loop", *arrays)(self.tanh, *arrays)
-        Y = self.buffer("Y", (T + 1, S, n))      # back to (steps, streams, n); Y[t] is h before step t
-        Y[0] = h0
-        transpose_into(Y[1:], H[1:])
         h0[...] = Y[T]
         if train:
             self.tape = self.Tape(x=rows(x), XU=XU, ZR=ZR, P=P, RHrows=RHrows, Y=Y, bn=bn)
@@ -218,14 +221,13 @@ class GRU(Recurrent):
         T, S = dh_out.shape[:2]
         n, wzr, wh, u = self.outputs, self.wzr, self.wh, self.u
         x, XU, ZR, P, RHrows, Y, bn = self.tape
-        DH = self.buffer("DH", (T, n, S))
-        transpose_into(DH, dh_out)
         dP = XU.reshape(T, S, 3 * n)   # every step's as rows, for the weight gradients (in
                                                  # the memory of the spent input projections)
         if self.bn:                              # the w sub-layers' deltas through their batchnorm
             dPzr, dPh = self.buffer("dPzr", (T, S, 2 * n)), self.buffer("dPh", (T, S, n))
         dh = self.zeros((n, S))
         if self.bn:  # each step's deltas back through the w sub-layers' batchnorm before their products
+            DH = transpose_into(self.buffer("DH", (T, n, S)), dh_out)
             d = self.buffer("d", (3 * n, S))     # this step's deltas of the pre-activations z r c
             a, drh = self.buffer("scratch", (n, S)), self.buffer("drh", (n, S))
             back = kernels.get("gru_back", d)
@@ -240,14 +242,14 @@ class GRU(Recurrent):
                 transpose_into(dP[t], d)                        # while d is in cache
                 if t:  # truncated BPTT: nothing flows into the previous datum's state
                     dh += recur_zr(dPzr[t].T, a)                # dh_prev = dh ⊙ z + drh ⊙ r + Wzr [dz dr]
-        else:
-            arrays = (wzr.W, wh.W, DH, ZR, P, dP, dh)
+        else:  # the loop sums the bias gradient too: wz wr wh's biases add to the same
+            db = self.buffer("db", (3 * n,))     # pre-activations as uz ur uh's, one sum serves both
+            arrays = (wzr.W, wh.W, dh_out, ZR, P, dP, db, dh)
             kernels.get("gru_loop_back", *arrays)(*arrays)
         if self.bn:  # (the w sub-layers' bias gradients came with each step's backward_norm)
             dPzr, dPh = rows(dPzr), rows(dPh)
             du = rows(u.backward_norm(dP, *bn["u"]))
-        else:  # wz wr wh's biases add to the same pre-activations as uz ur uh's: one sum serves both
-            db = row_sum(dP)
+        else:
             wzr.db += db[:2 * n]
             wh.db += db[2 * n:]
             u.db += db
