@@ -1072,42 +1072,46 @@ out:
     return result;
 }
 
-/* rnn_loop(a, shortcut, WT, bias, Af, B, Sf) and rnn_loop_back(a, shortcut, W, B, dSf, dBf): the
+/* rnn_loop(a, shortcut, WT, bias, A, B, Sf, St) and rnn_loop_back(a, shortcut, W, B, dS, dB, db): the
  * [rnn] step loop and its way back for a slope activation of slope a (_loop.h). */
 static PyObject *rnn_loop_call(PyObject *const *args, Py_ssize_t nargs, int back)
 {
-    Py_buffer b[MAX_ARGS];
-    const char *usage = back ? "rnn_loop_back(a, shortcut, W, B, dSf, dBf)" : "rnn_loop(a, shortcut, WT, bias, Af, B, Sf)";
+    Py_buffer b[LOOP2_MAX_ARGS];
+    const char *usage = back ? "rnn_loop_back(a, shortcut, W, B, dS, dB, db)" : "rnn_loop(a, shortcut, WT, bias, A, B, Sf, St)";
     float a = 0.0f;
-    if (nargs != (back ? 6 : 7)) {
+    if (nargs != (back ? 7 : 8)) {
         PyErr_SetString(PyExc_TypeError, usage);
         return NULL;
     }
     int shortcut = PyObject_IsTrue(args[1]);
     if (slope_arg(args[0], &a) < 0 || shortcut < 0)
         return NULL;
-    int count = loop_args(args + 2, nargs - 2, b, back ? "ffFF" : "fffFF", "", usage);
+    int count = loop_args(args + 2, nargs - 2, b, back ? "ffFFF" : "fffFFF", "", usage);
     if (count < 0)
         return NULL;
     PyObject *result = NULL;
-    Py_ssize_t n = b[0].shape[0], T = b[count - 1].ndim == 3 ? b[count - 1].shape[0] - !back : 0;
-    Py_ssize_t S = b[count - 1].ndim == 3 ? b[count - 1].shape[2] : 0;
-    int ok = shaped(&b[0], n, n, -1) && T >= 1 && S >= 1 && n >= 1;
+    const Py_buffer *Bb = &b[back ? 1 : 3];  /* B (T, n, S) */
+    Py_ssize_t n = b[0].shape[0], T = Bb->ndim == 3 ? Bb->shape[0] : 0, S = Bb->ndim == 3 ? Bb->shape[2] : 0;
+    int ok = shaped(&b[0], n, n, -1) && shaped(Bb, T, n, S) && T >= 1 && S >= 1 && n >= 1;
     if (back)
-        ok = ok && shaped(&b[1], T, n, S) && shaped(&b[2], T, n, S) && shaped(&b[3], T, n, S);
+        ok = ok && shaped(&b[2], T, S, n) && shaped(&b[3], T, S, n) && b[4].ndim == 1 && b[4].shape[0] == n;
     else
-        ok = ok && shaped(&b[1], n, S, -1) && shaped(&b[2], T, n, S) && shaped(&b[3], T, n, S) && shaped(&b[4], T + 1, n, S);
+        ok = ok && shaped(&b[1], n, S, -1) && shaped(&b[2], T, S, n) && shaped(&b[4], T + 1, n, S) && shaped(&b[5], T, S, n);
     if (!ok) {
-        PyErr_SetString(PyExc_ValueError, back ? "rnn_loop_back: W (n, n), B, dSf and dBf (T, n, S)"
-                                               : "rnn_loop: WT (n, n), bias (n, S), Af and B (T, n, S), Sf (T+1, n, S)");
+        PyErr_SetString(PyExc_ValueError, back ? "rnn_loop_back: W (n, n), B (T, n, S), dS and dB (T, S, n), db (n,)"
+                                               : "rnn_loop: WT (n, n), bias (n, S), A (T, S, n), B (T, n, S), Sf (T+1, n, S), St (T, S, n)");
         goto out;
     }
     Py_ssize_t P = (S + PANEL - 1) / PANEL, eights = (n + 7) / 8;
-    rnn_job J = {b[0].buf, back ? NULL : b[1].buf, back ? NULL : b[2].buf, b[back ? 1 : 3].buf, back ? NULL : b[4].buf,
-                 back ? b[2].buf : NULL, back ? b[3].buf : NULL, NULL, NULL, NULL, T, S, n, a, shortcut};
-    float **parts[] = {&J.xp, &J.A, &J.w};
-    size_t sizes[] = {(size_t)2 * P * n * PANEL, (size_t)eights * n * LOOP_ROWS, (size_t)n * S};
-    result = loop_go(parts, sizes, 3, S, 1, back ? NULL : J.Sf, &J.xp, n, back ? rnn_back_loop_body : rnn_forward_body, &J, eights);
+    rnn_job J = {b[0].buf, back ? NULL : b[1].buf, back ? NULL : b[2].buf, Bb->buf, back ? NULL : b[4].buf, NULL, NULL,
+                 NULL, NULL, NULL, T, S, n, a, shortcut, NULL, back ? NULL : b[5].buf, back ? b[2].buf : NULL,
+                 back ? b[3].buf : NULL, back ? b[4].buf : NULL};
+    if (back)
+        memset(J.db, 0, (size_t)n * sizeof(float));
+    float **parts[] = {&J.xp, &J.A, &J.w, back ? &J.dSf : &J.Af, &J.dBf};
+    size_t sizes[] = {(size_t)2 * P * n * PANEL, (size_t)eights * n * LOOP_ROWS, (size_t)n * S, (size_t)(back ? 2 : 1) * n * S,
+                      (size_t)2 * n * S};
+    result = loop_go(parts, sizes, back ? 5 : 4, S, 1, back ? NULL : J.Sf, &J.xp, n, back ? rnn_back_loop_body : rnn_forward_body, &J, eights);
 out:
     release(b, count);
     return result;
@@ -1146,8 +1150,8 @@ static PyMethodDef panel_methods[] = {
     METHOD(lstm_loop_back, "lstm_loop_back(W, DY, G, C, TC, dG, db, dh, dc[, P, dP]): the LSTM's step loop back from rows DY: gate deltas as rows dG, their sums db"),
     METHOD(gru_loop, "gru_loop(tanh, WzrT, WhT, XU, ZR, HC, RH, H, Y[, P, RHrows]): the GRU's forward step loop, feature-major, Y the outputs as rows"),
     METHOD(gru_loop_back, "gru_loop_back(Wzr, Wh, DY, ZR, P, dP, db, dh): the GRU's step loop back from rows DY: deltas as rows dP, their sums db"),
-    METHOD(rnn_loop, "rnn_loop(a, shortcut, WT, bias, Af, B, Sf): the [rnn] step loop for a slope activation (leaky, relie), feature-major"),
-    METHOD(rnn_loop_back, "rnn_loop_back(a, shortcut, W, B, dSf, dBf): its way back, dBf[T-1] given"),
+    METHOD(rnn_loop, "rnn_loop(a, shortcut, WT, bias, A, B, Sf, St): the [rnn] step loop for a slope activation (leaky, relie), feature-major, A and St rows"),
+    METHOD(rnn_loop_back, "rnn_loop_back(a, shortcut, W, B, dS, dB, db): its way back from the states' deltas as rows dS (completed in place), dB rows, db their sums"),
     {"loop_threads", loop_threads, METH_O, "loop_threads(n) -> the threads the step loops run on"},
     {NULL, NULL, 0, NULL},
 };

@@ -579,17 +579,22 @@ __attribute__((target("avx512f,avx2,fma"))) static void gru_back_loop_body(void 
 }
 
 /* ---- RNN ----------------------------------------------------------------------------------- */
-/* Forward: for t < T, B[t] = WT Sf[t], then rnn_step(a, B[t], bias, Af[t], Sf[t+1][, Sf[t]]) (a
- * slope activation of slope a). WT (n, n); bias, (n, S); Af, B (T, n, S); Sf (T+1, n, S).
- * Back: for t from T-1 down to 1, rnn_back(a, dSf[t-1], W dBf[t], B[t-1], dBf[t-1][, dSf[t]]);
- * W (n, n), dSf, dBf (T, n, S), dBf[T-1] given. One barrier a step; threads own eights of units. */
+/* Forward: for t < T, B[t] = WT Sf[t], then rnn_step(a, B[t], bias, Ar[t]ᵀ, Sf[t+1][, Sf[t]]) (a
+ * slope activation of slope a) and St[t] = Sf[t+1]ᵀ. WT (n, n); bias, (n, S); B (T, n, S); Sf
+ * (T+1, n, S); Ar, St (T, S, n): the input sub-layer's outputs and the states, as rows.
+ * Back, from dS (T, S, n), the states' deltas as rows: dSf = dSᵀ, dBf[T-1] = dSf[T-1] f'(B[T-1]),
+ * then for t from T-1 down to 1, rnn_back(a, dSf[t-1], W dBf[t], B[t-1], dBf[t-1][, dSf[t]]); dS
+ * becomes dSfᵀ, dB (T, S, n) dBfᵀ and db Σ dBf over steps and streams. W (n, n); dSf, dBf two
+ * steps' (2, n, S) here. One barrier a step; threads own eights of units. */
 typedef struct {
-    const float *W, *bias, *Af;
+    const float *W, *bias, *Ar;
     float *B, *Sf, *dSf, *dBf;
     float *A, *xp, *w;  /* packed W (n/8, n, 8); two steps' panels (2, P, n, 32); back: W dBf[t] (n, S) */
     Py_ssize_t T, S, n;
     float a;
     int shortcut;
+    float *Af, *St;     /* forward: a step's Ar[t]ᵀ (n, S); the states as rows */
+    float *dS, *dB, *db;
 } rnn_job;
 
 __attribute__((target("avx512f,avx2,fma"))) static void rnn_forward_body(void *arg, int id, int threads, unsigned *phase)
@@ -602,7 +607,9 @@ __attribute__((target("avx512f,avx2,fma"))) static void rnn_forward_body(void *a
     for (Py_ssize_t t = 0; t < T; t++) {
         float *b = J->B + t * N, *s1 = J->Sf + (t + 1) * N;
         loop_rows(J->A, J->xp + (t % 2) * P * n * PANEL, n, b, n, S, e0, e1, 0);
-        rnn_step_avx2(b + o, J->bias + o, J->Af + t * N + o, s1 + o, J->shortcut ? J->Sf + t * N + o : NULL, m, J->a);
+        loop2_from_rows(J->Ar + t * N, J->Af, S, n, 0, j0, j1);
+        rnn_step_avx2(b + o, J->bias + o, J->Af + o, s1 + o, J->shortcut ? J->Sf + t * N + o : NULL, m, J->a);
+        loop_to_rows(s1, J->St + t * N, S, n, 0, j0, j1);
         if (t + 1 < T) {
             loop_to_panels(s1, J->xp + ((t + 1) % 2) * P * n * PANEL, n, S, j0, j1);
             loop_barrier(phase);
@@ -617,12 +624,21 @@ __attribute__((target("avx512f,avx2,fma"))) static void rnn_back_loop_body(void 
     loop_share((n + 7) / 8, id, threads, &e0, &e1);
     Py_ssize_t j0 = 8 * e0, j1 = 8 * e1 < n ? 8 * e1 : n, o = j0 * S, m = (j1 - j0) * S;
     loop_pack(J->A, J->W, n, n, 1, e0, e1);
+    float *ds = J->dSf + (T - 1) % 2 * N, *d = J->dBf + (T - 1) % 2 * N;
+    loop2_from_rows(J->dS + (T - 1) * N, ds, S, n, 0, j0, j1);
+    slope_grad_avx2(J->B + (T - 1) * N + o, ds + o, d + o, m, J->a);
+    loop_to_rows(d, J->dB + (T - 1) * N, S, n, 0, j0, j1);
+    loop2_row_sums(d, J->db, S, j0, j1);
     for (Py_ssize_t t = T - 1; t >= 1; t--) {
         float *xp = J->xp + (t % 2) * P * n * PANEL;
-        loop_to_panels(J->dBf + t * N, xp, n, S, j0, j1);
+        loop_to_panels(J->dBf + t % 2 * N, xp, n, S, j0, j1);
         loop_barrier(phase);
         loop_rows(J->A, xp, n, J->w, n, S, e0, e1, 0);
-        rnn_back_avx2(J->dSf + (t - 1) * N + o, J->w + o, J->B + (t - 1) * N + o, J->dBf + (t - 1) * N + o,
-                      J->shortcut ? J->dSf + t * N + o : NULL, m, J->a);
+        ds = J->dSf + (t - 1) % 2 * N, d = J->dBf + (t - 1) % 2 * N;
+        loop2_from_rows(J->dS + (t - 1) * N, ds, S, n, 0, j0, j1);
+        rnn_back_avx2(ds + o, J->w + o, J->B + (t - 1) * N + o, d + o, J->shortcut ? J->dSf + t % 2 * N + o : NULL, m, J->a);
+        loop_to_rows(ds, J->dS + (t - 1) * N, S, n, 0, j0, j1);
+        loop_to_rows(d, J->dB + (t - 1) * N, S, n, 0, j0, j1);
+        loop2_row_sums(d, J->db, S, j0, j1);
     }
 }

@@ -125,21 +125,27 @@ def test_gru_loop(n, S, tanh, train):
 @pytest.mark.parametrize("slope,shortcut", [(0.1, False), (0.01, True)])
 @pytest.mark.parametrize("n,S", SHAPES)
 def test_rnn_loop(n, S, slope, shortcut):
-    """Forward (self's outputs, the states) then back (the states' and the pre-activation deltas),
-    for leaky (0.1) and relie (0.01), with and without the shortcut."""
+    """Forward (self's outputs, the states, also as rows St) from the input sub-layer's outputs as
+    rows A, then back from the states' deltas as rows dS (completed in place): the pre-activation
+    deltas as rows dB and their sums db; for leaky (0.1) and relie (0.01), with and without the
+    shortcut."""
     rng = np.random.default_rng(n * S)
     ins = [weights(rng, n, n), rng.standard_normal((n, S)).astype(np.float32),
-           rng.standard_normal((T, n, S)).astype(np.float32)]
+           rng.standard_normal((T, S, n)).astype(np.float32)]
     s0 = rng.uniform(-1, 1, (n, S)).astype(np.float32)
 
     def prepare(a):
         a[4][0] = s0
-    WT, bias, Af, B, Sf = run_both(lambda *a: rnn.rnn_loop(slope, shortcut, *a), lambda *a: K.rnn_loop(slope, shortcut, *a),
-                                   ins, [np.zeros((T, n, S), np.float32), np.zeros((T + 1, n, S), np.float32)],
-                                   "WT bias Af B Sf", prepare)
-    dSf, dBf = rng.standard_normal((2, T, n, S)).astype(np.float32)
-    run_both(lambda *a: rnn.rnn_loop_back(slope, shortcut, *a), lambda *a: K.rnn_loop_back(slope, shortcut, *a),
-             [np.ascontiguousarray(WT.T), B, dSf, dBf], [], "W B dSf dBf")
+    WT, bias, A, B, Sf, St = run_both(
+        lambda *a: rnn.rnn_loop(slope, shortcut, *a), lambda *a: K.rnn_loop(slope, shortcut, *a), ins,
+        [np.zeros((T, n, S), np.float32), np.zeros((T + 1, n, S), np.float32), np.zeros((T, S, n), np.float32)],
+        "WT bias A B Sf St", prepare)
+    np.testing.assert_array_equal(St, Sf[1:].transpose(0, 2, 1))
+    dS = rng.standard_normal((T, S, n)).astype(np.float32)
+    dB, db = run_both(lambda *a: rnn.rnn_loop_back(slope, shortcut, *a), lambda *a: K.rnn_loop_back(slope, shortcut, *a),
+                      [np.ascontiguousarray(WT.T), B, dS], [np.zeros((T, S, n), np.float32), np.zeros(n, np.float32)],
+                      "W B dS dB db")[3:5]
+    np.testing.assert_allclose(db, dB.astype(np.float64).sum(axis=(0, 1)), rtol=0, atol=1e-5 * np.abs(dB).sum(axis=(0, 1)).max())
 
 
 def swap_first_blocks(a, n):
@@ -166,11 +172,12 @@ def test_a_loop_reading_the_wrong_block_or_step_is_caught(kind):
     else:
         rng = np.random.default_rng(0)
         ins = [weights(rng, n, n), rng.standard_normal((n, S)).astype(np.float32),
-               rng.standard_normal((T, n, S)).astype(np.float32)]
-        outs, prepare = [np.zeros((T, n, S), np.float32), np.zeros((T + 1, n, S), np.float32)], lambda a: None
+               rng.standard_normal((T, S, n)).astype(np.float32)]
+        outs = [np.zeros((T, n, S), np.float32), np.zeros((T + 1, n, S), np.float32), np.zeros((T, S, n), np.float32)]
+        prepare = lambda a: None  # noqa: E731
         reference = lambda *a: rnn.rnn_loop(0.1, False, *a)  # noqa: E731
-        broken = lambda WT, b, Af, *o: K.rnn_loop(0.1, False, WT, b, np.ascontiguousarray(Af[::-1]), *o)  # noqa: E731
-        names = "WT bias Af B Sf"
+        broken = lambda WT, b, A, *o: K.rnn_loop(0.1, False, WT, b, np.ascontiguousarray(A[::-1]), *o)  # noqa: E731
+        names = "WT bias A B Sf St"
     with pytest.raises(AssertionError):
         run_both(reference, broken, ins, outs, names, prepare)
 
@@ -252,8 +259,11 @@ def test_bad_arguments_raise():
                         np.zeros((T, 16, 3), np.float32), np.zeros((T, 24, 3), np.float32),
                         np.zeros((T, 3, 23), np.float32), np.zeros(24, np.float32), np.zeros((8, 3), np.float32))
     with pytest.raises(ValueError, match="slope"):
-        K.rnn_loop(1.5, False, np.zeros((8, 8), np.float32), np.zeros((8, 3), np.float32),
-                   *np.zeros((2, T, 8, 3), np.float32), np.zeros((T + 1, 8, 3), np.float32))
+        K.rnn_loop(1.5, False, np.zeros((8, 8), np.float32), np.zeros((8, 3), np.float32), np.zeros((T, 3, 8), np.float32),
+                   np.zeros((T, 8, 3), np.float32), np.zeros((T + 1, 8, 3), np.float32), np.zeros((T, 3, 8), np.float32))
+    with pytest.raises(ValueError, match="rnn_loop_back: W"):
+        K.rnn_loop_back(0.1, False, np.zeros((8, 8), np.float32), np.zeros((T, 8, 3), np.float32),
+                        np.zeros((T, 8, 3), np.float32), np.zeros((T, 3, 8), np.float32), np.zeros(8, np.float32))
 
 
 def test_the_layers_run_the_c_loops_and_train_as_without_them(write_cfg, monkeypatch):

@@ -19,7 +19,7 @@ import numpy as np
 from .. import activations, kernels
 from ..kernels import slope_act, slope_grad
 from .base import Recurrent, output_units, projector, rows, step_product, transpose_into
-from .connected import Dense
+from .connected import Dense, row_sum
 
 
 def rnn_step(f, b, bias, x, s1, s=None):
@@ -49,29 +49,39 @@ def rnn_back(f, ds1, w, y, d, ds=None):
         slope_grad(y, d, f, ds1)
 
 
-def rnn_loop(f, shortcut, WT, bias, Af, B, Sf):
+def rnn_loop(f, shortcut, WT, bias, A, B, Sf, St):
     """The step loop (feature-major, T steps of S streams): for each t, B[t] = WT Sf[t] then
-    rnn_step(f, B[t], bias, Af[t], Sf[t+1][, Sf[t] with shortcut]). WT (n, n); bias (n, S); Af, B
-    (T, n, S); Sf (T+1, n, S), Sf[0] the state before. f as rnn_step takes it; the C form (_loop.h,
-    AVX-512 CPUs) takes a slope, runs the whole loop in one call on its threads, and equals this to
-    float32 rounding (its products add in another order)."""
-    T, S = B.shape[0], B.shape[2]
-    recur = step_product(WT, S)
+    rnn_step(f, B[t], bias, A[t]ᵀ, Sf[t+1][, Sf[t] with shortcut]) and St[t] = Sf[t+1]ᵀ. WT (n, n);
+    bias (n, S); B (T, n, S); Sf (T+1, n, S), Sf[0] the state before; A, St (T, S, n): the input
+    sub-layer's outputs and the states as rows, the layout of the sub-layers' matmuls. f as rnn_step
+    takes it; the C form (_loop.h, AVX-512 CPUs) takes a slope, runs the whole loop in one call on
+    its threads, and equals this to float32 rounding (its products add in another order)."""
+    T, n, S = B.shape
+    recur, a = step_product(WT, S), np.empty((n, S), B.dtype)
     step = partial(rnn_step, f) if callable(f) else partial(kernels.get("rnn_step", B), f)
     for t in range(T):
         recur(Sf[t], B[t])
-        step(B[t], bias, Af[t], Sf[t + 1], *(Sf[t],) if shortcut else ())
+        step(B[t], bias, transpose_into(a, A[t]), Sf[t + 1], *(Sf[t],) if shortcut else ())
+        transpose_into(St[t], Sf[t + 1])
 
 
-def rnn_loop_back(f, shortcut, W, B, dSf, dBf):
-    """The step loop's way back: for t from T-1 down to 1, rnn_back(f, dSf[t-1], W dBf[t], B[t-1],
-    dBf[t-1][, dSf[t] with shortcut]), dBf[T-1] given (truncated BPTT: nothing flows into the state
-    before the datum). W (n, n); B, dSf, dBf (T, n, S); f as rnn_back takes it."""
+def rnn_loop_back(f, shortcut, W, B, dS, dB, db):
+    """The step loop's way back, from dS (T, S, n), the states' deltas from the output sub-layer as
+    rows: dSf = dSᵀ, dBf[T-1] = dSf[T-1]⊙f'(B[T-1]), then for t from T-1 down to 1, rnn_back(f,
+    dSf[t-1], W dBf[t], B[t-1], dBf[t-1][, dSf[t] with shortcut]) (truncated BPTT: nothing flows
+    into the state before the datum); dS becomes dSfᵀ, dB (T, S, n) dBfᵀ (the deltas before the
+    self sub-layer's activation, as rows) and db (n,) their sum over steps and streams. W (n, n); B
+    (T, n, S); f as rnn_back takes it."""
     T, n, S = B.shape
     recur, w = step_product(W, S), np.empty((n, S), B.dtype)
+    dSf, dBf = transpose_into(np.empty(B.shape, B.dtype), dS), np.empty(B.shape, B.dtype)
     back = partial(rnn_back, f) if callable(f) else partial(kernels.get("rnn_back", B), f)
+    back(dSf[T - 1], np.zeros((n, S), B.dtype), B[T - 1], dBf[T - 1])
     for t in reversed(range(1, T)):
         back(dSf[t - 1], recur(dBf[t], w), B[t - 1], dBf[t - 1], *(dSf[t],) if shortcut else ())
+    transpose_into(dS, dSf)
+    transpose_into(dB, dBf)
+    db[...] = row_sum(dB)
 
 
 kernels.register(rnn_step, rnn_back, rnn_loop, rnn_loop_back)
@@ -155,15 +165,15 @@ class RNN(Recurrent):
         A = self.sublayer(U, x, "A", train, bn["U"])  # input sub-layer, all steps
         # The step loop runs feature-major, states (n, S) as in lstm.py: BLAS runs Wᵀ (n x n) @
         # s (n x S) faster than s (S x n) @ W for few streams. Rows go in and come out.
-        Af = self.buffer("Af", (T, n, S))
-        transpose_into(Af, A)
         WT = self.transposed("WT", W.W)
         B = self.buffer("B", (T, n, S))          # self sub-layer outputs
         Sf = self.buffer("Sf", (T + 1, n, S))    # Sf[t] is the state before step t
-        Sf[0] = h0.T
+        St = self.buffer("S", (T + 1, S, n))     # the states as rows
+        Sf[0], St[0] = h0.T, h0
         bias = self.buffer("bias", (n, S))       # the self sub-layer's, added in the step (with
         bias[...] = 0 if W.bn else W.b[:, None]  # batchnorm normalize adds it)
         if W.bn:  # each step's product normalized over the streams before its step
+            Af = transpose_into(self.buffer("Af", (T, n, S)), A)
             step, _ = self.step_functions(self.buffer("scratch_f", (n, S)))
             recur = step_product(WT, S)
             for t in range(T):
@@ -171,11 +181,10 @@ class RNN(Recurrent):
                 recur(Sf[t], b)  # statistics on rows in C order (what the batchnorm kernel takes)
                 b[...] = W.normalize(np.ascontiguousarray(b.T)[None], train, bn["W"])[0].T
                 step(b, bias, Af[t], Sf[t + 1], *self.shortcut_to(Sf[t]))
+            transpose_into(St[1:], Sf[1:])
         else:
             f, loop = self.loop_function("rnn_loop", self.buffer("scratch_f", (n, S)), B)
-            loop(f, self.shortcut, WT, bias, Af, B, Sf)
-        St = self.buffer("S", (T + 1, S, n))     # the states as rows
-        transpose_into(St, Sf)
+            loop(f, self.shortcut, WT, bias, A, B, Sf, St[1:])
         h0[...] = St[T]
         Y = self.sublayer(V, St[1:], "Y", train, bn["V"])
         if train:
@@ -216,11 +225,11 @@ class RNN(Recurrent):
         V.accumulate(rows(St[1:]), rows(dzv))
         dS = self.buffer("dS", (T, S, n))        # delta of every s_t, from the output sub-layer first
         V.back(rows(dzv), out=rows(dS))
-        dSf = self.buffer("dSf", (T, n, S))      # feature-major for the step loop, as forward
-        transpose_into(dSf, dS)
-        dBf = self.buffer("dBf", (T, n, S))      # deltas before the self sub-layer's activation
-        np.multiply(self.gradient(B[T - 1], dBf[T - 1]), dSf[T - 1], out=dBf[T - 1])
+        dB = self.buffer("dB", (T, S, n))        # deltas before the self sub-layer's activation, rows
         if W.bn:  # each step's deltas back through the batchnorm before their product
+            dSf = transpose_into(self.buffer("dSf", (T, n, S)), dS)  # feature-major, as forward
+            dBf = self.buffer("dBf", (T, n, S))
+            np.multiply(self.gradient(B[T - 1], dBf[T - 1]), dSf[T - 1], out=dBf[T - 1])
             _, back = self.step_functions(self.buffer("scratch_f", (n, S)))
             a = self.buffer("Wdb", (n, S))
             recur = step_product(W.W, S)
@@ -229,13 +238,13 @@ class RNN(Recurrent):
                 db[...] = W.backward_norm(np.ascontiguousarray(db.T)[None], bn["W"][t])[0].T
                 if t:  # truncated BPTT: nothing flows into the previous datum's state
                     back(dSf[t - 1], recur(db, a), B[t - 1], dBf[t - 1], *self.shortcut_to(dSf[t]))
-        else:
+            transpose_into(dS, dSf)              # back to rows
+            transpose_into(dB, dBf)
+        else:  # the loop reads and writes the rows, and sums the bias gradient
             f, loop = self.loop_function("rnn_loop_back", None, B)
-            loop(f, self.shortcut, W.W, B, dSf, dBf)
-        transpose_into(dS, dSf)                  # back to rows
-        dB = transpose_into(self.buffer("dB", (T, S, n)), dBf)
-        if not W.bn:
-            W.backward_norm(dB)
+            db = self.buffer("db", (n,))
+            loop(f, self.shortcut, W.W, B, dS, dB, db)
+            W.db += db
         W.accumulate(rows(St[:T]), rows(dB))
         du = rows(U.backward_norm(self.delta_through(dS, A, dZ), *bn["U"]))  # dZ is spent: reuse
         U.accumulate(x, du)
