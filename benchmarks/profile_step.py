@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Where a training step's time goes, by phase: the recurrent step loops (products and step maths),
-the weight-gradient GEMMs, the rest of the recurrent layers (input projections, layout changes,
-the deltas into the layer below), the other layers, the optimizer update.
+the weight-gradient GEMMs, the recurrent layers' projections (the input's GEMM or one-hot gather,
+[rnn]'s sub-layers) and their deltas into the layer below (a GEMM), the layout changes left (transposes), the
+rest of the recurrent layers, the other layers, the optimizer update.
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE OPENBLAS_NUM_THREADS=2 \\
         python benchmarks/profile_step.py benchmarks/lstm2x256.cfg [--steps 10]
@@ -46,13 +47,20 @@ def main():
 
     get = kernels.get
     kernels.get = lambda name, *arrays: (timed("recurrent step loops", get(name, *arrays)) if name in LOOPS
-                                         else get(name, *arrays))
+                                         else timed("layout changes (transpose)", get(name, *arrays))
+                                         if name == "transpose" else get(name, *arrays))
     net = Network(args.cfg)
     for layer in net.layers:
-        inner = "rest of the recurrent layers" if isinstance(layer, Recurrent) else "other layers"
+        recurrent = isinstance(layer, Recurrent)
+        inner = "rest of the recurrent layers" if recurrent else "other layers"
         layer.forward, layer.backward = timed(inner, layer.forward), timed(inner, layer.backward)
+        if recurrent:
+            layer.project_steps = timed("recurrent projections", layer.project_steps)
         for dense in layer.denses:
             dense.accumulate = timed("weight-gradient GEMMs", dense.accumulate)
+            if recurrent:  # [rnn]'s sub-layers' products come through matmul
+                dense.matmul = timed("recurrent projections", dense.matmul)
+                dense.back = timed("recurrent deltas into the layer below", dense.back)
     net.update = timed("optimizer update", net.update)
     rng = np.random.default_rng(0)
     V = net.layers[0].inputs
@@ -68,9 +76,9 @@ def main():
     print(f"{args.cfg}: {chars / total:,.0f} chars/s, {1e3 * total / args.steps:.1f} ms a step, "
           f"{kernels.threads()} threads, kernels: {kernels.label()}")
     for phase, seconds in sorted(spent.items(), key=lambda kv: -kv[1]):
-        print(f"  {phase:30s} {1e3 * seconds / args.steps:7.2f} ms  {100 * seconds / total:5.1f}%")
+        print(f"  {phase:38s} {1e3 * seconds / args.steps:7.2f} ms  {100 * seconds / total:5.1f}%")
     other = total - sum(spent.values())
-    print(f"  {'outside the phases':30s} {1e3 * other / args.steps:7.2f} ms  {100 * other / total:5.1f}%")
+    print(f"  {'outside the phases':38s} {1e3 * other / args.steps:7.2f} ms  {100 * other / total:5.1f}%")
 
 
 if __name__ == "__main__":
