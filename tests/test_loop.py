@@ -215,7 +215,8 @@ def test_a_way_back_reading_the_wrong_steps_deltas_is_caught(kind):
 
 def test_the_same_bits_on_any_number_of_threads():
     """Each unit belongs to one thread, whose tiles sum in k order: the loops give the same bits on
-    1, 2 and 3 threads (a resumed run continues bit for bit whatever the threads)."""
+    1, 2 and 3 threads (a resumed run continues bit for bit whatever the threads), the bias
+    gradients each thread sums for its units included ([lstm], [gru])."""
     ins, outs, prepare = lstm_arrays(40, 35, 5)
     wanted = K.loop_threads(0)
     runs = []
@@ -229,7 +230,13 @@ def test_the_same_bits_on_any_number_of_threads():
             dh, dc = np.zeros((40, 35), np.float32), np.zeros((40, 35), np.float32)
             DY = np.ones((T, 35, 40), np.float32)
             K.lstm_loop_back(np.ascontiguousarray(arrays[0].T), DY, *arrays[2:5], dG, db, dh, dc)
-            runs.append(arrays + [dG, db, dh, dc])
+            gru_ins, gru_outs, gru_prepare = gru_arrays(40, 35, 5, True)
+            g = [a.copy() for a in gru_ins] + [np.zeros_like(a) for a in gru_outs]
+            gru_prepare(g)
+            K.gru_loop(False, *g)
+            dP, gdb, gdh = np.zeros((T, 35, 120), np.float32), np.zeros(120, np.float32), np.zeros((40, 35), np.float32)
+            K.gru_loop_back(np.ascontiguousarray(g[0].T), np.ascontiguousarray(g[1].T), DY, g[3], g[8], dP, gdb, gdh)
+            runs.append(arrays + [dG, db, dh, dc] + g + [dP, gdb, gdh])
     finally:
         K.loop_threads(wanted)
     for other in runs[1:]:
