@@ -12,10 +12,10 @@
  * one-hot input the ids (T, S) int64 of its rows, s_j = [j == id] made in the loop (no rows read).
  * Each (step, stream) is a few loops over the n features that the compiler vectorizes (one loop
  * per gate: GCC vectorizes the two sigmoids fused in one loop 6x slower); the steps run in order,
- * since c' needs c. One thread: the loops are memory-bound (T S n = 512K elements per array at 32
- * streams x 64 steps x 256), and a second thread, sharing the streams, ran no faster on a 2-core
- * VM, where OpenBLAS's worker busy-waits on the other core after each matmul (benchmarks/README.md,
- * "Third session").
+ * since c' needs c. But a unit's recurrence needs no other unit's: the kernels take a range of units
+ * [j0, j1), and the wrappers share the units among the step loops' team (_loop.h), each thread all
+ * T steps of its units with no barrier between them (sru4_run). The loops are memory-bound (T S n =
+ * 512K elements per array at 32 streams x 64 steps x 256): the second core brings its bandwidth.
  */
 #ifndef KIND_WRAPPERS
 
@@ -29,11 +29,12 @@
  * it is called). */
 static inline __attribute__((always_inline)) void K(sru_step_row)(
     float *restrict x, const float *restrict b, const float *restrict c, float *restrict c1,
-    float *restrict h, const float *restrict hs, Py_ssize_t id, Py_ssize_t n, int ws, int with_h, int tanh_g)
+    float *restrict h, const float *restrict hs, Py_ssize_t id, Py_ssize_t n, Py_ssize_t m, int ws, int with_h,
+    int tanh_g)
 {
     const float *f = x + n, *r = x + 2 * n;
     float *wsx = x + 3 * n;
-    EACH(j, n) {
+    EACH(j, m) {
         float xj = x[j] + b[j];
         float c1j = f[j] * c[j] + (1.0f - f[j]) * xj;
         x[j] = xj;
@@ -45,8 +46,8 @@ static inline __attribute__((always_inline)) void K(sru_step_row)(
             h[j] = tanh_g ? c1j : r[j] * (c1j - sj) + sj;
     }
     if (with_h && tanh_g) {
-        EACH(j, n) h[j] = K(tanh1)(h[j]);
-        EACH(j, n) {
+        EACH(j, m) h[j] = K(tanh1)(h[j]);
+        EACH(j, m) {
             float sj = ws ? wsx[j] : hs ? hs[j] : j == id ? 1.0f : 0.0f;
             h[j] = r[j] * (h[j] - sj) + sj;
         }
@@ -56,40 +57,45 @@ static inline __attribute__((always_inline)) void K(sru_step_row)(
 static inline __attribute__((always_inline)) void K(sru_step_all)(
     float *restrict Z, const float *restrict v, float *restrict C, float *restrict H, const float *restrict hs,
     const int64_t *restrict ids, const float *restrict W, Py_ssize_t T, Py_ssize_t S, Py_ssize_t n,
-    Py_ssize_t k, int tanh_g)
+    Py_ssize_t k, Py_ssize_t j0, Py_ssize_t j1, int tanh_g)
 {
-    const float *vf = v, *vr = v + n, *b = v + 2 * n;
+    const float *vf = v + j0, *vr = v + n + j0, *b = v + 2 * n + j0;
+    Py_ssize_t m = j1 - j0;
     for (Py_ssize_t t = 0; t < T; t++)
         for (Py_ssize_t s = 0; s < S; s++) {
             Py_ssize_t row = t * S + s;
-            float *x = Z + row * k * n, *f = x + n, *r = x + 2 * n;
+            float *x = Z + row * k * n + j0, *f = x + n, *r = x + 2 * n;
             if (W)
-                memcpy(x, W + ids[row] * k * n, k * n * sizeof(float));
-            const float *c = C + row * n;
-            float *c1 = C + (row + S) * n, *h = H ? H + row * n : NULL;
-            EACH(j, n) f[j] = K(sigmoid2)(0.5f * ((f[j] + b[n + j]) + vf[j] * c[j]));
-            EACH(j, n) r[j] = K(sigmoid2)(0.5f * ((r[j] + b[2 * n + j]) + vr[j] * c[j]));
+                for (Py_ssize_t q = 0; q < k; q++)
+                    memcpy(x + q * n, W + ids[row] * k * n + q * n + j0, m * sizeof(float));
+            const float *c = C + row * n + j0;
+            float *c1 = C + (row + S) * n + j0, *h = H ? H + row * n + j0 : NULL;
+            EACH(j, m) f[j] = K(sigmoid2)(0.5f * ((f[j] + b[n + j]) + vf[j] * c[j]));
+            EACH(j, m) r[j] = K(sigmoid2)(0.5f * ((r[j] + b[2 * n + j]) + vr[j] * c[j]));
             if (k == 4 && H)
-                K(sru_step_row)(x, b, c, c1, h, NULL, -1, n, 1, 1, tanh_g);
+                K(sru_step_row)(x, b, c, c1, h, NULL, -1, n, m, 1, 1, tanh_g);
             else if (k == 4)
-                K(sru_step_row)(x, b, c, c1, NULL, NULL, -1, n, 1, 0, 0);
+                K(sru_step_row)(x, b, c, c1, NULL, NULL, -1, n, m, 1, 0, 0);
             else if (H && ids)
-                K(sru_step_row)(x, b, c, c1, h, NULL, ids[row], n, 0, 1, tanh_g);
+                K(sru_step_row)(x, b, c, c1, h, NULL, ids[row] - j0, n, m, 0, 1, tanh_g);
             else if (H)
-                K(sru_step_row)(x, b, c, c1, h, hs + row * n, -1, n, 0, 1, tanh_g);
+                K(sru_step_row)(x, b, c, c1, h, hs + row * n + j0, -1, n, m, 0, 1, tanh_g);
             else
-                K(sru_step_row)(x, b, c, c1, NULL, NULL, -1, n, 0, 0, 0);
+                K(sru_step_row)(x, b, c, c1, NULL, NULL, -1, n, m, 0, 0, 0);
         }
 }
 
+/* sru_step for the units [j0, j1) only: each unit's recurrence is its own, so a thread can run all
+ * T steps of its units with no other thread's (sru4_run). */
 static void K(sru_step)(float *restrict Z, const float *restrict v, float *restrict C, float *restrict H,
                         const float *restrict hs, const int64_t *restrict ids, const float *restrict W,
-                        Py_ssize_t T, Py_ssize_t S, Py_ssize_t n, Py_ssize_t k, int tanh_g)
+                        Py_ssize_t T, Py_ssize_t S, Py_ssize_t n, Py_ssize_t k, Py_ssize_t j0, Py_ssize_t j1,
+                        int tanh_g)
 {
     if (tanh_g)
-        K(sru_step_all)(Z, v, C, H, hs, ids, W, T, S, n, k, 1);
+        K(sru_step_all)(Z, v, C, H, hs, ids, W, T, S, n, k, j0, j1, 1);
     else
-        K(sru_step_all)(Z, v, C, H, hs, ids, W, T, S, n, k, 0);
+        K(sru_step_all)(Z, v, C, H, hs, ids, W, T, S, n, k, j0, j1, 0);
 }
 
 /* Backward, last step first. Without dh: dZ comes in with δc' from h' in its x~ block and δr in its
@@ -107,14 +113,14 @@ static void K(sru_step)(float *restrict Z, const float *restrict v, float *restr
 static inline __attribute__((always_inline)) void K(sru_back_row)(
     float *restrict dx, const float *restrict x, const float *restrict c, const float *restrict c1,
     const float *restrict v, float *restrict dv, const float *restrict d, const float *restrict sj,
-    Py_ssize_t id, float *restrict dsj, float *restrict before, Py_ssize_t n, Py_ssize_t k, int with_dh,
-    int carry_in, int carry_out, int tanh_g)
+    Py_ssize_t id, float *restrict dsj, float *restrict before, Py_ssize_t n, Py_ssize_t m, Py_ssize_t k,
+    int with_dh, int carry_in, int carry_out, int tanh_g)
 {
     const float *f = x + n, *r = x + 2 * n, *vf = v, *vr = v + n;
     float *df = dx + n, *dr = dx + 2 * n, *dvf = dv, *dvr = dv + n, *db = dv + 2 * n;
     if (with_dh && tanh_g)
-        EACH(j, n) dr[j] = K(tanh1)(c1[j]);
-    EACH(j, n) {
+        EACH(j, m) dr[j] = K(tanh1)(c1[j]);
+    EACH(j, m) {
         float g = with_dh && tanh_g ? dr[j] : c1[j];
         float dc = with_dh ? (carry_in ? dx[j] : 0.0f) + (tanh_g ? d[j] * r[j] * (1.0f - g * g) : d[j] * r[j])
                            : dx[j];  /* δc' */
@@ -138,7 +144,7 @@ static inline __attribute__((always_inline)) void K(sru_back_row)(
         db[2 * n + j] += drj;
     }
     if (k == 4)
-        EACH(j, n) db[3 * n + j] += dx[3 * n + j];
+        EACH(j, m) db[3 * n + j] += dx[3 * n + j];
 }
 
 /* sru_back for s given as rows (one_hot 0: Z's ws block or hs) or as ids (one_hot 1). */
@@ -146,36 +152,39 @@ static inline __attribute__((always_inline)) void K(sru_back_all)(
     float *restrict dZ, const float *restrict Z, const float *restrict C, const float *restrict v,
     float *restrict dv, const float *restrict dh, const float *restrict hs, const int64_t *restrict ids,
     float *restrict ds, float *restrict dW, Py_ssize_t T, Py_ssize_t S, Py_ssize_t n, Py_ssize_t k,
-    Py_ssize_t D, int one_hot, int tanh_g)
+    Py_ssize_t D, Py_ssize_t j0, Py_ssize_t j1, int one_hot, int tanh_g)
 {
+    Py_ssize_t m = j1 - j0;
+    v += j0, dv += j0;
     for (Py_ssize_t t = T - 1; t >= 0; t--)
         for (Py_ssize_t s = 0; s < S; s++) {
             Py_ssize_t row = t * S + s;
-            const float *x = Z + row * k * n, *c = C + row * n, *c1 = C + (row + S) * n;
-            float *dx = dZ + (t % D * S + s) * k * n;
-            float *before = t ? dZ + ((t - 1) % D * S + s) * k * n : NULL;
+            const float *x = Z + row * k * n + j0, *c = C + row * n + j0, *c1 = C + (row + S) * n + j0;
+            float *dx = dZ + (t % D * S + s) * k * n + j0;
+            float *before = t ? dZ + ((t - 1) % D * S + s) * k * n + j0 : NULL;
             if (!dh) {
                 if (t)
-                    K(sru_back_row)(dx, x, c, c1, v, dv, NULL, NULL, -1, NULL, before, n, k, 0, 1, 1, 0);
+                    K(sru_back_row)(dx, x, c, c1, v, dv, NULL, NULL, -1, NULL, before, n, m, k, 0, 1, 1, 0);
                 else
-                    K(sru_back_row)(dx, x, c, c1, v, dv, NULL, NULL, -1, NULL, NULL, n, k, 0, 1, 0, 0);
+                    K(sru_back_row)(dx, x, c, c1, v, dv, NULL, NULL, -1, NULL, NULL, n, m, k, 0, 1, 0, 0);
                 continue;
             }
-            const float *d = dh + row * n, *sj = one_hot ? NULL : k == 4 ? x + 3 * n : hs + row * n;
-            float *dsj = one_hot ? NULL : k == 4 ? dx + 3 * n : ds + row * n;
-            Py_ssize_t id = one_hot ? ids[row] : -1;
+            const float *d = dh + row * n + j0, *sj = one_hot ? NULL : k == 4 ? x + 3 * n : hs + row * n + j0;
+            float *dsj = one_hot ? NULL : k == 4 ? dx + 3 * n : ds + row * n + j0;
+            Py_ssize_t id = one_hot ? ids[row] - j0 : -1;
             if (t == T - 1 && t)  /* dx holds the step after's δc from t < T - 1 on */
-                K(sru_back_row)(dx, x, c, c1, v, dv, d, sj, id, dsj, before, n, k, 1, 0, 1, tanh_g);
+                K(sru_back_row)(dx, x, c, c1, v, dv, d, sj, id, dsj, before, n, m, k, 1, 0, 1, tanh_g);
             else if (t == T - 1)
-                K(sru_back_row)(dx, x, c, c1, v, dv, d, sj, id, dsj, NULL, n, k, 1, 0, 0, tanh_g);
+                K(sru_back_row)(dx, x, c, c1, v, dv, d, sj, id, dsj, NULL, n, m, k, 1, 0, 0, tanh_g);
             else if (t)
-                K(sru_back_row)(dx, x, c, c1, v, dv, d, sj, id, dsj, before, n, k, 1, 1, 1, tanh_g);
+                K(sru_back_row)(dx, x, c, c1, v, dv, d, sj, id, dsj, before, n, m, k, 1, 1, 1, tanh_g);
             else
-                K(sru_back_row)(dx, x, c, c1, v, dv, d, sj, id, dsj, NULL, n, k, 1, 1, 0, tanh_g);
-            if (one_hot && dW) {
-                float *g = dW + id * k * n;
-                EACH(j, k * n) g[j] += dx[j];
-            }
+                K(sru_back_row)(dx, x, c, c1, v, dv, d, sj, id, dsj, NULL, n, m, k, 1, 1, 0, tanh_g);
+            if (one_hot && dW)
+                for (Py_ssize_t q = 0; q < k; q++) {
+                    float *g = dW + ids[row] * k * n + q * n + j0;
+                    EACH(j, m) g[j] += dx[q * n + j];
+                }
         }
 }
 
@@ -183,19 +192,68 @@ static void K(sru_back)(float *restrict dZ, const float *restrict Z, const float
                         const float *restrict v, float *restrict dv, const float *restrict dh,
                         const float *restrict hs, const int64_t *restrict ids, float *restrict ds,
                         float *restrict dW, Py_ssize_t T, Py_ssize_t S, Py_ssize_t n, Py_ssize_t k, Py_ssize_t D,
-                        int tanh_g)
+                        Py_ssize_t j0, Py_ssize_t j1, int tanh_g)
 {
     if (ids && tanh_g)
-        K(sru_back_all)(dZ, Z, C, v, dv, dh, NULL, ids, NULL, dW, T, S, n, k, D, 1, 1);
+        K(sru_back_all)(dZ, Z, C, v, dv, dh, NULL, ids, NULL, dW, T, S, n, k, D, j0, j1, 1, 1);
     else if (ids)
-        K(sru_back_all)(dZ, Z, C, v, dv, dh, NULL, ids, NULL, dW, T, S, n, k, D, 1, 0);
+        K(sru_back_all)(dZ, Z, C, v, dv, dh, NULL, ids, NULL, dW, T, S, n, k, D, j0, j1, 1, 0);
     else if (tanh_g)
-        K(sru_back_all)(dZ, Z, C, v, dv, dh, hs, NULL, ds, NULL, T, S, n, k, D, 0, 1);
+        K(sru_back_all)(dZ, Z, C, v, dv, dh, hs, NULL, ds, NULL, T, S, n, k, D, j0, j1, 0, 1);
     else
-        K(sru_back_all)(dZ, Z, C, v, dv, dh, hs, NULL, ds, NULL, T, S, n, k, D, 0, 0);
+        K(sru_back_all)(dZ, Z, C, v, dv, dh, hs, NULL, ds, NULL, T, S, n, k, D, j0, j1, 0, 0);
 }
 
 #else
+
+/* One call of sru_step (back 0) or sru_back (back 1), its arguments as the kernels take them (W: the
+ * table forward, dW backward). The units are shared among the threads in shares of SRU4_SHARE, a
+ * multiple of the vector width: a unit's loops are then the same instructions on any number of
+ * threads, and give the same bits. */
+#define SRU4_SHARE 16
+#define SRU4_TEAM_WORK 16384  /* T S n from which a call runs on the team: below, waking it costs more */
+typedef struct {
+    int back, g;
+    float *dZ, *Z, *C, *H, *dv, *ds, *W;
+    const float *v, *dh, *hs;
+    const int64_t *ids;
+    Py_ssize_t T, S, n, k, D;
+} sru4_job;
+
+static void sru4_part(const sru4_job *J, Py_ssize_t j0, Py_ssize_t j1)
+{
+    if (J->back)
+        CALL(sru_back, J->dZ, J->Z, J->C, J->v, J->dv, J->dh, J->hs, J->ids, J->ds, J->W, J->T, J->S, J->n, J->k,
+             J->D, j0, j1, J->g);
+    else
+        CALL(sru_step, J->Z, J->v, J->C, J->H, J->hs, J->ids, J->W, J->T, J->S, J->n, J->k, j0, j1, J->g);
+}
+
+#ifdef HAVE_AVX2
+/* A thread's share of the units, all T steps: the steps' order binds only a unit to itself, so the
+ * threads meet at no barrier inside the call. */
+static void sru4_body(void *job, int id, int threads, unsigned *phase)
+{
+    const sru4_job *J = job;
+    Py_ssize_t q0, q1;
+    loop_share((J->n + SRU4_SHARE - 1) / SRU4_SHARE, id, threads, &q0, &q1);
+    sru4_part(J, q0 * SRU4_SHARE, q1 * SRU4_SHARE < J->n ? q1 * SRU4_SHARE : J->n);
+}
+#endif
+
+/* Run the call on the step loops' team (_loop.h: loop_threads' count) where it is built and the call
+ * is large enough, else on this thread. None, or NULL with MemoryError. */
+static PyObject *sru4_run(const sru4_job *J)
+{
+#ifdef HAVE_AVX2
+    if (J->T * J->S * J->n >= SRU4_TEAM_WORK) {
+        Py_ssize_t shares = (J->n + SRU4_SHARE - 1) / SRU4_SHARE;
+        return loop_go(NULL, NULL, 0, J->S, 0, NULL, NULL, J->n, sru4_body, (void *)J, shares);
+    }
+#endif
+    sru4_part(J, 0, J->n);
+    Py_RETURN_NONE;
+}
 
 /* Whether the highway argument holds int64 ids (one-hot rows) rather than float32 rows. */
 static int holds_ids(PyObject *obj)
@@ -279,9 +337,12 @@ static PyObject *sru_step(PyObject *self, PyObject *const *args, Py_ssize_t narg
         release(b, (int)nargs);
         return NULL;
     }
-    CALL(sru_step, F(0), F(1), F(2), nargs > 3 ? F(3) : NULL, nargs > 4 && !ids ? F(4) : NULL,
-         ids ? (const int64_t *)b[4].buf : NULL, nargs > 5 ? F(5) : NULL, d[0], d[1], d[2], d[3], g);
-    return done(b, nargs);
+    sru4_job J = {.back = 0, .g = g, .Z = F(0), .v = F(1), .C = F(2), .H = nargs > 3 ? F(3) : NULL,
+                  .hs = nargs > 4 && !ids ? F(4) : NULL, .ids = ids ? (const int64_t *)b[4].buf : NULL,
+                  .W = nargs > 5 ? F(5) : NULL, .T = d[0], .S = d[1], .n = d[2], .k = d[3]};
+    PyObject *result = sru4_run(&J);
+    release(b, (int)nargs);
+    return result;
 }
 
 static PyObject *sru_back(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
@@ -310,10 +371,13 @@ static PyObject *sru_back(PyObject *self, PyObject *const *args, Py_ssize_t narg
         release(b, (int)nargs);
         return NULL;
     }
-    CALL(sru_back, F(0), F(1), F(2), F(3), F(4), nargs > 5 ? F(5) : NULL, nargs > 6 && !ids ? F(6) : NULL,
-         ids ? (const int64_t *)b[6].buf : NULL, last && !ids ? F(7) : NULL, last && ids ? F(7) : NULL,
-         d[0], d[1], d[2], d[3], D, g);
-    return done(b, nargs);
+    sru4_job J = {.back = 1, .g = g, .dZ = F(0), .Z = F(1), .C = F(2), .v = F(3), .dv = F(4),
+                  .dh = nargs > 5 ? F(5) : NULL, .hs = nargs > 6 && !ids ? F(6) : NULL,
+                  .ids = ids ? (const int64_t *)b[6].buf : NULL, .ds = last && !ids ? F(7) : NULL,
+                  .W = last && ids ? F(7) : NULL, .T = d[0], .S = d[1], .n = d[2], .k = d[3], .D = D};
+    PyObject *result = sru4_run(&J);
+    release(b, (int)nargs);
+    return result;
 }
 
 #define SRU_METHOD(name, doc) {#name, (PyCFunction)(void (*)(void))name, METH_FASTCALL | METH_KEYWORDS, doc}
