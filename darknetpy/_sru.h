@@ -19,6 +19,8 @@
  */
 #ifndef KIND_WRAPPERS
 
+#define SRU4_PIECE 512  /* the most units sru_back sums at once (its sums on the stack: 12 KB) */
+
 /* Forward: the biases added to Z's blocks (in place: backward reads x~ and s from Z), then
  * f = σ(wf(x) + vf c), r = σ(wr(x) + vr c) into the wf, wr blocks of Z; C[t+1] = c' = f c + (1 - f) x~.
  * With H (T, S, n): also the output h' = r (g(c') - s) + s for g linear or tanh (`tanh_g`), s from
@@ -107,9 +109,11 @@ static void K(sru_step)(float *restrict Z, const float *restrict v, float *restr
  * dZ may then hold D = 2 steps, step t's rows at t mod 2: nothing after reads them). Then the
  * deltas of x~, wf(x), wr(x) replace them: δc = δc' f + δwf vf + δwr vr reaches the step before's
  * δc' (not past the first step: truncated BPTT). The sums of the gradients: dv (2n + k n,) +=
- * [Σ δwf c, Σ δwr c, Σ of dZ's rows (the biases' gradient)]. One row (step, stream) is one loop
- * over its n features (sru_back_row), so that each array is read once per row; its flags and NULLs
- * are constants where it is called, and the compiler makes one loop of each. */
+ * [Σ δwf c, Σ δwr c, Σ of dZ's rows (the biases' gradient)], each made first in a sum of the call's
+ * own (sru_back_all's `acc`, for at most SRU4_PIECE units): a thread then writes no cache line of
+ * dv, which the threads share, at every row. One row (step, stream) is one loop over its units
+ * (sru_back_row), so that each array is read once per row; its flags and NULLs are constants where
+ * it is called, and the compiler makes one loop of each. */
 static inline __attribute__((always_inline)) void K(sru_back_row)(
     float *restrict dx, const float *restrict x, const float *restrict c, const float *restrict c1,
     const float *restrict v, float *restrict dv, const float *restrict d, const float *restrict sj,
@@ -117,7 +121,7 @@ static inline __attribute__((always_inline)) void K(sru_back_row)(
     int with_dh, int carry_in, int carry_out, int tanh_g)
 {
     const float *f = x + n, *r = x + 2 * n, *vf = v, *vr = v + n;
-    float *df = dx + n, *dr = dx + 2 * n, *dvf = dv, *dvr = dv + n, *db = dv + 2 * n;
+    float *df = dx + n, *dr = dx + 2 * n, *dvf = dv, *dvr = dv + SRU4_PIECE, *db = dv + 2 * SRU4_PIECE;
     if (with_dh && tanh_g)
         EACH(j, m) dr[j] = K(tanh1)(c1[j]);
     EACH(j, m) {
@@ -140,11 +144,11 @@ static inline __attribute__((always_inline)) void K(sru_back_row)(
         dvf[j] += dfj * c[j];
         dvr[j] += drj * c[j];
         db[j] += dxj;
-        db[n + j] += dfj;
-        db[2 * n + j] += drj;
+        db[SRU4_PIECE + j] += dfj;
+        db[2 * SRU4_PIECE + j] += drj;
     }
     if (k == 4)
-        EACH(j, m) db[3 * n + j] += dx[3 * n + j];
+        EACH(j, m) db[3 * SRU4_PIECE + j] += dx[3 * n + j];
 }
 
 /* sru_back for s given as rows (one_hot 0: Z's ws block or hs) or as ids (one_hot 1). */
@@ -155,7 +159,8 @@ static inline __attribute__((always_inline)) void K(sru_back_all)(
     Py_ssize_t D, Py_ssize_t j0, Py_ssize_t j1, int one_hot, int tanh_g)
 {
     Py_ssize_t m = j1 - j0;
-    v += j0, dv += j0;
+    float acc[(2 + 4) * SRU4_PIECE] __attribute__((aligned(64))) = {0};  /* dv's blocks, SRU4_PIECE apart */
+    v += j0;
     for (Py_ssize_t t = T - 1; t >= 0; t--)
         for (Py_ssize_t s = 0; s < S; s++) {
             Py_ssize_t row = t * S + s;
@@ -164,28 +169,30 @@ static inline __attribute__((always_inline)) void K(sru_back_all)(
             float *before = t ? dZ + ((t - 1) % D * S + s) * k * n + j0 : NULL;
             if (!dh) {
                 if (t)
-                    K(sru_back_row)(dx, x, c, c1, v, dv, NULL, NULL, -1, NULL, before, n, m, k, 0, 1, 1, 0);
+                    K(sru_back_row)(dx, x, c, c1, v, acc, NULL, NULL, -1, NULL, before, n, m, k, 0, 1, 1, 0);
                 else
-                    K(sru_back_row)(dx, x, c, c1, v, dv, NULL, NULL, -1, NULL, NULL, n, m, k, 0, 1, 0, 0);
+                    K(sru_back_row)(dx, x, c, c1, v, acc, NULL, NULL, -1, NULL, NULL, n, m, k, 0, 1, 0, 0);
                 continue;
             }
             const float *d = dh + row * n + j0, *sj = one_hot ? NULL : k == 4 ? x + 3 * n : hs + row * n + j0;
             float *dsj = one_hot ? NULL : k == 4 ? dx + 3 * n : ds + row * n + j0;
             Py_ssize_t id = one_hot ? ids[row] - j0 : -1;
             if (t == T - 1 && t)  /* dx holds the step after's δc from t < T - 1 on */
-                K(sru_back_row)(dx, x, c, c1, v, dv, d, sj, id, dsj, before, n, m, k, 1, 0, 1, tanh_g);
+                K(sru_back_row)(dx, x, c, c1, v, acc, d, sj, id, dsj, before, n, m, k, 1, 0, 1, tanh_g);
             else if (t == T - 1)
-                K(sru_back_row)(dx, x, c, c1, v, dv, d, sj, id, dsj, NULL, n, m, k, 1, 0, 0, tanh_g);
+                K(sru_back_row)(dx, x, c, c1, v, acc, d, sj, id, dsj, NULL, n, m, k, 1, 0, 0, tanh_g);
             else if (t)
-                K(sru_back_row)(dx, x, c, c1, v, dv, d, sj, id, dsj, before, n, m, k, 1, 1, 1, tanh_g);
+                K(sru_back_row)(dx, x, c, c1, v, acc, d, sj, id, dsj, before, n, m, k, 1, 1, 1, tanh_g);
             else
-                K(sru_back_row)(dx, x, c, c1, v, dv, d, sj, id, dsj, NULL, n, m, k, 1, 1, 0, tanh_g);
+                K(sru_back_row)(dx, x, c, c1, v, acc, d, sj, id, dsj, NULL, n, m, k, 1, 1, 0, tanh_g);
             if (one_hot && dW)
                 for (Py_ssize_t q = 0; q < k; q++) {
                     float *g = dW + ids[row] * k * n + q * n + j0;
                     EACH(j, m) g[j] += dx[q * n + j];
                 }
         }
+    for (Py_ssize_t q = 0; q < 2 + k; q++)
+        EACH(j, m) dv[q * n + j0 + j] += acc[q * SRU4_PIECE + j];
 }
 
 static void K(sru_back)(float *restrict dZ, const float *restrict Z, const float *restrict C,
@@ -194,14 +201,17 @@ static void K(sru_back)(float *restrict dZ, const float *restrict Z, const float
                         float *restrict dW, Py_ssize_t T, Py_ssize_t S, Py_ssize_t n, Py_ssize_t k, Py_ssize_t D,
                         Py_ssize_t j0, Py_ssize_t j1, int tanh_g)
 {
-    if (ids && tanh_g)
-        K(sru_back_all)(dZ, Z, C, v, dv, dh, NULL, ids, NULL, dW, T, S, n, k, D, j0, j1, 1, 1);
-    else if (ids)
-        K(sru_back_all)(dZ, Z, C, v, dv, dh, NULL, ids, NULL, dW, T, S, n, k, D, j0, j1, 1, 0);
-    else if (tanh_g)
-        K(sru_back_all)(dZ, Z, C, v, dv, dh, hs, NULL, ds, NULL, T, S, n, k, D, j0, j1, 0, 1);
-    else
-        K(sru_back_all)(dZ, Z, C, v, dv, dh, hs, NULL, ds, NULL, T, S, n, k, D, j0, j1, 0, 0);
+    for (Py_ssize_t p0 = j0, p1; p0 < j1; p0 = p1) {  /* pieces of SRU4_PIECE units: acc's size */
+        p1 = j1 - p0 > SRU4_PIECE ? p0 + SRU4_PIECE : j1;
+        if (ids && tanh_g)
+            K(sru_back_all)(dZ, Z, C, v, dv, dh, NULL, ids, NULL, dW, T, S, n, k, D, p0, p1, 1, 1);
+        else if (ids)
+            K(sru_back_all)(dZ, Z, C, v, dv, dh, NULL, ids, NULL, dW, T, S, n, k, D, p0, p1, 1, 0);
+        else if (tanh_g)
+            K(sru_back_all)(dZ, Z, C, v, dv, dh, hs, NULL, ds, NULL, T, S, n, k, D, p0, p1, 0, 1);
+        else
+            K(sru_back_all)(dZ, Z, C, v, dv, dh, hs, NULL, ds, NULL, T, S, n, k, D, p0, p1, 0, 0);
+    }
 }
 
 #else
