@@ -14,8 +14,9 @@
  * per gate: GCC vectorizes the two sigmoids fused in one loop 6x slower); the steps run in order,
  * since c' needs c. But a unit's recurrence needs no other unit's: the kernels take a range of units
  * [j0, j1), and the wrappers share the units among the step loops' team (_loop.h), each thread all
- * T steps of its units with no barrier between them (sru4_run). The loops are memory-bound (T S n =
- * 512K elements per array at 32 streams x 64 steps x 256): the second core brings its bandwidth.
+ * T steps of its units with no barrier between them (sru4_share, _kernels.c). The loops are
+ * memory-bound (T S n = 512K elements per array at 32 streams x 64 steps x 256): the second core
+ * brings its bandwidth.
  */
 #ifndef KIND_WRAPPERS
 
@@ -88,7 +89,7 @@ static inline __attribute__((always_inline)) void K(sru_step_all)(
 }
 
 /* sru_step for the units [j0, j1) only: each unit's recurrence is its own, so a thread can run all
- * T steps of its units with no other thread's (sru4_run). */
+ * T steps of its units with no other thread's (sru4_share, _kernels.c). */
 static void K(sru_step)(float *restrict Z, const float *restrict v, float *restrict C, float *restrict H,
                         const float *restrict hs, const int64_t *restrict ids, const float *restrict W,
                         Py_ssize_t T, Py_ssize_t S, Py_ssize_t n, Py_ssize_t k, Py_ssize_t j0, Py_ssize_t j1,
@@ -217,11 +218,11 @@ static void K(sru_back)(float *restrict dZ, const float *restrict Z, const float
 #else
 
 /* One call of sru_step (back 0) or sru_back (back 1), its arguments as the kernels take them (W: the
- * table forward, dW backward). The units are shared among the threads in shares of SRU4_SHARE, a
- * multiple of the vector width: a unit's loops are then the same instructions on any number of
- * threads, and give the same bits. */
+ * table forward, dW backward). The units are shared among the threads (sru4_share, each thread all
+ * T steps of its units: the steps' order binds only a unit to itself, so the threads meet at no
+ * barrier inside the call) in shares of SRU4_SHARE, a multiple of the vector width: a unit's loops
+ * are then the same instructions on any number of threads, and give the same bits. */
 #define SRU4_SHARE 16
-#define SRU4_TEAM_WORK 16384  /* T S n from which a call runs on the team: below, waking it costs more */
 typedef struct {
     int back, g;
     float *dZ, *Z, *C, *H, *dv, *ds, *W;
@@ -230,39 +231,14 @@ typedef struct {
     Py_ssize_t T, S, n, k, D;
 } sru4_job;
 
-static void sru4_part(const sru4_job *J, Py_ssize_t j0, Py_ssize_t j1)
+static void sru4_units(const void *job, Py_ssize_t j0, Py_ssize_t j1)
 {
+    const sru4_job *J = job;
     if (J->back)
         CALL(sru_back, J->dZ, J->Z, J->C, J->v, J->dv, J->dh, J->hs, J->ids, J->ds, J->W, J->T, J->S, J->n, J->k,
              J->D, j0, j1, J->g);
     else
         CALL(sru_step, J->Z, J->v, J->C, J->H, J->hs, J->ids, J->W, J->T, J->S, J->n, J->k, j0, j1, J->g);
-}
-
-#ifdef HAVE_AVX2
-/* A thread's share of the units, all T steps: the steps' order binds only a unit to itself, so the
- * threads meet at no barrier inside the call. */
-static void sru4_body(void *job, int id, int threads, unsigned *phase)
-{
-    const sru4_job *J = job;
-    Py_ssize_t q0, q1;
-    loop_share((J->n + SRU4_SHARE - 1) / SRU4_SHARE, id, threads, &q0, &q1);
-    sru4_part(J, q0 * SRU4_SHARE, q1 * SRU4_SHARE < J->n ? q1 * SRU4_SHARE : J->n);
-}
-#endif
-
-/* Run the call on the step loops' team (_loop.h: loop_threads' count) where it is built and the call
- * is large enough, else on this thread. None, or NULL with MemoryError. */
-static PyObject *sru4_run(const sru4_job *J)
-{
-#ifdef HAVE_AVX2
-    if (J->T * J->S * J->n >= SRU4_TEAM_WORK) {
-        Py_ssize_t shares = (J->n + SRU4_SHARE - 1) / SRU4_SHARE;
-        return loop_go(NULL, NULL, 0, J->S, 0, NULL, NULL, J->n, sru4_body, (void *)J, shares);
-    }
-#endif
-    sru4_part(J, 0, J->n);
-    Py_RETURN_NONE;
 }
 
 /* Whether the highway argument holds int64 ids (one-hot rows) rather than float32 rows. */
@@ -350,7 +326,7 @@ static PyObject *sru_step(PyObject *self, PyObject *const *args, Py_ssize_t narg
     sru4_job J = {.back = 0, .g = g, .Z = F(0), .v = F(1), .C = F(2), .H = nargs > 3 ? F(3) : NULL,
                   .hs = nargs > 4 && !ids ? F(4) : NULL, .ids = ids ? (const int64_t *)b[4].buf : NULL,
                   .W = nargs > 5 ? F(5) : NULL, .T = d[0], .S = d[1], .n = d[2], .k = d[3]};
-    PyObject *result = sru4_run(&J);
+    PyObject *result = sru4_share(sru4_units, &J, J.n, SRU4_SHARE, J.T * J.S * J.n);
     release(b, (int)nargs);
     return result;
 }
@@ -385,7 +361,7 @@ static PyObject *sru_back(PyObject *self, PyObject *const *args, Py_ssize_t narg
                   .dh = nargs > 5 ? F(5) : NULL, .hs = nargs > 6 && !ids ? F(6) : NULL,
                   .ids = ids ? (const int64_t *)b[6].buf : NULL, .ds = last && !ids ? F(7) : NULL,
                   .W = last && ids ? F(7) : NULL, .T = d[0], .S = d[1], .n = d[2], .k = d[3], .D = D};
-    PyObject *result = sru4_run(&J);
+    PyObject *result = sru4_share(sru4_units, &J, J.n, SRU4_SHARE, J.T * J.S * J.n);
     release(b, (int)nargs);
     return result;
 }
