@@ -1195,18 +1195,27 @@ static PyMethodDef panel_methods[] = {
 #endif
 
 #ifdef HAVE_AVX2
+#define SRU4_CLAIMS 4  /* claims per thread */
+
+/* The call's items in SRU4_CLAIMS claims per thread, each a contiguous run of whole shares, which
+ * the threads take in order from a counter: a thread that starts late, or loses its core on a busy
+ * machine, takes fewer, and the others do the rest instead of waiting for it at the call's end. */
 typedef struct {
     sru4_part part;
     const void *job;
     Py_ssize_t count, share;
+    atomic_long next;  /* the next claim to take */
 } sru4_team_job;
 
 static void sru4_team_body(void *job, int id, int threads, unsigned *phase)
 {
-    const sru4_team_job *J = job;
-    Py_ssize_t q0, q1;
-    loop_share((J->count + J->share - 1) / J->share, id, threads, &q0, &q1);
-    J->part(J->job, q0 * J->share, q1 * J->share < J->count ? q1 * J->share : J->count);
+    sru4_team_job *J = job;
+    Py_ssize_t shares = (J->count + J->share - 1) / J->share;
+    Py_ssize_t claims = threads * SRU4_CLAIMS < shares ? threads * SRU4_CLAIMS : shares;
+    for (Py_ssize_t q; (q = atomic_fetch_add(&J->next, 1)) < claims;) {
+        Py_ssize_t i0 = shares * q / claims * J->share, i1 = shares * (q + 1) / claims * J->share;
+        J->part(J->job, i0, i1 < J->count ? i1 : J->count);
+    }
 }
 #endif
 
@@ -1218,9 +1227,11 @@ static void sru4_team_body(void *job, int id, int threads, unsigned *phase)
 static PyObject *sru4_share(sru4_part part, const void *job, Py_ssize_t count, Py_ssize_t share, Py_ssize_t work)
 {
 #ifdef HAVE_AVX2
-    if (work >= SRU4_TEAM_WORK) {
+    Py_ssize_t shares = (count + share - 1) / share;
+    if (work >= SRU4_TEAM_WORK && shares > 1) {
         sru4_team_job J = {part, job, count, share};
-        return loop_go(NULL, NULL, 0, 0, 0, NULL, NULL, 0, sru4_team_body, &J, (count + share - 1) / share);
+        atomic_init(&J.next, 0);
+        return loop_go(NULL, NULL, 0, 0, 0, NULL, NULL, 0, sru4_team_body, &J, shares);
     }
 #endif
     part(job, 0, count);
