@@ -114,7 +114,7 @@ def test_gradients_ids_input(n, write_cfg):
 # ---- the C recurrence against the numpy reference ------------------------------------------------
 
 needs_kernels = pytest.mark.skipif(K is None, reason="darknetpy._kernels not built (no C compiler at install)")
-SHAPES = [(64, 32, 256, 3), (7, 3, 5, 4), (3, 1, 100, 3)]  # T, S, n, k
+SHAPES = [(64, 32, 256, 3), (7, 3, 5, 4), (3, 1, 100, 3), (2, 3, 600, 3)]  # T, S, n, k (600: sru_back sums in two pieces)
 # float32 rounding carried through the cell over T steps: at T = 64 the cells (up to 3 here) differ
 # by up to 1.6e-6 (7 ulp), the outputs by 1.2e-6. A kernel that is wrong, even subtly, is off by far
 # more: see r_sees_the_new_cell and the dropped carry below.
