@@ -12,11 +12,11 @@
  * one-hot input the ids (T, S) int64 of its rows, s_j = [j == id] made in the loop (no rows read).
  * Each (step, stream) is a few loops over the n features that the compiler vectorizes (one loop
  * per gate: GCC vectorizes the two sigmoids fused in one loop 6x slower); the steps run in order,
- * since c' needs c. But a unit's recurrence needs no other unit's: the kernels take a range of units
- * [j0, j1), and the wrappers share the units among the step loops' team (_loop.h), each thread all
- * T steps of its units with no barrier between them (sru4_share, _kernels.c). The loops are
- * memory-bound (T S n = 512K elements per array at 32 streams x 64 steps x 256): the second core
- * brings its bandwidth.
+ * since c' needs c. But a stream's unit needs no other stream's, nor unit's: sru_step takes a range
+ * of streams [s0, s1), sru_back one of units [j0, j1), and the wrappers share them among the step
+ * loops' team (_loop.h), each thread all T steps of its share with no barrier between them
+ * (sru4_share, _kernels.c). The loops are memory-bound (T S n = 512K elements per array at 32
+ * streams x 64 steps x 256): the second core brings its bandwidth.
  */
 #ifndef KIND_WRAPPERS
 
@@ -32,12 +32,11 @@
  * it is called). */
 static inline __attribute__((always_inline)) void K(sru_step_row)(
     float *restrict x, const float *restrict b, const float *restrict c, float *restrict c1,
-    float *restrict h, const float *restrict hs, Py_ssize_t id, Py_ssize_t n, Py_ssize_t m, int ws, int with_h,
-    int tanh_g)
+    float *restrict h, const float *restrict hs, Py_ssize_t id, Py_ssize_t n, int ws, int with_h, int tanh_g)
 {
     const float *f = x + n, *r = x + 2 * n;
     float *wsx = x + 3 * n;
-    EACH(j, m) {
+    EACH(j, n) {
         float xj = x[j] + b[j];
         float c1j = f[j] * c[j] + (1.0f - f[j]) * xj;
         x[j] = xj;
@@ -49,8 +48,8 @@ static inline __attribute__((always_inline)) void K(sru_step_row)(
             h[j] = tanh_g ? c1j : r[j] * (c1j - sj) + sj;
     }
     if (with_h && tanh_g) {
-        EACH(j, m) h[j] = K(tanh1)(h[j]);
-        EACH(j, m) {
+        EACH(j, n) h[j] = K(tanh1)(h[j]);
+        EACH(j, n) {
             float sj = ws ? wsx[j] : hs ? hs[j] : j == id ? 1.0f : 0.0f;
             h[j] = r[j] * (h[j] - sj) + sj;
         }
@@ -60,45 +59,43 @@ static inline __attribute__((always_inline)) void K(sru_step_row)(
 static inline __attribute__((always_inline)) void K(sru_step_all)(
     float *restrict Z, const float *restrict v, float *restrict C, float *restrict H, const float *restrict hs,
     const int64_t *restrict ids, const float *restrict W, Py_ssize_t T, Py_ssize_t S, Py_ssize_t n,
-    Py_ssize_t k, Py_ssize_t j0, Py_ssize_t j1, int tanh_g)
+    Py_ssize_t k, Py_ssize_t s0, Py_ssize_t s1, int tanh_g)
 {
-    const float *vf = v + j0, *vr = v + n + j0, *b = v + 2 * n + j0;
-    Py_ssize_t m = j1 - j0;
+    const float *vf = v, *vr = v + n, *b = v + 2 * n;
     for (Py_ssize_t t = 0; t < T; t++)
-        for (Py_ssize_t s = 0; s < S; s++) {
+        for (Py_ssize_t s = s0; s < s1; s++) {
             Py_ssize_t row = t * S + s;
-            float *x = Z + row * k * n + j0, *f = x + n, *r = x + 2 * n;
+            float *x = Z + row * k * n, *f = x + n, *r = x + 2 * n;
             if (W)
-                for (Py_ssize_t q = 0; q < k; q++)
-                    memcpy(x + q * n, W + ids[row] * k * n + q * n + j0, m * sizeof(float));
-            const float *c = C + row * n + j0;
-            float *c1 = C + (row + S) * n + j0, *h = H ? H + row * n + j0 : NULL;
-            EACH(j, m) f[j] = K(sigmoid2)(0.5f * ((f[j] + b[n + j]) + vf[j] * c[j]));
-            EACH(j, m) r[j] = K(sigmoid2)(0.5f * ((r[j] + b[2 * n + j]) + vr[j] * c[j]));
+                memcpy(x, W + ids[row] * k * n, k * n * sizeof(float));
+            const float *c = C + row * n;
+            float *c1 = C + (row + S) * n, *h = H ? H + row * n : NULL;
+            EACH(j, n) f[j] = K(sigmoid2)(0.5f * ((f[j] + b[n + j]) + vf[j] * c[j]));
+            EACH(j, n) r[j] = K(sigmoid2)(0.5f * ((r[j] + b[2 * n + j]) + vr[j] * c[j]));
             if (k == 4 && H)
-                K(sru_step_row)(x, b, c, c1, h, NULL, -1, n, m, 1, 1, tanh_g);
+                K(sru_step_row)(x, b, c, c1, h, NULL, -1, n, 1, 1, tanh_g);
             else if (k == 4)
-                K(sru_step_row)(x, b, c, c1, NULL, NULL, -1, n, m, 1, 0, 0);
+                K(sru_step_row)(x, b, c, c1, NULL, NULL, -1, n, 1, 0, 0);
             else if (H && ids)
-                K(sru_step_row)(x, b, c, c1, h, NULL, ids[row] - j0, n, m, 0, 1, tanh_g);
+                K(sru_step_row)(x, b, c, c1, h, NULL, ids[row], n, 0, 1, tanh_g);
             else if (H)
-                K(sru_step_row)(x, b, c, c1, h, hs + row * n + j0, -1, n, m, 0, 1, tanh_g);
+                K(sru_step_row)(x, b, c, c1, h, hs + row * n, -1, n, 0, 1, tanh_g);
             else
-                K(sru_step_row)(x, b, c, c1, NULL, NULL, -1, n, m, 0, 0, 0);
+                K(sru_step_row)(x, b, c, c1, NULL, NULL, -1, n, 0, 0, 0);
         }
 }
 
-/* sru_step for the units [j0, j1) only: each unit's recurrence is its own, so a thread can run all
- * T steps of its units with no other thread's (sru4_share, _kernels.c). */
+/* sru_step for the streams [s0, s1) only: a stream's recurrence is its own, so a thread can run all
+ * T steps of its streams, whole rows, with no other thread's (sru4_share, _kernels.c). */
 static void K(sru_step)(float *restrict Z, const float *restrict v, float *restrict C, float *restrict H,
                         const float *restrict hs, const int64_t *restrict ids, const float *restrict W,
-                        Py_ssize_t T, Py_ssize_t S, Py_ssize_t n, Py_ssize_t k, Py_ssize_t j0, Py_ssize_t j1,
+                        Py_ssize_t T, Py_ssize_t S, Py_ssize_t n, Py_ssize_t k, Py_ssize_t s0, Py_ssize_t s1,
                         int tanh_g)
 {
     if (tanh_g)
-        K(sru_step_all)(Z, v, C, H, hs, ids, W, T, S, n, k, j0, j1, 1);
+        K(sru_step_all)(Z, v, C, H, hs, ids, W, T, S, n, k, s0, s1, 1);
     else
-        K(sru_step_all)(Z, v, C, H, hs, ids, W, T, S, n, k, j0, j1, 0);
+        K(sru_step_all)(Z, v, C, H, hs, ids, W, T, S, n, k, s0, s1, 0);
 }
 
 /* Backward, last step first. Without dh: dZ comes in with δc' from h' in its x~ block and δr in its
@@ -217,28 +214,34 @@ static void K(sru_back)(float *restrict dZ, const float *restrict Z, const float
 
 #else
 
-/* One call of sru_step (back 0) or sru_back (back 1), its arguments as the kernels take them (W: the
- * table forward, dW backward). The units are shared among the threads (sru4_share, each thread all
- * T steps of its units: the steps' order binds only a unit to itself, so the threads meet at no
- * barrier inside the call) in shares of SRU4_SHARE, a multiple of the vector width: a unit's loops
- * are then the same instructions on any number of threads, and give the same bits. */
+/* One call of sru_step or sru_back, its arguments as the kernels take them (W: the table forward, dW
+ * backward), shared among the threads (sru4_share), each thread all T steps of its share: the steps'
+ * order binds a stream's unit only to itself, so the threads meet at no barrier inside the call.
+ * Forward shares the streams (whole rows: a thread's pass over half of each row ran 1.1-1.2x
+ * slower); backward the units, in shares of SRU4_SHARE, a multiple of the vector width, since its
+ * gradient sums and one-hot dW rows gather every stream (a unit's loops are the same instructions
+ * on any number of threads). Either way each element is made by the same code on any threads: the
+ * same bits. */
 #define SRU4_SHARE 16
 typedef struct {
-    int back, g;
+    int g;
     float *dZ, *Z, *C, *H, *dv, *ds, *W;
     const float *v, *dh, *hs;
     const int64_t *ids;
     Py_ssize_t T, S, n, k, D;
 } sru4_job;
 
+static void sru4_streams(const void *job, Py_ssize_t s0, Py_ssize_t s1)
+{
+    const sru4_job *J = job;
+    CALL(sru_step, J->Z, J->v, J->C, J->H, J->hs, J->ids, J->W, J->T, J->S, J->n, J->k, s0, s1, J->g);
+}
+
 static void sru4_units(const void *job, Py_ssize_t j0, Py_ssize_t j1)
 {
     const sru4_job *J = job;
-    if (J->back)
-        CALL(sru_back, J->dZ, J->Z, J->C, J->v, J->dv, J->dh, J->hs, J->ids, J->ds, J->W, J->T, J->S, J->n, J->k,
-             J->D, j0, j1, J->g);
-    else
-        CALL(sru_step, J->Z, J->v, J->C, J->H, J->hs, J->ids, J->W, J->T, J->S, J->n, J->k, j0, j1, J->g);
+    CALL(sru_back, J->dZ, J->Z, J->C, J->v, J->dv, J->dh, J->hs, J->ids, J->ds, J->W, J->T, J->S, J->n, J->k,
+         J->D, j0, j1, J->g);
 }
 
 /* Whether the highway argument holds int64 ids (one-hot rows) rather than float32 rows. */
@@ -323,10 +326,10 @@ static PyObject *sru_step(PyObject *self, PyObject *const *args, Py_ssize_t narg
         release(b, (int)nargs);
         return NULL;
     }
-    sru4_job J = {.back = 0, .g = g, .Z = F(0), .v = F(1), .C = F(2), .H = nargs > 3 ? F(3) : NULL,
+    sru4_job J = {.g = g, .Z = F(0), .v = F(1), .C = F(2), .H = nargs > 3 ? F(3) : NULL,
                   .hs = nargs > 4 && !ids ? F(4) : NULL, .ids = ids ? (const int64_t *)b[4].buf : NULL,
                   .W = nargs > 5 ? F(5) : NULL, .T = d[0], .S = d[1], .n = d[2], .k = d[3]};
-    PyObject *result = sru4_share(sru4_units, &J, J.n, SRU4_SHARE, J.T * J.S * J.n);
+    PyObject *result = sru4_share(sru4_streams, &J, J.S, 1, J.T * J.S * J.n);
     release(b, (int)nargs);
     return result;
 }
@@ -357,7 +360,7 @@ static PyObject *sru_back(PyObject *self, PyObject *const *args, Py_ssize_t narg
         release(b, (int)nargs);
         return NULL;
     }
-    sru4_job J = {.back = 1, .g = g, .dZ = F(0), .Z = F(1), .C = F(2), .v = F(3), .dv = F(4),
+    sru4_job J = {.g = g, .dZ = F(0), .Z = F(1), .C = F(2), .v = F(3), .dv = F(4),
                   .dh = nargs > 5 ? F(5) : NULL, .hs = nargs > 6 && !ids ? F(6) : NULL,
                   .ids = ids ? (const int64_t *)b[6].buf : NULL, .ds = last && !ids ? F(7) : NULL,
                   .W = last && ids ? F(7) : NULL, .T = d[0], .S = d[1], .n = d[2], .k = d[3], .D = D};
