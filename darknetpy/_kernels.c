@@ -739,7 +739,26 @@ static PyObject *transpose(PyObject *self, PyObject *const *args, Py_ssize_t nar
     return done(b, 2);
 }
 
-/* softmax(x, p, groups, t): p = the softmax of x's rows, each in `groups` slices, at temperature t. */
+/* part(job, i0, i1) for the items [i0, i1) of [0, count), shared among the step loops' team in
+ * shares of `share` items when `work` (elements) pays for waking it (sru4_share, below). */
+typedef void (*sru4_part)(const void *job, Py_ssize_t i0, Py_ssize_t i1);
+static PyObject *sru4_share(sru4_part part, const void *job, Py_ssize_t count, Py_ssize_t share, Py_ssize_t work);
+
+typedef struct {
+    const float *x;
+    float *p;
+    Py_ssize_t width;
+    float t;
+} sru4_softmax_job;
+
+static void sru4_softmax_part(const void *job, Py_ssize_t i0, Py_ssize_t i1)
+{
+    const sru4_softmax_job *J = job;
+    CALL(softmax, J->x + i0 * J->width, J->p + i0 * J->width, i1 - i0, J->width, J->t);
+}
+
+/* softmax(x, p, groups, t): p = the softmax of x's rows, each in `groups` slices, at temperature t;
+ * the slices shared among threads (each is its own: the same bits on any number). */
 static PyObject *softmax(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     static const int sizes[] = {1, 1};
@@ -760,12 +779,44 @@ static PyObject *softmax(PyObject *self, PyObject *const *args, Py_ssize_t nargs
         release(b, 2);
         return NULL;
     }
-    CALL(softmax, F(0), F(1), m / (width / groups), width / groups, (float)t);
-    return done(b, 2);
+    sru4_softmax_job J = {F(0), F(1), width / groups, (float)t};
+    PyObject *result = sru4_share(sru4_softmax_part, &J, m / (width / groups), 64, m);
+    release(b, 2);
+    return result;
+}
+
+#define SRU4_XENT_ROWS 64  /* rows of a partial cost sum: the sums and their order are the same on any threads */
+typedef struct {
+    const float *P;
+    const int64_t *id;
+    float *D;
+    double *costs;  /* one per SRU4_XENT_ROWS rows */
+    Py_ssize_t R, n;
+} sru4_xent_job;
+
+/* The rows of the chunks [c0, c1) of SRU4_XENT_ROWS rows: their deltas and each chunk's cost. */
+static void sru4_xent_part(const void *job, Py_ssize_t c0, Py_ssize_t c1)
+{
+    const sru4_xent_job *J = job;
+    Py_ssize_t n = J->n;
+    for (Py_ssize_t c = c0; c < c1; c++) {
+        double cost = 0.0;
+        Py_ssize_t end = (c + 1) * SRU4_XENT_ROWS < J->R ? (c + 1) * SRU4_XENT_ROWS : J->R;
+        for (Py_ssize_t r = c * SRU4_XENT_ROWS; r < end; r++) {
+            const float *row = J->P + r * n;
+            float *drow = J->D + r * n;
+            for (Py_ssize_t j = 0; j < n; j++)
+                drow[j] = -row[j];
+            drow[J->id[r]] = 1.0f - row[J->id[r]];
+            cost -= log((double)row[J->id[r]]);
+        }
+        J->costs[c] = cost;
+    }
 }
 
 /* xent(p, ids, delta) -> Σ -ln p[r, ids[r]]; delta = -p except delta[r, ids[r]] = 1 - p[r, ids[r]]
- * (Softmax.loss with class ids). p and delta (R, n) float32, ids (R,) int64 in [0, n). */
+ * (Softmax.loss with class ids). p and delta (R, n) float32, ids (R,) int64 in [0, n). The rows
+ * shared among threads in chunks, whose costs are added in order. */
 static PyObject *xent(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     Py_buffer b[3];
@@ -774,22 +825,20 @@ static PyObject *xent(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     PyObject *result = NULL;
     if (id_shapes(&b[1], &b[0], &b[2], 1, "xent: p (R, n), ids (R,), delta (R, n)") < 0)
         goto out;
-    const float *P = b[0].buf;
-    const int64_t *id = b[1].buf;
-    float *D = b[2].buf;
-    Py_ssize_t R = b[0].shape[0], n = b[0].shape[1];
-    double cost = 0.0;
-    if (check_ids(id, R, n, "xent") < 0)
+    Py_ssize_t R = b[0].shape[0], n = b[0].shape[1], chunks = (R + SRU4_XENT_ROWS - 1) / SRU4_XENT_ROWS;
+    sru4_xent_job J = {b[0].buf, b[1].buf, b[2].buf, PyMem_Malloc((chunks ? chunks : 1) * sizeof(double)), R, n};
+    if (!J.costs) {
+        PyErr_NoMemory();
         goto out;
-    for (Py_ssize_t r = 0; r < R; r++) {
-        const float *row = P + r * n;
-        float *drow = D + r * n;
-        for (Py_ssize_t j = 0; j < n; j++)
-            drow[j] = -row[j];
-        drow[id[r]] = 1.0f - row[id[r]];
-        cost -= log((double)row[id[r]]);
     }
-    result = PyFloat_FromDouble(cost);
+    if (check_ids(J.id, R, n, "xent") == 0 && (result = sru4_share(sru4_xent_part, &J, chunks, 1, R * n))) {
+        double cost = 0.0;
+        for (Py_ssize_t c = 0; c < chunks; c++)
+            cost += J.costs[c];
+        Py_DECREF(result);
+        result = PyFloat_FromDouble(cost);
+    }
+    PyMem_Free(J.costs);
 out:
     release(b, 3);
     return result;
@@ -1156,6 +1205,50 @@ static PyMethodDef panel_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 #endif
+
+#ifdef HAVE_AVX2
+/* The call's items in one claim per thread, each a contiguous run of whole shares, which the threads
+ * take in order from a counter: a thread that starts late, or loses its core on a busy machine,
+ * may find its claim taken by another, which does it instead of waiting for it at the call's end.
+ * One claim each, not more: [sru]'s kernels over 4 runs of 64 units ran 1.4-1.8x slower on one
+ * thread than over the whole rows (each run is a pass over every row). */
+typedef struct {
+    sru4_part part;
+    const void *job;
+    Py_ssize_t count, share;
+    atomic_long next;  /* the next claim to take */
+} sru4_team_job;
+
+static void sru4_team_body(void *job, int id, int threads, unsigned *phase)
+{
+    sru4_team_job *J = job;
+    Py_ssize_t shares = (J->count + J->share - 1) / J->share;
+    Py_ssize_t claims = threads < shares ? threads : shares;
+    for (Py_ssize_t q; (q = atomic_fetch_add(&J->next, 1)) < claims;) {
+        Py_ssize_t i0 = shares * q / claims * J->share, i1 = shares * (q + 1) / claims * J->share;
+        J->part(J->job, i0, i1 < J->count ? i1 : J->count);
+    }
+}
+#endif
+
+#define SRU4_TEAM_WORK 16384  /* elements from which a call runs on the team: below, waking it costs more */
+
+/* part(job, ·) over [0, count) in shares of `share` items on the step loops' team (_loop.h,
+ * loop_threads' count, with the GIL released) where it is built and `work` is large enough, else
+ * on this thread. None, or NULL with MemoryError. */
+static PyObject *sru4_share(sru4_part part, const void *job, Py_ssize_t count, Py_ssize_t share, Py_ssize_t work)
+{
+#ifdef HAVE_AVX2
+    Py_ssize_t shares = (count + share - 1) / share;
+    if (work >= SRU4_TEAM_WORK && shares > 1) {
+        sru4_team_job J = {part, job, count, share};
+        atomic_init(&J.next, 0);
+        return loop_go(NULL, NULL, 0, 0, 0, NULL, NULL, 0, sru4_team_body, &J, shares);
+    }
+#endif
+    part(job, 0, count);
+    Py_RETURN_NONE;
+}
 
 #include "_sample.h"  /* softmax_rows; its sample_* functions are added only when the CPU has AVX-512 */
 

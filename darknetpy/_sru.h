@@ -12,12 +12,15 @@
  * one-hot input the ids (T, S) int64 of its rows, s_j = [j == id] made in the loop (no rows read).
  * Each (step, stream) is a few loops over the n features that the compiler vectorizes (one loop
  * per gate: GCC vectorizes the two sigmoids fused in one loop 6x slower); the steps run in order,
- * since c' needs c. One thread: the loops are memory-bound (T S n = 512K elements per array at 32
- * streams x 64 steps x 256), and a second thread, sharing the streams, ran no faster on a 2-core
- * VM, where OpenBLAS's worker busy-waits on the other core after each matmul (benchmarks/README.md,
- * "Third session").
+ * since c' needs c. But a stream's unit needs no other stream's, nor unit's: sru_step takes a range
+ * of streams [s0, s1), sru_back one of units [j0, j1), and the wrappers share them among the step
+ * loops' team (_loop.h), each thread all T steps of its share with no barrier between them
+ * (sru4_share, _kernels.c). The loops are memory-bound (T S n = 512K elements per array at 32
+ * streams x 64 steps x 256): the second core brings its bandwidth.
  */
 #ifndef KIND_WRAPPERS
+
+#define SRU4_PIECE 512  /* the most units sru_back sums at once (its sums on the stack: 12 KB) */
 
 /* Forward: the biases added to Z's blocks (in place: backward reads x~ and s from Z), then
  * f = σ(wf(x) + vf c), r = σ(wr(x) + vr c) into the wf, wr blocks of Z; C[t+1] = c' = f c + (1 - f) x~.
@@ -56,11 +59,11 @@ static inline __attribute__((always_inline)) void K(sru_step_row)(
 static inline __attribute__((always_inline)) void K(sru_step_all)(
     float *restrict Z, const float *restrict v, float *restrict C, float *restrict H, const float *restrict hs,
     const int64_t *restrict ids, const float *restrict W, Py_ssize_t T, Py_ssize_t S, Py_ssize_t n,
-    Py_ssize_t k, int tanh_g)
+    Py_ssize_t k, Py_ssize_t s0, Py_ssize_t s1, int tanh_g)
 {
     const float *vf = v, *vr = v + n, *b = v + 2 * n;
     for (Py_ssize_t t = 0; t < T; t++)
-        for (Py_ssize_t s = 0; s < S; s++) {
+        for (Py_ssize_t s = s0; s < s1; s++) {
             Py_ssize_t row = t * S + s;
             float *x = Z + row * k * n, *f = x + n, *r = x + 2 * n;
             if (W)
@@ -82,14 +85,17 @@ static inline __attribute__((always_inline)) void K(sru_step_all)(
         }
 }
 
+/* sru_step for the streams [s0, s1) only: a stream's recurrence is its own, so a thread can run all
+ * T steps of its streams, whole rows, with no other thread's (sru4_share, _kernels.c). */
 static void K(sru_step)(float *restrict Z, const float *restrict v, float *restrict C, float *restrict H,
                         const float *restrict hs, const int64_t *restrict ids, const float *restrict W,
-                        Py_ssize_t T, Py_ssize_t S, Py_ssize_t n, Py_ssize_t k, int tanh_g)
+                        Py_ssize_t T, Py_ssize_t S, Py_ssize_t n, Py_ssize_t k, Py_ssize_t s0, Py_ssize_t s1,
+                        int tanh_g)
 {
     if (tanh_g)
-        K(sru_step_all)(Z, v, C, H, hs, ids, W, T, S, n, k, 1);
+        K(sru_step_all)(Z, v, C, H, hs, ids, W, T, S, n, k, s0, s1, 1);
     else
-        K(sru_step_all)(Z, v, C, H, hs, ids, W, T, S, n, k, 0);
+        K(sru_step_all)(Z, v, C, H, hs, ids, W, T, S, n, k, s0, s1, 0);
 }
 
 /* Backward, last step first. Without dh: dZ comes in with δc' from h' in its x~ block and δr in its
@@ -101,20 +107,22 @@ static void K(sru_step)(float *restrict Z, const float *restrict v, float *restr
  * dZ may then hold D = 2 steps, step t's rows at t mod 2: nothing after reads them). Then the
  * deltas of x~, wf(x), wr(x) replace them: δc = δc' f + δwf vf + δwr vr reaches the step before's
  * δc' (not past the first step: truncated BPTT). The sums of the gradients: dv (2n + k n,) +=
- * [Σ δwf c, Σ δwr c, Σ of dZ's rows (the biases' gradient)]. One row (step, stream) is one loop
- * over its n features (sru_back_row), so that each array is read once per row; its flags and NULLs
- * are constants where it is called, and the compiler makes one loop of each. */
+ * [Σ δwf c, Σ δwr c, Σ of dZ's rows (the biases' gradient)], each made first in a sum of the call's
+ * own (sru_back_all's `acc`, for at most SRU4_PIECE units): a thread then writes no cache line of
+ * dv, which the threads share, at every row. One row (step, stream) is one loop over its units
+ * (sru_back_row), so that each array is read once per row; its flags and NULLs are constants where
+ * it is called, and the compiler makes one loop of each. */
 static inline __attribute__((always_inline)) void K(sru_back_row)(
     float *restrict dx, const float *restrict x, const float *restrict c, const float *restrict c1,
     const float *restrict v, float *restrict dv, const float *restrict d, const float *restrict sj,
-    Py_ssize_t id, float *restrict dsj, float *restrict before, Py_ssize_t n, Py_ssize_t k, int with_dh,
-    int carry_in, int carry_out, int tanh_g)
+    Py_ssize_t id, float *restrict dsj, float *restrict before, Py_ssize_t n, Py_ssize_t m, Py_ssize_t k,
+    int with_dh, int carry_in, int carry_out, int tanh_g)
 {
     const float *f = x + n, *r = x + 2 * n, *vf = v, *vr = v + n;
-    float *df = dx + n, *dr = dx + 2 * n, *dvf = dv, *dvr = dv + n, *db = dv + 2 * n;
+    float *df = dx + n, *dr = dx + 2 * n, *dvf = dv, *dvr = dv + SRU4_PIECE, *db = dv + 2 * SRU4_PIECE;
     if (with_dh && tanh_g)
-        EACH(j, n) dr[j] = K(tanh1)(c1[j]);
-    EACH(j, n) {
+        EACH(j, m) dr[j] = K(tanh1)(c1[j]);
+    EACH(j, m) {
         float g = with_dh && tanh_g ? dr[j] : c1[j];
         float dc = with_dh ? (carry_in ? dx[j] : 0.0f) + (tanh_g ? d[j] * r[j] * (1.0f - g * g) : d[j] * r[j])
                            : dx[j];  /* δc' */
@@ -134,11 +142,11 @@ static inline __attribute__((always_inline)) void K(sru_back_row)(
         dvf[j] += dfj * c[j];
         dvr[j] += drj * c[j];
         db[j] += dxj;
-        db[n + j] += dfj;
-        db[2 * n + j] += drj;
+        db[SRU4_PIECE + j] += dfj;
+        db[2 * SRU4_PIECE + j] += drj;
     }
     if (k == 4)
-        EACH(j, n) db[3 * n + j] += dx[3 * n + j];
+        EACH(j, m) db[3 * SRU4_PIECE + j] += dx[3 * n + j];
 }
 
 /* sru_back for s given as rows (one_hot 0: Z's ws block or hs) or as ids (one_hot 1). */
@@ -146,56 +154,95 @@ static inline __attribute__((always_inline)) void K(sru_back_all)(
     float *restrict dZ, const float *restrict Z, const float *restrict C, const float *restrict v,
     float *restrict dv, const float *restrict dh, const float *restrict hs, const int64_t *restrict ids,
     float *restrict ds, float *restrict dW, Py_ssize_t T, Py_ssize_t S, Py_ssize_t n, Py_ssize_t k,
-    Py_ssize_t D, int one_hot, int tanh_g)
+    Py_ssize_t D, Py_ssize_t j0, Py_ssize_t j1, int one_hot, int tanh_g)
 {
+    Py_ssize_t m = j1 - j0;
+    float acc[(2 + 4) * SRU4_PIECE] __attribute__((aligned(64))) = {0};  /* dv's blocks, SRU4_PIECE apart */
+    v += j0;
     for (Py_ssize_t t = T - 1; t >= 0; t--)
         for (Py_ssize_t s = 0; s < S; s++) {
             Py_ssize_t row = t * S + s;
-            const float *x = Z + row * k * n, *c = C + row * n, *c1 = C + (row + S) * n;
-            float *dx = dZ + (t % D * S + s) * k * n;
-            float *before = t ? dZ + ((t - 1) % D * S + s) * k * n : NULL;
+            const float *x = Z + row * k * n + j0, *c = C + row * n + j0, *c1 = C + (row + S) * n + j0;
+            float *dx = dZ + (t % D * S + s) * k * n + j0;
+            float *before = t ? dZ + ((t - 1) % D * S + s) * k * n + j0 : NULL;
             if (!dh) {
                 if (t)
-                    K(sru_back_row)(dx, x, c, c1, v, dv, NULL, NULL, -1, NULL, before, n, k, 0, 1, 1, 0);
+                    K(sru_back_row)(dx, x, c, c1, v, acc, NULL, NULL, -1, NULL, before, n, m, k, 0, 1, 1, 0);
                 else
-                    K(sru_back_row)(dx, x, c, c1, v, dv, NULL, NULL, -1, NULL, NULL, n, k, 0, 1, 0, 0);
+                    K(sru_back_row)(dx, x, c, c1, v, acc, NULL, NULL, -1, NULL, NULL, n, m, k, 0, 1, 0, 0);
                 continue;
             }
-            const float *d = dh + row * n, *sj = one_hot ? NULL : k == 4 ? x + 3 * n : hs + row * n;
-            float *dsj = one_hot ? NULL : k == 4 ? dx + 3 * n : ds + row * n;
-            Py_ssize_t id = one_hot ? ids[row] : -1;
+            const float *d = dh + row * n + j0, *sj = one_hot ? NULL : k == 4 ? x + 3 * n : hs + row * n + j0;
+            float *dsj = one_hot ? NULL : k == 4 ? dx + 3 * n : ds + row * n + j0;
+            Py_ssize_t id = one_hot ? ids[row] - j0 : -1;
             if (t == T - 1 && t)  /* dx holds the step after's δc from t < T - 1 on */
-                K(sru_back_row)(dx, x, c, c1, v, dv, d, sj, id, dsj, before, n, k, 1, 0, 1, tanh_g);
+                K(sru_back_row)(dx, x, c, c1, v, acc, d, sj, id, dsj, before, n, m, k, 1, 0, 1, tanh_g);
             else if (t == T - 1)
-                K(sru_back_row)(dx, x, c, c1, v, dv, d, sj, id, dsj, NULL, n, k, 1, 0, 0, tanh_g);
+                K(sru_back_row)(dx, x, c, c1, v, acc, d, sj, id, dsj, NULL, n, m, k, 1, 0, 0, tanh_g);
             else if (t)
-                K(sru_back_row)(dx, x, c, c1, v, dv, d, sj, id, dsj, before, n, k, 1, 1, 1, tanh_g);
+                K(sru_back_row)(dx, x, c, c1, v, acc, d, sj, id, dsj, before, n, m, k, 1, 1, 1, tanh_g);
             else
-                K(sru_back_row)(dx, x, c, c1, v, dv, d, sj, id, dsj, NULL, n, k, 1, 1, 0, tanh_g);
-            if (one_hot && dW) {
-                float *g = dW + id * k * n;
-                EACH(j, k * n) g[j] += dx[j];
-            }
+                K(sru_back_row)(dx, x, c, c1, v, acc, d, sj, id, dsj, NULL, n, m, k, 1, 1, 0, tanh_g);
+            if (one_hot && dW)
+                for (Py_ssize_t q = 0; q < k; q++) {
+                    float *g = dW + ids[row] * k * n + q * n + j0;
+                    EACH(j, m) g[j] += dx[q * n + j];
+                }
         }
+    for (Py_ssize_t q = 0; q < 2 + k; q++)
+        EACH(j, m) dv[q * n + j0 + j] += acc[q * SRU4_PIECE + j];
 }
 
 static void K(sru_back)(float *restrict dZ, const float *restrict Z, const float *restrict C,
                         const float *restrict v, float *restrict dv, const float *restrict dh,
                         const float *restrict hs, const int64_t *restrict ids, float *restrict ds,
                         float *restrict dW, Py_ssize_t T, Py_ssize_t S, Py_ssize_t n, Py_ssize_t k, Py_ssize_t D,
-                        int tanh_g)
+                        Py_ssize_t j0, Py_ssize_t j1, int tanh_g)
 {
-    if (ids && tanh_g)
-        K(sru_back_all)(dZ, Z, C, v, dv, dh, NULL, ids, NULL, dW, T, S, n, k, D, 1, 1);
-    else if (ids)
-        K(sru_back_all)(dZ, Z, C, v, dv, dh, NULL, ids, NULL, dW, T, S, n, k, D, 1, 0);
-    else if (tanh_g)
-        K(sru_back_all)(dZ, Z, C, v, dv, dh, hs, NULL, ds, NULL, T, S, n, k, D, 0, 1);
-    else
-        K(sru_back_all)(dZ, Z, C, v, dv, dh, hs, NULL, ds, NULL, T, S, n, k, D, 0, 0);
+    for (Py_ssize_t p0 = j0, p1; p0 < j1; p0 = p1) {  /* pieces of SRU4_PIECE units: acc's size */
+        p1 = j1 - p0 > SRU4_PIECE ? p0 + SRU4_PIECE : j1;
+        if (ids && tanh_g)
+            K(sru_back_all)(dZ, Z, C, v, dv, dh, NULL, ids, NULL, dW, T, S, n, k, D, p0, p1, 1, 1);
+        else if (ids)
+            K(sru_back_all)(dZ, Z, C, v, dv, dh, NULL, ids, NULL, dW, T, S, n, k, D, p0, p1, 1, 0);
+        else if (tanh_g)
+            K(sru_back_all)(dZ, Z, C, v, dv, dh, hs, NULL, ds, NULL, T, S, n, k, D, p0, p1, 0, 1);
+        else
+            K(sru_back_all)(dZ, Z, C, v, dv, dh, hs, NULL, ds, NULL, T, S, n, k, D, p0, p1, 0, 0);
+    }
 }
 
 #else
+
+/* One call of sru_step or sru_back, its arguments as the kernels take them (W: the table forward, dW
+ * backward), shared among the threads (sru4_share), each thread all T steps of its share: the steps'
+ * order binds a stream's unit only to itself, so the threads meet at no barrier inside the call.
+ * Forward shares the streams (whole rows: a thread's pass over half of each row ran 1.1-1.2x
+ * slower); backward the units, in shares of SRU4_SHARE, a multiple of the vector width, since its
+ * gradient sums and one-hot dW rows gather every stream (a unit's loops are the same instructions
+ * on any number of threads). Either way each element is made by the same code on any threads: the
+ * same bits. */
+#define SRU4_SHARE 16
+typedef struct {
+    int g;
+    float *dZ, *Z, *C, *H, *dv, *ds, *W;
+    const float *v, *dh, *hs;
+    const int64_t *ids;
+    Py_ssize_t T, S, n, k, D;
+} sru4_job;
+
+static void sru4_streams(const void *job, Py_ssize_t s0, Py_ssize_t s1)
+{
+    const sru4_job *J = job;
+    CALL(sru_step, J->Z, J->v, J->C, J->H, J->hs, J->ids, J->W, J->T, J->S, J->n, J->k, s0, s1, J->g);
+}
+
+static void sru4_units(const void *job, Py_ssize_t j0, Py_ssize_t j1)
+{
+    const sru4_job *J = job;
+    CALL(sru_back, J->dZ, J->Z, J->C, J->v, J->dv, J->dh, J->hs, J->ids, J->ds, J->W, J->T, J->S, J->n, J->k,
+         J->D, j0, j1, J->g);
+}
 
 /* Whether the highway argument holds int64 ids (one-hot rows) rather than float32 rows. */
 static int holds_ids(PyObject *obj)
@@ -279,9 +326,12 @@ static PyObject *sru_step(PyObject *self, PyObject *const *args, Py_ssize_t narg
         release(b, (int)nargs);
         return NULL;
     }
-    CALL(sru_step, F(0), F(1), F(2), nargs > 3 ? F(3) : NULL, nargs > 4 && !ids ? F(4) : NULL,
-         ids ? (const int64_t *)b[4].buf : NULL, nargs > 5 ? F(5) : NULL, d[0], d[1], d[2], d[3], g);
-    return done(b, nargs);
+    sru4_job J = {.g = g, .Z = F(0), .v = F(1), .C = F(2), .H = nargs > 3 ? F(3) : NULL,
+                  .hs = nargs > 4 && !ids ? F(4) : NULL, .ids = ids ? (const int64_t *)b[4].buf : NULL,
+                  .W = nargs > 5 ? F(5) : NULL, .T = d[0], .S = d[1], .n = d[2], .k = d[3]};
+    PyObject *result = sru4_share(sru4_streams, &J, J.S, 1, J.T * J.S * J.n);
+    release(b, (int)nargs);
+    return result;
 }
 
 static PyObject *sru_back(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
@@ -310,10 +360,13 @@ static PyObject *sru_back(PyObject *self, PyObject *const *args, Py_ssize_t narg
         release(b, (int)nargs);
         return NULL;
     }
-    CALL(sru_back, F(0), F(1), F(2), F(3), F(4), nargs > 5 ? F(5) : NULL, nargs > 6 && !ids ? F(6) : NULL,
-         ids ? (const int64_t *)b[6].buf : NULL, last && !ids ? F(7) : NULL, last && ids ? F(7) : NULL,
-         d[0], d[1], d[2], d[3], D, g);
-    return done(b, nargs);
+    sru4_job J = {.g = g, .dZ = F(0), .Z = F(1), .C = F(2), .v = F(3), .dv = F(4),
+                  .dh = nargs > 5 ? F(5) : NULL, .hs = nargs > 6 && !ids ? F(6) : NULL,
+                  .ids = ids ? (const int64_t *)b[6].buf : NULL, .ds = last && !ids ? F(7) : NULL,
+                  .W = last && ids ? F(7) : NULL, .T = d[0], .S = d[1], .n = d[2], .k = d[3], .D = D};
+    PyObject *result = sru4_share(sru4_units, &J, J.n, SRU4_SHARE, J.T * J.S * J.n);
+    release(b, (int)nargs);
+    return result;
 }
 
 #define SRU_METHOD(name, doc) {#name, (PyCFunction)(void (*)(void))name, METH_FASTCALL | METH_KEYWORDS, doc}

@@ -114,7 +114,7 @@ def test_gradients_ids_input(n, write_cfg):
 # ---- the C recurrence against the numpy reference ------------------------------------------------
 
 needs_kernels = pytest.mark.skipif(K is None, reason="darknetpy._kernels not built (no C compiler at install)")
-SHAPES = [(64, 32, 256, 3), (7, 3, 5, 4), (3, 1, 100, 3)]  # T, S, n, k
+SHAPES = [(64, 32, 256, 3), (7, 3, 5, 4), (3, 1, 100, 3), (2, 3, 600, 3)]  # T, S, n, k (600: sru_back sums in two pieces)
 # float32 rounding carried through the cell over T steps: at T = 64 the cells (up to 3 here) differ
 # by up to 1.6e-6 (7 ulp), the outputs by 1.2e-6. A kernel that is wrong, even subtly, is off by far
 # more: see r_sees_the_new_cell and the dropped carry below.
@@ -264,6 +264,51 @@ def test_the_highway_given_as_ids_is_their_one_hot_rows(T, S, n, g, backend):
     # Not vacuous: the ids' ones matter (all-zero rows give another δr)
     zeros = run_back(srumod.sru_back, dZ, Z, C, v, dh, (np.zeros_like(hot),), True, g)
     assert not np.allclose(zeros[0], want[0], **TOL)
+
+
+needs_team = pytest.mark.skipif(K is None or not hasattr(K, "loop_threads"),
+                                reason="the step loops' thread team (_loop.h) is not built on this CPU")
+
+
+@needs_team
+@pytest.mark.parametrize("k,g", [(3, 0), (3, 1), (4, 0)])
+def test_kernels_give_the_same_bits_on_any_number_of_threads(k, g):
+    """The units are shared among the loops' team (each thread all steps of its units, shares of 16,
+    the last one short at n = 150): 1, 2 and 3 threads give the same bits, forward and back, with
+    the highway as rows, as ids with W and dW (dZ of 2 steps), or the ws block; and they are
+    sru_step's and sru_back's (a share left out or run twice would not be)."""
+    T, S, n = 20, 7, 150  # T S n above the size from which a call runs on the team
+    Z, v, C, s = step_inputs(T, S, n, k, 11)
+    dZ, _, _, _, dh, _ = back_inputs(T, S, n, k, 12)
+    ids = np.random.default_rng(13).integers(0, n, (T, S))
+    W = np.random.default_rng(14).uniform(-3, 3, (n, k * n)).astype(np.float32)
+    highways = [s] + ([(ids, W)] if k == 3 else [])
+    wanted, runs = K.loop_threads(0), []
+    try:
+        for threads in (1, 2, 3):
+            assert K.loop_threads(threads) == threads
+            run = []
+            for high in highways:
+                Zt, Ct, Ht = run_step(lambda *a, g: K.sru_step(*a, *high[1:], g=g), Z, v, C, high[:1], True, g)
+                dv, dZt = np.full(v.size, 0.5, np.float32), dZ[:2].copy() if len(high) == 2 else dZ.copy()
+                rest = (high[0], W.copy()) if len(high) == 2 else (high[0], np.empty_like(dh)) if high else ()
+                K.sru_back(dZt, Zt, Ct, v, dv, dh, *rest, g=g)
+                run.append((Zt, Ct, Ht, dZt, dv) + rest[1:])
+            runs.append(run)
+    finally:
+        K.loop_threads(wanted)
+    for other in runs[1:]:
+        for a, b in zip(runs[0], other):
+            for x, y in zip(a, b):
+                np.testing.assert_array_equal(x, y)
+    want = run_step(srumod.sru_step, Z, v, C, s, True, g)
+    for a, b, name in zip(runs[-1][0], want, "ZCH"):
+        np.testing.assert_allclose(a, b, err_msg=name, **TOL)
+    dv = np.full(v.size, 0.5, np.float32)
+    want_dZ = dZ.copy()
+    srumod.sru_back(want_dZ, want[0], want[1], v, dv, dh, *s, *((np.empty_like(dh),) if s else ()), g=g)
+    np.testing.assert_allclose(runs[-1][0][3], want_dZ, err_msg="dZ", **TOL)
+    np.testing.assert_allclose(runs[-1][0][4], dv, rtol=1e-5, atol=1e-6 * T * S)
 
 
 @needs_kernels

@@ -11,8 +11,9 @@ zero at first and updated like weights. The output is h', the carried state c'.
 Every matrix reads only the layer's input, so the sub-layers are one stacked `Dense` and all
 their products over all steps are one matmul (and one per weight gradient backward): the large,
 fast kind. What is sequential is elementwise: f, r and c' over the steps, one call of
-`sru_step` (its C form loops over the steps; the numpy reference below is what it must equal),
-and back, `sru_back`. h' does not feed back: for g linear or tanh the same loop writes it (and its
+`sru_step` (its C form loops over the steps, each thread of the loops' team all steps of its share
+of the streams, and back of the units; the numpy reference below is what it must equal), and back,
+`sru_back`. h' does not feed back: for g linear or tanh the same loop writes it (and its
 delta back), for any other g the layer computes it for all steps at once after. The arrays are
 rows, (T, S, ·), as the matmul makes them: no transposes.
 
