@@ -740,20 +740,20 @@ static PyObject *transpose(PyObject *self, PyObject *const *args, Py_ssize_t nar
 }
 
 /* part(job, i0, i1) for the items [i0, i1) of [0, count), shared among the step loops' team in
- * shares of `share` items when `work` (elements) pays for waking it (sru4_share, below). */
-typedef void (*sru4_part)(const void *job, Py_ssize_t i0, Py_ssize_t i1);
-static PyObject *sru4_share(sru4_part part, const void *job, Py_ssize_t count, Py_ssize_t share, Py_ssize_t work);
+ * shares of `share` items when `work` (elements) pays for waking it (team_share, below). */
+typedef void (*team_part)(const void *job, Py_ssize_t i0, Py_ssize_t i1);
+static PyObject *team_share(team_part part, const void *job, Py_ssize_t count, Py_ssize_t share, Py_ssize_t work);
 
 typedef struct {
     const float *x;
     float *p;
     Py_ssize_t width;
     float t;
-} sru4_softmax_job;
+} softmax_job;
 
-static void sru4_softmax_part(const void *job, Py_ssize_t i0, Py_ssize_t i1)
+static void softmax_part(const void *job, Py_ssize_t i0, Py_ssize_t i1)
 {
-    const sru4_softmax_job *J = job;
+    const softmax_job *J = job;
     CALL(softmax, J->x + i0 * J->width, J->p + i0 * J->width, i1 - i0, J->width, J->t);
 }
 
@@ -779,30 +779,30 @@ static PyObject *softmax(PyObject *self, PyObject *const *args, Py_ssize_t nargs
         release(b, 2);
         return NULL;
     }
-    sru4_softmax_job J = {F(0), F(1), width / groups, (float)t};
-    PyObject *result = sru4_share(sru4_softmax_part, &J, m / (width / groups), 64, m);
+    softmax_job J = {F(0), F(1), width / groups, (float)t};
+    PyObject *result = team_share(softmax_part, &J, m / (width / groups), 64, m);
     release(b, 2);
     return result;
 }
 
-#define SRU4_XENT_ROWS 64  /* rows of a partial cost sum: the sums and their order are the same on any threads */
+#define XENT_ROWS 64  /* rows of a partial cost sum: the sums and their order are the same on any threads */
 typedef struct {
     const float *P;
     const int64_t *id;
     float *D;
-    double *costs;  /* one per SRU4_XENT_ROWS rows */
+    double *costs;  /* one per XENT_ROWS rows */
     Py_ssize_t R, n;
-} sru4_xent_job;
+} xent_job;
 
-/* The rows of the chunks [c0, c1) of SRU4_XENT_ROWS rows: their deltas and each chunk's cost. */
-static void sru4_xent_part(const void *job, Py_ssize_t c0, Py_ssize_t c1)
+/* The rows of the chunks [c0, c1) of XENT_ROWS rows: their deltas and each chunk's cost. */
+static void xent_part(const void *job, Py_ssize_t c0, Py_ssize_t c1)
 {
-    const sru4_xent_job *J = job;
+    const xent_job *J = job;
     Py_ssize_t n = J->n;
     for (Py_ssize_t c = c0; c < c1; c++) {
         double cost = 0.0;
-        Py_ssize_t end = (c + 1) * SRU4_XENT_ROWS < J->R ? (c + 1) * SRU4_XENT_ROWS : J->R;
-        for (Py_ssize_t r = c * SRU4_XENT_ROWS; r < end; r++) {
+        Py_ssize_t end = (c + 1) * XENT_ROWS < J->R ? (c + 1) * XENT_ROWS : J->R;
+        for (Py_ssize_t r = c * XENT_ROWS; r < end; r++) {
             const float *row = J->P + r * n;
             float *drow = J->D + r * n;
             for (Py_ssize_t j = 0; j < n; j++)
@@ -825,13 +825,13 @@ static PyObject *xent(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     PyObject *result = NULL;
     if (id_shapes(&b[1], &b[0], &b[2], 1, "xent: p (R, n), ids (R,), delta (R, n)") < 0)
         goto out;
-    Py_ssize_t R = b[0].shape[0], n = b[0].shape[1], chunks = (R + SRU4_XENT_ROWS - 1) / SRU4_XENT_ROWS;
-    sru4_xent_job J = {b[0].buf, b[1].buf, b[2].buf, PyMem_Malloc((chunks ? chunks : 1) * sizeof(double)), R, n};
+    Py_ssize_t R = b[0].shape[0], n = b[0].shape[1], chunks = (R + XENT_ROWS - 1) / XENT_ROWS;
+    xent_job J = {b[0].buf, b[1].buf, b[2].buf, PyMem_Malloc((chunks ? chunks : 1) * sizeof(double)), R, n};
     if (!J.costs) {
         PyErr_NoMemory();
         goto out;
     }
-    if (check_ids(J.id, R, n, "xent") == 0 && (result = sru4_share(sru4_xent_part, &J, chunks, 1, R * n))) {
+    if (check_ids(J.id, R, n, "xent") == 0 && (result = team_share(xent_part, &J, chunks, 1, R * n))) {
         double cost = 0.0;
         for (Py_ssize_t c = 0; c < chunks; c++)
             cost += J.costs[c];
@@ -1213,15 +1213,15 @@ static PyMethodDef panel_methods[] = {
  * One claim each, not more: [sru]'s kernels over 4 runs of 64 units ran 1.4-1.8x slower on one
  * thread than over the whole rows (each run is a pass over every row). */
 typedef struct {
-    sru4_part part;
+    team_part part;
     const void *job;
     Py_ssize_t count, share;
     atomic_long next;  /* the next claim to take */
-} sru4_team_job;
+} team_job;
 
-static void sru4_team_body(void *job, int id, int threads, unsigned *phase)
+static void team_body(void *job, int id, int threads, unsigned *phase)
 {
-    sru4_team_job *J = job;
+    team_job *J = job;
     Py_ssize_t shares = (J->count + J->share - 1) / J->share;
     Py_ssize_t claims = threads < shares ? threads : shares;
     for (Py_ssize_t q; (q = atomic_fetch_add(&J->next, 1)) < claims;) {
@@ -1231,19 +1231,19 @@ static void sru4_team_body(void *job, int id, int threads, unsigned *phase)
 }
 #endif
 
-#define SRU4_TEAM_WORK 16384  /* elements from which a call runs on the team: below, waking it costs more */
+#define TEAM_WORK 16384  /* elements from which a call runs on the team: below, waking it costs more */
 
 /* part(job, ·) over [0, count) in shares of `share` items on the step loops' team (_loop.h,
  * loop_threads' count, with the GIL released) where it is built and `work` is large enough, else
  * on this thread. None, or NULL with MemoryError. */
-static PyObject *sru4_share(sru4_part part, const void *job, Py_ssize_t count, Py_ssize_t share, Py_ssize_t work)
+static PyObject *team_share(team_part part, const void *job, Py_ssize_t count, Py_ssize_t share, Py_ssize_t work)
 {
 #ifdef HAVE_AVX2
     Py_ssize_t shares = (count + share - 1) / share;
-    if (work >= SRU4_TEAM_WORK && shares > 1) {
-        sru4_team_job J = {part, job, count, share};
+    if (work >= TEAM_WORK && shares > 1) {
+        team_job J = {part, job, count, share};
         atomic_init(&J.next, 0);
-        return loop_go(NULL, NULL, 0, 0, 0, NULL, NULL, 0, sru4_team_body, &J, shares);
+        return loop_go(NULL, NULL, 0, 0, 0, NULL, NULL, 0, team_body, &J, shares);
     }
 #endif
     part(job, 0, count);

@@ -15,12 +15,12 @@
  * since c' needs c. But a stream's unit needs no other stream's, nor unit's: sru_step takes a range
  * of streams [s0, s1), sru_back one of units [j0, j1), and the wrappers share them among the step
  * loops' team (_loop.h), each thread all T steps of its share with no barrier between them
- * (sru4_share, _kernels.c). The loops are memory-bound (T S n = 512K elements per array at 32
+ * (team_share, _kernels.c). The loops are memory-bound (T S n = 512K elements per array at 32
  * streams x 64 steps x 256): the second core brings its bandwidth.
  */
 #ifndef KIND_WRAPPERS
 
-#define SRU4_PIECE 512  /* the most units sru_back sums at once (its sums on the stack: 12 KB) */
+#define SRU_PIECE 512  /* the most units sru_back sums at once (its sums on the stack: 12 KB) */
 
 /* Forward: the biases added to Z's blocks (in place: backward reads x~ and s from Z), then
  * f = σ(wf(x) + vf c), r = σ(wr(x) + vr c) into the wf, wr blocks of Z; C[t+1] = c' = f c + (1 - f) x~.
@@ -86,7 +86,7 @@ static inline __attribute__((always_inline)) void K(sru_step_all)(
 }
 
 /* sru_step for the streams [s0, s1) only: a stream's recurrence is its own, so a thread can run all
- * T steps of its streams, whole rows, with no other thread's (sru4_share, _kernels.c). */
+ * T steps of its streams, whole rows, with no other thread's (team_share, _kernels.c). */
 static void K(sru_step)(float *restrict Z, const float *restrict v, float *restrict C, float *restrict H,
                         const float *restrict hs, const int64_t *restrict ids, const float *restrict W,
                         Py_ssize_t T, Py_ssize_t S, Py_ssize_t n, Py_ssize_t k, Py_ssize_t s0, Py_ssize_t s1,
@@ -108,7 +108,7 @@ static void K(sru_step)(float *restrict Z, const float *restrict v, float *restr
  * deltas of x~, wf(x), wr(x) replace them: δc = δc' f + δwf vf + δwr vr reaches the step before's
  * δc' (not past the first step: truncated BPTT). The sums of the gradients: dv (2n + k n,) +=
  * [Σ δwf c, Σ δwr c, Σ of dZ's rows (the biases' gradient)], each made first in a sum of the call's
- * own (sru_back_all's `acc`, for at most SRU4_PIECE units): a thread then writes no cache line of
+ * own (sru_back_all's `acc`, for at most SRU_PIECE units): a thread then writes no cache line of
  * dv, which the threads share, at every row. One row (step, stream) is one loop over its units
  * (sru_back_row), so that each array is read once per row; its flags and NULLs are constants where
  * it is called, and the compiler makes one loop of each. */
@@ -119,7 +119,7 @@ static inline __attribute__((always_inline)) void K(sru_back_row)(
     int with_dh, int carry_in, int carry_out, int tanh_g)
 {
     const float *f = x + n, *r = x + 2 * n, *vf = v, *vr = v + n;
-    float *df = dx + n, *dr = dx + 2 * n, *dvf = dv, *dvr = dv + SRU4_PIECE, *db = dv + 2 * SRU4_PIECE;
+    float *df = dx + n, *dr = dx + 2 * n, *dvf = dv, *dvr = dv + SRU_PIECE, *db = dv + 2 * SRU_PIECE;
     if (with_dh && tanh_g)
         EACH(j, m) dr[j] = K(tanh1)(c1[j]);
     EACH(j, m) {
@@ -142,11 +142,11 @@ static inline __attribute__((always_inline)) void K(sru_back_row)(
         dvf[j] += dfj * c[j];
         dvr[j] += drj * c[j];
         db[j] += dxj;
-        db[SRU4_PIECE + j] += dfj;
-        db[2 * SRU4_PIECE + j] += drj;
+        db[SRU_PIECE + j] += dfj;
+        db[2 * SRU_PIECE + j] += drj;
     }
     if (k == 4)
-        EACH(j, m) db[3 * SRU4_PIECE + j] += dx[3 * n + j];
+        EACH(j, m) db[3 * SRU_PIECE + j] += dx[3 * n + j];
 }
 
 /* sru_back for s given as rows (one_hot 0: Z's ws block or hs) or as ids (one_hot 1). */
@@ -157,7 +157,7 @@ static inline __attribute__((always_inline)) void K(sru_back_all)(
     Py_ssize_t D, Py_ssize_t j0, Py_ssize_t j1, int one_hot, int tanh_g)
 {
     Py_ssize_t m = j1 - j0;
-    float acc[(2 + 4) * SRU4_PIECE] __attribute__((aligned(64))) = {0};  /* dv's blocks, SRU4_PIECE apart */
+    float acc[(2 + 4) * SRU_PIECE] __attribute__((aligned(64))) = {0};  /* dv's blocks, SRU_PIECE apart */
     v += j0;
     for (Py_ssize_t t = T - 1; t >= 0; t--)
         for (Py_ssize_t s = 0; s < S; s++) {
@@ -190,7 +190,7 @@ static inline __attribute__((always_inline)) void K(sru_back_all)(
                 }
         }
     for (Py_ssize_t q = 0; q < 2 + k; q++)
-        EACH(j, m) dv[q * n + j0 + j] += acc[q * SRU4_PIECE + j];
+        EACH(j, m) dv[q * n + j0 + j] += acc[q * SRU_PIECE + j];
 }
 
 static void K(sru_back)(float *restrict dZ, const float *restrict Z, const float *restrict C,
@@ -199,8 +199,8 @@ static void K(sru_back)(float *restrict dZ, const float *restrict Z, const float
                         float *restrict dW, Py_ssize_t T, Py_ssize_t S, Py_ssize_t n, Py_ssize_t k, Py_ssize_t D,
                         Py_ssize_t j0, Py_ssize_t j1, int tanh_g)
 {
-    for (Py_ssize_t p0 = j0, p1; p0 < j1; p0 = p1) {  /* pieces of SRU4_PIECE units: acc's size */
-        p1 = j1 - p0 > SRU4_PIECE ? p0 + SRU4_PIECE : j1;
+    for (Py_ssize_t p0 = j0, p1; p0 < j1; p0 = p1) {  /* pieces of SRU_PIECE units: acc's size */
+        p1 = j1 - p0 > SRU_PIECE ? p0 + SRU_PIECE : j1;
         if (ids && tanh_g)
             K(sru_back_all)(dZ, Z, C, v, dv, dh, NULL, ids, NULL, dW, T, S, n, k, D, p0, p1, 1, 1);
         else if (ids)
@@ -215,31 +215,31 @@ static void K(sru_back)(float *restrict dZ, const float *restrict Z, const float
 #else
 
 /* One call of sru_step or sru_back, its arguments as the kernels take them (W: the table forward, dW
- * backward), shared among the threads (sru4_share), each thread all T steps of its share: the steps'
+ * backward), shared among the threads (team_share), each thread all T steps of its share: the steps'
  * order binds a stream's unit only to itself, so the threads meet at no barrier inside the call.
  * Forward shares the streams (whole rows: a thread's pass over half of each row ran 1.1-1.2x
- * slower); backward the units, in shares of SRU4_SHARE, a multiple of the vector width, since its
+ * slower); backward the units, in shares of SRU_SHARE, a multiple of the vector width, since its
  * gradient sums and one-hot dW rows gather every stream (a unit's loops are the same instructions
  * on any number of threads). Either way each element is made by the same code on any threads: the
  * same bits. */
-#define SRU4_SHARE 16
+#define SRU_SHARE 16
 typedef struct {
     int g;
     float *dZ, *Z, *C, *H, *dv, *ds, *W;
     const float *v, *dh, *hs;
     const int64_t *ids;
     Py_ssize_t T, S, n, k, D;
-} sru4_job;
+} sru_job;
 
-static void sru4_streams(const void *job, Py_ssize_t s0, Py_ssize_t s1)
+static void sru_streams(const void *job, Py_ssize_t s0, Py_ssize_t s1)
 {
-    const sru4_job *J = job;
+    const sru_job *J = job;
     CALL(sru_step, J->Z, J->v, J->C, J->H, J->hs, J->ids, J->W, J->T, J->S, J->n, J->k, s0, s1, J->g);
 }
 
-static void sru4_units(const void *job, Py_ssize_t j0, Py_ssize_t j1)
+static void sru_units(const void *job, Py_ssize_t j0, Py_ssize_t j1)
 {
-    const sru4_job *J = job;
+    const sru_job *J = job;
     CALL(sru_back, J->dZ, J->Z, J->C, J->v, J->dv, J->dh, J->hs, J->ids, J->ds, J->W, J->T, J->S, J->n, J->k,
          J->D, j0, j1, J->g);
 }
@@ -326,10 +326,10 @@ static PyObject *sru_step(PyObject *self, PyObject *const *args, Py_ssize_t narg
         release(b, (int)nargs);
         return NULL;
     }
-    sru4_job J = {.g = g, .Z = F(0), .v = F(1), .C = F(2), .H = nargs > 3 ? F(3) : NULL,
+    sru_job J = {.g = g, .Z = F(0), .v = F(1), .C = F(2), .H = nargs > 3 ? F(3) : NULL,
                   .hs = nargs > 4 && !ids ? F(4) : NULL, .ids = ids ? (const int64_t *)b[4].buf : NULL,
                   .W = nargs > 5 ? F(5) : NULL, .T = d[0], .S = d[1], .n = d[2], .k = d[3]};
-    PyObject *result = sru4_share(sru4_streams, &J, J.S, 1, J.T * J.S * J.n);
+    PyObject *result = team_share(sru_streams, &J, J.S, 1, J.T * J.S * J.n);
     release(b, (int)nargs);
     return result;
 }
@@ -360,11 +360,11 @@ static PyObject *sru_back(PyObject *self, PyObject *const *args, Py_ssize_t narg
         release(b, (int)nargs);
         return NULL;
     }
-    sru4_job J = {.g = g, .dZ = F(0), .Z = F(1), .C = F(2), .v = F(3), .dv = F(4),
+    sru_job J = {.g = g, .dZ = F(0), .Z = F(1), .C = F(2), .v = F(3), .dv = F(4),
                   .dh = nargs > 5 ? F(5) : NULL, .hs = nargs > 6 && !ids ? F(6) : NULL,
                   .ids = ids ? (const int64_t *)b[6].buf : NULL, .ds = last && !ids ? F(7) : NULL,
                   .W = last && ids ? F(7) : NULL, .T = d[0], .S = d[1], .n = d[2], .k = d[3], .D = D};
-    PyObject *result = sru4_share(sru4_units, &J, J.n, SRU4_SHARE, J.T * J.S * J.n);
+    PyObject *result = team_share(sru_units, &J, J.n, SRU_SHARE, J.T * J.S * J.n);
     release(b, (int)nargs);
     return result;
 }
