@@ -1,8 +1,9 @@
 """`darknetpy export` (DESIGN.md, "`darknetpy export`: ONNX"): onnxruntime, an independent runtime,
-must give darknetpy's `predict` probabilities within 1e-5 (1e-4 for the expanding activations) over 64 steps of 3 streams with the state
-carried, for every layer kind (with and without batchnorm, random rolling statistics and scales as
-training leaves them), every activation and mixed stacks; the sequence graph must equal the step
-graph run step by step; the metadata, the checker, bad input and the README's example as it stands.
+must give darknetpy's `predict` probabilities within 1e-5 (1e-4 for the expanding activations) over
+64 steps of 3 streams with the state carried, for every layer kind (with and without batchnorm,
+random rolling statistics and scales as training leaves them), every activation and mixed stacks;
+the sequence graph must equal the step graph run step by step; the metadata, the checker, bad input
+and the README's example as it stands.
 """
 import ast
 import importlib.metadata
