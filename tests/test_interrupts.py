@@ -147,3 +147,33 @@ def test_importing_the_library_leaves_ctrl_c_alone():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True)
     assert r.returncode == 0, r.stderr.decode()
     assert r.stdout.decode() == "module 'darknetpy' has no attribute 'no_such_name'\n"
+
+
+MID_IMPORT = """if True:
+    import signal, sys, time
+    from darknetpy import entry
+    signal.signal(signal.SIGINT, entry._on_sigint)  # as entry.main installs it
+    entry._installed = True
+    sys.path.insert(0, sys.argv[1])
+    try:
+        with entry.running():  # a command's body
+            import interrupted_mid_import
+            print("after the import", flush=True)
+            time.sleep(60)
+            print("never interrupted")
+    except KeyboardInterrupt:
+        print("KeyboardInterrupt")
+"""
+
+
+def test_ctrl_c_while_a_module_loads_comes_after_the_import(tmp_path):
+    """A Ctrl-C that lands while a command's body imports a module (export's lazy `import onnx`,
+    whose pybind11 module runs Python code as it initializes) is raised once the import is over,
+    not inside it: raised there, it aborted the process or crashed it at exit (SIGABRT, SIGSEGV).
+    The module here sends itself the signal and runs on."""
+    (tmp_path / "interrupted_mid_import.py").write_text(
+        "import os, signal\nos.kill(os.getpid(), signal.SIGINT)\nsum(range(1000))\n"
+        "print('the import finished', flush=True)\n")
+    r = subprocess.run([sys.executable, "-c", MID_IMPORT, str(tmp_path)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "the import finished\nafter the import\nKeyboardInterrupt\n", r.stdout
