@@ -144,7 +144,10 @@ def test_importing_the_library_leaves_ctrl_c_alone():
             "assert darknetpy.Network is Network and darknetpy.cfg.parse_cfg\n"
             "assert signal.getsignal(signal.SIGINT) is signal.default_int_handler\n"
             "try:\n    darknetpy.no_such_name\nexcept AttributeError as e:\n    print(e)\n")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True)
+    # The child starts with Ctrl-C's default, as from a terminal: Python installs no handler for a
+    # SIGINT it inherits ignored, as under a test run started in the background (`pytest &`).
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                       preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert r.returncode == 0, r.stderr.decode()
     assert r.stdout.decode() == "module 'darknetpy' has no attribute 'no_such_name'\n"
 
