@@ -228,7 +228,7 @@ def test_resume_between_two_updates_across_rank_counts(tmp_path, run, first, the
 
 
 FULL_DISK_ON_RANK_ZERO = """if True:
-    import errno, sys
+    import errno, sys, time
     from darknetpy import cli, metrics, parallel
     rows = [0]
     real = metrics.MetricsLog.row
@@ -240,6 +240,12 @@ FULL_DISK_ON_RANK_ZERO = """if True:
         real(self, **values)
     if parallel.launched()[0] == 0:
         metrics.MetricsLog.row = row
+        told = parallel.Ranks.tell_others
+
+        def tell_others(self, message):  # and rank 0 is descheduled right after telling the others,
+            told(self, message)          # as on a loaded machine: it still prints its line
+            time.sleep(1)
+        parallel.Ranks.tell_others = tell_others
     sys.argv = ["darknetpy", "train", "tiny.cfg", "corpus.txt", "--valid-every", "0", "--srand", "3"]
     cli.main()
 """
