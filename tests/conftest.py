@@ -1,5 +1,5 @@
 """Shared fixtures for the core tests: the Darknet oracle folder, small cfg files, .weights helpers,
-and `kernels_modes`, which runs a test once per way the kernels can run on this machine.
+and `kernels_mode`, which runs a test once per way the kernels can run on this machine.
 
 The oracles live in ../shared/oracle next to the repository root. Tests that need them skip (with
 the reason) only when that folder is absent; everything else runs everywhere.
