@@ -180,3 +180,28 @@ def test_ctrl_c_while_a_module_loads_comes_after_the_import(tmp_path):
     r = subprocess.run([sys.executable, "-c", MID_IMPORT, str(tmp_path)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert r.stdout == "the import finished\nafter the import\nKeyboardInterrupt\n", r.stdout
+
+
+CTRL_C_AS_THE_RUN_STARTS = """if True:
+    import os, signal, sys
+    from darknetpy import entry, train
+    bar = train._Progress
+
+    def progress(*args, **kwargs):  # the Ctrl-C lands as run() makes its progress bar
+        os.kill(os.getpid(), signal.SIGINT)
+        return bar(*args, **kwargs)
+    train._Progress = progress
+    sys.argv[0] = "darknetpy"
+    entry.main()
+"""
+
+
+def test_ctrl_c_between_the_set_up_and_the_run_leaves_no_lock_file(run, tmp_path):
+    """The trainer takes the folder's lock as it sets up; a Ctrl-C that lands before the run's own
+    cleanups stand (the full suite's Ctrl-C test caught one in a loaded run) still removes the
+    lock file on the way out."""
+    args = ["train", run["cfg"], run["corpus"], "--backup", tmp_path / "b", "--max-batches", 100000]
+    r = subprocess.run([sys.executable, "-c", CTRL_C_AS_THE_RUN_STARTS, *map(str, args)], capture_output=True, text=True)
+    assert r.returncode == 130, r.stderr
+    assert r.stderr == "darknetpy: interrupted\n"
+    assert sorted(os.listdir(tmp_path / "b")) == ["tiny.vocab"]
