@@ -25,6 +25,7 @@ continue bit for bit:
 Version 1 (before optimizers were classes) stored Adam's moments as m{i}, v{i} and the step
 count as meta t, moments; it is still read.
 """
+import atexit
 import hashlib
 import io
 import json
@@ -308,7 +309,8 @@ class FolderLock:
     held from the start of a run to its end and released by the OS when the process dies (a
     SIGKILL leaves no stale lock, only the file, which the next run takes over). The file holds
     the holder's pid, host and command line, for the refusal of a second run; a run that ends
-    removes it. Reading commands never take it. Where flock does not exist (Windows), nothing is
+    removes it, and so does the process's exit, for a Ctrl-C that lands between the trainer's
+    set-up and its run's cleanups. Reading commands never take it. Where flock does not exist (Windows), nothing is
     locked."""
     NAME = ".darknetpy.lock"
 
@@ -335,6 +337,7 @@ class FolderLock:
                 self.fd = fd
             else:  # the holder removed the file as we opened it: lock the new one
                 os.close(fd)
+        atexit.register(self.release)
         os.ftruncate(fd, 0)
         argv = " ".join(shlex.quote(a) for a in sys.argv[1:])
         os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}: darknetpy {argv}\n".encode())
@@ -347,6 +350,7 @@ class FolderLock:
                 os.unlink(self.path)
             os.close(self.fd)
             self.fd = None
+            atexit.unregister(self.release)
 
 
 def _same_file(fd, path):

@@ -18,7 +18,9 @@ a dict of its functions and the test of which arrays it takes, added to `BACKEND
 changes.
 
 The C backend is left out when it was not built (no C compiler at install) or when the environment
-sets DARKNETPY_KERNELS=0. Tests pick the backends with `use("numpy")` (a context manager).
+sets DARKNETPY_KERNELS=0; DARKNETPY_KERNELS=avx2 keeps it without its AVX-512 functions (_kernels.c
+leaves them out, as on a CPU without AVX-512). Tests pick the backends with `use("numpy")` (a
+context manager).
 """
 import contextlib
 import os
@@ -331,7 +333,8 @@ def use(*names):
 def label():
     """What runs the float32 training math that has compiled kernels, for benchmark reports."""
     if _active[0] is not NUMPY:
-        return _active[0].name
+        avx2 = os.environ.get("DARKNETPY_KERNELS") == "avx2"
+        return _active[0].name + (" without AVX-512 (DARKNETPY_KERNELS=avx2)" if avx2 else "")
     if C is None:
         return "numpy (not built: no C compiler at install)"
     return "numpy (DARKNETPY_KERNELS=0)" if os.environ.get("DARKNETPY_KERNELS") == "0" else "numpy (kernels.use)"

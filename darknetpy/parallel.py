@@ -45,6 +45,7 @@ WRITER_TIMEOUT = max(TIMEOUT, 3600.0)  # while rank 0 checkpoints or validates
 CHECK_EVERY = 16    # updates between weight checksum comparisons
 MESSAGE_BYTES = 4096  # room for an error message broadcast from rank 0
 STOP_TAG = 77       # the message of a rank that stops on its own error
+DONE_TAG = 78       # rank 0's word, at its exit, to the ranks it stopped that they may exit too
 
 
 def pack(text):
@@ -93,6 +94,8 @@ class Ranks:
             self.stop_message = np.zeros(MESSAGE_BYTES, np.uint8)
             self.stop_request = comm.Irecv(self.stop_message, source=MPI.ANY_SOURCE, tag=STOP_TAG)
             self.abandoned = False  # left a collective unfinished (a timeout, another rank's stop)
+            self.stopped_by = None  # the rank whose stop message this one stopped on
+            self.told = []          # the ranks this one sent its stop message to
             atexit.register(self.at_exit)  # runs before mpi4py's MPI_Finalize (registered earlier)
         if self.rank:  # other ranks print only their own errors: rank 0 prints the shared ones
             sys.stderr = open(os.devnull, "w")
@@ -124,16 +127,24 @@ class Ranks:
             error = DarknetpyError(f"rank {status.Get_source()} of {self.size} stopped: {unpack(self.stop_message)}")
             error.relayed = True  # not sent on again
             self.abandoned = True
+            self.stopped_by = status.Get_source()
             raise error
 
     def at_exit(self):
         """Withdraw the pending receive of `stopping`'s message, which MPI would otherwise find
         outstanding at finalize (UCX warns of it). A rank that left a collective unfinished exits
         with its error's code 2 without finalizing: MPI cannot cancel a collective, and finalizing
-        with one pending prints MPICH's "pending references" beside the one line of the error."""
+        with one pending prints MPICH's "pending references" beside the one line of the error.
+        MPICH's launcher kills every rank as soon as one exits without finalizing, so a rank that
+        rank 0 stopped first waits for rank 0's word that it is done (its line printed, its folder's
+        lock released); rank 0 sends it here, to the ranks it stopped."""
+        sys.stdout.flush()
+        self.stderr.flush()
+        if self.writer and self.told:
+            self.send(pack("done"), DONE_TAG, self.told)
         if self.abandoned:
-            sys.stdout.flush()
-            self.stderr.flush()
+            if self.stopped_by == 0:
+                self.wait_for_done()
             os._exit(2)
         if not self.stop_request.Test():
             self.stop_request.Cancel()
@@ -153,14 +164,25 @@ class Ranks:
             raise
 
     def tell_others(self, message):
-        text = pack(message)
+        self.told = [r for r in range(self.size) if r != self.rank]
+        self.send(pack(message), STOP_TAG, self.told)
+
+    def send(self, text, tag, ranks):
+        """Send the buffer `text` to `ranks` on the way out, giving up after a second."""
         try:
-            sends = [self.comm.Isend(text, dest=r, tag=STOP_TAG) for r in range(self.size) if r != self.rank]
+            sends = [self.comm.Isend(text, dest=r, tag=tag) for r in ranks]
             deadline = time.monotonic() + 1.0  # a small message goes out at once; a dead rank never takes it
             while not all(request.Test() for request in sends) and time.monotonic() < deadline:
                 time.sleep(0.001)
         except Exception:  # MPI's own error on the way out (a rank already gone): this rank's error stands
             pass
+
+    def wait_for_done(self):
+        """Wait (up to TIMEOUT) for rank 0's DONE_TAG message, sent by its at_exit."""
+        done = self.comm.Irecv(np.zeros(MESSAGE_BYTES, np.uint8), source=0, tag=DONE_TAG)
+        deadline = time.monotonic() + TIMEOUT
+        while not done.Test() and time.monotonic() < deadline:
+            time.sleep(0.001)
 
     def allreduce(self, buf, op, what, timeout=TIMEOUT):
         from mpi4py import MPI

@@ -1,8 +1,11 @@
-"""Shared fixtures for the core tests: the Darknet oracle folder, small cfg files, .weights helpers.
+"""Shared fixtures for the core tests: the Darknet oracle folder, small cfg files, .weights helpers,
+and `kernels_mode`, which runs a test once per way the kernels can run on this machine.
 
 The oracles live in ../shared/oracle next to the repository root. Tests that need them skip (with
 the reason) only when that folder is absent; everything else runs everywhere.
 """
+import functools
+import os
 import struct
 import subprocess
 import sys
@@ -92,3 +95,59 @@ def assert_one_line_error(result, *fragments):
     for f in fragments:
         assert f in lines[0], lines[0]
     assert result.stdout == b""
+
+
+# ---- the ways the kernels run (issue 28 point 6: every fast path has a fallback) ----------------
+
+@functools.cache
+def avx512_only():
+    """The names the C module has here but not on a CPU without AVX-512 (the panel kernel, the step
+    loops, the one-stream sample loop): this module against the one a child imports with
+    DARKNETPY_KERNELS=avx2, which _kernels.c builds as such a CPU gets it."""
+    from darknetpy import kernels
+    if kernels.C is None:
+        return frozenset()
+    env = dict(os.environ, DARKNETPY_KERNELS="avx2")
+    child = subprocess.run([sys.executable, "-c", "import darknetpy._kernels as k; print(*dir(k))"],
+                           env=env, capture_output=True, text=True, check=True)
+    return frozenset(dir(kernels._c)) - set(child.stdout.split())
+
+
+def kernel_modes():
+    """The distinct ways the kernels can run in this process: "c" (everything this CPU has), "avx2"
+    (the C kernels without the AVX-512 ones), "numpy" (DARKNETPY_KERNELS=0). Only numpy when the C
+    backend is not built or is turned off; no "avx2" on a CPU without AVX-512 ("c" is that already)."""
+    from darknetpy import kernels
+    if kernels.C is None or os.environ.get("DARKNETPY_KERNELS") == "0":
+        return ["numpy"]
+    if os.environ.get("DARKNETPY_KERNELS") == "avx2" or not avx512_only():
+        return ["c", "numpy"]
+    return ["c", "avx2", "numpy"]
+
+
+def pytest_generate_tests(metafunc):
+    if "kernels_mode" in metafunc.fixturenames:
+        metafunc.parametrize("kernels_mode", kernel_modes(), indirect=True, ids=lambda mode: f"kernels={mode}")
+
+
+@pytest.fixture
+def kernels_mode(request, monkeypatch):
+    """Run the test with the kernels as `request.param` says, in this process (the backends in use;
+    for "avx2" the C module and column without their AVX-512 functions, as _kernels.c leaves them
+    out on such a CPU) and in the children it starts (DARKNETPY_KERNELS). Ask for it with
+    `@pytest.mark.usefixtures("kernels_mode")`: the test runs once per mode of kernel_modes()."""
+    from darknetpy import kernels
+    mode = request.param
+    if mode == "numpy":
+        monkeypatch.setenv("DARKNETPY_KERNELS", "0")
+        with kernels.use("numpy"):
+            yield mode
+        return
+    if mode == "avx2":
+        monkeypatch.setenv("DARKNETPY_KERNELS", "avx2")
+        for name in avx512_only():
+            monkeypatch.delattr(kernels._c, name)
+            if name in kernels.C.ops:
+                monkeypatch.delitem(kernels.C.ops, name)
+    with kernels.use("c"):
+        yield mode

@@ -1,8 +1,9 @@
 """`darknetpy export` (DESIGN.md, "`darknetpy export`: ONNX"): onnxruntime, an independent runtime,
-must give darknetpy's `predict` probabilities within 1e-5 over 64 steps of 3 streams with the state
-carried, for every layer kind (with and without batchnorm, random rolling statistics and scales as
-training leaves them), every activation and mixed stacks; the sequence graph must equal the step
-graph run step by step; the metadata, the checker, bad input and the README's example as it stands.
+must give darknetpy's `predict` probabilities within 1e-5 (1e-4 for the expanding activations) over
+64 steps of 3 streams with the state carried, for every layer kind (with and without batchnorm,
+random rolling statistics and scales as training leaves them), every activation and mixed stacks;
+the sequence graph must equal the step graph run step by step; the metadata, the checker, bad input
+and the README's example as it stands.
 """
 import ast
 import importlib.metadata
@@ -25,6 +26,12 @@ ort = pytest.importorskip("onnxruntime", reason='the export tests need pip insta
 
 V, STEPS, STREAMS = 24, 64, 3
 TOL = 1e-5
+# An activation with slope >= 1 on the positives (linear 1, selu 1.0507, ramp 1.1) makes the [rnn]
+# recurrence expand, and float32 rounding grows with it: against a float64 run of the same net, each
+# float32 path (the numpy backend, the C one, onnxruntime) drifts by up to 3.5e-5 by step 60 (selu),
+# in different directions, so two of them differ by more than TOL. 1e-4 still fails an ONNX form off
+# by 1e-4 of a constant (selu's gamma 1.0508 differs by 6e-3).
+EXPANDING, TOL_EXPANDING = ("linear", "ramp", "selu"), 1e-4
 
 
 def cfg_text(body, inputs=V):
@@ -66,9 +73,9 @@ def carried(net):
                           [a for i in range(len(net.layers)) for a in net.carried(i, STREAMS)], axis=1)
 
 
-def check_equal(net, temperature=None, seed=1):
-    """Run both graphs against `predict` (with `temperature` fed to the graph and set on the net);
-    returns the step graph's model."""
+def check_equal(net, temperature=None, seed=1, tol=TOL):
+    """Run both graphs against `predict` (with `temperature` fed to the graph and set on the net),
+    the probabilities within `tol`; returns the step graph's model."""
     step, sequence = export.build(net, False), export.build(net, True)
     for model in (step, sequence):
         onnx.checker.check_model(model, full_check=True)
@@ -83,7 +90,7 @@ def check_equal(net, temperature=None, seed=1):
     for t in range(STEPS):
         p, state = run.run(None, {**feed, "ids": ids[t], "state": state})
         expected = net.predict(ids[t])
-        np.testing.assert_allclose(p, expected, rtol=0, atol=TOL, err_msg=f"step {t}")
+        np.testing.assert_allclose(p, expected, rtol=0, atol=tol, err_msg=f"step {t}")
         # The state in the contract's layout (a wrong slice would be off by O(1)); float32 rounding
         # grows through an expanding recurrence (ramp's slope is 1.1), so 1e-4 of the largest entry.
         expected = carried(net)
@@ -146,7 +153,7 @@ def test_every_activation(write_cfg, name):
     """Through an [rnn] (all three sub-layers) and a [connected] layer, with and without batchnorm."""
     body = (f"[rnn]\noutput=16\nactivation={name}\n\n[connected]\noutput=20\nactivation={name}\n"
             f"batch_normalize=1\n\n[rnn]\noutput=16\nactivation={name}\nbatch_normalize=1\n\n" + HEAD)
-    check_equal(network(write_cfg, body))
+    check_equal(network(write_cfg, body), tol=TOL_EXPANDING if name in EXPANDING else TOL)
 
 
 STACKS = {

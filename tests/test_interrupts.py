@@ -144,6 +144,64 @@ def test_importing_the_library_leaves_ctrl_c_alone():
             "assert darknetpy.Network is Network and darknetpy.cfg.parse_cfg\n"
             "assert signal.getsignal(signal.SIGINT) is signal.default_int_handler\n"
             "try:\n    darknetpy.no_such_name\nexcept AttributeError as e:\n    print(e)\n")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True)
+    # The child starts with Ctrl-C's default, as from a terminal: Python installs no handler for a
+    # SIGINT it inherits ignored, as under a test run started in the background (`pytest &`).
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                       preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert r.returncode == 0, r.stderr.decode()
     assert r.stdout.decode() == "module 'darknetpy' has no attribute 'no_such_name'\n"
+
+
+MID_IMPORT = """if True:
+    import signal, sys, time
+    from darknetpy import entry
+    signal.signal(signal.SIGINT, entry._on_sigint)  # as entry.main installs it
+    entry._installed = True
+    sys.path.insert(0, sys.argv[1])
+    try:
+        with entry.running():  # a command's body
+            import interrupted_mid_import
+            print("after the import", flush=True)
+            time.sleep(60)
+            print("never interrupted")
+    except KeyboardInterrupt:
+        print("KeyboardInterrupt")
+"""
+
+
+def test_ctrl_c_while_a_module_loads_comes_after_the_import(tmp_path):
+    """A Ctrl-C that lands while a command's body imports a module (export's lazy `import onnx`,
+    whose pybind11 module runs Python code as it initializes) is raised once the import is over,
+    not inside it: raised there, it aborted the process or crashed it at exit (SIGABRT, SIGSEGV).
+    The module here sends itself the signal and runs on."""
+    (tmp_path / "interrupted_mid_import.py").write_text(
+        "import os, signal\nos.kill(os.getpid(), signal.SIGINT)\nsum(range(1000))\n"
+        "print('the import finished', flush=True)\n")
+    r = subprocess.run([sys.executable, "-c", MID_IMPORT, str(tmp_path)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "the import finished\nafter the import\nKeyboardInterrupt\n", r.stdout
+
+
+CTRL_C_AS_THE_RUN_STARTS = """if True:
+    import os, signal, sys
+    from darknetpy import entry, train
+    bar = train._Progress
+
+    def progress(*args, **kwargs):  # the Ctrl-C lands as run() makes its progress bar
+        os.kill(os.getpid(), signal.SIGINT)
+        return bar(*args, **kwargs)
+    train._Progress = progress
+    sys.argv[0] = "darknetpy"
+    entry.main()
+"""
+
+
+def test_ctrl_c_between_the_set_up_and_the_run_leaves_no_lock_file(run, tmp_path):
+    """The trainer takes the folder's lock as it sets up; a Ctrl-C that lands before the run's own
+    cleanups stand (the full suite's Ctrl-C test caught one in a loaded run) still removes the
+    lock file on the way out."""
+    args = ["train", run["cfg"], run["corpus"], "--backup", tmp_path / "b", "--max-batches", 100000]
+    r = subprocess.run([sys.executable, "-c", CTRL_C_AS_THE_RUN_STARTS, *map(str, args)], capture_output=True, text=True)
+    assert r.returncode == 130, r.stderr
+    assert r.stderr == "darknetpy: interrupted\n"
+    assert sorted(os.listdir(tmp_path / "b")) == ["tiny.vocab"]

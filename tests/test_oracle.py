@@ -17,6 +17,7 @@ INFER = ["infer_rnn_leaky", "infer_gru", "infer_lstm"]
 TRAIN = ["train_sgd_plain", "train_momentum_decay", "train_policy_steps"]
 PROB_ATOL = 2e-5
 STATE_ATOL = 2e-5
+pytestmark = pytest.mark.usefixtures("kernels_mode")  # each test once per way the kernels run (conftest)
 
 
 def record_outputs(net, monkeypatch):

@@ -347,6 +347,7 @@ def _load(folder):
     return load_network(str(folder / "model.cfg"), str(folder / "model.weights"), batch=1, time_steps=1)
 
 
+@pytest.mark.usefixtures("kernels_mode")
 @needs_oracle
 @pytest.mark.parametrize("case", INFER_CASES)
 def test_generate_matches_darknet(case):
@@ -365,6 +366,7 @@ def _parse_line(line):
     return int(count), float(bpc), float(perp), float(wordperp)
 
 
+@pytest.mark.usefixtures("kernels_mode")
 @needs_oracle
 @pytest.mark.parametrize("case", INFER_CASES)
 @pytest.mark.parametrize("seed, key, stdout", [(b"", "valid_empty_seed", "valid_stdout.txt"),

@@ -154,6 +154,7 @@ RESUME_CASES = {
 }
 
 
+@pytest.mark.usefixtures("kernels_mode")
 @pytest.mark.parametrize("case", RESUME_CASES)
 def test_resume_is_bit_exact(tmp_path, corpus, case):
     # 16 streams x 23 iterations: several streams are re-seated (p = 1/64 each) along the way
