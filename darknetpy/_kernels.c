@@ -33,6 +33,7 @@
 #endif
 
 static int use_avx2; /* set at import from what the CPU supports */
+static int avx512;  /* the AVX-512 functions (panel kernel, step and sample loops) are in the module */
 #ifdef HAVE_AVX2
 #define CALL(name, ...) (use_avx2 ? name##_avx2(__VA_ARGS__) : name##_base(__VA_ARGS__))
 #else
@@ -1293,18 +1294,18 @@ PyMODINIT_FUNC PyInit__kernels(void)
     __builtin_cpu_init();
     use_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     /* DARKNETPY_KERNELS=avx2: the module a CPU without AVX-512 gets, for the tests of that path */
-    const char *port_kernels = getenv("DARKNETPY_KERNELS");
-    int port_avx512 = __builtin_cpu_supports("avx512f") && !(port_kernels && strcmp(port_kernels, "avx2") == 0);
-    if (mod && port_avx512 && PyModule_AddFunctions(mod, panel_methods) < 0) {
+    const char *setting = getenv("DARKNETPY_KERNELS");
+    avx512 = __builtin_cpu_supports("avx512f") && !(setting && strcmp(setting, "avx2") == 0);
+    if (mod && avx512 && PyModule_AddFunctions(mod, panel_methods) < 0) {
         Py_DECREF(mod);
         return NULL;
     }
-    if (mod && port_avx512 && PyModule_AddFunctions(mod, sample_methods) < 0) {
+    if (mod && avx512 && PyModule_AddFunctions(mod, sample_methods) < 0) {
         Py_DECREF(mod);
         return NULL;
     }
 #endif
-    if (mod && PyModule_AddStringConstant(mod, "isa", use_avx2 ? "avx2+fma" : "baseline") < 0) {
+    if (mod && PyModule_AddStringConstant(mod, "isa", avx512 ? "avx512f" : use_avx2 ? "avx2+fma" : "baseline") < 0) {
         Py_DECREF(mod);
         return NULL;
     }

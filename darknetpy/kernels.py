@@ -333,8 +333,8 @@ def use(*names):
 def label():
     """What runs the float32 training math that has compiled kernels, for benchmark reports."""
     if _active[0] is not NUMPY:
-        avx2 = os.environ.get("DARKNETPY_KERNELS") == "avx2"
-        return _active[0].name + (" without AVX-512 (DARKNETPY_KERNELS=avx2)" if avx2 else "")
+        avx2 = os.environ.get("DARKNETPY_KERNELS") == "avx2"  # the name's ISA says avx2+fma then
+        return _active[0].name + (" (DARKNETPY_KERNELS=avx2)" if avx2 else "")
     if C is None:
         return "numpy (not built: no C compiler at install)"
     return "numpy (DARKNETPY_KERNELS=0)" if os.environ.get("DARKNETPY_KERNELS") == "0" else "numpy (kernels.use)"
