@@ -386,15 +386,17 @@ class Trainer:
         """Train until max_batches updates, a stop (patience, time budget) or a signal; returns the
         summary dict."""
         net = self.net
-        self.progress = _Progress(self.options.progress and self.ranks.writer, self.max_batches * net.subdivisions, self.iteration)
-        self.metrics = self.ranks.metrics(self.open_metrics)  # rank 0 alone writes the rows
-        self.start, self.start_updates = time.time(), net.batch_num
-        self.valid_seconds = 0.0  # the last validation's duration: the end of a time budget keeps it free
-        self.horizon_at = None if self.time_budget is None else min(60.0, max(1.0, 0.05 * self.time_budget))
-        self.horizon_pending = self.time_budget is not None  # until set_horizon, the budget alone ends the run
-        self.last_row = (self.iteration, self.start)
+        self.progress = self.metrics = None
         status = "finished"
-        try:  # overflow in a diverging run is reported as a non-finite loss, not as numpy warnings
+        try:  # a Ctrl-C from here on finds the bar and the log to close, before its one line is printed
+            self.progress = _Progress(self.options.progress and self.ranks.writer, self.max_batches * net.subdivisions, self.iteration)
+            self.metrics = self.ranks.metrics(self.open_metrics)  # rank 0 alone writes the rows
+            self.start, self.start_updates = time.time(), net.batch_num
+            self.valid_seconds = 0.0  # the last validation's duration: the end of a time budget keeps it free
+            self.horizon_at = None if self.time_budget is None else min(60.0, max(1.0, 0.05 * self.time_budget))
+            self.horizon_pending = self.time_budget is not None  # until set_horizon, the budget alone ends the run
+            self.last_row = (self.iteration, self.start)
+            # overflow in a diverging run is reported as a non-finite loss, not as numpy warnings
             # an error of one rank alone stops the others at once
             with _Interrupt(agreed=self.ranks.comm is not None) as self.interrupt, np.errstate(all="ignore"), self.ranks.stopping():
                 while (self.horizon_pending or net.batch_num < self.max_batches or self.max_batches <= 0) \
@@ -409,8 +411,10 @@ class Trainer:
                 self.metrics.close()
                 self.unlock()  # while the handlers stand: a last SIGTERM cannot kill the run before it
         finally:
-            self.progress.close()
-            self.metrics.close()
+            if self.progress is not None:
+                self.progress.close()
+            if self.metrics is not None:
+                self.metrics.close()
             self.unlock()
         signame = signal.Signals(self.interrupt.signum).name if self.interrupt.signum else None
         return {**self.progress_fields(), "status": status, "checkpoint": self.saved_path,
