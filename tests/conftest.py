@@ -14,7 +14,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import darknetpy
+
 ORACLE = Path(__file__).resolve().parents[2] / "shared" / "oracle"
+
+# Every child a test starts (`python -m darknetpy`, `python -c`) imports the darknetpy this process
+# tests. Without this a child run from a clean clone's root (CI: the package installed, pytest run
+# there) imports the source tree beside it, which has no built extension, and silently runs numpy.
+os.environ["PYTHONSAFEPATH"] = "1"  # Python 3.11+: no working directory at the head of sys.path
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [str(Path(darknetpy.__file__).resolve().parents[1])] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))
 
 
 def oracle_case(name):

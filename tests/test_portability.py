@@ -7,6 +7,7 @@ mode runs what it says, in this process and in the children a test starts.
 import importlib
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -47,3 +48,13 @@ def test_avx512_only_names_the_fast_paths_this_cpu_has():
     assert {"panel_matmul", "panel_matmul_t", "lstm_loop", "lstm_loop_back", "gru_loop", "gru_loop_back",
             "rnn_loop", "rnn_loop_back", "sample_run"} <= avx512_only()
     assert not avx512_only() & {"lstm_step", "gru_step", "rnn_step", "softmax_rows", "transpose", "isa"}
+
+
+def test_children_import_the_darknetpy_under_test():
+    """A child started in the repository's root imports the package this process tests, not the
+    source tree there (which, in a clean clone with the package installed, has no built extension):
+    conftest's PYTHONSAFEPATH and PYTHONPATH."""
+    import darknetpy
+    child = subprocess.run([sys.executable, "-c", "import darknetpy; print(darknetpy.__file__)"],
+                           cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, check=True)
+    assert Path(child.stdout.strip()).resolve() == Path(darknetpy.__file__).resolve()
