@@ -958,7 +958,7 @@ static PyObject *panel_threads(PyObject *self, PyObject *arg)
 
 #include "_loop.h"
 
-#define LOOP2_MAX_ARGS 12  /* the arrays of a loop call, at most */
+#define LOOP_MAX_ARGS 12  /* the arrays of a loop call, at most */
 
 /* The buffers of a loop call: `kinds` the arrays it always takes, `optional` the ones it may take
  * after them ('f' read, 'F' written, all float32). Returns the count, or -1 with an exception set. */
@@ -966,7 +966,7 @@ static int loop_args(PyObject *const *args, Py_ssize_t nargs, Py_buffer *b, cons
                      const char *usage)
 {
     Py_ssize_t fewest = (Py_ssize_t)strlen(kinds), most = fewest + (Py_ssize_t)strlen(optional);
-    char all[LOOP2_MAX_ARGS + 1];
+    char all[LOOP_MAX_ARGS + 1];
     if (nargs != fewest && nargs != most) {
         PyErr_SetString(PyExc_TypeError, usage);
         return -1;
@@ -1006,7 +1006,7 @@ static PyObject *loop_go(float **const *parts, const size_t *sizes, int count, P
 /* lstm_loop(WT, XU, G, C, TC, H, Y[, P]): the forward step loop (_loop.h). */
 static PyObject *lstm_loop(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    Py_buffer b[LOOP2_MAX_ARGS];
+    Py_buffer b[LOOP_MAX_ARGS];
     int count = loop_args(args, nargs, b, "ffFFFFF", "f", "lstm_loop(WT, XU, G, C, TC, H, Y[, P])");
     if (count < 0)
         return NULL;
@@ -1033,7 +1033,7 @@ out:
 /* lstm_loop_back(W, DY, G, C, TC, dG, db, dh, dc[, P, dP]): the step loop's way back (_loop.h). */
 static PyObject *lstm_loop_back(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    Py_buffer b[LOOP2_MAX_ARGS];
+    Py_buffer b[LOOP_MAX_ARGS];
     int count = loop_args(args, nargs, b, "fffffFFFF", "fF", "lstm_loop_back(W, DY, G, C, TC, dG, db, dh, dc[, P, dP])");
     if (count < 0)
         return NULL;
@@ -1063,7 +1063,7 @@ out:
 /* gru_loop(tanh, WzrT, WhT, XU, ZR, HC, RH, H, Y[, P, RHrows]): the GRU's forward step loop (_loop.h). */
 static PyObject *gru_loop(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    Py_buffer b[LOOP2_MAX_ARGS];
+    Py_buffer b[LOOP_MAX_ARGS];
     int tanh_act = nargs > 0 ? PyObject_IsTrue(args[0]) : 0;
     if (tanh_act < 0)
         return NULL;
@@ -1096,7 +1096,7 @@ out:
 /* gru_loop_back(Wzr, Wh, DY, ZR, P, dP, db, dh): the GRU's step loop back (_loop.h). */
 static PyObject *gru_loop_back(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    Py_buffer b[LOOP2_MAX_ARGS];
+    Py_buffer b[LOOP_MAX_ARGS];
     int count = loop_args(args, nargs, b, "fffffFFF", "", "gru_loop_back(Wzr, Wh, DY, ZR, P, dP, db, dh)");
     if (count < 0)
         return NULL;
@@ -1126,7 +1126,7 @@ out:
  * [rnn] step loop and its way back for a slope activation of slope a (_loop.h). */
 static PyObject *rnn_loop_call(PyObject *const *args, Py_ssize_t nargs, int back)
 {
-    Py_buffer b[LOOP2_MAX_ARGS];
+    Py_buffer b[LOOP_MAX_ARGS];
     const char *usage = back ? "rnn_loop_back(a, shortcut, W, B, dS, dB, db)" : "rnn_loop(a, shortcut, WT, bias, A, B, Sf, St)";
     float a = 0.0f;
     if (nargs != (back ? 7 : 8)) {

@@ -183,7 +183,7 @@ __attribute__((target("avx2"))) static void loop_to_rows(const float *x, float *
 /* Columns [j0, j1) of the rows src (S, width) from column offset col, as rows [j0, j1) of the
  * feature-major dst (rows, S): dst[j, s] = src[s, col + j], loop_to_rows' way back (a layer's
  * output deltas, rows as the layer above leaves them, read by the thread that owns the units). */
-__attribute__((target("avx2"))) static void loop2_from_rows(const float *src, float *dst, Py_ssize_t S, Py_ssize_t width,
+__attribute__((target("avx2"))) static void loop_from_rows(const float *src, float *dst, Py_ssize_t S, Py_ssize_t width,
                                                             Py_ssize_t col, Py_ssize_t j0, Py_ssize_t j1)
 {
     Py_ssize_t J8 = j0 + (j1 - j0) / 8 * 8, S8 = S / 8 * 8;
@@ -202,7 +202,7 @@ __attribute__((target("avx2"))) static void loop2_from_rows(const float *src, fl
 /* db[j] += Σ_s d[j, s] for the rows [j0, j1) of d (rows, S): a bias gradient, one step's share,
  * summed while the thread has the deltas in cache. Each row in one order (16 lanes, then across
  * them), whichever thread owns it. */
-__attribute__((target("avx512f"))) static void loop2_row_sums(const float *d, float *db, Py_ssize_t S, Py_ssize_t j0,
+__attribute__((target("avx512f"))) static void loop_row_sums(const float *d, float *db, Py_ssize_t S, Py_ssize_t j0,
                                                               Py_ssize_t j1)
 {
     for (Py_ssize_t j = j0; j < j1; j++) {
@@ -453,7 +453,7 @@ __attribute__((target("avx512f,avx2,fma"))) static void lstm_back_loop_body(void
     for (Py_ssize_t t = T - 1; t >= 0; t--) {
         float *d = J->d, *dGt = J->dG + t * S * K;
         Py_ssize_t o = j0 * S, m = (j1 - j0) * S;
-        loop2_from_rows(J->DY + t * S * n, J->DH, S, n, 0, j0, j1);
+        loop_from_rows(J->DY + t * S * n, J->DH, S, n, 0, j0, j1);
         if (J->P)
             lstm_back_body_avx2(J->dh + o, J->dc + o, J->DH + o, J->G + t * 4 * B + o, J->C + t * B + o,
                                 J->TC + t * B + o, d + o, J->P + o, J->dP + o, m, B, 1);
@@ -461,7 +461,7 @@ __attribute__((target("avx512f,avx2,fma"))) static void lstm_back_loop_body(void
             lstm_back_body_avx2(J->dh + o, J->dc + o, J->DH + o, J->G + t * 4 * B + o, J->C + t * B + o,
                                 J->TC + t * B + o, d + o, NULL, NULL, m, B, 0);
         for (int gate = 0; gate < 4; gate++) {  /* dG[t][s, gate n + j] = d[gate n + j, s] */
-            loop2_row_sums(d + gate * B, J->db + gate * n, S, j0, j1);
+            loop_row_sums(d + gate * B, J->db + gate * n, S, j0, j1);
             loop_to_rows(d + gate * B, dGt, S, K, gate * n, j0, j1);
         }
         if (t == 0)
@@ -556,7 +556,7 @@ __attribute__((target("avx512f,avx2,fma"))) static void gru_back_loop_body(void 
     float *dh = J->dh, *d = J->d;
     for (Py_ssize_t t = T - 1; t >= 0; t--) {
         const float *Pt = J->P + t * 3 * B, *DH = J->DH;
-        loop2_from_rows(J->DY + t * S * n, J->DH, S, n, 0, j0, j1);
+        loop_from_rows(J->DY + t * S * n, J->DH, S, n, 0, j0, j1);
         for (Py_ssize_t e = o; e < o + m; e++) {
             dh[e] += DH[e];
             d[2 * B + e] = Pt[2 * B + e] * dh[e];
@@ -566,7 +566,7 @@ __attribute__((target("avx512f,avx2,fma"))) static void gru_back_loop_body(void 
         loop_rows(J->Ah, J->xa, n, J->drh, n, S, e0, e1, 0);
         gru_back_body_avx2(dh + o, J->drh + o, J->ZR + t * 2 * B + o, Pt + o, d + o, m, B);
         for (int gate = 0; gate < 3; gate++) {
-            loop2_row_sums(d + gate * B, J->db + gate * n, S, j0, j1);
+            loop_row_sums(d + gate * B, J->db + gate * n, S, j0, j1);
             loop_to_rows(d + gate * B, J->dP + t * S * 3 * n, S, 3 * n, gate * n, j0, j1);
         }
         if (t == 0)
@@ -607,7 +607,7 @@ __attribute__((target("avx512f,avx2,fma"))) static void rnn_forward_body(void *a
     for (Py_ssize_t t = 0; t < T; t++) {
         float *b = J->B + t * N, *s1 = J->Sf + (t + 1) * N;
         loop_rows(J->A, J->xp + (t % 2) * P * n * PANEL, n, b, n, S, e0, e1, 0);
-        loop2_from_rows(J->Ar + t * N, J->Af, S, n, 0, j0, j1);
+        loop_from_rows(J->Ar + t * N, J->Af, S, n, 0, j0, j1);
         rnn_step_avx2(b + o, J->bias + o, J->Af + o, s1 + o, J->shortcut ? J->Sf + t * N + o : NULL, m, J->a);
         loop_to_rows(s1, J->St + t * N, S, n, 0, j0, j1);
         if (t + 1 < T) {
@@ -625,20 +625,20 @@ __attribute__((target("avx512f,avx2,fma"))) static void rnn_back_loop_body(void 
     Py_ssize_t j0 = 8 * e0, j1 = 8 * e1 < n ? 8 * e1 : n, o = j0 * S, m = (j1 - j0) * S;
     loop_pack(J->A, J->W, n, n, 1, e0, e1);
     float *ds = J->dSf + (T - 1) % 2 * N, *d = J->dBf + (T - 1) % 2 * N;
-    loop2_from_rows(J->dS + (T - 1) * N, ds, S, n, 0, j0, j1);
+    loop_from_rows(J->dS + (T - 1) * N, ds, S, n, 0, j0, j1);
     slope_grad_avx2(J->B + (T - 1) * N + o, ds + o, d + o, m, J->a);
     loop_to_rows(d, J->dB + (T - 1) * N, S, n, 0, j0, j1);
-    loop2_row_sums(d, J->db, S, j0, j1);
+    loop_row_sums(d, J->db, S, j0, j1);
     for (Py_ssize_t t = T - 1; t >= 1; t--) {
         float *xp = J->xp + (t % 2) * P * n * PANEL;
         loop_to_panels(J->dBf + t % 2 * N, xp, n, S, j0, j1);
         loop_barrier(phase);
         loop_rows(J->A, xp, n, J->w, n, S, e0, e1, 0);
         ds = J->dSf + (t - 1) % 2 * N, d = J->dBf + (t - 1) % 2 * N;
-        loop2_from_rows(J->dS + (t - 1) * N, ds, S, n, 0, j0, j1);
+        loop_from_rows(J->dS + (t - 1) * N, ds, S, n, 0, j0, j1);
         rnn_back_avx2(ds + o, J->w + o, J->B + (t - 1) * N + o, d + o, J->shortcut ? J->dSf + t % 2 * N + o : NULL, m, J->a);
         loop_to_rows(ds, J->dS + (t - 1) * N, S, n, 0, j0, j1);
         loop_to_rows(d, J->dB + (t - 1) * N, S, n, 0, j0, j1);
-        loop2_row_sums(d, J->db, S, j0, j1);
+        loop_row_sums(d, J->db, S, j0, j1);
     }
 }
