@@ -154,7 +154,7 @@ def state_bytes(net, batcher, weights_bytes, extra, ema=None, trained=None):
     meta = {"version": STATE_VERSION, "seen": net.seen, "weights_sha256": sha256(weights_bytes),
             "slots": len(net.slots()), "optimizer": {"name": opt.name, "scalars": scalars, "buffers": buffers},
             "batcher": batcher.state(), "net_rng": net.rng.bit_generator.state, **extra}
-    if ema is not None:
+    if ema is not None and ema.shadow:  # (no average before the first update)
         arrays.update({f"ema.{i}": s for i, s in enumerate(ema.shadow)})
         meta["ema"] = {"alpha": ema.alpha, "arrays": len(ema.shadow)}
     if trained is not None:

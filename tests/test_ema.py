@@ -13,9 +13,11 @@ import pytest
 import yaml
 
 from conftest import assert_one_line_error, read_weights, run_cli
+from darknetpy import checkpoint as ckpt
 from darknetpy import load_network, optim
 from darknetpy import weights as weightsmod
-from darknetpy.data import split_corpus
+from darknetpy.data import StreamBatcher, split_corpus
+from darknetpy.network import Network
 from test_train import TEXT
 
 CFG = """[net]
@@ -198,3 +200,21 @@ def test_the_held_out_estimate_scores_the_average(tmp_path, corpus):
     assert abs(reported - average) < 1e-4, (reported, average, trained)
     assert record["best"]["valid_bpc"] == reported and record["best"]["iteration"] == 30
     assert (b / "tiny_best.weights").read_bytes() == (b / "tiny_final.weights").read_bytes()
+
+
+def test_a_checkpoint_before_the_first_update_resumes(tmp_path, corpus):
+    """Between the start and the first update (subdivisions > 1, a Ctrl-C) there is no average yet:
+    the state says nothing of one, and a run from it starts the average at its first update."""
+    cfg = write(tmp_path, batch=16, subdivisions=2)
+    net = Network(str(cfg), seed=3)
+    train_ids, _ = split_corpus(np.frombuffer(corpus.read_bytes(), np.uint8), 0.05)
+    batcher = StreamBatcher(train_ids, net.streams, net.time_steps, np.random.default_rng(1))
+    start = tmp_path / "start.weights"
+    wbytes = weightsmod.to_bytes(net)
+    ckpt.commit([(f"{start}.state.npz", ckpt.state_bytes(net, batcher, wbytes, {}, optim.EMA(0.9))), (str(start), wbytes)])
+    meta, arrays = state(start)
+    assert "ema" not in meta and not [k for k in arrays if k.startswith("ema.")]
+    r = train(cfg, corpus, "--weights", start, "--max-batches", 3, "--backup", tmp_path / "b", "--valid-every", 0)
+    assert "ignored" not in r.stderr.decode()  # the state was read
+    meta, _ = state(tmp_path / "b" / "tiny_final.weights")
+    assert meta["ema"]["alpha"] == 0.9 and meta["iteration"] == 6
