@@ -135,6 +135,7 @@ def test_off_is_todays_run_and_the_trained_weights_never_see_the_average(tmp_pat
     assert all(np.array_equal(arrays[f"trained.{i}"], a) for i, a in enumerate(trained))
     summary = errs["on"].strip().splitlines()[-1]
     assert "(EMA 0.9)" in summary and "the final and best weights are the average" in summary
+    assert "Unused field" not in errs["on"]  # the key is read, no longer Darknet's unused field
     assert yaml.safe_load((out["on"] / "tiny.yaml").read_text())["hyperparameters"]["ema_alpha"] == 0.9
 
 
