@@ -516,7 +516,7 @@ class Trainer:
         if self.validator is None:
             return False
         v0 = time.time()
-        with self.averaged(True):
+        with self.averaged():
             bpc = self.ranks.on_writer(self.validator)(self.net, lambda: self.interrupt.flag)  # on rank 0,
         bpc = self.ranks.agreed(bpc, "the validation's result")  # and its result on every rank
         if bpc is None:
@@ -648,7 +648,7 @@ class Trainer:
             self.record.add_checkpoint(path, kind)
             self.record.write("running", self.progress_fields())
 
-    def averaged(self, handed_over):
+    def averaged(self, handed_over=True):
         """With [net] ema_alpha, the EMA's average in the network's weights for a block that scores
         or saves the model the run hands over (`handed_over`); yields the trained weights (or None)."""
         return self.ema.applied(self.net) if self.ema is not None and handed_over else contextlib.nullcontext()

@@ -219,3 +219,22 @@ def test_a_checkpoint_before_the_first_update_resumes(tmp_path, corpus):
     assert "ignored" not in r.stderr.decode()  # the state was read
     meta, _ = state(tmp_path / "b" / "tiny_final.weights")
     assert meta["ema"]["alpha"] == 0.9 and meta["iteration"] == 6
+
+
+@pytest.mark.parametrize("layer", ["[lstm]\noutput=8\npeephole=1\nbatch_normalize=1", "[gru]\noutput=8",
+                                   "[rnn]\noutput=8\nbatch_normalize=1", "[sru]\noutput=8\nbatch_normalize=1",
+                                   "[lstm]\noutput=8"])
+def test_the_average_covers_every_parameter_once(tmp_path, layer):
+    """parameter_arrays (what the EMA averages and swaps in) are the arrays params() views, each
+    once and nothing else: their sizes add up to the .weights payload, and every view lies in one."""
+    cfg = tmp_path / "kind.cfg"
+    cfg.write_text(f"[net]\ninputs=256\nbatch=4\ntime_steps=4\n\n{layer}\n\n[connected]\noutput=256\n"
+                   "activation=linear\n\n[softmax]\n")
+    net = Network(str(cfg))
+    arrays, views = optim.parameter_arrays(net), list(net.params().values())
+    assert sum(a.size for a in arrays) == sum(v.size for v in views) == len(payload_of(net))
+    assert all(sum(np.shares_memory(v, a) for a in arrays) == 1 for v in views)
+
+
+def payload_of(net):
+    return np.frombuffer(weightsmod.to_bytes(net), "<f4", offset=20)
