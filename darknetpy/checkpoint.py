@@ -18,6 +18,10 @@ continue bit for bit:
     optimizer.{name}.{i}    slot i's entry of each per-slot buffer the optimizer declares
                             (Adam: m, v; SGD: none)
     layer{l}.{name}         each recurrent layer's carried state, (streams, outputs)
+    ema.{i}                 with [net] ema_alpha: the average of parameter array i
+                            (optim.parameter_arrays order), and meta ema {alpha, arrays}
+    trained.{i}             where the weights file holds that average (best, final): the trained
+                            parameter arrays, which a resume goes on from; meta trained: their count
     meta                    json: version, seen, weights_sha256, slots, optimizer {name, scalars
                             (t), buffers {name: count}}, batcher (data walk), net_rng, and what the
                             trainer adds (iteration, avg_loss, corpus_sha256, vocab: the run's
@@ -38,7 +42,7 @@ import sys
 import numpy as np
 import yaml
 
-from . import atomic
+from . import atomic, optim
 from .errors import DarknetpyError
 from .network import Network
 from .vocab import MODES, Vocab, check_fits
@@ -133,9 +137,10 @@ def plain(value):
 
 
 # ---- the resumable state beside each checkpoint ---------------------------------------------------
-def state_bytes(net, batcher, weights_bytes, extra):
+def state_bytes(net, batcher, weights_bytes, extra, ema=None, trained=None):
     """The .state.npz (version 2, see the module docstring) of `net` and `batcher` now; `extra`
-    (json-able) goes into meta."""
+    (json-able) goes into meta. `ema`: the run's optim.EMA; `trained`: the trained parameter
+    arrays, when the weights hold the EMA's average instead."""
     arrays = {f"upd{i}": upd for i, (_, upd, _) in enumerate(net.slots())}
     opt = net.optimizer
     scalars, buffers = {}, {}
@@ -149,6 +154,12 @@ def state_bytes(net, batcher, weights_bytes, extra):
     meta = {"version": STATE_VERSION, "seen": net.seen, "weights_sha256": sha256(weights_bytes),
             "slots": len(net.slots()), "optimizer": {"name": opt.name, "scalars": scalars, "buffers": buffers},
             "batcher": batcher.state(), "net_rng": net.rng.bit_generator.state, **extra}
+    if ema is not None and ema.shadow:  # (no average before the first update)
+        arrays.update({f"ema.{i}": s for i, s in enumerate(ema.shadow)})
+        meta["ema"] = {"alpha": ema.alpha, "arrays": len(ema.shadow)}
+    if trained is not None:
+        arrays.update({f"trained.{i}": a for i, a in enumerate(trained)})
+        meta["trained"] = len(trained)
     arrays["meta"] = np.array(json.dumps(plain(meta)))
     buf = io.BytesIO()
     np.savez(buf, **arrays)
@@ -183,8 +194,25 @@ def optimizer_state(meta, arrays):
                                    for name, n in saved["buffers"].items()}}
 
 
+def saved_arrays(net, arrays, prefix, count, path):
+    """Parameter-shaped arrays `prefix`.0 .. `prefix`.count-1 of a state (the EMA's average, the
+    trained weights), checked against the network's parameter arrays."""
+    mine = optim.parameter_arrays(net)
+    saved = [arrays[f"{prefix}.{i}"] for i in range(count)]
+    if [a.shape for a in saved] != [a.shape for a in mine]:
+        raise DarknetpyError(f"the state's {prefix} arrays are not the cfg's parameter arrays; resume with "
+                             "the cfg it was saved with", path)
+    return saved
+
+
 def restore_state(net, batcher, meta, arrays, path):
-    """Put a read_state() result into `net` and `batcher`; refuses a state of another cfg."""
+    """Put a read_state() result into `net` and `batcher`; refuses a state of another cfg. Where the
+    weights file held the EMA's average, the trained weights saved beside it replace it: training
+    goes on from them."""
+    if meta.get("trained"):
+        for a, saved in zip(optim.parameter_arrays(net), saved_arrays(net, arrays, "trained", meta["trained"], path)):
+            a[...] = saved
+        net.refresh()
     slots = net.slots()
     if meta["slots"] != len(slots):
         raise DarknetpyError(f"the optimizer state has {meta['slots']} parameter arrays, the cfg "

@@ -97,6 +97,9 @@ class Network:
             self.optimizer = optim.SGD(momentum=momentum, decay=decay, clip=clip)
         if self.optimizer.clip < 0:
             raise net.error("clip must be >= 0", "clip")
+        self.ema_alpha = net.float("ema_alpha", 0.0)  # darknetpy's average of the weights (optim.EMA, kept by train.py)
+        if not 0 <= self.ema_alpha < 1:
+            raise net.error("ema_alpha must be in [0, 1)", "ema_alpha")
         self.rng = np.random.default_rng(seed)
         self.seen = 0
         self.last_rate = None  # the rate of the most recent update

@@ -1,9 +1,11 @@
-"""Learning-rate policies and Darknet's update rules (SGD with momentum and decay, Adam), and
-darknetpy's AdamW (Adam with decoupled weight decay).
+"""Learning-rate policies and Darknet's update rules (SGD with momentum and decay, Adam),
+darknetpy's AdamW (Adam with decoupled weight decay), and `EMA`, the average of the weights a run
+keeps beside them (`[net] ema_alpha`).
 
 The accumulated updates (`upd`, Darknet's *_updates) hold NEGATIVE gradients summed over the
 B = batch * time_steps rows of one update; SGD keeps what momentum leaves in them, Adam zeroes them.
 """
+import contextlib
 import math
 
 import numpy as np
@@ -213,3 +215,65 @@ class AdamW(Adam):
             if kind == "weights":
                 p *= shrink
         super().update(slots, lr, B)
+
+
+def parameter_arrays(net):
+    """The whole arrays `net.params()`'s views look into (a Dense's W holds several gates, stored
+    transposed), each once, in order: everything the .weights file holds, as contiguous arrays."""
+    whole = {}
+    for view in net.params().values():
+        array = view if view.base is None else view.base
+        whole.setdefault(id(array), array)
+    return list(whole.values())
+
+
+class EMA:
+    """darknetpy's `[net] ema_alpha=D`: an exponential moving average of the weights, kept beside
+    training and never fed back into it. After every update each array w of `parameter_arrays`
+    (weights, biases, and batchnorm's scales and rolling statistics) moves its shadow s:
+
+        s = D s + (1 - D) w        (s starts as a copy of w after the first update)
+
+    the update formula of the AlexeyAB fork's ema_alpha (its ema_update), in place in float32. The
+    trainer scores the shadows and hands them over as the best and final weights (`applied`)."""
+    BLOCK = 65536  # floats taken at a time: the three passes over them run in the L2 cache
+
+    def __init__(self, alpha):
+        self.alpha = alpha
+        self.shadow = []  # one float32 array per parameter array; empty before the first update
+        self.part = np.empty(self.BLOCK, np.float32)  # (1 - D) w, one block at a time
+
+    def update(self, net):
+        """Move the shadows towards the network's weights after an update."""
+        arrays = parameter_arrays(net)
+        if not self.shadow:
+            self.shadow = [a.astype(np.float32, copy=True) for a in arrays]
+            return
+        D, rest = np.float32(self.alpha), np.float32(1 - self.alpha)
+        for s, w in zip(self.shadow, arrays):
+            s, w = s.reshape(-1), w.reshape(-1)
+            for i in range(0, s.size, self.BLOCK):
+                block, part = s[i:i + self.BLOCK], self.part[:min(self.BLOCK, s.size - i)]
+                np.multiply(w[i:i + self.BLOCK], rest, out=part)
+                block *= D
+                block += part
+
+    def load(self, shadow):
+        """Continue from saved shadows (a checkpoint's); none saved: start at the next update."""
+        self.shadow = [np.array(s, np.float32) for s in shadow]
+
+    @contextlib.contextmanager
+    def applied(self, net):
+        """The average in the network's weights for the block; yields the trained weights (copies),
+        which are put back after it, bit for bit. Before any update the weights are their own average."""
+        arrays = parameter_arrays(net)
+        trained = [a.copy() for a in arrays]
+        try:
+            for a, s in zip(arrays, self.shadow):
+                a[...] = s
+            net.refresh()
+            yield trained
+        finally:
+            for a, t in zip(arrays, trained):
+                a[...] = t
+            net.refresh()

@@ -9,6 +9,9 @@ progress bar on stderr, prints one line per validation and a summary line, and c
     BACKUP/<cfg>.backup              every 100 iterations, on Ctrl-C and at the end
     BACKUP/<cfg>_<N>.weights         every `save_every` iterations
     BACKUP/<cfg>_final.weights       at the end
+                                     (with [net] ema_alpha, it and _best.weights hold the average of
+                                     the weights, optim.EMA, which validations score; the others the
+                                     trained weights)
     <checkpoint>.state.npz           beside each: optimizer buffers, data walk, rng and recurrent
                                      state, so a resumed run continues bit for bit
     BACKUP/<cfg>.yaml                the run record: options, hyper-parameters, progress, checkpoints
@@ -191,6 +194,7 @@ class Trainer:
                 raise DarknetpyError("the network has no [softmax] or [cost] layer to train against", cfg)
             if o.learning_rate is not None:
                 self.net.hp["learning_rate"] = float(o.learning_rate)
+            self.ema = optim.EMA(self.net.ema_alpha) if self.net.ema_alpha else None
             self.rows = self.net.streams * self.net.time_steps  # characters per iteration
             self.max_batches = self.net.hp["max_batches"] if o.max_batches is None else o.max_batches
             if self.max_batches <= 0 and self.time_budget is None:
@@ -288,6 +292,8 @@ class Trainer:
                 _stderr_line(f"warning: {weights}{STATE_SUFFIX}: ignored, {arrays}; the optimizer starts afresh")
             return
         ckpt.restore_state(net, self.batcher, meta, arrays, weights + STATE_SUFFIX)
+        if self.ema is not None and meta.get("ema"):
+            self.ema.load(ckpt.saved_arrays(net, arrays, "ema", meta["ema"]["arrays"], weights + STATE_SUFFIX))
         self.ranks.restored(net)  # this rank's block of the state saved whole
         self.avg, self.best = meta.get("avg_loss"), meta.get("best")
         if self.best is not None:  # named relative to the checkpoint's folder; here, to BACKUP's
@@ -364,6 +370,7 @@ class Trainer:
                 "subdivisions": net.subdivisions, "streams": net.streams, "time_steps": net.time_steps,
                 "chars_per_update": net.batch * net.time_steps, "max_batches": int(self.max_batches),
                 **opt.hyperparameters(), **net.hp,
+                **({"ema_alpha": net.ema_alpha} if self.ema is not None else {}),  # best and final: the average
                 "parameters": int(sum(v.size for v in net.params().values())),
                 "train_chars": int(len(self.train_ids)),
                 "valid_chars": int(len(self.valid_ids)) if self.valid_ids is not None else 0,
@@ -420,6 +427,7 @@ class Trainer:
         return {**self.progress_fields(), "status": status, "checkpoint": self.saved_path,
                 "max_batches": self.max_batches, "record": os.path.abspath(self.paths["record"]),
                 "best": self.shown_best(), "reason": self.stop_reason, "signal": signame, "unit": self.unit[0],
+                "ema": self.ema.alpha if self.ema is not None else None,
                 "exit_code": 128 + self.interrupt.signum if status == "interrupted" else 0}
 
     def step(self):
@@ -430,6 +438,8 @@ class Trainer:
         cost = ranks.sum(float(net.train_step(x, y, ranks.part, ranks.before_update)))  # the cost of all streams
         if net.batch_num != updates:
             ranks.after_update(net)
+            if self.ema is not None:
+                self.ema.update(net)
         self.iteration = net.seen // self.rows
         loss = cost / self.rows
         if not math.isfinite(loss):
@@ -506,7 +516,8 @@ class Trainer:
         if self.validator is None:
             return False
         v0 = time.time()
-        bpc = self.ranks.on_writer(self.validator)(self.net, lambda: self.interrupt.flag)  # on rank 0,
+        with self.averaged():
+            bpc = self.ranks.on_writer(self.validator)(self.net, lambda: self.interrupt.flag)  # on rank 0,
         bpc = self.ranks.agreed(bpc, "the validation's result")  # and its result on every rank
         if bpc is None:
             return False
@@ -516,7 +527,8 @@ class Trainer:
         avg = f"{self.avg:.4f}" if self.avg is not None else "-"
         unit, what = self.unit
         self.progress.say(f"valid: iteration {self.iteration}  {time.time() - self.t0:.1f} s  loss {loss}  "
-                          f"avg {avg}  valid {bpc:.4f} {unit} ({self.validator.count} {what}, {time.time() - v0:.1f} s)")
+                          f"avg {avg}  valid {bpc:.4f} {unit}{self.ema_note()} ({self.validator.count} {what}, "
+                          f"{time.time() - v0:.1f} s)")
         if self.best is None or bpc < self.best["valid_bpc"]:
             self.best = {"weights": self.record.name(self.paths["best"]), "iteration": self.iteration,
                          "valid_bpc": float(bpc)}
@@ -618,11 +630,12 @@ class Trainer:
         net = self.net
         if not all(np.isfinite(v).all() for v in net.params().values()):
             raise self.diverged("non-finite weights before checkpoint")
-        wbytes = weightsmod.to_bytes(net)
         extra = {"iteration": self.iteration, "avg_loss": self.avg, "corpus_sha256": self.corpus_sha,
                  "best": self.best, "bad_validations": self.bad_validations, "seconds": self.seconds(),
                  "vocab": ckpt.vocab_entry(self.vocabulary)}  # the vocabulary travels with the weights
-        sbytes = ckpt.state_bytes(net, self.batcher, wbytes, extra)
+        with self.averaged(kind in ("best", "final")) as trained:  # the model the run hands over
+            wbytes = weightsmod.to_bytes(net)
+            sbytes = ckpt.state_bytes(net, self.batcher, wbytes, extra, self.ema, trained)
         with self.interrupt.saving():
             try:
                 ckpt.commit([(path + STATE_SUFFIX, sbytes), (path, wbytes)])
@@ -634,6 +647,15 @@ class Trainer:
                 self.cfg_kept = True
             self.record.add_checkpoint(path, kind)
             self.record.write("running", self.progress_fields())
+
+    def averaged(self, handed_over=True):
+        """With [net] ema_alpha, the EMA's average in the network's weights for a block that scores
+        or saves the model the run hands over (`handed_over`); yields the trained weights (or None)."""
+        return self.ema.applied(self.net) if self.ema is not None and handed_over else contextlib.nullcontext()
+
+    def ema_note(self):
+        """What a validation figure is of: " (EMA D)" where it scores the average."""
+        return f" (EMA {self.ema.alpha:g})" if self.ema is not None else ""
 
     def diverged(self, what):
         last = (f"the last good checkpoint is {self.saved_path} (iteration {self.saved})"
@@ -660,13 +682,16 @@ def format_summary(s):
     """The one summary line printed at the end of a run."""
     avg = f"{s['avg_loss']:.4f}" if s["avg_loss"] is not None else "-"
     unit = s.get("unit", "bpc")
-    valid = f"{s['valid_bpc']:.4f} {unit}" if s["valid_bpc"] is not None else "-"
+    ema = f" (EMA {s['ema']:g})" if s.get("ema") else ""
+    valid = f"{s['valid_bpc']:.4f} {unit}{ema}" if s["valid_bpc"] is not None else "-"
     best = s.get("best")
     best = (f", best valid {best['valid_bpc']:.4f} {unit} at iteration {best['iteration']} ({best['weights']})"
             if best else "")
     line = (f"{s['status']}: iteration {s['iteration']}, update {s['updates']} of max_batches "
             f"{s['max_batches']}, seen {s['seen']}, epoch {s['epoch']:.2f}, {s['seconds']:.0f} s, "
             f"avg loss {avg}, valid {valid}{best}; saved {s['checkpoint']}")
+    if ema and s["status"] == "finished":
+        line += f"; the final and best weights are the average of the weights{ema}"
     if s.get("signal"):
         line += (f" (weights, .state.npz and the run record) on {s['signal']}; continue with "
                  f"`darknetpy train --resume {ckpt.quote(s['record'])}`")

@@ -109,6 +109,18 @@ def test_two_ranks_make_one_process_updates(tmp_path, run, layer, subdivisions, 
 
 
 @needs_mpi
+def test_two_ranks_keep_one_process_average(tmp_path, run):
+    """[net] ema_alpha: every rank holds the same weights after the sum, so the same average; rank
+    0 writes it as the final weights, those of one process."""
+    cfg = write(tmp_path, "gru", 1, ADAM + "\nema_alpha=0.8", lr=0.01)
+    for k in (1, 2):
+        r = run(k, cfg, "corpus.txt", "--srand", 7, "--backup", f"b{k}", "--max-batches", 12)
+        assert r.returncode == 0, r.stderr
+    assert max_diff(cfg, tmp_path / "b1/tiny_final.weights", tmp_path / "b2/tiny_final.weights") < 1e-4
+    assert max_diff(cfg, tmp_path / "b2/tiny.backup", tmp_path / "b2/tiny_final.weights") > 1e-3  # the average
+
+
+@needs_mpi
 def test_rank_zero_alone_prints(tmp_path, run):
     cfg = write(tmp_path)
     r = run(2, cfg, "corpus.txt", "--srand", 7, "--backup", "b", "--max-batches", 2)

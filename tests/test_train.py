@@ -151,6 +151,7 @@ RESUME_CASES = {
     "adamw": dict(opt="adam=1\nlearning_rate=0.01\nweight_decay=0.1"),
     "sgd_subdivisions_dropout": dict(subdivisions=2, layers_extra="[dropout]\nprobability=0.2\n"),
     "gru_steps_policy": dict(layer="gru", opt="learning_rate=0.1\nmomentum=0.5\npolicy=steps\nsteps=8,14\nscales=.5,.5"),
+    "adam_ema": dict(opt="adam=1\nlearning_rate=0.01\nema_alpha=0.9"),  # final: the average, the trained beside it
 }
 
 
