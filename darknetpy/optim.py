@@ -229,27 +229,35 @@ def parameter_arrays(net):
 
 class EMA:
     """darknetpy's `[net] ema_alpha=D`: an exponential moving average of the weights, kept beside
-    training and never fed back into it. After every update each array w of `parameter_arrays`
+    training and never fed back into it. After update n each array w of `parameter_arrays`
     (weights, biases, and batchnorm's scales and rolling statistics) moves its shadow s:
 
-        s = D s + (1 - D) w        (s starts as a copy of w after the first update)
+        s = D_n s + (1 - D_n) w,   D_n = min(D, (1 + n) / (10 + n))   (s starts as a copy of w)
 
-    the update formula of the AlexeyAB fork's ema_alpha (its ema_update), in place in float32. The
-    trainer scores the shadows and hands them over as the best and final weights (`applied`)."""
+    the update formula of the AlexeyAB fork's ema_alpha (its ema_update), in place in float32, with
+    TensorFlow's ExponentialMovingAverage(num_updates) warm-up: the window is at most about the last
+    n/9 updates, so a short run (a small --time-budget) averages its end, not its random start; the
+    cap D binds from n = (10 D - 1) / (1 - D) on (about 20,000 updates for 0.9995). The trainer
+    scores the shadows and hands them over as the best and final weights (`applied`)."""
     BLOCK = 65536  # floats taken at a time: the three passes over them run in the L2 cache
 
     def __init__(self, alpha):
         self.alpha = alpha
         self.shadow = []  # one float32 array per parameter array; empty before the first update
-        self.part = np.empty(self.BLOCK, np.float32)  # (1 - D) w, one block at a time
+        self.part = np.empty(self.BLOCK, np.float32)  # (1 - D_n) w, one block at a time
 
-    def update(self, net):
-        """Move the shadows towards the network's weights after an update."""
+    def decay(self, n):
+        """D_n, the decay after update n (counted from 1)."""
+        return min(self.alpha, (1 + n) / (10 + n))
+
+    def update(self, net, n):
+        """Move the shadows towards the network's weights after update n."""
         arrays = parameter_arrays(net)
         if not self.shadow:
             self.shadow = [a.astype(np.float32, copy=True) for a in arrays]
             return
-        D, rest = np.float32(self.alpha), np.float32(1 - self.alpha)
+        d = self.decay(n)
+        D, rest = np.float32(d), np.float32(1 - d)
         for s, w in zip(self.shadow, arrays):
             s, w = s.reshape(-1), w.reshape(-1)
             for i in range(0, s.size, self.BLOCK):

@@ -439,7 +439,7 @@ class Trainer:
         if net.batch_num != updates:
             ranks.after_update(net)
             if self.ema is not None:
-                self.ema.update(net)
+                self.ema.update(net, net.batch_num)
         self.iteration = net.seen // self.rows
         loss = cost / self.rows
         if not math.isfinite(loss):
