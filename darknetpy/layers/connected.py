@@ -95,7 +95,7 @@ class Dense(Buffers):
         (x̂, σ, σ+ε), is appended to the list `keep`, which the layer keeps in its Tape.
         """
         if not self.bn:
-            z += self.b
+            kernels.get("add", z, self.b)(z, self.b)
             return z
         if train:
             xhat, out = np.empty_like(z), np.empty_like(z)
