@@ -218,20 +218,21 @@ static void K(sru_back)(float *restrict dZ, const float *restrict Z, const float
  * backward), shared among the threads (team_share), each thread all T steps of its share: the steps'
  * order binds a stream's unit only to itself, so the threads meet at no barrier inside the call.
  * Both share the streams, whole rows (a thread's pass over half of each row ran 1.1-1.2x slower
- * forward, 1.2-1.4x backward). Backward's gradient sums over the streams are made per fixed group
- * of SRU_GROUP streams, each into a sum of its own (`sums`), and those are added to dv in the
- * groups' order after the call: the same additions in the same order on any number of threads.
+ * forward, 1.2-1.4x backward). Backward's gradient sums over the streams are made per group of
+ * streams, SRU_GROUPS groups of ceil(S / SRU_GROUPS) (fixed by S alone), each into a sum of its own
+ * (`sums`), and those are added to dv in the groups' order after the call: the same additions in the
+ * same order on any number of threads.
  * The one exception is backward with one-hot ids and dW, whose rows of dW gather every stream:
  * it shares the units, in shares of SRU_SHARE, a multiple of the vector width. Either way each
  * element is made by the same code on any threads: the same bits. */
 #define SRU_SHARE 16
-#define SRU_GROUP 16
+#define SRU_GROUPS 4
 typedef struct {
     int g;
     float *dZ, *Z, *C, *H, *dv, *ds, *W, *sums;
     const float *v, *dh, *hs;
     const int64_t *ids;
-    Py_ssize_t T, S, n, k, D;
+    Py_ssize_t T, S, n, k, D, G;  /* G: the streams of a group of backward's sums */
 } sru_job;
 
 static void sru_streams(const void *job, Py_ssize_t s0, Py_ssize_t s1)
@@ -253,7 +254,7 @@ static void sru_groups(const void *job, Py_ssize_t g0, Py_ssize_t g1)
 {
     const sru_job *J = job;
     for (Py_ssize_t q = g0; q < g1; q++) {
-        Py_ssize_t s0 = q * SRU_GROUP, s1 = s0 + SRU_GROUP < J->S ? s0 + SRU_GROUP : J->S;
+        Py_ssize_t s0 = q * J->G, s1 = s0 + J->G < J->S ? s0 + J->G : J->S;
         CALL(sru_back, J->dZ, J->Z, J->C, J->v, J->sums + q * SRU_GW(J), J->dh, J->hs, NULL, J->ds, NULL, J->T,
              J->S, J->n, J->k, J->D, 0, J->n, s0, s1, J->g);
     }
@@ -383,7 +384,8 @@ static PyObject *sru_back(PyObject *self, PyObject *const *args, Py_ssize_t narg
     if (J.ids) {
         result = team_share(sru_units, &J, J.n, SRU_SHARE, J.T * J.S * J.n);
     } else {
-        Py_ssize_t groups = (J.S + SRU_GROUP - 1) / SRU_GROUP, gw = SRU_GW(&J);
+        J.G = (J.S + SRU_GROUPS - 1) / SRU_GROUPS;
+        Py_ssize_t groups = (J.S + J.G - 1) / J.G, gw = SRU_GW(&J);
         J.sums = PyMem_Calloc(groups * gw, sizeof(float));
         result = J.sums ? team_share(sru_groups, &J, groups, 1, J.T * J.S * J.n) : PyErr_NoMemory();
         for (Py_ssize_t q = 0; result && q < groups; q++)
