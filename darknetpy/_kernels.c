@@ -845,6 +845,8 @@ out:
     return result;
 }
 
+#include "_head.h"  /* add: elementwise passes on the team */
+
 /* draw(p, u, out): out[r] = the number of j whose mass p[r, 0] + ... + p[r, j], summed in double in
  * order, is at most u[r] times the row's total (so the first j past it), but never past the row's
  * last symbol with mass (the rounding of u near 1). p (R, V) float32, u (R,) float64 in [0, 1),
@@ -1258,6 +1260,7 @@ static PyObject *team_share(team_part part, const void *job, Py_ssize_t count, P
 
 static PyMethodDef methods[] = {
     KIND_METHODS
+    HEAD_METHODS
     METHOD(lstm_step, "lstm_step(g, xu, c, c1, tc, h1[, P]): one LSTM step's gates, cell and output in place (peepholes P = [pi pf po]/2)"),
     METHOD(lstm_back, "lstm_back(dh, dc, DH, g, c, tc, d[, P, dP]): one LSTM step's gate deltas d; dh, dc updated (peepholes P; dP += their deltas)"),
     METHOD(gru_zr, "gru_zr(zr, xu, h, rh): the z and r gates in place (xu: z r c) and r*h"),

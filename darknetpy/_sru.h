@@ -13,7 +13,7 @@
  * Each (step, stream) is a few loops over the n features that the compiler vectorizes (one loop
  * per gate: GCC vectorizes the two sigmoids fused in one loop 6x slower); the steps run in order,
  * since c' needs c. But a stream's unit needs no other stream's, nor unit's: sru_step takes a range
- * of streams [s0, s1), sru_back one of units [j0, j1), and the wrappers share them among the step
+ * of streams [s0, s1), sru_back one of streams and one of units [j0, j1), and the wrappers share them among the step
  * loops' team (_loop.h), each thread all T steps of its share with no barrier between them
  * (team_share, _kernels.c). The loops are memory-bound (T S n = 512K elements per array at 32
  * streams x 64 steps x 256): the second core brings its bandwidth.
@@ -154,13 +154,13 @@ static inline __attribute__((always_inline)) void K(sru_back_all)(
     float *restrict dZ, const float *restrict Z, const float *restrict C, const float *restrict v,
     float *restrict dv, const float *restrict dh, const float *restrict hs, const int64_t *restrict ids,
     float *restrict ds, float *restrict dW, Py_ssize_t T, Py_ssize_t S, Py_ssize_t n, Py_ssize_t k,
-    Py_ssize_t D, Py_ssize_t j0, Py_ssize_t j1, int one_hot, int tanh_g)
+    Py_ssize_t D, Py_ssize_t j0, Py_ssize_t j1, Py_ssize_t s0, Py_ssize_t s1, int one_hot, int tanh_g)
 {
     Py_ssize_t m = j1 - j0;
     float acc[(2 + 4) * SRU_PIECE] __attribute__((aligned(64))) = {0};  /* dv's blocks, SRU_PIECE apart */
     v += j0;
     for (Py_ssize_t t = T - 1; t >= 0; t--)
-        for (Py_ssize_t s = 0; s < S; s++) {
+        for (Py_ssize_t s = s0; s < s1; s++) {
             Py_ssize_t row = t * S + s;
             const float *x = Z + row * k * n + j0, *c = C + row * n + j0, *c1 = C + (row + S) * n + j0;
             float *dx = dZ + (t % D * S + s) * k * n + j0;
@@ -197,18 +197,18 @@ static void K(sru_back)(float *restrict dZ, const float *restrict Z, const float
                         const float *restrict v, float *restrict dv, const float *restrict dh,
                         const float *restrict hs, const int64_t *restrict ids, float *restrict ds,
                         float *restrict dW, Py_ssize_t T, Py_ssize_t S, Py_ssize_t n, Py_ssize_t k, Py_ssize_t D,
-                        Py_ssize_t j0, Py_ssize_t j1, int tanh_g)
+                        Py_ssize_t j0, Py_ssize_t j1, Py_ssize_t s0, Py_ssize_t s1, int tanh_g)
 {
     for (Py_ssize_t p0 = j0, p1; p0 < j1; p0 = p1) {  /* pieces of SRU_PIECE units: acc's size */
         p1 = j1 - p0 > SRU_PIECE ? p0 + SRU_PIECE : j1;
         if (ids && tanh_g)
-            K(sru_back_all)(dZ, Z, C, v, dv, dh, NULL, ids, NULL, dW, T, S, n, k, D, p0, p1, 1, 1);
+            K(sru_back_all)(dZ, Z, C, v, dv, dh, NULL, ids, NULL, dW, T, S, n, k, D, p0, p1, s0, s1, 1, 1);
         else if (ids)
-            K(sru_back_all)(dZ, Z, C, v, dv, dh, NULL, ids, NULL, dW, T, S, n, k, D, p0, p1, 1, 0);
+            K(sru_back_all)(dZ, Z, C, v, dv, dh, NULL, ids, NULL, dW, T, S, n, k, D, p0, p1, s0, s1, 1, 0);
         else if (tanh_g)
-            K(sru_back_all)(dZ, Z, C, v, dv, dh, hs, NULL, ds, NULL, T, S, n, k, D, p0, p1, 0, 1);
+            K(sru_back_all)(dZ, Z, C, v, dv, dh, hs, NULL, ds, NULL, T, S, n, k, D, p0, p1, s0, s1, 0, 1);
         else
-            K(sru_back_all)(dZ, Z, C, v, dv, dh, hs, NULL, ds, NULL, T, S, n, k, D, p0, p1, 0, 0);
+            K(sru_back_all)(dZ, Z, C, v, dv, dh, hs, NULL, ds, NULL, T, S, n, k, D, p0, p1, s0, s1, 0, 0);
     }
 }
 
@@ -217,18 +217,22 @@ static void K(sru_back)(float *restrict dZ, const float *restrict Z, const float
 /* One call of sru_step or sru_back, its arguments as the kernels take them (W: the table forward, dW
  * backward), shared among the threads (team_share), each thread all T steps of its share: the steps'
  * order binds a stream's unit only to itself, so the threads meet at no barrier inside the call.
- * Forward shares the streams (whole rows: a thread's pass over half of each row ran 1.1-1.2x
- * slower); backward the units, in shares of SRU_SHARE, a multiple of the vector width, since its
- * gradient sums and one-hot dW rows gather every stream (a unit's loops are the same instructions
- * on any number of threads). Either way each element is made by the same code on any threads: the
- * same bits. */
+ * Both share the streams, whole rows (a thread's pass over half of each row ran 1.1-1.2x slower
+ * forward, 1.2-1.4x backward). Backward's gradient sums over the streams are made per group of
+ * streams, SRU_GROUPS groups of ceil(S / SRU_GROUPS) (fixed by S alone), each into a sum of its own
+ * (`sums`), and those are added to dv in the groups' order after the call: the same additions in the
+ * same order on any number of threads.
+ * The one exception is backward with one-hot ids and dW, whose rows of dW gather every stream:
+ * it shares the units, in shares of SRU_SHARE, a multiple of the vector width. Either way each
+ * element is made by the same code on any threads: the same bits. */
 #define SRU_SHARE 16
+#define SRU_GROUPS 4
 typedef struct {
     int g;
-    float *dZ, *Z, *C, *H, *dv, *ds, *W;
+    float *dZ, *Z, *C, *H, *dv, *ds, *W, *sums;
     const float *v, *dh, *hs;
     const int64_t *ids;
-    Py_ssize_t T, S, n, k, D;
+    Py_ssize_t T, S, n, k, D, G;  /* G: the streams of a group of backward's sums */
 } sru_job;
 
 static void sru_streams(const void *job, Py_ssize_t s0, Py_ssize_t s1)
@@ -241,7 +245,19 @@ static void sru_units(const void *job, Py_ssize_t j0, Py_ssize_t j1)
 {
     const sru_job *J = job;
     CALL(sru_back, J->dZ, J->Z, J->C, J->v, J->dv, J->dh, J->hs, J->ids, J->ds, J->W, J->T, J->S, J->n, J->k,
-         J->D, j0, j1, J->g);
+         J->D, j0, j1, 0, J->S, J->g);
+}
+
+/* The stream groups [g0, g1), each summing into its own of `sums` (zeros before), SRU_GW(J) apart. */
+#define SRU_GW(J) (((2 + (J)->k) * (J)->n + 15) / 16 * 16)  /* whole cache lines: no line shared by two */
+static void sru_groups(const void *job, Py_ssize_t g0, Py_ssize_t g1)
+{
+    const sru_job *J = job;
+    for (Py_ssize_t q = g0; q < g1; q++) {
+        Py_ssize_t s0 = q * J->G, s1 = s0 + J->G < J->S ? s0 + J->G : J->S;
+        CALL(sru_back, J->dZ, J->Z, J->C, J->v, J->sums + q * SRU_GW(J), J->dh, J->hs, NULL, J->ds, NULL, J->T,
+             J->S, J->n, J->k, J->D, 0, J->n, s0, s1, J->g);
+    }
 }
 
 /* Whether the highway argument holds int64 ids (one-hot rows) rather than float32 rows. */
@@ -364,7 +380,19 @@ static PyObject *sru_back(PyObject *self, PyObject *const *args, Py_ssize_t narg
                   .dh = nargs > 5 ? F(5) : NULL, .hs = nargs > 6 && !ids ? F(6) : NULL,
                   .ids = ids ? (const int64_t *)b[6].buf : NULL, .ds = last && !ids ? F(7) : NULL,
                   .W = last && ids ? F(7) : NULL, .T = d[0], .S = d[1], .n = d[2], .k = d[3], .D = D};
-    PyObject *result = team_share(sru_units, &J, J.n, SRU_SHARE, J.T * J.S * J.n);
+    PyObject *result;
+    if (J.ids) {
+        result = team_share(sru_units, &J, J.n, SRU_SHARE, J.T * J.S * J.n);
+    } else {
+        J.G = (J.S + SRU_GROUPS - 1) / SRU_GROUPS;
+        Py_ssize_t groups = (J.S + J.G - 1) / J.G, gw = SRU_GW(&J);
+        J.sums = PyMem_Calloc(groups * gw, sizeof(float));
+        result = J.sums ? team_share(sru_groups, &J, groups, 1, J.T * J.S * J.n) : PyErr_NoMemory();
+        for (Py_ssize_t q = 0; result && q < groups; q++)
+            for (Py_ssize_t i = 0; i < (2 + J.k) * J.n; i++)
+                J.dv[i] += J.sums[q * gw + i];
+        PyMem_Free(J.sums);
+    }
     release(b, (int)nargs);
     return result;
 }

@@ -338,3 +338,13 @@ def label():
     if C is None:
         return "numpy (not built: no C compiler at install)"
     return "numpy (DARKNETPY_KERNELS=0)" if os.environ.get("DARKNETPY_KERNELS") == "0" else "numpy (kernels.use)"
+
+
+def add(out, x):
+    """out (..., n) += x, x shaped as out or as its last axis (n,), a bias on every row: the passes
+    numpy would run on one thread beside the two-thread GEMMs (Dense.normalize's bias, [sru]'s
+    highway delta). The C form (_head.h) shares the rows among the step loops' team: the same bits."""
+    np.add(out, x, out=out)
+
+
+register(add)

@@ -273,11 +273,12 @@ needs_team = pytest.mark.skipif(K is None or not hasattr(K, "loop_threads"),
 @needs_team
 @pytest.mark.parametrize("k,g", [(3, 0), (3, 1), (4, 0)])
 def test_kernels_give_the_same_bits_on_any_number_of_threads(k, g):
-    """The units are shared among the loops' team (each thread all steps of its units, shares of 16,
-    the last one short at n = 150): 1, 2 and 3 threads give the same bits, forward and back, with
+    """The streams are shared among the loops' team (each thread all steps of its streams; backward
+    sums per group of ceil(S / 4) streams, added in order), but for backward with ids and dW the units
+    (shares of 16, the last one short at n = 150): 1, 2 and 3 threads give the same bits, forward and back, with
     the highway as rows, as ids with W and dW (dZ of 2 steps), or the ws block; and they are
     sru_step's and sru_back's (a share left out or run twice would not be)."""
-    T, S, n = 20, 7, 150  # T S n above the size from which a call runs on the team
+    T, S, n = 20, 7, 150  # T S n above the size from which a call runs on the team; 4 stream groups, the last short
     Z, v, C, s = step_inputs(T, S, n, k, 11)
     dZ, _, _, _, dh, _ = back_inputs(T, S, n, k, 12)
     ids = np.random.default_rng(13).integers(0, n, (T, S))

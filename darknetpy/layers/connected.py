@@ -95,7 +95,7 @@ class Dense(Buffers):
         (x̂, σ, σ+ε), is appended to the list `keep`, which the layer keeps in its Tape.
         """
         if not self.bn:
-            z += self.b
+            kernels.get("add", z, self.b)(z, self.b)
             return z
         if train:
             xhat, out = np.empty_like(z), np.empty_like(z)
@@ -139,7 +139,8 @@ class Dense(Buffers):
     def accumulate(self, x, dz):
         """dW += xᵀ dz over all rows at once."""
         if not is_ids(x):
-            self.dW += np.matmul(x.T, dz, out=self.buffer("dWx", self.W.shape))
+            dWx = np.matmul(x.T, dz, out=self.buffer("dWx", self.W.shape))
+            kernels.get("add", self.dW, dWx)(self.dW, dWx)
             return
         dz = np.ascontiguousarray(dz)
         kernels.get("onehot_grad", self.dW, dz)(self.dW, x.astype(np.int64, copy=False), dz)

@@ -271,7 +271,7 @@ class SRU(Recurrent):
             return None
         dx = d.back(dz, out=self.buffer("dX", (T * S, self.inputs))).reshape(T, S, self.inputs)
         if not self.ws:
-            dx += ds
+            kernels.get("add", dx, ds)(dx, ds)
         return dx
 
     def stepper(self, streams, ids_input, state, exact=True):
