@@ -845,6 +845,48 @@ out:
     return result;
 }
 
+/* to_steps(out, F, bias): out[t, j, s] = F[j, t S + s] + bias[j], float32: a recurrent layer's
+ * input projection, one GEMM's (k, T S) result, laid out for the feature-major step loops
+ * (T, k, S) with the bias added as it goes (Recurrent.project_steps). One pass over memory instead
+ * of numpy's two (the bias, then the copy), on the step loops' team (rows j shared out). */
+typedef struct {
+    const float *F, *bias;
+    float *out;
+    Py_ssize_t T, k, S;
+} loop3_steps_job;
+
+static void loop3_steps_part(const void *job, Py_ssize_t j0, Py_ssize_t j1)
+{
+    const loop3_steps_job *J = job;
+    Py_ssize_t T = J->T, k = J->k, S = J->S;
+    for (Py_ssize_t j = j0; j < j1; j++) {
+        const float *f = J->F + j * T * S;
+        float b = J->bias[j];
+        for (Py_ssize_t t = 0; t < T; t++) {
+            float *o = J->out + (t * k + j) * S;
+            for (Py_ssize_t s = 0; s < S; s++)
+                o[s] = f[t * S + s] + b;
+        }
+    }
+}
+
+static PyObject *loop3_to_steps(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer b[3];
+    if (typed_args(args, nargs, b, "Fff", "to_steps(out, F, bias)") < 0)
+        return NULL;
+    if (b[0].ndim != 3 || b[1].ndim != 2 || b[2].ndim != 1 || b[1].shape[0] != b[0].shape[1] ||
+        b[1].shape[1] != b[0].shape[0] * b[0].shape[2] || b[2].shape[0] != b[0].shape[1]) {
+        release(b, 3);
+        PyErr_SetString(PyExc_ValueError, "to_steps: out (T, k, S), F (k, T*S), bias (k,)");
+        return NULL;
+    }
+    loop3_steps_job J = {b[1].buf, b[2].buf, b[0].buf, b[0].shape[0], b[0].shape[1], b[0].shape[2]};
+    PyObject *result = team_share(loop3_steps_part, &J, J.k, 8, J.T * J.k * J.S);
+    release(b, 3);
+    return result;
+}
+
 /* draw(p, u, out): out[r] = the number of j whose mass p[r, 0] + ... + p[r, j], summed in double in
  * order, is at most u[r] times the row's total (so the first j past it), but never past the row's
  * last symbol with mass (the rounding of u near 1). p (R, V) float32, u (R,) float64 in [0, 1),
@@ -1267,6 +1309,8 @@ static PyMethodDef methods[] = {
     METHOD(draw, "draw(p, u, out): out[r] = an inverse-CDF draw from row r of p at u[r]"),
     METHOD(onehot_grad, "onehot_grad(dW, ids, dz): dW[ids[r]] += dz[r] for every row r"),
     METHOD(onehot_project, "onehot_project(out, table, ids): out[t, j, s] = table[ids[t, s], j]"),
+    {"to_steps", (PyCFunction)(void (*)(void))loop3_to_steps, METH_FASTCALL,
+     "to_steps(out, F, bias): out[t, j, s] = F[j, t*S + s] + bias[j], a projection laid out for the step loops"},
     METHOD(softmax, "softmax(x, p, groups, temperature): p = softmax of x's rows in groups, at the temperature"),
     METHOD(xent, "xent(p, ids, delta) -> the cost sum of -ln p[r, ids[r]]; delta = onehot(ids) - p"),
     METHOD(sgd, "sgd(p, u, decay, rate, momentum): one SGD update of p in place"),

@@ -349,3 +349,19 @@ def test_importing_darknetpy_lets_openblas_workers_sleep_where_the_loops_run(tmp
     assert timeout() == ("4" if K is not None and hasattr(K, "loop_threads") else "None")
     assert timeout(OPENBLAS_THREAD_TIMEOUT="20") == "20"
     assert timeout(DARKNETPY_KERNELS="0") == "None"
+
+
+@pytest.mark.parametrize("T_, k, S", [(5, 13, 3), (4, 1024, 32), (3, 40, 33)])
+def test_to_steps_lays_out_a_projection_with_its_bias(T_, k, S):
+    """kernels.to_steps, the C form (on the loops' team from 16384 elements: the middle shape) and
+    the numpy reference, against the layout written out step by step: out[t] = F's columns of step
+    t plus the bias. One float add per element, so the same bits."""
+    rng = np.random.default_rng(k)
+    F, bias = rng.standard_normal((k, T_ * S)).astype(np.float32), rng.standard_normal(k).astype(np.float32)
+    want = np.stack([F[:, t * S:(t + 1) * S] + bias[:, None] for t in range(T_)])
+    for fn in (K.to_steps, kernels.NUMPY.ops["to_steps"]):
+        out = np.full((T_, k, S), np.nan, np.float32)
+        fn(out, F, bias)
+        np.testing.assert_array_equal(out, want)
+    with pytest.raises(ValueError, match="to_steps"):
+        K.to_steps(np.empty((T_, k, S + 1), np.float32), F, bias)
