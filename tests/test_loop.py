@@ -365,3 +365,48 @@ def test_to_steps_lays_out_a_projection_with_its_bias(T_, k, S):
         np.testing.assert_array_equal(out, want)
     with pytest.raises(ValueError, match="to_steps"):
         K.to_steps(np.empty((T_, k, S + 1), np.float32), F, bias)
+
+
+def test_the_updates_and_one_hot_kernels_on_the_team_give_the_same_bits_on_any_number_of_threads():
+    """adam, sgd, onehot_grad and onehot_project share their elements, columns or steps among the
+    loops' team from 16384 elements: on 1, 2 and 3 threads the same bits, and adam and sgd those of
+    kernels.py's float32 operations (a ragged size: the last share is short), onehot_grad within
+    float32 rounding of a float64 sum (each element in row order, whichever thread owns it)."""
+    rng = np.random.default_rng(3)
+    f, size = np.float32, 100_003
+    start = [rng.normal(0, 1, size).astype(np.float32) for _ in range(4)]
+    start[3] = np.abs(start[3])
+    ids = rng.integers(0, 50, 2000)
+    dz, dW0 = rng.normal(0, 1, (2000, 40)).astype(np.float32), rng.normal(0, 1, (50, 40)).astype(np.float32)
+    table, steps = rng.normal(0, 1, (50, 1040)).astype(np.float32), rng.integers(0, 50, (8, 32))
+
+    def run(adam, sgd, grad, project):
+        p, u, m, v = (a.copy() for a in start)
+        adam(p, u, m, v, f(-0.01), f(0.9), f(1 - 0.9), f(0.999), f(1 - 0.999), f(0.1), f(0.001), f(0.01), f(1e-7))
+        q, w = start[0].copy(), start[1].copy()
+        sgd(q, w, f(-0.01), f(0.1 / 64), f(0.9))
+        dW = dW0.copy()
+        grad(dW, ids, dz)
+        out = np.full((8, 1024, 32), np.nan, np.float32)
+        project(out, table, steps)
+        return p, u, m, v, q, w, dW, out
+
+    want = run(kernels.adam, kernels.sgd, kernels.onehot_grad, kernels.onehot_project)
+    wanted = K.loop_threads(0)
+    try:
+        runs = []
+        for threads in (1, 2, 3):
+            assert K.loop_threads(threads) == threads
+            runs.append(run(K.adam, K.sgd, K.onehot_grad, K.onehot_project))
+    finally:
+        K.loop_threads(wanted)
+    exact = dW0.astype(np.float64)
+    np.add.at(exact, ids, dz.astype(np.float64))
+    for got in runs:
+        for a, b, name in zip(got, want, "p u m v sgd-p sgd-u dW out".split()):
+            if name == "dW":
+                close(a, exact, name)
+            else:
+                np.testing.assert_array_equal(a, b, err_msg=name)
+        for a, b in zip(got, runs[0]):
+            np.testing.assert_array_equal(a, b)
