@@ -457,7 +457,8 @@ __attribute__((target("avx512f,avx2,fma"))) static void lstm_back_loop_body(void
     Py_ssize_t j0 = 8 * e0, j1 = 8 * e1 < n ? 8 * e1 : n;
     loop_pack(J->A, J->W, K, n, 1, e0, e1);
     for (Py_ssize_t t = T - 1; t >= 0; t--) {
-        float *d = J->d, *dGt = J->dG + t * S * K;
+        /* at 32 streams a panel is the deltas' own layout: the step writes them in place */
+        float *dp = J->xp + (t % 2) * P * K * PANEL, *d = S == PANEL ? dp : J->d, *dGt = J->dG + t * S * K;
         Py_ssize_t o = j0 * S, m = (j1 - j0) * S;
         loop_from_rows(J->DY + t * S * n, J->DH, S, n, 0, j0, j1);
         if (J->P)
@@ -472,8 +473,7 @@ __attribute__((target("avx512f,avx2,fma"))) static void lstm_back_loop_body(void
         }
         if (t == 0)
             break;
-        float *dp = J->xp + (t % 2) * P * K * PANEL;
-        for (int gate = 0; gate < 4; gate++)
+        for (int gate = 0; gate < 4 && d != dp; gate++)
             loop_to_panels(d + gate * B, dp + gate * n * PANEL, K, S, j0, j1);
         loop_barrier(phase);
         loop_rows(J->A, dp, K, J->dh, n, S, e0, e1, 0);

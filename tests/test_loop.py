@@ -410,3 +410,39 @@ def test_the_updates_and_one_hot_kernels_on_the_team_give_the_same_bits_on_any_n
                 np.testing.assert_array_equal(a, b, err_msg=name)
         for a, b in zip(got, runs[0]):
             np.testing.assert_array_equal(a, b)
+
+
+def test_the_lstm_way_back_at_32_streams_writes_its_deltas_in_the_panels_on_any_number_of_threads():
+    """At 32 streams a step's gate deltas are written straight into the panels the next step's
+    product reads (two steps' worth, alternating): on 1, 2 and 3 threads the same bits, and those of
+    the reference to float32 rounding (a thread reading a step's panels while another overwrites
+    them would differ)."""
+    n, S = 48, 32
+    ins, outs, prepare = lstm_arrays(n, S, 9)
+    WT = ins[0]
+    arrays = [a.copy() for a in ins] + [np.zeros_like(a) for a in outs]
+    prepare(arrays)
+    K.lstm_loop(*arrays)
+    G, C, TC = arrays[2:5]
+    DY = np.random.default_rng(4).standard_normal((T, S, n)).astype(np.float32)
+    W = np.ascontiguousarray(WT.T)
+
+    def back(fn):
+        dG, db = np.zeros((T, S, 4 * n), np.float32), np.zeros(4 * n, np.float32)
+        dh, dc = np.zeros((n, S), np.float32), np.zeros((n, S), np.float32)
+        fn(W, DY, G, C, TC, dG, db, dh, dc)
+        return dG, db, dh, dc
+    with kernels.use("numpy"):
+        want = back(lstm.lstm_loop_back)
+    wanted = K.loop_threads(0)
+    try:
+        runs = []
+        for threads in (1, 2, 3):
+            assert K.loop_threads(threads) == threads
+            runs.append(back(K.lstm_loop_back))
+    finally:
+        K.loop_threads(wanted)
+    for got in runs:
+        for a, b, c, name in zip(got, runs[0], want, "dG db dh dc".split()):
+            np.testing.assert_array_equal(a, b, err_msg=name)
+            close(a, c, name)
