@@ -54,7 +54,7 @@ def main():
             key = call_key(name, a)
             calls[key].append(time.perf_counter() - start)
             if keeping[0]:
-                kept[key] = fn, [x.copy() if isinstance(x, np.ndarray) else x for x in a]
+                kept[key] = fn, [x.copy(order="K") if isinstance(x, np.ndarray) else x for x in a]  # strides kept
             return result
         return wrapper
 
