@@ -167,7 +167,8 @@ static void loop_pack(float *A, const float *M, Py_ssize_t K, Py_ssize_t rows, i
  * down x's rows (reading x in order), except when dst's rows are a multiple of 4 KB apart ([lstm]
  * 256's gate deltas, (S, 1024)): then the S rows written down a column share one L1 set, and each
  * line, half written, is evicted before its other half comes; eight rows at a time along dst's rows
- * instead (lstm_loop_back 5% faster, measured; gru's (S, 3n) rows are faster in x's order). */
+ * instead (measured: benchmarks/README.md, issue 28 third session; other widths, e.g. [gru]'s (S, 3n),
+ * keep x's order). */
 __attribute__((target("avx2"))) static void loop_to_rows(const float *x, float *dst, Py_ssize_t S, Py_ssize_t width,
                                                          Py_ssize_t col, Py_ssize_t j0, Py_ssize_t j1)
 {
