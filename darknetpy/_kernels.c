@@ -522,6 +522,11 @@ static PyObject *bn_backward(PyObject *self, PyObject *const *args, Py_ssize_t n
     return done(b, 7);
 }
 
+/* part(job, i0, i1) for the items [i0, i1) of [0, count), shared among the step loops' team in
+ * shares of `share` items when `work` (elements) pays for waking it (team_share, below). */
+typedef void (*team_part)(const void *job, Py_ssize_t i0, Py_ssize_t i1);
+static PyObject *team_share(team_part part, const void *job, Py_ssize_t count, Py_ssize_t share, Py_ssize_t work);
+
 /* The arguments of an update: `arrays` float32 arrays of one size, then `scalars` Python numbers
  * into k (float32 values pass through exactly). Returns the arrays' size, or -1 with an exception. */
 static Py_ssize_t update_args(PyObject *const *args, Py_ssize_t nargs, int arrays, int scalars,
@@ -541,6 +546,26 @@ static Py_ssize_t update_args(PyObject *const *args, Py_ssize_t nargs, int array
     return get_buffers(args, bufs, sizes, arrays);
 }
 
+/* An update's elements shared among the step loops' team: each element's arithmetic is its own,
+ * so the bits are the same on any number of threads. */
+#define UPDATE_SHARE 4096
+typedef struct {
+    float *a[4];      /* p, u (, m, v) */
+    const float *k;   /* the scalars */
+} loop3_update_job;
+
+static void loop3_adam_part(const void *job, Py_ssize_t e0, Py_ssize_t e1)
+{
+    const loop3_update_job *J = job;
+    adam_update(J->a[0] + e0, J->a[1] + e0, J->a[2] + e0, J->a[3] + e0, e1 - e0, J->k);
+}
+
+static void loop3_sgd_part(const void *job, Py_ssize_t e0, Py_ssize_t e1)
+{
+    const loop3_update_job *J = job;
+    sgd_update(J->a[0] + e0, J->a[1] + e0, e1 - e0, J->k);
+}
+
 static PyObject *adam(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     Py_buffer b[MAX_ARGS];
@@ -548,8 +573,10 @@ static PyObject *adam(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     Py_ssize_t m = update_args(args, nargs, 4, 9, "adam(p, u, m, v, decay, B1, 1-B1, B2, 1-B2, c1, c2, lr, eps)", b, k);
     if (m < 0)
         return NULL;
-    adam_update(F(0), F(1), F(2), F(3), m, k);
-    return done(b, 4);
+    loop3_update_job J = {{F(0), F(1), F(2), F(3)}, k};
+    PyObject *result = team_share(loop3_adam_part, &J, m, UPDATE_SHARE, m);
+    release(b, 4);
+    return result;
 }
 
 static PyObject *sgd(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
@@ -559,13 +586,35 @@ static PyObject *sgd(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     Py_ssize_t m = update_args(args, nargs, 2, 3, "sgd(p, u, decay, rate, momentum)", b, k);
     if (m < 0)
         return NULL;
-    sgd_update(F(0), F(1), m, k);
-    return done(b, 2);
+    loop3_update_job J = {{F(0), F(1)}, k};
+    PyObject *result = team_share(loop3_sgd_part, &J, m, UPDATE_SHARE, m);
+    release(b, 2);
+    return result;
+}
+
+/* onehot_grad's columns [j0, j1): every row r in order, so each element of dW sums in row order
+ * whichever thread owns its column. */
+typedef struct {
+    float *dW;
+    const int64_t *id;
+    const float *dz;
+    Py_ssize_t k, R;
+} loop3_grad_job;
+
+static void loop3_grad_part(const void *job, Py_ssize_t j0, Py_ssize_t j1)
+{
+    const loop3_grad_job *J = job;
+    for (Py_ssize_t r = 0; r < J->R; r++) {
+        float *restrict row = J->dW + J->id[r] * J->k;
+        const float *restrict src = J->dz + r * J->k;
+        for (Py_ssize_t j = j0; j < j1; j++)
+            row[j] += src[j];
+    }
 }
 
 /* onehot_grad(dW, ids, dz): dW[ids[r]] += dz[r] for every row r, the weight gradient of a layer
  * whose input is one-hot (Dense.accumulate), in row order. dW (V, k) and dz (R, k) float32, ids (R,)
- * int64, each id checked against V. */
+ * int64, each id checked against V. The columns shared among the step loops' team. */
 static PyObject *onehot_grad(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     Py_buffer b[3];
@@ -580,14 +629,8 @@ static PyObject *onehot_grad(PyObject *self, PyObject *const *args, Py_ssize_t n
     Py_ssize_t V = b[0].shape[0], k = b[0].shape[1], R = b[1].shape[0];
     if (check_ids(id, R, V, "onehot_grad") < 0)
         goto out;
-    for (Py_ssize_t r = 0; r < R; r++) {
-        float *restrict row = dW + id[r] * k;
-        const float *restrict src = dz + r * k;
-        for (Py_ssize_t j = 0; j < k; j++)
-            row[j] += src[j];
-    }
-    result = Py_None;
-    Py_INCREF(result);
+    loop3_grad_job J = {dW, id, dz, k, R};
+    result = team_share(loop3_grad_part, &J, k, 16, R * k);
 out:
     release(b, 3);
     return result;
@@ -651,6 +694,30 @@ __attribute__((target("avx2"))) static void gather_avx2(float *restrict out, con
 }
 #endif
 
+/* onehot_project's steps [t0, t1), rows[t S + s] the table's row of ids[t, s]: the steps shared
+ * among the step loops' team. */
+typedef struct {
+    float *out;
+    const float *const *rows;
+    Py_ssize_t k, S;
+} loop3_gather_job;
+
+static void loop3_gather_part(const void *job, Py_ssize_t t0, Py_ssize_t t1)
+{
+    const loop3_gather_job *J = job;
+    Py_ssize_t k = J->k, S = J->S;
+    for (Py_ssize_t t = t0; t < t1; t++) {
+        float *o = J->out + t * k * S;
+#ifdef HAVE_AVX2
+        if (use_avx2 && S % 8 == 0) {
+            gather_avx2(o, J->rows + t * S, k, S);
+            continue;
+        }
+#endif
+        gather_base(o, J->rows + t * S, 0, k, S);
+    }
+}
+
 static PyObject *onehot_project(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     Py_buffer b[3];
@@ -669,25 +736,15 @@ static PyObject *onehot_project(PyObject *self, PyObject *const *args, Py_ssize_
     const int64_t *id = b[2].buf;
     if (check_ids(id, T * S, V, "onehot_project") < 0)
         goto out;
-    rows = PyMem_Malloc((S ? S : 1) * sizeof *rows);
+    rows = PyMem_Malloc((T * S > 0 ? T * S : 1) * sizeof *rows);
     if (!rows) {
         PyErr_NoMemory();
         goto out;
     }
-    for (Py_ssize_t t = 0; t < T; t++) {
-        for (Py_ssize_t s = 0; s < S; s++)
-            rows[s] = table + id[t * S + s] * L;
-        float *o = (float *)b[0].buf + t * k * S;
-#ifdef HAVE_AVX2
-        if (use_avx2 && S % 8 == 0) {
-            gather_avx2(o, rows, k, S);
-            continue;
-        }
-#endif
-        gather_base(o, rows, 0, k, S);
-    }
-    result = Py_None;
-    Py_INCREF(result);
+    for (Py_ssize_t r = 0; r < T * S; r++)
+        rows[r] = table + id[r] * L;
+    loop3_gather_job J = {b[0].buf, rows, k, S};
+    result = team_share(loop3_gather_part, &J, T, 1, T * k * S);
 out:
     PyMem_Free(rows);
     release(b, 3);
@@ -739,11 +796,6 @@ static PyObject *transpose(PyObject *self, PyObject *const *args, Py_ssize_t nar
     }
     return done(b, 2);
 }
-
-/* part(job, i0, i1) for the items [i0, i1) of [0, count), shared among the step loops' team in
- * shares of `share` items when `work` (elements) pays for waking it (team_share, below). */
-typedef void (*team_part)(const void *job, Py_ssize_t i0, Py_ssize_t i1);
-static PyObject *team_share(team_part part, const void *job, Py_ssize_t count, Py_ssize_t share, Py_ssize_t work);
 
 typedef struct {
     const float *x;
@@ -846,6 +898,48 @@ out:
 }
 
 #include "_head.h"  /* add: elementwise passes on the team */
+
+/* to_steps(out, F, bias): out[t, j, s] = F[j, t S + s] + bias[j], float32: a recurrent layer's
+ * input projection, one GEMM's (k, T S) result, laid out for the feature-major step loops
+ * (T, k, S) with the bias added as it goes (Recurrent.project_steps). One pass over memory instead
+ * of numpy's two (the bias, then the copy), on the step loops' team (rows j shared out). */
+typedef struct {
+    const float *F, *bias;
+    float *out;
+    Py_ssize_t T, k, S;
+} loop3_steps_job;
+
+static void loop3_steps_part(const void *job, Py_ssize_t j0, Py_ssize_t j1)
+{
+    const loop3_steps_job *J = job;
+    Py_ssize_t T = J->T, k = J->k, S = J->S;
+    for (Py_ssize_t j = j0; j < j1; j++) {
+        const float *f = J->F + j * T * S;
+        float b = J->bias[j];
+        for (Py_ssize_t t = 0; t < T; t++) {
+            float *o = J->out + (t * k + j) * S;
+            for (Py_ssize_t s = 0; s < S; s++)
+                o[s] = f[t * S + s] + b;
+        }
+    }
+}
+
+static PyObject *loop3_to_steps(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer b[3];
+    if (typed_args(args, nargs, b, "Fff", "to_steps(out, F, bias)") < 0)
+        return NULL;
+    if (b[0].ndim != 3 || b[1].ndim != 2 || b[2].ndim != 1 || b[1].shape[0] != b[0].shape[1] ||
+        b[1].shape[1] != b[0].shape[0] * b[0].shape[2] || b[2].shape[0] != b[0].shape[1]) {
+        release(b, 3);
+        PyErr_SetString(PyExc_ValueError, "to_steps: out (T, k, S), F (k, T*S), bias (k,)");
+        return NULL;
+    }
+    loop3_steps_job J = {b[1].buf, b[2].buf, b[0].buf, b[0].shape[0], b[0].shape[1], b[0].shape[2]};
+    PyObject *result = team_share(loop3_steps_part, &J, J.k, 8, J.T * J.k * J.S);
+    release(b, 3);
+    return result;
+}
 
 /* draw(p, u, out): out[r] = the number of j whose mass p[r, 0] + ... + p[r, j], summed in double in
  * order, is at most u[r] times the row's total (so the first j past it), but never past the row's
@@ -1270,6 +1364,8 @@ static PyMethodDef methods[] = {
     METHOD(draw, "draw(p, u, out): out[r] = an inverse-CDF draw from row r of p at u[r]"),
     METHOD(onehot_grad, "onehot_grad(dW, ids, dz): dW[ids[r]] += dz[r] for every row r"),
     METHOD(onehot_project, "onehot_project(out, table, ids): out[t, j, s] = table[ids[t, s], j]"),
+    {"to_steps", (PyCFunction)(void (*)(void))loop3_to_steps, METH_FASTCALL,
+     "to_steps(out, F, bias): out[t, j, s] = F[j, t*S + s] + bias[j], a projection laid out for the step loops"},
     METHOD(softmax, "softmax(x, p, groups, temperature): p = softmax of x's rows in groups, at the temperature"),
     METHOD(xent, "xent(p, ids, delta) -> the cost sum of -ln p[r, ids[r]]; delta = onehot(ids) - p"),
     METHOD(sgd, "sgd(p, u, decay, rate, momentum): one SGD update of p in place"),

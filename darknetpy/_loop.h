@@ -163,18 +163,25 @@ static void loop_pack(float *A, const float *M, Py_ssize_t K, Py_ssize_t rows, i
 }
 
 /* Rows [j0, j1) of x (rows, S) as the rows of dst (S, width) at column offset col: dst[s, col + j],
- * whole 8 x 8 blocks through registers (_kernels.c's block8), the edges one by one. */
+ * whole 8 x 8 blocks through registers (_kernels.c's block8), the edges one by one. The blocks go
+ * down x's rows (reading x in order), except when dst's rows are a multiple of 4 KB apart ([lstm]
+ * 256's gate deltas, (S, 1024)): then the S rows written down a column share one L1 set, and each
+ * line, half written, is evicted before its other half comes; eight rows at a time along dst's rows
+ * instead (measured: benchmarks/README.md, issue 28 third session; other widths, e.g. [gru]'s (S, 3n),
+ * keep x's order). */
 __attribute__((target("avx2"))) static void loop_to_rows(const float *x, float *dst, Py_ssize_t S, Py_ssize_t width,
                                                          Py_ssize_t col, Py_ssize_t j0, Py_ssize_t j1)
 {
     Py_ssize_t J8 = j0 + (j1 - j0) / 8 * 8, S8 = S / 8 * 8;
-    for (Py_ssize_t j = j0; j < J8; j += 8) {
-        const float *rows[8];
-        for (int q = 0; q < 8; q++)
-            rows[q] = x + (j + q) * S;
-        for (Py_ssize_t s = 0; s < S8; s += 8)
+    int along = width % 1024 == 0;
+    for (Py_ssize_t a = 0; a < (along ? S8 : J8 - j0); a += 8)
+        for (Py_ssize_t b = 0; b < (along ? J8 - j0 : S8); b += 8) {
+            Py_ssize_t j = j0 + (along ? b : a), s = along ? a : b;
+            const float *rows[8];
+            for (int q = 0; q < 8; q++)
+                rows[q] = x + (j + q) * S;
             block8(rows, s, dst + s * width + col + j, width);
-    }
+        }
     for (Py_ssize_t s = 0; s < S; s++)
         for (Py_ssize_t j = s < S8 ? J8 : j0; j < j1; j++)
             dst[s * width + col + j] = x[j * S + s];
@@ -451,7 +458,8 @@ __attribute__((target("avx512f,avx2,fma"))) static void lstm_back_loop_body(void
     Py_ssize_t j0 = 8 * e0, j1 = 8 * e1 < n ? 8 * e1 : n;
     loop_pack(J->A, J->W, K, n, 1, e0, e1);
     for (Py_ssize_t t = T - 1; t >= 0; t--) {
-        float *d = J->d, *dGt = J->dG + t * S * K;
+        /* at 32 streams a panel is the deltas' own layout: the step writes them in place */
+        float *dp = J->xp + (t % 2) * P * K * PANEL, *d = S == PANEL ? dp : J->d, *dGt = J->dG + t * S * K;
         Py_ssize_t o = j0 * S, m = (j1 - j0) * S;
         loop_from_rows(J->DY + t * S * n, J->DH, S, n, 0, j0, j1);
         if (J->P)
@@ -466,8 +474,7 @@ __attribute__((target("avx512f,avx2,fma"))) static void lstm_back_loop_body(void
         }
         if (t == 0)
             break;
-        float *dp = J->xp + (t % 2) * P * K * PANEL;
-        for (int gate = 0; gate < 4; gate++)
+        for (int gate = 0; gate < 4 && d != dp; gate++)
             loop_to_panels(d + gate * B, dp + gate * n * PANEL, K, S, j0, j1);
         loop_barrier(phase);
         loop_rows(J->A, dp, K, J->dh, n, S, e0, e1, 0);

@@ -129,6 +129,14 @@ def onehot_project(out, table, ids):
     np.copyto(out, np.swapaxes(table[ids][..., :k], 1, 2))
 
 
+def to_steps(out, F, bias):
+    """out (T, k, S)[t, j, s] = F[j, t S + s] + bias[j]: a recurrent layer's input projection, one
+    GEMM's result F (k, T S), laid out for the feature-major step loops with the bias (k,) added.
+    The C form makes one pass over memory, shared among the step loops' threads."""
+    T, k, S = out.shape
+    np.add(F.reshape(k, T, S).transpose(1, 0, 2), bias[:, None], out=out)
+
+
 def transpose(out, x):
     """out = x with its last two axes swapped, (B, R, C) -> (B, C, R) or (R, C) -> (C, R): the layout
     changes around the feature-major step loops. Rows of 1024 and more go eight at a time, since
@@ -244,7 +252,7 @@ def sgd(p, u, decay, rate, momentum):
 
 
 OPS = ("slope_act", "slope_grad", "bn_forward", "bn_backward", "onehot_grad", "onehot_project",
-       "transpose", "softmax", "softmax_rows", "draw", "xent", "adam", "sgd", "panel_matmul",
+       "to_steps", "transpose", "softmax", "softmax_rows", "draw", "xent", "adam", "sgd", "panel_matmul",
        "panel_matmul_t")
 
 

@@ -349,3 +349,100 @@ def test_importing_darknetpy_lets_openblas_workers_sleep_where_the_loops_run(tmp
     assert timeout() == ("4" if K is not None and hasattr(K, "loop_threads") else "None")
     assert timeout(OPENBLAS_THREAD_TIMEOUT="20") == "20"
     assert timeout(DARKNETPY_KERNELS="0") == "None"
+
+
+@pytest.mark.parametrize("T_, k, S", [(5, 13, 3), (4, 1024, 32), (3, 40, 33)])
+def test_to_steps_lays_out_a_projection_with_its_bias(T_, k, S):
+    """kernels.to_steps, the C form (on the loops' team from 16384 elements: the middle shape) and
+    the numpy reference, against the layout written out step by step: out[t] = F's columns of step
+    t plus the bias. One float add per element, so the same bits."""
+    rng = np.random.default_rng(k)
+    F, bias = rng.standard_normal((k, T_ * S)).astype(np.float32), rng.standard_normal(k).astype(np.float32)
+    want = np.stack([F[:, t * S:(t + 1) * S] + bias[:, None] for t in range(T_)])
+    for fn in (K.to_steps, kernels.NUMPY.ops["to_steps"]):
+        out = np.full((T_, k, S), np.nan, np.float32)
+        fn(out, F, bias)
+        np.testing.assert_array_equal(out, want)
+    with pytest.raises(ValueError, match="to_steps"):
+        K.to_steps(np.empty((T_, k, S + 1), np.float32), F, bias)
+
+
+def test_the_updates_and_one_hot_kernels_on_the_team_give_the_same_bits_on_any_number_of_threads():
+    """adam, sgd, onehot_grad and onehot_project share their elements, columns or steps among the
+    loops' team from 16384 elements: on 1, 2 and 3 threads the same bits, and adam and sgd those of
+    kernels.py's float32 operations (a ragged size: the last share is short), onehot_grad within
+    float32 rounding of a float64 sum (each element in row order, whichever thread owns it)."""
+    rng = np.random.default_rng(3)
+    f, size = np.float32, 100_003
+    start = [rng.normal(0, 1, size).astype(np.float32) for _ in range(4)]
+    start[3] = np.abs(start[3])
+    ids = rng.integers(0, 50, 2000)
+    dz, dW0 = rng.normal(0, 1, (2000, 40)).astype(np.float32), rng.normal(0, 1, (50, 40)).astype(np.float32)
+    table, steps = rng.normal(0, 1, (50, 1040)).astype(np.float32), rng.integers(0, 50, (8, 32))
+
+    def run(adam, sgd, grad, project):
+        p, u, m, v = (a.copy() for a in start)
+        adam(p, u, m, v, f(-0.01), f(0.9), f(1 - 0.9), f(0.999), f(1 - 0.999), f(0.1), f(0.001), f(0.01), f(1e-7))
+        q, w = start[0].copy(), start[1].copy()
+        sgd(q, w, f(-0.01), f(0.1 / 64), f(0.9))
+        dW = dW0.copy()
+        grad(dW, ids, dz)
+        out = np.full((8, 1024, 32), np.nan, np.float32)
+        project(out, table, steps)
+        return p, u, m, v, q, w, dW, out
+
+    want = run(kernels.adam, kernels.sgd, kernels.onehot_grad, kernels.onehot_project)
+    wanted = K.loop_threads(0)
+    try:
+        runs = []
+        for threads in (1, 2, 3):
+            assert K.loop_threads(threads) == threads
+            runs.append(run(K.adam, K.sgd, K.onehot_grad, K.onehot_project))
+    finally:
+        K.loop_threads(wanted)
+    exact = dW0.astype(np.float64)
+    np.add.at(exact, ids, dz.astype(np.float64))
+    for got in runs:
+        for a, b, name in zip(got, want, "p u m v sgd-p sgd-u dW out".split()):
+            if name == "dW":
+                close(a, exact, name)
+            else:
+                np.testing.assert_array_equal(a, b, err_msg=name)
+        for a, b in zip(got, runs[0]):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_the_lstm_way_back_at_32_streams_writes_its_deltas_in_the_panels_on_any_number_of_threads():
+    """At 32 streams a step's gate deltas are written straight into the panels the next step's
+    product reads (two steps' worth, alternating): on 1, 2 and 3 threads the same bits, and those of
+    the reference to float32 rounding (a thread reading a step's panels while another overwrites
+    them would differ)."""
+    n, S = 48, 32
+    ins, outs, prepare = lstm_arrays(n, S, 9)
+    WT = ins[0]
+    arrays = [a.copy() for a in ins] + [np.zeros_like(a) for a in outs]
+    prepare(arrays)
+    K.lstm_loop(*arrays)
+    G, C, TC = arrays[2:5]
+    DY = np.random.default_rng(4).standard_normal((T, S, n)).astype(np.float32)
+    W = np.ascontiguousarray(WT.T)
+
+    def back(fn):
+        dG, db = np.zeros((T, S, 4 * n), np.float32), np.zeros(4 * n, np.float32)
+        dh, dc = np.zeros((n, S), np.float32), np.zeros((n, S), np.float32)
+        fn(W, DY, G, C, TC, dG, db, dh, dc)
+        return dG, db, dh, dc
+    with kernels.use("numpy"):
+        want = back(lstm.lstm_loop_back)
+    wanted = K.loop_threads(0)
+    try:
+        runs = []
+        for threads in (1, 2, 3):
+            assert K.loop_threads(threads) == threads
+            runs.append(back(K.lstm_loop_back))
+    finally:
+        K.loop_threads(wanted)
+    for got in runs:
+        for a, b, c, name in zip(got, runs[0], want, "dG db dh dc".split()):
+            np.testing.assert_array_equal(a, b, err_msg=name)
+            close(a, c, name)

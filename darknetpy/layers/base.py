@@ -135,7 +135,8 @@ class Recurrent(Layer):
         two, so the scaling is exact and may apply to the sum or to its terms), laid out for a
         feature-major step loop: (T, k, S). One-hot ids gather rows of U (with the bias added)
         straight into that layout (kernels.onehot_project). Float rows take one matmul into
-        (k, T*S), then a copy of S-long blocks (faster than transposing element by element).
+        (k, T*S), then kernels.to_steps copies its S-long blocks into place adding the bias (one
+        pass, on the loops' threads; faster than transposing element by element).
         With batchnorm `normalize` applies the sub-layer's bias and `bias` is not used (and in
         training appends what its backward needs to `keep`)."""
         T, S = x.shape[:2]
@@ -153,8 +154,8 @@ class Recurrent(Layer):
         else:
             U = np.multiply(dense.W, scale, out=self.buffer("U", dense.W.shape))
             F = np.matmul(U.T, rows(x).T, out=self.buffer("F", (k, T * S)))
-            F += (bias * scale)[:, None]
-            np.copyto(out, F.reshape(k, T, S).transpose(1, 0, 2))
+            b = bias * scale
+            kernels.get("to_steps", out, F, b)(out, F, b)
         return out
 
     def zeros(self, shape):
