@@ -11,11 +11,11 @@ typedef struct {
     const float *x;
     Py_ssize_t width;  /* the floats of a row of out */
     int bias;          /* x is one row, added to every row of out */
-} sru5_add_job;
+} add_job;
 
-static void sru5_add_part(const void *job, Py_ssize_t r0, Py_ssize_t r1)
+static void add_part(const void *job, Py_ssize_t r0, Py_ssize_t r1)
 {
-    const sru5_add_job *J = job;
+    const add_job *J = job;
     for (Py_ssize_t r = r0; r < r1; r++) {
         float *restrict o = J->out + r * J->width;
         const float *restrict x = J->bias ? J->x : J->x + r * J->width;
@@ -26,7 +26,7 @@ static void sru5_add_part(const void *job, Py_ssize_t r0, Py_ssize_t r1)
 
 #define SRU5_ADD_ROWS 16  /* rows per share of the team */
 
-static PyObject *sru5_add(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+static PyObject *add(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     Py_buffer b[2];
     if (typed_args(args, nargs, b, "Ff", "add(out, x)") < 0)
@@ -40,11 +40,11 @@ static PyObject *sru5_add(PyObject *self, PyObject *const *args, Py_ssize_t narg
         release(b, 2);
         return NULL;
     }
-    sru5_add_job J = {b[0].buf, b[1].buf, width, !same};
-    PyObject *result = team_share(sru5_add_part, &J, m / width, SRU5_ADD_ROWS, m);
+    add_job J = {b[0].buf, b[1].buf, width, !same};
+    PyObject *result = team_share(add_part, &J, m / width, SRU5_ADD_ROWS, m);
     release(b, 2);
     return result;
 }
 
 #define HEAD_METHODS \
-    {"add", (PyCFunction)(void (*)(void))sru5_add, METH_FASTCALL, "add(out, x): out += x, x shaped as out or one row of it (a bias), the rows shared among the step loops' team"},
+    {"add", (PyCFunction)(void (*)(void))add, METH_FASTCALL, "add(out, x): out += x, x shaped as out or one row of it (a bias), the rows shared among the step loops' team"},

@@ -552,17 +552,17 @@ static Py_ssize_t update_args(PyObject *const *args, Py_ssize_t nargs, int array
 typedef struct {
     float *a[4];      /* p, u (, m, v) */
     const float *k;   /* the scalars */
-} loop3_update_job;
+} update_job;
 
-static void loop3_adam_part(const void *job, Py_ssize_t e0, Py_ssize_t e1)
+static void adam_part(const void *job, Py_ssize_t e0, Py_ssize_t e1)
 {
-    const loop3_update_job *J = job;
+    const update_job *J = job;
     adam_update(J->a[0] + e0, J->a[1] + e0, J->a[2] + e0, J->a[3] + e0, e1 - e0, J->k);
 }
 
-static void loop3_sgd_part(const void *job, Py_ssize_t e0, Py_ssize_t e1)
+static void sgd_part(const void *job, Py_ssize_t e0, Py_ssize_t e1)
 {
-    const loop3_update_job *J = job;
+    const update_job *J = job;
     sgd_update(J->a[0] + e0, J->a[1] + e0, e1 - e0, J->k);
 }
 
@@ -573,8 +573,8 @@ static PyObject *adam(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     Py_ssize_t m = update_args(args, nargs, 4, 9, "adam(p, u, m, v, decay, B1, 1-B1, B2, 1-B2, c1, c2, lr, eps)", b, k);
     if (m < 0)
         return NULL;
-    loop3_update_job J = {{F(0), F(1), F(2), F(3)}, k};
-    PyObject *result = team_share(loop3_adam_part, &J, m, UPDATE_SHARE, m);
+    update_job J = {{F(0), F(1), F(2), F(3)}, k};
+    PyObject *result = team_share(adam_part, &J, m, UPDATE_SHARE, m);
     release(b, 4);
     return result;
 }
@@ -586,8 +586,8 @@ static PyObject *sgd(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     Py_ssize_t m = update_args(args, nargs, 2, 3, "sgd(p, u, decay, rate, momentum)", b, k);
     if (m < 0)
         return NULL;
-    loop3_update_job J = {{F(0), F(1)}, k};
-    PyObject *result = team_share(loop3_sgd_part, &J, m, UPDATE_SHARE, m);
+    update_job J = {{F(0), F(1)}, k};
+    PyObject *result = team_share(sgd_part, &J, m, UPDATE_SHARE, m);
     release(b, 2);
     return result;
 }
@@ -599,11 +599,11 @@ typedef struct {
     const int64_t *id;
     const float *dz;
     Py_ssize_t k, R;
-} loop3_grad_job;
+} grad_job;
 
-static void loop3_grad_part(const void *job, Py_ssize_t j0, Py_ssize_t j1)
+static void grad_part(const void *job, Py_ssize_t j0, Py_ssize_t j1)
 {
-    const loop3_grad_job *J = job;
+    const grad_job *J = job;
     for (Py_ssize_t r = 0; r < J->R; r++) {
         float *restrict row = J->dW + J->id[r] * J->k;
         const float *restrict src = J->dz + r * J->k;
@@ -629,8 +629,8 @@ static PyObject *onehot_grad(PyObject *self, PyObject *const *args, Py_ssize_t n
     Py_ssize_t V = b[0].shape[0], k = b[0].shape[1], R = b[1].shape[0];
     if (check_ids(id, R, V, "onehot_grad") < 0)
         goto out;
-    loop3_grad_job J = {dW, id, dz, k, R};
-    result = team_share(loop3_grad_part, &J, k, 16, R * k);
+    grad_job J = {dW, id, dz, k, R};
+    result = team_share(grad_part, &J, k, 16, R * k);
 out:
     release(b, 3);
     return result;
@@ -700,11 +700,11 @@ typedef struct {
     float *out;
     const float *const *rows;
     Py_ssize_t k, S;
-} loop3_gather_job;
+} gather_job;
 
-static void loop3_gather_part(const void *job, Py_ssize_t t0, Py_ssize_t t1)
+static void gather_part(const void *job, Py_ssize_t t0, Py_ssize_t t1)
 {
-    const loop3_gather_job *J = job;
+    const gather_job *J = job;
     Py_ssize_t k = J->k, S = J->S;
     for (Py_ssize_t t = t0; t < t1; t++) {
         float *o = J->out + t * k * S;
@@ -743,8 +743,8 @@ static PyObject *onehot_project(PyObject *self, PyObject *const *args, Py_ssize_
     }
     for (Py_ssize_t r = 0; r < T * S; r++)
         rows[r] = table + id[r] * L;
-    loop3_gather_job J = {b[0].buf, rows, k, S};
-    result = team_share(loop3_gather_part, &J, T, 1, T * k * S);
+    gather_job J = {b[0].buf, rows, k, S};
+    result = team_share(gather_part, &J, T, 1, T * k * S);
 out:
     PyMem_Free(rows);
     release(b, 3);
@@ -907,11 +907,11 @@ typedef struct {
     const float *F, *bias;
     float *out;
     Py_ssize_t T, k, S;
-} loop3_steps_job;
+} steps_job;
 
-static void loop3_steps_part(const void *job, Py_ssize_t j0, Py_ssize_t j1)
+static void steps_part(const void *job, Py_ssize_t j0, Py_ssize_t j1)
 {
-    const loop3_steps_job *J = job;
+    const steps_job *J = job;
     Py_ssize_t T = J->T, k = J->k, S = J->S;
     for (Py_ssize_t j = j0; j < j1; j++) {
         const float *f = J->F + j * T * S;
@@ -924,7 +924,7 @@ static void loop3_steps_part(const void *job, Py_ssize_t j0, Py_ssize_t j1)
     }
 }
 
-static PyObject *loop3_to_steps(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+static PyObject *to_steps(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     Py_buffer b[3];
     if (typed_args(args, nargs, b, "Fff", "to_steps(out, F, bias)") < 0)
@@ -935,8 +935,8 @@ static PyObject *loop3_to_steps(PyObject *self, PyObject *const *args, Py_ssize_
         PyErr_SetString(PyExc_ValueError, "to_steps: out (T, k, S), F (k, T*S), bias (k,)");
         return NULL;
     }
-    loop3_steps_job J = {b[1].buf, b[2].buf, b[0].buf, b[0].shape[0], b[0].shape[1], b[0].shape[2]};
-    PyObject *result = team_share(loop3_steps_part, &J, J.k, 8, J.T * J.k * J.S);
+    steps_job J = {b[1].buf, b[2].buf, b[0].buf, b[0].shape[0], b[0].shape[1], b[0].shape[2]};
+    PyObject *result = team_share(steps_part, &J, J.k, 8, J.T * J.k * J.S);
     release(b, 3);
     return result;
 }
@@ -1364,7 +1364,7 @@ static PyMethodDef methods[] = {
     METHOD(draw, "draw(p, u, out): out[r] = an inverse-CDF draw from row r of p at u[r]"),
     METHOD(onehot_grad, "onehot_grad(dW, ids, dz): dW[ids[r]] += dz[r] for every row r"),
     METHOD(onehot_project, "onehot_project(out, table, ids): out[t, j, s] = table[ids[t, s], j]"),
-    {"to_steps", (PyCFunction)(void (*)(void))loop3_to_steps, METH_FASTCALL,
+    {"to_steps", (PyCFunction)(void (*)(void))to_steps, METH_FASTCALL,
      "to_steps(out, F, bias): out[t, j, s] = F[j, t*S + s] + bias[j], a projection laid out for the step loops"},
     METHOD(softmax, "softmax(x, p, groups, temperature): p = softmax of x's rows in groups, at the temperature"),
     METHOD(xent, "xent(p, ids, delta) -> the cost sum of -ln p[r, ids[r]]; delta = onehot(ids) - p"),
