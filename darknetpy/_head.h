@@ -24,7 +24,7 @@ static void add_part(const void *job, Py_ssize_t r0, Py_ssize_t r1)
     }
 }
 
-#define SRU5_ADD_ROWS 16  /* rows per share of the team */
+#define ADD_ROWS 16  /* rows per share of the team */
 
 static PyObject *add(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -41,10 +41,10 @@ static PyObject *add(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     add_job J = {b[0].buf, b[1].buf, width, !same};
-    PyObject *result = team_share(add_part, &J, m / width, SRU5_ADD_ROWS, m);
+    PyObject *result = team_share(add_part, &J, m / width, ADD_ROWS, m);
     release(b, 2);
     return result;
 }
 
 #define HEAD_METHODS \
-    {"add", (PyCFunction)(void (*)(void))add, METH_FASTCALL, "add(out, x): out += x, x shaped as out or one row of it (a bias), the rows shared among the step loops' team"},
+    METHOD(add, "add(out, x): out += x, x shaped as out or one row of it (a bias), the rows shared among the step loops' team"),

@@ -137,6 +137,13 @@ def to_steps(out, F, bias):
     np.add(F.reshape(k, T, S).transpose(1, 0, 2), bias[:, None], out=out)
 
 
+def add(out, x):
+    """out (..., n) += x, x shaped as out or as its last axis (n,), a bias on every row: the passes
+    numpy would run on one thread beside the two-thread GEMMs (Dense.normalize's bias, [sru]'s
+    highway delta). The C form (_head.h) shares the rows among the step loops' team: the same bits."""
+    np.add(out, x, out=out)
+
+
 def transpose(out, x):
     """out = x with its last two axes swapped, (B, R, C) -> (B, C, R) or (R, C) -> (C, R): the layout
     changes around the feature-major step loops. Rows of 1024 and more go eight at a time, since
@@ -252,7 +259,7 @@ def sgd(p, u, decay, rate, momentum):
 
 
 OPS = ("slope_act", "slope_grad", "bn_forward", "bn_backward", "onehot_grad", "onehot_project",
-       "to_steps", "transpose", "softmax", "softmax_rows", "draw", "xent", "adam", "sgd", "panel_matmul",
+       "to_steps", "add", "transpose", "softmax", "softmax_rows", "draw", "xent", "adam", "sgd", "panel_matmul",
        "panel_matmul_t")
 
 
@@ -346,13 +353,3 @@ def label():
     if C is None:
         return "numpy (not built: no C compiler at install)"
     return "numpy (DARKNETPY_KERNELS=0)" if os.environ.get("DARKNETPY_KERNELS") == "0" else "numpy (kernels.use)"
-
-
-def add(out, x):
-    """out (..., n) += x, x shaped as out or as its last axis (n,), a bias on every row: the passes
-    numpy would run on one thread beside the two-thread GEMMs (Dense.normalize's bias, [sru]'s
-    highway delta). The C form (_head.h) shares the rows among the step loops' team: the same bits."""
-    np.add(out, x, out=out)
-
-
-register(add)
