@@ -230,6 +230,25 @@ def panel_matmul_t(out, xT, Wp, b):
     panel_matmul(out, xT.T, Wp, b)
 
 
+def bf16(x):
+    """x rounded to bfloat16 (to nearest, ties to even), held as float32 with its low 16 bits zero:
+    what AMX's and AVX512-BF16's conversions (vcvtne2ps2bf16) produce. Not for NaN."""
+    u = np.ascontiguousarray(x, np.float32).view(np.uint32)
+    return ((u + (np.uint32(0x7FFF) + ((u >> 16) & 1))) & np.uint32(0xFFFF0000)).view(np.float32)
+
+
+def matmul_bf16(out, a, b, ta, tb, beta):
+    """out (M, N) = beta·out + bf16(A) @ bf16(B), summed in float32, for beta 0 or 1: the mixed
+    precision product of `[net] precision=bf16`. A is a (M, K), or aᵀ when ta (a is then (K, M));
+    B is b (K, N), or bᵀ when tb (b (N, K)). a and b stay float32: the kernel rounds as it packs.
+    The C form (AMX-BF16 CPUs) sums in another order, so it equals this to float32 rounding."""
+    A, B = bf16(a.T if ta else a), bf16(b.T if tb else b)
+    if beta:
+        out += A @ B
+    else:
+        np.matmul(A, B, out=out)
+
+
 def adam(p, u, m, v, decay, B1, one_B1, B2, one_B2, c1, c2, lr, eps):
     """One Adam update of a parameter array p with its accumulated negative gradient u and moments
     m, v (all one shape): u += decay p (decay = -decay·B; 0 skips it); m = B1 m + (1-B1) u;
@@ -260,7 +279,7 @@ def sgd(p, u, decay, rate, momentum):
 
 OPS = ("slope_act", "slope_grad", "bn_forward", "bn_backward", "onehot_grad", "onehot_project",
        "to_steps", "add", "transpose", "softmax", "softmax_rows", "draw", "xent", "adam", "sgd", "panel_matmul",
-       "panel_matmul_t")
+       "panel_matmul_t", "matmul_bf16")
 
 
 # ---- the backends -------------------------------------------------------------------------------
