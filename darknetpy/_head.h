@@ -46,5 +46,77 @@ static PyObject *add(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     return result;
 }
 
+/* softmax_xent(x, ids, delta, groups, t) -> Σ -ln p[r, ids[r]], delta = onehot(ids) - p for
+ * p = softmax(x) (R, n) in `groups` slices at temperature t: the training [softmax] and its
+ * cross-entropy in one read of the logits x (layers/softmax.py's `softmax_xent`, the numpy
+ * reference: softmax, then xent). Each row's p is made in its delta row, then turned into the delta
+ * there while in L1: the bits of the softmax and xent ops one after the other, the rows shared
+ * among the team in xent's chunks, their costs added in order. */
+typedef struct {
+    const float *x;
+    const int64_t *id;
+    float *D;
+    double *costs;  /* one per XENT_ROWS rows */
+    Py_ssize_t R, n, groups;
+    float t;
+} sru6_head_job;
+
+static void sru6_head_part(const void *job, Py_ssize_t c0, Py_ssize_t c1)
+{
+    const sru6_head_job *J = job;
+    Py_ssize_t n = J->n;
+    for (Py_ssize_t c = c0; c < c1; c++) {
+        double cost = 0.0;
+        Py_ssize_t end = (c + 1) * XENT_ROWS < J->R ? (c + 1) * XENT_ROWS : J->R;
+        for (Py_ssize_t r = c * XENT_ROWS; r < end; r++) {
+            float *d = J->D + r * n;
+            CALL(softmax, J->x + r * n, d, J->groups, n / J->groups, J->t);
+            cost += sru6_xent_row(d, d, J->id[r], n);
+        }
+        J->costs[c] = cost;
+    }
+}
+
+static PyObject *sru6_softmax_xent(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer b[3];
+    Py_ssize_t groups = nargs == 5 ? PyLong_AsSsize_t(args[3]) : -1;
+    double t = nargs == 5 ? PyFloat_AsDouble(args[4]) : -1.0;
+    if (nargs != 5 || groups < 1 || t <= 0.0) {
+        PyErr_Clear();
+        PyErr_SetString(PyExc_TypeError, "softmax_xent(x, ids, delta, groups > 0, temperature > 0)");
+        return NULL;
+    }
+    if (typed_args(args, 3, b, "fqF", "softmax_xent(x, ids, delta, groups, temperature)") < 0)
+        return NULL;
+    PyObject *result = NULL;
+    if (id_shapes(&b[1], &b[0], &b[2], 1, "softmax_xent: x (R, n), ids (R,), delta (R, n)") < 0)
+        goto out;
+    Py_ssize_t R = b[0].shape[0], n = b[0].shape[1], chunks = (R + XENT_ROWS - 1) / XENT_ROWS;
+    if (n % groups) {
+        PyErr_SetString(PyExc_ValueError, "softmax_xent: the rows' length must be a multiple of groups");
+        goto out;
+    }
+    sru6_head_job J = {b[0].buf, b[1].buf, b[2].buf, PyMem_Malloc((chunks ? chunks : 1) * sizeof(double)),
+                       R, n, groups, (float)t};
+    if (!J.costs) {
+        PyErr_NoMemory();
+        goto out;
+    }
+    if (check_ids(J.id, R, n, "softmax_xent") == 0 && (result = team_share(sru6_head_part, &J, chunks, 1, R * n))) {
+        double cost = 0.0;
+        for (Py_ssize_t c = 0; c < chunks; c++)
+            cost += J.costs[c];
+        Py_DECREF(result);
+        result = PyFloat_FromDouble(cost);
+    }
+    PyMem_Free(J.costs);
+out:
+    release(b, 3);
+    return result;
+}
+
 #define HEAD_METHODS \
-    METHOD(add, "add(out, x): out += x, x shaped as out or one row of it (a bias), the rows shared among the step loops' team"),
+    METHOD(add, "add(out, x): out += x, x shaped as out or one row of it (a bias), the rows shared among the step loops' team"), \
+    {"softmax_xent", (PyCFunction)(void (*)(void))sru6_softmax_xent, METH_FASTCALL, \
+     "softmax_xent(x, ids, delta, groups, temperature) -> the cost sum of -ln p[r, ids[r]]; delta = onehot(ids) - p, p the softmax of x: softmax and xent in one pass"},

@@ -847,6 +847,16 @@ typedef struct {
     Py_ssize_t R, n;
 } xent_job;
 
+/* One row's delta d (n,) = onehot(id) - p and its cost -ln p[id]; d may be p itself. */
+static double sru6_xent_row(const float *p, float *d, int64_t id, Py_ssize_t n)
+{
+    float picked = p[id];
+    for (Py_ssize_t j = 0; j < n; j++)
+        d[j] = -p[j];
+    d[id] = 1.0f - picked;
+    return -log((double)picked);
+}
+
 /* The rows of the chunks [c0, c1) of XENT_ROWS rows: their deltas and each chunk's cost. */
 static void xent_part(const void *job, Py_ssize_t c0, Py_ssize_t c1)
 {
@@ -855,14 +865,8 @@ static void xent_part(const void *job, Py_ssize_t c0, Py_ssize_t c1)
     for (Py_ssize_t c = c0; c < c1; c++) {
         double cost = 0.0;
         Py_ssize_t end = (c + 1) * XENT_ROWS < J->R ? (c + 1) * XENT_ROWS : J->R;
-        for (Py_ssize_t r = c * XENT_ROWS; r < end; r++) {
-            const float *row = J->P + r * n;
-            float *drow = J->D + r * n;
-            for (Py_ssize_t j = 0; j < n; j++)
-                drow[j] = -row[j];
-            drow[J->id[r]] = 1.0f - row[J->id[r]];
-            cost -= log((double)row[J->id[r]]);
-        }
+        for (Py_ssize_t r = c * XENT_ROWS; r < end; r++)
+            cost += sru6_xent_row(J->P + r * n, J->D + r * n, J->id[r], n);
         J->costs[c] = cost;
     }
 }

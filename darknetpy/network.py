@@ -323,11 +323,11 @@ class Network:
         random masks draw them for all `total` and keep these); default all of them."""
         out = x
         block = block or (0, np.shape(x)[1])
-        for i, layer in enumerate(self.layers[:self.loss_layer + 1]):
+        for i, layer in enumerate(self.layers[:self.loss_layer]):
             state = self.carried(i, np.shape(out)[1])
             out = layer.forward(out, True, state, block) if layer.draws_masks else layer.forward(out, True, state)
         self.version += 1  # batchnorm's rolling statistics move even before the update
-        cost, delta = self.layers[self.loss_layer].loss(out, y)
+        cost, delta = self.layers[self.loss_layer].train_loss(out, y)  # its forward and loss (one op for [softmax])
         for i in range(self.loss_layer, -1, -1):
             delta = self.layers[i].backward(delta, need_dx=i > 0)
         return cost

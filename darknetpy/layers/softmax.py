@@ -10,6 +10,19 @@ from .base import Layer
 from .connected import is_ids
 
 
+def softmax_xent(x, ids, delta, groups, temperature):
+    """The training [softmax] and its cross-entropy against class ids, from the logits x (R, n):
+    delta (R, n) = onehot(ids) − p for p = softmax(x) in `groups` slices at the temperature, and the
+    cost Σ -ln p[r, ids[r]] returned. The C form (_head.h) makes each row's p in its delta row and
+    turns it into the delta there, one read of x and one write of delta instead of softmax's and
+    xent's two each: the same bits as these two ops."""
+    kernels.softmax(x, delta, groups, temperature)
+    return kernels.xent(delta, ids, delta)
+
+
+kernels.register(softmax_xent)
+
+
 class Softmax(Layer):
     kind, aliases, loss_at = "softmax", ("soft",), "any"
 
@@ -60,6 +73,17 @@ class Softmax(Layer):
         if t.dtype == np.float32:
             step.loop = lambda x: ([("softmax", self.groups, t, x, probabilities)], probabilities)
         return step
+
+    def train_loss(self, x, truth):
+        """(cost, delta) of a training step from this layer's input x (T, S, n): forward, then
+        `loss`, or for class ids the two in one op (`softmax_xent`), the same bits."""
+        if not is_ids(truth):
+            return self.loss(self.forward(x, True, []), truth)
+        rows, ids = np.ascontiguousarray(x).reshape(-1, x.shape[-1]), truth.reshape(-1).astype(np.int64, copy=False)
+        delta = self.buffer("delta", x.shape)
+        cost = kernels.get("softmax_xent", rows, delta)(rows, ids, delta.reshape(rows.shape), self.groups,
+                                                        self.temperature)
+        return x.dtype.type(cost), delta
 
     def loss(self, p, truth):
         """(cost, delta) for probabilities p (T, S, n) and truth as one-hot rows or indices (T, S)."""
