@@ -98,6 +98,23 @@ static void K(sru_step)(float *restrict Z, const float *restrict v, float *restr
         K(sru_step_all)(Z, v, C, H, hs, ids, W, T, S, n, k, s0, s1, 0);
 }
 
+#ifdef HAVE_AVX2
+/* sru_step compiled for AVX-512 (16 lanes), on CPUs that have it: the step is bound by its two
+ * sigmoids' arithmetic more than by memory (a call whose arrays sit in cache took 0.8 of the time
+ * of one from memory), and 16 lanes do it in fewer instructions. The same operations per element,
+ * inlined from the AVX2 pass's: the same bits (tests/test_sru.py). */
+__attribute__((target("avx512f,avx512dq,avx2,fma"))) static void sru6_step_wide(
+    float *restrict Z, const float *restrict v, float *restrict C, float *restrict H, const float *restrict hs,
+    const int64_t *restrict ids, const float *restrict W, Py_ssize_t T, Py_ssize_t S, Py_ssize_t n, Py_ssize_t k,
+    Py_ssize_t s0, Py_ssize_t s1, int tanh_g)
+{
+    if (tanh_g)
+        K(sru_step_all)(Z, v, C, H, hs, ids, W, T, S, n, k, s0, s1, 1);
+    else
+        K(sru_step_all)(Z, v, C, H, hs, ids, W, T, S, n, k, s0, s1, 0);
+}
+#endif
+
 /* Backward, last step first. Without dh: dZ comes in with δc' from h' in its x~ block and δr in its
  * wr block. With dh (T, S, n), the delta of h' for g linear or tanh (`tanh_g`), they are made here,
  * each row just before its step: δr = dh (g(c') - s), δc' = dh r g'(c') (g(c') made again, into the
@@ -238,6 +255,12 @@ typedef struct {
 static void sru_streams(const void *job, Py_ssize_t s0, Py_ssize_t s1)
 {
     const sru_job *J = job;
+#ifdef HAVE_AVX2
+    if (avx512) {
+        sru6_step_wide(J->Z, J->v, J->C, J->H, J->hs, J->ids, J->W, J->T, J->S, J->n, J->k, s0, s1, J->g);
+        return;
+    }
+#endif
     CALL(sru_step, J->Z, J->v, J->C, J->H, J->hs, J->ids, J->W, J->T, J->S, J->n, J->k, s0, s1, J->g);
 }
 

@@ -8,6 +8,9 @@ valid, vec, train with resume, MPI and --vocab chars) on small nets.
 import csv
 import functools
 import io
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -527,3 +530,32 @@ def test_two_ranks_make_one_process_updates(tmp_path, ranks):
     fresh = tmp_path / "fresh.weights"
     darknetpy.load_network(cfg).save_weights(fresh)
     assert max_diff(cfg, tmp_path / "b1/tiny_final.weights", fresh) > 1e-3
+
+
+@needs_kernels
+@pytest.mark.skipif(K is None or K.isa != "avx512f", reason="this CPU has no AVX-512: sru_step runs its AVX2 pass only")
+@pytest.mark.parametrize("g", [0, 1])
+def test_sru_step_on_avx512_gives_the_bits_of_its_avx2_pass(g, tmp_path):
+    """On AVX-512 CPUs sru_step runs a 16-lane build of the AVX2 pass's loops (_sru.h,
+    sru6_step_wide): the same operations per element, so the same bits as the module a CPU without
+    AVX-512 gets (DARKNETPY_KERNELS=avx2, in a child), for rows and one-hot ids with W, n not a
+    multiple of 16 (the tail)."""
+    T, S, n = 9, 5, 150
+    Z, v, C, (s,) = step_inputs(T, S, n, 3, 21)
+    ids = np.random.default_rng(22).integers(0, n, (T, S))
+    W = np.random.default_rng(23).uniform(-3, 3, (n, 3 * n)).astype(np.float32)
+    np.savez(tmp_path / "in.npz", Z=Z, v=v, C=C, s=s, ids=ids, W=W)
+    code = ("import sys, numpy as np; from darknetpy import kernels; K = kernels._c; assert K.isa == 'avx2+fma'; "
+            "a = dict(np.load(sys.argv[1])); g = int(sys.argv[3]); out = {}\n"
+            "for name, high in (('rows', (a['s'],)), ('ids', (a['ids'], a['W']))):\n"
+            "    Z, C, H = a['Z'].copy(), a['C'].copy(), np.full(a['s'].shape, np.nan, np.float32)\n"
+            "    K.sru_step(Z, a['v'], C, H, *high, g=g); out.update({name + 'Z': Z, name + 'C': C, name + 'H': H})\n"
+            "np.savez(sys.argv[2], **out)")
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "in.npz"), str(tmp_path / "out.npz"), str(g)],
+                   env={**os.environ, "DARKNETPY_KERNELS": "avx2"}, check=True)
+    narrow = np.load(tmp_path / "out.npz")
+    for name, high in (("rows", (s,)), ("ids", (ids, W))):
+        Zw, Cw, Hw = Z.copy(), C.copy(), np.full(s.shape, np.nan, np.float32)
+        K.sru_step(Zw, v, Cw, Hw, *high, g=g)
+        for got, key in ((Zw, "Z"), (Cw, "C"), (Hw, "H")):
+            np.testing.assert_array_equal(got, narrow[name + key], err_msg=name + key)
