@@ -103,7 +103,7 @@ static void K(sru_step)(float *restrict Z, const float *restrict v, float *restr
  * sigmoids' arithmetic more than by memory (a call whose arrays sit in cache took 0.8 of the time
  * of one from memory), and 16 lanes do it in fewer instructions. The same operations per element,
  * inlined from the AVX2 pass's: the same bits (tests/test_sru.py). */
-__attribute__((target("avx512f,avx512dq,avx2,fma"))) static void sru6_step_wide(
+__attribute__((target("avx512f,avx2,fma"))) static void sru6_step_wide(
     float *restrict Z, const float *restrict v, float *restrict C, float *restrict H, const float *restrict hs,
     const int64_t *restrict ids, const float *restrict W, Py_ssize_t T, Py_ssize_t S, Py_ssize_t n, Py_ssize_t k,
     Py_ssize_t s0, Py_ssize_t s1, int tanh_g)
