@@ -16,14 +16,13 @@ import sys
 import time
 from pathlib import Path
 
-import darknetpy  # noqa: F401  (before numpy: it quiets OpenBLAS's idle workers)
+from darknetpy import kernels  # before numpy: it quiets OpenBLAS's idle workers
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from blas_env import MACHINE_VARS, timed_env  # noqa: E402
 from throughput import other_load  # noqa: E402
 
-from darknetpy import kernels  # noqa: E402
 
 # (what, M, K, N, ta, tb, beta): out (M, N) = beta out + A B, A = a or aᵀ, B = b or bᵀ
 SHAPES = [
