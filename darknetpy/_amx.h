@@ -29,13 +29,17 @@ static int amxk_on;  /* matmul_bf16 is in the module: the constant _kernels.amx 
 
 #define AMXK_TARGET __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bf16,avx512bw")))
 #define AMXK_TILE 256  /* uint32 (bf16 pairs) per tile: 16 rows x 16 */
+/* Row strip by row strip, each thread reads all of Bp for each strip: from L2 (2 MB a core here)
+ * while Bp fits in about 3/4 of it, else column strip by column strip (Ap read again for each):
+ * both ways also write out row by row, which runs faster on its own. */
+#define AMXK_L2_TILES 1536
 
 typedef struct {
     float *out;
     const float *a, *b;
     uint32_t *Ap, *Bp;
     Py_ssize_t M, N, K, Kb, Mt, Nt;
-    int ta, tb, beta, rows_outer;  /* rows_outer: blocks numbered row strip by row strip */
+    int ta, tb, beta, rows_outer;  /* rows_outer: blocks numbered row strip by row strip (AMXK_L2_TILES) */
 } amxk_job;
 
 /* The palette-1 tile configuration: every tile 16 rows of 64 bytes. */
@@ -59,64 +63,85 @@ static inline __mmask16 amxk_mask(Py_ssize_t c0, Py_ssize_t C)
     return left >= 16 ? 0xFFFF : left <= 0 ? 0 : (__mmask16)((1u << left) - 1);
 }
 
-/* Tile t (16 x 16 pairs) row i = the 32 floats src[(r0 + i) ld + c0 ..] as bf16, zero past row R
- * or column C: a tile of A from a (M, K), or of Bᵀ from b (N, K). */
+/* Rows [r0, r0 + 16) of src (R, C), each along its whole length, as the row i of tiles t, t + 1, ..
+ * (one per 32 columns): tile kb row i = src[r0 + i, 32kb ..] as bf16, zeros past row R or column C.
+ * A's tiles from a (M, K), or Bᵀ's from b (N, K). */
 AMXK_TARGET static void amxk_rows(uint32_t *t, const float *src, Py_ssize_t ld, Py_ssize_t r0, Py_ssize_t R,
-                                  Py_ssize_t c0, Py_ssize_t C)
+                                  Py_ssize_t C)
 {
-    __mmask16 m0 = amxk_mask(c0, C), m1 = amxk_mask(c0 + 16, C);
     for (Py_ssize_t i = 0; i < 16; i++)
-        _mm512_storeu_si512(t + 16 * i, r0 + i < R ? amxk_round(src + (r0 + i) * ld + c0, m0, m1)
-                                                   : _mm512_setzero_si512());
+        for (Py_ssize_t c0 = 0, kb = 0; c0 < C; c0 += 32, kb++)
+            _mm512_storeu_si512(t + kb * AMXK_TILE + 16 * i,
+                                r0 + i < R ? amxk_round(src + (r0 + i) * ld + c0, amxk_mask(c0, C), amxk_mask(c0 + 16, C))
+                                           : _mm512_setzero_si512());
 }
 
-/* Tile t row p = the pairs (src[(r0 + 2p) ld + c0 + c], src[(r0 + 2p + 1) ld + c0 + c]), c < 16, as
- * bf16, zero past row R or column C: the VNNI layout of B from b (K, N), or of Aᵀ from a (K, M). */
-AMXK_TARGET static void amxk_pairs(uint32_t *t, const float *src, Py_ssize_t ld, Py_ssize_t r0, Py_ssize_t R,
-                                   Py_ssize_t c0, Py_ssize_t C)
+/* Rows [r0, r0 + 32) of src (R, C), pair by pair along their whole length, as tiles t, t + stride,
+ * .. (one per 16 columns): tile j row p = the pairs (src[r0 + 2p, 16j + c], src[r0 + 2p + 1, 16j + c]),
+ * c < 16, as bf16, zeros past row R or column C (tiles to `tiles`): the VNNI layout of B's tiles
+ * from b (K, N), or of Aᵀ's from a (K, M). */
+AMXK_TARGET static void amxk_pairs(uint32_t *t, Py_ssize_t stride, Py_ssize_t tiles, const float *src, Py_ssize_t ld,
+                                   Py_ssize_t r0, Py_ssize_t R, Py_ssize_t C)
 {
     static const uint16_t order[32] = {0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23,
                                        8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
     const __m512i zip = _mm512_loadu_si512(order);
-    __mmask16 m = amxk_mask(c0, C);
     for (Py_ssize_t p = 0; p < 16; p++) {
         Py_ssize_t r = r0 + 2 * p;
-        /* rows r and r + 1 side by side (masks zero the rows past R), then interleaved */
-        const float *s = src + (r < R ? r : 0) * ld + c0, *s1 = src + (r + 1 < R ? r + 1 : 0) * ld + c0;
-        __m512 lo = _mm512_maskz_loadu_ps(r < R ? m : 0, s), hi = _mm512_maskz_loadu_ps(r + 1 < R ? m : 0, s1);
-        _mm512_storeu_si512(t + 16 * p, _mm512_permutexvar_epi16(zip, (__m512i)_mm512_cvtne2ps_pbh(hi, lo)));
-    }
-}
-
-/* t = sᵀ, 16 x 16 pairs: a tile of rows from one of pairs, or the other way. */
-static void amxk_transpose(uint32_t *restrict t, const uint32_t *restrict s)
-{
-    for (int i = 0; i < 16; i++)
-        for (int j = 0; j < 16; j++)
-            t[16 * i + j] = s[16 * j + i];
-}
-
-/* Pack the tiles [t0, t1) of Ap then Bp (numbered on from Ap's Mt Kb). */
-AMXK_TARGET static void amxk_pack_part(const void *job, Py_ssize_t t0, Py_ssize_t t1)
-{
-    const amxk_job *J = job;
-    uint32_t s[AMXK_TILE] __attribute__((aligned(64)));
-    for (Py_ssize_t t = t0; t < t1; t++) {
-        int of_b = t >= J->Mt * J->Kb;
-        Py_ssize_t u = of_b ? t - J->Mt * J->Kb : t, r0 = u / J->Kb * 16, k0 = u % J->Kb * 32;
-        uint32_t *tile = (of_b ? J->Bp : J->Ap) + u * AMXK_TILE;
-        if (!of_b && !J->ta)
-            amxk_rows(tile, J->a, J->K, r0, J->M, k0, J->K);
-        else if (!of_b) {
-            amxk_pairs(s, J->a, J->M, k0, J->K, r0, J->M);
-            amxk_transpose(tile, s);
-        } else if (!J->tb)
-            amxk_pairs(tile, J->b, J->N, k0, J->K, r0, J->N);
-        else {
-            amxk_rows(s, J->b, J->K, r0, J->N, k0, J->K);
-            amxk_transpose(tile, s);
+        /* rows r and r + 1 side by side (masked off past R), then interleaved */
+        const float *s = src + (r < R ? r : 0) * ld, *s1 = src + (r + 1 < R ? r + 1 : 0) * ld;
+        for (Py_ssize_t j = 0; j < tiles; j++) {
+            __mmask16 m = amxk_mask(16 * j, C);
+            __m512 lo = _mm512_maskz_loadu_ps(r < R ? m : 0, s + 16 * j),
+                   hi = _mm512_maskz_loadu_ps(r + 1 < R ? m : 0, s1 + 16 * j);
+            _mm512_storeu_si512(t + j * stride + 16 * p, _mm512_permutexvar_epi16(zip, (__m512i)_mm512_cvtne2ps_pbh(hi, lo)));
         }
     }
+}
+
+/* Each of `count` tiles (16 x 16 pairs, `stride` apart) transposed in place: A's tiles made from
+ * pairs, or B's from rows. */
+static void amxk_transpose(uint32_t *t, Py_ssize_t stride, Py_ssize_t count)
+{
+    for (Py_ssize_t n = 0; n < count; n++, t += stride)
+        for (int i = 0; i < 16; i++)
+            for (int j = i + 1; j < 16; j++) {
+                uint32_t x = t[16 * i + j];
+                t[16 * i + j] = t[16 * j + i];
+                t[16 * j + i] = x;
+            }
+}
+
+/* Pack one operand, x (Ap or Bp, `tiles` 16-row or 16-column tiles by Kb) from src, in the source's
+ * own order, a strip of whole rows at a time: by 16 rows when K runs along src's rows (rows), by
+ * 32 when it runs down (pairs); the tiles transposed where the source's layout is the other's. */
+AMXK_TARGET static void amxk_pack(const amxk_job *J, uint32_t *x, Py_ssize_t tiles, const float *src, int along,
+                                  int vnni, Py_ssize_t i0, Py_ssize_t i1)
+{
+    Py_ssize_t Kb = J->Kb, MN = x == J->Ap ? J->M : J->N;
+    for (Py_ssize_t i = i0; i < i1; i++) {
+        uint32_t *t = along ? x + i * Kb * AMXK_TILE : x + i * AMXK_TILE;  /* tile (i, 0), or (0, kb = i) */
+        if (along)
+            amxk_rows(t, src, J->K, 16 * i, MN, J->K);
+        else
+            amxk_pairs(t, Kb * AMXK_TILE, tiles, src, MN, 32 * i, J->K, MN);
+        if (along == vnni)
+            amxk_transpose(t, along ? AMXK_TILE : Kb * AMXK_TILE, along ? Kb : tiles);
+    }
+}
+
+/* The strips [i0, i1) of A: 16-row strips of a (M, K), or 32-row strips of a (K, M) when ta. */
+AMXK_TARGET static void amxk_pack_a(const void *job, Py_ssize_t i0, Py_ssize_t i1)
+{
+    const amxk_job *J = job;
+    amxk_pack(J, J->Ap, J->Mt, J->a, !J->ta, 0, i0, i1);
+}
+
+/* The strips [i0, i1) of B: 32-row strips of b (K, N), or 16-row strips of b (N, K) when tb. */
+AMXK_TARGET static void amxk_pack_b(const void *job, Py_ssize_t i0, Py_ssize_t i1)
+{
+    const amxk_job *J = job;
+    amxk_pack(J, J->Bp, J->Nt, J->b, J->tb, 1, i0, i1);
 }
 
 /* out's part of the 2 x 2 C tiles c (each 16 x 16) of the block at row m0, column n0:
@@ -232,8 +257,12 @@ static PyObject *amxk_matmul_bf16(PyObject *self, PyObject *const *args, Py_ssiz
         goto out;
     }
     amxk_job J = {b[0].buf, b[1].buf, b[2].buf, packed, packed + (size_t)Mt * Kb * AMXK_TILE, M, N, K, Kb, Mt, Nt,
-                  ta, tb, beta != 0.0, Mt >= Nt};
-    result = team_share(amxk_pack_part, &J, (Py_ssize_t)tiles, 1, (M + N) * K);
+                  ta, tb, beta != 0.0, Nt * Kb <= AMXK_L2_TILES || Mt >= Nt};
+    result = team_share(amxk_pack_a, &J, ta ? Kb : Mt, 1, M * K);
+    if (result) {
+        Py_DECREF(result);
+        result = team_share(amxk_pack_b, &J, tb ? Nt : Kb, 1, N * K);
+    }
     if (result) {
         Py_DECREF(result);
         result = team_share(amxk_product_part, &J, Mt / 2 * (Nt / 2), 1, M * N * Kb);
