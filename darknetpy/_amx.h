@@ -190,6 +190,14 @@ AMXK_TARGET static void amxk_product_part(const void *job, Py_ssize_t i0, Py_ssi
             _tile_dpbf16ps(2, 5, 6);
             _tile_dpbf16ps(3, 5, 7);
         }
+        if (!J->beta && 32 * ib + 32 <= J->M && 32 * jb + 32 <= J->N) {  /* straight into out */
+            float *o = J->out + 32 * ib * J->N + 32 * jb;
+            _tile_stored(0, o, J->N * 4);
+            _tile_stored(1, o + 16, J->N * 4);
+            _tile_stored(2, o + 16 * J->N, J->N * 4);
+            _tile_stored(3, o + 16 * J->N + 16, J->N * 4);
+            continue;
+        }
         _tile_stored(0, c, 64);
         _tile_stored(1, c + AMXK_TILE, 64);
         _tile_stored(2, c + 2 * AMXK_TILE, 64);

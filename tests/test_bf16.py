@@ -27,7 +27,8 @@ pytestmark = pytest.mark.skipif(
     reason="the AMX kernel is not in the module: no C build, DARKNETPY_KERNELS=0/avx2, or no AMX-BF16 on this CPU/OS")
 
 # (M, K, N): one element, edges of the 16-row, 32-K and 16/32-column tiles on every side, a long K
-SHAPES = [(1, 1, 1), (15, 17, 33), (17, 33, 15), (33, 65, 1), (65, 255, 257), (257, 31, 65), (16, 1152, 32), (2, 1152, 17)]
+# (several of the kernel's 8-tile K chunks), and K = 0 (out = beta·out)
+SHAPES = [(1, 1, 1), (5, 0, 7), (15, 17, 33), (17, 33, 15), (33, 65, 1), (65, 255, 257), (257, 31, 65), (16, 1152, 32), (2, 1152, 17)]
 FLAGS = [(ta, tb, beta) for ta in (0, 1) for tb in (0, 1) for beta in (0, 1)]
 
 
