@@ -15,23 +15,22 @@
  * even. A block of 32 x 32 outputs is 2 x 2 C tiles (tmm0-3) fed by 2 A tiles (tmm4-5) and 2 B
  * tiles (tmm6-7); the blocks are shared over the step loops' team (team_share), each summed by
  * one thread in kb order, so the bits do not depend on the thread count. */
-#include <stdlib.h>
-#if defined(__linux__)
-#include <sys/syscall.h>
-#include <unistd.h>
-#endif
-
 static int amxk_on;  /* matmul_bf16 is in the module: the constant _kernels.amx */
 
+/* GCC 11 brought the AMX intrinsics; an older compiler builds the module without this op. */
 #if defined(HAVE_AVX2) && defined(__linux__) && __GNUC__ >= 11
 #define AMXK_BUILT 1
 #include <cpuid.h>
+#include <stdlib.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #define AMXK_TARGET __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bf16,avx512bw")))
 #define AMXK_TILE 256  /* uint32 (bf16 pairs) per tile: 16 rows x 16 */
-/* Row strip by row strip, each thread reads all of Bp for each strip: from L2 (2 MB a core here)
- * while Bp fits in about 3/4 of it, else column strip by column strip (Ap read again for each):
- * both ways also write out row by row, which runs faster on its own. */
+/* The blocks go row strip by row strip (each thread reading all of Bp for each strip, from L2
+ * while Bp's tiles fit in about 3/4 of its 2 MB here), or column strip by column strip (Ap read
+ * again for each) when Bp is larger than that and than Ap. Row strips write out row by row: they
+ * measured faster even where Ap was the smaller. */
 #define AMXK_L2_TILES 1536
 
 typedef struct {

@@ -1405,8 +1405,7 @@ PyMODINIT_FUNC PyInit__kernels(void)
     }
 #endif
 #ifdef AMXK_BUILT
-    const char *kernels = getenv("DARKNETPY_KERNELS");  /* avx2: a CPU without AVX-512, so without AMX */
-    amxk_on = !(kernels && strcmp(kernels, "avx2") == 0) && amxk_available();
+    amxk_on = avx512 && amxk_available();  /* not under DARKNETPY_KERNELS=avx2: no AVX-512, no AMX */
     if (mod && amxk_on && PyModule_AddFunctions(mod, amxk_methods) < 0) {
         Py_DECREF(mod);
         return NULL;
