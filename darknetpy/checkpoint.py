@@ -38,6 +38,7 @@ import re
 import shlex
 import socket
 import sys
+import threading
 
 import numpy as np
 import yaml
@@ -70,6 +71,50 @@ def commit(files):
             if os.path.exists(tmp):
                 os.unlink(tmp)
     _fsync_dir(os.path.dirname(os.path.abspath(files[0][0])))
+
+
+class Writer:
+    """Checkpoint writes off the training thread: each job (a function that commits files) runs in
+    a thread of its own while training goes on, one job at a time and in the order submitted (a
+    job starts once the one before it is done), so the files still land as `commit` orders them
+    and a run's last good checkpoint stays the last one written whole. A job's error is raised in
+    the training thread by the next `check`, `submit` or `wait`. `background=False` runs each job
+    at once, in the caller (several MPI ranks, whose rank 0 shares a write's error with the others
+    as it happens)."""
+
+    def __init__(self, background=True):
+        self.background = background
+        self.thread, self.error = None, None
+
+    def submit(self, job):
+        """Run `job` after every earlier one; raises an earlier job's error instead."""
+        self.wait()
+        if not self.background:
+            job()
+            return
+
+        def run():
+            try:
+                job()
+            except BaseException as e:  # noqa: BLE001 — handed to the training thread
+                self.error = e
+        # not a daemon: an exit (a second Ctrl-C) waits for the files to be whole
+        self.thread = threading.Thread(target=run, name="darknetpy-checkpoint")
+        self.thread.start()
+
+    def check(self):
+        """Raise the error of a job that has ended (without waiting for one that runs)."""
+        if self.thread is not None and not self.thread.is_alive():
+            self.wait()
+
+    def wait(self, raise_error=True):
+        """Block until the running job is done; raise its error (or drop it: the caller has its own)."""
+        if self.thread is not None:
+            self.thread.join()
+            self.thread = None
+        error, self.error = self.error, None
+        if error is not None and raise_error:
+            raise error
 
 
 def _fsync_dir(directory):
@@ -412,9 +457,15 @@ class Record:
             cps[kind] = cps["latest"]
 
     def write(self, status, progress):
+        self.put(self.text(status, progress))
+
+    def text(self, status, progress):
+        """The record's yaml with this status and progress (what `put` writes)."""
         self.content["status"] = status
         self.content["progress"] = progress
-        text = yaml.safe_dump(plain(self.content), sort_keys=False, default_flow_style=False)
+        return yaml.safe_dump(plain(self.content), sort_keys=False, default_flow_style=False)
+
+    def put(self, text):
         try:
             atomic.write(self.path, text.encode())
         except OSError as e:

@@ -245,6 +245,7 @@ class Trainer:
             # rank 0 alone writes checkpoints and the record, with the recurrent state of all
             # streams gathered to it; the others wait for it and share its errors
             self.checkpoint = self.ranks.saving(self.checkpoint, self.net)
+            self.writer = ckpt.Writer(background=self.ranks.comm is None)  # ranks: rank 0 writes as they wait
             self.write_record = self.ranks.on_writer(self.record.write)
 
     @contextlib.contextmanager
@@ -417,6 +418,9 @@ class Trainer:
                 self.finish(status)
                 self.metrics.close()
                 self.unlock()  # while the handlers stand: a last SIGTERM cannot kill the run before it
+        except BaseException:
+            self.writer.wait(raise_error=False)  # the folder stays locked until a checkpoint being written is whole
+            raise
         finally:
             if self.progress is not None:
                 self.progress.close()
@@ -453,6 +457,7 @@ class Trainer:
         """Progress, then what is due at this iteration: validation, the stops (patience, time
         budget), the metrics row, a sample, checkpoints."""
         it, o = self.iteration, self.options
+        self.writer.check()  # a background checkpoint write that failed stops the run here
         self.progress.update(self.postfix)
         validated = o.valid_every > 0 and it % o.valid_every == 0 and self.validate()
         if validated and self.best["iteration"] == it:
@@ -488,6 +493,8 @@ class Trainer:
     def finish(self, status):
         """The last checkpoints, metrics row and record: after a signal the backup; else the backup,
         a validation (and the best checkpoint if it is the best) and the final weights."""
+        with self.interrupt.saving(then_interrupt=False):
+            self.writer.wait()  # `saved` is the last checkpoint written whole
         if status == "finished":
             if self.options.valid_full and self.valid_ids is not None and len(self.valid_ids) > datamod.VALID_SLICE:
                 self.validator = evaluate.Estimate(self.valid_ids, self.seed_ids)  # --valid-full: all of it
@@ -505,6 +512,7 @@ class Trainer:
                 self.checkpoint(self.paths["backup"], "backup")
             if self.last_row[0] != self.iteration:
                 self.log_row()
+            self.writer.wait()  # the last checkpoint whole, and its record, before the final record
             self.record.content["stop_reason"] = self.stop_reason
             self.write_record(status, self.progress_fields())
 
@@ -625,8 +633,10 @@ class Trainer:
 
     # ---- checkpoints -----------------------------------------------------------------------------
     def checkpoint(self, path, kind):
-        """Commit weights + .state.npz at `path`, then rewrite the record naming it as `kind`; a
-        second signal waits until both are whole."""
+        """Commit weights + .state.npz at `path`, then rewrite the record naming it as `kind`. The
+        files' bytes are made here, from the run as it is now; writing them (write, fsync, rename)
+        and the record runs in the background (ckpt.Writer) while training goes on, after the
+        checkpoint before it. A second signal waits until the files are whole."""
         net = self.net
         if not all(np.isfinite(v).all() for v in net.params().values()):
             raise self.diverged("non-finite weights before checkpoint")
@@ -636,17 +646,21 @@ class Trainer:
         with self.averaged(kind in ("best", "final")) as trained:  # the model the run hands over
             wbytes = weightsmod.to_bytes(net)
             sbytes = ckpt.state_bytes(net, self.batcher, wbytes, extra, self.ema, trained)
-        with self.interrupt.saving():
+        self.record.add_checkpoint(path, kind)
+        record, iteration, first = self.record.text("running", self.progress_fields()), self.iteration, not self.cfg_kept
+        self.cfg_kept = True
+
+        def write():
             try:
                 ckpt.commit([(path + STATE_SUFFIX, sbytes), (path, wbytes)])
             except OSError as e:
                 raise ckpt.write_error(path, e) from None
-            self.saved, self.saved_path = self.iteration, os.path.abspath(path)
-            if not self.cfg_kept:
+            self.saved, self.saved_path = iteration, os.path.abspath(path)
+            if first:
                 self.keep_cfg()
-                self.cfg_kept = True
-            self.record.add_checkpoint(path, kind)
-            self.record.write("running", self.progress_fields())
+            self.record.put(record)
+        with self.interrupt.saving():
+            self.writer.submit(write)
 
     def averaged(self, handed_over=True):
         """With [net] ema_alpha, the EMA's average in the network's weights for a block that scores
@@ -658,6 +672,7 @@ class Trainer:
         return f" (EMA {self.ema.alpha:g})" if self.ema is not None else ""
 
     def diverged(self, what):
+        self.writer.wait()  # the checkpoint being written, if any, is the last good one
         last = (f"the last good checkpoint is {self.saved_path} (iteration {self.saved})"
                 if self.saved_path else "no checkpoint was written in this run")
         if self.best is not None:
