@@ -48,6 +48,8 @@ from .network import Network
 from .options import GenerationOptions, TrainOptions, parse_duration
 
 BACKUP_EVERY = 100        # Darknet's char-RNN trainer saves <cfg>.backup every 100 iterations
+VALID_EVERY = 500         # iterations between validations, when --valid-every is not given; a
+VALID_TIMES = 10          # --time-budget run's are also at least a tenth of the budget apart
 
 
 # ---- the loop ------------------------------------------------------------------------------------
@@ -209,7 +211,10 @@ class Trainer:
                 self.net.hp = optim.stretch_policy(self.cfg_hp, end)
             self.load_corpus()
             self.ranks.shard(self.net, cfg)  # refuse streams % K; this rank's block of the streams
-            if o.patience is not None and (self.valid_ids is None or o.valid_every <= 0):
+            # validations every valid_every iterations; None: spaced by iterations and time (validation_due)
+            self.valid_every = o.valid_every if o.valid_every is not None else \
+                None if self.time_budget is not None else VALID_EVERY
+            if o.patience is not None and (self.valid_ids is None or self.valid_every == 0):
                 raise DarknetpyError(f"--patience {o.patience}: needs held-out text (--valid-frac) and --valid-every "
                                      "N > 0; leave it out to never stop early")
             self.loss, self.avg, self.valid, self.valid_iteration = None, None, None, None
@@ -403,6 +408,7 @@ class Trainer:
             self.valid_seconds = 0.0  # the last validation's duration: the end of a time budget keeps it free
             self.horizon_at = None if self.time_budget is None else min(60.0, max(1.0, 0.05 * self.time_budget))
             self.horizon_pending = self.time_budget is not None  # until set_horizon, the budget alone ends the run
+            self.valid_due, self.valid_mark = False, (self.iteration, 0.0)  # the last validation (it, elapsed)
             self.last_row = (self.iteration, self.start)
             # overflow in a diverging run is reported as a non-finite loss, not as numpy warnings
             # an error of one rank alone stops the others at once
@@ -459,7 +465,7 @@ class Trainer:
         it, o = self.iteration, self.options
         self.writer.check()  # a background checkpoint write that failed stops the run here
         self.progress.update(self.postfix)
-        validated = o.valid_every > 0 and it % o.valid_every == 0 and self.validate()
+        validated = self.validation_due() and self.validate()
         if validated and self.best["iteration"] == it:
             self.checkpoint(self.paths["best"], "best")
         if o.patience is not None and self.bad_validations >= o.patience:
@@ -476,6 +482,15 @@ class Trainer:
             self.checkpoint(self.paths["backup"], "backup")
         if o.save_every > 0 and it % o.save_every == 0:
             self.checkpoint(f"{self.base}_{it}.weights", "numbered")
+
+    def validation_due(self):
+        """Whether this iteration validates: every valid_every iterations, or (a --time-budget run
+        without --valid-every) the first that is both VALID_EVERY iterations and a tenth of the
+        budget after the last validation (watch_time_budget decides): at most about ten, so that
+        a faster step does not make them a larger share of the run."""
+        if self.valid_every is None:
+            return self.valid_due
+        return self.valid_every > 0 and self.iteration % self.valid_every == 0
 
     def postfix(self):
         rate = self.rate()
@@ -599,10 +614,15 @@ class Trainer:
         """Set max_batches from the speed so far, first after 5% of the budget (at most a minute),
         then again after every further tenth of it: the speed drifts, and validations, samples and
         checkpoints take their share, which a rate over the whole run so far includes. Stop at the
-        deadline in any case."""
+        deadline in any case. Without --valid-every, also say whether the next iteration validates."""
         # rank 0's clock decides the stop and the horizon for every rank
         elapsed = self.ranks.agreed(time.time() - self.start, "the time budget")
         done = self.net.batch_num - self.start_updates
+        it0, t0 = self.valid_mark
+        self.valid_due = (self.valid_every is None and self.iteration + 1 - it0 >= VALID_EVERY
+                          and elapsed - t0 >= self.time_budget / VALID_TIMES)
+        if self.valid_due:
+            self.valid_mark = (self.iteration + 1, elapsed)
         if elapsed >= self.time_budget:
             self.stop_reason = f"the time budget of {self.time_budget:g} s is spent"
         elif done >= 3 and elapsed >= self.horizon_at:
