@@ -9,9 +9,12 @@ horizon, samples, and what is left (the loop itself, Python's GC, the end of the
 
 A real `darknetpy.train.Trainer` runs with the given options (as `darknetpy train` takes them,
 --backup defaults to a temporary folder); each part is timed by wrapping its calls with
-perf_counter. Prints one table (ms per update, share of the run, calls, ms per call) on stdout,
-and the sizes of the files one checkpoint writes.
+perf_counter. Prints one table (ms per update, share of the run, calls, the median ms per call)
+on stdout, and the sizes of the files one checkpoint writes. On a loaded machine the medians of
+many calls interleaved in one run say what each part costs against a step: `--valid-every 20
+--backup-every 20 --max-batches 200` makes ten of each.
 """
+import statistics
 import argparse
 import collections
 import functools
@@ -35,11 +38,14 @@ def main():
     ap.add_argument("--max-batches", type=int, default=None, help="instead of a time budget: updates (default: none)")
     ap.add_argument("--valid-every", type=int, default=TrainOptions.valid_every,
                     help=f"--valid-every (default {TrainOptions.valid_every})")
+    ap.add_argument("--backup-every", type=int, default=trainmod.BACKUP_EVERY,
+                    help=f"iterations between .backup checkpoints (default Darknet's {trainmod.BACKUP_EVERY})")
     ap.add_argument("--srand", type=int, default=1, help="the run's seed (default 1)")
     ap.add_argument("--backup", default=None, help="the run's folder (default: a new temporary one)")
     args = ap.parse_args()
     spent = collections.defaultdict(float)
-    calls = collections.Counter()
+    calls = collections.defaultdict(list)  # each call's seconds
+    trainmod.BACKUP_EVERY = args.backup_every
 
     def timed(name, fn):
         @functools.wraps(fn)
@@ -49,22 +55,24 @@ def main():
                 return fn(*a, **k)
             finally:
                 spent[name] += time.perf_counter() - start
-                calls[name] += 1
+                calls[name].append(time.perf_counter() - start)
         return wrapper
 
     # module functions the trainer calls by attribute, then the Trainer's own methods
     ckpt.commit = timed("checkpoint: commit (write, fsync, rename)", ckpt.commit)
     ckpt.state_bytes = timed("checkpoint: .state.npz bytes", ckpt.state_bytes)
     weightsmod.to_bytes = timed("checkpoint: .weights bytes", weightsmod.to_bytes)
-    ckpt.Record.write = timed("run record writes", ckpt.Record.write)
+    writes = "put" if hasattr(ckpt.Record, "put") else "write"  # (before the background writer: write)
+    setattr(ckpt.Record, writes, timed("run record writes", getattr(ckpt.Record, writes)))
     gc_start = {}
 
     def gc_timer(phase, info):
         if phase == "start":
             gc_start["t"] = time.perf_counter()
         else:
-            spent["Python's GC"] += time.perf_counter() - gc_start.pop("t", time.perf_counter())
-            calls["Python's GC"] += 1
+            seconds = time.perf_counter() - gc_start.pop("t", time.perf_counter())
+            spent["Python's GC"] += seconds
+            calls["Python's GC"].append(seconds)
     gc.callbacks.append(gc_timer)
 
     backup = args.backup or tempfile.mkdtemp(prefix="overheads-")
@@ -96,15 +104,15 @@ def main():
              "run record writes", "Python's GC", "finish (end of run, whole)"}
     accounted = sum(v for k, v in spent.items() if k not in inner)
     spent["the rest (loop, unwrapped calls)"] = wall - accounted
-    calls["the rest (loop, unwrapped calls)"] = 1
+    calls["the rest (loop, unwrapped calls)"] = [spent["the rest (loop, unwrapped calls)"]]
     print(f"# {args.cfg} on {args.data}: {updates} updates in {wall:.1f} s of run(), {wall / updates * 1e3:.1f} ms "
           f"each; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} at the end")
-    print("| part | ms per update | share of the run | calls | ms per call |")
+    print("| part | ms per update | share of the run | calls | median ms per call |")
     print("| --- | ---: | ---: | ---: | ---: |")
     for name, seconds in sorted(spent.items(), key=lambda kv: -kv[1]):
         mark = "  (inside the above)" if name in inner else ""
-        print(f"| {name}{mark} | {seconds / updates * 1e3:.2f} | {seconds / wall:.1%} | {calls[name]} | "
-              f"{seconds / calls[name] * 1e3:.1f} |")
+        print(f"| {name}{mark} | {seconds / updates * 1e3:.2f} | {seconds / wall:.1%} | {len(calls[name])} | "
+              f"{statistics.median(calls[name]) * 1e3:.1f} |")
     base = trainer.paths["backup"]
     sizes = {os.path.basename(p): os.path.getsize(p) for p in (base, base + ckpt.STATE_SUFFIX) if os.path.exists(p)}
     print("# one .backup checkpoint writes " + ", ".join(f"{k} {v / 1e6:.1f} MB" for k, v in sizes.items()))
