@@ -76,24 +76,30 @@ def commit(files):
 class Writer:
     """Checkpoint writes off the training thread: each job (a function that commits files) runs in
     a thread of its own while training goes on, one job at a time and in the order submitted (a
-    job starts once the one before it is done), so the files still land as `commit` orders them
-    and a run's last good checkpoint stays the last one written whole. A job's error is raised in
-    the training thread by the next `check`, `submit` or `wait`. `background=False` runs each job
-    at once, in the caller (several MPI ranks, whose rank 0 shares a write's error with the others
-    as it happens)."""
+    job's thread first waits for the one before it; none runs after a failed one), so the files
+    still land as `commit` orders them and a run's last good checkpoint stays the last one written
+    whole. A job's error is raised in the training thread by `check` once the jobs have ended, or
+    by `wait`. `background=False` runs each job at once, in the caller (several MPI ranks, whose
+    rank 0 shares a write's error with the others as it happens)."""
 
     def __init__(self, background=True):
         self.background = background
         self.thread, self.error = None, None
 
     def submit(self, job):
-        """Run `job` after every earlier one; raises an earlier job's error instead."""
-        self.wait()
+        """Run `job` after every earlier one, without waiting for them (the best checkpoint and the
+        backup of one iteration are written one after the other while training goes on)."""
+        self.check()
         if not self.background:
             job()
             return
+        before = self.thread
 
         def run():
+            if before is not None:
+                before.join()
+            if self.error is not None:  # an earlier write failed: nothing after it
+                return
             try:
                 job()
             except BaseException as e:  # noqa: BLE001 — handed to the training thread
@@ -108,7 +114,7 @@ class Writer:
             self.wait()
 
     def wait(self, raise_error=True):
-        """Block until the running job is done; raise its error (or drop it: the caller has its own)."""
+        """Block until every job is done; raise the error (or drop it: the caller has its own)."""
         if self.thread is not None:
             self.thread.join()
             self.thread = None
@@ -186,6 +192,20 @@ def state_bytes(net, batcher, weights_bytes, extra, ema=None, trained=None):
     """The .state.npz (version 2, see the module docstring) of `net` and `batcher` now; `extra`
     (json-able) goes into meta. `ema`: the run's optim.EMA; `trained`: the trained parameter
     arrays, when the weights hold the EMA's average instead."""
+    return npz_bytes(state_arrays(net, batcher, weights_bytes, extra, ema, trained))
+
+
+def npz_bytes(arrays):
+    """The bytes of an .npz of `arrays` (name: array)."""
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def state_arrays(net, batcher, weights_bytes, extra, ema=None, trained=None, copy=False):
+    """What state_bytes writes, as arrays (meta as a json string): views of the run's own buffers,
+    or with `copy` a snapshot that the run may go on changing beside (its .npz made later, in
+    the checkpoint writer's thread)."""
     arrays = {f"upd{i}": upd for i, (_, upd, _) in enumerate(net.slots())}
     opt = net.optimizer
     scalars, buffers = {}, {}
@@ -206,9 +226,7 @@ def state_bytes(net, batcher, weights_bytes, extra, ema=None, trained=None):
         arrays.update({f"trained.{i}": a for i, a in enumerate(trained)})
         meta["trained"] = len(trained)
     arrays["meta"] = np.array(json.dumps(plain(meta)))
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    return buf.getvalue()
+    return {name: a.copy() for name, a in arrays.items()} if copy else arrays
 
 
 def read_state(path, weights_bytes):

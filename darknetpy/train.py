@@ -525,9 +525,9 @@ class Trainer:
             if status == "interrupted" and self.ranks.same(self.saved != self.iteration
                                                            or latest != self.record.name(self.paths["backup"])):
                 self.checkpoint(self.paths["backup"], "backup")
+            self.writer.wait()  # the last checkpoints whole (a failed one ends the run here), then the row and record
             if self.last_row[0] != self.iteration:
                 self.log_row()
-            self.writer.wait()  # the last checkpoint whole, and its record, before the final record
             self.record.content["stop_reason"] = self.stop_reason
             self.write_record(status, self.progress_fields())
 
@@ -654,9 +654,10 @@ class Trainer:
     # ---- checkpoints -----------------------------------------------------------------------------
     def checkpoint(self, path, kind):
         """Commit weights + .state.npz at `path`, then rewrite the record naming it as `kind`. The
-        files' bytes are made here, from the run as it is now; writing them (write, fsync, rename)
-        and the record runs in the background (ckpt.Writer) while training goes on, after the
-        checkpoint before it. A second signal waits until the files are whole."""
+        weights' bytes and a copy of the state's arrays are taken here, from the run as it is now;
+        the .npz, its writing (write, fsync, rename) and the record run in the background
+        (ckpt.Writer) while training goes on, after the checkpoints before it. A second signal waits
+        until the files are whole."""
         net = self.net
         if not all(np.isfinite(v).all() for v in net.params().values()):
             raise self.diverged("non-finite weights before checkpoint")
@@ -665,14 +666,14 @@ class Trainer:
                  "vocab": ckpt.vocab_entry(self.vocabulary)}  # the vocabulary travels with the weights
         with self.averaged(kind in ("best", "final")) as trained:  # the model the run hands over
             wbytes = weightsmod.to_bytes(net)
-            sbytes = ckpt.state_bytes(net, self.batcher, wbytes, extra, self.ema, trained)
+            state = ckpt.state_arrays(net, self.batcher, wbytes, extra, self.ema, trained, copy=True)
         self.record.add_checkpoint(path, kind)
         record, iteration, first = self.record.text("running", self.progress_fields()), self.iteration, not self.cfg_kept
         self.cfg_kept = True
 
         def write():
             try:
-                ckpt.commit([(path + STATE_SUFFIX, sbytes), (path, wbytes)])
+                ckpt.commit([(path + STATE_SUFFIX, ckpt.npz_bytes(state)), (path, wbytes)])
             except OSError as e:
                 raise ckpt.write_error(path, e) from None
             self.saved, self.saved_path = iteration, os.path.abspath(path)
