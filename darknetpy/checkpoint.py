@@ -4,7 +4,8 @@ vocabulary of the run that made a weights file, and `load_network` (darknetpy.lo
 
 A checkpoint is a pair, `<path>` (Darknet .weights) and `<path>.state.npz`, committed together:
 both are first written in full beside their targets and only then renamed into place, so a full
-disk or a crash leaves the previous pair whole.
+disk or a crash leaves the previous pair whole. The trainer commits them off its own thread
+(`Writer`), one checkpoint after the other.
 
 The run record names the files of its run (checkpoints, metrics log, vocabulary, the copy of the
 cfg) relative to its own folder, so a copied, moved or renamed folder is a run of its own; only
