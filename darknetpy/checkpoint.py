@@ -4,7 +4,8 @@ vocabulary of the run that made a weights file, and `load_network` (darknetpy.lo
 
 A checkpoint is a pair, `<path>` (Darknet .weights) and `<path>.state.npz`, committed together:
 both are first written in full beside their targets and only then renamed into place, so a full
-disk or a crash leaves the previous pair whole.
+disk or a crash leaves the previous pair whole. The trainer commits them off its own thread
+(`Writer`), one checkpoint after the other.
 
 The run record names the files of its run (checkpoints, metrics log, vocabulary, the copy of the
 cfg) relative to its own folder, so a copied, moved or renamed folder is a run of its own; only
@@ -38,6 +39,7 @@ import re
 import shlex
 import socket
 import sys
+import threading
 
 import numpy as np
 import yaml
@@ -70,6 +72,56 @@ def commit(files):
             if os.path.exists(tmp):
                 os.unlink(tmp)
     _fsync_dir(os.path.dirname(os.path.abspath(files[0][0])))
+
+
+class Writer:
+    """Checkpoint writes off the training thread: each job (a function that commits files) runs in
+    a thread of its own while training goes on, one job at a time and in the order submitted (a
+    job's thread first waits for the one before it; none runs after a failed one), so the files
+    still land as `commit` orders them and a run's last good checkpoint stays the last one written
+    whole. A job's error is raised in the training thread by `check` once the jobs have ended, or
+    by `wait`. `background=False` runs each job at once, in the caller (several MPI ranks, whose
+    rank 0 shares a write's error with the others as it happens)."""
+
+    def __init__(self, background=True):
+        self.background = background
+        self.thread, self.error = None, None
+
+    def submit(self, job):
+        """Run `job` after every earlier one, without waiting for them (the best checkpoint and the
+        backup of one iteration are written one after the other while training goes on)."""
+        self.check()
+        if not self.background:
+            job()
+            return
+        before = self.thread
+
+        def run():
+            if before is not None:
+                before.join()
+            if self.error is not None:  # an earlier write failed: nothing after it
+                return
+            try:
+                job()
+            except BaseException as e:  # noqa: BLE001 — handed to the training thread
+                self.error = e
+        # not a daemon: an exit (a second Ctrl-C) waits for the files to be whole
+        self.thread = threading.Thread(target=run, name="darknetpy-checkpoint")
+        self.thread.start()
+
+    def check(self):
+        """Raise the error of a job that has ended (without waiting for one that runs)."""
+        if self.thread is not None and not self.thread.is_alive():
+            self.wait()
+
+    def wait(self, raise_error=True):
+        """Block until every job is done; raise the error (or drop it: the caller has its own)."""
+        if self.thread is not None:
+            self.thread.join()
+            self.thread = None
+        error, self.error = self.error, None
+        if error is not None and raise_error:
+            raise error
 
 
 def _fsync_dir(directory):
@@ -141,6 +193,20 @@ def state_bytes(net, batcher, weights_bytes, extra, ema=None, trained=None):
     """The .state.npz (version 2, see the module docstring) of `net` and `batcher` now; `extra`
     (json-able) goes into meta. `ema`: the run's optim.EMA; `trained`: the trained parameter
     arrays, when the weights hold the EMA's average instead."""
+    return npz_bytes(state_arrays(net, batcher, weights_bytes, extra, ema, trained))
+
+
+def npz_bytes(arrays):
+    """The bytes of an .npz of `arrays` (name: array)."""
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def state_arrays(net, batcher, weights_bytes, extra, ema=None, trained=None, copy=False):
+    """What state_bytes writes, as arrays (meta as a json string): views of the run's own buffers,
+    or with `copy` a snapshot that the run may go on changing beside (its .npz made later, in
+    the checkpoint writer's thread)."""
     arrays = {f"upd{i}": upd for i, (_, upd, _) in enumerate(net.slots())}
     opt = net.optimizer
     scalars, buffers = {}, {}
@@ -161,9 +227,7 @@ def state_bytes(net, batcher, weights_bytes, extra, ema=None, trained=None):
         arrays.update({f"trained.{i}": a for i, a in enumerate(trained)})
         meta["trained"] = len(trained)
     arrays["meta"] = np.array(json.dumps(plain(meta)))
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    return buf.getvalue()
+    return {name: a.copy() for name, a in arrays.items()} if copy else arrays
 
 
 def read_state(path, weights_bytes):
@@ -412,9 +476,15 @@ class Record:
             cps[kind] = cps["latest"]
 
     def write(self, status, progress):
+        self.put(self.text(status, progress))
+
+    def text(self, status, progress):
+        """The record's yaml with this status and progress (what `put` writes)."""
         self.content["status"] = status
         self.content["progress"] = progress
-        text = yaml.safe_dump(plain(self.content), sort_keys=False, default_flow_style=False)
+        return yaml.safe_dump(plain(self.content), sort_keys=False, default_flow_style=False)
+
+    def put(self, text):
         try:
             atomic.write(self.path, text.encode())
         except OSError as e:

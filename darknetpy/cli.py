@@ -289,8 +289,10 @@ def info(cfg, weights):
 @click.option("--valid-frac", type=float, default=TRAIN.valid_frac,
               help="Fraction of the corpus held out at its END for validation, never trained on. "
                    f"Default: {datamod.VALID_FRAC} when the corpus is big enough, else 0.")
-@click.option("--valid-every", type=int, default=TRAIN.valid_every, show_default=True, metavar="N",
-              help="Print held-out bits per character every N iterations (and at the end); 0: only at the end.")
+@click.option("--valid-every", type=int, default=TRAIN.valid_every, metavar="N",
+              help="Print held-out bits per character every N iterations (and at the end); 0: only at the end. "
+                   "Default: 500; with --time-budget also at least a tenth of the budget apart (at most about ten "
+                   "validations, whatever the machine's speed).")
 @click.option("--save-every", type=int, default=TRAIN.save_every, show_default=True, metavar="N",
               help="Also keep BACKUP/<cfg>_<N>.weights every N iterations; 0: never.")
 @click.option("--resume", default=None, metavar="RECORD.yaml",

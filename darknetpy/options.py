@@ -120,7 +120,8 @@ class TrainOptions:
     srand: int = option(None)
     # held-out text
     valid_frac: float = option(None)
-    valid_every: int = option(500, least=0, rule="give N >= 0 (0: only at the end)")
+    valid_every: int = option(None, least=0, rule="give N >= 0 (0: only at the end)")  # None: train.VALID_EVERY,
+    # or with --time-budget every tenth of the budget
     valid_full: bool = option(False)
     patience: int = option(None, least=1, rule="give a number of validations >= 1 (leave it out to never "
                                                  "stop early)")

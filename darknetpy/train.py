@@ -48,6 +48,8 @@ from .network import Network
 from .options import GenerationOptions, TrainOptions, parse_duration
 
 BACKUP_EVERY = 100        # Darknet's char-RNN trainer saves <cfg>.backup every 100 iterations
+VALID_EVERY = 500         # iterations between validations, when --valid-every is not given; a
+VALID_TIMES = 10          # --time-budget run's are also at least a tenth of the budget apart
 
 
 # ---- the loop ------------------------------------------------------------------------------------
@@ -209,7 +211,10 @@ class Trainer:
                 self.net.hp = optim.stretch_policy(self.cfg_hp, end)
             self.load_corpus()
             self.ranks.shard(self.net, cfg)  # refuse streams % K; this rank's block of the streams
-            if o.patience is not None and (self.valid_ids is None or o.valid_every <= 0):
+            # validations every valid_every iterations; None: spaced by iterations and time (validation_due)
+            self.valid_every = o.valid_every if o.valid_every is not None else \
+                None if self.time_budget is not None else VALID_EVERY
+            if o.patience is not None and (self.valid_ids is None or self.valid_every == 0):
                 raise DarknetpyError(f"--patience {o.patience}: needs held-out text (--valid-frac) and --valid-every "
                                      "N > 0; leave it out to never stop early")
             self.loss, self.avg, self.valid, self.valid_iteration = None, None, None, None
@@ -245,6 +250,7 @@ class Trainer:
             # rank 0 alone writes checkpoints and the record, with the recurrent state of all
             # streams gathered to it; the others wait for it and share its errors
             self.checkpoint = self.ranks.saving(self.checkpoint, self.net)
+            self.writer = ckpt.Writer(background=self.ranks.comm is None)  # ranks: rank 0 writes as they wait
             self.write_record = self.ranks.on_writer(self.record.write)
 
     @contextlib.contextmanager
@@ -402,6 +408,7 @@ class Trainer:
             self.valid_seconds = 0.0  # the last validation's duration: the end of a time budget keeps it free
             self.horizon_at = None if self.time_budget is None else min(60.0, max(1.0, 0.05 * self.time_budget))
             self.horizon_pending = self.time_budget is not None  # until set_horizon, the budget alone ends the run
+            self.valid_due, self.valid_mark = False, (self.iteration, 0.0)  # the last validation (it, elapsed)
             self.last_row = (self.iteration, self.start)
             # overflow in a diverging run is reported as a non-finite loss, not as numpy warnings
             # an error of one rank alone stops the others at once
@@ -417,6 +424,9 @@ class Trainer:
                 self.finish(status)
                 self.metrics.close()
                 self.unlock()  # while the handlers stand: a last SIGTERM cannot kill the run before it
+        except BaseException:
+            self.writer.wait(raise_error=False)  # the folder stays locked until a checkpoint being written is whole
+            raise
         finally:
             if self.progress is not None:
                 self.progress.close()
@@ -453,8 +463,9 @@ class Trainer:
         """Progress, then what is due at this iteration: validation, the stops (patience, time
         budget), the metrics row, a sample, checkpoints."""
         it, o = self.iteration, self.options
+        self.writer.check()  # a background checkpoint write that failed stops the run here
         self.progress.update(self.postfix)
-        validated = o.valid_every > 0 and it % o.valid_every == 0 and self.validate()
+        validated = self.validation_due() and self.validate()
         if validated and self.best["iteration"] == it:
             self.checkpoint(self.paths["best"], "best")
         if o.patience is not None and self.bad_validations >= o.patience:
@@ -472,6 +483,15 @@ class Trainer:
         if o.save_every > 0 and it % o.save_every == 0:
             self.checkpoint(f"{self.base}_{it}.weights", "numbered")
 
+    def validation_due(self):
+        """Whether this iteration validates: every valid_every iterations, or (a --time-budget run
+        without --valid-every) the first that is both VALID_EVERY iterations and a tenth of the
+        budget after the last validation (watch_time_budget decides): at most about ten, so that
+        a faster step does not make them a larger share of the run."""
+        if self.valid_every is None:
+            return self.valid_due
+        return self.valid_every > 0 and self.iteration % self.valid_every == 0
+
     def postfix(self):
         rate = self.rate()
         rate = "-" if rate is None else f"{rate:.3g}"
@@ -488,6 +508,8 @@ class Trainer:
     def finish(self, status):
         """The last checkpoints, metrics row and record: after a signal the backup; else the backup,
         a validation (and the best checkpoint if it is the best) and the final weights."""
+        with self.interrupt.saving(then_interrupt=False):
+            self.writer.wait()  # `saved` is the last checkpoint written whole
         if status == "finished":
             if self.options.valid_full and self.valid_ids is not None and len(self.valid_ids) > datamod.VALID_SLICE:
                 self.validator = evaluate.Estimate(self.valid_ids, self.seed_ids)  # --valid-full: all of it
@@ -503,6 +525,7 @@ class Trainer:
             if status == "interrupted" and self.ranks.same(self.saved != self.iteration
                                                            or latest != self.record.name(self.paths["backup"])):
                 self.checkpoint(self.paths["backup"], "backup")
+            self.writer.wait()  # the last checkpoints whole (a failed one ends the run here), then the row and record
             if self.last_row[0] != self.iteration:
                 self.log_row()
             self.record.content["stop_reason"] = self.stop_reason
@@ -591,10 +614,15 @@ class Trainer:
         """Set max_batches from the speed so far, first after 5% of the budget (at most a minute),
         then again after every further tenth of it: the speed drifts, and validations, samples and
         checkpoints take their share, which a rate over the whole run so far includes. Stop at the
-        deadline in any case."""
+        deadline in any case. Without --valid-every, also say whether the next iteration validates."""
         # rank 0's clock decides the stop and the horizon for every rank
         elapsed = self.ranks.agreed(time.time() - self.start, "the time budget")
         done = self.net.batch_num - self.start_updates
+        it0, t0 = self.valid_mark
+        self.valid_due = (self.valid_every is None and self.iteration + 1 - it0 >= VALID_EVERY
+                          and elapsed - t0 >= self.time_budget / VALID_TIMES)
+        if self.valid_due:
+            self.valid_mark = (self.iteration + 1, elapsed)
         if elapsed >= self.time_budget:
             self.stop_reason = f"the time budget of {self.time_budget:g} s is spent"
         elif done >= 3 and elapsed >= self.horizon_at:
@@ -625,8 +653,11 @@ class Trainer:
 
     # ---- checkpoints -----------------------------------------------------------------------------
     def checkpoint(self, path, kind):
-        """Commit weights + .state.npz at `path`, then rewrite the record naming it as `kind`; a
-        second signal waits until both are whole."""
+        """Commit weights + .state.npz at `path`, then rewrite the record naming it as `kind`. The
+        weights' bytes and a copy of the state's arrays are taken here, from the run as it is now;
+        the .npz, its writing (write, fsync, rename) and the record run in the background
+        (ckpt.Writer) while training goes on, after the checkpoints before it. A second signal waits
+        until the files are whole."""
         net = self.net
         if not all(np.isfinite(v).all() for v in net.params().values()):
             raise self.diverged("non-finite weights before checkpoint")
@@ -635,18 +666,22 @@ class Trainer:
                  "vocab": ckpt.vocab_entry(self.vocabulary)}  # the vocabulary travels with the weights
         with self.averaged(kind in ("best", "final")) as trained:  # the model the run hands over
             wbytes = weightsmod.to_bytes(net)
-            sbytes = ckpt.state_bytes(net, self.batcher, wbytes, extra, self.ema, trained)
-        with self.interrupt.saving():
+            state = ckpt.state_arrays(net, self.batcher, wbytes, extra, self.ema, trained, copy=True)
+        self.record.add_checkpoint(path, kind)
+        record, iteration, first = self.record.text("running", self.progress_fields()), self.iteration, not self.cfg_kept
+        self.cfg_kept = True
+
+        def write():
             try:
-                ckpt.commit([(path + STATE_SUFFIX, sbytes), (path, wbytes)])
+                ckpt.commit([(path + STATE_SUFFIX, ckpt.npz_bytes(state)), (path, wbytes)])
             except OSError as e:
                 raise ckpt.write_error(path, e) from None
-            self.saved, self.saved_path = self.iteration, os.path.abspath(path)
-            if not self.cfg_kept:
+            self.saved, self.saved_path = iteration, os.path.abspath(path)
+            if first:
                 self.keep_cfg()
-                self.cfg_kept = True
-            self.record.add_checkpoint(path, kind)
-            self.record.write("running", self.progress_fields())
+            self.record.put(record)
+        with self.interrupt.saving():
+            self.writer.submit(write)
 
     def averaged(self, handed_over=True):
         """With [net] ema_alpha, the EMA's average in the network's weights for a block that scores
@@ -658,6 +693,7 @@ class Trainer:
         return f" (EMA {self.ema.alpha:g})" if self.ema is not None else ""
 
     def diverged(self, what):
+        self.writer.wait()  # the checkpoint being written, if any, is the last good one
         last = (f"the last good checkpoint is {self.saved_path} (iteration {self.saved})"
                 if self.saved_path else "no checkpoint was written in this run")
         if self.best is not None:

@@ -490,3 +490,48 @@ def test_a_diverged_run_names_the_last_good_and_the_best_checkpoint(tmp_path, co
                    f"the best {b / 'tiny_best.weights'} (iteration {best['iteration']}, {best['valid_bpc']:.4f} bpc)",
                    during=True)
     assert {p.name: p.read_bytes() for p in b.iterdir()} == saved
+
+
+# ---- the trainer's overheads (issue 32) -----------------------------------------------------------
+def test_a_time_budget_run_validates_at_most_every_tenth_of_it(tmp_path, corpus):
+    """Without --valid-every a --time-budget run validates every 500 iterations but at least a
+    tenth of the budget apart (and at its end); --valid-every N still counts iterations alone."""
+    cfg = write_cfg(tmp_path, max_batches=10**6)
+    r = ok(cfg, corpus, "--srand", 1, "--backup", tmp_path / "b", "--time-budget", "4s")
+    lines = [line.split() for line in r.stderr.splitlines() if line.startswith("valid: iteration ")]
+    iterations, seconds = [int(f[2]) for f in lines], [float(f[3]) for f in lines]
+    assert 2 <= len(lines) <= 10, r.stderr
+    assert all(b - a >= 500 for a, b in zip(iterations[:-1], iterations[1:-1])), r.stderr
+    assert all(b - a >= 0.3 for a, b in zip(seconds[:-1], seconds[1:-1])), r.stderr  # 0.4 s apart
+    record = yaml.safe_load((tmp_path / "b" / "tiny.yaml").read_text())
+    assert record["options"]["valid_every"] is None  # --resume keeps the rule
+    r = ok(cfg, corpus, "--srand", 1, "--backup", tmp_path / "c", "--time-budget", "3s", "--valid-every", 7)
+    iterations = [int(line.split()[2]) for line in r.stderr.splitlines() if line.startswith("valid: iteration ")]
+    assert len(iterations) > 10 and all(it % 7 == 0 for it in iterations[:-1]), r.stderr
+
+
+def test_a_checkpoint_written_in_the_background_is_whole_when_the_run_ends(tmp_path, corpus, monkeypatch):
+    """Checkpoints are committed by a background thread: slowed down there, every one is still
+    written whole and in order, the record names the last, and the run resumes from it exactly."""
+    real, order = atomic.write, []
+
+    def slow(path, data):
+        time.sleep(0.05)
+        order.append(os.path.basename(str(path)))
+        return real(path, data)
+    monkeypatch.setattr(atomic, "write", slow)
+    cfg = write_cfg(tmp_path, max_batches=250)
+    b = tmp_path / "b"
+    ok(cfg, corpus, "--srand", 2, "--backup", b, "--valid-every", 0, "--save-every", 100)
+    pairs = [name for name in order if name.endswith(".pending")]
+    assert pairs == [n for it in (100, 200) for n in ("tiny.backup.state.npz.pending", "tiny.backup.pending",
+                                                      f"tiny_{it}.weights.state.npz.pending", f"tiny_{it}.weights.pending")]\
+        + [f"{name}{suffix}.pending" for name in ("tiny.backup", "tiny_best.weights", "tiny_final.weights")
+           for suffix in (".state.npz", "")], order
+    record = yaml.safe_load((b / "tiny.yaml").read_text())
+    assert record["status"] == "finished" and record["checkpoints"]["latest"] == "tiny_final.weights"
+    assert header_seen(b / "tiny_200.weights") == 200 * 64 and header_seen(b / "tiny.backup") == 250 * 64
+    monkeypatch.setattr(atomic, "write", real)
+    ok(cfg, corpus, "--weights", b / "tiny_200.weights", "--max-batches", 250, "--backup", tmp_path / "again",
+       "--valid-every", 0)
+    assert (tmp_path / "again" / "tiny_final.weights").read_bytes() == (b / "tiny_final.weights").read_bytes()
