@@ -156,7 +156,7 @@ class Recurrent(Layer):
             U = np.multiply(dense.W, scale, out=self.buffer("U", dense.W.shape))
             F = self.buffer("F", (k, T * S))
             if train and dense.bf16:
-                mixed(F, U.T, rows(x).T)
+                mixed(F, U.T, rows(x).T, self.buffer)
             else:
                 np.matmul(U.T, rows(x).T, out=F)
             b = bias * scale
@@ -179,21 +179,25 @@ def transpose_into(out, x):
     return out
 
 
-def c_order(x):
+def c_order(x, spare, name):
     """(a, transposed): x as a C-contiguous array a, or as the transpose of one (transposed=True),
-    which kernels.matmul_bf16 reads in place; a copy only when x is neither (a column slice)."""
+    which kernels.matmul_bf16 reads in place; copied into the work array spare(name, shape) only
+    when x is neither (a column slice of the step loops' deltas)."""
     if x.flags.c_contiguous:
         return x, False
     if x.T.flags.c_contiguous:
         return x.T, True
-    return np.ascontiguousarray(x), False
+    a = spare(name, x.shape)
+    np.copyto(a, x)
+    return a, False
 
 
-def mixed(out, x, y, beta=0):
+def mixed(out, x, y, spare, beta=0):
     """out (M, N) = beta·out + bf16(x) @ bf16(y), summed in float32, for x (M, K), y (K, N) as
-    views of any layout: `[net] precision=bf16`'s product (kernels.matmul_bf16). Returns out."""
-    a, ta = c_order(x)
-    b, tb = c_order(y)
+    views of any layout: `[net] precision=bf16`'s product (kernels.matmul_bf16). `spare`: the
+    caller's Buffers.buffer, for an operand that must be copied. Returns out."""
+    a, ta = c_order(x, spare, "bf16 x")
+    b, tb = c_order(y, spare, "bf16 y")
     kernels.get("matmul_bf16", out, a, b)(out, a, b, ta, tb, beta)
     return out
 

@@ -91,7 +91,8 @@ class Dense(Buffers):
         if is_ids(x):  # in range (Network checks them): mode="wrap" skips the check and a copy of out
             return np.take(self.W, x, axis=0, out=out, mode="wrap")
         if train and self.bf16:
-            return mixed(np.empty((x.shape[0], self.W.shape[1]), self.dtype) if out is None else out, x, self.W)
+            out = np.empty((x.shape[0], self.W.shape[1]), self.dtype) if out is None else out
+            return mixed(out, x, self.W, self.buffer)
         return np.matmul(x, self.W, out=out)
 
     def normalize(self, z, train, keep=None):
@@ -149,7 +150,7 @@ class Dense(Buffers):
             dz = np.ascontiguousarray(dz)
             kernels.get("onehot_grad", self.dW, dz)(self.dW, x.astype(np.int64, copy=False), dz)
         elif self.bf16:
-            mixed(self.dW, x.T, dz, beta=1)
+            mixed(self.dW, x.T, dz, self.buffer, beta=1)
         else:
             dWx = np.matmul(x.T, dz, out=self.buffer("dWx", self.W.shape))
             kernels.get("add", self.dW, dWx)(self.dW, dWx)
@@ -157,7 +158,8 @@ class Dense(Buffers):
     def back(self, dz, out=None):
         """The delta for the input: dz Wᵀ (a backward product: in bf16 with `bf16`)."""
         if self.bf16:
-            return mixed(np.empty((dz.shape[0], self.W.shape[0]), self.dtype) if out is None else out, dz, self.W.T)
+            out = np.empty((dz.shape[0], self.W.shape[0]), self.dtype) if out is None else out
+            return mixed(out, dz, self.W.T, self.buffer)
         return np.matmul(dz, self.W.T, out=out)
 
 
