@@ -543,28 +543,22 @@ static inline Py_ssize_t amxl_row(const amxl_rows_of *R, Py_ssize_t i)
     return i < R->c0 ? R->r0 + i : i < R->c0 + R->c1 ? R->r1 + i - R->c0 : -1;
 }
 
-/* x rounded to bf16, nearest even (kernels.bf16). */
-static inline uint16_t amxl_bf16(float x)
-{
-    uint32_t u;
-    memcpy(&u, &x, 4);
-    return (uint16_t)((u + 0x7FFFu + (u >> 16 & 1)) >> 16);
-}
-
-/* A[tile, c, r, kk] = bf16(M[row(16 tile + r), k]) for k' = 32 c + kk in block k' / nb at k' % nb
- * (zero past n and past the rows); M (rows, blocks n). */
-static void amxl_pack(uint16_t *A, const float *M, Py_ssize_t n, int blocks, const amxl_rows_of *R)
+/* A[tile, c, r, kk] = bf16(M[row(16 tile + r), k]) (nearest even, kernels.bf16) for k' = 32 c + kk in
+ * block k' / nb at k' % nb (zero past n and past the rows); M (rows, blocks n). */
+AMXL_TARGET static void amxl_pack(uint16_t *A, const float *M, Py_ssize_t n, int blocks, const amxl_rows_of *R)
 {
     Py_ssize_t nb = AMXL_NB(n), KC = blocks * nb / 32, tiles = (R->c0 + R->c1 + 15) / 16;
     for (Py_ssize_t tile = 0; tile < tiles; tile++)
-        for (Py_ssize_t c = 0; c < KC; c++)
-            for (int r = 0; r < 16; r++) {
-                Py_ssize_t row = amxl_row(R, 16 * tile + r);
-                for (int kk = 0; kk < 32; kk++) {
-                    Py_ssize_t k = 32 * c + kk, j = k % nb;
-                    A[((tile * KC + c) * 16 + r) * 32 + kk] = row >= 0 && j < n ? amxl_bf16(M[row * blocks * n + k / nb * n + j]) : 0;
-                }
+        for (int r = 0; r < 16; r++) {
+            Py_ssize_t row = amxl_row(R, 16 * tile + r);
+            const float *m = M + (row < 0 ? 0 : row) * blocks * n;
+            for (Py_ssize_t k = 0; k < blocks * nb; k += 16) {
+                Py_ssize_t j = k % nb;
+                __mmask16 mask = row < 0 || j >= n ? 0 : n - j >= 16 ? 0xFFFF : (__mmask16)((1u << (n - j)) - 1);
+                __m256bh v = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(mask, m + k / nb * n + j));
+                _mm256_storeu_si256((__m256i *)(A + ((tile * KC + k / 32) * 16 + r) * 32 + k % 32), (__m256i)v);
             }
+        }
 }
 
 /* Rows [j0, j1) of x (n, S) as block `block` of the B arrays xb (ceil(S / 16), Kp / 2, 32): rows j, j + 1
