@@ -10,17 +10,15 @@ with bf16=1, which first alternating, so a loaded machine's drift reaches both a
 median ms of each and the median of the paired ratios fp32/bf16, and the other processes' load
 (throughput.other_load) before and after.
 """
-import darknetpy  # noqa: F401  (before numpy: launcher.quiet_blas_workers)
-
 import argparse
 import statistics
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
+from darknetpy import _kernels as K  # before numpy: darknetpy's launcher.quiet_blas_workers
 
-from darknetpy import _kernels as K
+import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from throughput import other_load  # noqa: E402
