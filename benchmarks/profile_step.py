@@ -115,7 +115,7 @@ def main():
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
     chars = args.steps * net.time_steps * net.streams
     print(f"{args.cfg}: {chars / total:,.0f} chars/s, {1e3 * total / args.steps:.1f} ms a step, "
-          f"{kernels.threads()} threads, kernels: {kernels.label()}")
+          f"{kernels.threads()} threads, kernels: {kernels.label()}, precision: {net.precision_label}")
     for phase, seconds in sorted(spent.items(), key=lambda kv: -kv[1]):
         print(f"  {phase:38s} {1e3 * seconds / args.steps:7.2f} ms  {100 * seconds / total:5.1f}%")
     other = total - sum(spent.values())

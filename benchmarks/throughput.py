@@ -328,7 +328,7 @@ def main(argv=None):
     header = ("config", "streams x steps", "train c/s", "GFLOP/s", "% peak", "gen c/s", "peak RSS")
     if torch_ok:
         header += ("torch train c/s", "train vs torch", "torch gen c/s", "gen vs torch", "torch RSS")
-    header += ("other CPU",)
+    header += ("other CPU", "precision")
     rows = [header]
     for r in results:
         dk = r["darknetpy"]
@@ -348,7 +348,7 @@ def main(argv=None):
                     f"{rate(g_cps)} {g_impl}" if g_cps else "-", ratio(gen and gen["chars_per_s"], g_cps),
                     f"{rss / 1e6:,.0f} MB" if rss else "-")
         others = [w.get("other_cpu") for w in [dk, *r["torch"], r["darknet"]] if w and w.get("other_cpu") is not None]
-        row += (f"{max(others):.2f}" if others else "?",)
+        row += (f"{max(others):.2f}" if others else "?", tr["precision"] if tr else "-")
         rows.append(row)
 
     from darknetpy.measure import format_table

@@ -157,7 +157,7 @@ def measure_train(cfg, iterations=ITERATIONS, warmup=WARMUP, seed=0):
     """Time `iterations` full training steps (after `warmup` untimed ones) on random ids.
 
     Returns a dict: chars_per_s (median step), step_s (all timed steps), chars_per_step,
-    flops_per_char (forward + backward), gflops, streams, time_steps."""
+    flops_per_char (forward + backward), gflops, streams, time_steps, precision (Network.precision_label)."""
     net = _quiet_network(cfg, seed=seed)
     T, S = net.time_steps, net.streams
     rng = np.random.default_rng(seed)
@@ -174,7 +174,7 @@ def measure_train(cfg, iterations=ITERATIONS, warmup=WARMUP, seed=0):
     chars = T * S
     return {"chars_per_s": chars / median, "step_s": steps, "chars_per_step": chars,
             "flops_per_char": fwd + bwd, "gflops": (fwd + bwd) * chars / median / 1e9,
-            "streams": S, "time_steps": T}
+            "streams": S, "time_steps": T, "precision": net.precision_label}
 
 
 def measure_generate(cfg, chars=GEN_CHARS, warmup=20, seed=0, temp=GenerationOptions.temperature):
@@ -252,6 +252,7 @@ def report(cfg, r):
                      f"steps of {statistics.median(tr['step_s']):.3f} s"))
         rows.append(("train GFLOP/s", f"{tr['gflops']:.1f}",
                      f"{100 * tr['gflops'] / peak:.0f}% of the matmul peak; {tr['flops_per_char'] / 1e6:.2f} MFLOP/char"))
+        rows.append(("train precision", tr["precision"], "of the large products ([net] precision, darknetpy's)"))
     if gen:
         rows.append(("generate chars/s", fmt_rate(gen["chars_per_s"]), f"{gen['chars']} chars, 1 stream"))
         rows.append(("generate GFLOP/s", f"{gen['gflops']:.2f}",

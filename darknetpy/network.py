@@ -8,7 +8,7 @@ train_network_datum: seen += streams*steps, forward, backward, and an update onc
 import numpy as np
 
 from . import cfg as cfgmod
-from . import evaluate, generation, optim, weights
+from . import evaluate, generation, kernels, optim, weights
 from .errors import DarknetpyError
 from .layers import KINDS
 from .layers.connected import is_ids
@@ -53,7 +53,9 @@ class Stepper:
 
 
 class Network:
-    def __init__(self, cfg_path, batch=None, time_steps=None, seed=None, dtype=np.float32):
+    def __init__(self, cfg_path, batch=None, time_steps=None, seed=None, dtype=np.float32, bf16_reference=False):
+        """`bf16_reference`: with `[net] precision=bf16`, run the bf16 products even where no compiled
+        matmul_bf16 is in use, on its numpy reference (tests; slow)."""
         sections = cfgmod.parse_cfg(cfg_path, KINDS)
         self.net_section = net = sections[0]  # [net]: errors about its keys point at their lines
         self.cfg_path = str(cfg_path)
@@ -100,6 +102,10 @@ class Network:
         self.ema_alpha = net.float("ema_alpha", 0.0)  # darknetpy's average of the weights (optim.EMA, kept by train.py)
         if not 0 <= self.ema_alpha < 1:
             raise net.error("ema_alpha must be in [0, 1)", "ema_alpha")
+        # darknetpy's: bf16 inputs to training's large products (Dense.bf16), resolved below
+        self.precision = net.str("precision", "fp32")
+        if self.precision not in ("fp32", "bf16"):
+            raise net.error("precision must be fp32 or bf16", "precision")
         self.rng = np.random.default_rng(seed)
         self.seen = 0
         self.last_rate = None  # the rate of the most recent update
@@ -126,6 +132,11 @@ class Network:
         if self.dtype != np.float32:  # float64 serves the finite-difference gradient checks
             for layer in self.layers:
                 layer.astype(self.dtype)
+        # precision=bf16 runs where its product is compiled (AMX-BF16), else in float32: train says so
+        self.bf16 = self.precision == "bf16" and self.dtype == np.float32 and \
+            (bf16_reference or kernels.compiled("matmul_bf16"))
+        for d in self.denses:
+            d.bf16 = self.bf16
         cfgmod.check_unused(sections)
         self.loss_layer = self._find_loss_layer()
 
@@ -151,6 +162,14 @@ class Network:
     def batch_num(self):
         """Darknet's get_current_batch: updates so far, counted from `seen`."""
         return self.seen // (self.streams * self.time_steps * self.subdivisions)
+
+    @property
+    def precision_label(self):
+        """The precision training's large products run in, for reports: fp32, bf16 (on which
+        matmul_bf16), or fp32 where precision=bf16 was asked but cannot run here."""
+        if self.bf16:
+            return "bf16 (" + ("compiled matmul_bf16" if kernels.compiled("matmul_bf16") else "numpy reference") + ")"
+        return "fp32" if self.precision == "fp32" else "fp32 (precision=bf16 needs the compiled AMX kernel)"
 
     def set_temperature(self, t):
         """Every softmax's temperature (generation replaces the cfg's, as Darknet's -temp does)."""

@@ -190,6 +190,8 @@ class Trainer:
             # a fresh seed is rank 0's, on every rank
             self.srand = self.ranks.same(int(np.random.SeedSequence().entropy % 2**31)) if o.srand is None else o.srand
             self.net = Network(cfg, seed=self.srand)
+            if self.net.precision == "bf16" and not self.net.bf16 and self.ranks.writer:
+                _stderr_line("darknetpy: precision=bf16 needs a CPU with AMX-BF16 and the C kernels; training in float32")
             if self.net.loss_layer is None:
                 raise DarknetpyError("the network has no [softmax] or [cost] layer to train against", cfg)
             if o.learning_rate is not None:

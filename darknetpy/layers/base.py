@@ -136,14 +136,15 @@ class Recurrent(Layer):
         feature-major step loop: (T, k, S). One-hot ids gather rows of U (with the bias added)
         straight into that layout (kernels.onehot_project). Float rows take one matmul into
         (k, T*S), then kernels.to_steps copies its S-long blocks into place adding the bias (one
-        pass, on the loops' threads; faster than transposing element by element).
+        pass, on the loops' threads; faster than transposing element by element). In training with
+        `dense.bf16` the float rows' product is in bf16 (`mixed`).
         With batchnorm `normalize` applies the sub-layer's bias and `bias` is not used (and in
         training appends what its backward needs to `keep`)."""
         T, S = x.shape[:2]
         k = scale.size
         out = self.buffer("XU", (T, k, S))
         if dense.bn:
-            z = dense.normalize(dense.matmul(rows(x)).reshape(T, S, k), train, keep) * scale
+            z = dense.normalize(dense.matmul(rows(x), train=train).reshape(T, S, k), train, keep) * scale
             transpose_into(out, z)
         elif x.dtype.kind in "iu":
             V = dense.W.shape[0]
@@ -153,7 +154,11 @@ class Recurrent(Layer):
             kernels.get("onehot_project", out, table)(out, table, x.astype(np.int64, copy=False))
         else:
             U = np.multiply(dense.W, scale, out=self.buffer("U", dense.W.shape))
-            F = np.matmul(U.T, rows(x).T, out=self.buffer("F", (k, T * S)))
+            F = self.buffer("F", (k, T * S))
+            if train and dense.bf16:
+                mixed(F, U.T, rows(x).T, self.buffer)
+            else:
+                np.matmul(U.T, rows(x).T, out=F)
             b = bias * scale
             kernels.get("to_steps", out, F, b)(out, F, b)
         return out
@@ -171,6 +176,29 @@ class Recurrent(Layer):
 def transpose_into(out, x):
     """out = x with its last two axes swapped (kernels.transpose); returns out."""
     kernels.get("transpose", out, x)(out, x)
+    return out
+
+
+def c_order(x, spare, name):
+    """(a, transposed): x as a C-contiguous array a, or as the transpose of one (transposed=True),
+    which kernels.matmul_bf16 reads in place; copied into the work array spare(name, shape) only
+    when x is neither (a column slice of the step loops' deltas)."""
+    if x.flags.c_contiguous:
+        return x, False
+    if x.T.flags.c_contiguous:
+        return x.T, True
+    a = spare(name, x.shape)
+    np.copyto(a, x)
+    return a, False
+
+
+def mixed(out, x, y, spare, beta=0):
+    """out (M, N) = beta·out + bf16(x) @ bf16(y), summed in float32, for x (M, K), y (K, N) as
+    views of any layout: `[net] precision=bf16`'s product (kernels.matmul_bf16). `spare`: the
+    caller's Buffers.buffer, for an operand that must be copied. Returns out."""
+    a, ta = c_order(x, spare, "bf16 x")
+    b, tb = c_order(y, spare, "bf16 y")
+    kernels.get("matmul_bf16", out, a, b)(out, a, b, ta, tb, beta)
     return out
 
 

@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .base import Buffers, Layer, output_units, projector
+from .base import Buffers, Layer, mixed, output_units, projector
 from .. import activations, kernels
 
 BN_EPS = np.float32(1e-6)  # Darknet adds it after the square root: (x - mean) / (sqrt(var) + 1e-6)
@@ -32,7 +32,12 @@ def is_ids(x):
 
 
 class Dense(Buffers):
-    """k stacked connected sub-layers (`names`), each inputs -> outputs, sharing one input."""
+    """k stacked connected sub-layers (`names`), each inputs -> outputs, sharing one input.
+
+    `bf16` (set by the network once it is built, from `[net] precision`): training's products over
+    all rows, x W forward, xᵀ dz and dz Wᵀ backward, take their float inputs rounded to bfloat16
+    (base.mixed); sums, weights and gradients stay float32. Inference (train=False) never does."""
+    bf16 = False
 
     def __init__(self, inputs, outputs, names, batch_normalize, rng):
         self.inputs, self.outputs, self.names, self.bn = inputs, outputs, names, bool(batch_normalize)
@@ -81,10 +86,13 @@ class Dense(Buffers):
             if isinstance(value, np.ndarray):
                 setattr(self, name, value.astype(dtype))
 
-    def matmul(self, x, out=None):
-        """x (N, inputs) @ W, or a row gather when x holds one-hot indices (N,)."""
+    def matmul(self, x, out=None, train=False):
+        """x (N, inputs) @ W, or a row gather when x holds one-hot indices (N,); in bf16 in training."""
         if is_ids(x):  # in range (Network checks them): mode="wrap" skips the check and a copy of out
             return np.take(self.W, x, axis=0, out=out, mode="wrap")
+        if train and self.bf16:
+            out = np.empty((x.shape[0], self.W.shape[1]), self.dtype) if out is None else out
+            return mixed(out, x, self.W, self.buffer)
         return np.matmul(x, self.W, out=out)
 
     def normalize(self, z, train, keep=None):
@@ -137,16 +145,21 @@ class Dense(Buffers):
         return dx
 
     def accumulate(self, x, dz):
-        """dW += xᵀ dz over all rows at once."""
-        if not is_ids(x):
+        """dW += xᵀ dz over all rows at once (in bf16: straight into dW)."""
+        if is_ids(x):
+            dz = np.ascontiguousarray(dz)
+            kernels.get("onehot_grad", self.dW, dz)(self.dW, x.astype(np.int64, copy=False), dz)
+        elif self.bf16:
+            mixed(self.dW, x.T, dz, self.buffer, beta=1)
+        else:
             dWx = np.matmul(x.T, dz, out=self.buffer("dWx", self.W.shape))
             kernels.get("add", self.dW, dWx)(self.dW, dWx)
-            return
-        dz = np.ascontiguousarray(dz)
-        kernels.get("onehot_grad", self.dW, dz)(self.dW, x.astype(np.int64, copy=False), dz)
 
     def back(self, dz, out=None):
-        """The delta for the input: dz Wᵀ."""
+        """The delta for the input: dz Wᵀ (a backward product: in bf16 with `bf16`)."""
+        if self.bf16:
+            out = np.empty((dz.shape[0], self.W.shape[0]), self.dtype) if out is None else out
+            return mixed(out, dz, self.W.T, self.buffer)
         return np.matmul(dz, self.W.T, out=out)
 
 
@@ -181,7 +194,7 @@ class Connected(Layer):
         rows = x.reshape(T * S) if is_ids(x) else x.reshape(T * S, self.inputs)
         if not train:  # a new array: it may be what the caller gets back
             return self.f(self.dense.normalize(self.dense.matmul(rows)[None], False)).reshape(T, S, self.outputs)
-        z = self.dense.matmul(rows, out=self.buffer("Z", (T * S, self.outputs)))
+        z = self.dense.matmul(rows, out=self.buffer("Z", (T * S, self.outputs)), train=True)
         bn = []
         z = self.dense.normalize(z[None], True, bn)
         y = self.f_(z, self.buffer("scratch", z.shape)).reshape(T, S, self.outputs)

@@ -126,7 +126,7 @@ class RNN(Recurrent):
         with batchnorm); each step's rows are normalized together (what backward needs: to `keep`)."""
         T, S = x.shape[:2]
         z = self.buffer(name, (T, S, self.outputs))
-        dense.matmul(rows(x), out=rows(z))
+        dense.matmul(rows(x), out=rows(z), train=train)
         z = dense.normalize(z, train, keep)  # in place without batchnorm
         return self.f_(z, self.buffer("scratch", z.shape))
 

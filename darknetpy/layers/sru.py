@@ -214,7 +214,7 @@ class SRU(Recurrent):
         Z = self.buffer("Z", (T * S, len(d.names) * n))
         table = (d.W,) if self.fused(x) else ()
         if not table:
-            d.matmul(rows(x), out=Z)
+            d.matmul(rows(x), out=Z, train=train)
         Z = Z.reshape(T, S, -1)
         bn = []
         if d.bn:
