@@ -577,3 +577,26 @@ def test_a_bf16_loop_rounding_by_truncation_or_dropping_a_k_edge_is_caught(broke
         check_bf16_forward(False, *f)
     with pytest.raises(AssertionError):
         check_bf16_back(*b)
+
+
+@amx
+def test_a_gru_layer_passes_bf16_to_its_c_loops_in_training_only(write_cfg, monkeypatch):
+    """With precision=bf16 (Dense.bf16 set) the [gru]'s training forward and backward call the C
+    loops with bf16=1, its inference forward without; with fp32 neither does."""
+    calls = []
+    for name in ("gru_loop", "gru_loop_back"):
+        monkeypatch.setitem(kernels.C.ops, name, lambda *a, _n=name, _k=kernels.C.ops[name]:
+                            calls.append((_n, a[-1] if isinstance(a[-1], int) else None)) or _k(*a))
+    rng = np.random.default_rng(1)
+    x, y = rng.integers(0, 20, (6, 5)), rng.integers(0, 20, (6, 5))
+    for precision, flag in (("bf16", 1), ("fp32", None)):
+        cfg = write_cfg(f"[net]\ninputs=20\nbatch=5\ntime_steps=6\nprecision={precision}\n[gru]\noutput=32\n"
+                        "[connected]\noutput=20\nactivation=linear\n[softmax]\n", f"{precision}.cfg")
+        with kernels.use("c"):
+            net = Network(cfg, seed=3, bf16_reference=True)
+            del calls[:]
+            net.accumulate(x, y)
+            assert calls == [("gru_loop", flag), ("gru_loop_back", flag)]
+            del calls[:]
+            net.forward(x, train=False)
+            assert calls == [("gru_loop", None)]

@@ -132,6 +132,14 @@ def gru_loop_back(Wzr, Wh, DY, ZR, P, dP, db, dh, bf16=False):
 kernels.register(gru_zr, gru_step, gru_back, gru_loop, gru_loop_back)
 
 
+def bf16_flag(dense, train, loop):
+    """(1,), the trailing bf16 argument of a training loop whose products go bf16 (`[net]
+    precision=bf16` sets dense.bf16), when `loop` takes it: numpy's reference, or the C loop where the
+    module has AMX (_kernels.amx_loops); else () and float32 products (inference and the steppers
+    always)."""
+    return (1,) if train and dense.bf16 and (loop in (gru_loop, gru_loop_back) or kernels._c.amx_loops) else ()
+
+
 class GRU(Recurrent):
     kind = "gru"
     alexeyab_order = ("uz", "ur", "uh", "wz", "wr", "wh")
@@ -199,7 +207,8 @@ class GRU(Recurrent):
             transpose_into(Y[1:], H[1:])
         else:
             arrays = (WzrT, WhT, XU, ZR, HC, RH, H, Y[1:], *training)
-            kernels.get("gru_loop", *arrays)(self.tanh, *arrays)
+            loop = kernels.get("gru_loop", *arrays)
+            loop(self.tanh, *arrays, *bf16_flag(wzr, train, loop))
         h0[...] = Y[T]
         if train:
             self.tape = self.Tape(x=rows(x), XU=XU, ZR=ZR, P=P, RHrows=RHrows, Y=Y, bn=bn)
@@ -258,7 +267,8 @@ class GRU(Recurrent):
         else:  # the loop sums the bias gradient too: wz wr wh's biases add to the same
             db = self.buffer("db", (3 * n,))     # pre-activations as uz ur uh's, one sum serves both
             arrays = (wzr.W, wh.W, dh_out, ZR, P, dP, db, dh)
-            kernels.get("gru_loop_back", *arrays)(*arrays)
+            loop = kernels.get("gru_loop_back", *arrays)
+            loop(*arrays, *bf16_flag(wzr, True, loop))
         if self.bn:  # (the w sub-layers' bias gradients came with each step's backward_norm)
             dPzr, dPh = rows(dPzr), rows(dPh)
             du = rows(u.backward_norm(dP, *bn["u"]))
