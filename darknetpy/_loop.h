@@ -386,101 +386,6 @@ static inline void loop_share(Py_ssize_t count, int id, int threads, Py_ssize_t 
     *last = count * (id + 1) / threads;
 }
 
-/* ---- LSTM ---------------------------------------------------------------------------------- */
-/* Forward: for t < T, G[t] = WT H[t] (the recurrent part of the pre-activations, WT (4n, n) with the
- * i f o rows halved), then lstm_step(G[t], XU[t], C[t], C[t+1], TC[t], H[t+1][, P]) and Y[t] = H[t+1]ᵀ.
- * G, XU (T, 4n, S), C, H (T+1, n, S), TC (T, n, S), P (3n, S): feature-major as layers/lstm.py's
- * loop; Y (T, S, n) the outputs as rows. Work: units in pairs, a pair's 8 gate rows (i f o g of
- * each) one tile, its step right after.
- * Back: for t from T-1 down, lstm_back(dh, dc, DY[t]ᵀ, G[t], C[t], TC[t], d[, P, dP]), dG[t] = dᵀ
- * (rows (S, 4n)), db += d's sums over the streams, and for t > 0 dh = W d, W (n, 4n); DY (T, S, n)
- * the output deltas as rows. Work: units in eights, the tile's 8 rows. */
-typedef struct {
-    const float *W, *XU, *DY, *P;
-    float *G, *C, *TC, *H, *dG, *dh, *dc, *dP;
-    float *A;      /* the packed weights: forward (pairs, n, 8), back (eights, 4n, 8) */
-    float *xp;     /* two steps' panels: forward H (2, P, n, 32), back d (2, P, 4n, 32) */
-    float *d;      /* back: a step's gate deltas (4n, S) */
-    Py_ssize_t T, S, n;
-    float *Y, *db; /* forward's outputs as rows; back's bias gradient (4n) */
-    float *DH;     /* back: a step's output deltas, feature-major (n, S) */
-} lstm_job;
-
-__attribute__((target("avx512f,avx2,fma"))) static void lstm_forward_body(void *arg, int id, int threads, unsigned *phase)
-{
-    lstm_job *J = arg;
-    Py_ssize_t T = J->T, S = J->S, n = J->n, P = (S + PANEL - 1) / PANEL, pairs = (n + 1) / 2, q0, q1;
-    Py_ssize_t B = n * S;  /* a gate block of a step */
-    loop_share(pairs, id, threads, &q0, &q1);
-    for (Py_ssize_t q = q0; q < q1; q++)  /* A[q, k, 2 gate + e] = WT[gate n + 2q + e, k] */
-        for (Py_ssize_t k = 0; k < n; k++)
-            for (int r = 0; r < LOOP_ROWS; r++) {
-                Py_ssize_t j = 2 * q + r % 2;
-                J->A[(q * n + k) * LOOP_ROWS + r] = j < n ? J->W[(r / 2 * n + j) * n + k] : 0.0f;
-            }
-    for (Py_ssize_t t = 0; t < T; t++) {
-        const float *hp = J->xp + (t % 2) * P * n * PANEL;
-        float *g = J->G + t * 4 * B, *h1 = J->H + (t + 1) * B;
-        for (Py_ssize_t q = q0; q < q1; q += 2) {  /* two pairs a time, then their steps */
-            for (Py_ssize_t p = 0; p < P; p++) {
-                float *y[2 * LOOP_ROWS];
-                __mmask16 m0, m1;
-                for (int r = 0; r < 2 * LOOP_ROWS; r++) {  /* row r: gate r % 8 / 2 of unit 2q + r / 8 * 2 + r % 2 */
-                    Py_ssize_t j = 2 * q + r / 8 * 2 + r % 2;
-                    y[r] = j < n && q + r / 8 < q1 ? g + (r % 8 / 2 * n + j) * S + p * PANEL : NULL;
-                }
-                loop_masks(S, p, &m0, &m1);
-                loop_tiles(J->A + q * n * LOOP_ROWS, q + 1 < q1 ? J->A + (q + 1) * n * LOOP_ROWS : NULL,
-                           hp + p * n * PANEL, n, y, m0, m1, 0, S <= 16);
-            }
-            Py_ssize_t j = 2 * q, u = (q + 2 <= q1 ? 4 : 2) < n - j ? (q + 2 <= q1 ? 4 : 2) : n - j, o = j * S;
-            if (J->P)
-                lstm_row_avx2(g + o, J->XU + t * 4 * B + o, J->C + t * B + o, J->C + (t + 1) * B + o,
-                              J->TC + t * B + o, h1 + o, J->P + o, u * S, B, 1);
-            else
-                lstm_row_avx2(g + o, J->XU + t * 4 * B + o, J->C + t * B + o, J->C + (t + 1) * B + o,
-                              J->TC + t * B + o, h1 + o, NULL, u * S, B, 0);
-        }
-        loop_to_rows(h1, J->Y + t * S * n, S, n, 0, 2 * q0, 2 * q1 < n ? 2 * q1 : n);
-        if (t + 1 < T) {
-            loop_to_panels(h1, J->xp + ((t + 1) % 2) * P * n * PANEL, n, S, 2 * q0, 2 * q1 < n ? 2 * q1 : n);
-            loop_barrier(phase);
-        }
-    }
-}
-
-__attribute__((target("avx512f,avx2,fma"))) static void lstm_back_loop_body(void *arg, int id, int threads, unsigned *phase)
-{
-    lstm_job *J = arg;
-    Py_ssize_t T = J->T, S = J->S, n = J->n, P = (S + PANEL - 1) / PANEL, eights = (n + 7) / 8, e0, e1;
-    Py_ssize_t B = n * S, K = 4 * n;
-    loop_share(eights, id, threads, &e0, &e1);
-    Py_ssize_t j0 = 8 * e0, j1 = 8 * e1 < n ? 8 * e1 : n;
-    loop_pack(J->A, J->W, K, n, 1, e0, e1);
-    for (Py_ssize_t t = T - 1; t >= 0; t--) {
-        /* at 32 streams a panel is the deltas' own layout: the step writes them in place */
-        float *dp = J->xp + (t % 2) * P * K * PANEL, *d = S == PANEL ? dp : J->d, *dGt = J->dG + t * S * K;
-        Py_ssize_t o = j0 * S, m = (j1 - j0) * S;
-        loop_from_rows(J->DY + t * S * n, J->DH, S, n, 0, j0, j1);
-        if (J->P)
-            lstm_back_body_avx2(J->dh + o, J->dc + o, J->DH + o, J->G + t * 4 * B + o, J->C + t * B + o,
-                                J->TC + t * B + o, d + o, J->P + o, J->dP + o, m, B, 1);
-        else
-            lstm_back_body_avx2(J->dh + o, J->dc + o, J->DH + o, J->G + t * 4 * B + o, J->C + t * B + o,
-                                J->TC + t * B + o, d + o, NULL, NULL, m, B, 0);
-        for (int gate = 0; gate < 4; gate++) {  /* dG[t][s, gate n + j] = d[gate n + j, s] */
-            loop_row_sums(d + gate * B, J->db + gate * n, S, j0, j1);
-            loop_to_rows(d + gate * B, dGt, S, K, gate * n, j0, j1);
-        }
-        if (t == 0)
-            break;
-        for (int gate = 0; gate < 4 && d != dp; gate++)
-            loop_to_panels(d + gate * B, dp + gate * n * PANEL, K, S, j0, j1);
-        loop_barrier(phase);
-        loop_rows(J->A, dp, K, J->dh, n, S, e0, e1, 0);
-    }
-}
-
 /* ---- bfloat16 products on AMX (amxl) ------------------------------------------------------ */
 /* With `[net] precision=bf16` the loops' per-step products take bf16 operands (rounded to nearest
  * even, kernels.bf16) and sum in float32 (kernels.matmul_bf16): AMX's TDPBF16PS, C (16 x 16 float32)
@@ -490,7 +395,7 @@ __attribute__((target("avx512f,avx2,fma"))) static void lstm_back_loop_body(void
  * of n rows (a product of [dz dr] has two), each padded with zeros to nb = n rounded up to 32, so that
  * no k chunk straddles two blocks and a thread writes only its own units' pairs. Each element sums
  * its chunks in k order on one thread: the same bits whichever thread, and however many. */
-static int amxl_loops;  /* the GRU loops take bf16=1: set at import (the module's amx_loops) */
+static int amxl_loops;  /* the GRU and LSTM loops take bf16=1: set at import (the module's amx_loops) */
 
 #if defined(__clang__) ? __clang_major__ >= 12 : __GNUC__ >= 11
 #define AMXL_BUILT 1
@@ -534,20 +439,20 @@ AMXL_TARGET static void amxl_tiles_off(void)
 
 #define AMXL_NB(n) (((n) + 31) / 32 * 32)
 
-/* The output rows of a thread's product: `c0` rows from r0, then `c1` from r1 (gru_loop's z and r
- * rows of its units); row i of the list, or -1 past its end. */
-typedef struct { Py_ssize_t r0, c0, r1, c1; } amxl_rows_of;
+/* The output rows of a thread's product: its `units` from j0 in each of `gates` blocks of n rows
+ * (gru_loop's z and r: 2; [lstm]'s i f o g: 4); row i of the list gate-major, or -1 past its end. */
+typedef struct { Py_ssize_t j0, units, gates, n; } amxl_rows_of;
 
 static inline Py_ssize_t amxl_row(const amxl_rows_of *R, Py_ssize_t i)
 {
-    return i < R->c0 ? R->r0 + i : i < R->c0 + R->c1 ? R->r1 + i - R->c0 : -1;
+    return i < R->gates * R->units ? i / R->units * R->n + R->j0 + i % R->units : -1;
 }
 
 /* A[tile, c, r, kk] = bf16(M[row(16 tile + r), k]) (nearest even, kernels.bf16) for k' = 32 c + kk in
  * block k' / nb at k' % nb (zero past n and past the rows); M (rows, blocks n). */
 AMXL_TARGET static void amxl_pack(uint16_t *A, const float *M, Py_ssize_t n, int blocks, const amxl_rows_of *R)
 {
-    Py_ssize_t nb = AMXL_NB(n), KC = blocks * nb / 32, tiles = (R->c0 + R->c1 + 15) / 16;
+    Py_ssize_t nb = AMXL_NB(n), KC = blocks * nb / 32, tiles = (R->gates * R->units + 15) / 16;
     for (Py_ssize_t tile = 0; tile < tiles; tile++)
         for (int r = 0; r < 16; r++) {
             Py_ssize_t row = amxl_row(R, 16 * tile + r);
@@ -597,7 +502,7 @@ AMXL_TARGET static void amxl_product(const uint16_t *A, const uint16_t *xb, Py_s
                                      const amxl_rows_of *R, int add)
 {
     float out[2][256] __attribute__((aligned(64)));
-    Py_ssize_t KC = Kp / 32, tiles = (R->c0 + R->c1 + 15) / 16, SB = (S + 15) / 16;
+    Py_ssize_t KC = Kp / 32, tiles = (R->gates * R->units + 15) / 16, SB = (S + 15) / 16;
     for (Py_ssize_t tile = 0; tile < tiles; tile++)
         for (Py_ssize_t p = 0; p < SB; p += 2) {  /* two blocks of 16 streams a time */
             int two = p + 1 < SB;
@@ -631,7 +536,7 @@ AMXL_TARGET static void amxl_product(const uint16_t *A, const uint16_t *xb, Py_s
         }
 }
 #else  /* a compiler without AMX: amxl_loops stays 0, and these are never called */
-typedef struct { Py_ssize_t r0, c0, r1, c1; } amxl_rows_of;
+typedef struct { Py_ssize_t j0, units, gates, n; } amxl_rows_of;
 #define AMXL_NB(n) (((n) + 31) / 32 * 32)
 static void amxl_tiles_on(void) {}
 static void amxl_tiles_off(void) {}
@@ -642,6 +547,142 @@ static void amxl_zero_pads(uint16_t *xb, Py_ssize_t n, int blocks, Py_ssize_t S)
 static void amxl_product(const uint16_t *A, const uint16_t *xb, Py_ssize_t Kp, float *y, Py_ssize_t S,
                          const amxl_rows_of *R, int add) {}
 #endif
+
+/* ---- LSTM ---------------------------------------------------------------------------------- */
+/* Forward: for t < T, G[t] = WT H[t] (the recurrent part of the pre-activations, WT (4n, n) with the
+ * i f o rows halved), then lstm_step(G[t], XU[t], C[t], C[t+1], TC[t], H[t+1][, P]) and Y[t] = H[t+1]ᵀ.
+ * G, XU (T, 4n, S), C, H (T+1, n, S), TC (T, n, S), P (3n, S): feature-major as layers/lstm.py's
+ * loop; Y (T, S, n) the outputs as rows. Work: units in pairs, a pair's 8 gate rows (i f o g of
+ * each) one tile, its step right after.
+ * Back: for t from T-1 down, lstm_back(dh, dc, DY[t]ᵀ, G[t], C[t], TC[t], d[, P, dP]), dG[t] = dᵀ
+ * (rows (S, 4n)), db += d's sums over the streams, and for t > 0 dh = W d, W (n, 4n); DY (T, S, n)
+ * the output deltas as rows. Work: units in eights, the tile's 8 rows.
+ * With bf16 (amxl_loops) the products are AMX's (the bf16 tiles above): A the thread's A tiles, xp two
+ * steps' B arrays (forward of H, back of d's four blocks), d the step's deltas at any S. */
+typedef struct {
+    const float *W, *XU, *DY, *P;
+    float *G, *C, *TC, *H, *dG, *dh, *dc, *dP;
+    float *A;      /* the packed weights: forward (pairs, n, 8), back (eights, 4n, 8) */
+    float *xp;     /* two steps' panels: forward H (2, P, n, 32), back d (2, P, 4n, 32) */
+    float *d;      /* back: a step's gate deltas (4n, S) */
+    Py_ssize_t T, S, n;
+    float *Y, *db; /* forward's outputs as rows; back's bias gradient (4n) */
+    float *DH;     /* back: a step's output deltas, feature-major (n, S) */
+    int bf16;      /* the products on AMX, bf16 operands */
+} lstm_job;
+
+__attribute__((target("avx512f,avx2,fma"))) static void lstm_forward_body(void *arg, int id, int threads, unsigned *phase)
+{
+    lstm_job *J = arg;
+    Py_ssize_t T = J->T, S = J->S, n = J->n, P = (S + PANEL - 1) / PANEL, pairs = (n + 1) / 2, q0, q1;
+    Py_ssize_t B = n * S;  /* a gate block of a step */
+    loop_share(pairs, id, threads, &q0, &q1);
+    Py_ssize_t j0 = 2 * q0, j1 = 2 * q1 < n ? 2 * q1 : n, nb = AMXL_NB(n), half = (S + 15) / 16 * nb * 16;
+    amxl_rows_of R = {j0, j1 - j0, 4, n};
+    uint16_t *A = (uint16_t *)J->A + q0 * (nb / 32) * 512, *xb = (uint16_t *)J->xp;  /* xb: two halves */
+    if (J->bf16) {
+        amxl_pack(A, J->W, n, 1, &R);
+        amxl_tiles_on();
+        if (j1 == n) {
+            amxl_zero_pads(xb, n, 1, S);
+            amxl_zero_pads(xb + half, n, 1, S);
+        }
+        amxl_to_pairs(J->H, xb, n, S, nb, 0, j0, j1);
+        loop_barrier(phase);
+    }
+    for (Py_ssize_t q = q0; q < q1 && !J->bf16; q++)  /* A[q, k, 2 gate + e] = WT[gate n + 2q + e, k] */
+        for (Py_ssize_t k = 0; k < n; k++)
+            for (int r = 0; r < LOOP_ROWS; r++) {
+                Py_ssize_t j = 2 * q + r % 2;
+                J->A[(q * n + k) * LOOP_ROWS + r] = j < n ? J->W[(r / 2 * n + j) * n + k] : 0.0f;
+            }
+    for (Py_ssize_t t = 0; t < T; t++) {
+        const float *hp = J->xp + (t % 2) * P * n * PANEL;
+        float *g = J->G + t * 4 * B, *h1 = J->H + (t + 1) * B;
+        if (J->bf16)
+            amxl_product(A, xb + t % 2 * half, nb, g, S, &R, 0);
+        for (Py_ssize_t q = q0; q < q1; q += 2) {  /* two pairs a time, then their steps */
+            for (Py_ssize_t p = 0; p < P && !J->bf16; p++) {
+                float *y[2 * LOOP_ROWS];
+                __mmask16 m0, m1;
+                for (int r = 0; r < 2 * LOOP_ROWS; r++) {  /* row r: gate r % 8 / 2 of unit 2q + r / 8 * 2 + r % 2 */
+                    Py_ssize_t j = 2 * q + r / 8 * 2 + r % 2;
+                    y[r] = j < n && q + r / 8 < q1 ? g + (r % 8 / 2 * n + j) * S + p * PANEL : NULL;
+                }
+                loop_masks(S, p, &m0, &m1);
+                loop_tiles(J->A + q * n * LOOP_ROWS, q + 1 < q1 ? J->A + (q + 1) * n * LOOP_ROWS : NULL,
+                           hp + p * n * PANEL, n, y, m0, m1, 0, S <= 16);
+            }
+            Py_ssize_t j = 2 * q, u = (q + 2 <= q1 ? 4 : 2) < n - j ? (q + 2 <= q1 ? 4 : 2) : n - j, o = j * S;
+            if (J->P)
+                lstm_row_avx2(g + o, J->XU + t * 4 * B + o, J->C + t * B + o, J->C + (t + 1) * B + o,
+                              J->TC + t * B + o, h1 + o, J->P + o, u * S, B, 1);
+            else
+                lstm_row_avx2(g + o, J->XU + t * 4 * B + o, J->C + t * B + o, J->C + (t + 1) * B + o,
+                              J->TC + t * B + o, h1 + o, NULL, u * S, B, 0);
+        }
+        loop_to_rows(h1, J->Y + t * S * n, S, n, 0, 2 * q0, 2 * q1 < n ? 2 * q1 : n);
+        if (t + 1 < T) {
+            if (J->bf16)
+                amxl_to_pairs(h1, xb + (t + 1) % 2 * half, n, S, nb, 0, j0, j1);
+            else
+                loop_to_panels(h1, J->xp + ((t + 1) % 2) * P * n * PANEL, n, S, 2 * q0, 2 * q1 < n ? 2 * q1 : n);
+            loop_barrier(phase);
+        }
+    }
+    if (J->bf16)
+        amxl_tiles_off();
+}
+
+__attribute__((target("avx512f,avx2,fma"))) static void lstm_back_loop_body(void *arg, int id, int threads, unsigned *phase)
+{
+    lstm_job *J = arg;
+    Py_ssize_t T = J->T, S = J->S, n = J->n, P = (S + PANEL - 1) / PANEL, eights = (n + 7) / 8, e0, e1;
+    Py_ssize_t B = n * S, K = 4 * n;
+    loop_share(eights, id, threads, &e0, &e1);
+    Py_ssize_t j0 = 8 * e0, j1 = 8 * e1 < n ? 8 * e1 : n, nb = AMXL_NB(n), half = (S + 15) / 16 * 4 * nb * 16;
+    amxl_rows_of R = {j0, j1 - j0, 1, n};
+    uint16_t *A = (uint16_t *)J->A + e0 * (4 * nb / 32) * 512, *xb = (uint16_t *)J->xp;  /* xb: two halves */
+    if (J->bf16) {
+        amxl_pack(A, J->W, n, 4, &R);
+        amxl_tiles_on();
+        if (j1 == n) {
+            amxl_zero_pads(xb, n, 4, S);
+            amxl_zero_pads(xb + half, n, 4, S);
+        }
+    } else
+        loop_pack(J->A, J->W, K, n, 1, e0, e1);
+    for (Py_ssize_t t = T - 1; t >= 0; t--) {
+        /* at 32 streams a panel is the deltas' own layout: the step writes them in place */
+        float *dp = J->xp + (t % 2) * P * K * PANEL, *d = S == PANEL && !J->bf16 ? dp : J->d, *dGt = J->dG + t * S * K;
+        Py_ssize_t o = j0 * S, m = (j1 - j0) * S;
+        loop_from_rows(J->DY + t * S * n, J->DH, S, n, 0, j0, j1);
+        if (J->P)
+            lstm_back_body_avx2(J->dh + o, J->dc + o, J->DH + o, J->G + t * 4 * B + o, J->C + t * B + o,
+                                J->TC + t * B + o, d + o, J->P + o, J->dP + o, m, B, 1);
+        else
+            lstm_back_body_avx2(J->dh + o, J->dc + o, J->DH + o, J->G + t * 4 * B + o, J->C + t * B + o,
+                                J->TC + t * B + o, d + o, NULL, NULL, m, B, 0);
+        for (int gate = 0; gate < 4; gate++) {  /* dG[t][s, gate n + j] = d[gate n + j, s] */
+            loop_row_sums(d + gate * B, J->db + gate * n, S, j0, j1);
+            loop_to_rows(d + gate * B, dGt, S, K, gate * n, j0, j1);
+        }
+        if (t == 0)
+            break;
+        for (int gate = 0; gate < 4 && d != dp; gate++)
+            if (J->bf16)
+                amxl_to_pairs(d + gate * B, xb + t % 2 * half, n, S, 4 * nb, gate, j0, j1);
+            else
+                loop_to_panels(d + gate * B, dp + gate * n * PANEL, K, S, j0, j1);
+        loop_barrier(phase);
+        if (J->bf16)
+            amxl_product(A, xb + t % 2 * half, 4 * nb, J->dh, S, &R, 0);
+        else
+            loop_rows(J->A, dp, K, J->dh, n, S, e0, e1, 0);
+    }
+    if (J->bf16)
+        amxl_tiles_off();
+}
 
 /* ---- GRU ----------------------------------------------------------------------------------- */
 /* Forward: for t < T, ZR[t] = WzrT H[t], gru_zr(ZR[t], XU[t], H[t], RH[t]), HC[t] = WhT RH[t],
@@ -677,7 +718,7 @@ __attribute__((target("avx512f,avx2,fma"))) static void gru_forward_body(void *a
     loop_share(eights, id, threads, &e0, &e1);
     Py_ssize_t j0 = 8 * e0, j1 = 8 * e1 < n ? 8 * e1 : n, o = j0 * S, m = (j1 - j0) * S;
     Py_ssize_t nb = AMXL_NB(n), KC = nb / 32;
-    amxl_rows_of Rzr = {j0, j1 - j0, n + j0, j1 - j0}, Rh = {j0, j1 - j0, 0, 0};
+    amxl_rows_of Rzr = {j0, j1 - j0, 2, n}, Rh = {j0, j1 - j0, 1, n};
     uint16_t *Azr = (uint16_t *)J->Azr + e0 * KC * 512, *Ah = (uint16_t *)J->Ah + e0 * KC * 512;
     uint16_t *xa = (uint16_t *)J->xa, *xb = (uint16_t *)J->xb;
     if (J->bf16) {
@@ -753,7 +794,7 @@ __attribute__((target("avx512f,avx2,fma"))) static void gru_back_loop_body(void 
     loop_share(eights, id, threads, &e0, &e1);
     Py_ssize_t j0 = 8 * e0, j1 = 8 * e1 < n ? 8 * e1 : n, o = j0 * S, m = (j1 - j0) * S;
     Py_ssize_t nb = AMXL_NB(n);
-    amxl_rows_of R = {j0, j1 - j0, 0, 0};
+    amxl_rows_of R = {j0, j1 - j0, 1, n};
     uint16_t *Azr = (uint16_t *)J->Azr + e0 * (2 * nb / 32) * 512, *Ah = (uint16_t *)J->Ah + e0 * (nb / 32) * 512;
     uint16_t *xa = (uint16_t *)J->xa, *xb = (uint16_t *)J->xb;
     if (J->bf16) {

@@ -21,7 +21,7 @@ from .. import kernels
 from ..kernels import blocks, sigmoid_grad, tanh_grad
 from .base import Recurrent, halves, matvec, output_units, projector, row_product, rows, step_product, transpose_into
 from .connected import Dense, row_sum
-from .lstm import logistic_halved
+from .lstm import bf16_flag, logistic_halved, loop_product
 
 
 def gru_zr(zr, xu, h, rh):
@@ -71,27 +71,15 @@ def gru_back(dh, drh, zr, P, d):
     dh += drh * zr[n:]
 
 
-def loop_product(A, S, bf16):
-    """(x, out) -> out = A x, a training loop's per-step product (step_product); with bf16 the mixed
-    precision one of `[net] precision=bf16`, bf16(A) bf16(x) summed in float32 (kernels.matmul_bf16)."""
-    if not bf16:
-        return step_product(A, S)
-
-    def product(x, out):
-        kernels.matmul_bf16(out, A, x, False, False, 0)
-        return out
-    return product
-
-
 def gru_loop(tanh, WzrT, WhT, XU, ZR, HC, RH, H, Y, P=None, RHrows=None, bf16=False):
     """The forward step loop (feature-major, T steps of S streams): for each t, ZR[t] = WzrT H[t],
     gru_zr(ZR[t], XU[t], H[t], RH[t]), HC[t] = WhT RH[t], gru_step(tanh, HC[t], XU[t], ZR[t], H[t],
     H[t+1][, P[t]]), Y[t] = H[t+1]ᵀ (the output as rows), and in training (P given) RHrows[t] =
     RH[t]ᵀ, wh's input as rows. WzrT (2n, n) and WhT (n, n) with the logistic rows halved; XU, P
     (T, 3n, S); ZR (T, 2n, S); HC, RH (T, n, S); H (T+1, n, S), H[0] the state before; Y, RHrows
-    (T, S, n). bf16 (in training): the two products with bf16 operands (loop_product). The C form
-    (_loop.h, AVX-512 CPUs; bf16 on AMX) runs the whole loop in one call, each thread owning a slice
-    of the units; its products add in another order, so it equals this to float32 rounding."""
+    (T, S, n). bf16 (in training): the two products with bf16 operands (lstm.loop_product). The C
+    form (_loop.h, AVX-512 CPUs; bf16 on AMX) runs the whole loop in one call, each thread owning a
+    slice of the units; its products add in another order, so it equals this to float32 rounding."""
     T, S = XU.shape[0], XU.shape[2]
     gates, step = kernels.get("gru_zr", ZR), kernels.get("gru_step", ZR)
     recur_zr, recur_h = loop_product(WzrT, S, bf16), loop_product(WhT, S, bf16)
@@ -130,14 +118,6 @@ def gru_loop_back(Wzr, Wh, DY, ZR, P, dP, db, dh, bf16=False):
 
 
 kernels.register(gru_zr, gru_step, gru_back, gru_loop, gru_loop_back)
-
-
-def bf16_flag(dense, train, loop):
-    """(1,), the trailing bf16 argument of a training loop whose products go bf16 (`[net]
-    precision=bf16` sets dense.bf16), when `loop` takes it: numpy's reference, or the C loop where the
-    module has AMX (_kernels.amx_loops); else () and float32 products (inference and the steppers
-    always)."""
-    return (1,) if train and dense.bf16 and (loop in (gru_loop, gru_loop_back) or kernels._c.amx_loops) else ()
 
 
 class GRU(Recurrent):
