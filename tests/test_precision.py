@@ -9,6 +9,7 @@ here from frexp, not from kernels.bf16.
 """
 import contextlib
 import functools
+import re
 import subprocess
 import sys
 
@@ -266,3 +267,28 @@ def test_resume_is_bit_exact(tmp_path):
     r = run_cli("train", fp32, corpus, "--backup", tmp_path / "fp", "--srand", 5, "--valid-every", 0)
     assert r.returncode == 0, r.stderr.decode()
     assert (tmp_path / "fp" / "fp32_final.weights").read_bytes() != whole
+
+
+@pytest.mark.parametrize("precision, kernels_env, label", [
+    ("fp32", None, "fp32"),
+    ("bf16", "0", "fp32 (precision=bf16 needs the compiled AMX kernel)"),
+])
+def test_bench_names_the_precision(precision, kernels_env, label, write_cfg, monkeypatch):
+    if kernels_env is None:
+        monkeypatch.delenv("DARKNETPY_KERNELS", raising=False)
+    else:
+        monkeypatch.setenv("DARKNETPY_KERNELS", kernels_env)
+    cfg = write_cfg(stack("gru", inputs=16, precision=precision))
+    r = run_cli("bench", cfg, "--iterations", "1", "--warmup", "0", "--no-generate")
+    out = r.stdout.decode()
+    assert r.returncode == 0, r.stderr.decode()
+    assert re.search(rf"^train precision\s+{re.escape(label)}\s", out, re.M), out
+
+
+def test_bench_names_bf16_where_it_runs(write_cfg):
+    if not kernels.compiled("matmul_bf16"):
+        pytest.skip("matmul_bf16 has no compiled form here (it needs AMX-BF16 and the C kernels)")
+    cfg = write_cfg(stack("gru", inputs=16, precision="bf16"))
+    r = run_cli("bench", cfg, "--iterations", "1", "--warmup", "0", "--no-generate")
+    assert r.returncode == 0, r.stderr.decode()
+    assert re.search(r"^train precision\s+bf16 \(compiled matmul_bf16\)\s", r.stdout.decode(), re.M), r.stdout.decode()
