@@ -17,7 +17,10 @@
  *
  * The products' operands in panels (kernels.pack_panels' layout): the state of a step as
  * ceil(S / 32) panels (n, 32) (zeros past S), the weights of 8 output rows as (K, 8), so that a tile
- * of 8 rows by 32 streams reads one contiguous line of each per k. */
+ * of 8 rows by 32 streams reads one contiguous line of each per k.
+ *
+ * With `[net] precision=bf16` the GRU and LSTM loops take bf16=1: their products on AMX tiles instead,
+ * bf16 operands and float32 sums (the amxl_ helpers below), the rest of the loop the same. */
 
 #include <limits.h>
 #include <linux/futex.h>
