@@ -1381,6 +1381,7 @@ static PyObject *team_share(team_part part, const void *job, Py_ssize_t count, P
     Py_RETURN_NONE;
 }
 
+#include "_amx.h"  /* matmul_bf16, added to the module only where AMX runs */
 #include "_sample.h"  /* softmax_rows; its sample_* functions are added only when the CPU has AVX-512 */
 
 #define KIND_WRAPPERS
@@ -1442,6 +1443,17 @@ PyMODINIT_FUNC PyInit__kernels(void)
         return NULL;
     }
 #endif
+#ifdef AMXK_BUILT
+    amxk_on = avx512 && amxk_available();  /* not under DARKNETPY_KERNELS=avx2: no AVX-512, no AMX */
+    if (mod && amxk_on && PyModule_AddFunctions(mod, amxk_methods) < 0) {
+        Py_DECREF(mod);
+        return NULL;
+    }
+#endif
+    if (mod && PyModule_AddObject(mod, "amx", PyBool_FromLong(amxk_on)) < 0) {
+        Py_DECREF(mod);
+        return NULL;
+    }
     if (mod && PyModule_AddStringConstant(mod, "isa", avx512 ? "avx512f" : use_avx2 ? "avx2+fma" : "baseline") < 0) {
         Py_DECREF(mod);
         return NULL;
