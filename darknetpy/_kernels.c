@@ -1103,10 +1103,25 @@ static PyObject *loop_go(float **const *parts, const size_t *sizes, int count, P
     Py_RETURN_NONE;
 }
 
-/* lstm_loop(WT, XU, G, C, TC, H, Y[, P]): the forward step loop (_loop.h). */
+/* The bf16 flag of a loop call, a trailing int after its arrays (taken off *nargs): 0 without it, -1
+ * with an exception set when it is true and the module has no AMX loops. */
+static int amxl_flag(PyObject *const *args, Py_ssize_t *nargs, const char *name)
+{
+    int bf16 = *nargs > 1 && PyLong_Check(args[*nargs - 1]) ? PyObject_IsTrue(args[--*nargs]) : 0;
+    if (bf16 > 0 && !amxl_loops) {
+        PyErr_Format(PyExc_ValueError, "%s: bf16=1 needs AMX-BF16 (this CPU, kernel or compiler has none: _kernels.amx_loops is 0)", name);
+        return -1;
+    }
+    return bf16;
+}
+
+/* lstm_loop(WT, XU, G, C, TC, H, Y[, P][, bf16]): the forward step loop (_loop.h). */
 static PyObject *lstm_loop(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     Py_buffer b[LOOP_MAX_ARGS];
+    int bf16 = amxl_flag(args, &nargs, "lstm_loop");
+    if (bf16 < 0)
+        return NULL;
     int count = loop_args(args, nargs, b, "ffFFFFF", "f", "lstm_loop(WT, XU, G, C, TC, H, Y[, P])");
     if (count < 0)
         return NULL;
@@ -1121,19 +1136,26 @@ static PyObject *lstm_loop(PyObject *self, PyObject *const *args, Py_ssize_t nar
     }
     Py_ssize_t P = (S + PANEL - 1) / PANEL, pairs = (n + 1) / 2;
     lstm_job J = {b[0].buf, b[1].buf, NULL, count == 8 ? b[7].buf : NULL, b[2].buf, b[3].buf, b[4].buf, b[5].buf,
-                  NULL, NULL, NULL, NULL, NULL, NULL, NULL, T, S, n, b[6].buf, NULL, NULL};
+                  NULL, NULL, NULL, NULL, NULL, NULL, NULL, T, S, n, b[6].buf, NULL, NULL, bf16};
     float **parts[] = {&J.xp, &J.A};
     size_t sizes[] = {(size_t)2 * P * n * PANEL, (size_t)pairs * n * LOOP_ROWS};
-    result = loop_go(parts, sizes, 2, S, 1, J.H, &J.xp, n, lstm_forward_body, &J, pairs);
+    size_t amx[] = {(size_t)2 * ((S + 15) / 16) * AMXL_NB(n) * 8, (size_t)pairs * AMXL_NB(n) * 8};  /* in floats */
+    if (bf16)
+        result = loop_go(parts, amx, 2, S, 0, NULL, NULL, n, lstm_forward_body, &J, pairs);
+    else
+        result = loop_go(parts, sizes, 2, S, 1, J.H, &J.xp, n, lstm_forward_body, &J, pairs);
 out:
     release(b, count);
     return result;
 }
 
-/* lstm_loop_back(W, DY, G, C, TC, dG, db, dh, dc[, P, dP]): the step loop's way back (_loop.h). */
+/* lstm_loop_back(W, DY, G, C, TC, dG, db, dh, dc[, P, dP][, bf16]): the step loop's way back (_loop.h). */
 static PyObject *lstm_loop_back(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     Py_buffer b[LOOP_MAX_ARGS];
+    int bf16 = amxl_flag(args, &nargs, "lstm_loop_back");
+    if (bf16 < 0)
+        return NULL;
     int count = loop_args(args, nargs, b, "fffffFFFF", "fF", "lstm_loop_back(W, DY, G, C, TC, dG, db, dh, dc[, P, dP])");
     if (count < 0)
         return NULL;
@@ -1150,22 +1172,24 @@ static PyObject *lstm_loop_back(PyObject *self, PyObject *const *args, Py_ssize_
     Py_ssize_t P = (S + PANEL - 1) / PANEL, eights = (n + 7) / 8;
     lstm_job J = {b[0].buf, NULL, b[1].buf, count == 11 ? b[9].buf : NULL, b[2].buf, b[3].buf, b[4].buf, NULL,
                   b[5].buf, b[7].buf, b[8].buf, count == 11 ? b[10].buf : NULL, NULL, NULL, NULL, T, S, n,
-                  NULL, b[6].buf, NULL};
+                  NULL, b[6].buf, NULL, bf16};
     memset(J.db, 0, (size_t)4 * n * sizeof(float));
     float **parts[] = {&J.xp, &J.A, &J.d, &J.DH};
     size_t sizes[] = {(size_t)2 * P * 4 * n * PANEL, (size_t)eights * 4 * n * LOOP_ROWS, (size_t)4 * n * S, (size_t)n * S};
-    result = loop_go(parts, sizes, 4, S, 1, NULL, NULL, n, lstm_back_loop_body, &J, eights);
+    size_t amx[] = {(size_t)2 * ((S + 15) / 16) * 4 * AMXL_NB(n) * 8, (size_t)eights * 4 * AMXL_NB(n) * 8,
+                    sizes[2], sizes[3]};  /* in floats */
+    result = loop_go(parts, bf16 ? amx : sizes, 4, S, bf16 ? 0 : 1, NULL, NULL, n, lstm_back_loop_body, &J, eights);
 out:
     release(b, count);
     return result;
 }
 
-/* gru_loop(tanh, WzrT, WhT, XU, ZR, HC, RH, H, Y[, P, RHrows]): the GRU's forward step loop (_loop.h). */
+/* gru_loop(tanh, WzrT, WhT, XU, ZR, HC, RH, H, Y[, P, RHrows][, bf16]): the GRU's forward step loop (_loop.h). */
 static PyObject *gru_loop(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     Py_buffer b[LOOP_MAX_ARGS];
-    int tanh_act = nargs > 0 ? PyObject_IsTrue(args[0]) : 0;
-    if (tanh_act < 0)
+    int tanh_act = nargs > 0 ? PyObject_IsTrue(args[0]) : 0, bf16 = amxl_flag(args, &nargs, "gru_loop");
+    if (tanh_act < 0 || bf16 < 0)
         return NULL;
     int count = loop_args(args + 1, nargs - 1, b, "fffFFFFF", "FF", "gru_loop(tanh, WzrT, WhT, XU, ZR, HC, RH, H, Y[, P, RHrows])");
     if (count < 0)
@@ -1183,20 +1207,28 @@ static PyObject *gru_loop(PyObject *self, PyObject *const *args, Py_ssize_t narg
     Py_ssize_t P = (S + PANEL - 1) / PANEL, eights = (n + 7) / 8;
     gru_job J = {b[0].buf, b[1].buf, b[2].buf, NULL, b[3].buf, b[4].buf, b[5].buf, b[6].buf,
                  count == 10 ? b[8].buf : NULL, count == 10 ? b[9].buf : NULL, NULL, NULL,
-                 NULL, NULL, NULL, NULL, NULL, NULL, T, S, n, tanh_act, b[7].buf, NULL, NULL};
+                 NULL, NULL, NULL, NULL, NULL, NULL, T, S, n, tanh_act, b[7].buf, NULL, NULL, bf16};
     float **parts[] = {&J.xa, &J.xb, &J.Azr, &J.Ah};
     size_t sizes[] = {(size_t)P * n * PANEL, (size_t)P * n * PANEL, (size_t)2 * eights * n * LOOP_ROWS,
                       (size_t)eights * n * LOOP_ROWS};
-    result = loop_go(parts, sizes, 4, S, 2, J.H, &J.xa, n, gru_forward_body, &J, eights);
+    size_t pairs = (size_t)(S + 15) / 16 * AMXL_NB(n) * 8, tiles = (size_t)eights * AMXL_NB(n) * 8;  /* in floats */
+    size_t amx[] = {pairs, pairs, tiles, tiles};
+    if (bf16)
+        result = loop_go(parts, amx, 4, S, 0, NULL, NULL, n, gru_forward_body, &J, eights);
+    else
+        result = loop_go(parts, sizes, 4, S, 2, J.H, &J.xa, n, gru_forward_body, &J, eights);
 out:
     release(b, count);
     return result;
 }
 
-/* gru_loop_back(Wzr, Wh, DY, ZR, P, dP, db, dh): the GRU's step loop back (_loop.h). */
+/* gru_loop_back(Wzr, Wh, DY, ZR, P, dP, db, dh[, bf16]): the GRU's step loop back (_loop.h). */
 static PyObject *gru_loop_back(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     Py_buffer b[LOOP_MAX_ARGS];
+    int bf16 = amxl_flag(args, &nargs, "gru_loop_back");
+    if (bf16 < 0)
+        return NULL;
     int count = loop_args(args, nargs, b, "fffffFFF", "", "gru_loop_back(Wzr, Wh, DY, ZR, P, dP, db, dh)");
     if (count < 0)
         return NULL;
@@ -1211,12 +1243,14 @@ static PyObject *gru_loop_back(PyObject *self, PyObject *const *args, Py_ssize_t
     }
     Py_ssize_t P = (S + PANEL - 1) / PANEL, eights = (n + 7) / 8;
     gru_job J = {b[0].buf, b[1].buf, NULL, b[2].buf, b[3].buf, NULL, NULL, NULL, b[4].buf, NULL, b[5].buf, b[7].buf,
-                 NULL, NULL, NULL, NULL, NULL, NULL, T, S, n, 0, NULL, b[6].buf, NULL};
+                 NULL, NULL, NULL, NULL, NULL, NULL, T, S, n, 0, NULL, b[6].buf, NULL, bf16};
     memset(J.db, 0, (size_t)3 * n * sizeof(float));
     float **parts[] = {&J.xa, &J.xb, &J.Azr, &J.Ah, &J.d, &J.drh, &J.DH};
     size_t sizes[] = {(size_t)P * n * PANEL, (size_t)P * 2 * n * PANEL, (size_t)eights * 2 * n * LOOP_ROWS,
                       (size_t)eights * n * LOOP_ROWS, (size_t)3 * n * S, (size_t)n * S, (size_t)n * S};
-    result = loop_go(parts, sizes, 7, S, 2, NULL, NULL, n, gru_back_loop_body, &J, eights);
+    size_t pairs = (size_t)(S + 15) / 16 * AMXL_NB(n) * 8, tiles = (size_t)eights * AMXL_NB(n) * 8;  /* in floats */
+    size_t amx[] = {pairs, 2 * pairs, 2 * tiles, tiles, sizes[4], sizes[5], sizes[6]};
+    result = loop_go(parts, bf16 ? amx : sizes, 7, S, bf16 ? 0 : 2, NULL, NULL, n, gru_back_loop_body, &J, eights);
 out:
     release(b, count);
     return result;
@@ -1296,10 +1330,10 @@ static PyMethodDef panel_methods[] = {
     METHOD(panel_matmul, "panel_matmul(out, x, Wp, b): out = x W + b for W packed in 32-column panels Wp"),
     METHOD(panel_matmul_t, "panel_matmul_t(out, xT, Wp, b): panel_matmul of x given as its transpose xT"),
     {"panel_threads", panel_threads, METH_O, "panel_threads(n) -> the threads panel_matmul runs on (set before its first call)"},
-    METHOD(lstm_loop, "lstm_loop(WT, XU, G, C, TC, H, Y[, P]): the LSTM's forward step loop, products and steps, feature-major, Y the outputs as rows"),
-    METHOD(lstm_loop_back, "lstm_loop_back(W, DY, G, C, TC, dG, db, dh, dc[, P, dP]): the LSTM's step loop back from rows DY: gate deltas as rows dG, their sums db"),
-    METHOD(gru_loop, "gru_loop(tanh, WzrT, WhT, XU, ZR, HC, RH, H, Y[, P, RHrows]): the GRU's forward step loop, feature-major, Y the outputs as rows"),
-    METHOD(gru_loop_back, "gru_loop_back(Wzr, Wh, DY, ZR, P, dP, db, dh): the GRU's step loop back from rows DY: deltas as rows dP, their sums db"),
+    METHOD(lstm_loop, "lstm_loop(WT, XU, G, C, TC, H, Y[, P][, bf16]): the LSTM's forward step loop, products and steps, feature-major, Y the outputs as rows; bf16: its products on AMX (amx_loops)"),
+    METHOD(lstm_loop_back, "lstm_loop_back(W, DY, G, C, TC, dG, db, dh, dc[, P, dP][, bf16]): the LSTM's step loop back from rows DY: gate deltas as rows dG, their sums db; bf16: its products on AMX (amx_loops)"),
+    METHOD(gru_loop, "gru_loop(tanh, WzrT, WhT, XU, ZR, HC, RH, H, Y[, P, RHrows][, bf16]): the GRU's forward step loop, feature-major, Y the outputs as rows; bf16: its products on AMX (amx_loops)"),
+    METHOD(gru_loop_back, "gru_loop_back(Wzr, Wh, DY, ZR, P, dP, db, dh[, bf16]): the GRU's step loop back from rows DY: deltas as rows dP, their sums db; bf16: its products on AMX (amx_loops)"),
     METHOD(rnn_loop, "rnn_loop(a, shortcut, WT, bias, A, B, Sf, St): the [rnn] step loop for a slope activation (leaky, relie), feature-major, A and St rows"),
     METHOD(rnn_loop_back, "rnn_loop_back(a, shortcut, W, B, dS, dB, db): its way back from the states' deltas as rows dS (completed in place), dB rows, db their sums"),
     {"loop_threads", loop_threads, METH_O, "loop_threads(n) -> the threads the step loops run on"},
@@ -1404,6 +1438,11 @@ PyMODINIT_FUNC PyInit__kernels(void)
         return NULL;
     }
     if (mod && avx512 && PyModule_AddFunctions(mod, sample_methods) < 0) {
+        Py_DECREF(mod);
+        return NULL;
+    }
+    amxl_loops = avx512 && amxl_ready();
+    if (mod && PyModule_AddIntConstant(mod, "amx_loops", amxl_loops) < 0) {  /* the GRU and LSTM loops take bf16=1 */
         Py_DECREF(mod);
         return NULL;
     }

@@ -17,7 +17,10 @@
  *
  * The products' operands in panels (kernels.pack_panels' layout): the state of a step as
  * ceil(S / 32) panels (n, 32) (zeros past S), the weights of 8 output rows as (K, 8), so that a tile
- * of 8 rows by 32 streams reads one contiguous line of each per k. */
+ * of 8 rows by 32 streams reads one contiguous line of each per k.
+ *
+ * With `[net] precision=bf16` the GRU and LSTM loops take bf16=1: their products on AMX tiles instead,
+ * bf16 operands and float32 sums (the amxl_ helpers below), the rest of the loop the same. */
 
 #include <limits.h>
 #include <linux/futex.h>
@@ -386,6 +389,168 @@ static inline void loop_share(Py_ssize_t count, int id, int threads, Py_ssize_t 
     *last = count * (id + 1) / threads;
 }
 
+/* ---- bfloat16 products on AMX (amxl) ------------------------------------------------------ */
+/* With `[net] precision=bf16` the loops' per-step products take bf16 operands (rounded to nearest
+ * even, kernels.bf16) and sum in float32 (kernels.matmul_bf16): AMX's TDPBF16PS, C (16 x 16 float32)
+ * += A (16 rows x 32 k bf16) B (16 k pairs x 16 streams x 2 bf16). Each thread packs its output rows'
+ * weights once per call as A tiles, (tiles, Kp / 32, 16, 32); a step's state goes to B tiles, one
+ * (Kp / 2, 16, 2) array per 16 streams, VNNI pairs (k even, k odd) side by side. K is `blocks` blocks
+ * of n rows (a product of [dz dr] has two), each padded with zeros to nb = n rounded up to 32, so that
+ * no k chunk straddles two blocks and a thread writes only its own units' pairs. Each element sums
+ * its chunks in k order on one thread: the same bits whichever thread, and however many. */
+static int amxl_loops;  /* the GRU and LSTM loops take bf16=1: set at import (the module's amx_loops) */
+
+#if defined(__clang__) ? __clang_major__ >= 12 : __GNUC__ >= 11
+#define AMXL_BUILT 1
+#include <cpuid.h>
+#define AMXL_TARGET __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bf16,avx512bw")))
+#define AMXL_PERM 0x1023   /* arch_prctl ARCH_REQ_XCOMP_PERM */
+#define AMXL_XTILEDATA 18
+
+/* Whether the CPU has AMX-BF16 and AVX512-BF16 and the kernel lets this process use the tiles
+ * (asked once: the permission is the process's). */
+static int amxl_ready(void)
+{
+    unsigned a, b, c, d, a1, b1, c1, d1;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !__get_cpuid_count(7, 1, &a1, &b1, &c1, &d1))
+        return 0;
+    int amx = (d >> 22 & 1) && (d >> 24 & 1), bf16 = a1 >> 5 & 1;  /* AMX-BF16, AMX-TILE; AVX512_BF16 */
+    return amx && bf16 && syscall(SYS_arch_prctl, AMXL_PERM, AMXL_XTILEDATA) == 0;
+}
+#else
+static int amxl_ready(void) { return 0; }
+#endif
+
+#ifdef AMXL_BUILT
+typedef struct __attribute__((packed, aligned(64))) {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} amxl_config;
+
+/* This thread's tiles: 0 and 1 C (16 x 16 float32), 2 A, 3 and 4 B (16 rows of 64 bytes each). */
+AMXL_TARGET static void amxl_tiles_on(void)
+{
+    static const amxl_config cfg = {.palette = 1, .colsb = {64, 64, 64, 64, 64}, .rows = {16, 16, 16, 16, 16}};
+    _tile_loadconfig(&cfg);  /* static: GCC drops stores to a local that only the asm reads */
+}
+
+AMXL_TARGET static void amxl_tiles_off(void)
+{
+    _tile_release();
+}
+
+#define AMXL_NB(n) (((n) + 31) / 32 * 32)
+
+/* The output rows of a thread's product: its `units` from j0 in each of `gates` blocks of n rows
+ * (gru_loop's z and r: 2; [lstm]'s i f o g: 4); row i of the list gate-major, or -1 past its end. */
+typedef struct { Py_ssize_t j0, units, gates, n; } amxl_rows_of;
+
+static inline Py_ssize_t amxl_row(const amxl_rows_of *R, Py_ssize_t i)
+{
+    return i < R->gates * R->units ? i / R->units * R->n + R->j0 + i % R->units : -1;
+}
+
+/* A[tile, c, r, kk] = bf16(M[row(16 tile + r), k]) (nearest even, kernels.bf16) for k' = 32 c + kk in
+ * block k' / nb at k' % nb (zero past n and past the rows); M (rows, blocks n). */
+AMXL_TARGET static void amxl_pack(uint16_t *A, const float *M, Py_ssize_t n, int blocks, const amxl_rows_of *R)
+{
+    Py_ssize_t nb = AMXL_NB(n), KC = blocks * nb / 32, tiles = (R->gates * R->units + 15) / 16;
+    for (Py_ssize_t tile = 0; tile < tiles; tile++)
+        for (int r = 0; r < 16; r++) {
+            Py_ssize_t row = amxl_row(R, 16 * tile + r);
+            const float *m = M + (row < 0 ? 0 : row) * blocks * n;
+            for (Py_ssize_t k = 0; k < blocks * nb; k += 16) {
+                Py_ssize_t j = k % nb;
+                __mmask16 mask = row < 0 || j >= n ? 0 : n - j >= 16 ? 0xFFFF : (__mmask16)((1u << (n - j)) - 1);
+                __m256bh v = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(mask, m + k / nb * n + j));
+                _mm256_storeu_si256((__m256i *)(A + ((tile * KC + k / 32) * 16 + r) * 32 + k % 32), (__m256i)v);
+            }
+        }
+}
+
+/* Rows [j0, j1) of x (n, S) as block `block` of the B arrays xb (ceil(S / 16), Kp / 2, 32): rows j, j + 1
+ * rounded to bf16 side by side, xb[p, (block nb + j) / 2, 2 s + j % 2]. j0 even; the pair of an odd
+ * n's last row has a zero. Streams past S are zeros. */
+AMXL_TARGET static void amxl_to_pairs(const float *x, uint16_t *xb, Py_ssize_t n, Py_ssize_t S, Py_ssize_t Kp,
+                                      int block, Py_ssize_t j0, Py_ssize_t j1)
+{
+    const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    const __m512i hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+    Py_ssize_t k0 = block * AMXL_NB(n);
+    for (Py_ssize_t p = 0; p * 16 < S; p++) {
+        __mmask16 m = S - 16 * p >= 16 ? 0xFFFF : (__mmask16)((1u << (S - 16 * p)) - 1);
+        for (Py_ssize_t j = j0; j < j1; j += 2) {
+            __m512 a = _mm512_maskz_loadu_ps(m, x + j * S + 16 * p);
+            __m512 b = j + 1 < j1 ? _mm512_maskz_loadu_ps(m, x + (j + 1) * S + 16 * p) : _mm512_setzero_ps();
+            __m512bh v = _mm512_cvtne2ps_pbh(_mm512_permutex2var_ps(a, hi, b), _mm512_permutex2var_ps(a, lo, b));
+            _mm512_storeu_si512(xb + (p * Kp + k0 + j) * 16, (__m512i)v);
+        }
+    }
+}
+
+/* Zeros in the pad rows [n, nb) of each block of the B arrays: the thread with the last units, once
+ * per call (the arrays are reused from call to call). */
+static void amxl_zero_pads(uint16_t *xb, Py_ssize_t n, int blocks, Py_ssize_t S)
+{
+    Py_ssize_t nb = AMXL_NB(n), Kp = blocks * nb, from = (n + 1) / 2 * 2;
+    for (Py_ssize_t p = 0; p * 16 < S; p++)
+        for (int block = 0; block < blocks; block++)
+            memset(xb + (p * Kp + block * nb + from) * 16, 0, (size_t)(nb - from) * 16 * sizeof(uint16_t));
+}
+
+/* y[row(i), s] (+)= Σ_k A[i, k] x[k, s] for the rows R of y (·, S), A packed by amxl_pack, x in B arrays
+ * (amxl_to_pairs) of Kp rows. Each C tile starts at zero; `add`: y += it (as y += A x). */
+AMXL_TARGET static void amxl_product(const uint16_t *A, const uint16_t *xb, Py_ssize_t Kp, float *y, Py_ssize_t S,
+                                     const amxl_rows_of *R, int add)
+{
+    float out[2][256] __attribute__((aligned(64)));
+    Py_ssize_t KC = Kp / 32, tiles = (R->gates * R->units + 15) / 16, SB = (S + 15) / 16;
+    for (Py_ssize_t tile = 0; tile < tiles; tile++)
+        for (Py_ssize_t p = 0; p < SB; p += 2) {  /* two blocks of 16 streams a time */
+            int two = p + 1 < SB;
+            const uint16_t *a = A + tile * KC * 512, *b = xb + p * Kp * 16;
+            _tile_zero(0);
+            _tile_zero(1);
+            for (Py_ssize_t c = 0; c < KC; c++) {
+                _tile_loadd(2, a + c * 512, 64);
+                _tile_loadd(3, b + c * 512, 64);
+                _tile_dpbf16ps(0, 2, 3);
+                if (two) {
+                    _tile_loadd(4, b + Kp * 16 + c * 512, 64);
+                    _tile_dpbf16ps(1, 2, 4);
+                }
+            }
+            _tile_stored(0, out[0], 64);
+            _tile_stored(1, out[1], 64);
+            for (int r = 0; r < 16; r++) {
+                Py_ssize_t row = amxl_row(R, 16 * tile + r);
+                if (row < 0)
+                    break;
+                for (int h = 0; h <= two; h++) {
+                    Py_ssize_t s = 16 * (p + h);
+                    __mmask16 m = S - s >= 16 ? 0xFFFF : (__mmask16)((1u << (S - s)) - 1);
+                    __m512 v = _mm512_load_ps(out[h] + 16 * r);
+                    if (add)
+                        v = _mm512_add_ps(_mm512_maskz_loadu_ps(m, y + row * S + s), v);
+                    _mm512_mask_storeu_ps(y + row * S + s, m, v);
+                }
+            }
+        }
+}
+#else  /* a compiler without AMX: amxl_loops stays 0, and these are never called */
+typedef struct { Py_ssize_t j0, units, gates, n; } amxl_rows_of;
+#define AMXL_NB(n) (((n) + 31) / 32 * 32)
+static void amxl_tiles_on(void) {}
+static void amxl_tiles_off(void) {}
+static void amxl_pack(uint16_t *A, const float *M, Py_ssize_t n, int blocks, const amxl_rows_of *R) {}
+static void amxl_to_pairs(const float *x, uint16_t *xb, Py_ssize_t n, Py_ssize_t S, Py_ssize_t Kp, int block,
+                          Py_ssize_t j0, Py_ssize_t j1) {}
+static void amxl_zero_pads(uint16_t *xb, Py_ssize_t n, int blocks, Py_ssize_t S) {}
+static void amxl_product(const uint16_t *A, const uint16_t *xb, Py_ssize_t Kp, float *y, Py_ssize_t S,
+                         const amxl_rows_of *R, int add) {}
+#endif
+
 /* ---- LSTM ---------------------------------------------------------------------------------- */
 /* Forward: for t < T, G[t] = WT H[t] (the recurrent part of the pre-activations, WT (4n, n) with the
  * i f o rows halved), then lstm_step(G[t], XU[t], C[t], C[t+1], TC[t], H[t+1][, P]) and Y[t] = H[t+1]ᵀ.
@@ -394,7 +559,9 @@ static inline void loop_share(Py_ssize_t count, int id, int threads, Py_ssize_t 
  * each) one tile, its step right after.
  * Back: for t from T-1 down, lstm_back(dh, dc, DY[t]ᵀ, G[t], C[t], TC[t], d[, P, dP]), dG[t] = dᵀ
  * (rows (S, 4n)), db += d's sums over the streams, and for t > 0 dh = W d, W (n, 4n); DY (T, S, n)
- * the output deltas as rows. Work: units in eights, the tile's 8 rows. */
+ * the output deltas as rows. Work: units in eights, the tile's 8 rows.
+ * With bf16 (amxl_loops) the products are AMX's (the bf16 tiles above): A the thread's A tiles, xp two
+ * steps' B arrays (forward of H, back of d's four blocks), d the step's deltas at any S. */
 typedef struct {
     const float *W, *XU, *DY, *P;
     float *G, *C, *TC, *H, *dG, *dh, *dc, *dP;
@@ -404,6 +571,7 @@ typedef struct {
     Py_ssize_t T, S, n;
     float *Y, *db; /* forward's outputs as rows; back's bias gradient (4n) */
     float *DH;     /* back: a step's output deltas, feature-major (n, S) */
+    int bf16;      /* the products on AMX, bf16 operands */
 } lstm_job;
 
 __attribute__((target("avx512f,avx2,fma"))) static void lstm_forward_body(void *arg, int id, int threads, unsigned *phase)
@@ -412,7 +580,20 @@ __attribute__((target("avx512f,avx2,fma"))) static void lstm_forward_body(void *
     Py_ssize_t T = J->T, S = J->S, n = J->n, P = (S + PANEL - 1) / PANEL, pairs = (n + 1) / 2, q0, q1;
     Py_ssize_t B = n * S;  /* a gate block of a step */
     loop_share(pairs, id, threads, &q0, &q1);
-    for (Py_ssize_t q = q0; q < q1; q++)  /* A[q, k, 2 gate + e] = WT[gate n + 2q + e, k] */
+    Py_ssize_t j0 = 2 * q0, j1 = 2 * q1 < n ? 2 * q1 : n, nb = AMXL_NB(n), half = (S + 15) / 16 * nb * 16;
+    amxl_rows_of R = {j0, j1 - j0, 4, n};
+    uint16_t *A = (uint16_t *)J->A + q0 * (nb / 32) * 512, *xb = (uint16_t *)J->xp;  /* xb: two halves */
+    if (J->bf16) {
+        amxl_pack(A, J->W, n, 1, &R);
+        amxl_tiles_on();
+        if (j1 == n) {
+            amxl_zero_pads(xb, n, 1, S);
+            amxl_zero_pads(xb + half, n, 1, S);
+        }
+        amxl_to_pairs(J->H, xb, n, S, nb, 0, j0, j1);
+        loop_barrier(phase);
+    }
+    for (Py_ssize_t q = q0; q < q1 && !J->bf16; q++)  /* A[q, k, 2 gate + e] = WT[gate n + 2q + e, k] */
         for (Py_ssize_t k = 0; k < n; k++)
             for (int r = 0; r < LOOP_ROWS; r++) {
                 Py_ssize_t j = 2 * q + r % 2;
@@ -421,8 +602,10 @@ __attribute__((target("avx512f,avx2,fma"))) static void lstm_forward_body(void *
     for (Py_ssize_t t = 0; t < T; t++) {
         const float *hp = J->xp + (t % 2) * P * n * PANEL;
         float *g = J->G + t * 4 * B, *h1 = J->H + (t + 1) * B;
+        if (J->bf16)
+            amxl_product(A, xb + t % 2 * half, nb, g, S, &R, 0);
         for (Py_ssize_t q = q0; q < q1; q += 2) {  /* two pairs a time, then their steps */
-            for (Py_ssize_t p = 0; p < P; p++) {
+            for (Py_ssize_t p = 0; p < P && !J->bf16; p++) {
                 float *y[2 * LOOP_ROWS];
                 __mmask16 m0, m1;
                 for (int r = 0; r < 2 * LOOP_ROWS; r++) {  /* row r: gate r % 8 / 2 of unit 2q + r / 8 * 2 + r % 2 */
@@ -443,10 +626,15 @@ __attribute__((target("avx512f,avx2,fma"))) static void lstm_forward_body(void *
         }
         loop_to_rows(h1, J->Y + t * S * n, S, n, 0, 2 * q0, 2 * q1 < n ? 2 * q1 : n);
         if (t + 1 < T) {
-            loop_to_panels(h1, J->xp + ((t + 1) % 2) * P * n * PANEL, n, S, 2 * q0, 2 * q1 < n ? 2 * q1 : n);
+            if (J->bf16)
+                amxl_to_pairs(h1, xb + (t + 1) % 2 * half, n, S, nb, 0, j0, j1);
+            else
+                loop_to_panels(h1, J->xp + ((t + 1) % 2) * P * n * PANEL, n, S, 2 * q0, 2 * q1 < n ? 2 * q1 : n);
             loop_barrier(phase);
         }
     }
+    if (J->bf16)
+        amxl_tiles_off();
 }
 
 __attribute__((target("avx512f,avx2,fma"))) static void lstm_back_loop_body(void *arg, int id, int threads, unsigned *phase)
@@ -455,11 +643,21 @@ __attribute__((target("avx512f,avx2,fma"))) static void lstm_back_loop_body(void
     Py_ssize_t T = J->T, S = J->S, n = J->n, P = (S + PANEL - 1) / PANEL, eights = (n + 7) / 8, e0, e1;
     Py_ssize_t B = n * S, K = 4 * n;
     loop_share(eights, id, threads, &e0, &e1);
-    Py_ssize_t j0 = 8 * e0, j1 = 8 * e1 < n ? 8 * e1 : n;
-    loop_pack(J->A, J->W, K, n, 1, e0, e1);
+    Py_ssize_t j0 = 8 * e0, j1 = 8 * e1 < n ? 8 * e1 : n, nb = AMXL_NB(n), half = (S + 15) / 16 * 4 * nb * 16;
+    amxl_rows_of R = {j0, j1 - j0, 1, n};
+    uint16_t *A = (uint16_t *)J->A + e0 * (4 * nb / 32) * 512, *xb = (uint16_t *)J->xp;  /* xb: two halves */
+    if (J->bf16) {
+        amxl_pack(A, J->W, n, 4, &R);
+        amxl_tiles_on();
+        if (j1 == n) {
+            amxl_zero_pads(xb, n, 4, S);
+            amxl_zero_pads(xb + half, n, 4, S);
+        }
+    } else
+        loop_pack(J->A, J->W, K, n, 1, e0, e1);
     for (Py_ssize_t t = T - 1; t >= 0; t--) {
         /* at 32 streams a panel is the deltas' own layout: the step writes them in place */
-        float *dp = J->xp + (t % 2) * P * K * PANEL, *d = S == PANEL ? dp : J->d, *dGt = J->dG + t * S * K;
+        float *dp = J->xp + (t % 2) * P * K * PANEL, *d = S == PANEL && !J->bf16 ? dp : J->d, *dGt = J->dG + t * S * K;
         Py_ssize_t o = j0 * S, m = (j1 - j0) * S;
         loop_from_rows(J->DY + t * S * n, J->DH, S, n, 0, j0, j1);
         if (J->P)
@@ -475,10 +673,18 @@ __attribute__((target("avx512f,avx2,fma"))) static void lstm_back_loop_body(void
         if (t == 0)
             break;
         for (int gate = 0; gate < 4 && d != dp; gate++)
-            loop_to_panels(d + gate * B, dp + gate * n * PANEL, K, S, j0, j1);
+            if (J->bf16)
+                amxl_to_pairs(d + gate * B, xb + t % 2 * half, n, S, 4 * nb, gate, j0, j1);
+            else
+                loop_to_panels(d + gate * B, dp + gate * n * PANEL, K, S, j0, j1);
         loop_barrier(phase);
-        loop_rows(J->A, dp, K, J->dh, n, S, e0, e1, 0);
+        if (J->bf16)
+            amxl_product(A, xb + t % 2 * half, 4 * nb, J->dh, S, &R, 0);
+        else
+            loop_rows(J->A, dp, K, J->dh, n, S, e0, e1, 0);
     }
+    if (J->bf16)
+        amxl_tiles_off();
 }
 
 /* ---- GRU ----------------------------------------------------------------------------------- */
@@ -491,7 +697,9 @@ __attribute__((target("avx512f,avx2,fma"))) static void lstm_back_loop_body(void
  * gru_back(dh, drh, ZR[t], P[t], d); dP[t] = dᵀ (rows (S, 3n)); db += d's sums over the streams;
  * for t > 0, dh += Wzr [dz dr]. Wzr (n, 2n), Wh (n, n), DY (T, S, n). Two barriers a step (each
  * product reads every unit's deltas).
- * Each thread owns eights of units: its rows of every product, their step maths. */
+ * Each thread owns eights of units: its rows of every product, their step maths. With bf16 (amxl_loops)
+ * the products are AMX's, the operands in the bf16 tiles above: Azr Ah its A tiles, xa xb its B arrays
+ * (xb [dz dr]'s two blocks). */
 typedef struct {
     const float *Wzr, *Wh, *XU, *DY;
     float *ZR, *HC, *RH, *H, *P, *RHrows, *dP, *dh;
@@ -503,6 +711,7 @@ typedef struct {
     int tanh_act;
     float *Y, *db;     /* forward's outputs as rows; back's bias gradient (3n) */
     float *DH;         /* back: a step's output deltas, feature-major (n, S) */
+    int bf16;          /* the products on AMX, bf16 operands */
 } gru_job;
 
 __attribute__((target("avx512f,avx2,fma"))) static void gru_forward_body(void *arg, int id, int threads, unsigned *phase)
@@ -511,13 +720,31 @@ __attribute__((target("avx512f,avx2,fma"))) static void gru_forward_body(void *a
     Py_ssize_t T = J->T, S = J->S, n = J->n, B = n * S, eights = (n + 7) / 8, e0, e1;
     loop_share(eights, id, threads, &e0, &e1);
     Py_ssize_t j0 = 8 * e0, j1 = 8 * e1 < n ? 8 * e1 : n, o = j0 * S, m = (j1 - j0) * S;
-    loop_pack(J->Azr, J->Wzr, n, 2 * n, 2, 2 * e0, 2 * e1 < (n + 3) / 4 ? 2 * e1 : (n + 3) / 4);
-    loop_pack(J->Ah, J->Wh, n, n, 1, e0, e1);
+    Py_ssize_t nb = AMXL_NB(n), KC = nb / 32;
+    amxl_rows_of Rzr = {j0, j1 - j0, 2, n}, Rh = {j0, j1 - j0, 1, n};
+    uint16_t *Azr = (uint16_t *)J->Azr + e0 * KC * 512, *Ah = (uint16_t *)J->Ah + e0 * KC * 512;
+    uint16_t *xa = (uint16_t *)J->xa, *xb = (uint16_t *)J->xb;
+    if (J->bf16) {
+        amxl_pack(Azr, J->Wzr, n, 1, &Rzr);
+        amxl_pack(Ah, J->Wh, n, 1, &Rh);
+        amxl_tiles_on();
+        if (j1 == n) {
+            amxl_zero_pads(xa, n, 1, S);
+            amxl_zero_pads(xb, n, 1, S);
+        }
+        amxl_to_pairs(J->H, xa, n, S, nb, 0, j0, j1);
+        loop_barrier(phase);
+    } else {
+        loop_pack(J->Azr, J->Wzr, n, 2 * n, 2, 2 * e0, 2 * e1 < (n + 3) / 4 ? 2 * e1 : (n + 3) / 4);
+        loop_pack(J->Ah, J->Wh, n, n, 1, e0, e1);
+    }
     for (Py_ssize_t t = 0; t < T; t++) {
         float *zr = J->ZR + t * 2 * B, *c = J->HC + t * B, *rh = J->RH + t * B, *h = J->H + t * B;
         const float *xu = J->XU + t * 3 * B;
         Py_ssize_t P = (S + PANEL - 1) / PANEL;
-        for (Py_ssize_t q = 2 * e0; q < 2 * e1 && 4 * q < n; q += 2)  /* z r rows of units 4q.. 4q + 8 */
+        if (J->bf16)
+            amxl_product(Azr, xa, nb, zr, S, &Rzr, 0);
+        for (Py_ssize_t q = 2 * e0; q < 2 * e1 && 4 * q < n && !J->bf16; q += 2)  /* z r rows of units 4q.. 4q + 8 */
             for (Py_ssize_t p = 0; p < P; p++) {
                 float *y[2 * LOOP_ROWS];
                 __mmask16 m0, m1;
@@ -530,11 +757,17 @@ __attribute__((target("avx512f,avx2,fma"))) static void gru_forward_body(void *a
                            J->xa + p * n * PANEL, n, y, m0, m1, 0, S <= 16);
             }
         gru_zr_row_avx2(zr + o, xu + o, h + o, rh + o, m, B);
-        loop_to_panels(rh, J->xb, n, S, j0, j1);
+        if (J->bf16)
+            amxl_to_pairs(rh, xb, n, S, nb, 0, j0, j1);
+        else
+            loop_to_panels(rh, J->xb, n, S, j0, j1);
         if (J->RHrows)
             loop_to_rows(rh, J->RHrows + t * S * n, S, n, 0, j0, j1);
         loop_barrier(phase);
-        loop_rows(J->Ah, J->xb, n, c, n, S, e0, e1, 0);
+        if (J->bf16)
+            amxl_product(Ah, xb, nb, c, S, &Rh, 0);
+        else
+            loop_rows(J->Ah, J->xb, n, c, n, S, e0, e1, 0);
         float *h1 = J->H + (t + 1) * B, *Pt = J->P ? J->P + t * 3 * B + o : NULL;
         if (J->P && J->tanh_act)
             gru_body_avx2(c + o, xu + o, zr + o, h + o, h1 + o, Pt, m, B, 1, 1);
@@ -546,10 +779,15 @@ __attribute__((target("avx512f,avx2,fma"))) static void gru_forward_body(void *a
             gru_body_avx2(c + o, xu + o, zr + o, h + o, h1 + o, NULL, m, B, 0, 0);
         loop_to_rows(h1, J->Y + t * S * n, S, n, 0, j0, j1);
         if (t + 1 < T) {
-            loop_to_panels(h1, J->xa, n, S, j0, j1);
+            if (J->bf16)
+                amxl_to_pairs(h1, xa, n, S, nb, 0, j0, j1);
+            else
+                loop_to_panels(h1, J->xa, n, S, j0, j1);
             loop_barrier(phase);
         }
     }
+    if (J->bf16)
+        amxl_tiles_off();
 }
 
 __attribute__((target("avx512f,avx2,fma"))) static void gru_back_loop_body(void *arg, int id, int threads, unsigned *phase)
@@ -558,8 +796,22 @@ __attribute__((target("avx512f,avx2,fma"))) static void gru_back_loop_body(void 
     Py_ssize_t T = J->T, S = J->S, n = J->n, B = n * S, eights = (n + 7) / 8, e0, e1;
     loop_share(eights, id, threads, &e0, &e1);
     Py_ssize_t j0 = 8 * e0, j1 = 8 * e1 < n ? 8 * e1 : n, o = j0 * S, m = (j1 - j0) * S;
-    loop_pack(J->Azr, J->Wzr, 2 * n, n, 1, e0, e1);
-    loop_pack(J->Ah, J->Wh, n, n, 1, e0, e1);
+    Py_ssize_t nb = AMXL_NB(n);
+    amxl_rows_of R = {j0, j1 - j0, 1, n};
+    uint16_t *Azr = (uint16_t *)J->Azr + e0 * (2 * nb / 32) * 512, *Ah = (uint16_t *)J->Ah + e0 * (nb / 32) * 512;
+    uint16_t *xa = (uint16_t *)J->xa, *xb = (uint16_t *)J->xb;
+    if (J->bf16) {
+        amxl_pack(Azr, J->Wzr, n, 2, &R);
+        amxl_pack(Ah, J->Wh, n, 1, &R);
+        amxl_tiles_on();
+        if (j1 == n) {
+            amxl_zero_pads(xa, n, 1, S);
+            amxl_zero_pads(xb, n, 2, S);
+        }
+    } else {
+        loop_pack(J->Azr, J->Wzr, 2 * n, n, 1, e0, e1);
+        loop_pack(J->Ah, J->Wh, n, n, 1, e0, e1);
+    }
     float *dh = J->dh, *d = J->d;
     for (Py_ssize_t t = T - 1; t >= 0; t--) {
         const float *Pt = J->P + t * 3 * B, *DH = J->DH;
@@ -568,9 +820,15 @@ __attribute__((target("avx512f,avx2,fma"))) static void gru_back_loop_body(void 
             dh[e] += DH[e];
             d[2 * B + e] = Pt[2 * B + e] * dh[e];
         }
-        loop_to_panels(d + 2 * B, J->xa, n, S, j0, j1);
+        if (J->bf16)
+            amxl_to_pairs(d + 2 * B, xa, n, S, nb, 0, j0, j1);
+        else
+            loop_to_panels(d + 2 * B, J->xa, n, S, j0, j1);
         loop_barrier(phase);
-        loop_rows(J->Ah, J->xa, n, J->drh, n, S, e0, e1, 0);
+        if (J->bf16)
+            amxl_product(Ah, xa, nb, J->drh, S, &R, 0);
+        else
+            loop_rows(J->Ah, J->xa, n, J->drh, n, S, e0, e1, 0);
         gru_back_body_avx2(dh + o, J->drh + o, J->ZR + t * 2 * B + o, Pt + o, d + o, m, B);
         for (int gate = 0; gate < 3; gate++) {
             loop_row_sums(d + gate * B, J->db + gate * n, S, j0, j1);
@@ -579,10 +837,18 @@ __attribute__((target("avx512f,avx2,fma"))) static void gru_back_loop_body(void 
         if (t == 0)
             break;
         for (int gate = 0; gate < 2; gate++)
-            loop_to_panels(d + gate * B, J->xb + gate * n * PANEL, 2 * n, S, j0, j1);
+            if (J->bf16)
+                amxl_to_pairs(d + gate * B, xb, n, S, 2 * nb, gate, j0, j1);
+            else
+                loop_to_panels(d + gate * B, J->xb + gate * n * PANEL, 2 * n, S, j0, j1);
         loop_barrier(phase);
-        loop_rows(J->Azr, J->xb, 2 * n, dh, n, S, e0, e1, 1);
+        if (J->bf16)
+            amxl_product(Azr, xb, 2 * nb, dh, S, &R, 1);
+        else
+            loop_rows(J->Azr, J->xb, 2 * n, dh, n, S, e0, e1, 1);
     }
+    if (J->bf16)
+        amxl_tiles_off();
 }
 
 /* ---- RNN ----------------------------------------------------------------------------------- */

@@ -446,3 +446,262 @@ def test_the_lstm_way_back_at_32_streams_writes_its_deltas_in_the_panels_on_any_
         for a, b, c, name in zip(got, runs[0], want, "dG db dh dc".split()):
             np.testing.assert_array_equal(a, b, err_msg=name)
             close(a, c, name)
+
+
+# ---- the GRU loops with bf16 products on AMX (amxl) -------------------------------------------------
+# With bf16=1 each per-step product rounds its operands to bfloat16 (nearest even) and sums in float32
+# (kernels.matmul_bf16), the C loop on AMX. A state that differs from the reference's in its last
+# float32 bit can round to the other bf16 neighbour (2^-8 of that operand), and later steps carry
+# that on, so a whole-loop comparison would only hold to bf16's own rounding. Instead every step is
+# checked from the loop's own operands: the reference step t from the h and r⊙h the loop under test
+# made (back: from its dc and [dz dr]), so both round the same numbers. Then each array agrees to
+# float32 rounding: within 1e-5 of its largest entry (`close`); a truncating rounding is off by
+# ~2^-9 of the products, a dropped k edge by whole terms.
+
+amx = pytest.mark.skipif(K is None or not getattr(K, "amx_loops", 0),
+                         reason="the bf16 loops need AMX-BF16 (CPU, kernel permission and compiler): _kernels.amx_loops is 0")
+BF16_SHAPES = [(n, S) for n in (8, 24, 384) for S in (1, 7, 16, 32, 33)] + [(13, 7)]  # and an odd n: a pair with a zero
+
+
+def bf16_product(A, x):
+    return kernels.bf16(A) @ kernels.bf16(x)
+
+
+def check_bf16_forward(tanh, WzrT, WhT, XU, ZR, HC, RH, H, Y, P, RHrows):
+    """Each step of a bf16 forward loop's results against numpy's gru_zr and gru_step on the products
+    of its own H[t] and RH[t]."""
+    n = WhT.shape[0]
+    for t in range(XU.shape[0]):
+        zr, c = bf16_product(WzrT, H[t]), bf16_product(WhT, RH[t])
+        rh, h1, p = np.empty_like(RH[t]), np.empty_like(H[t]), np.empty((3 * n, H.shape[2]), np.float32)
+        gru.gru_zr(zr, XU[t], H[t], rh)
+        gru.gru_step(tanh, c, XU[t], zr, H[t], h1, p)
+        for got, want, name in [(ZR[t], zr, "ZR"), (RH[t], rh, "RH"), (HC[t], c, "HC"), (H[t + 1], h1, "H"),
+                                (P[t], p, "P"), (Y[t], h1.T, "Y"), (RHrows[t], rh.T, "RHrows")]:
+            close(got, want, f"{name}[{t}]")
+
+
+def check_bf16_back(Wzr, Wh, DY, ZR, P, dP, db, dh):
+    """A bf16 way back's deltas dP step by step against numpy's gru_back with the products of its own
+    dc and [dz dr] (dP's), dh at the start and the bias gradient db."""
+    T, S, n = DY.shape
+    want, d = np.zeros((n, S), np.float32), np.empty((3 * n, S), np.float32)
+    for t in reversed(range(T)):
+        want += DY[t].T
+        np.multiply(P[t, 2 * n:], want, out=d[2 * n:])
+        gru.gru_back(want, bf16_product(Wh, dP[t, :, 2 * n:].T), ZR[t], P[t], d)
+        close(dP[t], d.T, f"dP[{t}]")
+        if t:
+            want += bf16_product(Wzr, dP[t, :, :2 * n].T)
+    close(dh, want, "dh")
+    np.testing.assert_allclose(db, dP.astype(np.float64).sum(axis=(0, 1)), rtol=0, atol=1e-5 * np.abs(dP).sum(axis=(0, 1)).max())
+
+
+def run_bf16(loop, loop_back, n, S, tanh=False, seed=None):
+    """gru_loop then gru_loop_back, both with bf16=1, on gru_arrays; their arrays (forward's 10, then
+    the way back's 8)."""
+    ins, outs, prepare = gru_arrays(n, S, n * S if seed is None else seed, True)
+    f = [a.copy() for a in ins] + outs
+    prepare(f)
+    with kernels.use("numpy"):
+        loop(tanh, *f, 1)
+        DY = np.random.default_rng(2).standard_normal((T, S, n)).astype(np.float32)
+        b = [np.ascontiguousarray(f[0].T), np.ascontiguousarray(f[1].T), DY, f[3], f[8],
+             np.zeros((T, S, 3 * n), np.float32), np.zeros(3 * n, np.float32), np.zeros((n, S), np.float32)]
+        loop_back(*b, 1)
+    return f, b
+
+
+@amx
+@pytest.mark.parametrize("n,S", BF16_SHAPES)
+def test_gru_bf16_loops_on_amx_equal_the_reference_step_by_step(n, S):
+    """The C loops with bf16=1, forward (logistic and tanh candidates) and back, step by step against
+    numpy's step ops on the bf16 products of their own operands."""
+    for tanh in (False, True) if n == 24 else (False,):
+        f, b = run_bf16(K.gru_loop, K.gru_loop_back, n, S, tanh)
+        check_bf16_forward(tanh, *f)
+        check_bf16_back(*b)
+
+
+@pytest.mark.parametrize("n,S", [(24, 7), (384, 33)])
+def test_the_numpy_bf16_loops_pass_the_same_step_checks(n, S):
+    """gru.gru_loop and gru_loop_back with bf16 (the reference the C loops stand for, and what a CPU
+    without AMX runs under the numpy backend) satisfy the same per-step checks."""
+    f, b = run_bf16(gru.gru_loop, gru.gru_loop_back, n, S)
+    check_bf16_forward(False, *f)
+    check_bf16_back(*b)
+
+
+@amx
+def test_gru_bf16_loops_give_the_same_bits_on_any_number_of_threads_and_differ_from_float32():
+    """Each C tile element sums its k chunks in order on one thread: 1, 2 and 3 threads give the same
+    bits (48 units: shares of 16 and of 8 rows; 35 streams: three 16-column blocks, the last ragged).
+    And the rounding happens: float32 products give results 1e-4 of the largest entry away or more."""
+    wanted, runs = K.loop_threads(0), []
+    try:
+        for threads in (1, 2, 3):
+            assert K.loop_threads(threads) == threads
+            runs.append(run_bf16(K.gru_loop, K.gru_loop_back, 48, 35, seed=4))
+    finally:
+        K.loop_threads(wanted)
+    for f, b in runs[1:]:
+        for got, want in zip(f + b, runs[0][0] + runs[0][1]):
+            np.testing.assert_array_equal(got, want)
+    f32 = run_bf16(lambda *a: K.gru_loop(*a[:-1]), lambda *a: K.gru_loop_back(*a[:-1]), 48, 35, seed=4)
+    for name, got, want in [("H", runs[0][0][6], f32[0][6]), ("dP", runs[0][1][5], f32[1][5])]:
+        assert np.abs(got - want).max() > 1e-4 * np.abs(want).max(), name
+
+
+def truncated(x):
+    """x cut to bfloat16 by truncation: the rounding a broken kernel might do instead of nearest even."""
+    return (np.ascontiguousarray(x, np.float32).view(np.uint32) & np.uint32(0xFFFF0000)).view(np.float32)
+
+
+@amx
+@pytest.mark.parametrize("broken", ["truncation", "k edge"])
+def test_a_bf16_loop_rounding_by_truncation_or_dropping_a_k_edge_is_caught(broken):
+    """Not vacuous: the step checks fail for the C loops given weights that a broken kernel would use,
+    cut by truncation instead of rounded to nearest even (the C loop's own rounding of a bf16 number
+    leaves it as it is), or with the last 8 columns of k, an edge past the last whole 32, zero."""
+    n, S = 24, 7
+
+    def spoil(W):
+        if broken == "truncation":
+            return truncated(W)
+        W = W.copy()
+        W[:, -8:] = 0
+        return W
+    f, b = run_bf16(lambda tanh, Wzr, Wh, *a: K.gru_loop(tanh, spoil(Wzr), spoil(Wh), *a),
+                    lambda Wzr, Wh, *a: K.gru_loop_back(spoil(Wzr), spoil(Wh), *a), n, S)
+    with pytest.raises(AssertionError):
+        check_bf16_forward(False, *f)
+    with pytest.raises(AssertionError):
+        check_bf16_back(*b)
+
+
+@amx
+@pytest.mark.parametrize("kind", ["gru", "lstm"])
+def test_a_layer_passes_bf16_to_its_c_loops_in_training_only(kind, write_cfg, monkeypatch):
+    """With precision=bf16 (Dense.bf16 set) the layer's training forward and backward call the C
+    loops with bf16=1, its inference forward without; with fp32 neither does."""
+    calls = []
+    for name in (f"{kind}_loop", f"{kind}_loop_back"):
+        monkeypatch.setitem(kernels.C.ops, name, lambda *a, _n=name, _k=kernels.C.ops[name]:
+                            calls.append((_n, a[-1] if isinstance(a[-1], int) else None)) or _k(*a))
+    rng = np.random.default_rng(1)
+    x, y = rng.integers(0, 20, (6, 5)), rng.integers(0, 20, (6, 5))
+    for precision, flag in (("bf16", 1), ("fp32", None)):
+        cfg = write_cfg(f"[net]\ninputs=20\nbatch=5\ntime_steps=6\nprecision={precision}\n[{kind}]\noutput=32\n"
+                        "[connected]\noutput=20\nactivation=linear\n[softmax]\n", f"{precision}.cfg")
+        with kernels.use("c"):
+            net = Network(cfg, seed=3, bf16_reference=True)
+            del calls[:]
+            net.accumulate(x, y)
+            assert calls == [(f"{kind}_loop", flag), (f"{kind}_loop_back", flag)]
+            del calls[:]
+            net.forward(x, train=False)
+            assert calls == [(f"{kind}_loop", None)]
+
+
+def check_bf16_lstm_forward(WT, XU, G, C, TC, H, Y, P=None):
+    """Each step of a bf16 [lstm] forward loop's results against numpy's lstm_step on the product of
+    its own H[t]."""
+    for t in range(XU.shape[0]):
+        g, c1, tc, h1 = bf16_product(WT, H[t]), np.empty_like(C[t]), np.empty_like(TC[t]), np.empty_like(H[t])
+        lstm.lstm_step(g, XU[t], C[t], c1, tc, h1, *([] if P is None else [P]))
+        for got, want, name in [(G[t], g, "G"), (C[t + 1], c1, "C"), (TC[t], tc, "TC"), (H[t + 1], h1, "H"),
+                                (Y[t], h1.T, "Y")]:
+            close(got, want, f"{name}[{t}]")
+
+
+def check_bf16_lstm_back(W, DY, G, C, TC, dG, db, dh, dc, P=None, dP=None):
+    """A bf16 [lstm] way back's gate deltas dG step by step against numpy's lstm_back with the product
+    of its own deltas (dG's), dh and dc at the start, db, and the peepholes' deltas dP."""
+    T, S, n = DY.shape
+    h, c, d = np.zeros((n, S), np.float32), np.zeros((n, S), np.float32), np.empty((4 * n, S), np.float32)
+    peep = [] if P is None else [P, np.zeros_like(P)]
+    for t in reversed(range(T)):
+        lstm.lstm_back(h, c, np.ascontiguousarray(DY[t].T), G[t], C[t], TC[t], d, *peep)
+        close(dG[t], d.T, f"dG[{t}]")
+        if t:
+            h = bf16_product(W, dG[t].T)
+    close(dh, h, "dh")
+    close(dc, c, "dc")
+    if P is not None:
+        close(dP, peep[1], "dP")
+    np.testing.assert_allclose(db, dG.astype(np.float64).sum(axis=(0, 1)), rtol=0, atol=1e-5 * np.abs(dG).sum(axis=(0, 1)).max())
+
+
+def run_bf16_lstm(loop, loop_back, n, S, peephole, seed=None):
+    """lstm_loop then lstm_loop_back, both with a trailing bf16=1, on lstm_arrays; their arrays."""
+    ins, outs, prepare = lstm_arrays(n, S, n * S if seed is None else seed)
+    P = [np.random.default_rng(1).uniform(-0.5, 0.5, (3 * n, S)).astype(np.float32)] if peephole else []
+    f = [a.copy() for a in ins] + outs
+    prepare(f)
+    with kernels.use("numpy"):
+        loop(*f, *P, 1)
+        DY = np.random.default_rng(2).standard_normal((T, S, n)).astype(np.float32)
+        b = [np.ascontiguousarray(f[0].T), DY, f[2], f[3], f[4], np.zeros((T, S, 4 * n), np.float32),
+             np.zeros(4 * n, np.float32), np.zeros((n, S), np.float32), np.zeros((n, S), np.float32)]
+        b += [P[0], np.zeros_like(P[0])] if peephole else []
+        loop_back(*b, 1)
+    return f + P, b
+
+
+@amx
+@pytest.mark.parametrize("n,S", [(n, S) for n in (8, 13, 256) for S in (1, 7, 16, 32, 33)])
+def test_lstm_bf16_loops_on_amx_equal_the_reference_step_by_step(n, S):
+    """The [lstm] C loops with bf16=1 (with and without peepholes at 13 units: pairs of units, an odd
+    last one), forward and back, step by step against numpy's step ops on the bf16 products of
+    their own operands."""
+    for peephole in (False, True) if n == 13 else (False,):
+        f, b = run_bf16_lstm(K.lstm_loop, K.lstm_loop_back, n, S, peephole)
+        check_bf16_lstm_forward(*f)
+        check_bf16_lstm_back(*b)
+
+
+def test_the_numpy_lstm_bf16_loops_pass_the_same_step_checks():
+    """lstm.lstm_loop and lstm_loop_back with a trailing bf16 (in P's place without peepholes, after it
+    with) satisfy the same per-step checks."""
+    for peephole in (False, True):
+        f, b = run_bf16_lstm(lstm.lstm_loop, lstm.lstm_loop_back, 24, 7, peephole)
+        check_bf16_lstm_forward(*f)
+        check_bf16_lstm_back(*b)
+
+
+@amx
+def test_lstm_bf16_loops_give_the_same_bits_on_any_number_of_threads_and_differ_from_float32():
+    """As the GRU's: 1, 2 and 3 threads the same bits (40 units: 20 pairs forward, 5 eights back; 35
+    streams), and results 1e-4 of the largest entry or more away from the float32 loops'."""
+    wanted, runs = K.loop_threads(0), []
+    try:
+        for threads in (1, 2, 3):
+            assert K.loop_threads(threads) == threads
+            runs.append(run_bf16_lstm(K.lstm_loop, K.lstm_loop_back, 40, 35, False, seed=4))
+    finally:
+        K.loop_threads(wanted)
+    for f, b in runs[1:]:
+        for got, want in zip(f + b, runs[0][0] + runs[0][1]):
+            np.testing.assert_array_equal(got, want)
+    f32 = run_bf16_lstm(lambda *a: K.lstm_loop(*a[:-1]), lambda *a: K.lstm_loop_back(*a[:-1]), 40, 35, False, seed=4)
+    for name, got, want in [("H", runs[0][0][5], f32[0][5]), ("dG", runs[0][1][5], f32[1][5])]:
+        assert np.abs(got - want).max() > 1e-4 * np.abs(want).max(), name
+
+
+@amx
+@pytest.mark.parametrize("broken", ["truncation", "k edge"])
+def test_an_lstm_bf16_loop_rounding_by_truncation_or_dropping_a_k_edge_is_caught(broken):
+    """As the GRU's: the step checks fail for the C loops given truncated weights, or weights with
+    the last 8 columns of k zero."""
+    def spoil(W):
+        if broken == "truncation":
+            return truncated(W)
+        W = W.copy()
+        W[:, -8:] = 0
+        return W
+    f, b = run_bf16_lstm(lambda W, *a: K.lstm_loop(spoil(W), *a), lambda W, *a: K.lstm_loop_back(spoil(W), *a),
+                         24, 7, False)
+    with pytest.raises(AssertionError):
+        check_bf16_lstm_forward(*f)
+    with pytest.raises(AssertionError):
+        check_bf16_lstm_back(*b)

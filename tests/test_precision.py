@@ -57,8 +57,11 @@ activation=linear
 
 KINDS = ("connected", "rnn", "gru", "lstm", "sru")
 # The Dense sub-layers whose W feeds the per-step products in the step loops: float32 there, never
-# rounded. Every other Dense's W only meets the bf16 products in training.
-IN_LOOPS = {"rnn": ("self_layer",), "gru": ("wzr", "wh"), "lstm": ("w",)}
+# rounded. Every other Dense's W only meets the bf16 products in training. The GRU's and LSTM's loops
+# (wzr, wh; w) take bf16 operands too (amxl): the reference runs its numpy loops with bf16
+# (lstm.loop_product), through the Dense that LOOP_FLAG names.
+IN_LOOPS = {"rnn": ("self_layer",)}
+LOOP_FLAG = {"gru": "wzr", "lstm": "w"}
 
 
 def rounded_reference(net32, path):
@@ -77,6 +80,8 @@ def rounded_reference(net32, path):
             d.matmul = lambda x, out=None, train=False, f=matmul: f(bf16_round(x) if train else x, out, train)
             d.accumulate = lambda x, dz, f=accumulate: f(bf16_round(x), bf16_round(dz))
             d.back = lambda dz, out=None, f=back: f(bf16_round(dz), out)
+        if section.type in LOOP_FLAG:
+            getattr(layer, LOOP_FLAG[section.type]).bf16 = True
         if hasattr(layer, "project_steps"):
             layer.project_steps = functools.partial(
                 lambda f, dense, x, *a, **k: f(dense, bf16_round(x) if x.dtype.kind == "f" else x, *a, **k), layer.project_steps)

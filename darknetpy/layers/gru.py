@@ -21,7 +21,7 @@ from .. import kernels
 from ..kernels import blocks, sigmoid_grad, tanh_grad
 from .base import Recurrent, halves, matvec, output_units, projector, row_product, rows, step_product, transpose_into
 from .connected import Dense, row_sum
-from .lstm import logistic_halved
+from .lstm import bf16_flag, logistic_halved, loop_product
 
 
 def gru_zr(zr, xu, h, rh):
@@ -71,18 +71,18 @@ def gru_back(dh, drh, zr, P, d):
     dh += drh * zr[n:]
 
 
-def gru_loop(tanh, WzrT, WhT, XU, ZR, HC, RH, H, Y, P=None, RHrows=None):
+def gru_loop(tanh, WzrT, WhT, XU, ZR, HC, RH, H, Y, P=None, RHrows=None, bf16=False):
     """The forward step loop (feature-major, T steps of S streams): for each t, ZR[t] = WzrT H[t],
     gru_zr(ZR[t], XU[t], H[t], RH[t]), HC[t] = WhT RH[t], gru_step(tanh, HC[t], XU[t], ZR[t], H[t],
     H[t+1][, P[t]]), Y[t] = H[t+1]ᵀ (the output as rows), and in training (P given) RHrows[t] =
     RH[t]ᵀ, wh's input as rows. WzrT (2n, n) and WhT (n, n) with the logistic rows halved; XU, P
     (T, 3n, S); ZR (T, 2n, S); HC, RH (T, n, S); H (T+1, n, S), H[0] the state before; Y, RHrows
-    (T, S, n). The C form (_loop.h, AVX-512 CPUs) runs the whole loop in one call, each thread
-    owning a slice of the units; its products add in another order, so it equals this to float32
-    rounding."""
+    (T, S, n). bf16 (in training): the two products with bf16 operands (lstm.loop_product). The C
+    form (_loop.h, AVX-512 CPUs; bf16 on AMX) runs the whole loop in one call, each thread owning a
+    slice of the units; its products add in another order, so it equals this to float32 rounding."""
     T, S = XU.shape[0], XU.shape[2]
     gates, step = kernels.get("gru_zr", ZR), kernels.get("gru_step", ZR)
-    recur_zr, recur_h = step_product(WzrT, S), step_product(WhT, S)
+    recur_zr, recur_h = loop_product(WzrT, S, bf16), loop_product(WhT, S, bf16)
     for t in range(T):
         recur_zr(H[t], ZR[t])
         gates(ZR[t], XU[t], H[t], RH[t])
@@ -95,17 +95,18 @@ def gru_loop(tanh, WzrT, WhT, XU, ZR, HC, RH, H, Y, P=None, RHrows=None):
         transpose_into(Y[t], H[t + 1])
 
 
-def gru_loop_back(Wzr, Wh, DY, ZR, P, dP, db, dh):
+def gru_loop_back(Wzr, Wh, DY, ZR, P, dP, db, dh, bf16=False):
     """The step loop's way back, from what gru_loop left: for t from T-1 down, dh += DY[t]ᵀ, the
     candidate's delta dc = P[t][c]⊙dh, drh = Wh dc, gru_back(dh, drh, ZR[t], P[t], d), the deltas
     d = [dz dr dc] (3n, S) written as rows dP[t] (S, 3n), and for t > 0 dh += Wzr [dz dr] (truncated
     BPTT); then db = Σ over steps and streams of the deltas (the bias gradient). Wzr (n, 2n), Wh
     (n, n), DY (T, S, n) the output deltas as rows, ZR (T, 2n, S), P (T, 3n, S), dP (T, S, 3n), db
-    (3n,); dh (n, S) starts at zero. The C form sums db on the threads that own the units."""
+    (3n,); dh (n, S) starts at zero; bf16 as gru_loop's. The C form sums db on the threads that own
+    the units."""
     T, S, n = DY.shape
     d, drh, a = np.empty((3 * n, S), dh.dtype), np.empty((n, S), dh.dtype), np.empty((n, S), dh.dtype)
     back = kernels.get("gru_back", d)
-    recur_zr, recur_h = step_product(Wzr, S), step_product(Wh, S)
+    recur_zr, recur_h = loop_product(Wzr, S, bf16), loop_product(Wh, S, bf16)
     for t in reversed(range(T)):
         dh += DY[t].T
         recur_h(np.multiply(P[t, 2 * n:], dh, out=d[2 * n:]), drh)
@@ -186,7 +187,8 @@ class GRU(Recurrent):
             transpose_into(Y[1:], H[1:])
         else:
             arrays = (WzrT, WhT, XU, ZR, HC, RH, H, Y[1:], *training)
-            kernels.get("gru_loop", *arrays)(self.tanh, *arrays)
+            loop = kernels.get("gru_loop", *arrays)
+            loop(self.tanh, *arrays, *bf16_flag(wzr, train, loop))
         h0[...] = Y[T]
         if train:
             self.tape = self.Tape(x=rows(x), XU=XU, ZR=ZR, P=P, RHrows=RHrows, Y=Y, bn=bn)
@@ -245,7 +247,8 @@ class GRU(Recurrent):
         else:  # the loop sums the bias gradient too: wz wr wh's biases add to the same
             db = self.buffer("db", (3 * n,))     # pre-activations as uz ur uh's, one sum serves both
             arrays = (wzr.W, wh.W, dh_out, ZR, P, dP, db, dh)
-            kernels.get("gru_loop_back", *arrays)(*arrays)
+            loop = kernels.get("gru_loop_back", *arrays)
+            loop(*arrays, *bf16_flag(wzr, True, loop))
         if self.bn:  # (the w sub-layers' bias gradients came with each step's backward_norm)
             dPzr, dPh = rows(dPzr), rows(dPh)
             du = rows(u.backward_norm(dP, *bn["u"]))

@@ -91,32 +91,49 @@ def lstm_back(dh, dc, DH, g, c, tc, d, P=None, dP=None):
         dc += np.multiply(df, pf, out=scratch)
 
 
-def lstm_loop(WT, XU, G, C, TC, H, Y, P=None):
+def loop_product(A, S, bf16):
+    """(x, out) -> out = A x, a training loop's per-step product (step_product); with bf16 the mixed
+    precision one of `[net] precision=bf16`, bf16(A) bf16(x) summed in float32 (kernels.matmul_bf16)."""
+    if not bf16:
+        return step_product(A, S)
+
+    def product(x, out):
+        kernels.matmul_bf16(out, A, x, False, False, 0)
+        return out
+    return product
+
+
+def lstm_loop(WT, XU, G, C, TC, H, Y, P=None, bf16=False):
     """The forward step loop (feature-major, T steps of S streams): for each t, G[t] = WT H[t] (the
     recurrent part of the pre-activations, WT (4n, n) with the i f o rows halved), then
     lstm_step(G[t], XU[t], C[t], C[t+1], TC[t], H[t+1][, P]) and Y[t] = H[t+1]ᵀ, the output as rows
     (the next layer's and the weight gradient's layout). XU, G (T, 4n, S); C, H (T+1, n, S) with
-    C[0], H[0] the state before; TC (T, n, S); Y (T, S, n); P (3n, S). The C form (_loop.h, AVX-512
-    CPUs) runs the whole loop in one call on its own threads, each owning a slice of the units; its
-    products add in another order, so it equals this to float32 rounding."""
+    C[0], H[0] the state before; TC (T, n, S); Y (T, S, n); P (3n, S). bf16 (in training): the
+    products with bf16 operands (loop_product), a trailing int as the C form takes it (without P it
+    comes in P's place). The C form (_loop.h, AVX-512 CPUs; bf16 on AMX) runs the whole loop in one
+    call on its own threads, each owning a slice of the units; its products add in another order, so
+    it equals this to float32 rounding."""
+    P, bf16 = (None, P) if isinstance(P, int) else (P, bf16)
     T, S = XU.shape[0], XU.shape[2]
-    recur, step = step_product(WT, S), kernels.get("lstm_step", G, *LSTM.peep_args(P))
+    recur, step = loop_product(WT, S, bf16), kernels.get("lstm_step", G, *LSTM.peep_args(P))
     for t in range(T):
         recur(H[t], G[t])
         step(G[t], XU[t], C[t], C[t + 1], TC[t], H[t + 1], *LSTM.peep_args(P))
         transpose_into(Y[t], H[t + 1])
 
 
-def lstm_loop_back(W, DY, G, C, TC, dG, db, dh, dc, P=None, dP=None):
+def lstm_loop_back(W, DY, G, C, TC, dG, db, dh, dc, P=None, dP=None, bf16=False):
     """The step loop's way back, from what lstm_loop left: for t from T-1 down, lstm_back(dh, dc,
     DY[t]ᵀ, G[t], C[t], TC[t], d[, P, dP]), the gate deltas d (4n, S) written as rows dG[t] (S, 4n),
     and for t > 0 dh = W d (truncated BPTT: nothing flows into the state before the datum); then
     db = Σ over steps and streams of the deltas (the gates' bias gradient). W (n, 4n), DY (T, S, n)
     the output deltas as rows, TC (T, n, S), G (T, 4n, S), C (T+1, n, S), dG (T, S, 4n), db (4n,);
-    dh, dc (n, S) start at zero. The C form sums db on the threads that own the units, step by step."""
+    dh, dc (n, S) start at zero; bf16 as lstm_loop's. The C form sums db on the threads that own the
+    units, step by step."""
+    P, bf16 = (None, P) if isinstance(P, int) else (P, bf16)
     T, S = DY.shape[:2]
     d, DH = np.empty(G.shape[1:], G.dtype), np.empty(DY.shape[:0:-1], G.dtype)
-    recur, back = step_product(W, S), kernels.get("lstm_back", d, *LSTM.peep_args(P, dP))
+    recur, back = loop_product(W, S, bf16), kernels.get("lstm_back", d, *LSTM.peep_args(P, dP))
     for t in reversed(range(T)):
         back(dh, dc, transpose_into(DH, DY[t]), G[t], C[t], TC[t], d, *LSTM.peep_args(P, dP))
         transpose_into(dG[t], d)
@@ -126,6 +143,14 @@ def lstm_loop_back(W, DY, G, C, TC, dG, db, dh, dc, P=None, dP=None):
 
 
 kernels.register(lstm_step, lstm_back, lstm_loop, lstm_loop_back)
+
+
+def bf16_flag(dense, train, loop):
+    """(1,), the trailing bf16 argument of a training loop (lstm_loop, gru_loop and their ways back)
+    whose products go bf16 (`[net] precision=bf16` sets dense.bf16), when `loop` takes it: numpy's
+    reference, or the C loop where the module has AMX (_kernels.amx_loops); else () and float32
+    products (inference and the steppers always)."""
+    return (1,) if train and dense.bf16 and (loop in kernels.NUMPY.ops.values() or kernels._c.amx_loops) else ()
 
 
 class LSTM(Recurrent):
@@ -210,7 +235,8 @@ class LSTM(Recurrent):
             transpose_into(Y[1:], H[1:])
         else:
             arrays = (WT, XU, G, C, TC, H, Y[1:], *self.peep_args(P))
-            kernels.get("lstm_loop", *arrays)(*arrays)
+            loop = kernels.get("lstm_loop", *arrays)
+            loop(*arrays, *bf16_flag(w, train, loop))
         h0[...], c0[...] = Y[T], C[T].T
         if train:
             self.tape = self.Tape(x=rows(x), XU=XU, G=G, C=C, TC=TC, Y=Y, bn=bn)
@@ -294,7 +320,8 @@ class LSTM(Recurrent):
         else:  # the loop sums the bias gradient too: w's and u's biases add to the same pre-activations
             db = self.buffer("db", (4 * n,))
             arrays = (w.W, dh_out, G, C, TC, dG, db, dh, dc, *peep)
-            kernels.get("lstm_loop_back", *arrays)(*arrays)
+            loop = kernels.get("lstm_loop_back", *arrays)
+            loop(*arrays, *bf16_flag(w, True, loop))
             w.db += db
             u.db += db
         w.accumulate(rows(Y[:T]), rows(dGw))
