@@ -63,8 +63,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=30, help="timed rounds of each per width (default: 30)")
     ap.add_argument("--threads", type=int, default=2, help="the loops' threads, _kernels.loop_threads (default: 2)")
     args = ap.parse_args()
-    if not getattr(K, "amx_loops", 0):
-        sys.exit("darknetpy: this module has no AMX loops (_kernels.amx_loops is 0): nothing to compare")
+    if not getattr(K, "amx", False):
+        sys.exit("darknetpy: this module has no AMX loops (_kernels.amx is False): nothing to compare")
     print(f"# other processes' load before: {other_load():.2f} cores; loop threads {K.loop_threads(args.threads)}",
           file=sys.stderr)
     loops = getattr(K, f"{args.kind}_loop"), getattr(K, f"{args.kind}_loop_back")

@@ -59,11 +59,11 @@ typedef struct {
     double *costs;  /* one per XENT_ROWS rows */
     Py_ssize_t R, n, groups;
     float t;
-} sru6_head_job;
+} softmax_xent_job;
 
-static void sru6_head_part(const void *job, Py_ssize_t c0, Py_ssize_t c1)
+static void softmax_xent_part(const void *job, Py_ssize_t c0, Py_ssize_t c1)
 {
-    const sru6_head_job *J = job;
+    const softmax_xent_job *J = job;
     Py_ssize_t n = J->n;
     for (Py_ssize_t c = c0; c < c1; c++) {
         double cost = 0.0;
@@ -71,13 +71,13 @@ static void sru6_head_part(const void *job, Py_ssize_t c0, Py_ssize_t c1)
         for (Py_ssize_t r = c * XENT_ROWS; r < end; r++) {
             float *d = J->D + r * n;
             CALL(softmax, J->x + r * n, d, J->groups, n / J->groups, J->t);
-            cost += sru6_xent_row(d, d, J->id[r], n);
+            cost += xent_row(d, d, J->id[r], n);
         }
         J->costs[c] = cost;
     }
 }
 
-static PyObject *sru6_softmax_xent(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+static PyObject *softmax_xent(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     Py_buffer b[3];
     Py_ssize_t groups = nargs == 5 ? PyLong_AsSsize_t(args[3]) : -1;
@@ -97,13 +97,13 @@ static PyObject *sru6_softmax_xent(PyObject *self, PyObject *const *args, Py_ssi
         PyErr_SetString(PyExc_ValueError, "softmax_xent: the rows' length must be a multiple of groups");
         goto out;
     }
-    sru6_head_job J = {b[0].buf, b[1].buf, b[2].buf, PyMem_Malloc((chunks ? chunks : 1) * sizeof(double)),
+    softmax_xent_job J = {b[0].buf, b[1].buf, b[2].buf, PyMem_Malloc((chunks ? chunks : 1) * sizeof(double)),
                        R, n, groups, (float)t};
     if (!J.costs) {
         PyErr_NoMemory();
         goto out;
     }
-    if (check_ids(J.id, R, n, "softmax_xent") == 0 && (result = team_share(sru6_head_part, &J, chunks, 1, R * n))) {
+    if (check_ids(J.id, R, n, "softmax_xent") == 0 && (result = team_share(softmax_xent_part, &J, chunks, 1, R * n))) {
         double cost = 0.0;
         for (Py_ssize_t c = 0; c < chunks; c++)
             cost += J.costs[c];
@@ -118,5 +118,4 @@ out:
 
 #define HEAD_METHODS \
     METHOD(add, "add(out, x): out += x, x shaped as out or one row of it (a bias), the rows shared among the step loops' team"), \
-    {"softmax_xent", (PyCFunction)(void (*)(void))sru6_softmax_xent, METH_FASTCALL, \
-     "softmax_xent(x, ids, delta, groups, temperature) -> the cost sum of -ln p[r, ids[r]]; delta = onehot(ids) - p, p the softmax of x: softmax and xent in one pass"},
+    METHOD(softmax_xent, "softmax_xent(x, ids, delta, groups, temperature) -> the cost sum of -ln p[r, ids[r]]; delta = onehot(ids) - p, p the softmax of x: softmax and xent in one pass"),

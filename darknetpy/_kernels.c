@@ -848,7 +848,7 @@ typedef struct {
 } xent_job;
 
 /* One row's delta d (n,) = onehot(id) - p and its cost -ln p[id]; d may be p itself. */
-static double sru6_xent_row(const float *p, float *d, int64_t id, Py_ssize_t n)
+static double xent_row(const float *p, float *d, int64_t id, Py_ssize_t n)
 {
     float picked = p[id];
     for (Py_ssize_t j = 0; j < n; j++)
@@ -866,7 +866,7 @@ static void xent_part(const void *job, Py_ssize_t c0, Py_ssize_t c1)
         double cost = 0.0;
         Py_ssize_t end = (c + 1) * XENT_ROWS < J->R ? (c + 1) * XENT_ROWS : J->R;
         for (Py_ssize_t r = c * XENT_ROWS; r < end; r++)
-            cost += sru6_xent_row(J->P + r * n, J->D + r * n, J->id[r], n);
+            cost += xent_row(J->P + r * n, J->D + r * n, J->id[r], n);
         J->costs[c] = cost;
     }
 }
@@ -1056,6 +1056,7 @@ static PyObject *panel_threads(PyObject *self, PyObject *arg)
     return PyLong_FromLong(n);
 }
 
+#include "_amx.h"  /* matmul_bf16 (added to the module only where AMX runs) and the tiles the loops share */
 #include "_loop.h"
 
 #define LOOP_MAX_ARGS 12  /* the arrays of a loop call, at most */
@@ -1105,11 +1106,11 @@ static PyObject *loop_go(float **const *parts, const size_t *sizes, int count, P
 
 /* The bf16 flag of a loop call, a trailing int after its arrays (taken off *nargs): 0 without it, -1
  * with an exception set when it is true and the module has no AMX loops. */
-static int amxl_flag(PyObject *const *args, Py_ssize_t *nargs, const char *name)
+static int loop_amx_flag(PyObject *const *args, Py_ssize_t *nargs, const char *name)
 {
     int bf16 = *nargs > 1 && PyLong_Check(args[*nargs - 1]) ? PyObject_IsTrue(args[--*nargs]) : 0;
-    if (bf16 > 0 && !amxl_loops) {
-        PyErr_Format(PyExc_ValueError, "%s: bf16=1 needs AMX-BF16 (this CPU, kernel or compiler has none: _kernels.amx_loops is 0)", name);
+    if (bf16 > 0 && !amx_on) {
+        PyErr_Format(PyExc_ValueError, "%s: bf16=1 needs AMX-BF16 (this CPU, kernel or compiler has none: _kernels.amx is False)", name);
         return -1;
     }
     return bf16;
@@ -1119,7 +1120,7 @@ static int amxl_flag(PyObject *const *args, Py_ssize_t *nargs, const char *name)
 static PyObject *lstm_loop(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     Py_buffer b[LOOP_MAX_ARGS];
-    int bf16 = amxl_flag(args, &nargs, "lstm_loop");
+    int bf16 = loop_amx_flag(args, &nargs, "lstm_loop");
     if (bf16 < 0)
         return NULL;
     int count = loop_args(args, nargs, b, "ffFFFFF", "f", "lstm_loop(WT, XU, G, C, TC, H, Y[, P])");
@@ -1139,7 +1140,7 @@ static PyObject *lstm_loop(PyObject *self, PyObject *const *args, Py_ssize_t nar
                   NULL, NULL, NULL, NULL, NULL, NULL, NULL, T, S, n, b[6].buf, NULL, NULL, bf16};
     float **parts[] = {&J.xp, &J.A};
     size_t sizes[] = {(size_t)2 * P * n * PANEL, (size_t)pairs * n * LOOP_ROWS};
-    size_t amx[] = {(size_t)2 * ((S + 15) / 16) * AMXL_NB(n) * 8, (size_t)pairs * AMXL_NB(n) * 8};  /* in floats */
+    size_t amx[] = {(size_t)2 * ((S + 15) / 16) * LOOP_AMX_NB(n) * 8, (size_t)pairs * LOOP_AMX_NB(n) * 8};  /* in floats */
     if (bf16)
         result = loop_go(parts, amx, 2, S, 0, NULL, NULL, n, lstm_forward_body, &J, pairs);
     else
@@ -1153,7 +1154,7 @@ out:
 static PyObject *lstm_loop_back(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     Py_buffer b[LOOP_MAX_ARGS];
-    int bf16 = amxl_flag(args, &nargs, "lstm_loop_back");
+    int bf16 = loop_amx_flag(args, &nargs, "lstm_loop_back");
     if (bf16 < 0)
         return NULL;
     int count = loop_args(args, nargs, b, "fffffFFFF", "fF", "lstm_loop_back(W, DY, G, C, TC, dG, db, dh, dc[, P, dP])");
@@ -1176,7 +1177,7 @@ static PyObject *lstm_loop_back(PyObject *self, PyObject *const *args, Py_ssize_
     memset(J.db, 0, (size_t)4 * n * sizeof(float));
     float **parts[] = {&J.xp, &J.A, &J.d, &J.DH};
     size_t sizes[] = {(size_t)2 * P * 4 * n * PANEL, (size_t)eights * 4 * n * LOOP_ROWS, (size_t)4 * n * S, (size_t)n * S};
-    size_t amx[] = {(size_t)2 * ((S + 15) / 16) * 4 * AMXL_NB(n) * 8, (size_t)eights * 4 * AMXL_NB(n) * 8,
+    size_t amx[] = {(size_t)2 * ((S + 15) / 16) * 4 * LOOP_AMX_NB(n) * 8, (size_t)eights * 4 * LOOP_AMX_NB(n) * 8,
                     sizes[2], sizes[3]};  /* in floats */
     result = loop_go(parts, bf16 ? amx : sizes, 4, S, bf16 ? 0 : 1, NULL, NULL, n, lstm_back_loop_body, &J, eights);
 out:
@@ -1188,7 +1189,7 @@ out:
 static PyObject *gru_loop(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     Py_buffer b[LOOP_MAX_ARGS];
-    int tanh_act = nargs > 0 ? PyObject_IsTrue(args[0]) : 0, bf16 = amxl_flag(args, &nargs, "gru_loop");
+    int tanh_act = nargs > 0 ? PyObject_IsTrue(args[0]) : 0, bf16 = loop_amx_flag(args, &nargs, "gru_loop");
     if (tanh_act < 0 || bf16 < 0)
         return NULL;
     int count = loop_args(args + 1, nargs - 1, b, "fffFFFFF", "FF", "gru_loop(tanh, WzrT, WhT, XU, ZR, HC, RH, H, Y[, P, RHrows])");
@@ -1211,7 +1212,7 @@ static PyObject *gru_loop(PyObject *self, PyObject *const *args, Py_ssize_t narg
     float **parts[] = {&J.xa, &J.xb, &J.Azr, &J.Ah};
     size_t sizes[] = {(size_t)P * n * PANEL, (size_t)P * n * PANEL, (size_t)2 * eights * n * LOOP_ROWS,
                       (size_t)eights * n * LOOP_ROWS};
-    size_t pairs = (size_t)(S + 15) / 16 * AMXL_NB(n) * 8, tiles = (size_t)eights * AMXL_NB(n) * 8;  /* in floats */
+    size_t pairs = (size_t)(S + 15) / 16 * LOOP_AMX_NB(n) * 8, tiles = (size_t)eights * LOOP_AMX_NB(n) * 8;  /* in floats */
     size_t amx[] = {pairs, pairs, tiles, tiles};
     if (bf16)
         result = loop_go(parts, amx, 4, S, 0, NULL, NULL, n, gru_forward_body, &J, eights);
@@ -1226,7 +1227,7 @@ out:
 static PyObject *gru_loop_back(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     Py_buffer b[LOOP_MAX_ARGS];
-    int bf16 = amxl_flag(args, &nargs, "gru_loop_back");
+    int bf16 = loop_amx_flag(args, &nargs, "gru_loop_back");
     if (bf16 < 0)
         return NULL;
     int count = loop_args(args, nargs, b, "fffffFFF", "", "gru_loop_back(Wzr, Wh, DY, ZR, P, dP, db, dh)");
@@ -1248,7 +1249,7 @@ static PyObject *gru_loop_back(PyObject *self, PyObject *const *args, Py_ssize_t
     float **parts[] = {&J.xa, &J.xb, &J.Azr, &J.Ah, &J.d, &J.drh, &J.DH};
     size_t sizes[] = {(size_t)P * n * PANEL, (size_t)P * 2 * n * PANEL, (size_t)eights * 2 * n * LOOP_ROWS,
                       (size_t)eights * n * LOOP_ROWS, (size_t)3 * n * S, (size_t)n * S, (size_t)n * S};
-    size_t pairs = (size_t)(S + 15) / 16 * AMXL_NB(n) * 8, tiles = (size_t)eights * AMXL_NB(n) * 8;  /* in floats */
+    size_t pairs = (size_t)(S + 15) / 16 * LOOP_AMX_NB(n) * 8, tiles = (size_t)eights * LOOP_AMX_NB(n) * 8;  /* in floats */
     size_t amx[] = {pairs, 2 * pairs, 2 * tiles, tiles, sizes[4], sizes[5], sizes[6]};
     result = loop_go(parts, bf16 ? amx : sizes, 7, S, bf16 ? 0 : 2, NULL, NULL, n, gru_back_loop_body, &J, eights);
 out:
@@ -1330,10 +1331,10 @@ static PyMethodDef panel_methods[] = {
     METHOD(panel_matmul, "panel_matmul(out, x, Wp, b): out = x W + b for W packed in 32-column panels Wp"),
     METHOD(panel_matmul_t, "panel_matmul_t(out, xT, Wp, b): panel_matmul of x given as its transpose xT"),
     {"panel_threads", panel_threads, METH_O, "panel_threads(n) -> the threads panel_matmul runs on (set before its first call)"},
-    METHOD(lstm_loop, "lstm_loop(WT, XU, G, C, TC, H, Y[, P][, bf16]): the LSTM's forward step loop, products and steps, feature-major, Y the outputs as rows; bf16: its products on AMX (amx_loops)"),
-    METHOD(lstm_loop_back, "lstm_loop_back(W, DY, G, C, TC, dG, db, dh, dc[, P, dP][, bf16]): the LSTM's step loop back from rows DY: gate deltas as rows dG, their sums db; bf16: its products on AMX (amx_loops)"),
-    METHOD(gru_loop, "gru_loop(tanh, WzrT, WhT, XU, ZR, HC, RH, H, Y[, P, RHrows][, bf16]): the GRU's forward step loop, feature-major, Y the outputs as rows; bf16: its products on AMX (amx_loops)"),
-    METHOD(gru_loop_back, "gru_loop_back(Wzr, Wh, DY, ZR, P, dP, db, dh[, bf16]): the GRU's step loop back from rows DY: deltas as rows dP, their sums db; bf16: its products on AMX (amx_loops)"),
+    METHOD(lstm_loop, "lstm_loop(WT, XU, G, C, TC, H, Y[, P][, bf16]): the LSTM's forward step loop, products and steps, feature-major, Y the outputs as rows; bf16: its products on AMX (_kernels.amx)"),
+    METHOD(lstm_loop_back, "lstm_loop_back(W, DY, G, C, TC, dG, db, dh, dc[, P, dP][, bf16]): the LSTM's step loop back from rows DY: gate deltas as rows dG, their sums db; bf16: its products on AMX (_kernels.amx)"),
+    METHOD(gru_loop, "gru_loop(tanh, WzrT, WhT, XU, ZR, HC, RH, H, Y[, P, RHrows][, bf16]): the GRU's forward step loop, feature-major, Y the outputs as rows; bf16: its products on AMX (_kernels.amx)"),
+    METHOD(gru_loop_back, "gru_loop_back(Wzr, Wh, DY, ZR, P, dP, db, dh[, bf16]): the GRU's step loop back from rows DY: deltas as rows dP, their sums db; bf16: its products on AMX (_kernels.amx)"),
     METHOD(rnn_loop, "rnn_loop(a, shortcut, WT, bias, A, B, Sf, St): the [rnn] step loop for a slope activation (leaky, relie), feature-major, A and St rows"),
     METHOD(rnn_loop_back, "rnn_loop_back(a, shortcut, W, B, dS, dB, db): its way back from the states' deltas as rows dS (completed in place), dB rows, db their sums"),
     {"loop_threads", loop_threads, METH_O, "loop_threads(n) -> the threads the step loops run on"},
@@ -1385,7 +1386,6 @@ static PyObject *team_share(team_part part, const void *job, Py_ssize_t count, P
     Py_RETURN_NONE;
 }
 
-#include "_amx.h"  /* matmul_bf16, added to the module only where AMX runs */
 #include "_sample.h"  /* softmax_rows; its sample_* functions are added only when the CPU has AVX-512 */
 
 #define KIND_WRAPPERS
@@ -1441,20 +1441,15 @@ PyMODINIT_FUNC PyInit__kernels(void)
         Py_DECREF(mod);
         return NULL;
     }
-    amxl_loops = avx512 && amxl_ready();
-    if (mod && PyModule_AddIntConstant(mod, "amx_loops", amxl_loops) < 0) {  /* the GRU and LSTM loops take bf16=1 */
+#endif
+#ifdef AMX_BUILT
+    amx_on = avx512 && amx_available();  /* not under DARKNETPY_KERNELS=avx2: no AVX-512, no AMX */
+    if (mod && amx_on && PyModule_AddFunctions(mod, amx_methods) < 0) {
         Py_DECREF(mod);
         return NULL;
     }
 #endif
-#ifdef AMXK_BUILT
-    amxk_on = avx512 && amxk_available();  /* not under DARKNETPY_KERNELS=avx2: no AVX-512, no AMX */
-    if (mod && amxk_on && PyModule_AddFunctions(mod, amxk_methods) < 0) {
-        Py_DECREF(mod);
-        return NULL;
-    }
-#endif
-    if (mod && PyModule_AddObject(mod, "amx", PyBool_FromLong(amxk_on)) < 0) {
+    if (mod && PyModule_AddObject(mod, "amx", PyBool_FromLong(amx_on)) < 0) {
         Py_DECREF(mod);
         return NULL;
     }

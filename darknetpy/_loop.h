@@ -20,7 +20,7 @@
  * of 8 rows by 32 streams reads one contiguous line of each per k.
  *
  * With `[net] precision=bf16` the GRU and LSTM loops take bf16=1: their products on AMX tiles instead,
- * bf16 operands and float32 sums (the amxl_ helpers below), the rest of the loop the same. */
+ * bf16 operands and float32 sums (the loop_amx_ helpers below), the rest of the loop the same. */
 
 #include <limits.h>
 #include <linux/futex.h>
@@ -398,67 +398,38 @@ static inline void loop_share(Py_ssize_t count, int id, int threads, Py_ssize_t 
  * of n rows (a product of [dz dr] has two), each padded with zeros to nb = n rounded up to 32, so that
  * no k chunk straddles two blocks and a thread writes only its own units' pairs. Each element sums
  * its chunks in k order on one thread: the same bits whichever thread, and however many. */
-static int amxl_loops;  /* the GRU and LSTM loops take bf16=1: set at import (the module's amx_loops) */
-
-#if defined(__clang__) ? __clang_major__ >= 12 : __GNUC__ >= 11
-#define AMXL_BUILT 1
-#include <cpuid.h>
-#define AMXL_TARGET __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bf16,avx512bw")))
-#define AMXL_PERM 0x1023   /* arch_prctl ARCH_REQ_XCOMP_PERM */
-#define AMXL_XTILEDATA 18
-
-/* Whether the CPU has AMX-BF16 and AVX512-BF16 and the kernel lets this process use the tiles
- * (asked once: the permission is the process's). */
-static int amxl_ready(void)
-{
-    unsigned a, b, c, d, a1, b1, c1, d1;
-    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !__get_cpuid_count(7, 1, &a1, &b1, &c1, &d1))
-        return 0;
-    int amx = (d >> 22 & 1) && (d >> 24 & 1), bf16 = a1 >> 5 & 1;  /* AMX-BF16, AMX-TILE; AVX512_BF16 */
-    return amx && bf16 && syscall(SYS_arch_prctl, AMXL_PERM, AMXL_XTILEDATA) == 0;
-}
-#else
-static int amxl_ready(void) { return 0; }
-#endif
-
-#ifdef AMXL_BUILT
-typedef struct __attribute__((packed, aligned(64))) {
-    uint8_t palette, start_row, reserved[14];
-    uint16_t colsb[16];
-    uint8_t rows[16];
-} amxl_config;
-
+#ifdef AMX_BUILT
 /* This thread's tiles: 0 and 1 C (16 x 16 float32), 2 A, 3 and 4 B (16 rows of 64 bytes each). */
-AMXL_TARGET static void amxl_tiles_on(void)
+AMX_TARGET static void loop_amx_tiles_on(void)
 {
-    static const amxl_config cfg = {.palette = 1, .colsb = {64, 64, 64, 64, 64}, .rows = {16, 16, 16, 16, 16}};
+    static const amx_config cfg = {.palette = 1, .colsb = {64, 64, 64, 64, 64}, .rows = {16, 16, 16, 16, 16}};
     _tile_loadconfig(&cfg);  /* static: GCC drops stores to a local that only the asm reads */
 }
 
-AMXL_TARGET static void amxl_tiles_off(void)
+AMX_TARGET static void loop_amx_tiles_off(void)
 {
     _tile_release();
 }
 
-#define AMXL_NB(n) (((n) + 31) / 32 * 32)
+#define LOOP_AMX_NB(n) (((n) + 31) / 32 * 32)
 
 /* The output rows of a thread's product: its `units` from j0 in each of `gates` blocks of n rows
  * (gru_loop's z and r: 2; [lstm]'s i f o g: 4); row i of the list gate-major, or -1 past its end. */
-typedef struct { Py_ssize_t j0, units, gates, n; } amxl_rows_of;
+typedef struct { Py_ssize_t j0, units, gates, n; } loop_amx_rows_of;
 
-static inline Py_ssize_t amxl_row(const amxl_rows_of *R, Py_ssize_t i)
+static inline Py_ssize_t loop_amx_row(const loop_amx_rows_of *R, Py_ssize_t i)
 {
     return i < R->gates * R->units ? i / R->units * R->n + R->j0 + i % R->units : -1;
 }
 
 /* A[tile, c, r, kk] = bf16(M[row(16 tile + r), k]) (nearest even, kernels.bf16) for k' = 32 c + kk in
  * block k' / nb at k' % nb (zero past n and past the rows); M (rows, blocks n). */
-AMXL_TARGET static void amxl_pack(uint16_t *A, const float *M, Py_ssize_t n, int blocks, const amxl_rows_of *R)
+AMX_TARGET static void loop_amx_pack(uint16_t *A, const float *M, Py_ssize_t n, int blocks, const loop_amx_rows_of *R)
 {
-    Py_ssize_t nb = AMXL_NB(n), KC = blocks * nb / 32, tiles = (R->gates * R->units + 15) / 16;
+    Py_ssize_t nb = LOOP_AMX_NB(n), KC = blocks * nb / 32, tiles = (R->gates * R->units + 15) / 16;
     for (Py_ssize_t tile = 0; tile < tiles; tile++)
         for (int r = 0; r < 16; r++) {
-            Py_ssize_t row = amxl_row(R, 16 * tile + r);
+            Py_ssize_t row = loop_amx_row(R, 16 * tile + r);
             const float *m = M + (row < 0 ? 0 : row) * blocks * n;
             for (Py_ssize_t k = 0; k < blocks * nb; k += 16) {
                 Py_ssize_t j = k % nb;
@@ -472,12 +443,12 @@ AMXL_TARGET static void amxl_pack(uint16_t *A, const float *M, Py_ssize_t n, int
 /* Rows [j0, j1) of x (n, S) as block `block` of the B arrays xb (ceil(S / 16), Kp / 2, 32): rows j, j + 1
  * rounded to bf16 side by side, xb[p, (block nb + j) / 2, 2 s + j % 2]. j0 even; the pair of an odd
  * n's last row has a zero. Streams past S are zeros. */
-AMXL_TARGET static void amxl_to_pairs(const float *x, uint16_t *xb, Py_ssize_t n, Py_ssize_t S, Py_ssize_t Kp,
+AMX_TARGET static void loop_amx_to_pairs(const float *x, uint16_t *xb, Py_ssize_t n, Py_ssize_t S, Py_ssize_t Kp,
                                       int block, Py_ssize_t j0, Py_ssize_t j1)
 {
     const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
     const __m512i hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
-    Py_ssize_t k0 = block * AMXL_NB(n);
+    Py_ssize_t k0 = block * LOOP_AMX_NB(n);
     for (Py_ssize_t p = 0; p * 16 < S; p++) {
         __mmask16 m = S - 16 * p >= 16 ? 0xFFFF : (__mmask16)((1u << (S - 16 * p)) - 1);
         for (Py_ssize_t j = j0; j < j1; j += 2) {
@@ -491,18 +462,18 @@ AMXL_TARGET static void amxl_to_pairs(const float *x, uint16_t *xb, Py_ssize_t n
 
 /* Zeros in the pad rows [n, nb) of each block of the B arrays: the thread with the last units, once
  * per call (the arrays are reused from call to call). */
-static void amxl_zero_pads(uint16_t *xb, Py_ssize_t n, int blocks, Py_ssize_t S)
+static void loop_amx_zero_pads(uint16_t *xb, Py_ssize_t n, int blocks, Py_ssize_t S)
 {
-    Py_ssize_t nb = AMXL_NB(n), Kp = blocks * nb, from = (n + 1) / 2 * 2;
+    Py_ssize_t nb = LOOP_AMX_NB(n), Kp = blocks * nb, from = (n + 1) / 2 * 2;
     for (Py_ssize_t p = 0; p * 16 < S; p++)
         for (int block = 0; block < blocks; block++)
             memset(xb + (p * Kp + block * nb + from) * 16, 0, (size_t)(nb - from) * 16 * sizeof(uint16_t));
 }
 
-/* y[row(i), s] (+)= Σ_k A[i, k] x[k, s] for the rows R of y (·, S), A packed by amxl_pack, x in B arrays
- * (amxl_to_pairs) of Kp rows. Each C tile starts at zero; `add`: y += it (as y += A x). */
-AMXL_TARGET static void amxl_product(const uint16_t *A, const uint16_t *xb, Py_ssize_t Kp, float *y, Py_ssize_t S,
-                                     const amxl_rows_of *R, int add)
+/* y[row(i), s] (+)= Σ_k A[i, k] x[k, s] for the rows R of y (·, S), A packed by loop_amx_pack, x in B arrays
+ * (loop_amx_to_pairs) of Kp rows. Each C tile starts at zero; `add`: y += it (as y += A x). */
+AMX_TARGET static void loop_amx_product(const uint16_t *A, const uint16_t *xb, Py_ssize_t Kp, float *y, Py_ssize_t S,
+                                     const loop_amx_rows_of *R, int add)
 {
     float out[2][256] __attribute__((aligned(64)));
     Py_ssize_t KC = Kp / 32, tiles = (R->gates * R->units + 15) / 16, SB = (S + 15) / 16;
@@ -524,7 +495,7 @@ AMXL_TARGET static void amxl_product(const uint16_t *A, const uint16_t *xb, Py_s
             _tile_stored(0, out[0], 64);
             _tile_stored(1, out[1], 64);
             for (int r = 0; r < 16; r++) {
-                Py_ssize_t row = amxl_row(R, 16 * tile + r);
+                Py_ssize_t row = loop_amx_row(R, 16 * tile + r);
                 if (row < 0)
                     break;
                 for (int h = 0; h <= two; h++) {
@@ -538,17 +509,17 @@ AMXL_TARGET static void amxl_product(const uint16_t *A, const uint16_t *xb, Py_s
             }
         }
 }
-#else  /* a compiler without AMX: amxl_loops stays 0, and these are never called */
-typedef struct { Py_ssize_t j0, units, gates, n; } amxl_rows_of;
-#define AMXL_NB(n) (((n) + 31) / 32 * 32)
-static void amxl_tiles_on(void) {}
-static void amxl_tiles_off(void) {}
-static void amxl_pack(uint16_t *A, const float *M, Py_ssize_t n, int blocks, const amxl_rows_of *R) {}
-static void amxl_to_pairs(const float *x, uint16_t *xb, Py_ssize_t n, Py_ssize_t S, Py_ssize_t Kp, int block,
+#else  /* a compiler without AMX: amx_on stays 0, and these are never called */
+typedef struct { Py_ssize_t j0, units, gates, n; } loop_amx_rows_of;
+#define LOOP_AMX_NB(n) (((n) + 31) / 32 * 32)
+static void loop_amx_tiles_on(void) {}
+static void loop_amx_tiles_off(void) {}
+static void loop_amx_pack(uint16_t *A, const float *M, Py_ssize_t n, int blocks, const loop_amx_rows_of *R) {}
+static void loop_amx_to_pairs(const float *x, uint16_t *xb, Py_ssize_t n, Py_ssize_t S, Py_ssize_t Kp, int block,
                           Py_ssize_t j0, Py_ssize_t j1) {}
-static void amxl_zero_pads(uint16_t *xb, Py_ssize_t n, int blocks, Py_ssize_t S) {}
-static void amxl_product(const uint16_t *A, const uint16_t *xb, Py_ssize_t Kp, float *y, Py_ssize_t S,
-                         const amxl_rows_of *R, int add) {}
+static void loop_amx_zero_pads(uint16_t *xb, Py_ssize_t n, int blocks, Py_ssize_t S) {}
+static void loop_amx_product(const uint16_t *A, const uint16_t *xb, Py_ssize_t Kp, float *y, Py_ssize_t S,
+                         const loop_amx_rows_of *R, int add) {}
 #endif
 
 /* ---- LSTM ---------------------------------------------------------------------------------- */
@@ -560,7 +531,7 @@ static void amxl_product(const uint16_t *A, const uint16_t *xb, Py_ssize_t Kp, f
  * Back: for t from T-1 down, lstm_back(dh, dc, DY[t]ᵀ, G[t], C[t], TC[t], d[, P, dP]), dG[t] = dᵀ
  * (rows (S, 4n)), db += d's sums over the streams, and for t > 0 dh = W d, W (n, 4n); DY (T, S, n)
  * the output deltas as rows. Work: units in eights, the tile's 8 rows.
- * With bf16 (amxl_loops) the products are AMX's (the bf16 tiles above): A the thread's A tiles, xp two
+ * With bf16 (amx_on) the products are AMX's (the bf16 tiles above): A the thread's A tiles, xp two
  * steps' B arrays (forward of H, back of d's four blocks), d the step's deltas at any S. */
 typedef struct {
     const float *W, *XU, *DY, *P;
@@ -580,17 +551,17 @@ __attribute__((target("avx512f,avx2,fma"))) static void lstm_forward_body(void *
     Py_ssize_t T = J->T, S = J->S, n = J->n, P = (S + PANEL - 1) / PANEL, pairs = (n + 1) / 2, q0, q1;
     Py_ssize_t B = n * S;  /* a gate block of a step */
     loop_share(pairs, id, threads, &q0, &q1);
-    Py_ssize_t j0 = 2 * q0, j1 = 2 * q1 < n ? 2 * q1 : n, nb = AMXL_NB(n), half = (S + 15) / 16 * nb * 16;
-    amxl_rows_of R = {j0, j1 - j0, 4, n};
+    Py_ssize_t j0 = 2 * q0, j1 = 2 * q1 < n ? 2 * q1 : n, nb = LOOP_AMX_NB(n), half = (S + 15) / 16 * nb * 16;
+    loop_amx_rows_of R = {j0, j1 - j0, 4, n};
     uint16_t *A = (uint16_t *)J->A + q0 * (nb / 32) * 512, *xb = (uint16_t *)J->xp;  /* xb: two halves */
     if (J->bf16) {
-        amxl_pack(A, J->W, n, 1, &R);
-        amxl_tiles_on();
+        loop_amx_pack(A, J->W, n, 1, &R);
+        loop_amx_tiles_on();
         if (j1 == n) {
-            amxl_zero_pads(xb, n, 1, S);
-            amxl_zero_pads(xb + half, n, 1, S);
+            loop_amx_zero_pads(xb, n, 1, S);
+            loop_amx_zero_pads(xb + half, n, 1, S);
         }
-        amxl_to_pairs(J->H, xb, n, S, nb, 0, j0, j1);
+        loop_amx_to_pairs(J->H, xb, n, S, nb, 0, j0, j1);
         loop_barrier(phase);
     }
     for (Py_ssize_t q = q0; q < q1 && !J->bf16; q++)  /* A[q, k, 2 gate + e] = WT[gate n + 2q + e, k] */
@@ -603,7 +574,7 @@ __attribute__((target("avx512f,avx2,fma"))) static void lstm_forward_body(void *
         const float *hp = J->xp + (t % 2) * P * n * PANEL;
         float *g = J->G + t * 4 * B, *h1 = J->H + (t + 1) * B;
         if (J->bf16)
-            amxl_product(A, xb + t % 2 * half, nb, g, S, &R, 0);
+            loop_amx_product(A, xb + t % 2 * half, nb, g, S, &R, 0);
         for (Py_ssize_t q = q0; q < q1; q += 2) {  /* two pairs a time, then their steps */
             for (Py_ssize_t p = 0; p < P && !J->bf16; p++) {
                 float *y[2 * LOOP_ROWS];
@@ -627,14 +598,14 @@ __attribute__((target("avx512f,avx2,fma"))) static void lstm_forward_body(void *
         loop_to_rows(h1, J->Y + t * S * n, S, n, 0, 2 * q0, 2 * q1 < n ? 2 * q1 : n);
         if (t + 1 < T) {
             if (J->bf16)
-                amxl_to_pairs(h1, xb + (t + 1) % 2 * half, n, S, nb, 0, j0, j1);
+                loop_amx_to_pairs(h1, xb + (t + 1) % 2 * half, n, S, nb, 0, j0, j1);
             else
                 loop_to_panels(h1, J->xp + ((t + 1) % 2) * P * n * PANEL, n, S, 2 * q0, 2 * q1 < n ? 2 * q1 : n);
             loop_barrier(phase);
         }
     }
     if (J->bf16)
-        amxl_tiles_off();
+        loop_amx_tiles_off();
 }
 
 __attribute__((target("avx512f,avx2,fma"))) static void lstm_back_loop_body(void *arg, int id, int threads, unsigned *phase)
@@ -643,15 +614,15 @@ __attribute__((target("avx512f,avx2,fma"))) static void lstm_back_loop_body(void
     Py_ssize_t T = J->T, S = J->S, n = J->n, P = (S + PANEL - 1) / PANEL, eights = (n + 7) / 8, e0, e1;
     Py_ssize_t B = n * S, K = 4 * n;
     loop_share(eights, id, threads, &e0, &e1);
-    Py_ssize_t j0 = 8 * e0, j1 = 8 * e1 < n ? 8 * e1 : n, nb = AMXL_NB(n), half = (S + 15) / 16 * 4 * nb * 16;
-    amxl_rows_of R = {j0, j1 - j0, 1, n};
+    Py_ssize_t j0 = 8 * e0, j1 = 8 * e1 < n ? 8 * e1 : n, nb = LOOP_AMX_NB(n), half = (S + 15) / 16 * 4 * nb * 16;
+    loop_amx_rows_of R = {j0, j1 - j0, 1, n};
     uint16_t *A = (uint16_t *)J->A + e0 * (4 * nb / 32) * 512, *xb = (uint16_t *)J->xp;  /* xb: two halves */
     if (J->bf16) {
-        amxl_pack(A, J->W, n, 4, &R);
-        amxl_tiles_on();
+        loop_amx_pack(A, J->W, n, 4, &R);
+        loop_amx_tiles_on();
         if (j1 == n) {
-            amxl_zero_pads(xb, n, 4, S);
-            amxl_zero_pads(xb + half, n, 4, S);
+            loop_amx_zero_pads(xb, n, 4, S);
+            loop_amx_zero_pads(xb + half, n, 4, S);
         }
     } else
         loop_pack(J->A, J->W, K, n, 1, e0, e1);
@@ -674,17 +645,17 @@ __attribute__((target("avx512f,avx2,fma"))) static void lstm_back_loop_body(void
             break;
         for (int gate = 0; gate < 4 && d != dp; gate++)
             if (J->bf16)
-                amxl_to_pairs(d + gate * B, xb + t % 2 * half, n, S, 4 * nb, gate, j0, j1);
+                loop_amx_to_pairs(d + gate * B, xb + t % 2 * half, n, S, 4 * nb, gate, j0, j1);
             else
                 loop_to_panels(d + gate * B, dp + gate * n * PANEL, K, S, j0, j1);
         loop_barrier(phase);
         if (J->bf16)
-            amxl_product(A, xb + t % 2 * half, 4 * nb, J->dh, S, &R, 0);
+            loop_amx_product(A, xb + t % 2 * half, 4 * nb, J->dh, S, &R, 0);
         else
             loop_rows(J->A, dp, K, J->dh, n, S, e0, e1, 0);
     }
     if (J->bf16)
-        amxl_tiles_off();
+        loop_amx_tiles_off();
 }
 
 /* ---- GRU ----------------------------------------------------------------------------------- */
@@ -697,7 +668,7 @@ __attribute__((target("avx512f,avx2,fma"))) static void lstm_back_loop_body(void
  * gru_back(dh, drh, ZR[t], P[t], d); dP[t] = dᵀ (rows (S, 3n)); db += d's sums over the streams;
  * for t > 0, dh += Wzr [dz dr]. Wzr (n, 2n), Wh (n, n), DY (T, S, n). Two barriers a step (each
  * product reads every unit's deltas).
- * Each thread owns eights of units: its rows of every product, their step maths. With bf16 (amxl_loops)
+ * Each thread owns eights of units: its rows of every product, their step maths. With bf16 (amx_on)
  * the products are AMX's, the operands in the bf16 tiles above: Azr Ah its A tiles, xa xb its B arrays
  * (xb [dz dr]'s two blocks). */
 typedef struct {
@@ -720,19 +691,19 @@ __attribute__((target("avx512f,avx2,fma"))) static void gru_forward_body(void *a
     Py_ssize_t T = J->T, S = J->S, n = J->n, B = n * S, eights = (n + 7) / 8, e0, e1;
     loop_share(eights, id, threads, &e0, &e1);
     Py_ssize_t j0 = 8 * e0, j1 = 8 * e1 < n ? 8 * e1 : n, o = j0 * S, m = (j1 - j0) * S;
-    Py_ssize_t nb = AMXL_NB(n), KC = nb / 32;
-    amxl_rows_of Rzr = {j0, j1 - j0, 2, n}, Rh = {j0, j1 - j0, 1, n};
+    Py_ssize_t nb = LOOP_AMX_NB(n), KC = nb / 32;
+    loop_amx_rows_of Rzr = {j0, j1 - j0, 2, n}, Rh = {j0, j1 - j0, 1, n};
     uint16_t *Azr = (uint16_t *)J->Azr + e0 * KC * 512, *Ah = (uint16_t *)J->Ah + e0 * KC * 512;
     uint16_t *xa = (uint16_t *)J->xa, *xb = (uint16_t *)J->xb;
     if (J->bf16) {
-        amxl_pack(Azr, J->Wzr, n, 1, &Rzr);
-        amxl_pack(Ah, J->Wh, n, 1, &Rh);
-        amxl_tiles_on();
+        loop_amx_pack(Azr, J->Wzr, n, 1, &Rzr);
+        loop_amx_pack(Ah, J->Wh, n, 1, &Rh);
+        loop_amx_tiles_on();
         if (j1 == n) {
-            amxl_zero_pads(xa, n, 1, S);
-            amxl_zero_pads(xb, n, 1, S);
+            loop_amx_zero_pads(xa, n, 1, S);
+            loop_amx_zero_pads(xb, n, 1, S);
         }
-        amxl_to_pairs(J->H, xa, n, S, nb, 0, j0, j1);
+        loop_amx_to_pairs(J->H, xa, n, S, nb, 0, j0, j1);
         loop_barrier(phase);
     } else {
         loop_pack(J->Azr, J->Wzr, n, 2 * n, 2, 2 * e0, 2 * e1 < (n + 3) / 4 ? 2 * e1 : (n + 3) / 4);
@@ -743,7 +714,7 @@ __attribute__((target("avx512f,avx2,fma"))) static void gru_forward_body(void *a
         const float *xu = J->XU + t * 3 * B;
         Py_ssize_t P = (S + PANEL - 1) / PANEL;
         if (J->bf16)
-            amxl_product(Azr, xa, nb, zr, S, &Rzr, 0);
+            loop_amx_product(Azr, xa, nb, zr, S, &Rzr, 0);
         for (Py_ssize_t q = 2 * e0; q < 2 * e1 && 4 * q < n && !J->bf16; q += 2)  /* z r rows of units 4q.. 4q + 8 */
             for (Py_ssize_t p = 0; p < P; p++) {
                 float *y[2 * LOOP_ROWS];
@@ -758,14 +729,14 @@ __attribute__((target("avx512f,avx2,fma"))) static void gru_forward_body(void *a
             }
         gru_zr_row_avx2(zr + o, xu + o, h + o, rh + o, m, B);
         if (J->bf16)
-            amxl_to_pairs(rh, xb, n, S, nb, 0, j0, j1);
+            loop_amx_to_pairs(rh, xb, n, S, nb, 0, j0, j1);
         else
             loop_to_panels(rh, J->xb, n, S, j0, j1);
         if (J->RHrows)
             loop_to_rows(rh, J->RHrows + t * S * n, S, n, 0, j0, j1);
         loop_barrier(phase);
         if (J->bf16)
-            amxl_product(Ah, xb, nb, c, S, &Rh, 0);
+            loop_amx_product(Ah, xb, nb, c, S, &Rh, 0);
         else
             loop_rows(J->Ah, J->xb, n, c, n, S, e0, e1, 0);
         float *h1 = J->H + (t + 1) * B, *Pt = J->P ? J->P + t * 3 * B + o : NULL;
@@ -780,14 +751,14 @@ __attribute__((target("avx512f,avx2,fma"))) static void gru_forward_body(void *a
         loop_to_rows(h1, J->Y + t * S * n, S, n, 0, j0, j1);
         if (t + 1 < T) {
             if (J->bf16)
-                amxl_to_pairs(h1, xa, n, S, nb, 0, j0, j1);
+                loop_amx_to_pairs(h1, xa, n, S, nb, 0, j0, j1);
             else
                 loop_to_panels(h1, J->xa, n, S, j0, j1);
             loop_barrier(phase);
         }
     }
     if (J->bf16)
-        amxl_tiles_off();
+        loop_amx_tiles_off();
 }
 
 __attribute__((target("avx512f,avx2,fma"))) static void gru_back_loop_body(void *arg, int id, int threads, unsigned *phase)
@@ -796,17 +767,17 @@ __attribute__((target("avx512f,avx2,fma"))) static void gru_back_loop_body(void 
     Py_ssize_t T = J->T, S = J->S, n = J->n, B = n * S, eights = (n + 7) / 8, e0, e1;
     loop_share(eights, id, threads, &e0, &e1);
     Py_ssize_t j0 = 8 * e0, j1 = 8 * e1 < n ? 8 * e1 : n, o = j0 * S, m = (j1 - j0) * S;
-    Py_ssize_t nb = AMXL_NB(n);
-    amxl_rows_of R = {j0, j1 - j0, 1, n};
+    Py_ssize_t nb = LOOP_AMX_NB(n);
+    loop_amx_rows_of R = {j0, j1 - j0, 1, n};
     uint16_t *Azr = (uint16_t *)J->Azr + e0 * (2 * nb / 32) * 512, *Ah = (uint16_t *)J->Ah + e0 * (nb / 32) * 512;
     uint16_t *xa = (uint16_t *)J->xa, *xb = (uint16_t *)J->xb;
     if (J->bf16) {
-        amxl_pack(Azr, J->Wzr, n, 2, &R);
-        amxl_pack(Ah, J->Wh, n, 1, &R);
-        amxl_tiles_on();
+        loop_amx_pack(Azr, J->Wzr, n, 2, &R);
+        loop_amx_pack(Ah, J->Wh, n, 1, &R);
+        loop_amx_tiles_on();
         if (j1 == n) {
-            amxl_zero_pads(xa, n, 1, S);
-            amxl_zero_pads(xb, n, 2, S);
+            loop_amx_zero_pads(xa, n, 1, S);
+            loop_amx_zero_pads(xb, n, 2, S);
         }
     } else {
         loop_pack(J->Azr, J->Wzr, 2 * n, n, 1, e0, e1);
@@ -821,12 +792,12 @@ __attribute__((target("avx512f,avx2,fma"))) static void gru_back_loop_body(void 
             d[2 * B + e] = Pt[2 * B + e] * dh[e];
         }
         if (J->bf16)
-            amxl_to_pairs(d + 2 * B, xa, n, S, nb, 0, j0, j1);
+            loop_amx_to_pairs(d + 2 * B, xa, n, S, nb, 0, j0, j1);
         else
             loop_to_panels(d + 2 * B, J->xa, n, S, j0, j1);
         loop_barrier(phase);
         if (J->bf16)
-            amxl_product(Ah, xa, nb, J->drh, S, &R, 0);
+            loop_amx_product(Ah, xa, nb, J->drh, S, &R, 0);
         else
             loop_rows(J->Ah, J->xa, n, J->drh, n, S, e0, e1, 0);
         gru_back_body_avx2(dh + o, J->drh + o, J->ZR + t * 2 * B + o, Pt + o, d + o, m, B);
@@ -838,17 +809,17 @@ __attribute__((target("avx512f,avx2,fma"))) static void gru_back_loop_body(void 
             break;
         for (int gate = 0; gate < 2; gate++)
             if (J->bf16)
-                amxl_to_pairs(d + gate * B, xb, n, S, 2 * nb, gate, j0, j1);
+                loop_amx_to_pairs(d + gate * B, xb, n, S, 2 * nb, gate, j0, j1);
             else
                 loop_to_panels(d + gate * B, J->xb + gate * n * PANEL, 2 * n, S, j0, j1);
         loop_barrier(phase);
         if (J->bf16)
-            amxl_product(Azr, xb, 2 * nb, dh, S, &R, 1);
+            loop_amx_product(Azr, xb, 2 * nb, dh, S, &R, 1);
         else
             loop_rows(J->Azr, J->xb, 2 * n, dh, n, S, e0, e1, 1);
     }
     if (J->bf16)
-        amxl_tiles_off();
+        loop_amx_tiles_off();
 }
 
 /* ---- RNN ----------------------------------------------------------------------------------- */

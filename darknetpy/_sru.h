@@ -103,7 +103,7 @@ static void K(sru_step)(float *restrict Z, const float *restrict v, float *restr
  * sigmoids' arithmetic more than by memory (a call whose arrays sit in cache took 0.8 of the time
  * of one from memory), and 16 lanes do it in fewer instructions. The same operations per element,
  * inlined from the AVX2 pass's: the same bits (tests/test_sru.py). */
-__attribute__((target("avx512f,avx2,fma"))) static void sru6_step_wide(
+__attribute__((target("avx512f,avx2,fma"))) static void sru_step_wide(
     float *restrict Z, const float *restrict v, float *restrict C, float *restrict H, const float *restrict hs,
     const int64_t *restrict ids, const float *restrict W, Py_ssize_t T, Py_ssize_t S, Py_ssize_t n, Py_ssize_t k,
     Py_ssize_t s0, Py_ssize_t s1, int tanh_g)
@@ -257,7 +257,7 @@ static void sru_streams(const void *job, Py_ssize_t s0, Py_ssize_t s1)
     const sru_job *J = job;
 #ifdef HAVE_AVX2
     if (avx512) {
-        sru6_step_wide(J->Z, J->v, J->C, J->H, J->hs, J->ids, J->W, J->T, J->S, J->n, J->k, s0, s1, J->g);
+        sru_step_wide(J->Z, J->v, J->C, J->H, J->hs, J->ids, J->W, J->T, J->S, J->n, J->k, s0, s1, J->g);
         return;
     }
 #endif

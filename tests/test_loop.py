@@ -458,8 +458,8 @@ def test_the_lstm_way_back_at_32_streams_writes_its_deltas_in_the_panels_on_any_
 # float32 rounding: within 1e-5 of its largest entry (`close`); a truncating rounding is off by
 # ~2^-9 of the products, a dropped k edge by whole terms.
 
-amx = pytest.mark.skipif(K is None or not getattr(K, "amx_loops", 0),
-                         reason="the bf16 loops need AMX-BF16 (CPU, kernel permission and compiler): _kernels.amx_loops is 0")
+amx = pytest.mark.skipif(K is None or not getattr(K, "amx", False),
+                         reason="the bf16 loops need AMX-BF16 (CPU, kernel permission and compiler): _kernels.amx is False")
 BF16_SHAPES = [(n, S) for n in (8, 24, 384) for S in (1, 7, 16, 32, 33)] + [(13, 7)]  # and an odd n: a pair with a zero
 
 

@@ -59,7 +59,7 @@ KINDS = ("connected", "rnn", "gru", "lstm", "sru")
 # The Dense sub-layers whose W feeds the per-step products in the step loops: float32 there, never
 # rounded. Every other Dense's W only meets the bf16 products in training. The GRU's and LSTM's loops
 # (wzr, wh; w) take bf16 operands too (amxl): the reference runs its numpy loops with bf16
-# (lstm.loop_product), through the Dense that LOOP_FLAG names.
+# (base.loop_product), through the Dense that LOOP_FLAG names.
 IN_LOOPS = {"rnn": ("self_layer",)}
 LOOP_FLAG = {"gru": "wzr", "lstm": "w"}
 

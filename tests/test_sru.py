@@ -537,7 +537,7 @@ def test_two_ranks_make_one_process_updates(tmp_path, ranks):
 @pytest.mark.parametrize("g", [0, 1])
 def test_sru_step_on_avx512_gives_the_bits_of_its_avx2_pass(g, tmp_path):
     """On AVX-512 CPUs sru_step runs a 16-lane build of the AVX2 pass's loops (_sru.h,
-    sru6_step_wide): the same operations per element, so the same bits as the module a CPU without
+    sru_step_wide): the same operations per element, so the same bits as the module a CPU without
     AVX-512 gets (DARKNETPY_KERNELS=avx2, in a child), for rows and one-hot ids with W, n not a
     multiple of 16 (the tail)."""
     T, S, n = 9, 5, 150

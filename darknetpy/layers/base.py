@@ -274,6 +274,26 @@ def step_product(A, S):
     return packed_product(A, S)
 
 
+def loop_product(A, S, bf16):
+    """(x, out) -> out = A x, a training loop's per-step product (step_product); with bf16 the mixed
+    precision one of `[net] precision=bf16`, bf16(A) bf16(x) summed in float32 (kernels.matmul_bf16)."""
+    if not bf16:
+        return step_product(A, S)
+
+    def product(x, out):
+        kernels.matmul_bf16(out, A, x, False, False, 0)
+        return out
+    return product
+
+
+def bf16_flag(dense, train, loop):
+    """(1,), the trailing bf16 argument of a training loop (lstm_loop, gru_loop and their ways back)
+    whose products go bf16 (`[net] precision=bf16` sets dense.bf16), when `loop` takes it: numpy's
+    reference, or the C loop where the module has AMX (_kernels.amx); else () and float32
+    products (inference and the steppers always)."""
+    return (1,) if train and dense.bf16 and (loop in kernels.NUMPY.ops.values() or kernels.compiled("matmul_bf16")) else ()
+
+
 def projector(W, b, ids_input, out):
     """x -> x W + b written into `out`, for the step functions: a row gather from a table that
     already holds b when x is one-hot ids, else `times` with the bias (batch-invariant either way).

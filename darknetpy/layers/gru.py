@@ -19,9 +19,10 @@ import numpy as np
 
 from .. import kernels
 from ..kernels import blocks, sigmoid_grad, tanh_grad
-from .base import Recurrent, halves, matvec, output_units, projector, row_product, rows, step_product, transpose_into
+from .base import (Recurrent, bf16_flag, halves, loop_product, matvec, output_units, projector, row_product, rows,
+                   step_product, transpose_into)
 from .connected import Dense, row_sum
-from .lstm import bf16_flag, logistic_halved, loop_product
+from .lstm import logistic_halved
 
 
 def gru_zr(zr, xu, h, rh):
@@ -77,7 +78,7 @@ def gru_loop(tanh, WzrT, WhT, XU, ZR, HC, RH, H, Y, P=None, RHrows=None, bf16=Fa
     H[t+1][, P[t]]), Y[t] = H[t+1]ᵀ (the output as rows), and in training (P given) RHrows[t] =
     RH[t]ᵀ, wh's input as rows. WzrT (2n, n) and WhT (n, n) with the logistic rows halved; XU, P
     (T, 3n, S); ZR (T, 2n, S); HC, RH (T, n, S); H (T+1, n, S), H[0] the state before; Y, RHrows
-    (T, S, n). bf16 (in training): the two products with bf16 operands (lstm.loop_product). The C
+    (T, S, n). bf16 (in training): the two products with bf16 operands (base.loop_product). The C
     form (_loop.h, AVX-512 CPUs; bf16 on AMX) runs the whole loop in one call, each thread owning a
     slice of the units; its products add in another order, so it equals this to float32 rounding."""
     T, S = XU.shape[0], XU.shape[2]

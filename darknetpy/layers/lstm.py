@@ -24,7 +24,8 @@ import numpy as np
 
 from .. import kernels
 from ..kernels import blocks, sigmoid_grad, tanh_grad
-from .base import Buffers, Recurrent, halves, matvec, output_units, row_product, rows, step_product, transpose_into
+from .base import (Buffers, Recurrent, bf16_flag, halves, loop_product, matvec, output_units, row_product, rows,
+                   step_product, transpose_into)
 from .connected import Dense, row_sum
 
 
@@ -91,18 +92,6 @@ def lstm_back(dh, dc, DH, g, c, tc, d, P=None, dP=None):
         dc += np.multiply(df, pf, out=scratch)
 
 
-def loop_product(A, S, bf16):
-    """(x, out) -> out = A x, a training loop's per-step product (step_product); with bf16 the mixed
-    precision one of `[net] precision=bf16`, bf16(A) bf16(x) summed in float32 (kernels.matmul_bf16)."""
-    if not bf16:
-        return step_product(A, S)
-
-    def product(x, out):
-        kernels.matmul_bf16(out, A, x, False, False, 0)
-        return out
-    return product
-
-
 def lstm_loop(WT, XU, G, C, TC, H, Y, P=None, bf16=False):
     """The forward step loop (feature-major, T steps of S streams): for each t, G[t] = WT H[t] (the
     recurrent part of the pre-activations, WT (4n, n) with the i f o rows halved), then
@@ -143,14 +132,6 @@ def lstm_loop_back(W, DY, G, C, TC, dG, db, dh, dc, P=None, dP=None, bf16=False)
 
 
 kernels.register(lstm_step, lstm_back, lstm_loop, lstm_loop_back)
-
-
-def bf16_flag(dense, train, loop):
-    """(1,), the trailing bf16 argument of a training loop (lstm_loop, gru_loop and their ways back)
-    whose products go bf16 (`[net] precision=bf16` sets dense.bf16), when `loop` takes it: numpy's
-    reference, or the C loop where the module has AMX (_kernels.amx_loops); else () and float32
-    products (inference and the steppers always)."""
-    return (1,) if train and dense.bf16 and (loop in kernels.NUMPY.ops.values() or kernels._c.amx_loops) else ()
 
 
 class LSTM(Recurrent):
