@@ -103,13 +103,7 @@ static PyObject *softmax_xent(PyObject *self, PyObject *const *args, Py_ssize_t 
         PyErr_NoMemory();
         goto out;
     }
-    if (check_ids(J.id, R, n, "softmax_xent") == 0 && (result = team_share(softmax_xent_part, &J, chunks, 1, R * n))) {
-        double cost = 0.0;
-        for (Py_ssize_t c = 0; c < chunks; c++)
-            cost += J.costs[c];
-        Py_DECREF(result);
-        result = PyFloat_FromDouble(cost);
-    }
+    result = summed_costs(softmax_xent_part, &J, J.costs, chunks, J.id, R, n, "softmax_xent");
     PyMem_Free(J.costs);
 out:
     release(b, 3);

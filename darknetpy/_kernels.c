@@ -871,6 +871,23 @@ static void xent_part(const void *job, Py_ssize_t c0, Py_ssize_t c1)
     }
 }
 
+/* part over the chunks of R rows of n classes on the team, after checking ids, then the chunks'
+ * costs added in order: the cost sum as a Python float, or NULL with an exception. */
+static PyObject *summed_costs(team_part part, const void *job, const double *costs, Py_ssize_t chunks,
+                              const int64_t *id, Py_ssize_t R, Py_ssize_t n, const char *who)
+{
+    if (check_ids(id, R, n, who) < 0)
+        return NULL;
+    PyObject *none = team_share(part, job, chunks, 1, R * n);
+    if (!none)
+        return NULL;
+    Py_DECREF(none);
+    double cost = 0.0;
+    for (Py_ssize_t c = 0; c < chunks; c++)
+        cost += costs[c];
+    return PyFloat_FromDouble(cost);
+}
+
 /* xent(p, ids, delta) -> Σ -ln p[r, ids[r]]; delta = -p except delta[r, ids[r]] = 1 - p[r, ids[r]]
  * (Softmax.loss with class ids). p and delta (R, n) float32, ids (R,) int64 in [0, n). The rows
  * shared among threads in chunks, whose costs are added in order. */
@@ -888,13 +905,7 @@ static PyObject *xent(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         PyErr_NoMemory();
         goto out;
     }
-    if (check_ids(J.id, R, n, "xent") == 0 && (result = team_share(xent_part, &J, chunks, 1, R * n))) {
-        double cost = 0.0;
-        for (Py_ssize_t c = 0; c < chunks; c++)
-            cost += J.costs[c];
-        Py_DECREF(result);
-        result = PyFloat_FromDouble(cost);
-    }
+    result = summed_costs(xent_part, &J, J.costs, chunks, J.id, R, n, "xent");
     PyMem_Free(J.costs);
 out:
     release(b, 3);

@@ -557,6 +557,16 @@ def truncated(x):
     return (np.ascontiguousarray(x, np.float32).view(np.uint32) & np.uint32(0xFFFF0000)).view(np.float32)
 
 
+def spoiled(W, broken):
+    """W as a broken kernel would use it: truncated to bf16 instead of rounded to nearest even, or
+    with its last 8 columns of k (an edge past the last whole 32) zero."""
+    if broken == "truncation":
+        return truncated(W)
+    W = W.copy()
+    W[:, -8:] = 0
+    return W
+
+
 @amx
 @pytest.mark.parametrize("broken", ["truncation", "k edge"])
 def test_a_bf16_loop_rounding_by_truncation_or_dropping_a_k_edge_is_caught(broken):
@@ -566,11 +576,7 @@ def test_a_bf16_loop_rounding_by_truncation_or_dropping_a_k_edge_is_caught(broke
     n, S = 24, 7
 
     def spoil(W):
-        if broken == "truncation":
-            return truncated(W)
-        W = W.copy()
-        W[:, -8:] = 0
-        return W
+        return spoiled(W, broken)
     f, b = run_bf16(lambda tanh, Wzr, Wh, *a: K.gru_loop(tanh, spoil(Wzr), spoil(Wh), *a),
                     lambda Wzr, Wh, *a: K.gru_loop_back(spoil(Wzr), spoil(Wh), *a), n, S)
     with pytest.raises(AssertionError):
@@ -694,11 +700,7 @@ def test_an_lstm_bf16_loop_rounding_by_truncation_or_dropping_a_k_edge_is_caught
     """As the GRU's: the step checks fail for the C loops given truncated weights, or weights with
     the last 8 columns of k zero."""
     def spoil(W):
-        if broken == "truncation":
-            return truncated(W)
-        W = W.copy()
-        W[:, -8:] = 0
-        return W
+        return spoiled(W, broken)
     f, b = run_bf16_lstm(lambda W, *a: K.lstm_loop(spoil(W), *a), lambda W, *a: K.lstm_loop_back(spoil(W), *a),
                          24, 7, False)
     with pytest.raises(AssertionError):
