@@ -592,6 +592,8 @@ static PyObject *sgd(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     return result;
 }
 
+#include "_optim.h"  /* adam_ema: AdamW's shrink, Adam and the EMA's move in one pass */
+
 /* onehot_grad's columns [j0, j1): every row r in order, so each element of dW sums in row order
  * whichever thread owns its column. */
 typedef struct {
@@ -1405,6 +1407,7 @@ static PyObject *team_share(team_part part, const void *job, Py_ssize_t count, P
 static PyMethodDef methods[] = {
     KIND_METHODS
     HEAD_METHODS
+    OPTIM_METHODS
     METHOD(lstm_step, "lstm_step(g, xu, c, c1, tc, h1[, P]): one LSTM step's gates, cell and output in place (peepholes P = [pi pf po]/2)"),
     METHOD(lstm_back, "lstm_back(dh, dc, DH, g, c, tc, d[, P, dP]): one LSTM step's gate deltas d; dh, dc updated (peepholes P; dP += their deltas)"),
     METHOD(gru_zr, "gru_zr(zr, xu, h, rh): the z and r gates in place (xu: z r c) and r*h"),

@@ -267,6 +267,19 @@ def adam(p, u, m, v, decay, B1, one_B1, B2, one_B2, c1, c2, lr, eps):
     u[...] = 0
 
 
+def adam_ema(p, u, m, v, s, shrink, decay, B1, one_B1, B2, one_B2, c1, c2, lr, eps, D, rest):
+    """One slot's whole update: AdamW's shrink p *= shrink (1 skips it), then `adam`, then the EMA's
+    move of its shadow s = D s + rest p (rest = 1 - D; s None: no average), each as optim.AdamW and
+    optim.EMA.update do it. The C form (_optim.h) makes it one pass over the elements, on the step
+    loops' team: the same bits."""
+    if shrink != 1:
+        p *= shrink
+    adam(p, u, m, v, decay, B1, one_B1, B2, one_B2, c1, c2, lr, eps)
+    if s is not None:
+        s *= D
+        s += np.multiply(p, rest)
+
+
 def sgd(p, u, decay, rate, momentum):
     """One SGD update of p with its accumulated negative gradient u: u += decay p (decay = -decay·B
     for weights; 0 skips it); p += rate u (rate = lr/B); u *= momentum."""
@@ -278,7 +291,7 @@ def sgd(p, u, decay, rate, momentum):
 
 
 OPS = ("slope_act", "slope_grad", "bn_forward", "bn_backward", "onehot_grad", "onehot_project",
-       "to_steps", "add", "transpose", "softmax", "softmax_rows", "draw", "xent", "adam", "sgd", "panel_matmul",
+       "to_steps", "add", "transpose", "softmax", "softmax_rows", "draw", "xent", "adam", "adam_ema", "sgd", "panel_matmul",
        "panel_matmul_t", "matmul_bf16")
 
 

@@ -302,14 +302,15 @@ class Network:
         `vocab` as generate's. The network's own state is left alone."""
         return evaluate.score(self, text, seed, vocab)
 
-    def train_step(self, x, y, streams=None, before_update=None):
+    def train_step(self, x, y, streams=None, before_update=None, average=None):
         """One datum (Darknet's train_network_datum): x, y are (time_steps, streams, inputs) float32
         (or (time_steps, streams) integer ids). Returns Darknet's cost: Σ -ln p over the datum.
 
         `streams` (a slice of range(self.streams), default all) is the block of the datum's streams
         x and y hold: a data-parallel run gives each process its block (parallel.py), and `seen`
         still counts every stream. `before_update(slots)` runs on the accumulated gradients just
-        before an update (where a data-parallel run sums them)."""
+        before an update (where a data-parallel run sums them). `average`: the run's optim.EMA, moved
+        after an update (in the optimizer's pass where it can)."""
         if self.loss_layer is None:
             raise DarknetpyError(f"{self.cfg_path}: the network has no [softmax] or [cost] layer to train against")
         x = self._as_input(x)
@@ -322,7 +323,7 @@ class Network:
         self.seen += self.streams * self.time_steps
         cost = self.accumulate(x, y, (block.start, self.streams))
         if (self.seen // (self.streams * self.time_steps)) % self.subdivisions == 0:
-            self.update(before_update)
+            self.update(before_update, average)
         return cost
 
     def check_batchnorm(self, streams, where="", fix="raise batch (or lower subdivisions)"):
@@ -351,14 +352,19 @@ class Network:
             delta = self.layers[i].backward(delta, need_dx=i > 0)
         return cost
 
-    def update(self, before_step=None):
-        """The optimizer's step on the accumulated gradients; `before_step(slots)` runs on them first."""
+    def update(self, before_step=None, average=None):
+        """The optimizer's step on the accumulated gradients; `before_step(slots)` runs on them first.
+        `average` (an optim.EMA) then moves towards the new weights: Adam moves its slots' averages
+        in its own pass, the EMA the rest."""
         n = self.batch_num
         lr = optim.learning_rate(self.hp, n, self.rng)
         slots = self.slots()
         if before_step is not None:
             before_step(slots)
-        self.optimizer.step(slots, lr, self.batch * self.time_steps)
+        moves = average.moves(self, n) if average is not None else {}
+        moved = self.optimizer.step(slots, lr, self.batch * self.time_steps, moves)
+        if average is not None:
+            average.update(self, n, moved)
         self.last_rate = lr
         self.version += 1
 

@@ -119,9 +119,13 @@ class Optimizer:
     norm, and a state that a checkpoint saves and restores.
 
     A subclass sets `name`, lists in `buffers` the names of its per-slot arrays (lists of arrays,
-    one per (param, upd, kind) slot, in slot order), and defines `update(slots, lr, B)` and
+    one per (param, upd, kind) slot, in slot order), and defines `update(slots, lr, B, moves)` and
     `hyperparameters()`. `state()` then holds t and those buffers, and is all a checkpoint stores
     besides the slots' own upd arrays, so a new optimizer is one subclass.
+
+    `moves` are an EMA's moves of this update (`EMA.moves`: {id(parameter): (s, D, 1 - D)}): an
+    optimizer that folds a slot's move into its own pass over the slot (Adam: the parameter is then
+    read once) returns the ids it moved, and `EMA.update` moves the rest.
     """
     name = None
     buffers = ()
@@ -132,15 +136,16 @@ class Optimizer:
         for name in self.buffers:
             setattr(self, name, [])
 
-    def step(self, slots, lr, B):
-        """One update with rate lr and divisor B = batch * time_steps."""
+    def step(self, slots, lr, B, moves=None):
+        """One update with rate lr and divisor B = batch * time_steps; returns the ids of the
+        parameters whose average it moved (of `moves`, see the class)."""
         self.t += 1
         if self.clip > 0:  # darknetpy's `clip`: bound the global L2 norm of the mean gradient
             norm = math.sqrt(sum(float(np.dot(u.ravel(), u.ravel())) for _, u, _ in slots)) / B
             if norm > self.clip:
                 for _, u, _ in slots:
                     u *= np.float32(self.clip / norm)
-        self.update(slots, lr, B)
+        return self.update(slots, lr, B, moves or {})
 
     def state(self):
         """{"t": updates so far, <buffer name>: [array per slot], ...}: what a resumed run needs."""
@@ -164,14 +169,17 @@ class SGD(Optimizer):
     def hyperparameters(self):
         return {"optimizer": self.name, "momentum": self.momentum, "decay": self.decay, "clip": self.clip}
 
-    def update(self, slots, lr, B):
+    def update(self, slots, lr, B, moves):
         f = np.float32
         for p, u, kind in slots:
             kernels.get("sgd", p, u)(p, u, f(-self.decay * B) if kind == "weights" else f(0), f(lr / B), f(self.momentum))
+        return set()
 
 
 class Adam(Optimizer):
-    """Darknet's adam_update, with moments m and v per slot (created at the first update)."""
+    """Darknet's adam_update, with moments m and v per slot (created at the first update). Each slot
+    is one call of `kernels.adam_ema`: the weights' `shrink` (AdamW's), the Adam step and the EMA's
+    move of the slot's average (`moves`) in one pass over its elements."""
     name = "adam"
     buffers = ("m", "v")
 
@@ -183,15 +191,25 @@ class Adam(Optimizer):
         return {"optimizer": self.name, "B1": self.B1, "B2": self.B2, "eps": self.eps,
                 "decay": self.decay, "clip": self.clip}
 
-    def update(self, slots, lr, B):
+    def shrink(self, lr, kind):
+        """The factor a slot's parameters are multiplied by before the step: 1 (AdamW's decay)."""
+        return np.float32(1)
+
+    def update(self, slots, lr, B, moves):
         f = np.float32
         if not self.m:
             self.m = [np.zeros_like(p) for p, _, _ in slots]
             self.v = [np.zeros_like(p) for p, _, _ in slots]
         c1, c2 = f(1 - self.B1 ** self.t), f(1 - self.B2 ** self.t)
-        for (p, u, _), m, v in zip(slots, self.m, self.v):  # Darknet's Adam decays biases and scales too
-            kernels.get("adam", p, u, m, v)(p, u, m, v, f(-self.decay * B), f(self.B1), f(1 - self.B1), f(self.B2), f(1 - self.B2),
-                 c1, c2, f(lr), f(self.eps))
+        moved = set()
+        for (p, u, kind), m, v in zip(slots, self.m, self.v):  # Darknet's Adam decays biases and scales too
+            s, D, rest = moves.get(id(p), (None, f(1), f(0)))
+            arrays = (p, u, m, v) if s is None else (p, u, m, v, s)
+            kernels.get("adam_ema", *arrays)(p, u, m, v, s, self.shrink(lr, kind), f(-self.decay * B), f(self.B1),
+                                             f(1 - self.B1), f(self.B2), f(1 - self.B2), c1, c2, f(lr), f(self.eps), D, rest)
+            if s is not None:
+                moved.add(id(p))
+        return moved
 
 
 class AdamW(Adam):
@@ -209,12 +227,8 @@ class AdamW(Adam):
     def hyperparameters(self):
         return {**super().hyperparameters(), "optimizer": self.name, "weight_decay": self.weight_decay}
 
-    def update(self, slots, lr, B):
-        shrink = np.float32(1 - lr * self.weight_decay)
-        for p, _, kind in slots:
-            if kind == "weights":
-                p *= shrink
-        super().update(slots, lr, B)
+    def shrink(self, lr, kind):
+        return np.float32(1 - lr * self.weight_decay) if kind == "weights" else np.float32(1)
 
 
 def parameter_arrays(net):
@@ -238,7 +252,11 @@ class EMA:
     TensorFlow's ExponentialMovingAverage(num_updates) warm-up: the window is at most about the last
     n/9 updates, so a short run (a small --time-budget) averages its end, not its random start; the
     cap D binds from n = (10 D - 1) / (1 - D) on (about 20,000 updates for 0.9995). The trainer
-    scores the shadows and hands them over as the best and final weights (`applied`)."""
+    scores the shadows and hands them over as the best and final weights (`applied`).
+
+    Adam folds the move of its slots' parameters into its update's pass (`moves`, kernels.adam_ema);
+    `update` is the reference it equals, and moves the arrays no optimizer did (batchnorm's rolling
+    statistics, SGD's slots)."""
     BLOCK = 65536  # floats taken at a time: the three passes over them run in the L2 cache
 
     def __init__(self, alpha):
@@ -250,15 +268,31 @@ class EMA:
         """D_n, the decay after update n (counted from 1)."""
         return min(self.alpha, (1 + n) / (10 + n))
 
-    def update(self, net, n):
-        """Move the shadows towards the network's weights after update n."""
+    def factors(self, n):
+        """D_n and 1 - D_n in float32, as the move of update n multiplies by them."""
+        d = self.decay(n)
+        return np.float32(d), np.float32(1 - d)
+
+    def moves(self, net, n):
+        """The moves of update n an optimizer may fold into its pass: {id(w): (s, D_n, 1 - D_n)} for
+        each float32 parameter array w and its shadow s; none before the first update (`update`
+        copies the weights then)."""
+        if not self.shadow:
+            return {}
+        D, rest = self.factors(n)
+        return {id(w): (s, D, rest) for s, w in zip(self.shadow, parameter_arrays(net)) if w.dtype == s.dtype}
+
+    def update(self, net, n, moved=frozenset()):
+        """Move the shadows towards the network's weights after update n, but those of the arrays
+        whose ids are in `moved` (the optimizer's pass moved them)."""
         arrays = parameter_arrays(net)
         if not self.shadow:
             self.shadow = [a.astype(np.float32, copy=True) for a in arrays]
             return
-        d = self.decay(n)
-        D, rest = np.float32(d), np.float32(1 - d)
+        D, rest = self.factors(n)
         for s, w in zip(self.shadow, arrays):
+            if id(w) in moved:
+                continue
             s, w = s.reshape(-1), w.reshape(-1)
             for i in range(0, s.size, self.BLOCK):
                 block, part = s[i:i + self.BLOCK], self.part[:min(self.BLOCK, s.size - i)]

@@ -447,11 +447,9 @@ class Trainer:
         net, ranks = self.net, self.ranks
         x, y = self.batcher.next_batch(ranks.part)  # this rank's block of the streams (all of them alone)
         updates = net.batch_num
-        cost = ranks.sum(float(net.train_step(x, y, ranks.part, ranks.before_update)))  # the cost of all streams
+        cost = ranks.sum(float(net.train_step(x, y, ranks.part, ranks.before_update, self.ema)))  # of all streams
         if net.batch_num != updates:
             ranks.after_update(net)
-            if self.ema is not None:
-                self.ema.update(net, net.batch_num)
         self.iteration = net.seen // self.rows
         loss = cost / self.rows
         if not math.isfinite(loss):
