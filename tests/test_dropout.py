@@ -6,6 +6,7 @@ import pytest
 
 from conftest import assert_one_line_error, run_cli
 from darknetpy.network import Network
+from test_kernels import K
 
 T, S, N = 12, 6, 40
 
@@ -80,3 +81,66 @@ def test_a_misspelt_variational_is_a_typo_not_darknets_unused_field(tmp_path):
                    "[dropout]\nprobability=0.2\nvariatonal=1\n\n[softmax]\n")
     assert_one_line_error(run_cli("info", cfg), f"{cfg}:11:", "unknown key 'variatonal' in [dropout]",
                           "did you mean 'variational'?")
+
+
+def test_a_unit_drops_with_the_probability_taken_to_sixteen_bits(write_cfg):
+    """Over 64 x 16 x 384 units (the demo's layer) a unit drops with round(p 65536) / 65536 (0.2 as
+    13107 / 65536), within 5 standard deviations, every step and stream alike, the kept ones scaled
+    by exactly float32(1 / (1 - p)); neighbouring units (which share a 64-bit draw) drop independently."""
+    p, shape = 0.2, (64, 16, 384)
+    net = Network(write_cfg(f"[net]\ninputs={shape[2]}\nbatch={shape[1]}\ntime_steps={shape[0]}\n\n"
+                            f"[dropout]\nprobability={p}\n\n[softmax]\n"), seed=5)
+    dropped = train_forward(net, np.ones(shape, np.float32)) == 0
+    q, units = 13107 / 65536, dropped.size
+    assert abs(dropped.mean() - q) < 5 * np.sqrt(q * (1 - q) / units)
+    for axis in (0, 1, 2):  # per step, per stream, per unit: 24,576, 24,576 and 1,024 units each
+        share = dropped.mean(axis=tuple(a for a in range(3) if a != axis))
+        assert np.abs(share - q).max() < 5 * np.sqrt(q * (1 - q) / (units / shape[axis]))
+    both = (dropped[..., 0::2] & dropped[..., 1::2]).mean()  # pairs within one draw
+    assert abs(both - q * q) < 5 * np.sqrt(q * q * (1 - q * q) / (units / 2))
+    np.testing.assert_array_equal(np.unique(train_forward(net, np.ones(shape, np.float32))),
+                                  [0, np.float32(1 / (1 - p))])
+
+
+needs_team = pytest.mark.skipif(K is None or not hasattr(K, "loop_threads"),
+                                reason="the step loops' thread team (_loop.h) is not built on this CPU")
+
+
+@needs_team
+@pytest.mark.parametrize("variational", [0, 1])
+def test_the_c_masks_give_the_references_bits_on_any_number_of_threads(variational):
+    """dropout (_head.h), the forward's and the backward's multiply by the masks, on 1, 2 and 3 threads
+    of the team: the bits of the numpy reference, for a mask per step and for one over all steps (a
+    step's mask read for another, a share skipped or a wrong threshold would not be)."""
+    from darknetpy.layers.dropout import dropout
+    rng = np.random.default_rng(variational)
+    x = rng.normal(0, 1, (37, 29, 101)).astype(np.float32)  # above the team's size, shares ragged
+    bits = rng.integers(0, 65536, (1 if variational else 37, 29, 101), dtype=np.uint16)
+    want = np.empty_like(x)
+    dropout(want, x, bits, 19661, 1 / (1 - 0.3))
+    assert 0.25 < (want == 0).mean() < 0.35
+    wanted, runs = K.loop_threads(0), []
+    try:
+        for threads in (1, 2, 3):
+            assert K.loop_threads(threads) == threads
+            out = np.full_like(x, np.nan)
+            K.dropout(out, x, bits, 19661, 1 / (1 - 0.3))
+            runs.append(out)
+    finally:
+        K.loop_threads(wanted)
+    for out in runs:
+        np.testing.assert_array_equal(out.view(np.uint32), want.view(np.uint32))  # -0.0 for a dropped x < 0 too
+
+
+@needs_team
+def test_the_c_masks_check_their_arguments():
+    x, out = np.zeros((4, 3, 5), np.float32), np.zeros((4, 3, 5), np.float32)
+    bits = np.zeros((4, 3, 5), np.uint16)
+    with pytest.raises(ValueError, match="dropout"):
+        K.dropout(out, x, np.zeros((2, 3, 5), np.uint16), 1, 2.0)
+    with pytest.raises(ValueError, match="dropout"):
+        K.dropout(out, x, bits.astype(np.int16), 1, 2.0)
+    with pytest.raises(ValueError, match="dropout"):
+        K.dropout(out[:2], x, bits, 1, 2.0)
+    with pytest.raises(TypeError):
+        K.dropout(out, x, bits, 1)
