@@ -173,3 +173,36 @@ def test_a_networks_updates_with_the_average_are_the_sequences_bits(write_cfg, o
             np.testing.assert_array_equal(a, b, err_msg=name)
     for (_, a, _), (_, b, _) in zip(new.slots(), old.slots()):
         np.testing.assert_array_equal(a, b)
+
+
+CHILD = """
+import numpy as np
+from darknetpy import _kernels as K, kernels
+import test_update as t
+assert K.isa == {isa!r}, K.isa
+for shrink, decay, average in t.CASES:
+    want, got = t.slot(3), t.slot(3)
+    t.sequence(want, shrink, decay, 9, 40, average)
+    t.fused(K.adam_ema, got, shrink, decay, 9, 40, average)
+    for a, b in zip(got, want):
+        assert np.array_equal(a, b)
+print("same bits")
+"""
+
+
+@needs_team
+@pytest.mark.parametrize("mode, isa", [("avx2", "avx2+fma"), ("1", "avx512f")])
+def test_the_baseline_and_the_avx512_builds_of_the_pass_give_the_same_bits(mode, isa):
+    """The pass has two builds, the module's baseline one and an AVX-512 one, which the module picks
+    at import (DARKNETPY_KERNELS=avx2 makes it the baseline's, as on a CPU without AVX-512): each,
+    in a process of its own, gives the bits of the sequence."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    if mode == "1" and K.isa != "avx512f":
+        pytest.skip("this CPU has no AVX-512")
+    env = dict(os.environ, DARKNETPY_KERNELS=mode,
+               PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), os.environ["PYTHONPATH"]]))
+    r = subprocess.run([sys.executable, "-c", CHILD.format(isa=isa)], env=env, capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == "same bits", r.stderr
