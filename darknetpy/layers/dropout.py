@@ -6,8 +6,9 @@ dropped for a stream stays dropped for the whole sequence, instead of a fresh ma
 
 A unit's mask is 16 random bits, four to each 64-bit draw of the network's generator (its
 `random_raw`): the unit is dropped when they are below round(p·65536), so p is taken to the nearest
-1/65536 (0.25 exactly, 0.2 as 0.199997). That is a quarter of the generator's work that float draws
-cost; the multiply by the mask and its gradient are one op, `dropout`, on the step loops' team."""
+1/65536 (0.25 exactly, 0.2 as 0.199997). That is half the generator's draws float32 masks take,
+and no conversion to float; the multiply by the mask and its gradient are one op, `dropout`, on the
+step loops' team."""
 import numpy as np
 
 from .. import kernels
