@@ -124,11 +124,11 @@ typedef struct {
     int every;        /* one mask per step (bits shaped as x), else one for all */
     int threshold;    /* 0 to 65536 */
     float scale;
-} bfstep_dropout_job;
+} dropout_job;
 
-static void bfstep_dropout_part(const void *job, Py_ssize_t e0, Py_ssize_t e1)
+static void dropout_part(const void *job, Py_ssize_t e0, Py_ssize_t e1)
 {
-    const bfstep_dropout_job *J = job;
+    const dropout_job *J = job;
     const int threshold = J->threshold;
     const float scale = J->scale;
     for (Py_ssize_t e = e0; e < e1;) {
@@ -142,19 +142,19 @@ static void bfstep_dropout_part(const void *job, Py_ssize_t e0, Py_ssize_t e1)
     }
 }
 
-#define BFSTEP_DROPOUT_USAGE "dropout(out, x, bits, threshold, scale): out, x (T, S, n) float32, bits uint16 shaped as x or (1, S, n)"
+#define DROPOUT_USAGE "dropout(out, x, bits, threshold, scale): out, x (T, S, n) float32, bits uint16 shaped as x or (1, S, n)"
 
-static PyObject *bfstep_dropout(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+static PyObject *dropout(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     Py_buffer b[3];
     long threshold = nargs == 5 ? PyLong_AsLong(args[3]) : -1;
     double scale = nargs == 5 ? PyFloat_AsDouble(args[4]) : -1.0;
     if (nargs != 5 || PyErr_Occurred()) {
         PyErr_Clear();
-        PyErr_SetString(PyExc_TypeError, BFSTEP_DROPOUT_USAGE);
+        PyErr_SetString(PyExc_TypeError, DROPOUT_USAGE);
         return NULL;
     }
-    if (typed_args(args, 2, b, "Ff", BFSTEP_DROPOUT_USAGE) < 0)
+    if (typed_args(args, 2, b, "Ff", DROPOUT_USAGE) < 0)
         return NULL;
     PyObject *result = NULL;
     if (PyObject_GetBuffer(args[2], &b[2], PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) {
@@ -164,19 +164,19 @@ static PyObject *bfstep_dropout(PyObject *self, PyObject *const *args, Py_ssize_
     Py_ssize_t m = b[0].len / 4, T = b[0].ndim ? b[0].shape[0] : 1, count = b[2].len / 2;
     if (b[2].itemsize != 2 || strcmp(b[2].format, "H") != 0 || b[1].len != b[0].len || b[0].ndim != b[2].ndim ||
         T == 0 || (count != m && count * T != m)) {
-        PyErr_SetString(PyExc_ValueError, BFSTEP_DROPOUT_USAGE);
+        PyErr_SetString(PyExc_ValueError, DROPOUT_USAGE);
         goto out;
     }
-    bfstep_dropout_job J = {b[0].buf, b[1].buf, b[2].buf, m / T, count == m,
+    dropout_job J = {b[0].buf, b[1].buf, b[2].buf, m / T, count == m,
                             threshold < 0 ? 0 : threshold > 65536 ? 65536 : (int)threshold, (float)scale};
-    result = team_share(bfstep_dropout_part, &J, m, UPDATE_SHARE, m);
+    result = team_share(dropout_part, &J, m, UPDATE_SHARE, m);
 out:
     release(b, 3);
     return result;
 }
 
 #define HEAD_METHODS \
-    {"dropout", (PyCFunction)(void (*)(void))bfstep_dropout, METH_FASTCALL, \
-     BFSTEP_DROPOUT_USAGE ": out = x (bits >= threshold ? scale : 0), the [dropout] masks in one pass"}, \
+    {"dropout", (PyCFunction)(void (*)(void))dropout, METH_FASTCALL, \
+     DROPOUT_USAGE ": out = x (bits >= threshold ? scale : 0), the [dropout] masks in one pass"}, \
     METHOD(add, "add(out, x): out += x, x shaped as out or one row of it (a bias), the rows shared among the step loops' team"), \
     METHOD(softmax_xent, "softmax_xent(x, ids, delta, groups, temperature) -> the cost sum of -ln p[r, ids[r]]; delta = onehot(ids) - p, p the softmax of x: softmax and xent in one pass"),

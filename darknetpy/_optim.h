@@ -14,7 +14,7 @@
  */
 
 NO_CONTRACT static inline __attribute__((always_inline)) void
-bfstep_adam_ema_run(float *restrict p, float *restrict u, float *restrict m, float *restrict v, float *restrict s,
+adam_ema_run(float *restrict p, float *restrict u, float *restrict m, float *restrict v, float *restrict s,
                     Py_ssize_t count, const float *k)
 {
     const float shrink = k[0], decay = k[1], B1 = k[2], one_B1 = k[3], B2 = k[4], one_B2 = k[5],
@@ -56,43 +56,43 @@ bfstep_adam_ema_run(float *restrict p, float *restrict u, float *restrict m, flo
 
 /* The loop compiled for the module's baseline, and for AVX-512 (16 lanes for its divisions and square
  * roots) where the CPU has it and the module runs its AVX-512 functions (avx512): the same bits. */
-NO_CONTRACT static void bfstep_adam_ema_plain(float *p, float *u, float *m, float *v, float *s, Py_ssize_t count,
+NO_CONTRACT static void adam_ema_plain(float *p, float *u, float *m, float *v, float *s, Py_ssize_t count,
                                               const float *k)
 {
-    bfstep_adam_ema_run(p, u, m, v, s, count, k);
+    adam_ema_run(p, u, m, v, s, count, k);
 }
 
 #ifdef HAVE_AVX2
 __attribute__((target("avx512f"))) NO_CONTRACT static void
-bfstep_adam_ema_wide(float *p, float *u, float *m, float *v, float *s, Py_ssize_t count, const float *k)
+adam_ema_wide(float *p, float *u, float *m, float *v, float *s, Py_ssize_t count, const float *k)
 {
-    bfstep_adam_ema_run(p, u, m, v, s, count, k);
+    adam_ema_run(p, u, m, v, s, count, k);
 }
-#define BFSTEP_ADAM_EMA(...) (avx512 ? bfstep_adam_ema_wide(__VA_ARGS__) : bfstep_adam_ema_plain(__VA_ARGS__))
+#define ADAM_EMA(...) (avx512 ? adam_ema_wide(__VA_ARGS__) : adam_ema_plain(__VA_ARGS__))
 #else
-#define BFSTEP_ADAM_EMA bfstep_adam_ema_plain
+#define ADAM_EMA adam_ema_plain
 #endif
 
 typedef struct {
     float *p, *u, *m, *v, *s;  /* s NULL: no average */
     const float *k;            /* the twelve scalars */
-} bfstep_adam_ema_job;
+} adam_ema_job;
 
-static void bfstep_adam_ema_part(const void *job, Py_ssize_t e0, Py_ssize_t e1)
+static void adam_ema_part(const void *job, Py_ssize_t e0, Py_ssize_t e1)
 {
-    const bfstep_adam_ema_job *J = job;
-    BFSTEP_ADAM_EMA(J->p + e0, J->u + e0, J->m + e0, J->v + e0, J->s ? J->s + e0 : NULL, e1 - e0, J->k);
+    const adam_ema_job *J = job;
+    ADAM_EMA(J->p + e0, J->u + e0, J->m + e0, J->v + e0, J->s ? J->s + e0 : NULL, e1 - e0, J->k);
 }
 
-#define BFSTEP_ADAM_EMA_USAGE "adam_ema(p, u, m, v, s or None, shrink, decay, B1, 1-B1, B2, 1-B2, c1, c2, lr, eps, D, 1-D)"
+#define ADAM_EMA_USAGE "adam_ema(p, u, m, v, s or None, shrink, decay, B1, 1-B1, B2, 1-B2, c1, c2, lr, eps, D, 1-D)"
 
-static PyObject *bfstep_adam_ema(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+static PyObject *adam_ema(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     static const int sizes[] = {1, 1, 1, 1, 1};
     Py_buffer b[5];
     float k[12];
     if (nargs != 17) {
-        PyErr_SetString(PyExc_TypeError, BFSTEP_ADAM_EMA_USAGE);
+        PyErr_SetString(PyExc_TypeError, ADAM_EMA_USAGE);
         return NULL;
     }
     for (int i = 0; i < 12; i++) {
@@ -105,12 +105,12 @@ static PyObject *bfstep_adam_ema(PyObject *self, PyObject *const *args, Py_ssize
     Py_ssize_t count = get_buffers(args, b, sizes, arrays);
     if (count < 0)
         return NULL;
-    bfstep_adam_ema_job J = {F(0), F(1), F(2), F(3), arrays == 5 ? F(4) : NULL, k};
-    PyObject *result = team_share(bfstep_adam_ema_part, &J, count, UPDATE_SHARE, count);
+    adam_ema_job J = {F(0), F(1), F(2), F(3), arrays == 5 ? F(4) : NULL, k};
+    PyObject *result = team_share(adam_ema_part, &J, count, UPDATE_SHARE, count);
     release(b, arrays);
     return result;
 }
 
 #define OPTIM_METHODS \
-    {"adam_ema", (PyCFunction)(void (*)(void))bfstep_adam_ema, METH_FASTCALL, \
-     BFSTEP_ADAM_EMA_USAGE ": AdamW's shrink, one Adam update and the EMA's move of s, in one pass"},
+    {"adam_ema", (PyCFunction)(void (*)(void))adam_ema, METH_FASTCALL, \
+     ADAM_EMA_USAGE ": AdamW's shrink, one Adam update and the EMA's move of s, in one pass"},
