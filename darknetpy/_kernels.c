@@ -323,37 +323,6 @@ static PyObject *rnn_back(PyObject *self, PyObject *const *args, Py_ssize_t narg
 #define NO_CONTRACT /* clang contracts only within one expression: each line here has one operation */
 #endif
 
-NO_CONTRACT static void adam_update(float *restrict p, float *restrict u, float *restrict m,
-                                    float *restrict v, Py_ssize_t count, const float *k)
-{
-    const float decay = k[0], B1 = k[1], one_B1 = k[2], B2 = k[3], one_B2 = k[4], c1 = k[5],
-                c2 = k[6], lr = k[7], eps = k[8];
-    for (Py_ssize_t e = 0; e < count; e++) {
-        float g = u[e];
-        if (decay != 0.0f) {
-            float a = p[e] * decay;
-            g = g + a;
-        }
-        float mm = m[e] * B1;
-        float a = g * one_B1;
-        mm = mm + a;
-        float vv = v[e] * B2;
-        a = g * g;
-        a = a * one_B2;
-        vv = vv + a;
-        a = vv / c2;
-        a = sqrtf(a);
-        a = a + eps;
-        float b = mm / c1;
-        b = b * lr;
-        b = b / a;
-        p[e] = p[e] + b;
-        m[e] = mm;
-        v[e] = vv;
-        u[e] = 0.0f;
-    }
-}
-
 NO_CONTRACT static void sgd_update(float *restrict p, float *restrict u, Py_ssize_t count,
                                    const float *k)
 {
@@ -554,29 +523,10 @@ typedef struct {
     const float *k;   /* the scalars */
 } update_job;
 
-static void adam_part(const void *job, Py_ssize_t e0, Py_ssize_t e1)
-{
-    const update_job *J = job;
-    adam_update(J->a[0] + e0, J->a[1] + e0, J->a[2] + e0, J->a[3] + e0, e1 - e0, J->k);
-}
-
 static void sgd_part(const void *job, Py_ssize_t e0, Py_ssize_t e1)
 {
     const update_job *J = job;
     sgd_update(J->a[0] + e0, J->a[1] + e0, e1 - e0, J->k);
-}
-
-static PyObject *adam(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
-{
-    Py_buffer b[MAX_ARGS];
-    float k[9];
-    Py_ssize_t m = update_args(args, nargs, 4, 9, "adam(p, u, m, v, decay, B1, 1-B1, B2, 1-B2, c1, c2, lr, eps)", b, k);
-    if (m < 0)
-        return NULL;
-    update_job J = {{F(0), F(1), F(2), F(3)}, k};
-    PyObject *result = team_share(adam_part, &J, m, UPDATE_SHARE, m);
-    release(b, 4);
-    return result;
 }
 
 static PyObject *sgd(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
@@ -1413,7 +1363,6 @@ static PyMethodDef methods[] = {
     METHOD(gru_zr, "gru_zr(zr, xu, h, rh): the z and r gates in place (xu: z r c) and r*h"),
     METHOD(gru_step, "gru_step(tanh, c, xu, zr, h, h1[, P]): the candidate in place (xu: z r c) and the new h"),
     METHOD(gru_back, "gru_back(dh, drh, zr, P, d): dz and dr into d; dh becomes dh*z + drh*r"),
-    METHOD(adam, "adam(p, u, m, v, decay, B1, 1-B1, B2, 1-B2, c1, c2, lr, eps): one Adam update of p in place"),
     METHOD(draw, "draw(p, u, out): out[r] = an inverse-CDF draw from row r of p at u[r]"),
     METHOD(onehot_grad, "onehot_grad(dW, ids, dz): dW[ids[r]] += dz[r] for every row r"),
     METHOD(onehot_project, "onehot_project(out, table, ids): out[t, j, s] = table[ids[t, s], j]"),

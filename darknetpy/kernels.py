@@ -291,7 +291,7 @@ def sgd(p, u, decay, rate, momentum):
 
 
 OPS = ("slope_act", "slope_grad", "bn_forward", "bn_backward", "onehot_grad", "onehot_project",
-       "to_steps", "add", "transpose", "softmax", "softmax_rows", "draw", "xent", "adam", "adam_ema", "sgd", "panel_matmul",
+       "to_steps", "add", "transpose", "softmax", "softmax_rows", "draw", "xent", "adam_ema", "sgd", "panel_matmul",
        "panel_matmul_t", "matmul_bf16")
 
 

@@ -174,24 +174,24 @@ def test_bad_arguments_raise():
 
 @pytest.mark.parametrize("decay", [0.0, 5e-4])
 def test_optimizer_updates_are_bitwise_numpys(decay):
-    """adam and sgd do kernels.py's float32 operations in the same order without FMA contraction:
-    the same bits, over a few updates (the state carries over)."""
+    """adam_ema (AdamW's shrink, Adam, the EMA's move) and sgd do kernels.py's float32 operations in
+    the same order without FMA contraction: the same bits, over a few updates (the state carries over)."""
     rng = np.random.default_rng(7)
     f = np.float32
     start = [rng.normal(0, 1, 1000).astype(np.float32) for _ in range(4)]
     start[3] = np.abs(start[3])  # v, Adam's second moment, is never negative
     runs = []
-    for adam, sgd in ((kernels.adam, kernels.sgd), (K.adam, K.sgd)):
-        p, u, m, v = (a.copy() for a in start)
+    for adam_ema, sgd in ((kernels.adam_ema, kernels.sgd), (K.adam_ema, K.sgd)):
+        p, u, m, v, s = (a.copy() for a in start + [start[0]])
         q, w = start[0].copy(), start[1].copy()
         for t in range(1, 4):
             u += start[2]
-            adam(p, u, m, v, f(-decay * 64), f(0.9), f(1 - 0.9), f(0.999), f(1 - 0.999),
-                 f(1 - 0.9 ** t), f(1 - 0.999 ** t), f(0.01), f(1e-7))
+            adam_ema(p, u, m, v, s, f(1 - 0.01 * 0.02), f(-decay * 64), f(0.9), f(1 - 0.9), f(0.999), f(1 - 0.999),
+                     f(1 - 0.9 ** t), f(1 - 0.999 ** t), f(0.01), f(1e-7), f(0.99), f(1 - 0.99))
             w += start[2]
             sgd(q, w, f(-decay * 64), f(0.1 / 64), f(0.9))
-        runs.append((p, u, m, v, q, w))
-    for a, b, name in zip(*runs, "p u m v sgd-p sgd-u".split()):
+        runs.append((p, u, m, v, s, q, w))
+    for a, b, name in zip(*runs, "p u m v s sgd-p sgd-u".split()):
         np.testing.assert_array_equal(b, a, err_msg=name)
 
 

@@ -382,7 +382,8 @@ def test_the_updates_and_one_hot_kernels_on_the_team_give_the_same_bits_on_any_n
 
     def run(adam, sgd, grad, project):
         p, u, m, v = (a.copy() for a in start)
-        adam(p, u, m, v, f(-0.01), f(0.9), f(1 - 0.9), f(0.999), f(1 - 0.999), f(0.1), f(0.001), f(0.01), f(1e-7))
+        adam(p, u, m, v, None, f(1), f(-0.01), f(0.9), f(1 - 0.9), f(0.999), f(1 - 0.999), f(0.1), f(0.001), f(0.01),
+             f(1e-7), f(1), f(0))
         q, w = start[0].copy(), start[1].copy()
         sgd(q, w, f(-0.01), f(0.1 / 64), f(0.9))
         dW = dW0.copy()
@@ -391,13 +392,13 @@ def test_the_updates_and_one_hot_kernels_on_the_team_give_the_same_bits_on_any_n
         project(out, table, steps)
         return p, u, m, v, q, w, dW, out
 
-    want = run(kernels.adam, kernels.sgd, kernels.onehot_grad, kernels.onehot_project)
+    want = run(kernels.adam_ema, kernels.sgd, kernels.onehot_grad, kernels.onehot_project)
     wanted = K.loop_threads(0)
     try:
         runs = []
         for threads in (1, 2, 3):
             assert K.loop_threads(threads) == threads
-            runs.append(run(K.adam, K.sgd, K.onehot_grad, K.onehot_project))
+            runs.append(run(K.adam_ema, K.sgd, K.onehot_grad, K.onehot_project))
     finally:
         K.loop_threads(wanted)
     exact = dW0.astype(np.float64)
