@@ -359,6 +359,8 @@ class Network:
         if before_step is not None:
             before_step(slots)
         self.optimizer.step(slots, lr, self.batch * self.time_steps)
+        for layer in self.layers:
+            layer.next_update()
         self.last_rate = lr
         self.version += 1
 

@@ -89,6 +89,7 @@ kernels.register(rnn_step, rnn_back, rnn_loop, rnn_loop_back)
 
 class RNN(Recurrent):
     kind = "rnn"
+    recurrent = ("self_layer",)  # dropconnect's
 
     class Tape(NamedTuple):
         """What forward keeps for backward."""
@@ -113,6 +114,7 @@ class RNN(Recurrent):
         self.self_layer = Dense(n, n, ["self_layer"], bn, rng)
         self.output_layer = Dense(n, n, ["output_layer"], bn, rng)
         self.denses = [self.input_layer, self.self_layer, self.output_layer]  # save order
+        self.read_dropconnect(section, rng)
 
     def describe(self):
         return self.activation
@@ -165,7 +167,7 @@ class RNN(Recurrent):
         A = self.sublayer(U, x, "A", train, bn["U"])  # input sub-layer, all steps
         # The step loop runs feature-major, states (n, S) as in lstm.py: BLAS runs Wᵀ (n x n) @
         # s (n x S) faster than s (S x n) @ W for few streams. Rows go in and come out.
-        WT = self.transposed("WT", W.W)
+        WT = self.transposed("WT", *self.connected(train))
         B = self.buffer("B", (T, n, S))          # self sub-layer outputs
         Sf = self.buffer("Sf", (T + 1, n, S))    # Sf[t] is the state before step t
         St = self.buffer("S", (T + 1, S, n))     # the states as rows
@@ -220,6 +222,7 @@ class RNN(Recurrent):
         T, S = dy.shape[:2]
         n, U, W, V = self.outputs, self.input_layer, self.self_layer, self.output_layer
         x, A, B, St, Y, bn = self.tape
+        (Ws,) = self.connected(True)
         dZ = self.buffer("dZ", (T, S, n))
         dzv = V.backward_norm(self.delta_through(dy, Y, dZ), *bn["V"])
         V.accumulate(rows(St[1:]), rows(dzv))
@@ -232,7 +235,7 @@ class RNN(Recurrent):
             np.multiply(self.gradient(B[T - 1], dBf[T - 1]), dSf[T - 1], out=dBf[T - 1])
             _, back = self.step_functions(self.buffer("scratch_f", (n, S)))
             a = self.buffer("Wdb", (n, S))
-            recur = step_product(W.W, S)
+            recur = step_product(Ws, S)
             for t in reversed(range(T)):
                 db = dBf[t]                      # complete: dSf[t] had every contribution
                 db[...] = W.backward_norm(np.ascontiguousarray(db.T)[None], bn["W"][t])[0].T
@@ -243,9 +246,9 @@ class RNN(Recurrent):
         else:  # the loop reads and writes the rows, and sums the bias gradient
             f, loop = self.loop_function("rnn_loop_back", None, B)
             db = self.buffer("db", (n,))
-            loop(f, self.shortcut, W.W, B, dS, dB, db)
+            loop(f, self.shortcut, Ws, B, dS, dB, db)
             W.db += db
-        W.accumulate(rows(St[:T]), rows(dB))
+        W.accumulate(rows(St[:T]), rows(dB), self.mask(W))
         du = rows(U.backward_norm(self.delta_through(dS, A, dZ), *bn["U"]))  # dZ is spent: reuse
         U.accumulate(x, du)
         if not need_dx:
