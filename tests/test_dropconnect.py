@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from conftest import assert_one_line_error, run_cli
-from darknetpy import kernels
 from darknetpy.network import Network
 from test_gradients import check_gradients, data, head, random_net
 from test_kernels import check_training_step_with_and_without_kernels
