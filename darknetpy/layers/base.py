@@ -18,12 +18,13 @@ class Buffers:
     per 4 KB (more than the arithmetic done in it). What a forward pass keeps
     for the backward pass is not found here by name but handed over in the layer's `Tape`."""
 
-    def buffer(self, name, shape):
-        """The work array `name` of `shape` and the owner's dtype, reused while the shape stays."""
+    def buffer(self, name, shape, dtype=None):
+        """The work array `name` of `shape` and the owner's dtype (or `dtype`), reused while they stay."""
         work = self.__dict__.setdefault("_work", {})
+        dtype = np.dtype(dtype or self.dtype)
         buf = work.get(name)
-        if buf is None or buf.shape != shape or buf.dtype != self.dtype:
-            buf = work[name] = np.empty(shape, self.dtype)
+        if buf is None or buf.shape != shape or buf.dtype != dtype:
+            buf = work[name] = np.empty(shape, dtype)
         return buf
 
 
@@ -148,19 +149,23 @@ class Recurrent(Layer):
         self.keep = None
 
     def connected(self, train):
-        """The W of each `recurrent` Dense as this forward or backward runs it: in training with
-        dropconnect W⊙M/(1-p) in a work array, M drawn at the update's first call: one float32
-        uniform draw over all the recurrent weights from the network's rng, so the mask, and the
-        rng after it, are the same however the update's streams are split. Else each W itself."""
+        """The W of each `recurrent` Dense as a training forward runs it (the kind's Tape keeps them
+        for backward): with dropconnect W⊙M/(1-p) in a work array, M drawn at the update's first
+        call: one float32 uniform draw over all the recurrent weights from the network's rng, so
+        the mask, and the rng after it, are the same however the update's streams are split.
+        Else (or not in training) each W itself."""
         denses = [getattr(self, name) for name in self.recurrent]
         if not (train and self.dropconnect):
             return [d.W for d in denses]
         if self.keep is None:
-            u = self.rng.random(sum(d.W.size for d in denses), dtype=np.float32)
-            scale, start, self.keep = 1 / (1 - self.dropconnect), 0, []
-            for d in denses:
-                keep = u[start:start + d.W.size].reshape(d.W.shape) >= np.float32(self.dropconnect)
-                self.keep.append(np.multiply(keep, scale, dtype=self.dtype))
+            u = self.buffer("uniform", (sum(d.W.size for d in denses),), np.float32)
+            self.rng.random(out=u, dtype=np.float32)
+            start, self.keep = 0, []
+            for name, d in zip(self.recurrent, denses):
+                keep = self.buffer(f"keep {name}", d.W.shape)
+                np.greater_equal(u[start:start + d.W.size].reshape(d.W.shape), np.float32(self.dropconnect), out=keep)
+                keep *= 1 / (1 - self.dropconnect)
+                self.keep.append(keep)
                 start += d.W.size
         return [np.multiply(d.W, m, out=self.buffer(f"dropconnect {name}", d.W.shape))
                 for name, d, m in zip(self.recurrent, denses, self.keep)]

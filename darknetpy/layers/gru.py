@@ -135,6 +135,7 @@ class GRU(Recurrent):
         RHrows: np.ndarray   # (T, S, n) r⊙h as rows, the input of wh
         Y: np.ndarray        # (T+1, S, n) Y[t] the output h before step t, as rows
         bn: dict             # batchnorm's (x̂, σ, σ+ε) (Dense.normalize): "u": [one], "wzr", "wh": [one per step]
+        W: list              # [Wzr, Wh] as the steps ran them (Recurrent.connected: masked with dropconnect)
 
     def __init__(self, section, inputs, rng):
         self.inputs = inputs
@@ -195,7 +196,7 @@ class GRU(Recurrent):
             loop(self.tanh, *arrays, *bf16_flag(wzr, train, loop))
         h0[...] = Y[T]
         if train:
-            self.tape = self.Tape(x=rows(x), XU=XU, ZR=ZR, P=P, RHrows=RHrows, Y=Y, bn=bn)
+            self.tape = self.Tape(x=rows(x), XU=XU, ZR=ZR, P=P, RHrows=RHrows, Y=Y, bn=bn, W=[Wzr, Wh])
         return Y[1:]
 
     def stepper(self, streams, ids_input, state, exact=True):
@@ -226,8 +227,7 @@ class GRU(Recurrent):
     def backward(self, dh_out, need_dx):
         T, S = dh_out.shape[:2]
         n, wzr, wh, u = self.outputs, self.wzr, self.wh, self.u
-        x, XU, ZR, P, RHrows, Y, bn = self.tape
-        Wzr, Wh = self.connected(True)
+        x, XU, ZR, P, RHrows, Y, bn, (Wzr, Wh) = self.tape
         dP = XU.reshape(T, S, 3 * n)   # every step's as rows, for the weight gradients (in
                                                  # the memory of the spent input projections)
         if self.bn:                              # the w sub-layers' deltas through their batchnorm

@@ -149,6 +149,7 @@ class LSTM(Recurrent):
         TC: np.ndarray   # (T, n, S) tanh(c') per step
         Y: np.ndarray    # (T+1, S, n) Y[t] the output h before step t, as rows
         bn: dict         # batchnorm's (x̂, σ, σ+ε) (Dense.normalize): "u": [one], "w": [one per step]
+        W: np.ndarray    # (n, 4n) w's W as the steps ran it (Recurrent.connected: masked with dropconnect)
 
     def __init__(self, section, inputs, rng):
         self.inputs = inputs
@@ -223,7 +224,7 @@ class LSTM(Recurrent):
             loop(*arrays, *bf16_flag(w, train, loop))
         h0[...], c0[...] = Y[T], C[T].T
         if train:
-            self.tape = self.Tape(x=rows(x), XU=XU, G=G, C=C, TC=TC, Y=Y, bn=bn)
+            self.tape = self.Tape(x=rows(x), XU=XU, G=G, C=C, TC=TC, Y=Y, bn=bn, W=W)
         return Y[1:]
 
     @staticmethod
@@ -276,8 +277,7 @@ class LSTM(Recurrent):
     def backward(self, dh_out, need_dx):
         T, S = dh_out.shape[:2]
         n, w, u = self.outputs, self.w, self.u
-        x, XU, G, C, TC, Y, bn = self.tape
-        (W,) = self.connected(True)
+        x, XU, G, C, TC, Y, bn, W = self.tape
         # Feature-major like the forward loop. Everything in the gate deltas but dh and dc comes
         # from the forward pass's gates, cells and tanh(c'):
         #   di = dc ⊙ g⊙σ'(i)   df = dc ⊙ c⊙σ'(f)   do = dh ⊙ tanh(c')⊙σ'(o)   dg = dc ⊙ i⊙tanh'(g)

@@ -99,6 +99,7 @@ class RNN(Recurrent):
         St: np.ndarray   # (T+1, S, n) St[t] the state before step t, as rows
         Y: np.ndarray    # (T, S, n) the output sub-layer's outputs
         bn: dict         # batchnorm's (x̂, σ, σ+ε) (Dense.normalize): "U", "V": [one], "W": [one per step]
+        Ws: np.ndarray   # (n, n) the self sub-layer's W as the steps ran it (Recurrent.connected: masked with dropconnect)
 
     def __init__(self, section, inputs, rng):
         self.inputs = inputs
@@ -167,7 +168,8 @@ class RNN(Recurrent):
         A = self.sublayer(U, x, "A", train, bn["U"])  # input sub-layer, all steps
         # The step loop runs feature-major, states (n, S) as in lstm.py: BLAS runs Wᵀ (n x n) @
         # s (n x S) faster than s (S x n) @ W for few streams. Rows go in and come out.
-        WT = self.transposed("WT", *self.connected(train))
+        (Ws,) = self.connected(train)
+        WT = self.transposed("WT", Ws)
         B = self.buffer("B", (T, n, S))          # self sub-layer outputs
         Sf = self.buffer("Sf", (T + 1, n, S))    # Sf[t] is the state before step t
         St = self.buffer("S", (T + 1, S, n))     # the states as rows
@@ -190,7 +192,7 @@ class RNN(Recurrent):
         h0[...] = St[T]
         Y = self.sublayer(V, St[1:], "Y", train, bn["V"])
         if train:
-            self.tape = self.Tape(x=rows(x), A=A, B=B, St=St, Y=Y, bn=bn)
+            self.tape = self.Tape(x=rows(x), A=A, B=B, St=St, Y=Y, bn=bn, Ws=Ws)
         return Y
 
     def stepper(self, streams, ids_input, state, exact=True):
@@ -221,8 +223,7 @@ class RNN(Recurrent):
     def backward(self, dy, need_dx):
         T, S = dy.shape[:2]
         n, U, W, V = self.outputs, self.input_layer, self.self_layer, self.output_layer
-        x, A, B, St, Y, bn = self.tape
-        (Ws,) = self.connected(True)
+        x, A, B, St, Y, bn, Ws = self.tape
         dZ = self.buffer("dZ", (T, S, n))
         dzv = V.backward_norm(self.delta_through(dy, Y, dZ), *bn["V"])
         V.accumulate(rows(St[1:]), rows(dzv))
