@@ -126,7 +126,7 @@ class Recurrent(Layer):
     mask M ~ Bernoulli(1 - p) over the W of each Dense that `recurrent` names, shared by all the
     steps and streams of the update (every subdivision, every MPI rank: it depends on the rng
     alone), and the forward and backward run on W' = W⊙M/(1-p) (`connected`), so that
-    dW += (∂L/∂W')⊙M/(1-p) (`mask`, Dense.accumulate's). Inference reads W."""
+    dW += (∂L/∂W')⊙M/(1-p) (`accumulate`). Inference reads W."""
     state_names = ("h",)
     recurrent = ()           # the attribute names of the Denses whose W is hidden-to-hidden
     dropconnect = 0.0
@@ -170,11 +170,12 @@ class Recurrent(Layer):
         return [np.multiply(d.W, m, out=self.buffer(f"dropconnect {name}", d.W.shape))
                 for name, d, m in zip(self.recurrent, denses, self.keep)]
 
-    def mask(self, dense):
-        """M/(1-p) of `dense` for its weight gradient (Dense.accumulate), or None: not masked."""
+    def accumulate(self, dense, x, dz):
+        """dense.accumulate(x, dz) for a recurrent Dense, its gradient masked by this update's
+        M/(1-p) when the steps ran on the masked weights."""
         if self.keep is None or not self.dropconnect:
-            return None
-        return self.keep[[getattr(self, name) for name in self.recurrent].index(dense)]
+            return dense.accumulate(x, dz)
+        dense.accumulate(x, dz, self.keep[[getattr(self, name) for name in self.recurrent].index(dense)])
 
     def fresh_state(self, streams):
         return [np.zeros((streams, self.outputs), self.dtype) for _ in self.state_names]

@@ -146,7 +146,7 @@ class Dense(Buffers):
 
     def accumulate(self, x, dz, mask=None):
         """dW += xᵀ dz over all rows at once (in bf16 without a mask: straight into dW). `mask`, W's
-        shape (DropConnect's M/(1-p) for float rows x, base.Recurrent.mask): dW += (xᵀ dz)⊙mask, the
+        shape (DropConnect's M/(1-p) for float rows x, base.Recurrent.accumulate): dW += (xᵀ dz)⊙mask, the
         gradient of W through the masked weights the step ran on."""
         if is_ids(x):
             dz = np.ascontiguousarray(dz)

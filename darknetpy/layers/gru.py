@@ -262,8 +262,8 @@ class GRU(Recurrent):
             wh.db += db[2 * n:]
             u.db += db
             dPzr, dPh, du = rows(dP[..., :2 * n]), rows(dP[..., 2 * n:]), rows(dP)
-        wzr.accumulate(rows(Y[:T]), dPzr, self.mask(wzr))
-        wh.accumulate(rows(RHrows), dPh, self.mask(wh))
+        self.accumulate(wzr, rows(Y[:T]), dPzr)
+        self.accumulate(wh, rows(RHrows), dPh)
         u.accumulate(x, du)
         if not need_dx:
             return None

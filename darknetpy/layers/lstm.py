@@ -309,7 +309,7 @@ class LSTM(Recurrent):
             loop(*arrays, *bf16_flag(w, True, loop))
             w.db += db
             u.db += db
-        w.accumulate(rows(Y[:T]), rows(dGw), self.mask(w))
+        self.accumulate(w, rows(Y[:T]), rows(dGw))
         if self.peep:
             self.peep.accumulate()
         if self.bn:  # (w's bias gradient came with each step's backward_norm)

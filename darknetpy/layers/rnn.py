@@ -249,7 +249,7 @@ class RNN(Recurrent):
             db = self.buffer("db", (n,))
             loop(f, self.shortcut, Ws, B, dS, dB, db)
             W.db += db
-        W.accumulate(rows(St[:T]), rows(dB), self.mask(W))
+        self.accumulate(W, rows(St[:T]), rows(dB))
         du = rows(U.backward_norm(self.delta_through(dS, A, dZ), *bn["U"]))  # dZ is spent: reuse
         U.accumulate(x, du)
         if not need_dx:
