@@ -174,8 +174,9 @@ class Recurrent(Layer):
         """dense.accumulate(x, dz) for a recurrent Dense, its gradient masked by this update's
         M/(1-p) when the steps ran on the masked weights."""
         if self.keep is None or not self.dropconnect:
-            return dense.accumulate(x, dz)
-        dense.accumulate(x, dz, self.keep[[getattr(self, name) for name in self.recurrent].index(dense)])
+            dense.accumulate(x, dz)
+        else:
+            dense.accumulate(x, dz, self.keep[[getattr(self, name) for name in self.recurrent].index(dense)])
 
     def fresh_state(self, streams):
         return [np.zeros((streams, self.outputs), self.dtype) for _ in self.state_names]
