@@ -5,6 +5,10 @@ The reference for a masked update is a net without the key whose recurrent W is 
 the same cost, and its gradient times M/(1-P) is the masked net's; float64 finite differences
 check every parameter's gradient with the mask fixed. Inference reads W itself.
 """
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -12,6 +16,7 @@ from conftest import assert_one_line_error, run_cli
 from darknetpy.network import Network
 from test_gradients import check_gradients, data, head, random_net
 from test_kernels import check_training_step_with_and_without_kernels
+from test_mpi import CFG, MPIEXEC, SGD, max_diff, needs_mpi
 from test_train import TEXT, ok, write_cfg as train_cfg
 
 P = 0.4
@@ -230,6 +235,24 @@ def test_resume_is_bit_exact(tmp_path):
                       layers_extra="[dropout]\nprobability=0.2\n", opt="adam=1\nlearning_rate=0.01")
     ok(plain, corpus, "--srand", 5, "--max-batches", 12, "--backup", tmp_path / "plain")
     assert (tmp_path / "plain" / "plain_final.weights").read_bytes() != whole
+
+
+@needs_mpi
+def test_two_mpi_ranks_draw_the_masks_one_process_draws(tmp_path):
+    """Two ranks, each training its block of the streams (two subdivisions), make the updates one
+    process makes: every rank draws the same mask, once per update."""
+    (tmp_path / "corpus.txt").write_bytes(TEXT * 30)
+    cfg = tmp_path / "tiny.cfg"
+    cfg.write_text(CFG.format(layer="gru", subdivisions=2, opt=SGD, lr=0.05, dropout="dropconnect=0.3\n"))
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
+    for updates, tolerance in ((1, 1e-6), (6, 1e-4)):
+        for k in (1, 2):
+            cmd = [sys.executable, "-m", "darknetpy", "train", str(cfg), "corpus.txt", "--srand", "7", "--valid-every", "0",
+                   "--backup", f"b{k}_{updates}", "--max-batches", str(updates)]
+            r = subprocess.run([MPIEXEC, "-n", "2", *cmd] if k > 1 else cmd, cwd=tmp_path, env=env, capture_output=True, text=True)
+            assert r.returncode == 0, r.stderr
+        assert max_diff(cfg, tmp_path / f"b1_{updates}/tiny_final.weights", tmp_path / f"b2_{updates}/tiny_final.weights") < tolerance
+    assert max_diff(cfg, tmp_path / "b1_1/tiny_final.weights", tmp_path / "b1_6/tiny_final.weights") > 1e-3
 
 
 @pytest.mark.parametrize("section,value,message", [
