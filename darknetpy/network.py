@@ -365,6 +365,8 @@ class Network:
         moved = self.optimizer.step(slots, lr, self.batch * self.time_steps, moves)
         if average is not None:
             average.update(self, n, moved)
+        for layer in self.layers:
+            layer.next_update()
         self.last_rate = lr
         self.version += 1
 

@@ -18,12 +18,13 @@ class Buffers:
     per 4 KB (more than the arithmetic done in it). What a forward pass keeps
     for the backward pass is not found here by name but handed over in the layer's `Tape`."""
 
-    def buffer(self, name, shape):
-        """The work array `name` of `shape` and the owner's dtype, reused while the shape stays."""
+    def buffer(self, name, shape, dtype=None):
+        """The work array `name` of `shape` and the owner's dtype (or `dtype`), reused while they stay."""
         work = self.__dict__.setdefault("_work", {})
+        dtype = np.dtype(dtype or self.dtype)
         buf = work.get(name)
-        if buf is None or buf.shape != shape or buf.dtype != self.dtype:
-            buf = work[name] = np.empty(shape, self.dtype)
+        if buf is None or buf.shape != shape or buf.dtype != dtype:
+            buf = work[name] = np.empty(shape, dtype)
         return buf
 
 
@@ -59,6 +60,10 @@ class Layer(Buffers):
     def note(self):
         """A line for `darknetpy info` about this layer (e.g. a darknetpy extension), or None."""
         return None
+
+    def next_update(self):
+        """The weights were just updated (Network.update): what a layer draws once per update
+        (Recurrent's DropConnect mask) is drawn afresh at the next training forward."""
 
     def slots(self):
         """(parameter, accumulated update, kind) triples for the optimizer, in save order."""
@@ -114,10 +119,64 @@ def output_units(section):
 
 
 class Recurrent(Layer):
-    """A kind whose steps carry state, `state_names` arrays of (streams, outputs) each."""
+    """A kind whose steps carry state, `state_names` arrays of (streams, outputs) each.
+
+    DropConnect on the hidden-to-hidden weights (`dropconnect=p`, darknetpy's key; Wan et al. 2013,
+    as AWD-LSTM applies it: Merity, Keskar and Socher 2018): in training every update draws one
+    mask M ~ Bernoulli(1 - p) over the W of each Dense that `recurrent` names, shared by all the
+    steps and streams of the update (every subdivision, every MPI rank: it depends on the rng
+    alone), and the forward and backward run on W' = W⊙M/(1-p) (`connected`), so that
+    dW += (∂L/∂W')⊙M/(1-p) (`accumulate`). Inference reads W."""
     state_names = ("h",)
+    recurrent = ()           # the attribute names of the Denses whose W is hidden-to-hidden
+    dropconnect = 0.0
+    keep = None              # this update's masks M/(1-p), one per `recurrent` Dense; None: not drawn yet
 
     bn_over = "streams"      # each step is normalized over the streams
+
+    def read_dropconnect(self, section, rng):
+        """The `dropconnect=p` key, p in [0, 1); an error on a kind without a recurrent matrix."""
+        if not self.recurrent:
+            if "dropconnect" in section.options:
+                raise section.error(f"[{self.kind}] has no recurrent (hidden-to-hidden) matrix for dropconnect; "
+                                    "remove the key", "dropconnect")
+            return
+        self.dropconnect, self.rng = section.float("dropconnect", 0.0), rng
+        if not 0 <= self.dropconnect < 1:
+            raise section.error(f"dropconnect must be in [0, 1), got {self.dropconnect}", "dropconnect")
+
+    def next_update(self):
+        self.keep = None
+
+    def connected(self, train):
+        """The W of each `recurrent` Dense as a training forward runs it (the kind's Tape keeps them
+        for backward): with dropconnect W⊙M/(1-p) in a work array, M drawn at the update's first
+        call: one float32 uniform draw over all the recurrent weights from the network's rng, so
+        the mask, and the rng after it, are the same however the update's streams are split.
+        Else (or not in training) each W itself."""
+        denses = [getattr(self, name) for name in self.recurrent]
+        if not (train and self.dropconnect):
+            return [d.W for d in denses]
+        if self.keep is None:
+            u = self.buffer("uniform", (sum(d.W.size for d in denses),), np.float32)
+            self.rng.random(out=u, dtype=np.float32)
+            start, self.keep = 0, []
+            for name, d in zip(self.recurrent, denses):
+                keep = self.buffer(f"keep {name}", d.W.shape)
+                np.greater_equal(u[start:start + d.W.size].reshape(d.W.shape), np.float32(self.dropconnect), out=keep)
+                keep *= 1 / (1 - self.dropconnect)
+                self.keep.append(keep)
+                start += d.W.size
+        return [np.multiply(d.W, m, out=self.buffer(f"dropconnect {name}", d.W.shape))
+                for name, d, m in zip(self.recurrent, denses, self.keep)]
+
+    def accumulate(self, dense, x, dz):
+        """dense.accumulate(x, dz) for a recurrent Dense, its gradient masked by this update's
+        M/(1-p) when the steps ran on the masked weights."""
+        if self.keep is None or not self.dropconnect:
+            dense.accumulate(x, dz)
+        else:
+            dense.accumulate(x, dz, self.keep[[getattr(self, name) for name in self.recurrent].index(dense)])
 
     def fresh_state(self, streams):
         return [np.zeros((streams, self.outputs), self.dtype) for _ in self.state_names]

@@ -144,15 +144,23 @@ class Dense(Buffers):
         kernels.get("bn_backward", dz, xhat, dx)(dz, xhat, sigma, d, self.scales, dx, self.dscales)
         return dx
 
-    def accumulate(self, x, dz):
-        """dW += xᵀ dz over all rows at once (in bf16: straight into dW)."""
+    def accumulate(self, x, dz, mask=None):
+        """dW += xᵀ dz over all rows at once (in bf16 without a mask: straight into dW). `mask`, W's
+        shape (DropConnect's M/(1-p) for float rows x, base.Recurrent.accumulate): dW += (xᵀ dz)⊙mask, the
+        gradient of W through the masked weights the step ran on."""
         if is_ids(x):
             dz = np.ascontiguousarray(dz)
             kernels.get("onehot_grad", self.dW, dz)(self.dW, x.astype(np.int64, copy=False), dz)
-        elif self.bf16:
+        elif self.bf16 and mask is None:
             mixed(self.dW, x.T, dz, self.buffer, beta=1)
         else:
-            dWx = np.matmul(x.T, dz, out=self.buffer("dWx", self.W.shape))
+            dWx = self.buffer("dWx", self.W.shape)
+            if self.bf16:
+                mixed(dWx, x.T, dz, self.buffer)
+            else:
+                np.matmul(x.T, dz, out=dWx)
+            if mask is not None:
+                dWx *= mask
             kernels.get("add", self.dW, dWx)(self.dW, dWx)
 
     def back(self, dz, out=None):

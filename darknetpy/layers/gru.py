@@ -123,6 +123,7 @@ kernels.register(gru_zr, gru_step, gru_back, gru_loop, gru_loop_back)
 
 class GRU(Recurrent):
     kind = "gru"
+    recurrent = ("wzr", "wh")  # dropconnect's: wz wr wh
     alexeyab_order = ("uz", "ur", "uh", "wz", "wr", "wh")
 
     class Tape(NamedTuple):
@@ -134,6 +135,7 @@ class GRU(Recurrent):
         RHrows: np.ndarray   # (T, S, n) r⊙h as rows, the input of wh
         Y: np.ndarray        # (T+1, S, n) Y[t] the output h before step t, as rows
         bn: dict             # batchnorm's (x̂, σ, σ+ε) (Dense.normalize): "u": [one], "wzr", "wh": [one per step]
+        W: list              # [Wzr, Wh] as the steps ran them (Recurrent.connected: masked with dropconnect)
 
     def __init__(self, section, inputs, rng):
         self.inputs = inputs
@@ -144,6 +146,7 @@ class GRU(Recurrent):
         self.wh = Dense(n, n, ["wh"], bn, rng)
         self.u = Dense(inputs, n, ["uz", "ur", "uh"], bn, rng)
         self.denses = [self.wzr, self.wh, self.u]  # save order: wz wr wh uz ur uh
+        self.read_dropconnect(section, rng)
 
     def describe(self):
         return "tanh" if self.tanh else "logistic"
@@ -163,7 +166,8 @@ class GRU(Recurrent):
         hc = half[2 * n]                         # the candidate's factor: 0.5 logistic, 1 tanh
         bn = {"u": [], "wzr": [], "wh": []}
         XU = self.project_steps(u, x, u.b + np.concatenate([wzr.b, wh.b]), half, train, bn["u"])  # with the recurrent biases
-        WzrT, WhT = self.transposed("WzrT", wzr.W, half[:2 * n]), self.transposed("WhT", wh.W, half[2 * n:])
+        Wzr, Wh = self.connected(train)
+        WzrT, WhT = self.transposed("WzrT", Wzr, half[:2 * n]), self.transposed("WhT", Wh, half[2 * n:])
         ZR = self.buffer("ZR", (T, 2 * n, S))    # σ gates z, r
         HC = self.buffer("HC", (T, n, S))        # candidate c
         RH = self.buffer("RH", (T, n, S))        # r ⊙ h, the input of wh
@@ -179,9 +183,9 @@ class GRU(Recurrent):
             gates, step = kernels.get("gru_zr", ZR), kernels.get("gru_step", ZR)
             for t in range(T):
                 zr, c, h = ZR[t], HC[t], H[t]
-                np.multiply(wzr.normalize((h.T @ wzr.W)[None], train, bn["wzr"])[0].T, np.float32(0.5), out=zr)
+                np.multiply(wzr.normalize((h.T @ Wzr)[None], train, bn["wzr"])[0].T, np.float32(0.5), out=zr)
                 gates(zr, XU[t], h, RH[t])
-                np.multiply(wh.normalize((RH[t].T @ wh.W)[None], train, bn["wh"])[0].T, hc, out=c)
+                np.multiply(wh.normalize((RH[t].T @ Wh)[None], train, bn["wh"])[0].T, hc, out=c)
                 step(self.tanh, c, XU[t], zr, h, H[t + 1], *(P[t],) if train else ())
                 if train:
                     transpose_into(RHrows[t], RH[t])
@@ -192,7 +196,7 @@ class GRU(Recurrent):
             loop(self.tanh, *arrays, *bf16_flag(wzr, train, loop))
         h0[...] = Y[T]
         if train:
-            self.tape = self.Tape(x=rows(x), XU=XU, ZR=ZR, P=P, RHrows=RHrows, Y=Y, bn=bn)
+            self.tape = self.Tape(x=rows(x), XU=XU, ZR=ZR, P=P, RHrows=RHrows, Y=Y, bn=bn, W=[Wzr, Wh])
         return Y[1:]
 
     def stepper(self, streams, ids_input, state, exact=True):
@@ -223,7 +227,7 @@ class GRU(Recurrent):
     def backward(self, dh_out, need_dx):
         T, S = dh_out.shape[:2]
         n, wzr, wh, u = self.outputs, self.wzr, self.wh, self.u
-        x, XU, ZR, P, RHrows, Y, bn = self.tape
+        x, XU, ZR, P, RHrows, Y, bn, (Wzr, Wh) = self.tape
         dP = XU.reshape(T, S, 3 * n)   # every step's as rows, for the weight gradients (in
                                                  # the memory of the spent input projections)
         if self.bn:                              # the w sub-layers' deltas through their batchnorm
@@ -234,7 +238,7 @@ class GRU(Recurrent):
             d = self.buffer("d", (3 * n, S))     # this step's deltas of the pre-activations z r c
             a, drh = self.buffer("scratch", (n, S)), self.buffer("drh", (n, S))
             back = kernels.get("gru_back", d)
-            recur_zr, recur_h = step_product(wzr.W, S), step_product(wh.W, S)
+            recur_zr, recur_h = step_product(Wzr, S), step_product(Wh, S)
             for t in reversed(range(T)):
                 dh += DH[t]
                 dc = np.multiply(P[t, 2 * n:], dh, out=d[2 * n:])
@@ -247,7 +251,7 @@ class GRU(Recurrent):
                     dh += recur_zr(dPzr[t].T, a)                # dh_prev = dh ⊙ z + drh ⊙ r + Wzr [dz dr]
         else:  # the loop sums the bias gradient too: wz wr wh's biases add to the same
             db = self.buffer("db", (3 * n,))     # pre-activations as uz ur uh's, one sum serves both
-            arrays = (wzr.W, wh.W, dh_out, ZR, P, dP, db, dh)
+            arrays = (Wzr, Wh, dh_out, ZR, P, dP, db, dh)
             loop = kernels.get("gru_loop_back", *arrays)
             loop(*arrays, *bf16_flag(wzr, True, loop))
         if self.bn:  # (the w sub-layers' bias gradients came with each step's backward_norm)
@@ -258,8 +262,8 @@ class GRU(Recurrent):
             wh.db += db[2 * n:]
             u.db += db
             dPzr, dPh, du = rows(dP[..., :2 * n]), rows(dP[..., 2 * n:]), rows(dP)
-        wzr.accumulate(rows(Y[:T]), dPzr)
-        wh.accumulate(rows(RHrows), dPh)
+        self.accumulate(wzr, rows(Y[:T]), dPzr)
+        self.accumulate(wh, rows(RHrows), dPh)
         u.accumulate(x, du)
         if not need_dx:
             return None

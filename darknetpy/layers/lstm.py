@@ -137,6 +137,7 @@ kernels.register(lstm_step, lstm_back, lstm_loop, lstm_loop_back)
 class LSTM(Recurrent):
     kind = "lstm"
     state_names = ("h", "c")
+    recurrent = ("w",)  # dropconnect's: wi wf wo wg
     alexeyab_order = ("wf", "wi", "wg", "wo", "uf", "ui", "ug", "uo")
 
     class Tape(NamedTuple):
@@ -148,6 +149,7 @@ class LSTM(Recurrent):
         TC: np.ndarray   # (T, n, S) tanh(c') per step
         Y: np.ndarray    # (T+1, S, n) Y[t] the output h before step t, as rows
         bn: dict         # batchnorm's (x̂, σ, σ+ε) (Dense.normalize): "u": [one], "w": [one per step]
+        W: np.ndarray    # (n, 4n) w's W as the steps ran it (Recurrent.connected: masked with dropconnect)
 
     def __init__(self, section, inputs, rng):
         self.inputs = inputs
@@ -160,6 +162,7 @@ class LSTM(Recurrent):
         if peephole not in (0, 1):
             raise section.error(f"peephole must be 0 or 1, got {peephole}", "peephole")
         self.peep = Peepholes(n) if peephole else None  # saved after the denses
+        self.read_dropconnect(section, rng)
 
     def describe(self):
         return "lstm+peephole" if self.peep else "lstm"
@@ -200,7 +203,8 @@ class LSTM(Recurrent):
         half = halves(4 * n, 3 * n)
         bn = {"u": [], "w": []}
         XU = self.project_steps(u, x, u.b + w.b, half, train, bn["u"])  # the recurrent bias comes with it
-        WT = self.transposed("WT", w.W, half)
+        (W,) = self.connected(train)
+        WT = self.transposed("WT", W, half)
         G = self.buffer("G", (T, 4 * n, S))      # activated gates i f o g
         H = self.buffer("H", (T + 1, n, S))      # H[t] is h before step t
         C = self.buffer("C", (T + 1, n, S))
@@ -211,7 +215,7 @@ class LSTM(Recurrent):
         if self.bn:  # each step's product normalized over the streams before its step
             step = kernels.get("lstm_step", G, *self.peep_args(P))
             for t in range(T):
-                np.multiply(w.normalize((H[t].T @ w.W)[None], train, bn["w"])[0].T, half[:, None], out=G[t])
+                np.multiply(w.normalize((H[t].T @ W)[None], train, bn["w"])[0].T, half[:, None], out=G[t])
                 step(G[t], XU[t], C[t], C[t + 1], TC[t], H[t + 1], *self.peep_args(P))
             transpose_into(Y[1:], H[1:])
         else:
@@ -220,7 +224,7 @@ class LSTM(Recurrent):
             loop(*arrays, *bf16_flag(w, train, loop))
         h0[...], c0[...] = Y[T], C[T].T
         if train:
-            self.tape = self.Tape(x=rows(x), XU=XU, G=G, C=C, TC=TC, Y=Y, bn=bn)
+            self.tape = self.Tape(x=rows(x), XU=XU, G=G, C=C, TC=TC, Y=Y, bn=bn, W=W)
         return Y[1:]
 
     @staticmethod
@@ -273,7 +277,7 @@ class LSTM(Recurrent):
     def backward(self, dh_out, need_dx):
         T, S = dh_out.shape[:2]
         n, w, u = self.outputs, self.w, self.u
-        x, XU, G, C, TC, Y, bn = self.tape
+        x, XU, G, C, TC, Y, bn, W = self.tape
         # Feature-major like the forward loop. Everything in the gate deltas but dh and dc comes
         # from the forward pass's gates, cells and tanh(c'):
         #   di = dc ⊙ g⊙σ'(i)   df = dc ⊙ c⊙σ'(f)   do = dh ⊙ tanh(c')⊙σ'(o)   dg = dc ⊙ i⊙tanh'(g)
@@ -291,7 +295,7 @@ class LSTM(Recurrent):
         peep = self.peep_args(P, dP)
         if self.bn:  # each step's deltas back through w's batchnorm before its product
             d, DH = self.buffer("d", (4 * n, S)), transpose_into(self.buffer("DH", (T, n, S)), dh_out)
-            back, recur = kernels.get("lstm_back", d, *peep), step_product(w.W, S)
+            back, recur = kernels.get("lstm_back", d, *peep), step_product(W, S)
             for t in reversed(range(T)):
                 back(dh, dc, DH[t], G[t], C[t], TC[t], d, *peep)
                 transpose_into(dG[t], d)
@@ -300,12 +304,12 @@ class LSTM(Recurrent):
                     recur(dGw[t].T, dh)
         else:  # the loop sums the bias gradient too: w's and u's biases add to the same pre-activations
             db = self.buffer("db", (4 * n,))
-            arrays = (w.W, dh_out, G, C, TC, dG, db, dh, dc, *peep)
+            arrays = (W, dh_out, G, C, TC, dG, db, dh, dc, *peep)
             loop = kernels.get("lstm_loop_back", *arrays)
             loop(*arrays, *bf16_flag(w, True, loop))
             w.db += db
             u.db += db
-        w.accumulate(rows(Y[:T]), rows(dGw))
+        self.accumulate(w, rows(Y[:T]), rows(dGw))
         if self.peep:
             self.peep.accumulate()
         if self.bn:  # (w's bias gradient came with each step's backward_norm)

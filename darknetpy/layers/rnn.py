@@ -89,6 +89,7 @@ kernels.register(rnn_step, rnn_back, rnn_loop, rnn_loop_back)
 
 class RNN(Recurrent):
     kind = "rnn"
+    recurrent = ("self_layer",)  # dropconnect's
 
     class Tape(NamedTuple):
         """What forward keeps for backward."""
@@ -98,6 +99,7 @@ class RNN(Recurrent):
         St: np.ndarray   # (T+1, S, n) St[t] the state before step t, as rows
         Y: np.ndarray    # (T, S, n) the output sub-layer's outputs
         bn: dict         # batchnorm's (x̂, σ, σ+ε) (Dense.normalize): "U", "V": [one], "W": [one per step]
+        Ws: np.ndarray   # (n, n) the self sub-layer's W as the steps ran it (Recurrent.connected: masked with dropconnect)
 
     def __init__(self, section, inputs, rng):
         self.inputs = inputs
@@ -113,6 +115,7 @@ class RNN(Recurrent):
         self.self_layer = Dense(n, n, ["self_layer"], bn, rng)
         self.output_layer = Dense(n, n, ["output_layer"], bn, rng)
         self.denses = [self.input_layer, self.self_layer, self.output_layer]  # save order
+        self.read_dropconnect(section, rng)
 
     def describe(self):
         return self.activation
@@ -165,7 +168,8 @@ class RNN(Recurrent):
         A = self.sublayer(U, x, "A", train, bn["U"])  # input sub-layer, all steps
         # The step loop runs feature-major, states (n, S) as in lstm.py: BLAS runs Wᵀ (n x n) @
         # s (n x S) faster than s (S x n) @ W for few streams. Rows go in and come out.
-        WT = self.transposed("WT", W.W)
+        (Ws,) = self.connected(train)
+        WT = self.transposed("WT", Ws)
         B = self.buffer("B", (T, n, S))          # self sub-layer outputs
         Sf = self.buffer("Sf", (T + 1, n, S))    # Sf[t] is the state before step t
         St = self.buffer("S", (T + 1, S, n))     # the states as rows
@@ -188,7 +192,7 @@ class RNN(Recurrent):
         h0[...] = St[T]
         Y = self.sublayer(V, St[1:], "Y", train, bn["V"])
         if train:
-            self.tape = self.Tape(x=rows(x), A=A, B=B, St=St, Y=Y, bn=bn)
+            self.tape = self.Tape(x=rows(x), A=A, B=B, St=St, Y=Y, bn=bn, Ws=Ws)
         return Y
 
     def stepper(self, streams, ids_input, state, exact=True):
@@ -219,7 +223,7 @@ class RNN(Recurrent):
     def backward(self, dy, need_dx):
         T, S = dy.shape[:2]
         n, U, W, V = self.outputs, self.input_layer, self.self_layer, self.output_layer
-        x, A, B, St, Y, bn = self.tape
+        x, A, B, St, Y, bn, Ws = self.tape
         dZ = self.buffer("dZ", (T, S, n))
         dzv = V.backward_norm(self.delta_through(dy, Y, dZ), *bn["V"])
         V.accumulate(rows(St[1:]), rows(dzv))
@@ -232,7 +236,7 @@ class RNN(Recurrent):
             np.multiply(self.gradient(B[T - 1], dBf[T - 1]), dSf[T - 1], out=dBf[T - 1])
             _, back = self.step_functions(self.buffer("scratch_f", (n, S)))
             a = self.buffer("Wdb", (n, S))
-            recur = step_product(W.W, S)
+            recur = step_product(Ws, S)
             for t in reversed(range(T)):
                 db = dBf[t]                      # complete: dSf[t] had every contribution
                 db[...] = W.backward_norm(np.ascontiguousarray(db.T)[None], bn["W"][t])[0].T
@@ -243,9 +247,9 @@ class RNN(Recurrent):
         else:  # the loop reads and writes the rows, and sums the bias gradient
             f, loop = self.loop_function("rnn_loop_back", None, B)
             db = self.buffer("db", (n,))
-            loop(f, self.shortcut, W.W, B, dS, dB, db)
+            loop(f, self.shortcut, Ws, B, dS, dB, db)
             W.db += db
-        W.accumulate(rows(St[:T]), rows(dB))
+        self.accumulate(W, rows(St[:T]), rows(dB))
         du = rows(U.backward_norm(self.delta_through(dS, A, dZ), *bn["U"]))  # dZ is spent: reuse
         U.accumulate(x, du)
         if not need_dx:

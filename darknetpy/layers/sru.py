@@ -153,6 +153,7 @@ class SRU(Recurrent):
         self.denses = [self.dense]
         self.v = np.zeros(2 * n, np.float32)  # vf | vr, saved after the sub-layers
         self.dv = np.zeros_like(self.v)
+        self.read_dropconnect(section, rng)  # an error: no recurrent matrix
 
     def describe(self):
         return self.activation
