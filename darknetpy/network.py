@@ -83,18 +83,21 @@ class Network:
         self.hp = optim.read_policy(net)
         adam = net.int("adam", 0)
         weight_decay = net.float("weight_decay", 0.0)  # darknetpy's decoupled decay (optim.AdamW)
+        epochs = net.float("weight_decay_epochs", 0.0)  # darknetpy's: the decay grows past it (optim.AdamW)
         momentum, clip = net.float("momentum", 0.9), net.float("clip", 0.0)
         decay = net.float("decay", 0.0 if weight_decay else 0.0001)
         if weight_decay < 0 or (weight_decay and not adam):
             raise net.error("weight_decay (decoupled decay) must be >= 0 and needs adam=1; SGD has Darknet's decay",
                             "weight_decay")
+        if epochs < 0 or (epochs and not weight_decay):
+            raise net.error("weight_decay_epochs must be >= 0 and needs weight_decay (AdamW)", "weight_decay_epochs")
         if weight_decay and decay:
             raise net.error("weight_decay (decoupled) and decay (Darknet's L2 in the gradient) are both set; "
                             "set decay=0", "decay")
         if adam:
             moments = dict(B1=net.float("B1", 0.9), B2=net.float("B2", 0.999), eps=net.float("eps", 1e-7),
                            decay=decay, clip=clip)
-            self.optimizer = optim.AdamW(weight_decay, **moments) if weight_decay else optim.Adam(**moments)
+            self.optimizer = optim.AdamW(weight_decay, epochs, **moments) if weight_decay else optim.Adam(**moments)
         else:
             self.optimizer = optim.SGD(momentum=momentum, decay=decay, clip=clip)
         if self.optimizer.clip < 0:
@@ -108,6 +111,7 @@ class Network:
             raise net.error("precision must be fp32 or bf16", "precision")
         self.rng = np.random.default_rng(seed)
         self.seen = 0
+        self.text_chars = 0  # the training text's length in symbols, set by a trainer (0: not known): see update
         self.last_rate = None  # the rate of the most recent update
         self.vocab = None  # what an id is, for generate/score/vec (vocab.Vocab); None: bytes
         self.version = 0   # bumped by every change of the weights through the API (see predict)
@@ -362,7 +366,9 @@ class Network:
         if before_step is not None:
             before_step(slots)
         moves = average.moves(self, n) if average is not None else {}
-        moved = self.optimizer.step(slots, lr, self.batch * self.time_steps, moves)
+        # the passes over the training text that the schedule plans (AdamW's weight_decay_epochs)
+        planned = self.hp["max_batches"] * self.batch * self.time_steps / self.text_chars if self.text_chars else 0.0
+        moved = self.optimizer.step(slots, lr, self.batch * self.time_steps, moves, planned)
         if average is not None:
             average.update(self, n, moved)
         for layer in self.layers:

@@ -133,13 +133,16 @@ class Optimizer:
     def __init__(self, decay, clip=0.0):
         self.decay, self.clip = decay, clip
         self.t = 0  # updates so far (Adam's bias correction)
+        self.planned = 0.0  # the passes over the training text the schedule plans (0: not known), as of this update
         for name in self.buffers:
             setattr(self, name, [])
 
-    def step(self, slots, lr, B, moves=None):
-        """One update with rate lr and divisor B = batch * time_steps; returns the ids of the
-        parameters whose average it moved (of `moves`, see the class)."""
+    def step(self, slots, lr, B, moves=None, planned=0.0):
+        """One update with rate lr and divisor B = batch * time_steps, in a schedule that plans
+        `planned` passes over the training text (0: not known; AdamW's `epochs` reads it); returns
+        the ids of the parameters whose average it moved (of `moves`, see the class)."""
         self.t += 1
+        self.planned = planned
         if self.clip > 0:  # darknetpy's `clip`: bound the global L2 norm of the mean gradient
             norm = math.sqrt(sum(float(np.dot(u.ravel(), u.ravel())) for _, u, _ in slots)) / B
             if norm > self.clip:
@@ -217,18 +220,31 @@ class AdamW(Adam):
     weight_decay=W` with adam=1: before each Adam step the weights shrink, p -= lr·W·p, outside the
     moments. Darknet's Adam adds `decay` into the gradient instead (L2), which the division by
     sqrt(v) then rescales per parameter, so weights with large gradients are barely decayed.
-    Only "weights" slots decay (as SGD's decay), not biases or scales."""
+    Only "weights" slots decay (as SGD's decay), not biases or scales.
+
+    `epochs` (`[net] weight_decay_epochs=E`, 0: off): W is the decay of a run planned to pass over
+    its training text up to E times; one planned for `planned` > E passes (its schedule's end, the
+    cfg's max_batches or what --time-budget fits and refits, in passes) decays by W·planned/E. A
+    run overfits more the more passes it makes, and the decay that suits it grows with them; a
+    larger text, or a shorter budget, keeps W."""
     name = "adamw"
 
-    def __init__(self, weight_decay, **adam):
+    def __init__(self, weight_decay, epochs=0.0, **adam):
         super().__init__(**adam)
-        self.weight_decay = weight_decay
+        self.weight_decay, self.epochs = weight_decay, epochs
 
     def hyperparameters(self):
-        return {**super().hyperparameters(), "optimizer": self.name, "weight_decay": self.weight_decay}
+        return {**super().hyperparameters(), "optimizer": self.name, "weight_decay": self.weight_decay,
+                **({"weight_decay_epochs": self.epochs} if self.epochs else {})}
+
+    def strength(self, planned):
+        """The decay in effect in a run planned for `planned` passes over its training text."""
+        if self.epochs and planned > self.epochs:
+            return self.weight_decay * planned / self.epochs
+        return self.weight_decay
 
     def shrink(self, lr, kind):
-        return np.float32(1 - lr * self.weight_decay) if kind == "weights" else np.float32(1)
+        return np.float32(1 - lr * self.strength(self.planned)) if kind == "weights" else np.float32(1)
 
 
 def parameter_arrays(net):

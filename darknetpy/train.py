@@ -278,6 +278,7 @@ class Trainer:
                                                        o.max_vocab, find=ckpt.find_vocab)
         self.valid_frac = datamod.default_valid_frac(len(ids), net.time_steps) if o.valid_frac is None else o.valid_frac
         self.train_ids, self.valid_ids = datamod.split_corpus(ids, self.valid_frac, data)
+        net.text_chars = len(self.train_ids)  # an epoch, for the updates' planned passes (Network.update)
         self.corpus_sha = datamod.sha256(ids, len(self.train_ids), as_int32=o.tokenized)  # in chunks: no copy
         self.batcher = datamod.StreamBatcher(self.train_ids, net.streams, net.time_steps,
                                              np.random.default_rng([self.srand, 1]), data)

@@ -329,12 +329,24 @@ def test_adam_through_the_network(write_cfg):
             assert np.all(net.params(updates=True)[k] == 0), k
 
 
-def test_adamw_decays_the_weights_outside_the_moments(write_cfg):
+@pytest.mark.parametrize("extra, text_chars, decays", [
+    ("", 0, (0.3, 0.3, 0.3)),
+    # weight_decay_epochs=E: W·P/E once the schedule plans P > E passes over the training text
+    # (6 chars an update, so max_batches=40 over 60 chars is P = 4; the third update's end is moved
+    # to 100 first, P = 10, as --time-budget's refit moves it)
+    ("max_batches=40\nweight_decay_epochs=1", 60, (1.2, 1.2, 3.0)),
+    ("max_batches=40\nweight_decay_epochs=8", 60, (0.3, 0.3, 0.375)),
+    ("max_batches=40\nweight_decay_epochs=1", 0, (0.3, 0.3, 0.3)),  # the text's length not known
+])
+def test_adamw_decays_the_weights_outside_the_moments(write_cfg, extra, text_chars, decays):
     """weight_decay=W with adam=1 (AdamW): weights shrink by lr·W before Adam's step, which sees
-    the gradient alone (decay defaults to 0); biases are not decayed. Written out in float64."""
+    the gradient alone (decay defaults to 0); biases are not decayed. With weight_decay_epochs=E
+    the shrink is lr·W·P/E for a schedule planning P > E passes. Written out in float64."""
     text = TRAIN.replace("decay=0.01\n", "")
-    net = Network(write_cfg(text.format(batch=2, subdivisions=1, extra="adam=1\nB1=0.8\nB2=0.9\neps=1e-6\nweight_decay=0.3"), "a.cfg"),
+    net = Network(write_cfg(text.format(batch=2, subdivisions=1,
+                                        extra="adam=1\nB1=0.8\nB2=0.9\neps=1e-6\nweight_decay=0.3\n" + extra), "a.cfg"),
                   seed=3, dtype=np.float64)
+    net.text_chars = text_chars
     twin = Network(write_cfg(text.format(batch=2, subdivisions=1, extra="adam=1"), "b.cfg"), seed=4, dtype=np.float64)
     assert net.optimizer.name == "adamw" and net.optimizer.decay == 0 and net.optimizer.weight_decay == 0.3
     rng = np.random.default_rng(8)
@@ -344,14 +356,16 @@ def test_adamw_decays_the_weights_outside_the_moments(write_cfg):
     trainable = list(net.params(updates=True))
     m = {k: 0.0 for k in trainable}
     v = {k: 0.0 for k in trainable}
-    for t, lr in ((1, 0.25), (2, 0.125), (3, 0.0625)):
+    for t, lr, W in zip((1, 2, 3), (0.25, 0.125, 0.0625), decays):
         x, y = datum(net, 30 + t)
         for key, p in twin.params().items():
             p[...] = theta[key]
         _, g = gradient(twin, x, y)
+        if t == 3:
+            net.hp = dict(net.hp, max_batches=100)
         net.train_step(x, y)
         for k in trainable:
-            decayed = theta[k] * (1 - lr * 0.3) if k.endswith("weights") else theta[k]
+            decayed = theta[k] * (1 - lr * W) if k.endswith("weights") else theta[k]
             m[k] = 0.8 * m[k] + 0.2 * g[k]
             v[k] = 0.9 * v[k] + 0.1 * g[k] * g[k]
             theta[k] = decayed + lr * (m[k] / (1 - 0.8 ** t)) / (np.sqrt(v[k] / (1 - 0.9 ** t)) + 1e-6)
@@ -363,6 +377,8 @@ def test_adamw_decays_the_weights_outside_the_moments(write_cfg):
     ("weight_decay=0.1", "weight_decay", "needs adam=1"),
     ("adam=1\nweight_decay=-0.1", "weight_decay", "must be >= 0"),
     ("adam=1\nweight_decay=0.1\ndecay=0.0005", "decay", "set decay=0"),
+    ("adam=1\nweight_decay_epochs=16", "weight_decay_epochs", "needs weight_decay"),
+    ("adam=1\nweight_decay=0.1\nweight_decay_epochs=-5", "weight_decay_epochs", "must be >= 0"),
 ])
 def test_weight_decay_refused_where_it_means_nothing(write_cfg, extra, key, says):
     path = write_cfg(NET.format(lr=0.1, extra=extra))

@@ -149,6 +149,7 @@ RESUME_CASES = {
     "sgd_momentum": dict(),
     "adam_clip": dict(opt="adam=1\nlearning_rate=0.01\ndecay=0.0001\nclip=1"),
     "adamw": dict(opt="adam=1\nlearning_rate=0.01\nweight_decay=0.1"),
+    "adamw_epochs": dict(opt="adam=1\nlearning_rate=0.01\nweight_decay=0.1\nweight_decay_epochs=0.1"),  # grown ~5x
     "sgd_subdivisions_dropout": dict(subdivisions=2, layers_extra="[dropout]\nprobability=0.2\n"),
     "gru_steps_policy": dict(layer="gru", opt="learning_rate=0.1\nmomentum=0.5\npolicy=steps\nsteps=8,14\nscales=.5,.5"),
     "adam_ema": dict(opt="adam=1\nlearning_rate=0.01\nema_alpha=0.9"),  # final: the average, the trained beside it
@@ -173,6 +174,21 @@ def test_resume_is_bit_exact(tmp_path, corpus, case):
     assert (tmp_path / "part" / "tiny_final.weights").read_bytes() == whole
     record = yaml.safe_load((tmp_path / "part" / "tiny.yaml").read_text())
     assert record["options"]["max_batches"] == n and record["options"]["srand"] == 5
+
+
+def test_weight_decay_grows_with_the_passes_over_the_training_text(tmp_path):
+    """weight_decay_epochs=E: a run whose schedule plans P passes over its training text decays by
+    W·P/E; 20 updates of 8 x 8 chars over a 1,280-byte text plan one pass, so W = 0.125 at E = 0.5
+    trains the same bits as W = 0.25 without it, and not those of 0.125."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_bytes((TEXT * 8)[:1280])
+    finals = {}
+    for name, opt in (("grown", "weight_decay=0.125\nweight_decay_epochs=0.5"), ("twice", "weight_decay=0.25"),
+                      ("plain", "weight_decay=0.125")):
+        cfg = write_cfg(tmp_path, name=name, max_batches=20, opt="adam=1\nlearning_rate=0.01\n" + opt)
+        ok(cfg, corpus, "--srand", 3, "--valid-frac", 0, "--backup", tmp_path / name)
+        finals[name] = (tmp_path / name / f"{name}_final.weights").read_bytes()
+    assert finals["grown"] == finals["twice"] != finals["plain"]
 
 
 def test_resume_after_ctrl_c_style_backup_is_exact(tmp_path, corpus):
