@@ -366,9 +366,10 @@ class Network:
         if before_step is not None:
             before_step(slots)
         moves = average.moves(self, n) if average is not None else {}
+        B = self.batch * self.time_steps  # chars an update reads
         # the passes over the training text that the schedule plans (AdamW's weight_decay_epochs)
-        planned = self.hp["max_batches"] * self.batch * self.time_steps / self.text_chars if self.text_chars else 0.0
-        moved = self.optimizer.step(slots, lr, self.batch * self.time_steps, moves, planned)
+        planned = self.hp["max_batches"] * B / self.text_chars if self.text_chars else 0.0
+        moved = self.optimizer.step(slots, lr, B, moves, planned)
         if average is not None:
             average.update(self, n, moved)
         for layer in self.layers:
